@@ -1,0 +1,195 @@
+"""The artifact: a directory with model file(s) and `edgekit.json`, written atomically.
+
+Every stage reads an artifact and writes a new one; nothing is modified in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError, first_line
+
+FORMAT_VERSION = 1
+MANIFEST = "edgekit.json"
+
+
+class TensorSpec(BaseModel):
+    """One model input: name, shape (a str for a symbolic axis such as "batch") and dtype."""
+
+    name: str
+    shape: list[int | str]
+    dtype: str = "float32"
+
+    def concrete_shape(self, batch: int = 1) -> tuple[int, ...]:
+        return tuple(batch if isinstance(d, str) else d for d in self.shape)
+
+
+class InputSpec(BaseModel):
+    inputs: list[TensorSpec]
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size of a --static-batch model; None when the batch axis is dynamic."""
+        return next((t.shape[0] for t in self.inputs if t.shape and isinstance(t.shape[0], int)), None)
+
+
+class FileRecord(BaseModel):
+    name: str
+    bytes: int
+    sha256: str
+
+
+class PassRecord(BaseModel):
+    """One applied pass: its name, full config, duration and what it changed."""
+
+    name: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    seconds: float
+    summary: dict[str, Any] = Field(default_factory=dict)
+
+
+class Source(BaseModel):
+    path: str
+    sha256: str
+    kind: str
+
+
+class Manifest(BaseModel):
+    format_version: int = FORMAT_VERSION
+    created: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    model_file: str
+    source: Source
+    parent: str | None = None
+    input_spec: InputSpec
+    output_names: list[str] = Field(default_factory=list)
+    passes: list[PassRecord] = Field(default_factory=list)
+    files: list[FileRecord] = Field(default_factory=list)
+    data: dict[str, Any] = Field(default_factory=dict)
+    verification: dict[str, Any] = Field(default_factory=dict)
+    tool_versions: dict[str, str] = Field(default_factory=dict)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of edgekit and the libraries that shaped the artifact (absent ones skipped)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"edgekit": __version__}
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "openvino"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def file_records(directory: Path) -> list[FileRecord]:
+    """Every file of the artifact but the manifest, so external ONNX data is sized and hashed too."""
+    return [
+        FileRecord(name=p.name, bytes=p.stat().st_size, sha256=sha256_file(p))
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    ]
+
+
+def model_bytes(manifest: Manifest) -> int:
+    """Size on disk of the model: all files of the artifact (model plus external data)."""
+    return sum(f.bytes for f in manifest.files)
+
+
+def read_manifest(directory: Path) -> Manifest:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise EdgekitError(
+            f"{directory} is not an edgekit artifact (no {MANIFEST}); "
+            "make one with `edgekit export` or `edgekit compress`."
+        )
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except ValueError as e:
+        raise EdgekitError(f"{path} is not a valid edgekit manifest ({first_line(e)}).") from None
+
+
+def verify_files(directory: Path, manifest: Manifest) -> None:
+    """Refuse an artifact whose files no longer match the hashes in its manifest."""
+    for rec in manifest.files:
+        p = Path(directory) / rec.name
+        if not p.is_file() or p.stat().st_size != rec.bytes or sha256_file(p) != rec.sha256:
+            raise EdgekitError(
+                f"{p} does not match its manifest (missing or modified); rebuild the artifact."
+            )
+
+
+def check_output_dir(out: Path, force: bool, inputs: list[Path]) -> None:
+    """Fail before any work if `out` cannot be written or would clobber something."""
+    out = Path(out).absolute()
+    for src in inputs:
+        src = Path(src).absolute()
+        if out == src or src.is_relative_to(out):
+            raise EdgekitError(f"-o {out} would overwrite the input {src}; choose another directory.")
+    if out.exists() and not out.is_dir():
+        raise EdgekitError(f"-o {out} is an existing file; choose a directory path.")
+    if out.exists() and not force:
+        raise EdgekitError(f"{out} already exists; pass --force to replace it.")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EdgekitError(f"cannot write to {parent}; choose an output directory you can write.")
+
+
+@contextlib.contextmanager
+def staging(out: Path, force: bool) -> Iterator[Path]:
+    """Yield a temp dir beside `out`; on success it replaces `out` by rename, on any failure
+    (an exception or Ctrl-C) it is removed and `out` is left as it was."""
+    out = Path(out).absolute()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    except OSError as e:
+        raise EdgekitError(f"cannot create {out}: {e.strerror}.") from None
+    try:
+        yield tmp
+        if out.exists():
+            if not force:
+                raise EdgekitError(f"{out} already exists; pass --force to replace it.")
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
+    """Fill in file hashes and tool versions, then write edgekit.json (last, so it marks completion)."""
+    manifest.files = file_records(directory)
+    manifest.tool_versions = tool_versions()
+    tmp = Path(directory) / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    tmp.rename(Path(directory) / MANIFEST)
+    return manifest

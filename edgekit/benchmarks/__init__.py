@@ -1,0 +1,1 @@
+"""Measurement: an isolated worker process per measurement, metrics, reports."""

@@ -1,0 +1,166 @@
+"""Run measurements in fresh worker processes and turn them into result records."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.artifact import model_bytes, read_manifest, verify_files
+from edgekit.benchmarks.metrics import accuracy
+from edgekit.data import Samples
+from edgekit.errors import EdgekitError
+from edgekit.model import example_inputs
+from edgekit.runtimes import get as get_runtime
+
+
+@dataclass
+class BenchConfig:
+    runtime: str = "ort"
+    device: str = "cpu"
+    threads: int = 0  # 0: the runtime's default
+    batch: int = 1
+    warmup: int = 10
+    runs: int | None = None  # a fixed count, or else ...
+    seconds: float = 3.0  # ... a minimum duration
+    timeout: float = 600.0
+
+
+def _worker(job: dict, timeout: float) -> dict:
+    """Run one job in a fresh `python -m edgekit.benchmarks.worker`; a crash is a failed row."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgekit.benchmarks.worker"],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout:g} s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        return {"ok": False, "error": f"worker died (exit {proc.returncode}): {tail[:300]}"}
+    return json.loads(lines[-1])
+
+
+def measure(directory: Path, cfg: BenchConfig, eval_samples: Samples | None = None) -> dict:
+    """One result record for (artifact, runtime, device, host)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    verify_files(directory, manifest)
+    rt = get_runtime(cfg.runtime)
+    if not rt.available():
+        raise EdgekitError(f"runtime {cfg.runtime} is not installed; pip install 'edgekit[{rt.PIP_EXTRA}]'.")
+    spec = manifest.input_spec
+    fixed = spec.fixed_batch
+    batch = fixed or cfg.batch
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
+        feeds_path = Path(tmp) / "feeds.npz"
+        np.savez(feeds_path, **example_inputs(spec, batch=batch))
+        job = {
+            "runtime": rt.NAME,
+            "model": str(directory / manifest.model_file),
+            "device": cfg.device,
+            "options": {"threads": cfg.threads},
+            "warmup": cfg.warmup,
+            "runs": cfg.runs,
+            "seconds": cfg.seconds,
+            "feeds": str(feeds_path),
+        }
+        if eval_samples is not None:
+            np.savez(Path(tmp) / "eval_in.npz", **eval_samples.inputs)
+            job.update(
+                eval_inputs=str(Path(tmp) / "eval_in.npz"),
+                eval_outputs=str(Path(tmp) / "eval_out.npz"),
+                eval_batch=batch if fixed else 32,
+            )
+        result = _worker(job, cfg.timeout)
+        record = {
+            "artifact": str(directory),
+            "model_sha256": next((f.sha256 for f in manifest.files if f.name == manifest.model_file), None),
+            "size_bytes": model_bytes(manifest),
+            "runtime": rt.NAME,
+            "device": cfg.device,
+            "batch": batch,
+            "host": fingerprint(),
+            **{k: v for k, v in result.items() if k != "eval_outputs"},
+        }
+        if result.get("ok") and eval_samples is not None:
+            with np.load(result["eval_outputs"]) as z:
+                outputs = [z[k] for k in z.files]
+            record["accuracy"] = score(outputs, eval_samples)
+    return record
+
+
+def score(outputs: list[np.ndarray], samples: Samples) -> dict:
+    """Task accuracy when the samples have labels; which metric it is is always stated."""
+    scores = outputs[0]
+    if samples.labels is None or scores.ndim != 2:
+        return {"metric": "none (no labels)", "samples": len(samples)}
+    return {
+        "metric": "top1",
+        "samples": len(samples),
+        "top1": accuracy(scores, samples.labels, 1),
+        "top5": accuracy(scores, samples.labels, min(5, scores.shape[1])),
+    }
+
+
+def fingerprint() -> dict:
+    """Where the numbers were measured (the full fingerprint comes with the runner issue)."""
+    cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                flags = sorted(have & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"})
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "cores": os.cpu_count(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "hostname": platform.node(),
+    }
+
+
+def interleaved(dirs: list[Path], cfg: BenchConfig, rounds: int, evals: Samples | None = None):
+    """Measure artifacts in alternating rounds (A B A B ...), so a burst of machine noise hits
+    all of them alike. Each record's latency is the median of its round medians; `ratios` are
+    the per-round latency ratios to the first artifact, summarised by their median."""
+    per_round = dataclasses.replace(cfg, seconds=cfg.seconds / rounds)
+    rows: list[list[dict]] = [[] for _ in dirs]
+    for r in range(rounds):
+        for i, d in enumerate(dirs):
+            rows[i].append(measure(d, per_round, evals if r == 0 else None))
+    records = []
+    for i, runs in enumerate(rows):
+        record = dict(runs[0])
+        if all(x.get("ok") for x in runs):
+            medians = [x["latency"]["median_ms"] for x in runs]
+            record["latency"] = dict(runs[0]["latency"], median_ms=float(np.median(medians)))
+            record["latency"]["round_medians_ms"] = medians
+            record["latency"]["throughput_per_s"] = record["batch"] * 1e3 / np.median(medians)
+            if i and all(x.get("ok") for x in rows[0]):
+                base = [x["latency"]["median_ms"] for x in rows[0]]
+                ratios = [b / m for b, m in zip(base, medians, strict=True)]
+                record["speedup_vs_first"] = {"median": float(np.median(ratios)), "rounds": ratios}
+        records.append(record)
+    return records

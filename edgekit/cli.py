@@ -1,0 +1,266 @@
+"""The `edgekit` command: parse, call the library, print, map errors to exit codes.
+
+Exit codes: 0 success, 1 a failed check (verification, gate), 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError
+
+
+def _fail(e: EdgekitError) -> None:
+    click.echo(f"edgekit: error: {e}", err=True)
+    sys.exit(e.exit_code)
+
+
+def _common_model_options(f):
+    opts = [
+        click.option("--arch", help="package.module:factory building the model, for a state_dict."),
+        click.option(
+            "--trust-pickle",
+            is_flag=True,
+            help="Allow a fully pickled nn.Module (runs code from the file).",
+        ),
+        click.option(
+            "--input-shape",
+            "input_shapes",
+            multiple=True,
+            metavar="1,3,224,224",
+            help="Input shape; repeat per input.",
+        ),
+        click.option("--input-dtype", default="float32", show_default=True),
+        click.option("--static-batch", is_flag=True, help="Keep the batch axis fixed in the ONNX model."),
+        click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 20)."),
+        click.option(
+            "--tolerance",
+            type=float,
+            default=1e-3,
+            show_default=True,
+            help="Export check: max |torch-onnx| relative to max |torch|.",
+        ),
+        click.option(
+            "-o",
+            "--output",
+            "out",
+            required=True,
+            type=click.Path(path_type=Path),
+            help="Output artifact directory.",
+        ),
+        click.option("--force", is_flag=True, help="Replace an existing output directory."),
+        click.option("--calib", help="Calibration data: image folder, .npz, module:function, or 'random'."),
+        click.option("--calib-size", type=int, default=300, show_default=True),
+        click.option("--resize", type=int, help="Images: shorter side before the crop (default crop/0.875)."),
+        click.option("--crop", type=int, help="Images: center crop (default: the model's input size)."),
+        click.option("--mean", default="0.485,0.456,0.406", show_default=True),
+        click.option("--std", default="0.229,0.224,0.225", show_default=True),
+        click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True),
+        click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True),
+        click.option("--debug", is_flag=True, help="Show tracebacks."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise EdgekitError(f"{flag} {text!r} must be comma-separated numbers.") from None
+
+
+def _request(model, kw, int8=None, eval_=None, eval_size=None):
+    from edgekit.data import Preprocess
+    from edgekit.export.onnx import ExportConfig
+    from edgekit.model import LoadOptions, parse_shape
+    from edgekit.pipeline import CompressRequest
+
+    return CompressRequest(
+        model=Path(model),
+        out=kw["out"],
+        load=LoadOptions(
+            arch=kw["arch"],
+            trust_pickle=kw["trust_pickle"],
+            input_shapes=tuple(parse_shape(s) for s in kw["input_shapes"]),
+            input_dtype=kw["input_dtype"],
+            static_batch=kw["static_batch"],
+        ),
+        export=ExportConfig(opset=kw["opset"], tolerance=kw["tolerance"]),
+        int8=int8,
+        calib=kw["calib"],
+        eval=eval_,
+        calib_size=kw["calib_size"],
+        eval_size=eval_size,
+        preprocess=Preprocess(
+            resize=kw["resize"],
+            crop=kw["crop"],
+            mean=_floats(kw["mean"], "--mean"),
+            std=_floats(kw["std"], "--std"),
+            channel_order=kw["channel_order"],
+            layout=kw["layout"],
+        ),
+        force=kw["force"],
+    )
+
+
+def _run(fn, debug: bool):
+    """Call the library; an EdgekitError becomes one sentence and its exit code, Ctrl-C exit 130."""
+    try:
+        return fn()
+    except EdgekitError as e:
+        if debug:
+            raise
+        _fail(e)
+    except KeyboardInterrupt:
+        click.echo("edgekit: interrupted; nothing was written.", err=True)
+        sys.exit(130)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="edgekit")
+def cli() -> None:
+    """edgekit: from a trained PyTorch model to a verified, benchmarked edge model."""
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@_common_model_options
+def export(model, **kw):
+    """Export MODEL to a verified fp32 ONNX artifact: the baseline for every comparison."""
+    from edgekit.benchmarks.report import manifest_table
+    from edgekit.pipeline import compress as run
+
+    manifest = _run(lambda: run(_request(model, kw)), kw["debug"])
+    manifest_table(manifest, str(kw["out"]))
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@_common_model_options
+@click.option("--int8", "int8", is_flag=True, help="Static INT8 post-training quantization (QDQ).")
+@click.option(
+    "--calibration",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    default="minmax",
+    show_default=True,
+)
+@click.option("--percentile", type=float, default=99.999, show_default=True)
+@click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales (default: per channel).")
+@click.option("--symmetric-activations", is_flag=True, help="Zero-point 0 activations (TensorRT's form).")
+@click.option("--eval", "eval_", help="Evaluation data (labels give accuracy; else fidelity).")
+@click.option("--eval-size", type=int, default=None, help="At most this many evaluation samples.")
+def compress(model, int8, calibration, percentile, per_tensor, symmetric_activations, eval_, eval_size, **kw):
+    """Compress MODEL into an artifact; with no pass flags, the verified fp32 ONNX export."""
+    from edgekit.benchmarks.report import manifest_table
+    from edgekit.compress.quantize import Int8Config
+    from edgekit.pipeline import compress as run
+
+    def go():
+        cfg = None
+        if int8:
+            cfg = Int8Config(
+                calibration=calibration,
+                percentile=percentile,
+                per_channel=not per_tensor,
+                activation_symmetric=symmetric_activations,
+            )
+        return run(_request(model, kw, cfg, eval_, eval_size))
+
+    manifest = _run(go, kw["debug"])
+    manifest_table(manifest, str(kw["out"]))
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
+def inspect(artifact, as_json):
+    """Show an artifact's manifest: source, passes, verification, files, versions."""
+    from edgekit.artifact import read_manifest
+    from edgekit.benchmarks.report import manifest_table
+
+    m = _run(lambda: read_manifest(artifact), False)
+    if as_json:
+        click.echo(m.model_dump_json(indent=2))
+    else:
+        manifest_table(m, str(artifact))
+
+
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--runtime", default="ort", show_default=True)
+@click.option("--threads", type=int, default=0, help="Intra-op threads (0: the runtime's default).")
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--runs", type=int, default=None, help="A fixed number of timed runs ...")
+@click.option("--seconds", type=float, default=3.0, show_default=True, help="... or at least this long.")
+@click.option("--eval", "eval_", help="Evaluation data for accuracy (image folder, .npz, module:function).")
+@click.option("--eval-size", type=int, default=None)
+@click.option("--timeout", type=float, default=600, show_default=True, help="Per measurement.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Save the records (JSON).")
+def bench(artifacts, runtime, threads, batch, warmup, runs, seconds, eval_, eval_size, timeout, json_path):
+    """Measure latency, memory, size (and accuracy with --eval) of artifacts in a fresh process."""
+    from edgekit.artifact import read_manifest
+    from edgekit.benchmarks.report import bench_table
+    from edgekit.benchmarks.runner import BenchConfig, measure
+    from edgekit.data import Preprocess, load_samples
+
+    def go():
+        if (runs is not None and runs < 1) or seconds <= 0 or batch < 1:
+            raise EdgekitError("--runs, --seconds and --batch must be positive.")
+        cfg = BenchConfig(
+            runtime=runtime,
+            threads=threads,
+            batch=batch,
+            warmup=warmup,
+            runs=runs,
+            seconds=seconds,
+            timeout=timeout,
+        )
+        records = []
+        for a in artifacts:
+            evals = None
+            if eval_:
+                m = read_manifest(a)
+                recorded = next((d["preprocess"] for d in m.data.values() if "preprocess" in d), {})
+                evals = load_samples(eval_, m.input_spec, eval_size, Preprocess(**recorded), 0, "eval")
+            records.append(measure(a, cfg, evals))
+        return records
+
+    records = _run(go, False)
+    bench_table(records)
+    if json_path:
+        _write_json(json_path, records)
+    if not all(r.get("ok") for r in records):
+        sys.exit(1)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+@cli.command()
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path),
+    help="Where to write artifacts (default: the cache).",
+)
+@click.option("--retrain", is_flag=True, help="Train the digits model again even if cached.")
+def demo(work_dir, retrain):
+    """Train a small CNN on scikit-learn's digits, export, quantize to INT8, benchmark both."""
+    from edgekit.demo import run
+
+    _run(lambda: run(work_dir, retrain), False)
+
+
+def main() -> None:
+    cli()

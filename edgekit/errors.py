@@ -1,0 +1,19 @@
+"""The user-facing failures: one plain sentence each, mapped to exit codes by the CLI."""
+
+
+class EdgekitError(Exception):
+    """Bad input or a step that cannot proceed: what was wrong, where, and what to do (exit 2)."""
+
+    exit_code = 2
+
+
+class VerificationError(EdgekitError):
+    """A produced model does not match its parent within tolerance (exit 1: a quality failure)."""
+
+    exit_code = 1
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, for folding a library error into our sentence."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__

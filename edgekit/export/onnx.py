@@ -1,0 +1,211 @@
+"""torch -> ONNX with the dynamo exporter, then checked and verified in ONNX Runtime.
+
+What edgekit adds to `torch.onnx.export`: TorchScript input (converted to torch.export first),
+a dynamic batch axis by default, a failure that names the unsupported operator and the module it
+came from, onnx.checker + shape inference, and a numeric check against torch on real samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.artifact import InputSpec
+from edgekit.benchmarks.metrics import compare_outputs
+from edgekit.errors import EdgekitError, VerificationError, first_line
+from edgekit.model import run_torch
+
+MODEL_FILE = "model.onnx"
+INLINE_LIMIT = 1_800_000_000  # bytes of weights above which ONNX needs an external data file
+
+
+@dataclass
+class ExportConfig:
+    """`opset=None` is the exporter's default (20 with torch 2.13): asking the dynamo exporter
+    for an older opset runs a version converter that fails on common models."""
+
+    opset: int | None = None
+    tolerance: float = 1e-3  # max |torch - onnx| relative to the output's max |torch|
+    verify_samples: int = 32
+
+
+def output_names(count: int) -> list[str]:
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
+def export(module, spec: InputSpec, out_dir: Path, cfg: ExportConfig, n_outputs: int, program=None) -> Path:
+    """Export `module` (or its torch.export `program`, as is) to `out_dir/model.onnx`
+    (+ model.onnx.data for more than 1.8 GB of weights)."""
+    import torch
+
+    dynamic = any(isinstance(t.shape[0], str) for t in spec.inputs if t.shape)
+    args = tuple(torch.from_numpy(np.zeros(t.concrete_shape(2), dtype=t.dtype)) for t in spec.inputs)
+    if program is not None:
+        ep = program
+    else:
+        if isinstance(module, torch.jit.ScriptModule):
+            module = _from_torchscript(module, args)
+        dims = None
+        if dynamic:
+            batch = torch.export.Dim("batch")
+            dims = tuple({0: batch} if isinstance(t.shape[0], str) else {} for t in spec.inputs)
+        ep = _torch_export(module, args, dims)
+    weights = sum(p.numel() * p.element_size() for p in ep.state_dict.values())
+    path = Path(out_dir) / MODEL_FILE
+    try:
+        with _quiet():
+            torch.onnx.export(
+                ep,
+                args,
+                str(path),
+                dynamo=True,
+                input_names=spec.names,
+                output_names=output_names(n_outputs),
+                opset_version=cfg.opset,
+                external_data=weights > INLINE_LIMIT,
+            )
+    except Exception as e:
+        raise EdgekitError(_conversion_message(e, ep)) from None
+    check(path)
+    return path
+
+
+def _from_torchscript(module, args):
+    from torch._export.converter import TS2EPConverter
+
+    try:
+        with _quiet():
+            return TS2EPConverter(module, args).convert().module()
+    except Exception as e:
+        raise EdgekitError(
+            f"the TorchScript model could not be converted for export ({first_line(e)}); "
+            "save it with torch.export.save (.pt2) or as a state_dict with --arch instead."
+        ) from None
+
+
+def _torch_export(module, args, dims):
+    import torch
+
+    try:
+        with _quiet():
+            return torch.export.export(module, args, dynamic_shapes=dims, strict=False)
+    except Exception as e:
+        msg = str(e)
+        if dims is not None and re.search(r"specializ|Constraints violated|Guard failed|batch", msg):
+            raise EdgekitError(
+                "the model fixes its batch size in its code, so it cannot be exported with a "
+                f"dynamic batch axis ({first_line(e, 160)}); pass --static-batch."
+            ) from None
+        raise EdgekitError(
+            f"torch.export could not trace the model: {first_line(e)}; see "
+            "https://pytorch.org/docs/stable/export.html for supported Python constructs."
+        ) from None
+
+
+def _conversion_message(e: Exception, ep) -> str:
+    """Name the operator the exporter could not translate and the module it came from."""
+    msg = str(e)
+    m = re.search(r"No ONNX function found for <OpOverload\(op='([\w.]+)'", msg) or re.search(
+        r"target=torch\.ops\.([\w.]+?)(?:\.default)?\]", msg
+    )
+    if not m:
+        return f"ONNX export failed: {first_line(e)}"
+    op = m.group(1)
+    base = op.split(".")[-1]
+    where = "an unknown module"
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and base in str(node.target):
+            stack = list((node.meta.get("nn_module_stack") or {}).values())
+            if stack:
+                path, cls = stack[-1]
+                where = f"module {path!r} ({cls.rsplit('.', 1)[-1]})" if path else cls
+            break
+    return (
+        f"ONNX export failed: operator {op} (from {where}) has no ONNX translation; replace it "
+        "in that module with supported ops, or register a custom translation."
+    )
+
+
+def check(path: Path) -> None:
+    """onnx.checker and strict shape inference, on the file (so external data is handled)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise EdgekitError(f"{path.name} fails the ONNX checker: {first_line(e)}") from None
+
+
+def copy_onnx(src: Path, out_dir: Path) -> Path:
+    """Bring a user's ONNX file (and any external data) into the artifact as model.onnx."""
+    import onnx
+
+    dst = Path(out_dir) / MODEL_FILE
+    try:
+        model = onnx.load(str(src))
+    except Exception as e:
+        raise EdgekitError(f"{src} could not be loaded with its external data: {first_line(e)}") from None
+    if model.ByteSize() < INLINE_LIMIT:
+        onnx.save(model, str(dst))
+    else:
+        onnx.save(model, str(dst), save_as_external_data=True, location=MODEL_FILE + ".data")
+    check(dst)
+    return dst
+
+
+def verify(module, onnx_path: Path, spec: InputSpec, feeds: dict[str, np.ndarray], cfg: ExportConfig):
+    """Run torch and ONNX Runtime on the same samples; fail naming the first diverging outputs."""
+    from edgekit.runtimes import ort
+
+    sess = ort.load(str(onnx_path))
+    ref = run_torch(module, feeds, spec)
+    got = sess.run(feeds)
+    per_output = {}
+    diverging = []
+    for name, r, g in zip(sess.output_names, ref, got, strict=True):
+        if r.shape != g.shape:
+            raise VerificationError(
+                f"exported output {name!r} has shape {list(g.shape)}, torch gives {list(r.shape)}."
+            )
+        stats = compare_outputs(r, g)
+        stats["relative_max_abs_diff"] = stats["max_abs_diff"] / max(float(np.abs(r).max()), 1e-12)
+        per_output[name] = stats
+        if not stats["relative_max_abs_diff"] <= cfg.tolerance:
+            diverging.append(name)
+    result = {
+        "reference": "torch",
+        "runtime": "onnxruntime",
+        "samples": len(next(iter(feeds.values()))),
+        "tolerance": cfg.tolerance,
+        "outputs": per_output,
+        "max_abs_diff": max(s["max_abs_diff"] for s in per_output.values()),
+        "sqnr_db": min(s["sqnr_db"] for s in per_output.values()),
+    }
+    if diverging:
+        worst = per_output[diverging[0]]
+        raise VerificationError(
+            f"the ONNX model diverges from torch on output(s) {', '.join(diverging[:3])} "
+            f"(max abs diff {worst['max_abs_diff']:.3g}, SQNR {worst['sqnr_db']:.1f} dB, "
+            f"tolerance {cfg.tolerance:g} relative); the exporter mistranslated an op there."
+        )
+    return result
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress and warnings meant for its own developers; keep them out."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        level = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(level)

@@ -1,0 +1,333 @@
+"""Load the model file a user actually has into an nn.Module or an ONNX path, with its InputSpec.
+
+Formats: TorchScript (`torch.jit.save`), torch.export programs (`.pt2`), a state_dict with
+`--arch module:factory`, ONNX, and (only with `--trust-pickle`) a fully pickled nn.Module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.artifact import InputSpec, Source, TensorSpec, sha256_file
+from edgekit.errors import EdgekitError, first_line
+
+BATCH = "batch"
+DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
+
+
+@dataclass
+class LoadedModel:
+    """A user's model, ready for torch passes (`module`) or ONNX passes (`onnx_path`)."""
+
+    source: Source
+    input_spec: InputSpec
+    module: Any = None  # torch.nn.Module for torch formats
+    program: Any = None  # the torch.export program of a .pt2 file: exported as is
+    onnx_path: Path | None = None  # for ONNX files: torch passes are skipped
+
+    @property
+    def is_onnx(self) -> bool:
+        return self.onnx_path is not None
+
+
+@dataclass
+class LoadOptions:
+    arch: str | None = None
+    trust_pickle: bool = False
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+    input_dtype: str = "float32"
+    static_batch: bool = False
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """`1,3,224,224` -> (1, 3, 224, 224); a clear sentence for anything else."""
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(","))
+    except ValueError:
+        raise EdgekitError(
+            f"--input-shape {text!r} is not a list of integers; write it like 1,3,224,224."
+        ) from None
+    if not dims or any(d <= 0 for d in dims):
+        raise EdgekitError(f"--input-shape {text!r} must have positive dimensions, like 1,3,224,224.")
+    return dims
+
+
+def load_model(path: Path, opts: LoadOptions) -> LoadedModel:
+    path = Path(path)
+    if not path.exists():
+        raise EdgekitError(f"{path} does not exist.")
+    if not path.is_file():
+        raise EdgekitError(f"{path} is not a file; pass the model file itself.")
+    if opts.input_dtype not in DTYPES:
+        raise EdgekitError(f"--input-dtype {opts.input_dtype!r} is not one of {', '.join(DTYPES)}.")
+    if path.suffix.lower() == ".onnx":
+        return _load_onnx(path, opts)
+    kind, module, example = _load_torch(path, opts)
+    program = None
+    if kind == "torch.export":
+        program, module = module, _to_eval(module.module())
+    source = Source(path=str(path.absolute()), sha256=sha256_file(path), kind=kind)
+    spec = _torch_input_spec(path, module, example, opts)
+    _check_runs(path, module, spec)
+    return LoadedModel(source=source, input_spec=spec, module=module, program=program)
+
+
+def _load_onnx(path: Path, opts: LoadOptions) -> LoadedModel:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        raise EdgekitError(
+            f"{path} is not a valid ONNX model (it could not be parsed as ONNX protobuf)."
+        ) from None
+    if not model.graph.node:
+        raise EdgekitError(f"{path} is not a valid ONNX model (its graph has no nodes).")
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for vi in (v for v in model.graph.input if v.name not in inits):
+        t = vi.type.tensor_type
+        dims: list[int | str] = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or BATCH)
+            for d in t.shape.dim
+        ]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        specs.append(TensorSpec(name=vi.name, shape=dims, dtype=dtype))
+    if opts.input_shapes:
+        specs = _apply_shapes_to_onnx(path, specs, opts)
+    source = Source(path=str(path.absolute()), sha256=sha256_file(path), kind="onnx")
+    return LoadedModel(source=source, input_spec=InputSpec(inputs=specs), onnx_path=path)
+
+
+def _apply_shapes_to_onnx(path: Path, specs: list[TensorSpec], opts: LoadOptions):
+    if len(opts.input_shapes) != len(specs):
+        raise EdgekitError(
+            f"{path} has {len(specs)} input(s) but {len(opts.input_shapes)} --input-shape "
+            "value(s) were given; give one per input, in order."
+        )
+    out = []
+    for spec, shape in zip(specs, opts.input_shapes, strict=True):
+        if len(shape) != len(spec.shape) or any(
+            isinstance(d, int) and d != s for d, s in zip(spec.shape, shape, strict=True)
+        ):
+            raise EdgekitError(
+                f"--input-shape {','.join(map(str, shape))} does not fit input {spec.name!r} "
+                f"of {path}, whose shape is {spec.shape}."
+            )
+        dims = [
+            d if isinstance(d, int) else (s if i or opts.static_batch else d)
+            for i, (d, s) in enumerate(zip(spec.shape, shape, strict=True))
+        ]
+        out.append(TensorSpec(name=spec.name, shape=dims, dtype=spec.dtype))
+    return out
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def _load_torch(path: Path, opts: LoadOptions):
+    """Return (kind, nn.Module in eval mode or ExportedProgram, input shapes/dtypes or None)."""
+    import torch
+
+    names = _zip_names(path)
+    corrupt = (
+        f"{path} could not be read as a PyTorch model file; it may be truncated or corrupt "
+        "(re-save it with torch.jit.save, torch.export.save or torch.save(model.state_dict()))."
+    )
+    if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+        try:
+            return "torchscript", torch.jit.load(str(path), map_location="cpu").eval(), None
+        except Exception:
+            raise EdgekitError(corrupt) from None
+    if any(n.endswith("/archive_format") or "/models/" in n for n in names):
+        try:
+            ep = torch.export.load(str(path))
+        except Exception:
+            raise EdgekitError(corrupt) from None
+        return "torch.export", ep, _program_inputs(ep)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        if not _is_pickle_refusal(e):
+            raise EdgekitError(corrupt) from None
+        if not opts.trust_pickle:
+            raise EdgekitError(
+                f"{path} is a fully pickled Python object, and loading it runs code stored in the "
+                "file; pass --trust-pickle if you trust its source, or re-save it with "
+                "torch.jit.save / torch.export.save, or as a state_dict used with --arch."
+            ) from None
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise EdgekitError(f"{path} could not be unpickled: {first_line(e2)}.") from None
+        if isinstance(obj, torch.nn.Module):
+            return "pickle", obj.eval(), None
+    state = _as_state_dict(obj)
+    if state is None:
+        raise EdgekitError(
+            f"{path} holds a {type(obj).__name__}, not a model or a state_dict; save the model "
+            "with torch.jit.save, torch.export.save or torch.save(model.state_dict())."
+        )
+    if not opts.arch:
+        raise EdgekitError(
+            f"{path} is a state_dict (weights only); pass --arch package.module:factory, "
+            "a function that builds the model, so the weights can be loaded into it."
+        )
+    module = _build_arch(opts.arch)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise EdgekitError(f"the weights in {path} do not fit --arch {opts.arch}: {first_line(e)}") from None
+    return "state_dict", module.eval(), None
+
+
+def _program_inputs(ep) -> list[tuple[list[int | str], str]]:
+    """Input shapes and dtypes of a torch.export program; a symbolic axis is kept symbolic (a
+    program exported with a fixed batch cannot be re-exported with a dynamic one)."""
+    nodes = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    out = []
+    for name in ep.graph_signature.user_inputs:
+        val = nodes[name].meta["val"]
+        dims = [d if isinstance(d, int) else BATCH for d in val.shape]
+        out.append((dims, str(val.dtype).removeprefix("torch.")))
+    return out
+
+
+def _to_eval(module):
+    try:
+        return module.eval()
+    except NotImplementedError:  # unlifted torch.export modules refuse .eval(); they are traced
+        return module
+
+
+def _is_pickle_refusal(e: Exception) -> bool:
+    return "weights_only" in str(e) or "Unsupported global" in str(e)
+
+
+def _as_state_dict(obj) -> dict | None:
+    """A plain state_dict, or the one inside a common checkpoint dict ({'state_dict': ...})."""
+    import torch
+
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and _as_state_dict(obj[key]) is not None:
+                return obj[key]
+    return None
+
+
+def _build_arch(arch: str):
+    import torch
+
+    if ":" not in arch:
+        raise EdgekitError(f"--arch {arch!r} must look like package.module:factory.")
+    mod_name, fn_name = arch.split(":", 1)
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise EdgekitError(f"--arch {arch}: cannot import it ({first_line(e)}).") from None
+    module = fn()
+    if not isinstance(module, torch.nn.Module):
+        raise EdgekitError(f"--arch {arch} returned a {type(module).__name__}, not an nn.Module.")
+    return module
+
+
+def _input_names(module, count: int) -> list[str]:
+    names: list[str] = []
+    try:
+        schema = getattr(module.forward, "schema", None)  # TorchScript
+        if schema is not None:
+            names = [a.name for a in schema.arguments[1:]]
+        else:
+            params = inspect.signature(module.forward).parameters.values()
+            names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        names = []
+    if len(names) < count or len(set(names[:count])) < count:
+        return ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
+    return names[:count]
+
+
+def _torch_input_spec(path: Path, module, example, opts: LoadOptions) -> InputSpec:
+    if opts.input_shapes:
+        shapes = list(opts.input_shapes)
+        dtypes = [opts.input_dtype] * len(shapes)
+    elif example is not None:
+        shapes = [dims for dims, _ in example]
+        dtypes = [dtype for _, dtype in example]
+    else:
+        raise EdgekitError(
+            f"{path} does not record its input shape; pass --input-shape, e.g. 1,3,224,224 "
+            "(repeat it for a model with several inputs)."
+        )
+    names = _input_names(module, len(shapes))
+    specs = []
+    for name, shape, dtype in zip(names, shapes, dtypes, strict=True):
+        dims: list[int | str] = list(shape)
+        if opts.static_batch:
+            dims = [1 if isinstance(d, str) else d for d in dims]
+        elif dims and (example is None or opts.input_shapes):
+            dims[0] = BATCH
+        specs.append(TensorSpec(name=name, shape=dims, dtype=dtype))
+    return InputSpec(inputs=specs)
+
+
+def example_inputs(spec: InputSpec, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Deterministic inputs of the spec's shapes; integers stay small so they are valid ids."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for t in spec.inputs:
+        shape = t.concrete_shape(batch)
+        if np.issubdtype(np.dtype(t.dtype), np.integer):
+            out[t.name] = rng.integers(0, 2, size=shape).astype(t.dtype)
+        elif t.dtype == "bool":
+            out[t.name] = np.ones(shape, dtype=bool)
+        else:
+            out[t.name] = rng.standard_normal(shape).astype(t.dtype)
+    return out
+
+
+def run_torch(module, feeds: dict[str, np.ndarray], spec: InputSpec) -> list[np.ndarray]:
+    """Run the module on numpy feeds (in spec order) and return its outputs as numpy arrays."""
+    import torch
+
+    with torch.inference_mode():
+        out = module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.names])
+    return [t.detach().float().numpy() for t in flatten_outputs(out)]
+
+
+def flatten_outputs(out) -> list:
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in flatten_outputs(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in flatten_outputs(o)]
+    return [out]
+
+
+def _check_runs(path: Path, module, spec: InputSpec) -> None:
+    """Run the model once on the declared shape, so a wrong --input-shape fails here, plainly."""
+    feeds = example_inputs(spec, batch=1)
+    try:
+        run_torch(module, feeds, spec)
+    except Exception as e:
+        shapes = "; ".join(",".join(map(str, v.shape)) for v in feeds.values())
+        raise EdgekitError(
+            f"{path} does not accept input of shape {shapes}: {first_line(e)} "
+            "(check --input-shape / --input-dtype)."
+        ) from None
