@@ -31,7 +31,7 @@ class Int8Config(BaseModel):
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     percentile: float = Field(99.999, gt=90, le=100)
     per_channel: bool = True
-    activation_type: Literal["int8", "uint8"] = "int8"
+    activation_type: Literal["int8", "uint8"] = "uint8"  # u8s8: the VNNI fast path in ORT (3x vs s8s8)
     activation_symmetric: bool = False  # TensorRT needs True (zero-point 0)
     calib_batch: int = Field(16, ge=1)
     preprocess: bool = True
