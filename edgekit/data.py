@@ -248,5 +248,5 @@ def _check_shapes(samples: Samples, spec: InputSpec, source: str, what: str) -> 
 def split_holdout(samples: Samples, calib_size: int) -> tuple[Samples, Samples]:
     """Calibrate on the first `calib_size` samples and hold out the rest (at least 20 %)."""
     n = len(samples)
-    cut = min(calib_size, n - max(1, n // 5))
+    cut = min(calib_size, n - max(1, -(-n // 5)))  # ceil: n // 5 holds out less than 20 %
     return samples.take(slice(0, cut)), samples.take(slice(cut, n))

@@ -41,15 +41,16 @@ def output_names(count: int) -> list[str]:
 
 
 def export(module, spec: InputSpec, out_dir: Path, cfg: ExportConfig, n_outputs: int, program=None) -> Path:
-    """Export `module` (or its torch.export `program`, as is) to `out_dir/model.onnx`
+    """Export `module` (or its torch.export `program`, as is unless a static batch is asked of a
+    program with a dynamic one) to `out_dir/model.onnx`
     (+ model.onnx.data for more than 1.8 GB of weights)."""
     import torch
 
     dynamic = any(isinstance(t.shape[0], str) for t in spec.inputs if t.shape)
     args = tuple(torch.from_numpy(np.zeros(t.concrete_shape(2), dtype=t.dtype)) for t in spec.inputs)
-    if program is not None:
+    if program is not None and (dynamic or not _has_symbolic_inputs(program)):
         ep = program
-    else:
+    else:  # a program with a dynamic batch asked for a static one is re-exported from its module
         if isinstance(module, torch.jit.ScriptModule):
             module = _from_torchscript(module, args)
         dims = None
@@ -75,6 +76,16 @@ def export(module, spec: InputSpec, out_dir: Path, cfg: ExportConfig, n_outputs:
         raise EdgekitError(_conversion_message(e, ep)) from None
     check(path)
     return path
+
+
+def _has_symbolic_inputs(ep) -> bool:
+    user = set(ep.graph_signature.user_inputs)
+    return any(
+        not isinstance(d, int)
+        for n in ep.graph.nodes
+        if n.op == "placeholder" and n.name in user
+        for d in n.meta["val"].shape
+    )
 
 
 def _from_torchscript(module, args):

@@ -1,0 +1,211 @@
+"""One shared factory of tiny test models, in plain torch (no torchvision).
+
+Each factory returns `(module.eval(), input shapes)`; the shapes have batch 1 first. Weights are
+seeded, and BatchNorm running statistics are made non-trivial (a few train-mode passes on shifted,
+scaled random data, plus random affine parameters), so folding BN into convs is really exercised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+Shapes = list[tuple[int, ...]]
+
+
+def _settle_batchnorm(module: nn.Module, shapes: Shapes, dtypes: list[torch.dtype] | None = None) -> None:
+    """Randomise BN affine parameters and fill its running stats from data that is not N(0, 1)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for bn in bns:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.3, 0.3)
+            bn.momentum = None  # cumulative average over the passes below
+        module.train()
+        for _ in range(4):
+            args = []
+            for i, shape in enumerate(shapes):
+                batch_shape = (8, *shape[1:])
+                if dtypes and not dtypes[i].is_floating_point:
+                    args.append(torch.randint(0, 2, batch_shape, dtype=dtypes[i]))
+                else:
+                    args.append(torch.randn(batch_shape) * 1.7 + 0.4)
+            module(*args)
+    module.eval()
+    for bn in bns:
+        assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv+BN, residual add, 1x1 conv+BN downsample when needed."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.downsample(x))
+
+
+class TinyResNet(nn.Module):
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.layer1 = BasicBlock(16, 16, 1)
+        self.layer2 = BasicBlock(16, 32, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def resnet_blocks(seed: int = 0) -> tuple[nn.Module, Shapes]:
+    """Stem, an identity basic block and a strided one with a downsample branch, a linear head."""
+    torch.manual_seed(seed)
+    shapes = [(1, 3, 32, 32)]
+    model = TinyResNet()
+    _settle_batchnorm(model, shapes)
+    return model.eval(), shapes
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, squeeze: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x):
+        s = torch.mean(x, dim=(2, 3), keepdim=True)
+        s = nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(s))))
+        return x * s
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV3 block: 1x1 expand, 3x3 depthwise, squeeze-excite, 1x1 project, residual add."""
+
+    def __init__(self, channels: int, expand: int):
+        super().__init__()
+        hidden = channels * expand
+        self.expand = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden))
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden)
+        )
+        self.se = SqueezeExcite(hidden, hidden // 4)
+        self.project = nn.Sequential(nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        self.act = nn.Hardswish()
+
+    def forward(self, x):
+        y = self.act(self.expand(x))
+        y = self.act(self.depthwise(y))
+        return x + self.project(self.se(y))
+
+
+class TinyMobileNet(nn.Module):
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
+        self.block = InvertedResidual(16, 3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.block(self.stem(x))), 1))
+
+
+def depthwise_se(seed: int = 0) -> tuple[nn.Module, Shapes]:
+    """A MobileNetV3-style depthwise-separable block with squeeze-excite and hardswish."""
+    torch.manual_seed(seed)
+    shapes = [(1, 3, 32, 32)]
+    model = TinyMobileNet()
+    _settle_batchnorm(model, shapes)
+    return model.eval(), shapes
+
+
+SEQ, D_MODEL, VOCAB = 16, 32, 50
+
+
+class TinyEncoder(nn.Module):
+    """A 2-layer nn.TransformerEncoder (batch_first): (B, seq, d) float in, (B, seq, d) out."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(D_MODEL, 4, 64, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(D_MODEL)
+
+    def forward(self, tokens):
+        return self.norm(self.encoder(tokens))
+
+
+class TinyTokenClassifier(nn.Module):
+    """Token ids (B, seq) int64 -> embedding + positions -> 2-layer encoder -> mean -> class scores."""
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, D_MODEL)
+        self.pos = nn.Parameter(torch.randn(1, SEQ, D_MODEL) * 0.1)
+        layer = nn.TransformerEncoderLayer(D_MODEL, 4, 64, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(D_MODEL, classes)
+
+    def forward(self, input_ids):
+        h = self.encoder(self.embed(input_ids) + self.pos)
+        return self.head(h.mean(dim=1))
+
+
+def transformer(seed: int = 0) -> tuple[nn.Module, Shapes]:
+    """Float token embeddings (B, 16, 32) in, encoded tokens out."""
+    torch.manual_seed(seed)
+    return TinyEncoder().eval(), [(1, SEQ, D_MODEL)]
+
+
+def transformer_ids(seed: int = 0) -> tuple[nn.Module, Shapes]:
+    """Integer token ids (B, 16), int64, in; class scores (B, 5) out."""
+    torch.manual_seed(seed)
+    return TinyTokenClassifier().eval(), [(1, SEQ)]
+
+
+class TwoInTwoOut(nn.Module):
+    """An image and a feature vector in; class scores and an embedding out."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.mix = nn.Linear(8 + 6, 12)
+        self.classifier = nn.Linear(12, 4)
+
+    def forward(self, image, extra):
+        f = torch.flatten(self.pool(self.features(image)), 1)
+        embedding = torch.tanh(self.mix(torch.cat([f, extra], dim=1)))
+        return self.classifier(embedding), embedding
+
+
+def two_in_two_out(seed: int = 0) -> tuple[nn.Module, Shapes]:
+    torch.manual_seed(seed)
+    shapes = [(1, 3, 16, 16), (1, 6)]
+    model = TwoInTwoOut()
+    _settle_batchnorm(model, shapes)
+    return model.eval(), shapes
+
+
+def smooth_images(n: int, shape: tuple[int, ...] = (3, 32, 32), seed: int = 0) -> np.ndarray:
+    """Image-like float32 inputs (N, C, H, W): low-resolution noise upsampled bilinearly, so
+    neighbouring pixels correlate as in photos, scaled roughly like normalised ImageNet data."""
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = shape
+    low = torch.randn(n, c, max(1, h // 4), max(1, w // 4), generator=g)
+    x = nn.functional.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    return (x * 1.2 + 0.1).numpy().astype(np.float32)
