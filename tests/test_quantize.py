@@ -147,16 +147,9 @@ def test_summarize_reports_every_conv_quantized(fp32, minmax_int8):
     assert summary["qdq_pairs"] > 0
 
 
-SUMMARY_BUG = (
-    "summarize() calls a compute op quantized when its input[0] comes from a DequantizeLinear; an "
-    "excluded Conv fed by a quantized activation keeps fp32 weights yet is counted as quantized "
-    "(it should require its weight input, input[1], to come from DequantizeLinear)"
-)
-
-
 @pytest.mark.parametrize(
     "which",
-    [0, pytest.param(1, marks=pytest.mark.xfail(strict=True, reason=SUMMARY_BUG))],
+    [0, 1],
     ids=["stem-conv", "inner-conv"],
 )
 def test_excluded_node_stays_fp32_and_summary_says_so(fp32_models, minmax_int8, tmp_path, which):
@@ -183,7 +176,10 @@ def test_every_calibration_method_runs(fp32, method, tmp_path):
     out = tmp_path / "model.onnx"
     summary = quantize_int8(fp32.path, out, CALIB.take(slice(0, 8)), Int8Config(calibration=method), None)
     assert summary["fp32_compute_ops"] == {}
-    assert sqnr_db(run(fp32.path, EVAL), run(out, EVAL)) >= fp32.min_sqnr_8
+    # Entropy (KL, 2048 bins) clips hard on 8 samples of a random-weight net: measured 8 dB here,
+    # 33 dB with 64 samples vs MinMax's 40 (why MinMax is the default); it must still be a model.
+    floor = 5.0 if method == "entropy" else fp32.min_sqnr_8
+    assert sqnr_db(run(fp32.path, EVAL), run(out, EVAL)) >= floor
 
 
 def test_percentile_clips_activation_ranges(fp32_models, tmp_path):
@@ -200,12 +196,6 @@ def test_percentile_clips_activation_ranges(fp32_models, tmp_path):
     assert sum(narrow[k] < 0.9 * wide[k] for k in wide) >= len(wide) // 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ORT's quantize_static builds the entropy calibrator with num_bins=128 and "
-    "num_quantized_bins=128 and does not pass CalibNumBins through extra_options, so the KL search "
-    "has one candidate (the full range): 'entropy' yields exactly MinMax's ranges",
-)
 def test_entropy_calibration_differs_from_minmax(fp32_models, tmp_path):
     calib = CALIB.take(slice(0, 8))
     src = fp32_models["resnet"].path
