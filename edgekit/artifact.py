@@ -155,6 +155,8 @@ def check_output_dir(out: Path, force: bool, inputs: list[Path]) -> None:
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise EdgekitError(f"-o {out}: {parent} is a file, not a directory; choose another output path.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise EdgekitError(f"cannot write to {parent}; choose an output directory you can write.")
 
@@ -167,6 +169,9 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        umask = os.umask(0o022)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the artifact gets a plain mkdir's mode
     except OSError as e:
         raise EdgekitError(f"cannot create {out}: {e.strerror}.") from None
     try:

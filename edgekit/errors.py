@@ -16,4 +16,9 @@ class VerificationError(EdgekitError):
 def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, for folding a library error into our sentence."""
     text = str(e).strip()
-    return text.splitlines()[0][:limit] if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    lines = text.splitlines()
+    # TorchScript puts the cause last, after its own traceback: "RuntimeError: Given groups=1, ..."
+    line = lines[-1] if lines[0].startswith("The following operation failed in the TorchScript") else lines[0]
+    return line[:limit]

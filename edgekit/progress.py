@@ -14,4 +14,5 @@ def progress() -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # off a terminal it would only print blank lines
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgekit.artifact import Manifest, model_bytes
@@ -24,7 +25,7 @@ def manifest_table(m: Manifest, path: str) -> None:
     t.add_column(style="bold")
     t.add_column()
     t.add_row("model", f"{m.model_file} ({mb(model_bytes(m))} on disk, {len(m.files)} file(s))")
-    t.add_row("source", f"{m.source.path} [{m.source.kind}] sha256 {m.source.sha256[:12]}…")
+    t.add_row("source", escape(f"{m.source.path} [{m.source.kind}] sha256 {m.source.sha256[:12]}…"))
     for spec in m.input_spec.inputs:
         t.add_row("input", f"{spec.name}: {spec.dtype}{spec.shape}")
     t.add_row("outputs", ", ".join(m.output_names) or "—")

@@ -95,7 +95,9 @@ def measure(directory: Path, cfg: BenchConfig, eval_samples: Samples | None = No
             "device": cfg.device,
             "batch": batch,
             "host": fingerprint(),
-            **{k: v for k, v in result.items() if k != "eval_outputs"},
+            # the worker's "runtime" is its session info: kept apart so "runtime" stays the name
+            **{k: v for k, v in result.items() if k not in ("eval_outputs", "runtime")},
+            "runtime_info": result.get("runtime"),
         }
         if result.get("ok") and eval_samples is not None:
             with np.load(result["eval_outputs"]) as z:

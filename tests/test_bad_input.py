@@ -1,0 +1,281 @@
+"""Bad inputs through the real `edgekit` command: each ends in one plain sentence on stderr,
+exit code 2, no traceback, no output directory and no staging leftovers, and the input untouched.
+Ctrl-C ends a run with exit 130 and leaves nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHAPE = "1,1,16,16"  # the tiny model's input: 1 channel, 16x16
+
+TINY_NET = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 3),
+        )
+    """
+)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """A folder with the tiny model saved in every format, and `tinynet.py` (for --arch tinynet:net)."""
+    import importlib.util
+
+    import torch
+
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "tinynet.py").write_text(TINY_NET)
+    spec = importlib.util.spec_from_file_location("tinynet", root / "tinynet.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    m = mod.net().eval()
+    torch.jit.save(torch.jit.script(m), str(root / "model.ts.pt"))
+    torch.save(m.state_dict(), root / "weights.pt")
+    torch.save(m, root / "pickled.pt")
+    return root
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    """An empty folder the output goes into, so any leftover in it is visible."""
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+def assert_refused(result, out: Path, inputs: list[Path] = (), hashes: dict | None = None) -> str:
+    """Exit 2, exactly one sentence on stderr starting 'edgekit: error:', no traceback, nothing
+    on stdout, no output directory, no staging leftovers, inputs unchanged. Returns the sentence."""
+    detail = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 2, detail
+    assert "Traceback" not in result.stdout + result.stderr, detail
+    assert result.stdout == "", detail
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, detail
+    sentence = lines[0]
+    assert sentence.startswith("edgekit: error: "), detail
+    assert sentence.endswith("."), detail
+    if not (out.exists() and out in inputs):
+        assert not out.exists(), detail
+    parent = out.parent
+    if parent.is_dir():
+        leftovers = [p.name for p in parent.iterdir() if p.name.startswith(f".{out.name}.")]
+        assert not leftovers, f"staging leftovers {leftovers}\n{detail}"
+    for path in inputs:
+        assert sha256(path) == hashes[path], f"{path} was modified"
+    return sentence.removeprefix("edgekit: error: ")
+
+
+def hashes_of(*paths: Path) -> dict:
+    return {p: sha256(p) for p in paths}
+
+
+def test_missing_model_file(edgekit, work):
+    out = work / "out"
+    msg = assert_refused(edgekit("export", work / "nothere.pt", "-o", out), out)
+    assert "nothere.pt" in msg and "does not exist" in msg
+
+
+def test_truncated_torchscript_file(edgekit, tiny, work):
+    data = (tiny / "model.ts.pt").read_bytes()
+    model = work / "truncated.pt"
+    model.write_bytes(data[: len(data) // 2])
+    before = hashes_of(model)
+    out = work / "out"
+    msg = assert_refused(edgekit("export", model, "--input-shape", SHAPE, "-o", out), out, [model], before)
+    assert "truncated.pt" in msg and "truncated or corrupt" in msg
+
+
+def test_text_file_named_onnx(edgekit, work):
+    model = work / "model.onnx"
+    model.write_text("this is not a model\n")
+    before = hashes_of(model)
+    out = work / "out"
+    msg = assert_refused(edgekit("export", model, "-o", out), out, [model], before)
+    assert "model.onnx" in msg and "not a valid ONNX model" in msg
+
+
+def test_pickled_module_needs_trust_pickle(edgekit, tiny, work):
+    model = tiny / "pickled.pt"
+    before = hashes_of(model)
+    out = work / "out"
+    msg = assert_refused(edgekit("export", model, "--input-shape", SHAPE, "-o", out), out, [model], before)
+    assert "pickled" in msg and "--trust-pickle" in msg
+
+    r = edgekit("export", model, "--trust-pickle", "--input-shape", SHAPE, "-o", out)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "edgekit.json").read_text())
+    assert m["source"]["kind"] == "pickle"
+    assert m["input_spec"]["inputs"][0]["shape"] == ["batch", 1, 16, 16]
+    assert sha256(model) == before[model]
+
+
+def test_state_dict_needs_arch(edgekit, tiny, work):
+    model = tiny / "weights.pt"
+    before = hashes_of(model)
+    out = work / "out"
+    r = edgekit("export", model, "--input-shape", SHAPE, "-o", out, cwd=tiny)
+    msg = assert_refused(r, out, [model], before)
+    assert "state_dict" in msg and "--arch" in msg
+
+    r = edgekit("export", model, "--arch", "tinynet:net", "--input-shape", SHAPE, "-o", out, cwd=tiny)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "edgekit.json").read_text())["source"]["kind"] == "state_dict"
+
+
+def test_wrong_input_shape(edgekit, tiny, work):
+    model = tiny / "model.ts.pt"
+    before = hashes_of(model)
+    out = work / "out"
+    r = edgekit("export", model, "--input-shape", "1,3,32,32", "-o", out)
+    msg = assert_refused(r, out, [model], before)
+    assert "1,3,32,32" in msg and "--input-shape" in msg
+    assert "channels" in msg  # the cause (1 channel expected, 3 given), not TorchScript's preamble
+
+
+@pytest.fixture
+def png():
+    """Write a small real grayscale PNG to the given path."""
+    from PIL import Image
+
+    def write(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 20), dtype=np.uint8)).save(path)
+
+    return write
+
+
+def test_empty_calibration_folder(edgekit, tiny, work):
+    calib = work / "calib"
+    calib.mkdir()
+    model = tiny / "model.ts.pt"
+    before = hashes_of(model)
+    out = work / "out"
+    r = edgekit("compress", model, "--input-shape", SHAPE, "--int8", "--calib", calib, "-o", out)
+    msg = assert_refused(r, out, [model], before)
+    assert str(calib) in msg and "no images" in msg
+
+
+def test_undecodable_calibration_image(edgekit, tiny, work, png):
+    calib = work / "calib"
+    png(calib / "cat" / "ok.png")
+    (calib / "dog").mkdir()
+    (calib / "dog" / "x.png").write_bytes(b"\x89PNG this is garbage, not an image" * 4)
+    model = tiny / "model.ts.pt"
+    before = hashes_of(model)
+    out = work / "out"
+    r = edgekit("compress", model, "--input-shape", SHAPE, "--int8", "--calib", calib, "-o", out)
+    msg = assert_refused(r, out, [model], before)
+    assert "x.png" in msg and "cannot be decoded" in msg
+
+
+def test_output_is_the_input_file(edgekit, tiny, work):
+    model = work / "model.pt"
+    model.write_bytes((tiny / "model.ts.pt").read_bytes())
+    before = hashes_of(model)
+    r = edgekit("export", model, "--input-shape", SHAPE, "-o", model)
+    msg = assert_refused(r, model, [model], before)
+    assert "would overwrite the input" in msg
+    assert model.is_file()
+
+
+def test_output_is_the_folder_holding_the_input(edgekit, tiny, work):
+    model = work / "model.pt"
+    model.write_bytes((tiny / "model.ts.pt").read_bytes())
+    before = hashes_of(model)
+    r = edgekit("export", model, "--input-shape", SHAPE, "-o", work, "--force")
+    assert r.returncode == 2 and "would overwrite the input" in r.stderr
+    assert sorted(p.name for p in work.iterdir()) == ["model.pt"]
+    assert sha256(model) == before[model]
+
+
+def test_output_under_a_file(edgekit, tiny, work):
+    blocker = work / "notes.txt"
+    blocker.write_text("a file, not a folder\n")
+    model = tiny / "model.ts.pt"
+    before = hashes_of(model, blocker)
+    out = blocker / "out"
+    r = edgekit("export", model, "--input-shape", SHAPE, "-o", out)
+    msg = assert_refused(r, out, [model, blocker], before)
+    assert "notes.txt" in msg and "not a directory" in msg
+
+
+def test_output_where_nothing_can_be_created(edgekit, tiny):
+    # /proc refuses new entries even to root (chmod would not stop root).
+    model = tiny / "model.ts.pt"
+    before = hashes_of(model)
+    out = Path("/proc/edgekit-test/out")
+    r = edgekit("export", model, "--input-shape", SHAPE, "-o", out)
+    msg = assert_refused(r, out, [model], before)
+    assert str(out) in msg
+    assert not Path("/proc/edgekit-test").exists()
+
+
+def test_inspect_a_folder_that_is_not_an_artifact(edgekit, work):
+    r = edgekit("inspect", work)
+    assert r.returncode == 2
+    assert r.stderr.startswith("edgekit: error: ") and "not an edgekit artifact" in r.stderr
+    assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_ctrl_c_leaves_nothing_behind(digits, edgekit, work, tmp_path):
+    """SIGINT while the artifact is being built: exit 130, no output, no staging dir, no temp files."""
+    tmp = tmp_path / "tmp"  # the run's TMPDIR, to catch its temporary directories
+    tmp.mkdir()
+    out = work / "out"
+    before = hashes_of(digits.model, digits.calib)
+    argv = edgekit.argv(
+        "compress", digits.model, "--int8", "--calib", digits.calib, "--calib-size", 1000,
+        "--eval", digits.test, "-o", out,
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        env=edgekit.env(TMPDIR=str(tmp)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(work.glob(".out.*.partial")):
+            assert proc.poll() is None, f"finished before it could be interrupted: {proc.communicate()}"
+            assert time.monotonic() < deadline, "the staging directory never appeared"
+            time.sleep(0.01)
+        time.sleep(0.2)  # well into export / calibration
+        assert proc.poll() is None, "finished before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stdout + stderr
+    assert stderr.strip() == "edgekit: interrupted; nothing was written."
+    assert list(work.iterdir()) == []  # neither the output nor its staging directory
+    assert list(tmp.iterdir()) == []  # and no temporary directories
+    assert hashes_of(digits.model, digits.calib) == before
