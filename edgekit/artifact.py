@@ -152,6 +152,11 @@ def check_output_dir(out: Path, force: bool, inputs: list[Path]) -> None:
         raise EdgekitError(f"-o {out} is an existing file; choose a directory path.")
     if out.exists() and not force:
         raise EdgekitError(f"{out} already exists; pass --force to replace it.")
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise EdgekitError(
+            f"{out} is a non-empty directory that is not an edgekit artifact; --force only "
+            "replaces artifacts, so choose another -o."
+        )
     parent = out.parent
     while not parent.exists():
         parent = parent.parent

@@ -111,9 +111,9 @@ def train(path: Path, epochs: int = 12, seed: int = 0) -> None:
 
 
 def run(work_dir: Path | None, retrain: bool) -> list[dict]:
+    from edgekit.artifact import read_manifest
     from edgekit.benchmarks.runner import BenchConfig, interleaved
     from edgekit.compress.quantize import Int8Config
-    from edgekit.artifact import read_manifest
     from edgekit.data import Preprocess, load_samples
     from edgekit.pipeline import CompressRequest, compress
 

@@ -161,20 +161,30 @@ def test_bench_measures_latency_size_and_accuracy(int8_dir, digits, edgekit, tmp
 
 def test_existing_output_needs_force_and_force_replaces_it(digits, edgekit, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    ok(edgekit("export", digits.model, "-o", out))
+    before = manifest(out)
 
     r = edgekit("export", digits.model, "-o", out, "--calib", digits.calib)
     assert r.returncode == 2
     assert r.stderr.startswith("edgekit: error:") and "--force" in r.stderr
     assert "Traceback" not in r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
-    assert (out / "keep.txt").read_text() == "mine"
+    assert manifest(out) == before
 
     ok(edgekit("export", digits.model, "-o", out, "--calib", digits.calib, "--force"))
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "model.onnx"]
-    assert [p["name"] for p in manifest(out)["passes"]] == ["export_onnx"]
+    assert manifest(out)["verification"]["export"]["data"] == "calibration samples"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or old dirs left
+
+
+def test_force_never_replaces_a_directory_that_is_not_an_artifact(digits, edgekit, tmp_path):
+    out = tmp_path / "projects"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = edgekit("export", digits.model, "-o", out, "--force")
+    assert r.returncode == 2
+    assert r.stderr.startswith("edgekit: error:") and "not an edgekit artifact" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "mine"
 
 
 def test_random_calibration_is_named_as_such(digits, edgekit, tmp_path):
