@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgekit.demo import BasicBlock
+
 
 def _bn_stats(model: nn.Module, seed: int) -> nn.Module:
     """Give BatchNorm layers non-trivial running statistics, as a trained model has."""
@@ -17,24 +19,6 @@ def _bn_stats(model: nn.Module, seed: int) -> nn.Module:
             m.weight.data.uniform_(0.5, 1.5, generator=g)
             m.bias.data.normal_(0, 0.1, generator=g)
     return model.eval()
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout
-            else nn.Identity()
-        )
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.down(x))
 
 
 def resnet18(num_classes: int = 1000, seed: int = 0) -> nn.Module:

@@ -249,4 +249,7 @@ def split_holdout(samples: Samples, calib_size: int) -> tuple[Samples, Samples]:
     """Calibrate on the first `calib_size` samples and hold out the rest (at least 20 %)."""
     n = len(samples)
     cut = min(calib_size, n - max(1, -(-n // 5)))  # ceil: n // 5 holds out less than 20 %
-    return samples.take(slice(0, cut)), samples.take(slice(cut, n))
+    calib, held = samples.take(slice(0, cut)), samples.take(slice(cut, n))
+    calib.description = {**samples.description, "count": cut}
+    held.description = {**samples.description, "count": n - cut, "held_out_from_calibration": True}
+    return calib, held

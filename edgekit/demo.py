@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from edgekit.benchmarks.report import console, mb, pct
 
@@ -23,35 +25,35 @@ def cache_dir() -> Path:
     return Path(root) / "edgekit" / "demo"
 
 
-def digits_net():
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3×3 conv+BN, residual add, 1×1 conv+BN downsample when needed."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.downsample(x))
+
+
+def digits_net() -> nn.Module:
     """The demo architecture: a small ResNet (stem, 3 stages of basic blocks, linear head)."""
-    import torch
-    from torch import nn
-
-    class Block(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.skip = (
-                nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                if stride != 1 or cin != cout
-                else nn.Identity()
-            )
-
-        def forward(self, x):
-            y = torch.relu(self.bn1(self.conv1(x)))
-            return torch.relu(self.bn2(self.conv2(y)) + self.skip(x))
-
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, 1, 1, bias=False),
         nn.BatchNorm2d(32),
         nn.ReLU(),
-        Block(32, 32, 1),
-        Block(32, 64, 2),
-        Block(64, 128, 2),
+        BasicBlock(32, 32, 1),
+        BasicBlock(32, 64, 2),
+        BasicBlock(64, 128, 2),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(128, 10),
@@ -60,7 +62,6 @@ def digits_net():
 
 def digits_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_test, y_test): digits upsampled to 1×32×32, scaled to [-1, 1]."""
-    import torch
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -76,8 +77,6 @@ def digits_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 def train(path: Path, epochs: int = 12, seed: int = 0) -> None:
     """Train the demo CNN and save it as a torch.export program (shape recorded in the file)."""
-    import torch
-
     from edgekit.progress import progress
 
     torch.manual_seed(seed)

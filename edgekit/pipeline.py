@@ -17,7 +17,7 @@ from edgekit.benchmarks.metrics import fidelity
 from edgekit.benchmarks.runner import score
 from edgekit.compress.quantize import Int8Config, quantize_int8
 from edgekit.data import Preprocess, Samples, load_samples, split_holdout
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 from edgekit.export import onnx as onnx_export
 from edgekit.model import LoadedModel, LoadOptions, example_inputs, load_model, run_torch
 from edgekit.progress import progress
@@ -101,14 +101,28 @@ def _calibration(req: CompressRequest, loaded: LoadedModel) -> tuple[Samples | N
 def _export(req, loaded: LoadedModel, calib, out_dir: Path, manifest: Manifest) -> Path:
     """The verified fp32 ONNX baseline, from torch (exported) or from an ONNX file (copied)."""
     t0 = time.perf_counter()
+    feeds, origin = _verify_feeds(loaded, calib, req.export.verify_samples)
     if loaded.is_onnx:
         path = onnx_export.copy_onnx(loaded.onnx_path, out_dir)
+        sess = ort.load(str(path))
+        try:
+            sess.run(feeds)
+        except Exception as e:
+            raise EdgekitError(
+                f"{loaded.onnx_path} does not run in ONNX Runtime on inputs of its declared shape "
+                f"({first_line(e)}); check --input-shape."
+            ) from None
+        manifest.verification["export"] = {
+            "reference": "none: the input is an ONNX model, checked to run in ONNX Runtime",
+            "runtime": "onnxruntime",
+            "samples": len(next(iter(feeds.values()))),
+            "data": origin,
+        }
+        manifest.output_names = sess.output_names
         manifest.passes.append(
             PassRecord(name="import_onnx", seconds=time.perf_counter() - t0, summary=_graph(path))
         )
-        manifest.output_names = ort.load(str(path)).output_names
         return path
-    feeds, origin = _verify_feeds(loaded, calib, req.export.verify_samples)
     n_out = len(run_torch(loaded.module, {k: v[:1] for k, v in feeds.items()}, loaded.input_spec))
     path = onnx_export.export(loaded.module, loaded.input_spec, out_dir, req.export, n_out, loaded.program)
     verification = onnx_export.verify(loaded.module, path, loaded.input_spec, feeds, req.export)

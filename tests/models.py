@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgekit.demo import BasicBlock
+
 Shapes = list[tuple[int, ...]]
 
 
@@ -35,26 +37,6 @@ def _settle_batchnorm(module: nn.Module, shapes: Shapes, dtypes: list[torch.dtyp
     module.eval()
     for bn in bns:
         assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block: two 3x3 conv+BN, residual add, 1x1 conv+BN downsample when needed."""
-
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            if stride != 1 or cin != cout
-            else nn.Identity()
-        )
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.downsample(x))
 
 
 class TinyResNet(nn.Module):

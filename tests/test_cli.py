@@ -219,3 +219,19 @@ def test_demo_runs_end_to_end_on_the_cached_model(digits, edgekit, xdg_cache, tm
     assert q["top1"] >= 0.95 and q["drop_points"] <= 0.5
     assert "fp32" in r.stdout and "int8" in r.stdout and "top-1 accuracy" in r.stdout
     assert "360 held-out digits" in r.stdout
+
+
+def test_compress_an_onnx_file_skips_torch_and_checks_it_runs(fp32_dir, digits, edgekit, tmp_path):
+    out = tmp_path / "from-onnx"
+    r = edgekit(
+        "compress", fp32_dir / "model.onnx", "--int8", "--calib", digits.calib, "--calib-size", 64, "-o", out
+    )
+    ok(r)
+    m = manifest(out)
+    assert [p["name"] for p in m["passes"]] == ["import_onnx", "quantize_int8"]
+    assert m["source"]["kind"] == "onnx" and m["source"]["sha256"] == sha256(fp32_dir / "model.onnx")
+    assert m["verification"]["export"]["reference"].startswith("none: the input is an ONNX model")
+    assert m["data"]["calibration"]["count"] == 64
+    held = m["data"]["evaluation"]
+    assert held["held_out_from_calibration"] and held["count"] == m["verification"]["int8"]["samples"]
+    assert m["verification"]["int8"]["top1"] >= 0.95  # digits.calib carries labels

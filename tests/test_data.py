@@ -270,3 +270,10 @@ def test_split_holdout_keeps_a_fifth_held_out():
             assert len(held) < 0.2 * n + 1 or len(calib) == calib_size, case  # holds out no more
             assert not set(calib.labels.tolist()) & set(held.labels.tolist()), case
             np.testing.assert_array_equal(held.inputs["x"][:, 0], held.labels)
+
+
+def test_split_holdout_descriptions_count_each_part():
+    s = Samples({"x": np.zeros((400, 1), np.float32)}, None, {"source": "calib.npz", "count": 400})
+    calib, held = split_holdout(s, 300)
+    assert calib.description == {"source": "calib.npz", "count": 300}
+    assert held.description == {"source": "calib.npz", "count": 100, "held_out_from_calibration": True}

@@ -74,8 +74,27 @@ def export(module, spec: InputSpec, out_dir: Path, cfg: ExportConfig, n_outputs:
             )
     except Exception as e:
         raise EdgekitError(_conversion_message(e, ep)) from None
+    if dynamic:
+        _name_batch_axis(path)
     check(path)
     return path
+
+
+def _name_batch_axis(path: Path) -> None:
+    """The exporter names the dynamic batch after an internal symbol (`s31`); call it `batch`."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    symbols = {
+        vi.type.tensor_type.shape.dim[0].dim_param
+        for vi in model.graph.input
+        if vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_param
+    }
+    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.dim_param in symbols:
+                dim.dim_param = "batch"
+    onnx.save(model, str(path))
 
 
 def _has_symbolic_inputs(ep) -> bool:
