@@ -10,14 +10,19 @@ from edgekit.demo import BasicBlock
 
 
 def _bn_stats(model: nn.Module, seed: int) -> nn.Module:
-    """Give BatchNorm layers non-trivial running statistics, as a trained model has."""
+    """Random BatchNorm affine parameters, and running statistics measured on image-like data
+    (train-mode passes), as a trained model has: activations stay well scaled through the depth,
+    so outputs depend on the input instead of collapsing to one class."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1, generator=g)
-            m.running_var.uniform_(0.5, 1.5, generator=g)
             m.weight.data.uniform_(0.5, 1.5, generator=g)
             m.bias.data.normal_(0, 0.1, generator=g)
+            m.momentum = None  # cumulative average over the passes below
+    model.train()
+    with torch.no_grad():
+        for chunk in torch.from_numpy(smooth_images(64, seed=seed + 1)).split(16):
+            model(chunk)
     return model.eval()
 
 
@@ -94,18 +99,3 @@ def smooth_images(n: int, size: int = 224, seed: int = 0):
     x = nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
     x = x + 0.3 * torch.randn(n, 3, size, size, generator=g)
     return x.clamp(-2.2, 2.6).numpy()
-
-
-def spread_head(model: nn.Sequential, x) -> nn.Sequential:
-    """Fold feature standardisation into the classifier, so a random-weight model's predictions
-    depend on its input (otherwise nearly every input gets the same class, and top-1 agreement
-    between fp32 and INT8 would be trivially 100 %)."""
-    with torch.inference_mode():
-        feats = model[:-1](torch.as_tensor(x))
-    mu, sd = feats.mean(0), feats.std(0) + 1e-6
-    head = model[-1]
-    with torch.no_grad():
-        w = head.weight / sd
-        head.weight.copy_(w)
-        head.bias.copy_(-(w @ mu))
-    return model

@@ -149,10 +149,10 @@ def export(model, **kw):
 @click.option(
     "--calibration",
     type=click.Choice(["minmax", "entropy", "percentile"]),
-    default="minmax",
+    default="percentile",
     show_default=True,
 )
-@click.option("--percentile", type=float, default=99.999, show_default=True)
+@click.option("--percentile", type=float, default=99.99, show_default=True)
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales (default: per channel).")
 @click.option("--symmetric-activations", is_flag=True, help="Zero-point 0 activations (TensorRT's form).")
 @click.option("--eval", "eval_", help="Evaluation data (labels give accuracy; else fidelity).")

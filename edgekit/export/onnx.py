@@ -223,7 +223,8 @@ def verify(module, onnx_path: Path, spec: InputSpec, feeds: dict[str, np.ndarray
         raise VerificationError(
             f"the ONNX model diverges from torch on output(s) {', '.join(diverging[:3])} "
             f"(max abs diff {worst['max_abs_diff']:.3g}, SQNR {worst['sqnr_db']:.1f} dB, "
-            f"tolerance {cfg.tolerance:g} relative); the exporter mistranslated an op there."
+            f"tolerance {cfg.tolerance:g} relative): an op was mistranslated, or the model amplifies "
+            "float rounding there."
         )
     return result
 
