@@ -235,3 +235,46 @@ def test_compress_an_onnx_file_skips_torch_and_checks_it_runs(fp32_dir, digits, 
     held = m["data"]["evaluation"]
     assert held["held_out_from_calibration"] and held["count"] == m["verification"]["int8"]["samples"]
     assert m["verification"]["int8"]["top1"] >= 0.95  # digits.calib carries labels
+
+
+def test_headline_command_torchscript_and_image_folders(digits, edgekit, tmp_path):
+    """The issue's own command: a TorchScript file, --input-shape, ImageFolder calib and eval."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from edgekit.demo import digits_net
+
+    net = digits_net()
+    net.load_state_dict(torch.export.load(str(digits.model)).module().state_dict())
+    model = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(net.eval()), str(model))
+
+    def image_folder(npz: Path, root: Path, count: int) -> Path:
+        with np.load(npz) as z:
+            x, y = z["x"][:count], z["y"][:count]
+        for i, (img, label) in enumerate(zip(x, y, strict=True)):
+            (root / f"digit{label}").mkdir(parents=True, exist_ok=True)
+            pixels = np.clip((img[0] * 0.5 + 0.5) * 255 + 0.5, 0, 255).astype(np.uint8)  # [-1, 1] -> bytes
+            Image.fromarray(pixels).save(root / f"digit{label}" / f"{i}.png")
+        return root
+
+    images = image_folder(digits.calib, tmp_path / "images", 120)
+    val = image_folder(digits.test, tmp_path / "val", 200)
+    out = tmp_path / "build" / "model-int8"
+    r = edgekit(
+        "compress", model, "--int8", "--input-shape", "1,1,32,32", "--calib", images, "--eval", val,
+        "--resize", 32, "--mean", "0.5", "--std", "0.5", "-o", out,
+    )  # fmt: skip
+    ok(r)
+    m = manifest(out)
+    assert m["source"]["kind"] == "torchscript"
+    assert m["input_spec"]["inputs"][0]["shape"] == ["batch", 1, 32, 32]
+    pre = m["data"]["calibration"]["preprocess"]
+    assert pre["mean"] == [0.5] and pre["std"] == [0.5] and m["data"]["calibration"]["count"] == 120
+    assert m["data"]["evaluation"]["classes"] == [f"digit{i}" for i in range(10)]
+    q = m["verification"]["int8"]
+    assert q["samples"] == 200 and q["parent_top1"] >= 0.9 and q["drop_points"] <= 2.0
+    r = edgekit("bench", out, "--runtime", "ort", "--runs", 10, "--eval", val)
+    ok(r)
+    assert "top-1" in r.stdout
