@@ -31,6 +31,7 @@ class LoadedModel:
     input_spec: InputSpec
     module: Any = None  # torch.nn.Module for torch formats
     program: Any = None  # the torch.export program of a .pt2 file: exported as is
+    n_outputs: int = 0  # output tensors of the torch model (flattened), from its first run
     onnx_path: Path | None = None  # for ONNX files: torch passes are skipped
 
     @property
@@ -76,8 +77,8 @@ def load_model(path: Path, opts: LoadOptions) -> LoadedModel:
         program, module = module, _to_eval(module.module())
     source = Source(path=str(path.absolute()), sha256=sha256_file(path), kind=kind)
     spec = _torch_input_spec(path, module, example, opts)
-    _check_runs(path, module, spec)
-    return LoadedModel(source=source, input_spec=spec, module=module, program=program)
+    n_outputs = _check_runs(path, module, spec)
+    return LoadedModel(source=source, input_spec=spec, module=module, program=program, n_outputs=n_outputs)
 
 
 def _load_onnx(path: Path, opts: LoadOptions) -> LoadedModel:
@@ -320,11 +321,12 @@ def flatten_outputs(out) -> list:
     return [out]
 
 
-def _check_runs(path: Path, module, spec: InputSpec) -> None:
-    """Run the model once on the declared shape, so a wrong --input-shape fails here, plainly."""
+def _check_runs(path: Path, module, spec: InputSpec) -> int:
+    """Run the model once on the declared shape, so a wrong --input-shape fails here, plainly;
+    return how many output tensors it gives."""
     feeds = example_inputs(spec, batch=1)
     try:
-        run_torch(module, feeds, spec)
+        return len(run_torch(module, feeds, spec))
     except Exception as e:
         shapes = "; ".join(",".join(map(str, v.shape)) for v in feeds.values())
         raise EdgekitError(

@@ -19,7 +19,7 @@ from edgekit.compress.quantize import Int8Config, quantize_int8
 from edgekit.data import Preprocess, Samples, load_samples, split_holdout
 from edgekit.errors import EdgekitError, first_line
 from edgekit.export import onnx as onnx_export
-from edgekit.model import LoadedModel, LoadOptions, example_inputs, load_model, run_torch
+from edgekit.model import LoadedModel, LoadOptions, example_inputs, load_model
 from edgekit.progress import progress
 from edgekit.runtimes import ort
 
@@ -123,7 +123,7 @@ def _export(req, loaded: LoadedModel, calib, out_dir: Path, manifest: Manifest) 
             PassRecord(name="import_onnx", seconds=time.perf_counter() - t0, summary=_graph(path))
         )
         return path
-    n_out = len(run_torch(loaded.module, {k: v[:1] for k, v in feeds.items()}, loaded.input_spec))
+    n_out = loaded.n_outputs
     path = onnx_export.export(loaded.module, loaded.input_spec, out_dir, req.export, n_out, loaded.program)
     verification = onnx_export.verify(loaded.module, path, loaded.input_spec, feeds, req.export)
     verification["data"] = origin
