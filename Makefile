@@ -14,7 +14,7 @@ $(BIN)/python:
 # any other spec pulls gigabytes of CUDA packages.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,openvino]"
+	$(BIN)/pip install --quiet -e ".[dev,openvino,plots]"
 	touch $(STAMP)
 
 demo: $(STAMP)
