@@ -70,11 +70,23 @@ class Source(BaseModel):
     kind: str
 
 
+class LoadRecord(BaseModel):
+    """How the source file was loaded (`--arch`, `--input-shape`, ...), so a runtime that runs the
+    source torch model (eager) can load it again exactly as the export did."""
+
+    arch: str | None = None
+    trust_pickle: bool = False
+    input_shapes: list[list[int]] = Field(default_factory=list)
+    input_dtype: str = "float32"
+    static_batch: bool = False
+
+
 class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     created: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     model_file: str
     source: Source
+    load: LoadRecord | None = None  # None in artifacts made before it was recorded
     parent: str | None = None
     input_spec: InputSpec
     output_names: list[str] = Field(default_factory=list)

@@ -195,7 +195,13 @@ def inspect(artifact, as_json):
 
 @cli.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--runtime", default="ort", show_default=True)
+@click.option(
+    "--runtime",
+    default="ort",
+    show_default=True,
+    help="Runtimes, comma-separated (eager, ort, openvino): one row per artifact and runtime.",
+)
+@click.option("--device", default="cpu", show_default=True, help="cpu; cuda (eager), gpu or npu (openvino).")
 @click.option("--threads", type=int, default=0, help="Intra-op threads (0: the runtime's default).")
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--warmup", type=int, default=10, show_default=True)
@@ -205,18 +211,28 @@ def inspect(artifact, as_json):
 @click.option("--eval-size", type=int, default=None)
 @click.option("--timeout", type=float, default=600, show_default=True, help="Per measurement.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Save the records (JSON).")
-def bench(artifacts, runtime, threads, batch, warmup, runs, seconds, eval_, eval_size, timeout, json_path):
+def bench(
+    artifacts, runtime, device, threads, batch, warmup, runs, seconds, eval_, eval_size, timeout, json_path
+):
     """Measure latency, memory, size (and accuracy with --eval) of artifacts in a fresh process."""
+    from dataclasses import replace
+
     from edgekit.artifact import read_manifest
     from edgekit.benchmarks.report import bench_table
     from edgekit.benchmarks.runner import BenchConfig, measure
+    from edgekit.benchmarks.runner import runtime as check_runtime
     from edgekit.data import Preprocess, load_samples
 
     def go():
         if (runs is not None and runs < 1) or seconds <= 0 or batch < 1:
             raise EdgekitError("--runs, --seconds and --batch must be positive.")
+        names = [n.strip() for n in runtime.split(",") if n.strip()]
+        if not names:
+            raise EdgekitError("--runtime needs at least one runtime name, e.g. --runtime ort,openvino.")
+        for name in names:  # an unknown or absent runtime fails before any measurement
+            check_runtime(name)
         cfg = BenchConfig(
-            runtime=runtime,
+            device=device,
             threads=threads,
             batch=batch,
             warmup=warmup,
@@ -231,15 +247,36 @@ def bench(artifacts, runtime, threads, batch, warmup, runs, seconds, eval_, eval
                 m = read_manifest(a)
                 recorded = next((d["preprocess"] for d in m.data.values() if "preprocess" in d), {})
                 evals = load_samples(eval_, m.input_spec, eval_size, Preprocess(**recorded), 0, "eval")
-            records.append(measure(a, cfg, evals))
+            records.extend(measure(a, replace(cfg, runtime=name), evals) for name in names)
         return records
 
     records = _run(go, False)
     bench_table(records)
     if json_path:
         _write_json(json_path, records)
-    if not all(r.get("ok") for r in records):
+    if not all(r.get("ok") or r.get("not_applicable") for r in records):
         sys.exit(1)
+
+
+@cli.command()
+def runtimes():
+    """List the runtimes: installed or not, version, and the devices each one sees here."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgekit.runtimes import ALL, get
+
+    t = Table(title="edgekit runtimes", title_justify="left")
+    for col in ("runtime", "available", "version", "devices"):
+        t.add_column(col)
+    for name in ALL:
+        rt = get(name)
+        if not rt.available():
+            t.add_row(name, "no", f"pip install 'edgekit[{rt.PIP_EXTRA}]'", "")
+            continue
+        d = rt.describe()
+        t.add_row(name, "yes", d["version"], ", ".join(d["devices"]))
+    Console().print(t)
 
 
 def _write_json(path: Path, obj) -> None:

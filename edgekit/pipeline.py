@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifact import Manifest, PassRecord, check_output_dir, staging, write_manifest
+from edgekit.artifact import LoadRecord, Manifest, PassRecord, check_output_dir, staging, write_manifest
 from edgekit.benchmarks.metrics import fidelity
 from edgekit.benchmarks.runner import score
 from edgekit.compress.quantize import Int8Config, quantize_int8
@@ -64,6 +64,7 @@ def compress(req: CompressRequest) -> Manifest:
     manifest = Manifest(
         model_file=onnx_export.MODEL_FILE,
         source=loaded.source,
+        load=LoadRecord(**asdict(req.load)),
         input_spec=spec,
         data={k: v.description for k, v in (("calibration", calib), ("evaluation", evals)) if v is not None},
     )

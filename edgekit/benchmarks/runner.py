@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifact import model_bytes, read_manifest, verify_files
+from edgekit.artifact import Manifest, model_bytes, read_manifest, sha256_file, verify_files
 from edgekit.benchmarks.metrics import accuracy
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
@@ -60,20 +60,32 @@ def measure(directory: Path, cfg: BenchConfig, eval_samples: Samples | None = No
     directory = Path(directory)
     manifest = read_manifest(directory)
     verify_files(directory, manifest)
-    rt = get_runtime(cfg.runtime)
-    if not rt.available():
-        raise EdgekitError(f"runtime {cfg.runtime} is not installed; pip install 'edgekit[{rt.PIP_EXTRA}]'.")
+    rt = runtime(cfg.runtime)
     spec = manifest.input_spec
     fixed = spec.fixed_batch
     batch = fixed or cfg.batch
+    reason = not_applicable(rt, manifest)
+    if reason:
+        return {
+            "artifact": str(directory),
+            "runtime": rt.NAME,
+            "device": cfg.device,
+            "batch": batch,
+            "ok": False,
+            "not_applicable": True,
+            "reason": reason,
+            "error": f"not applicable: {reason}",  # for views that only know failed rows
+            "host": fingerprint(),
+        }
+    model, options = target(directory, manifest, rt, cfg.threads)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
         feeds_path = Path(tmp) / "feeds.npz"
         np.savez(feeds_path, **example_inputs(spec, batch=batch))
         job = {
             "runtime": rt.NAME,
-            "model": str(directory / manifest.model_file),
+            "model": model,
             "device": cfg.device,
-            "options": {"threads": cfg.threads},
+            "options": options,
             "warmup": cfg.warmup,
             "runs": cfg.runs,
             "seconds": cfg.seconds,
@@ -104,6 +116,40 @@ def measure(directory: Path, cfg: BenchConfig, eval_samples: Samples | None = No
                 outputs = [z[k] for k in z.files]
             record["accuracy"] = score(outputs, eval_samples)
     return record
+
+
+def runtime(name: str):
+    """The runtime module for a --runtime name; one sentence naming the pip extra if it is absent."""
+    rt = get_runtime(name)
+    if not rt.available():
+        raise EdgekitError(f"runtime {name} is not installed; pip install 'edgekit[{rt.PIP_EXTRA}]'.")
+    return rt
+
+
+def not_applicable(rt, manifest: Manifest) -> str | None:
+    """Why this runtime cannot run this artifact (a row saying so, not a failure), or None.
+    Only a runtime that runs the source torch model (eager) has conditions: a torch source,
+    still on disk and unchanged since the export."""
+    if not rt.SOURCE:
+        return None
+    src = manifest.source
+    if src.kind == "onnx":
+        return f"{rt.NAME} runs the source torch model, and this artifact's source is an ONNX file"
+    if manifest.load is None:
+        return "the manifest does not record how its source was loaded; re-export the artifact"
+    if not Path(src.path).is_file():
+        return f"its source model {src.path} is no longer there"
+    if sha256_file(Path(src.path)) != src.sha256:
+        return f"its source model {src.path} has changed since the export (sha256 differs)"
+    return None
+
+
+def target(directory: Path, manifest: Manifest, rt, threads: int = 0) -> tuple[str, dict]:
+    """The file a runtime loads and its options: the artifact's model file, or for a source
+    runtime the source model with the options the export loaded it with."""
+    if rt.SOURCE:
+        return manifest.source.path, {"threads": threads, **manifest.load.model_dump()}
+    return str(Path(directory) / manifest.model_file), {"threads": threads}
 
 
 def score(outputs: list[np.ndarray], samples: Samples) -> dict:

@@ -7,7 +7,6 @@ same file runs on a Jetson over ssh. The result is one JSON object on the last l
 
 from __future__ import annotations
 
-import importlib
 import json
 import resource
 import sys
@@ -16,6 +15,7 @@ import time
 import numpy as np
 
 from edgekit.benchmarks.metrics import latency_stats
+from edgekit.runtimes import get as get_runtime
 
 
 def _rss_mb() -> float:
@@ -23,7 +23,7 @@ def _rss_mb() -> float:
 
 
 def measure(job: dict) -> dict:
-    rt = importlib.import_module(f"edgekit.runtimes.{job['runtime']}")
+    rt = get_runtime(job["runtime"])
     baseline = _rss_mb()
     t0 = time.perf_counter()
     options = rt.Options(**job.get("options", {}))
@@ -40,7 +40,7 @@ def measure(job: dict) -> dict:
     start = time.perf_counter()
     while True:
         t = time.perf_counter()
-        sess.run(feeds)  # CPU runtimes return when the work is done: no device sync needed
+        sess.run(feeds)  # returns when the work is done (eager on CUDA synchronises inside run)
         times.append(time.perf_counter() - t)
         if runs is not None:
             if len(times) >= runs:

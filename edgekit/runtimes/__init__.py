@@ -1,12 +1,21 @@
 """One module per runtime, behind one protocol: available(), load(path, device, options) -> Session.
 
-Runtimes are found by name (no registry): `edgekit.runtimes.<name>`. Each imports its library
-lazily, so a missing runtime never breaks `import edgekit`.
+Runtimes are found by name (no registry): `edgekit.runtimes.<module>`. Each imports its library
+lazily, so a missing runtime never breaks `import edgekit`. A runtime whose `SOURCE` is True runs
+the artifact's source torch model (eager); the others run the artifact's ONNX file.
 """
 
 import importlib
 
-MODULES = {"ort": "ort", "onnxruntime": "ort"}
+MODULES = {
+    "ort": "ort",
+    "onnxruntime": "ort",
+    "openvino": "ov",
+    "ov": "ov",
+    "eager": "eager",
+    "torch": "eager",
+}
+ALL = ("eager", "ort", "openvino")  # one name per runtime, in the order `edgekit runtimes` lists them
 
 
 def get(name: str):

@@ -8,6 +8,7 @@ import numpy as np
 
 NAME = "ort"
 PIP_EXTRA = "onnxruntime"
+SOURCE = False  # runs the artifact's ONNX file
 
 
 def available() -> bool:
@@ -16,6 +17,13 @@ def available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def describe() -> dict:
+    """For `edgekit runtimes`: version and the execution providers this build has."""
+    import onnxruntime as ort
+
+    return {"version": ort.__version__, "devices": ort.get_available_providers()}
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""torch eager: runs the artifact's *source* torch model (not its ONNX), on CPU or CUDA.
+
+The runner gives it the source file and how the export loaded it (the manifest's `load` record),
+so the model is loaded exactly as it was exported. This is the only runtime that imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NAME = "eager"
+PIP_EXTRA = "torch"
+SOURCE = True  # runs the artifact's source torch model
+
+
+def available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def describe() -> dict:
+    """For `edgekit runtimes`: version, and cuda when this torch build sees a GPU."""
+    import torch
+
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    return {"version": torch.__version__, "devices": devices}
+
+
+@dataclass
+class Options:
+    threads: int = 0  # 0: torch's default (intra-op threads = physical cores)
+    # how the export loaded the source (the manifest's `load` record)
+    arch: str | None = None
+    trust_pickle: bool = False
+    input_shapes: list[list[int]] = field(default_factory=list)
+    input_dtype: str = "float32"
+    static_batch: bool = False
+
+
+class Session:
+    def __init__(self, path: str, device: str = "cpu", options: Options | None = None):
+        import torch
+
+        from edgekit.model import LoadOptions, load_model
+
+        self.options = options or Options()
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("torch sees no CUDA device here")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"the eager runtime runs on cpu or cuda, not {device}")
+        if self.options.threads:
+            torch.set_num_threads(self.options.threads)
+        loaded = load_model(
+            path,
+            LoadOptions(
+                arch=self.options.arch,
+                trust_pickle=self.options.trust_pickle,
+                input_shapes=tuple(tuple(s) for s in self.options.input_shapes),
+                input_dtype=self.options.input_dtype,
+                static_batch=self.options.static_batch,
+            ),
+        )
+        self.device = device
+        self.input_names = loaded.input_spec.names
+        self._module = loaded.module.to(device)
+        dtype = next((p.dtype for p in self._module.parameters()), torch.float32)
+        names = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+        self.precision = names.get(dtype, str(dtype))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs as numpy; on CUDA the device is synchronised first, so a timed run is complete."""
+        import torch
+
+        from edgekit.model import flatten_outputs
+
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self.input_names]
+        with torch.inference_mode():
+            out = flatten_outputs(self._module(*args))
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return [t.detach().float().cpu().numpy() for t in out]
+
+    def info(self) -> dict:
+        import torch
+
+        return {
+            "runtime": NAME,
+            "version": torch.__version__,
+            "device": self.device,
+            "threads": torch.get_num_threads(),
+            "threads_requested": self.options.threads,
+            "precision": self.precision,  # of the model's weights: eager runs them as they are
+        }
+
+
+def load(path: str, device: str = "cpu", options: Options | None = None) -> Session:
+    return Session(path, device, options)

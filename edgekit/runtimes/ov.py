@@ -1,0 +1,96 @@
+"""OpenVINO, reading the artifact's ONNX file directly (an .xml IR works the same way).
+
+The precision is pinned, never left to the plugin: OpenVINO's CPU plugin runs an fp32 model in
+bf16 by default on CPUs with AVX-512 BF16, so an fp32 row would silently be a bf16 row. info()
+reports the precision read back from the compiled model, which is what actually ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NAME = "openvino"
+PIP_EXTRA = "openvino"
+SOURCE = False  # runs the artifact's ONNX file
+PRECISIONS = ("f32", "bf16", "f16")
+HINTS = ("latency", "throughput")
+
+
+def available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def describe() -> dict:
+    """For `edgekit runtimes`: version and the devices OpenVINO sees here."""
+    import openvino as ov
+
+    return {"version": ov.get_version(), "devices": ov.Core().available_devices}
+
+
+@dataclass
+class Options:
+    threads: int = 0  # 0: OpenVINO's default (all cores the latency hint picks)
+    precision: str = "f32"  # INFERENCE_PRECISION_HINT, pinned so an fp32 row is really f32
+    hint: str = "latency"  # PERFORMANCE_HINT
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"openvino precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.hint not in HINTS:
+            raise ValueError(f"openvino hint {self.hint!r} is not one of {', '.join(HINTS)}")
+
+    def config(self) -> dict:
+        """The compile_model properties these options stand for."""
+        cfg = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": self.hint.upper()}
+        if self.threads:
+            cfg["INFERENCE_NUM_THREADS"] = self.threads
+        return cfg
+
+
+class Session:
+    def __init__(self, path: str, device: str = "cpu", options: Options | None = None):
+        import openvino as ov
+
+        self.options = options or Options()
+        self.device = device
+        core = ov.Core()
+        target = device.upper()
+        if target not in core.available_devices:
+            have = ", ".join(core.available_devices)
+            raise ValueError(f"OpenVINO has no {target} device here (it has {have})")
+        self._compiled = core.compile_model(path, target, self.options.config())
+        self._request = self._compiled.create_infer_request()
+        self.input_names = [i.get_any_name() for i in self._compiled.inputs]
+        self.output_names = [o.get_any_name() for o in self._compiled.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Synchronous inference: infer() returns when the device has finished."""
+        results = self._request.infer(feeds)
+        return [np.array(results[o]) for o in self._compiled.outputs]
+
+    def info(self) -> dict:
+        import openvino as ov
+
+        prop = self._compiled.get_property
+        return {
+            "runtime": NAME,
+            "version": ov.get_version(),
+            "device": self.device,
+            "execution_devices": list(prop("EXECUTION_DEVICES")),
+            "precision": prop("INFERENCE_PRECISION_HINT").get_type_name(),  # read back: what ran
+            "precision_requested": self.options.precision,
+            "threads": int(prop("INFERENCE_NUM_THREADS")),
+            "threads_requested": self.options.threads,
+            "streams": int(prop("NUM_STREAMS")),
+            "performance_hint": str(prop("PERFORMANCE_HINT")),
+        }
+
+
+def load(path: str, device: str = "cpu", options: Options | None = None) -> Session:
+    return Session(path, device, options)
