@@ -211,8 +211,27 @@ def inspect(artifact, as_json):
 @click.option("--eval-size", type=int, default=None)
 @click.option("--timeout", type=float, default=600, show_default=True, help="Per measurement.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Save the records (JSON).")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    help="Append the records to DIR/results.jsonl.",
+)
 def bench(
-    artifacts, runtime, device, threads, batch, warmup, runs, seconds, eval_, eval_size, timeout, json_path
+    artifacts,
+    runtime,
+    device,
+    threads,
+    batch,
+    warmup,
+    runs,
+    seconds,
+    eval_,
+    eval_size,
+    timeout,
+    json_path,
+    out_dir,
 ):
     """Measure latency, memory, size (and accuracy with --eval) of artifacts in a fresh process."""
     from dataclasses import replace
@@ -254,6 +273,11 @@ def bench(
     bench_table(records)
     if json_path:
         _write_json(json_path, records)
+    if out_dir:
+        from edgekit.benchmarks.results import append_records
+
+        path = _run(lambda: append_records(out_dir, records), False)
+        click.echo(f"appended {len(records)} record(s) to {path}")
     if not all(r.get("ok") or r.get("not_applicable") for r in records):
         sys.exit(1)
 
@@ -297,6 +321,73 @@ def demo(work_dir, retrain):
     from edgekit.demo import run
 
     _run(lambda: run(work_dir, retrain), False)
+
+
+@cli.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("--format", "formats", help="Files to write, comma-separated: md, csv, html.")
+@click.option(
+    "--plot", is_flag=True, help="PNG plots: latency vs accuracy, latency distribution (matplotlib)."
+)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(path_type=Path),
+    help="Where to write (default: next to RESULTS).",
+)
+def report(results, formats, plot, out):
+    """Show benchmark records (a results directory, a .jsonl file or a --json file) as a table, and
+    write Markdown, CSV, a self-contained HTML page and plots."""
+    from edgekit.benchmarks.report import bench_table, parse_formats, write_report
+    from edgekit.benchmarks.results import load_records
+
+    def go():
+        chosen = parse_formats(formats) if formats else []
+        records = load_records(results)
+        bench_table(records, title=f"edgekit report {results}")
+        if not chosen and not plot:
+            return
+        target = out or (results if results.is_dir() else results.parent)
+        written, notes = write_report(records, chosen, plot, target)
+        for note in notes:
+            click.echo(note)
+        for path in written:
+            click.echo(f"wrote {path}")
+
+    _run(go, False)
+
+
+@cli.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--runtime", default="ort", show_default=True)
+@click.option("--rounds", type=int, default=10, show_default=True, help="Interleaved rounds, A B A B ...")
+@click.option(
+    "--seconds", type=float, default=10.0, show_default=True, help="Timed seconds per side, all rounds."
+)
+@click.option("--threads", type=int, default=0, help="Intra-op threads (0: the runtime's default).")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs in each worker.")
+@click.option("--timeout", type=float, default=600, show_default=True, help="Per measurement.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Save the comparison (JSON).")
+def compare(a, b, runtime, rounds, seconds, threads, warmup, timeout, json_path):
+    """Measure A and B interleaved (A B A B, fresh workers each round) and report the latency
+    ratio B/A with a 95 % bootstrap confidence interval."""
+    from edgekit.benchmarks.compare import CompareConfig
+    from edgekit.benchmarks.compare import compare as run
+    from edgekit.benchmarks.report import compare_table
+    from edgekit.benchmarks.runner import BenchConfig
+
+    def go():
+        if seconds <= 0:
+            raise EdgekitError("--seconds must be positive.")
+        cfg = BenchConfig(runtime=runtime, threads=threads, warmup=warmup, seconds=seconds, timeout=timeout)
+        return run(a, b, cfg, CompareConfig(rounds=rounds))
+
+    result = _run(go, False)
+    compare_table(result)
+    if json_path:
+        _write_json(json_path, result)
 
 
 def main() -> None:

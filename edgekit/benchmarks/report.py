@@ -1,12 +1,20 @@
-"""Views of manifests and result records: rich tables for the terminal."""
+"""Views of manifests and result records: rich tables for the terminal; Markdown, CSV and a
+self-contained HTML page for reports."""
 
 from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from edgekit.artifact import Manifest, model_bytes
+from edgekit.errors import EdgekitError
 
 console = Console()
 
@@ -94,8 +102,7 @@ def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
             )
             continue
         lat = r["latency"]
-        acc = r.get("accuracy", {})
-        acc_s = f"top-1 {pct(acc['top1'])} (n={acc['samples']})" if "top1" in acc else "—"
+        acc_s = accuracy_cell(r)
         t.add_row(
             r["artifact"],
             r["runtime"],
@@ -116,3 +123,250 @@ def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
                 f"[yellow]note: {r['artifact']} latency varies a lot (CV {r['latency']['cv']:.0%}); "
                 "the machine may be busy: re-run, or use --seconds for longer runs.[/yellow]"
             )
+
+
+def accuracy_cell(r: dict) -> str:
+    """Which accuracy metric a row has and on how many samples; never a bare number."""
+    acc = r.get("accuracy")
+    if not acc:
+        return "not measured (no --eval)"
+    if "top1" in acc:
+        return f"top-1 {pct(acc['top1'])}, top-5 {pct(acc['top5'])} (n={acc['samples']})"
+    return f"{acc['metric']} (n={acc['samples']})"
+
+
+def row_label(r: dict) -> str:
+    """A short name for a row in plots: artifact directory name, runtime, batch."""
+    return f"{Path(r['artifact']).name} · {r['runtime']} · b{r.get('batch', '?')}"
+
+
+def failure(r: dict) -> str:
+    """Why a row has no numbers: not applicable (a pair that cannot run) or failed, with the reason."""
+    if r.get("not_applicable"):
+        return f"not applicable: {r.get('reason')}"
+    return f"failed: {r.get('error', 'no reason recorded')}"
+
+
+COLUMNS = (
+    "artifact",
+    "runtime",
+    "device",
+    "batch",
+    "median ms",
+    "p90 ms",
+    "p99 ms",
+    "mean ± std ms",
+    "CV",
+    "throughput/s",
+    "size",
+    "peak RSS",
+    "accuracy",
+)
+
+
+def row_cells(r: dict) -> list[str]:
+    """One record as the report's text cells; a failed row carries its reason instead of numbers."""
+    head = [r["artifact"], r["runtime"], r.get("device", ""), str(r.get("batch", ""))]
+    if not r.get("ok"):
+        return [*head, failure(r), *[""] * (len(COLUMNS) - 5)]
+    lat = r["latency"]
+    return [
+        *head,
+        f"{lat['median_ms']:.3f}",
+        f"{lat['p90_ms']:.3f}",
+        f"{lat['p99_ms']:.3f}",
+        f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f}",
+        f"{lat['cv']:.1%}",
+        f"{lat['throughput_per_s']:.1f}",
+        mb(r["size_bytes"]),
+        f"{r['memory_mb']['peak_rss']:.0f} MB",
+        accuracy_cell(r),
+    ]
+
+
+def markdown(records: list[dict], notes: list[str]) -> str:
+    def line(cells):
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    lines = ["# edgekit benchmark report", "", line(COLUMNS), line(["---"] * len(COLUMNS))]
+    lines += [line(row_cells(r)) for r in records]
+    lines += ["", *[f"- {n}" for n in notes]] if notes else []
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = (
+    "artifact",
+    "runtime",
+    "device",
+    "batch",
+    "ok",
+    "error",
+    "median_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "mean_ms",
+    "std_ms",
+    "min_ms",
+    "max_ms",
+    "count",
+    "cv",
+    "throughput_per_s",
+    "size_bytes",
+    "peak_rss_mb",
+    "accuracy_metric",
+    "accuracy_samples",
+    "top1",
+    "top5",
+)
+
+
+def csv_text(records: list[dict]) -> str:
+    """Raw numbers, one row per record, for spreadsheets; empty cells where a row has no value."""
+    out = io.StringIO()
+    w = csv.DictWriter(out, CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        acc = r.get("accuracy") or {}
+        row = {k: r.get(k, "") for k in ("artifact", "runtime", "device", "batch", "ok", "error")}
+        if r.get("ok"):
+            row.update({k: r["latency"][k] for k in CSV_FIELDS[6:17]})
+            row.update(size_bytes=r["size_bytes"], peak_rss_mb=r["memory_mb"]["peak_rss"])
+        row.update(
+            accuracy_metric=acc.get("metric", "not measured"),
+            accuracy_samples=acc.get("samples", ""),
+            top1=acc.get("top1", ""),
+            top5=acc.get("top5", ""),
+        )
+        w.writerow(row)
+    return out.getvalue()
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f0f0f0; }
+td:nth-child(-n+3) { text-align: left; }
+td.failed { color: #b00020; text-align: left; }
+img { max-width: 100%; margin-top: 1.5em; display: block; }
+"""
+
+
+def html_page(records: list[dict], notes: list[str], images: dict[str, Path]) -> str:
+    """One self-contained page: inline CSS, the PNG plots embedded as base64 data URIs."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    rows = []
+    for r in records:
+        cells = row_cells(r)
+        if r.get("ok"):
+            body = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+        else:
+            span = len(COLUMNS) - 4
+            body = "".join(f"<td>{html.escape(c)}</td>" for c in cells[:4])
+            body += f'<td class="failed" colspan="{span}">{html.escape(cells[4])}</td>'
+        rows.append(f"<tr>{body}</tr>")
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>edgekit benchmark report</title>',
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>edgekit benchmark report</h1>",
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>",
+        *(f"<p>{html.escape(n)}</p>" for n in notes),
+    ]
+    for alt, path in images.items():
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        parts.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """For (latency, accuracy) points: True where no other point is at least as fast and at least
+    as accurate while strictly better in one of the two (lower latency, higher accuracy win)."""
+
+    def dominated(p: tuple[float, float]) -> bool:
+        return any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points)
+
+    return [not dominated(p) for p in points]
+
+
+FORMATS = ("md", "csv", "html")
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        bad = ", ".join(map(repr, unknown)) or repr(text)
+        raise EdgekitError(f"unknown report format {bad} in --format; use some of {', '.join(FORMATS)}.")
+    return formats
+
+
+def noisy_notes(records: list[dict]) -> list[str]:
+    return [
+        f"{row_label(r)}: latency varies a lot (CV {r['latency']['cv']:.0%}); the machine may have been busy."
+        for r in records
+        if r.get("ok") and r["latency"]["cv"] > 0.2
+    ]
+
+
+def write_report(
+    records: list[dict], formats: list[str], plot: bool, out: Path
+) -> tuple[list[Path], list[str]]:
+    """Write the chosen formats (and PNG plots with --plot) into OUT. Returns the files written and
+    what the plots had to leave out, for the terminal (the files carry it as well)."""
+    out.mkdir(parents=True, exist_ok=True)
+    images: dict[str, Path] = {}
+    plot_notes: list[str] = []
+    if plot:
+        from edgekit.benchmarks import plots
+
+        left_out = plots.latency_accuracy(records, out / "latency_accuracy.png")
+        if len(left_out) < len(records):
+            images["latency vs accuracy"] = out / "latency_accuracy.png"
+        if left_out:
+            names = ", ".join(row_label(r) for r in left_out)
+            plot_notes.append(
+                f"Left out of the latency-vs-accuracy plot (failed or no top-1 accuracy): {names}."
+            )
+        if plots.latency_distribution(records, out / "latency_distribution.png"):
+            images["latency distribution"] = out / "latency_distribution.png"
+    notes = noisy_notes(records) + plot_notes
+    writers = {
+        "md": ("report.md", lambda: markdown(records, notes)),
+        "csv": ("report.csv", lambda: csv_text(records)),
+        "html": ("report.html", lambda: html_page(records, notes, images)),
+    }
+    written = list(images.values())
+    for f in formats:
+        name, render = writers[f]
+        (out / name).write_text(render())
+        written.append(out / name)
+    return written, plot_notes
+
+
+def compare_table(c: dict) -> None:
+    """`edgekit compare`: each side's median, then the per-round ratio B/A with its interval."""
+    ratio = c["ratio_b_over_a"]
+    conf = f"{ratio['confidence']:.0%}"
+    t = Table(
+        title=f"edgekit compare ({c['runtime']}, {c['rounds']} interleaved rounds, A B A B)",
+        title_justify="left",
+    )
+    for col in ("", "artifact", "median ms", "per-round medians ms"):
+        t.add_column(col, justify="right" if col == "median ms" else "left")
+    for side in ("a", "b"):
+        rounds = ", ".join(f"{m:.3f}" for m in c[f"{side}_round_medians_ms"])
+        t.add_row(side.upper(), c[side], f"{c[f'{side}_median_ms']:.3f}", rounds)
+    console.print(t)
+    console.print(
+        f"latency ratio B/A (below 1: B is faster): median {ratio['median']:.3f}, "
+        f"{conf} CI [{ratio['ci_low']:.3f}, {ratio['ci_high']:.3f}] over {c['rounds']} rounds; "
+        f"speed-up of B over A: {1 / ratio['median']:.2f}x"
+    )
+    if not c["significant"]:
+        console.print(
+            f"[yellow]warning: no significant difference: the {conf} interval of B/A includes 1.0; "
+            "run more --rounds or longer --seconds to tell them apart.[/yellow]"
+        )

@@ -200,7 +200,7 @@ def interleaved(dirs: list[Path], cfg: BenchConfig, rounds: int, evals: Samples 
             rows[i].append(measure(d, per_round, evals if r == 0 else None))
     records = []
     for i, runs in enumerate(rows):
-        record = dict(runs[0])
+        record = dict(next((x for x in runs if not x.get("ok")), runs[0]))  # a failed round, if any
         if all(x.get("ok") for x in runs):
             medians = [x["latency"]["median_ms"] for x in runs]
             record["latency"] = dict(runs[0]["latency"], median_ms=float(np.median(medians)))
