@@ -296,7 +296,7 @@ def runtimes():
     for name in ALL:
         rt = get(name)
         if not rt.available():
-            t.add_row(name, "no", f"pip install 'edgekit[{rt.PIP_EXTRA}]'", "")
+            t.add_row(name, "no", rt.INSTALL, "")
             continue
         d = rt.describe()
         t.add_row(name, "yes", d["version"], ", ".join(d["devices"]))

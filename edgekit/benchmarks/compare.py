@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.benchmarks.report import failure
 from edgekit.benchmarks.runner import BenchConfig, interleaved
 from edgekit.errors import EdgekitError
 
@@ -45,7 +46,7 @@ def compare(a: Path, b: Path, bench: BenchConfig, cfg: CompareConfig) -> dict:
     rec_a, rec_b = interleaved([Path(a), Path(b)], bench, cfg.rounds)
     for rec in (rec_a, rec_b):
         if not rec.get("ok") or "round_medians_ms" not in rec["latency"]:
-            raise MeasurementFailed(f"{rec['artifact']} failed to measure: {rec.get('error')}")
+            raise MeasurementFailed(f"{rec['artifact']} was not measured: {failure(rec)}")
     med_a = rec_a["latency"]["round_medians_ms"]
     med_b = rec_b["latency"]["round_medians_ms"]
     ratios = [mb / ma for ma, mb in zip(med_a, med_b, strict=True)]

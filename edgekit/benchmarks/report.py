@@ -97,7 +97,9 @@ def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
                 r["artifact"],
                 r["runtime"],
                 str(r.get("batch", "")),
-                f"[red]failed: {r.get('error')}[/red]",
+                f"[yellow]{escape(failure(r))}[/yellow]"
+                if r.get("not_applicable")
+                else f"[red]{escape(failure(r))}[/red]",
                 *[""] * 7,
             )
             continue

@@ -74,7 +74,6 @@ def measure(directory: Path, cfg: BenchConfig, eval_samples: Samples | None = No
             "ok": False,
             "not_applicable": True,
             "reason": reason,
-            "error": f"not applicable: {reason}",  # for views that only know failed rows
             "host": fingerprint(),
         }
     model, options = target(directory, manifest, rt, cfg.threads)
@@ -122,7 +121,7 @@ def runtime(name: str):
     """The runtime module for a --runtime name; one sentence naming the pip extra if it is absent."""
     rt = get_runtime(name)
     if not rt.available():
-        raise EdgekitError(f"runtime {name} is not installed; pip install 'edgekit[{rt.PIP_EXTRA}]'.")
+        raise EdgekitError(f"runtime {name} is not installed here; install it with: {rt.INSTALL}.")
     return rt
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NAME = "eager"
-PIP_EXTRA = "torch"
+INSTALL = "pip install torch"
 SOURCE = True  # runs the artifact's source torch model
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NAME = "ort"
-PIP_EXTRA = "onnxruntime"
+INSTALL = "pip install onnxruntime"
 SOURCE = False  # runs the artifact's ONNX file
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 NAME = "openvino"
-PIP_EXTRA = "openvino"
+INSTALL = "pip install 'edgekit[openvino]'"
 SOURCE = False  # runs the artifact's ONNX file
 PRECISIONS = ("f32", "bf16", "f16")
 HINTS = ("latency", "throughput")
