@@ -77,6 +77,13 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
         raise EdgekitError(f"{flag} {text!r} must be comma-separated numbers.") from None
 
 
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise EdgekitError(f"{flag} {text!r} must be comma-separated whole numbers, e.g. 1,8,32.") from None
+
+
 def _request(model, kw, int8=None, eval_=None, eval_size=None):
     from edgekit.data import Preprocess
     from edgekit.export.onnx import ExportConfig
@@ -203,7 +210,7 @@ def inspect(artifact, as_json):
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu; cuda (eager), gpu or npu (openvino).")
 @click.option("--threads", type=int, default=0, help="Intra-op threads (0: the runtime's default).")
-@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--batch", default="1", show_default=True, help="Batch sizes, comma-separated: one row each.")
 @click.option("--warmup", type=int, default=10, show_default=True)
 @click.option("--runs", type=int, default=None, help="A fixed number of timed runs ...")
 @click.option("--seconds", type=float, default=3.0, show_default=True, help="... or at least this long.")
@@ -238,12 +245,15 @@ def bench(
 
     from edgekit.artifact import read_manifest
     from edgekit.benchmarks.report import bench_table
-    from edgekit.benchmarks.runner import BenchConfig, measure
+    from edgekit.benchmarks.runner import BenchConfig, batch_sizes, measure
     from edgekit.benchmarks.runner import runtime as check_runtime
     from edgekit.data import Preprocess, load_samples
 
+    notes: list[str] = []
+
     def go():
-        if (runs is not None and runs < 1) or seconds <= 0 or batch < 1:
+        batches = _ints(batch, "--batch")
+        if (runs is not None and runs < 1) or seconds <= 0 or min(batches) < 1:
             raise EdgekitError("--runs, --seconds and --batch must be positive.")
         names = [n.strip() for n in runtime.split(",") if n.strip()]
         if not names:
@@ -251,26 +261,26 @@ def bench(
         for name in names:  # an unknown or absent runtime fails before any measurement
             check_runtime(name)
         cfg = BenchConfig(
-            device=device,
-            threads=threads,
-            batch=batch,
-            warmup=warmup,
-            runs=runs,
-            seconds=seconds,
-            timeout=timeout,
+            device=device, threads=threads, warmup=warmup, runs=runs, seconds=seconds, timeout=timeout
         )
         records = []
         for a in artifacts:
+            m = read_manifest(a)
             evals = None
             if eval_:
-                m = read_manifest(a)
                 recorded = next((d["preprocess"] for d in m.data.values() if "preprocess" in d), {})
                 evals = load_samples(eval_, m.input_spec, eval_size, Preprocess(**recorded), 0, "eval")
-            records.extend(measure(a, replace(cfg, runtime=name), evals) for name in names)
+            sizes, note = batch_sizes(m.input_spec, batches)
+            if note:
+                notes.append(f"{a}: {note}")
+            for b in sizes:
+                records.extend(measure(a, replace(cfg, runtime=name, batch=b), evals) for name in names)
         return records
 
     records = _run(go, False)
     bench_table(records)
+    for note in notes:
+        click.echo(f"note: {note}")
     if json_path:
         _write_json(json_path, records)
     if out_dir:

@@ -87,7 +87,8 @@ def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
         "mean ± std",
         "throughput/s",
         "size",
-        "peak RSS",
+        "RSS load Δ / peak",
+        "J/inference",
         "accuracy",
     ):
         t.add_column(col, justify="left" if col in ("artifact", "runtime") else "right")
@@ -100,7 +101,7 @@ def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
                 f"[yellow]{escape(failure(r))}[/yellow]"
                 if r.get("not_applicable")
                 else f"[red]{escape(failure(r))}[/red]",
-                *[""] * 7,
+                *[""] * 8,
             )
             continue
         lat = r["latency"]
@@ -115,7 +116,8 @@ def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
             f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f}",
             f"{lat['throughput_per_s']:.1f}",
             mb(r["size_bytes"]),
-            f"{r['memory_mb']['peak_rss']:.0f} MB",
+            memory_cell(r),
+            energy_cell(r),
             acc_s,
         )
     console.print(t)
@@ -125,6 +127,21 @@ def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
                 f"[yellow]note: {r['artifact']} latency varies a lot (CV {r['latency']['cv']:.0%}); "
                 "the machine may be busy: re-run, or use --seconds for longer runs.[/yellow]"
             )
+
+
+def memory_cell(r: dict) -> str:
+    """Resident memory the model added at load over the runtime's own baseline, and the peak (MiB);
+    the peak alone for records from before the baseline was measured."""
+    m = r["memory_mb"]
+    if "load_delta" not in m:
+        return f"{m['peak_rss']:.0f} MiB"
+    return f"{m['load_delta']:.0f} / {m['peak_rss']:.0f} MiB"
+
+
+def energy_cell(r: dict) -> str:
+    """Joules per inference (one run of the batch), or that the machine exposes no counter."""
+    e = r.get("energy") or {"available": False}
+    return f"{e['joules_per_inference']:.3g}" if e["available"] else "n/a"
 
 
 def accuracy_cell(r: dict) -> str:
@@ -181,7 +198,7 @@ def row_cells(r: dict) -> list[str]:
         f"{lat['cv']:.1%}",
         f"{lat['throughput_per_s']:.1f}",
         mb(r["size_bytes"]),
-        f"{r['memory_mb']['peak_rss']:.0f} MB",
+        f"{r['memory_mb']['peak_rss']:.0f} MiB",
         accuracy_cell(r),
     ]
 
@@ -216,6 +233,10 @@ CSV_FIELDS = (
     "throughput_per_s",
     "size_bytes",
     "peak_rss_mb",
+    "baseline_rss_mb",
+    "load_delta_mb",
+    "inference_delta_mb",
+    "joules_per_inference",
     "accuracy_metric",
     "accuracy_samples",
     "top1",
@@ -233,7 +254,15 @@ def csv_text(records: list[dict]) -> str:
         row = {k: r.get(k, "") for k in ("artifact", "runtime", "device", "batch", "ok", "error")}
         if r.get("ok"):
             row.update({k: r["latency"][k] for k in CSV_FIELDS[6:17]})
-            row.update(size_bytes=r["size_bytes"], peak_rss_mb=r["memory_mb"]["peak_rss"])
+            mem, energy = r["memory_mb"], r.get("energy") or {}
+            row.update(
+                size_bytes=r["size_bytes"],
+                peak_rss_mb=mem["peak_rss"],
+                baseline_rss_mb=mem.get("baseline_rss", ""),
+                load_delta_mb=mem.get("load_delta", ""),
+                inference_delta_mb=mem.get("inference_delta", ""),
+                joules_per_inference=energy.get("joules_per_inference", ""),
+            )
         row.update(
             accuracy_metric=acc.get("metric", "not measured"),
             accuracy_samples=acc.get("samples", ""),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+import edgekit
 from edgekit.artifact import Manifest, model_bytes, read_manifest, sha256_file, verify_files
 from edgekit.benchmarks.metrics import accuracy
 from edgekit.data import Samples
@@ -105,7 +110,7 @@ def measure(directory: Path, cfg: BenchConfig, eval_samples: Samples | None = No
             "runtime": rt.NAME,
             "device": cfg.device,
             "batch": batch,
-            "host": fingerprint(),
+            "host": fingerprint(result.get("runtime")),
             # the worker's "runtime" is its session info: kept apart so "runtime" stays the name
             **{k: v for k, v in result.items() if k not in ("eval_outputs", "runtime")},
             "runtime_info": result.get("runtime"),
@@ -164,28 +169,86 @@ def score(outputs: list[np.ndarray], samples: Samples) -> dict:
     }
 
 
-def fingerprint() -> dict:
-    """Where the numbers were measured (the full fingerprint comes with the runner issue)."""
-    cpu = platform.processor() or platform.machine()
-    flags: list[str] = []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                flags = sorted(have & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"})
-                break
-    except OSError:
-        pass
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+LIBRARIES = ("numpy", "onnx", "onnxruntime", "openvino", "torch")
+
+
+def fingerprint(runtime_info: dict | None = None) -> dict:
+    """Where and with what the numbers were measured: CPU model and the flags that decide INT8/bf16
+    speed, cores, the threads the session used, GPU and driver, OS, Python, library versions."""
+    info = runtime_info or {}
+    return {
+        **_host(),
+        "threads_used": info.get("threads"),  # as the session reports it; 0: the runtime's default
+        "threads_requested": info.get("threads_requested", info.get("threads")),
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> dict:
+    """The parts of the fingerprint that do not change within a process (nvidia-smi runs once)."""
+    cpu, flags = _cpu()
     return {
         "cpu": cpu,
         "cpu_flags": flags,
         "cores": os.cpu_count(),
+        "gpu": _gpu(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "hostname": platform.node(),
+        "libraries": _versions(),
+        "edgekit": edgekit.__version__,
     }
+
+
+def _cpu() -> tuple[str, list[str]]:
+    """CPU model name and which of CPU_FLAGS it has, from /proc/cpuinfo where there is one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return cpu, []
+    lines = text.splitlines()
+    cpu = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), cpu)
+    have = next((set(x.split(":", 1)[1].split()) for x in lines if x.startswith("flags")), set())
+    return cpu, [f for f in CPU_FLAGS if f in have]
+
+
+def _gpu() -> dict:
+    """NVIDIA GPUs and driver from nvidia-smi, or why there is no answer."""
+    if not shutil.which("nvidia-smi"):
+        return {"available": False, "reason": "nvidia-smi is not on PATH"}
+    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+    try:
+        out = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"available": False, "reason": f"nvidia-smi failed: {e}"}
+    gpus = [
+        dict(zip(("name", "driver", "memory"), map(str.strip, x.split(",")), strict=False))
+        for x in out.splitlines()
+    ]
+    if not gpus:
+        return {"available": False, "reason": "nvidia-smi lists no GPU"}
+    return {"available": True, "gpus": gpus}
+
+
+def _versions() -> dict:
+    """Installed versions of the libraries that decide the numbers (package metadata: no imports)."""
+    found = {}
+    for name in LIBRARIES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found[name] = importlib.metadata.version(name)
+    return found
+
+
+def batch_sizes(spec, requested: list[int]) -> tuple[list[int], str | None]:
+    """The batch sizes to measure: the requested ones, or a static-batch model's own batch only
+    (with a note saying the others were skipped)."""
+    fixed = spec.fixed_batch
+    if not fixed or requested == [fixed]:
+        return requested, None
+    asked = ",".join(map(str, requested))
+    return [fixed], f"the model has a fixed batch of {fixed}; measured at that batch only, not {asked}"
 
 
 def interleaved(dirs: list[Path], cfg: BenchConfig, rounds: int, evals: Samples | None = None):

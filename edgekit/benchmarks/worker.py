@@ -8,33 +8,56 @@ same file runs on a Jetson over ssh. The result is one JSON object on the last l
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+from edgekit.benchmarks import energy
 from edgekit.benchmarks.metrics import latency_stats
 from edgekit.runtimes import get as get_runtime
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB; None where there is no /proc."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    kib = next(int(x.split()[1]) for x in lines if x.startswith(f"{field}:"))
+    return kib / 1024.0
 
 
-def measure(job: dict) -> dict:
-    rt = get_runtime(job["runtime"])
-    baseline = _rss_mb()
-    t0 = time.perf_counter()
-    options = rt.Options(**job.get("options", {}))
-    sess = rt.load(job["model"], job.get("device", "cpu"), options)
-    load_s = time.perf_counter() - t0
-    after_load = _rss_mb()
-    with np.load(job["feeds"]) as z:
-        feeds = {k: z[k] for k in z.files}
-    batch = len(next(iter(feeds.values())))
-    for _ in range(job.get("warmup", 10)):
-        sess.run(feeds)
+def _peak_rss_mb() -> float:
+    """This process's high-water mark of resident memory, in MiB. VmHWM where there is /proc:
+    ru_maxrss would also count the parent's memory at the fork that started this worker."""
+    hwm = _status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _current_rss_mb() -> float:
+    """Resident memory now (VmRSS): the high-water mark would include transient peaks of the
+    imports. Where there is no /proc, the high-water mark, an upper bound."""
+    rss = _status_mb("VmRSS")
+    return rss if rss is not None else _peak_rss_mb()
+
+
+def _gpu_memory(rt, device: str) -> dict:
+    """Peak GPU memory the runtime allocated, where it can say (torch eager on CUDA); else why not."""
+    if device not in ("cuda", "gpu"):
+        return {"available": False, "reason": f"the run is on {device}"}
+    if rt.NAME != "eager":
+        return {"available": False, "reason": f"{rt.NAME} does not report its GPU memory"}
+    import torch  # the eager runtime's own library, already imported
+
+    return {"available": True, "peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
+
+
+def _timed_runs(sess, feeds: dict, job: dict) -> list[float]:
+    """Seconds per run: a fixed count, or until a minimum duration (and a minimum count) has passed."""
     times: list[float] = []
     runs, seconds = job.get("runs"), job.get("seconds", 3.0)
     start = time.perf_counter()
@@ -44,18 +67,46 @@ def measure(job: dict) -> dict:
         times.append(time.perf_counter() - t)
         if runs is not None:
             if len(times) >= runs:
-                break
+                return times
         elif time.perf_counter() - start >= seconds and len(times) >= job.get("min_runs", 10):
-            break
+            return times
+
+
+def measure(job: dict) -> dict:
+    """Load, warm up, time the runs; memory over the runtime's own baseline, energy around the timed
+    runs, the session's info, and outputs on the evaluation inputs when the job has them."""
+    rt = get_runtime(job["runtime"])
+    device = job.get("device", "cpu")
+    rt.available()  # imports the runtime's library, so the baseline includes it and nothing else
+    baseline = _current_rss_mb()
+    t0 = time.perf_counter()
+    sess = rt.load(job["model"], device, rt.Options(**job.get("options", {})))
+    load_s = time.perf_counter() - t0
+    load_peak = _peak_rss_mb()
+    with np.load(job["feeds"]) as z:
+        feeds = {k: z[k] for k in z.files}
+    batch = len(next(iter(feeds.values())))
+    for _ in range(job.get("warmup", 10)):
+        sess.run(feeds)
+    meter = energy.Meter(device)
+    meter.start()
+    times = _timed_runs(sess, feeds, job)
+    joules = meter.stop(len(times), batch)
+    peak = _peak_rss_mb()
     result = {
         "ok": True,
         "latency": latency_stats(times, batch),
         "load_seconds": load_s,
         "memory_mb": {
             "baseline_rss": baseline,
-            "peak_rss_after_load": after_load,
-            "peak_rss": _rss_mb(),
+            "load_peak": load_peak,
+            "load_delta": load_peak - baseline,
+            "peak_rss": peak,
+            "inference_delta": peak - load_peak,
+            "model_file_mb": os.path.getsize(job["model"]) / 2**20,
         },
+        "gpu_memory": _gpu_memory(rt, device),
+        "energy": joules,
         "runtime": sess.info(),
         "batch": batch,
     }
