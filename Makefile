@@ -29,6 +29,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/int8_speed.py
+	$(BIN)/python bench/runner_overhead.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _markdown import write_section
 from models import mobilenet_v2, resnet18, smooth_images
 
 from edgekit.artifact import read_manifest
@@ -298,21 +299,6 @@ def markdown(results: list[dict], digits: dict, args, cpu: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    path = ROOT / "docs" / "BENCHMARKS.md"
-    text = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmarks\n\nNumbers written by the scripts in bench/; re-run them to refresh.\n"
-    )
-    start, end = "<!-- int8_speed:start -->", "<!-- int8_speed:end -->"
-    if start in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=7)
@@ -350,7 +336,7 @@ def main() -> None:
     (out / "int8_speed.json").write_text(
         json.dumps({"models": results, "digits": digits}, indent=2, default=str) + "\n"
     )
-    write_section(markdown(results, digits, args, cpu))
+    write_section("int8_speed", markdown(results, digits, args, cpu))
 
 
 if __name__ == "__main__":
