@@ -24,3 +24,12 @@ def get(name: str):
     if name not in MODULES:
         raise EdgekitError(f"--runtime {name!r} is not known; use one of: {', '.join(sorted(set(MODULES)))}.")
     return importlib.import_module(f"edgekit.runtimes.{MODULES[name]}")
+
+
+def importable(library: str) -> bool:
+    """Whether a runtime's library imports here; a broken install counts as absent."""
+    try:
+        importlib.import_module(library)
+    except ImportError:
+        return False
+    return True

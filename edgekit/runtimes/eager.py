@@ -10,17 +10,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgekit.runtimes import importable
+
 NAME = "eager"
 INSTALL = "pip install torch"
 SOURCE = True  # runs the artifact's source torch model
 
 
 def available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importable("torch")
 
 
 def describe() -> dict:

@@ -6,17 +6,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgekit.runtimes import importable
+
 NAME = "ort"
 INSTALL = "pip install onnxruntime"
 SOURCE = False  # runs the artifact's ONNX file
 
 
 def available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importable("onnxruntime")
 
 
 def describe() -> dict:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.runtimes import importable
+
 NAME = "openvino"
 INSTALL = "pip install 'edgekit[openvino]'"
 SOURCE = False  # runs the artifact's ONNX file
@@ -19,11 +21,7 @@ HINTS = ("latency", "throughput")
 
 
 def available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importable("openvino")
 
 
 def describe() -> dict:
