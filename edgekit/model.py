@@ -104,6 +104,9 @@ def _load_onnx(path: Path, opts: LoadOptions) -> LoadedModel:
         specs.append(TensorSpec(name=vi.name, shape=dims, dtype=dtype))
     if opts.input_shapes:
         specs = _apply_shapes_to_onnx(path, specs, opts)
+    if opts.static_batch:
+        for t in specs:
+            t.shape = [1 if i == 0 and isinstance(d, str) else d for i, d in enumerate(t.shape)]
     source = Source(path=str(path.absolute()), sha256=sha256_file(path), kind="onnx")
     return LoadedModel(source=source, input_spec=InputSpec(inputs=specs), onnx_path=path)
 

@@ -104,7 +104,7 @@ def _export(req, loaded: LoadedModel, calib, out_dir: Path, manifest: Manifest) 
     t0 = time.perf_counter()
     feeds, origin = _verify_feeds(loaded, calib, req.export.verify_samples)
     if loaded.is_onnx:
-        path = onnx_export.copy_onnx(loaded.onnx_path, out_dir)
+        path = onnx_export.copy_onnx(loaded.onnx_path, out_dir, loaded.input_spec)
         sess = ort.load(str(path))
         try:
             sess.run(feeds)

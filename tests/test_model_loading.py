@@ -228,6 +228,29 @@ def test_onnx_input_shape_that_fits(onnx_two_inputs):
 
 
 @pytest.mark.parametrize(
+    ("shapes", "batch"), [((), 1), (((4, 3, 16, 16), (4, 6)), 4)], ids=["no-shape", "input-shape"]
+)
+def test_onnx_static_batch_is_fixed_in_the_copied_graph(onnx_two_inputs, tmp_path, shapes, batch):
+    """--static-batch on an ONNX input fixes the batch in the artifact's graph, not only the spec."""
+    import onnxruntime
+
+    from edgekit.export.onnx import copy_onnx
+
+    loaded = load_model(onnx_two_inputs, LoadOptions(input_shapes=shapes, static_batch=True))
+    assert loaded.input_spec.fixed_batch == batch
+    graph = onnx.load(str(copy_onnx(onnx_two_inputs, tmp_path, loaded.input_spec))).graph
+    for vi in [*graph.input, *graph.output]:
+        first = vi.type.tensor_type.shape.dim[0]
+        assert first.dim_value == batch and not first.dim_param, vi.name
+    sess = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    feeds = example_inputs(loaded.input_spec, batch=batch)
+    assert [o.shape[0] for o in sess.run(None, feeds)] == [batch, batch]
+    too_big = {t.name: np.zeros((batch + 1, *t.shape[1:]), np.float32) for t in loaded.input_spec.inputs}
+    with pytest.raises(onnxruntime.capi.onnxruntime_pybind11_state.InvalidArgument):
+        sess.run(None, too_big)
+
+
+@pytest.mark.parametrize(
     "shapes",
     [((1, 3, 32, 32), (1, 6)), ((1, 3, 16, 16), (1, 6, 1)), ((1, 3, 16, 16),)],
     ids=["wrong-size", "wrong-rank", "too-few"],

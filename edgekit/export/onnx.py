@@ -173,8 +173,9 @@ def check(path: Path) -> None:
         raise EdgekitError(f"{path.name} fails the ONNX checker: {first_line(e)}") from None
 
 
-def copy_onnx(src: Path, out_dir: Path) -> Path:
-    """Bring a user's ONNX file (and any external data) into the artifact as model.onnx."""
+def copy_onnx(src: Path, out_dir: Path, spec: InputSpec) -> Path:
+    """Bring a user's ONNX file (and any external data) into the artifact as model.onnx, with the
+    symbolic axes that the spec fixes (--static-batch, --input-shape) fixed in the graph too."""
     import onnx
 
     dst = Path(out_dir) / MODEL_FILE
@@ -182,12 +183,27 @@ def copy_onnx(src: Path, out_dir: Path) -> Path:
         model = onnx.load(str(src))
     except Exception as e:
         raise EdgekitError(f"{src} could not be loaded with its external data: {first_line(e)}") from None
+    _fix_symbolic_dims(model.graph, spec)
     if model.ByteSize() < INLINE_LIMIT:
         onnx.save(model, str(dst))
     else:
         onnx.save(model, str(dst), save_as_external_data=True, location=MODEL_FILE + ".data")
     check(dst)
     return dst
+
+
+def _fix_symbolic_dims(graph, spec: InputSpec) -> None:
+    """Give each symbolic input axis the spec fixes its value, and the same symbol elsewhere too."""
+    fixed: dict[str, int] = {}
+    wanted = {t.name: t.shape for t in spec.inputs}
+    for vi in graph.input:
+        for dim, value in zip(vi.type.tensor_type.shape.dim, wanted.get(vi.name, []), strict=False):
+            if dim.dim_param and isinstance(value, int):
+                fixed[dim.dim_param] = value
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.dim_param in fixed:
+                dim.dim_value = fixed[dim.dim_param]  # clears dim_param (a oneof)
 
 
 def verify(module, onnx_path: Path, spec: InputSpec, feeds: dict[str, np.ndarray], cfg: ExportConfig):
