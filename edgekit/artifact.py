@@ -211,7 +211,14 @@ def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
     """Fill in file hashes and tool versions, then write edgekit.json (last, so it marks completion)."""
     manifest.files = file_records(directory)
     manifest.tool_versions = tool_versions()
-    tmp = Path(directory) / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
-    tmp.rename(Path(directory) / MANIFEST)
+    write_atomic(Path(directory) / MANIFEST, json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     return manifest
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file under a temporary name beside it, then rename it into place: a reader never
+    sees half a file, and an interrupted write leaves the old one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

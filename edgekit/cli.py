@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 a failed check (verification, gate), 2 bad input or usa
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -314,9 +313,9 @@ def runtimes():
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    from edgekit.artifact import write_atomic
+
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 @cli.command()

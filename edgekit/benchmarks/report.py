@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgekit.artifact import Manifest, model_bytes
+from edgekit.artifact import Manifest, model_bytes, write_atomic
 from edgekit.errors import EdgekitError
 
 console = Console()
@@ -372,7 +372,7 @@ def write_report(
     written = list(images.values())
     for f in formats:
         name, render = writers[f]
-        (out / name).write_text(render())
+        write_atomic(out / name, render())
         written.append(out / name)
     return written, plot_notes
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from edgekit.artifact import write_atomic
 from edgekit.errors import EdgekitError
 
 RESULTS_FILE = "results.jsonl"
@@ -23,9 +23,7 @@ def append_records(directory: Path, records: list[dict]) -> Path:
     old = path.read_text() if path.exists() else ""
     if old and not old.endswith("\n"):
         old += "\n"
-    tmp = directory / f".{RESULTS_FILE}.tmp"
-    tmp.write_text(old + "".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    write_atomic(path, old + "".join(json.dumps(r) + "\n" for r in records))
     return path
 
 

@@ -253,8 +253,8 @@ def batch_sizes(spec, requested: list[int]) -> tuple[list[int], str | None]:
 
 def interleaved(dirs: list[Path], cfg: BenchConfig, rounds: int, evals: Samples | None = None):
     """Measure artifacts in alternating rounds (A B A B ...), so a burst of machine noise hits
-    all of them alike. Each record's latency is the median of its round medians; `ratios` are
-    the per-round latency ratios to the first artifact, summarised by their median."""
+    all of them alike. Each record's latency is the median of its round medians; records after the
+    first carry `speedup_vs_first`: the per-round speed-ups over the first artifact and their median."""
     per_round = dataclasses.replace(cfg, seconds=cfg.seconds / rounds)
     rows: list[list[dict]] = [[] for _ in dirs]
     for r in range(rounds):
