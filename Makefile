@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgekit-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean system-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,23 @@ lint: $(STAMP)
 	$(BIN)/ruff check edgekit tests bench
 	$(BIN)/ruff format --check edgekit tests bench
 
-test: lint
+# Debian packages the tests need: chromium (HTML report) and openssh-server (a real sshd).
+# Installed with apt only when missing and running as root; otherwise one line naming them.
+SYSTEM_PKGS := chromium openssh-server
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PKGS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages for the tests:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+	  echo "note: some tests need Debian packages that are missing; install them with: sudo apt-get install$$missing"; \
+	fi
+
+test: system-deps lint
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -199,22 +199,52 @@ def inspect(artifact, as_json):
         manifest_table(m, str(artifact))
 
 
+def _names(text: str, flag: str, example: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise EdgekitError(f"{flag} needs at least one value, e.g. {flag} {example}.")
+    return names
+
+
 @cli.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--runtime",
     default="ort",
     show_default=True,
-    help="Runtimes, comma-separated (eager, ort, openvino): one row per artifact and runtime.",
+    help="Runtimes, comma-separated (eager, ort, openvino, tensorrt): one row per artifact and runtime.",
 )
-@click.option("--device", default="cpu", show_default=True, help="cpu; cuda (eager), gpu or npu (openvino).")
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="cpu; cuda (eager, ort), tensorrt (ort), gpu/npu (openvino).",
+)
+@click.option(
+    "--precision",
+    default="f32",
+    show_default=True,
+    help="Inference precisions, comma-separated (f32, bf16, f16): one row each, where the runtime can "
+    "lower (openvino, eager); f32 keeps the model's own precision.",
+)
 @click.option("--threads", type=int, default=0, help="Intra-op threads (0: the runtime's default).")
 @click.option("--batch", default="1", show_default=True, help="Batch sizes, comma-separated: one row each.")
 @click.option("--warmup", type=int, default=10, show_default=True)
 @click.option("--runs", type=int, default=None, help="A fixed number of timed runs ...")
 @click.option("--seconds", type=float, default=3.0, show_default=True, help="... or at least this long.")
-@click.option("--eval", "eval_", help="Evaluation data for accuracy (image folder, .npz, module:function).")
+@click.option(
+    "--eval",
+    "eval_",
+    help="Evaluation data (image folder, .npz, module:function): top-1/top-5 with labels, and "
+    "fidelity to the fp32 reference.",
+)
 @click.option("--eval-size", type=int, default=None)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    help="The fp32 artifact fidelity is measured against (default: an fp32 artifact of the same "
+    "source among ARTIFACTS).",
+)
 @click.option("--timeout", type=float, default=600, show_default=True, help="Per measurement.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Save the records (JSON).")
 @click.option(
@@ -225,55 +255,44 @@ def inspect(artifact, as_json):
     help="Append the records to DIR/results.jsonl.",
 )
 def bench(
-    artifacts,
-    runtime,
-    device,
-    threads,
-    batch,
-    warmup,
-    runs,
-    seconds,
-    eval_,
-    eval_size,
-    timeout,
-    json_path,
-    out_dir,
+    artifacts, runtime, device, precision, batch, eval_, eval_size, reference, json_path, out_dir, **kw
 ):
-    """Measure latency, memory, size (and accuracy with --eval) of artifacts in a fresh process."""
+    """Measure latency, memory, size, energy (and accuracy or fidelity with --eval) of artifacts,
+    each in a fresh worker process."""
     from dataclasses import replace
 
-    from edgekit.artifact import read_manifest
     from edgekit.benchmarks.report import bench_table
     from edgekit.benchmarks.runner import BenchConfig, batch_sizes, measure
-    from edgekit.benchmarks.runner import runtime as check_runtime
-    from edgekit.data import Preprocess, load_samples
+    from edgekit.progress import progress
 
     notes: list[str] = []
 
     def go():
         batches = _ints(batch, "--batch")
-        if (runs is not None and runs < 1) or seconds <= 0 or min(batches) < 1:
+        if (kw["runs"] is not None and kw["runs"] < 1) or kw["seconds"] <= 0 or min(batches) < 1:
             raise EdgekitError("--runs, --seconds and --batch must be positive.")
-        names = [n.strip() for n in runtime.split(",") if n.strip()]
-        if not names:
-            raise EdgekitError("--runtime needs at least one runtime name, e.g. --runtime ort,openvino.")
-        for name in names:  # an unknown or absent runtime fails before any measurement
-            check_runtime(name)
-        cfg = BenchConfig(
-            device=device, threads=threads, warmup=warmup, runs=runs, seconds=seconds, timeout=timeout
-        )
-        records = []
+        names = _checked_runtimes(runtime)
+        precisions = _names(precision, "--precision", "f32,bf16")
+        cfg = BenchConfig(device=device, **kw)
+        evals = _evaluation(artifacts, eval_, eval_size, reference)
+        jobs = []
         for a in artifacts:
-            m = read_manifest(a)
-            evals = None
-            if eval_:
-                recorded = next((d["preprocess"] for d in m.data.values() if "preprocess" in d), {})
-                evals = load_samples(eval_, m.input_spec, eval_size, Preprocess(**recorded), 0, "eval")
-            sizes, note = batch_sizes(m.input_spec, batches)
+            sizes, note = batch_sizes(_manifest(a).input_spec, batches)
             if note:
                 notes.append(f"{a}: {note}")
-            for b in sizes:
-                records.extend(measure(a, replace(cfg, runtime=name, batch=b), evals) for name in names)
+            jobs += [
+                (a, replace(cfg, runtime=n, batch=b, precision=p))
+                for b in sizes
+                for n in names
+                for p in precisions
+            ]
+        records = []
+        with progress() as bar:
+            task = bar.add_task("measuring", total=len(jobs))
+            for a, c in jobs:
+                bar.update(task, description=f"{Path(a).name} · {c.runtime} {c.precision} · batch {c.batch}")
+                records.append(measure(a, c, *evals.get(Path(a), (None, None))))
+                bar.advance(task)
         return records
 
     records = _run(go, False)
@@ -289,6 +308,49 @@ def bench(
         click.echo(f"appended {len(records)} record(s) to {path}")
     if not all(r.get("ok") or r.get("not_applicable") for r in records):
         sys.exit(1)
+
+
+def _manifest(directory: Path):
+    from edgekit.artifact import read_manifest
+
+    return read_manifest(directory)
+
+
+def _checked_runtimes(text: str) -> list[str]:
+    """The --runtime names; an unknown or absent runtime fails before any measurement."""
+    from edgekit.benchmarks.runner import runtime as check_runtime
+
+    names = _names(text, "--runtime", "ort,openvino")
+    for name in names:
+        check_runtime(name)
+    return names
+
+
+def _evaluation(artifacts, eval_: str | None, eval_size: int | None, explicit: Path | None) -> dict:
+    """Per artifact: its evaluation samples (with the preprocessing its manifest recorded) and the
+    fp32 reference outputs on them, or None where there is no fp32 reference."""
+    from edgekit.benchmarks.runner import reference_outputs, references
+    from edgekit.data import Preprocess, load_samples
+
+    if not eval_:
+        if explicit:
+            raise EdgekitError("--reference needs --eval: fidelity is measured on evaluation data.")
+        return {}
+    refs = references([Path(a) for a in artifacts], explicit)
+    samples: dict[str, object] = {}
+    outputs: dict[tuple, object] = {}
+    result = {}
+    for a in artifacts:
+        m = _manifest(a)
+        recorded = next((d["preprocess"] for d in m.data.values() if "preprocess" in d), {})
+        key = json.dumps(recorded, sort_keys=True)
+        if key not in samples:
+            samples[key] = load_samples(eval_, m.input_spec, eval_size, Preprocess(**recorded), 0, "eval")
+        ref = refs[Path(a)]
+        if ref is not None and (ref, key) not in outputs:
+            outputs[ref, key] = reference_outputs(ref, samples[key])
+        result[Path(a)] = (samples[key], outputs.get((ref, key)))
+    return result
 
 
 @cli.command()
@@ -368,9 +430,10 @@ def report(results, formats, plot, out):
 
 
 @cli.command()
-@click.argument("a", type=click.Path(path_type=Path))
-@click.argument("b", type=click.Path(path_type=Path))
-@click.option("--runtime", default="ort", show_default=True)
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--runtime", default="ort", show_default=True, help="One runtime, or two to compare them.")
+@click.option("--precision", default="f32", show_default=True, help="One precision, or two to compare them.")
+@click.option("--device", default="cpu", show_default=True)
 @click.option("--rounds", type=int, default=10, show_default=True, help="Interleaved rounds, A B A B ...")
 @click.option(
     "--seconds", type=float, default=10.0, show_default=True, help="Timed seconds per side, all rounds."
@@ -379,19 +442,37 @@ def report(results, formats, plot, out):
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs in each worker.")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Per measurement.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Save the comparison (JSON).")
-def compare(a, b, runtime, rounds, seconds, threads, warmup, timeout, json_path):
-    """Measure A and B interleaved (A B A B, fresh workers each round) and report the latency
-    ratio B/A with a 95 % bootstrap confidence interval."""
+def compare(artifacts, runtime, precision, rounds, json_path, **kw):
+    """Measure two variants interleaved (A B A B, fresh workers each round) and report the latency
+    ratio B/A with a 95 % bootstrap confidence interval. The two are two ARTIFACTS on one runtime,
+    or one artifact on two runtimes (--runtime ort,openvino) or at two precisions (--precision f32,bf16)."""
+    from dataclasses import replace
+
     from edgekit.benchmarks.compare import CompareConfig
     from edgekit.benchmarks.compare import compare as run
     from edgekit.benchmarks.report import compare_table
     from edgekit.benchmarks.runner import BenchConfig
 
     def go():
-        if seconds <= 0:
+        if kw["seconds"] <= 0:
             raise EdgekitError("--seconds must be positive.")
-        cfg = BenchConfig(runtime=runtime, threads=threads, warmup=warmup, seconds=seconds, timeout=timeout)
-        return run(a, b, cfg, CompareConfig(rounds=rounds))
+        names = _checked_runtimes(runtime)
+        precisions = _names(precision, "--precision", "f32,bf16")
+        variants = [
+            (Path(a), replace(BenchConfig(**kw), runtime=n, precision=p))
+            for a in artifacts
+            for n in names
+            for p in precisions
+        ]
+        if len(variants) != 2 or sum(len(x) == 2 for x in (artifacts, names, precisions)) != 1:
+            raise EdgekitError(
+                "compare needs exactly two variants: two artifacts, or one artifact with two --runtime "
+                f"names or two --precision values (got {len(artifacts)} artifact(s), runtimes "
+                f"{','.join(names)}, precisions {','.join(precisions)})."
+            )
+        for a in artifacts:
+            _manifest(a)  # a missing artifact fails before any measurement
+        return run(variants, CompareConfig(rounds=rounds))
 
     result = _run(go, False)
     compare_table(result)

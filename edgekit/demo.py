@@ -111,7 +111,7 @@ def train(path: Path, epochs: int = 12, seed: int = 0) -> None:
 
 def run(work_dir: Path | None, retrain: bool) -> list[dict]:
     from edgekit.artifact import read_manifest
-    from edgekit.benchmarks.runner import BenchConfig, interleaved
+    from edgekit.benchmarks.runner import BenchConfig, interleaved, reference_outputs
     from edgekit.compress.quantize import Int8Config
     from edgekit.data import Preprocess, load_samples
     from edgekit.pipeline import CompressRequest, compress
@@ -141,7 +141,9 @@ def run(work_dir: Path | None, retrain: bool) -> list[dict]:
     )
     console.print("[bold]4/4[/bold] benchmarking both on ONNX Runtime, interleaved …")
     evals = load_samples(str(test), read_manifest(fp32).input_spec, None, Preprocess(), what="eval")
-    records = interleaved([fp32, int8], BenchConfig(seconds=4.0), rounds=4, evals=evals)
+    cfg = BenchConfig(seconds=4.0)
+    reference = reference_outputs(fp32, evals)
+    records = interleaved([(fp32, cfg), (int8, cfg)], rounds=4, evals=evals, reference=reference)
     _table(records, time.perf_counter() - t0)
     return records
 

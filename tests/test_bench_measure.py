@@ -106,7 +106,8 @@ def test_energy_without_counters_gives_the_reason(tmp_path):
     assert e["available"] is False and "joules_per_inference" not in e
     assert (
         e["reason"]
-        == f"no RAPL domains under {tmp_path / 'no-powercap'}; the run is on cpu, not an NVIDIA GPU"
+        == f"no RAPL domains under {tmp_path / 'no-powercap'}; the run is on cpu, not an NVIDIA GPU; "
+        "no tegrastats (not a Jetson)"
     )
 
 

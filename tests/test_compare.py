@@ -26,7 +26,8 @@ def test_compare_measures_interleaved_rounds_and_reports_the_ratio(pair, edgekit
     r = edgekit("compare", pair.fp32, pair.int8, "--rounds", ROUNDS, "--seconds", 0.6, "--json", out)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stdout + r.stderr
     c = json.loads(out.read_text())
-    assert (c["a"], c["b"], c["runtime"], c["rounds"]) == (str(pair.fp32), str(pair.int8), "ort", ROUNDS)
+    assert (c["a"], c["b"], c["rounds"]) == (f"{pair.fp32} · ort", f"{pair.int8} · ort", ROUNDS)
+    assert [v["artifact"] for v in c["variants"]] == [str(pair.fp32), str(pair.int8)]
     a, b = c["a_round_medians_ms"], c["b_round_medians_ms"]
     assert len(a) == len(b) == ROUNDS and min(a + b) > 0
     ratio = c["ratio_b_over_a"]
@@ -48,13 +49,39 @@ def test_a_side_that_fails_to_measure_exits_1_with_its_reason(pair, edgekit):
     assert "Traceback" not in r.stderr
 
 
+def test_compare_one_artifact_on_two_runtimes(pair, edgekit, tmp_path):
+    out = tmp_path / "c.json"
+    args = ("--runtime", "ort,openvino", "--rounds", ROUNDS, "--seconds", 0.6, "--json", out)
+    r = edgekit("compare", pair.fp32, *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    c = json.loads(out.read_text())
+    assert [(v["artifact"], v["runtime"]) for v in c["variants"]] == [
+        (str(pair.fp32), "ort"),
+        (str(pair.fp32), "openvino"),
+    ]
+    assert [rec["runtime"] for rec in c["records"]] == ["ort", "openvino"]
+    assert c["records"][1]["runtime_info"]["precision"] == "f32"  # pinned, not OpenVINO's silent bf16
+    assert "openvino" in r.stdout and len(c["ratio_b_over_a"]["rounds"]) == ROUNDS
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--rounds", 2], "too few"), (["--seconds", 0], "must be positive")],
+    [
+        (["--rounds", 2], "too few"),
+        (["--seconds", 0], "must be positive"),
+        (["--runtime", "ort,openvino"], "exactly two variants"),  # two artifacts and two runtimes
+        (["--runtime", "nope"], "not known"),
+    ],
 )
 def test_bad_compare_options_are_one_sentence(pair, edgekit, args, message):
     r = edgekit("compare", pair.fp32, pair.int8, *args)
     assert r.returncode == 2 and r.stderr.startswith("edgekit: error:") and message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_one_artifact_one_runtime_is_not_a_comparison(pair, edgekit):
+    r = edgekit("compare", pair.fp32, "--rounds", 3)
+    assert r.returncode == 2 and "exactly two variants" in r.stderr
 
 
 def test_missing_artifact_is_one_sentence(pair, edgekit, tmp_path):

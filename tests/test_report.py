@@ -7,7 +7,10 @@ import base64
 import csv
 import io
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 from artifacts import tiny_pair
 
-from edgekit.benchmarks.report import pareto_front
+from edgekit.benchmarks.report import COLUMNS, pareto_front, row_cells
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -121,6 +124,97 @@ def test_html_is_one_self_contained_page_with_the_table_and_plots(results, edgek
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
     first = base64.b64decode(page.images[0].split(",", 1)[1])
     assert first == (tmp_path / "latency_accuracy.png").read_bytes()
+
+
+class _Rendered(HTMLParser):
+    """Tables, header and body rows (cell texts) and img sources of a DOM that Chromium serialised."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables = 0
+        self.header: list[str] = []
+        self.rows: list[list[str]] = []
+        self.images: list[str] = []
+        self._in_body = False
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables += 1
+        elif tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "img":
+            self.images.append(dict(attrs).get("src") or "")
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            (self.header if tag == "th" else self.rows[-1]).append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tbody":
+            self._in_body = False
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def chromium_dom(page: Path, tmp_path: Path) -> str:
+    """The DOM headless Chromium builds from PAGE, serialised (`--dump-dom`). Its profile and HOME
+    are under TMP_PATH; on a timeout the whole process group is killed."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("chromium is not installed; `make test` installs it", pytrace=False)
+    home = tmp_path / "chromium-home"
+    home.mkdir()
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",  # needed as root
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        f"--user-data-dir={home / 'profile'}",
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    env = dict(os.environ, HOME=str(home))  # chromium also writes ~/.pki
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    timed_out = False
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the browser and its helpers
+        out, err = proc.communicate()
+        timed_out = True
+    if timed_out:
+        pytest.fail(f"chromium did not render {page} within 60 s\nstderr:\n{err[-3000:]}", pytrace=False)
+    assert proc.returncode == 0 and "<table" in out, f"exit {proc.returncode}\nstderr:\n{err[-3000:]}"
+    return out
+
+
+def test_html_renders_in_headless_chromium_with_the_table_and_plots(results, edgekit, tmp_path):
+    ok(edgekit("report", results, "--format", "html", "--plot", "-o", tmp_path))
+    dom = _Rendered()
+    dom.feed(chromium_dom(tmp_path / "report.html", tmp_path))
+    assert dom.tables == 1 and dom.header == list(COLUMNS)
+    recs = records(results)
+    assert len(dom.rows) == len(recs)  # one row per record, inside the table's body
+    for row, rec in zip(dom.rows, recs, strict=True):
+        assert Path(row[0]).name in ("tiny-fp32", "tiny-int8") and row[1].split()[0] == rec["runtime"]
+        # every cell where the report put it; a failed row's reason spans the numbers' columns
+        assert row == (row_cells(rec) if rec["ok"] else row_cells(rec)[:5]), row
+    assert "top-1 100.00 %, top-5 100.00 % (n=48)" in dom.rows[0]
+    assert dom.rows[3][4] == "failed: timed out after 0.05 s"
+    assert len(dom.images) == 2
+    for src, name in zip(dom.images, ("latency_accuracy.png", "latency_distribution.png"), strict=True):
+        assert src.startswith("data:image/png;base64,"), src[:60]
+        assert base64.b64decode(src.split(",", 1)[1]) == (tmp_path / name).read_bytes(), name
 
 
 def test_pngs_are_real_images(results, edgekit, tmp_path):

@@ -7,11 +7,15 @@ max |out - ref| relative to max |ref|, chosen for what it does differently:
   f32 (left alone, the CPU plugin would run bf16 on this CPU and miss this bound by far).
 - eager 1e-3: torch runs the source model; the export was verified against it to 1e-3 (the
   export check's default tolerance), so that is the bound ONNX and torch are known to meet.
+- tensorrt 1e-4: its own fp32 kernels on the GPU, from a plan built here with TF32 off (on, the
+  GPU would round matmul and conv inputs to 10 mantissa bits).
+A runtime that is not installed, or cannot use its device here, is skipped with its own reason.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +23,15 @@ import pytest
 from models import resnet_blocks, smooth_images
 
 from edgekit.artifact import read_manifest
+from edgekit.benchmarks.metrics import sqnr_db
 from edgekit.benchmarks.runner import BenchConfig, measure, target
-from edgekit.benchmarks.runner import runtime as get_runtime
 from edgekit.pipeline import CompressRequest, compress
-from edgekit.runtimes import ort
+from edgekit.runtimes import ALL, MODULES, eager, ort, ov, trt
+from edgekit.runtimes import get as get_runtime
 
-TOLERANCE = {"ort": 1e-6, "openvino": 1e-4, "eager": 1e-3}
-LIBRARY = {"ort": "onnxruntime", "openvino": "openvino", "eager": "torch"}
+TOLERANCE = {"ort": 1e-6, "openvino": 1e-4, "eager": 1e-3, "tensorrt": 1e-4}
+DEVICE = {"tensorrt": "cuda"}  # the device each runtime's contract runs on; cpu where not named
+MARKS = {"tensorrt": [pytest.mark.tensorrt, pytest.mark.gpu]}
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +50,39 @@ def artifacts(tmp_path_factory) -> dict[str, Path]:
     return {"torch": root / "fp32", "onnx": root / "from-onnx"}
 
 
+def _runnable(name: str):
+    """The runtime's module, or a skip with its own reason: not installed, or no device for it here."""
+    rt = get_runtime(name)
+    if not rt.available():
+        pytest.skip(f"{name} is not installed ({rt.INSTALL})")
+    if reason := rt.unsupported(DEVICE.get(name, "cpu")):
+        pytest.skip(reason)
+    return rt
+
+
 def _session(directory: Path, name: str, **options):
     """A runtime's session on the artifact, loaded the way the benchmark worker loads it."""
     rt = get_runtime(name)
-    model, opts = target(directory, read_manifest(directory), rt)
-    return rt.load(model, "cpu", rt.Options(**opts, **options))
+    model, opts = target(directory, read_manifest(directory), rt, BenchConfig(runtime=name))
+    return rt.load(model, DEVICE.get(name, "cpu"), rt.Options(**{**opts, **options}))
+
+
+def _plan(onnx: Path, plan: Path) -> Path:
+    """A TensorRT plan built here from the artifact's ONNX file: fp32 with TF32 off, batch 1 to 8."""
+    import tensorrt
+
+    logger = tensorrt.Logger(tensorrt.Logger.WARNING)
+    builder = tensorrt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = tensorrt.OnnxParser(network, logger)
+    assert parser.parse(onnx.read_bytes()), parser.get_error(0)
+    config = builder.create_builder_config()
+    config.clear_flag(tensorrt.BuilderFlag.TF32)
+    profile = builder.create_optimization_profile()
+    profile.set_shape("x", (1, 3, 32, 32), (4, 3, 32, 32), (8, 3, 32, 32))
+    config.add_optimization_profile(profile)
+    plan.write_bytes(builder.build_serialized_network(network, config))
+    return plan
 
 
 def _feeds() -> dict[str, np.ndarray]:
@@ -59,11 +93,40 @@ def _relative_error(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(out - ref).max() / np.abs(ref).max())
 
 
-@pytest.mark.parametrize("name", sorted(TOLERANCE))
-def test_runtime_matches_fp32_reference(artifacts, name):
-    pytest.importorskip(LIBRARY[name], reason=f"{LIBRARY[name]} is not installed")
+def test_every_runtime_has_a_contract_and_the_protocol():
+    assert set(TOLERANCE) == set(ALL)
+    assert MODULES["tensorrt"] == MODULES["trt"] == "trt"
+    for name in ALL:
+        rt = get_runtime(name)
+        for attr in (
+            "NAME",
+            "INSTALL",
+            "SOURCE",
+            "FORMATS",
+            "PRECISIONS",
+            "available",
+            "unsupported",
+            "load",
+        ):
+            assert hasattr(rt, attr), f"{name} has no {attr}"
+        assert rt.PRECISIONS[0] == "f32"
+    assert (eager.FORMATS, ort.FORMATS, ov.FORMATS, trt.FORMATS) == (
+        (),
+        (".onnx",),
+        (".onnx", ".xml"),
+        (".plan", ".engine"),
+    )
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=MARKS.get(n, [])) for n in ALL])
+def test_runtime_matches_fp32_reference(artifacts, name, tmp_path):
+    rt = _runnable(name)
     ref = ort.load(str(artifacts["torch"] / "model.onnx")).run(_feeds())
-    out = _session(artifacts["torch"], name).run(_feeds())
+    if name == "tensorrt":  # its model is a plan, built here for this GPU
+        sess = rt.load(str(_plan(artifacts["torch"] / "model.onnx", tmp_path / "model.plan")), "cuda")
+    else:
+        sess = _session(artifacts["torch"], name)
+    out = sess.run(_feeds())
     assert len(out) == len(ref)
     for o, r in zip(out, ref, strict=True):
         assert o.shape == r.shape
@@ -76,7 +139,7 @@ def _cpu_has_bf16() -> bool:
 
 
 def test_openvino_precision_is_pinned_and_read_back(artifacts):
-    pytest.importorskip("openvino", reason="openvino is not installed")
+    _runnable("openvino")
     assert _session(artifacts["torch"], "openvino").info()["precision"] == "f32"
     if not _cpu_has_bf16():
         pytest.skip("this CPU has no AVX-512 BF16 or AMX: OpenVINO would not run bf16 here")
@@ -93,13 +156,101 @@ def test_eager_on_onnx_sourced_artifact_is_not_applicable(artifacts):
 
 
 def test_runtimes_command_lists_ort(edgekit):
+    assert "CPUExecutionProvider" in ort.describe()["providers"] and "cpu" in ort.describe()["devices"]
     proc = edgekit("runtimes")
     assert proc.returncode == 0, proc.stderr
-    assert "ort" in proc.stdout and "CPUExecutionProvider" in proc.stdout
+    row = next(x for x in proc.stdout.splitlines() if x.split("│")[1:2] and x.split("│")[1].strip() == "ort")
+    assert "cpu" in row
+
+
+def test_unsupported_devices_give_the_reason_here():
+    """This machine has no GPU and CPU-only builds: each runtime says why it cannot use one."""
+    assert ort.unsupported("cpu") is None
+    assert "no CUDAExecutionProvider" in ort.unsupported("cuda") and "onnxruntime-gpu" in ort.unsupported(
+        "cuda"
+    )
+    assert "no TensorrtExecutionProvider" in ort.unsupported("tensorrt")
+    assert "not npu" in ort.unsupported("npu")
+    assert eager.unsupported("cpu") is None
+    assert eager.unsupported("cuda") == "torch sees no CUDA device here"
+    assert eager.unsupported("npu") == "the eager runtime runs on cpu or cuda, not npu"
+    assert "not cpu" in trt.unsupported("cpu")
+    if not ov.available():
+        pytest.skip("openvino is not installed")
+    assert ov.unsupported("cpu") is None
+    assert ov.unsupported("gpu").startswith("OpenVINO has no GPU device here (it has CPU")
+
+
+def test_tensorrt_says_why_it_cannot_run_here():
+    """No GPU here: TensorRT is either not installed (and says which extra adds it) or has no GPU."""
+    if not trt.available():
+        assert "edgekit[tensorrt]" in trt.INSTALL
+        assert trt.unsupported("cuda") == f"tensorrt is not installed ({trt.INSTALL})"
+    else:
+        assert "NVIDIA GPU" in trt.unsupported("cuda")
+    with pytest.raises(ValueError, match=r"NVIDIA GPU|not installed"):
+        trt.load("model.plan", "cuda")
+
+
+def test_tensorrt_refuses_a_plan_built_elsewhere(tmp_path):
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"")
+    trt.check_built_for(str(plan), "10.3.0", "NVIDIA H100 80GB HBM3")  # no sidecar: nothing to check
+    (tmp_path / "model.plan.json").write_text(
+        json.dumps({"tensorrt": "10.3.0", "gpu": "NVIDIA H100 80GB HBM3"})
+    )
+    trt.check_built_for(str(plan), "10.3.0", "NVIDIA H100 80GB HBM3")
+    with pytest.raises(
+        ValueError, match=re.escape("built with TensorRT 10.3.0 and this machine has TensorRT 10.7.0")
+    ):
+        trt.check_built_for(str(plan), "10.7.0", "NVIDIA H100 80GB HBM3")
+    with pytest.raises(
+        ValueError, match="built for the GPU NVIDIA H100 80GB HBM3 and this machine's GPU is Orin"
+    ):
+        trt.check_built_for(str(plan), "10.3.0", "Orin")
+
+
+def test_ort_refuses_a_gpu_it_does_not_have(artifacts, monkeypatch):
+    """Asked for CUDA, ORT runs on CPU without a word where the CUDA EP is absent or fails to start;
+    edgekit refuses both: up front where the build lacks the EP, after the session where it failed."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in ort.describe()["providers"]:
+        pytest.skip("this onnxruntime build has the CUDA EP")
+    model = str(artifacts["torch"] / "model.onnx")
+    with pytest.raises(
+        ValueError, match=re.escape("has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
+    ):
+        ort.load(model, "cuda")
+    have = onnxruntime.get_available_providers()
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", *have])
+    with (
+        pytest.warns(UserWarning, match="CUDAExecutionProvider"),
+        pytest.raises(ValueError, match="could not use CUDAExecutionProvider for device cuda"),
+    ):
+        ort.load(model, "cuda")
+
+
+def test_ort_records_the_providers_it_ran_with(artifacts):
+    info = ort.load(str(artifacts["torch"] / "model.onnx")).info()
+    assert info["providers"] == ["CPUExecutionProvider"] and info["device"] == "cpu"
+    assert info["precision"] == "f32"
+
+
+def test_eager_bf16_runs_in_bf16_close_to_f32(artifacts):
+    _runnable("eager")
+    f32 = _session(artifacts["torch"], "eager").run(_feeds())[0]
+    sess = _session(artifacts["torch"], "eager", precision="bf16")
+    out = sess.run(_feeds())[0]
+    assert sess.info()["precision"] == "bf16" and sess.info()["precision_requested"] == "bf16"
+    assert out.dtype == np.float32 and out.shape == f32.shape
+    assert 20 < sqnr_db(f32, out) < 100  # bf16: close to f32, and not equal to it
+    with pytest.raises(ValueError, match="not one of f32, bf16, f16"):
+        eager.Options(precision="int8")
 
 
 def test_bench_one_row_per_runtime(edgekit, artifacts, tmp_path):
-    pytest.importorskip("openvino", reason="openvino is not installed")
+    _runnable("openvino")
     out = tmp_path / "rows.json"
     proc = edgekit("bench", artifacts["torch"], "--runtime", "ort,openvino", "--runs", 10, "--json", out)
     assert proc.returncode == 0, proc.stderr

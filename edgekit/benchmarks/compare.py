@@ -1,6 +1,6 @@
-"""`edgekit compare`: two artifacts measured interleaved (A B A B ...), summarised as the per-round
-latency ratio B/A with a bootstrap confidence interval, so a claimed speed-up survives a noisy
-machine (a burst that slows one round slows A and B of that round alike)."""
+"""`edgekit compare`: two variants (artifacts, runtimes or precisions) measured interleaved
+(A B A B ...), summarised as the per-round latency ratio B/A with a bootstrap confidence interval,
+so a claimed speed-up survives a noisy machine (a burst that slows one round slows A and B alike)."""
 
 from __future__ import annotations
 
@@ -41,23 +41,32 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-def compare(a: Path, b: Path, bench: BenchConfig, cfg: CompareConfig) -> dict:
-    """Measure A and B in `cfg.rounds` interleaved rounds, each in fresh workers, and summarise."""
-    rec_a, rec_b = interleaved([Path(a), Path(b)], bench, cfg.rounds)
+def label(directory: Path, cfg: BenchConfig) -> str:
+    """A variant as the user named it: artifact, runtime, and the precision when it is not f32."""
+    return f"{directory} · {cfg.runtime}" + ("" if cfg.precision == "f32" else f" {cfg.precision}")
+
+
+def compare(variants: list[tuple[Path, BenchConfig]], cfg: CompareConfig) -> dict:
+    """Measure two variants in `cfg.rounds` interleaved rounds, each in fresh workers, and summarise."""
+    rec_a, rec_b = interleaved(variants, cfg.rounds)
     for rec in (rec_a, rec_b):
         if not rec.get("ok") or "round_medians_ms" not in rec["latency"]:
-            raise MeasurementFailed(f"{rec['artifact']} was not measured: {failure(rec)}")
+            raise MeasurementFailed(f"{rec['artifact']} on {rec['runtime']} was not measured: {failure(rec)}")
     med_a = rec_a["latency"]["round_medians_ms"]
     med_b = rec_b["latency"]["round_medians_ms"]
     ratios = [mb / ma for ma, mb in zip(med_a, med_b, strict=True)]
     lo, hi = bootstrap_ci(ratios, cfg.confidence, cfg.resamples, cfg.seed)
+    (a, bench_a), (b, bench_b) = variants
     return {
-        "a": str(a),
-        "b": str(b),
-        "runtime": bench.runtime,
-        "threads": bench.threads,
+        "a": label(a, bench_a),
+        "b": label(b, bench_b),
+        "variants": [
+            {"artifact": str(d), "runtime": c.runtime, "precision": c.precision, "device": c.device}
+            for d, c in variants
+        ],
+        "threads": bench_a.threads,
         "rounds": cfg.rounds,
-        "seconds_per_round": bench.seconds / cfg.rounds,
+        "seconds_per_round": bench_a.seconds / cfg.rounds,
         "a_median_ms": float(np.median(med_a)),
         "b_median_ms": float(np.median(med_b)),
         "a_round_medians_ms": med_a,

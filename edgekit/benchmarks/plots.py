@@ -23,14 +23,27 @@ def _figure(width: float, height: float):
     return fig
 
 
+def _agreement(r: dict) -> float | None:
+    out = (r.get("accuracy") or {}).get("fidelity", {}).get("output_0", {})
+    return out.get("top1_agreement")
+
+
 def latency_accuracy(records: list[dict], path: Path) -> list[dict]:
-    """Median latency against top-1 accuracy, the Pareto front joined and ringed. Rows without a
-    top-1 number (failed, no --eval, no labels) cannot be placed: they are returned, not drawn."""
-    placed = [r for r in records if r.get("ok") and "top1" in (r.get("accuracy") or {})]
+    """Median latency against top-1 accuracy (or, when no row has labels, top-1 agreement with the
+    fp32 reference), the Pareto front joined and ringed. Rows without that number (failed, no
+    --eval) cannot be placed: they are returned, not drawn."""
+    ok = [r for r in records if r.get("ok")]
+    labelled = any("top1" in (r.get("accuracy") or {}) for r in ok)
+    metric, value = (
+        ("top-1 accuracy", lambda r: (r.get("accuracy") or {}).get("top1"))
+        if labelled
+        else ("top-1 agreement with fp32", _agreement)
+    )
+    placed = [r for r in ok if value(r) is not None]
     left_out = [r for r in records if r not in placed]
     if not placed:
         return left_out
-    points = [(r["latency"]["median_ms"], 100 * r["accuracy"]["top1"]) for r in placed]
+    points = [(r["latency"]["median_ms"], 100 * value(r)) for r in placed]
     front = sorted(p for p, on in zip(points, pareto_front(points), strict=True) if on)
     fig = _figure(7, 4.5)
     ax = fig.add_subplot()
@@ -42,7 +55,7 @@ def latency_accuracy(records: list[dict], path: Path) -> list[dict]:
         ax.annotate(row_label(r), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     samples = sorted({r["accuracy"]["samples"] for r in placed})
     ax.set_xlabel("median latency (ms)")
-    ax.set_ylabel(f"top-1 accuracy (%), n={', '.join(map(str, samples))}")
+    ax.set_ylabel(f"{metric} (%), n={', '.join(map(str, samples))}")
     ax.set_title("latency vs accuracy (lower right is worse)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

@@ -75,7 +75,16 @@ def quality_line(q: dict) -> str:
     return "; ".join(parts)
 
 
+def short_names(records: list[dict]) -> dict[str, str]:
+    """Artifact paths as the table shows them: the directory name where those are unique (the
+    records keep the full path), so a wide table still fits a terminal."""
+    paths = {r["artifact"] for r in records}
+    names = {Path(p).name for p in paths}
+    return {p: Path(p).name if len(names) == len(paths) else p for p in paths}
+
+
 def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
+    names = short_names(records)
     t = Table(title=title, title_justify="left")
     for col in (
         "artifact",
@@ -90,25 +99,26 @@ def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
         "RSS load Δ / peak",
         "J/inference",
         "accuracy",
+        "fidelity vs fp32",
     ):
         t.add_column(col, justify="left" if col in ("artifact", "runtime") else "right")
     for r in records:
         if not r.get("ok"):
             t.add_row(
-                r["artifact"],
-                r["runtime"],
+                names[r["artifact"]],
+                runtime_cell(r),
                 str(r.get("batch", "")),
                 f"[yellow]{escape(failure(r))}[/yellow]"
                 if r.get("not_applicable")
                 else f"[red]{escape(failure(r))}[/red]",
-                *[""] * 8,
+                *[""] * 9,
             )
             continue
         lat = r["latency"]
         acc_s = accuracy_cell(r)
         t.add_row(
-            r["artifact"],
-            r["runtime"],
+            names[r["artifact"]],
+            runtime_cell(r),
             str(r["batch"]),
             f"{lat['median_ms']:.3f}",
             f"{lat['p90_ms']:.3f}",
@@ -119,6 +129,7 @@ def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
             memory_cell(r),
             energy_cell(r),
             acc_s,
+            fidelity_cell(r),
         )
     console.print(t)
     for r in records:
@@ -151,12 +162,33 @@ def accuracy_cell(r: dict) -> str:
         return "not measured (no --eval)"
     if "top1" in acc:
         return f"top-1 {pct(acc['top1'])}, top-5 {pct(acc['top5'])} (n={acc['samples']})"
+    if "fidelity" in acc:
+        return f"no labels: see fidelity (n={acc['samples']})"
     return f"{acc['metric']} (n={acc['samples']})"
+
+
+def fidelity_cell(r: dict) -> str:
+    """Top-1 agreement and SQNR of the row's outputs against the fp32 reference, or why there are none."""
+    acc = r.get("accuracy")
+    if not acc:
+        return "—"
+    if "fidelity" not in acc:
+        return "no fp32 reference"
+    out = acc["fidelity"]["output_0"]
+    agree = f"agree {pct(out['top1_agreement'])}, " if "top1_agreement" in out else ""
+    return f"{agree}SQNR {out['sqnr_db']:.1f} dB (n={acc['samples']})"
+
+
+def runtime_cell(r: dict, device: bool = True) -> str:
+    """The runtime, with the device and precision when they are not the defaults (cpu, f32)."""
+    shown = (r.get("device", "cpu") if device else "cpu", r.get("precision", "f32"))
+    extra = [x for x in shown if x not in ("cpu", "f32")]
+    return " ".join([r["runtime"], *extra])
 
 
 def row_label(r: dict) -> str:
     """A short name for a row in plots: artifact directory name, runtime, batch."""
-    return f"{Path(r['artifact']).name} · {r['runtime']} · b{r.get('batch', '?')}"
+    return f"{Path(r['artifact']).name} · {runtime_cell(r)} · b{r.get('batch', '?')}"
 
 
 def failure(r: dict) -> str:
@@ -180,12 +212,13 @@ COLUMNS = (
     "size",
     "peak RSS",
     "accuracy",
+    "fidelity vs fp32",
 )
 
 
 def row_cells(r: dict) -> list[str]:
     """One record as the report's text cells; a failed row carries its reason instead of numbers."""
-    head = [r["artifact"], r["runtime"], r.get("device", ""), str(r.get("batch", ""))]
+    head = [r["artifact"], runtime_cell(r, device=False), r.get("device", ""), str(r.get("batch", ""))]
     if not r.get("ok"):
         return [*head, failure(r), *[""] * (len(COLUMNS) - 5)]
     lat = r["latency"]
@@ -200,6 +233,7 @@ def row_cells(r: dict) -> list[str]:
         mb(r["size_bytes"]),
         f"{r['memory_mb']['peak_rss']:.0f} MiB",
         accuracy_cell(r),
+        fidelity_cell(r),
     ]
 
 
@@ -217,6 +251,7 @@ CSV_FIELDS = (
     "artifact",
     "runtime",
     "device",
+    "precision",
     "batch",
     "ok",
     "error",
@@ -241,6 +276,11 @@ CSV_FIELDS = (
     "accuracy_samples",
     "top1",
     "top5",
+    "reference",
+    "top1_agreement",
+    "sqnr_db",
+    "cosine",
+    "max_abs_diff",
 )
 
 
@@ -251,9 +291,9 @@ def csv_text(records: list[dict]) -> str:
     w.writeheader()
     for r in records:
         acc = r.get("accuracy") or {}
-        row = {k: r.get(k, "") for k in ("artifact", "runtime", "device", "batch", "ok", "error")}
+        row = {k: r.get(k, "") for k in CSV_FIELDS[:7]}
         if r.get("ok"):
-            row.update({k: r["latency"][k] for k in CSV_FIELDS[6:17]})
+            row.update({k: r["latency"][k] for k in CSV_FIELDS[7:18]})
             mem, energy = r["memory_mb"], r.get("energy") or {}
             row.update(
                 size_bytes=r["size_bytes"],
@@ -268,7 +308,10 @@ def csv_text(records: list[dict]) -> str:
             accuracy_samples=acc.get("samples", ""),
             top1=acc.get("top1", ""),
             top5=acc.get("top5", ""),
+            reference=acc.get("reference", ""),
         )
+        fid = (acc.get("fidelity") or {}).get("output_0", {})
+        row.update({k: fid.get(k, "") for k in ("top1_agreement", "sqnr_db", "cosine", "max_abs_diff")})
         w.writerow(row)
     return out.getvalue()
 
@@ -359,7 +402,7 @@ def write_report(
         if left_out:
             names = ", ".join(row_label(r) for r in left_out)
             plot_notes.append(
-                f"Left out of the latency-vs-accuracy plot (failed or no top-1 accuracy): {names}."
+                f"Left out of the latency-vs-accuracy plot (failed, or no accuracy or agreement): {names}."
             )
         if plots.latency_distribution(records, out / "latency_distribution.png"):
             images["latency distribution"] = out / "latency_distribution.png"
@@ -382,10 +425,10 @@ def compare_table(c: dict) -> None:
     ratio = c["ratio_b_over_a"]
     conf = f"{ratio['confidence']:.0%}"
     t = Table(
-        title=f"edgekit compare ({c['runtime']}, {c['rounds']} interleaved rounds, A B A B)",
+        title=f"edgekit compare ({c['rounds']} interleaved rounds, A B A B)",
         title_justify="left",
     )
-    for col in ("", "artifact", "median ms", "per-round medians ms"):
+    for col in ("", "variant", "median ms", "per-round medians ms"):
         t.add_column(col, justify="right" if col == "median ms" else "left")
     for side in ("a", "b"):
         rounds = ", ".join(f"{m:.3f}" for m in c[f"{side}_round_medians_ms"])

@@ -20,7 +20,7 @@ import numpy as np
 
 import edgekit
 from edgekit.artifact import Manifest, model_bytes, read_manifest, sha256_file, verify_files
-from edgekit.benchmarks.metrics import accuracy
+from edgekit.benchmarks.metrics import accuracy, fidelity
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
 from edgekit.model import example_inputs
@@ -33,6 +33,7 @@ class BenchConfig:
     device: str = "cpu"
     threads: int = 0  # 0: the runtime's default
     batch: int = 1
+    precision: str = "f32"  # the runtime's inference precision; f32: the model's own, no lowering
     warmup: int = 10
     runs: int | None = None  # a fixed count, or else ...
     seconds: float = 3.0  # ... a minimum duration
@@ -60,8 +61,21 @@ def _worker(job: dict, timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
-def measure(directory: Path, cfg: BenchConfig, eval_samples: Samples | None = None) -> dict:
-    """One result record for (artifact, runtime, device, host)."""
+@dataclass(frozen=True)
+class Reference:
+    """fp32 reference outputs on the evaluation inputs: what fidelity rows are measured against."""
+
+    artifact: str
+    outputs: list[np.ndarray]
+
+
+def measure(
+    directory: Path,
+    cfg: BenchConfig,
+    eval_samples: Samples | None = None,
+    reference: Reference | None = None,
+) -> dict:
+    """One result record for (artifact, runtime, device, precision, host)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     verify_files(directory, manifest)
@@ -69,19 +83,17 @@ def measure(directory: Path, cfg: BenchConfig, eval_samples: Samples | None = No
     spec = manifest.input_spec
     fixed = spec.fixed_batch
     batch = fixed or cfg.batch
-    reason = not_applicable(rt, manifest)
+    head = {
+        "artifact": str(directory),
+        "runtime": rt.NAME,
+        "device": cfg.device,
+        "precision": cfg.precision,
+        "batch": batch,
+    }
+    reason = not_applicable(rt, manifest, cfg)
     if reason:
-        return {
-            "artifact": str(directory),
-            "runtime": rt.NAME,
-            "device": cfg.device,
-            "batch": batch,
-            "ok": False,
-            "not_applicable": True,
-            "reason": reason,
-            "host": fingerprint(),
-        }
-    model, options = target(directory, manifest, rt, cfg.threads)
+        return {**head, "ok": False, "not_applicable": True, "reason": reason, "host": fingerprint()}
+    model, options = target(directory, manifest, rt, cfg)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
         feeds_path = Path(tmp) / "feeds.npz"
         np.savez(feeds_path, **example_inputs(spec, batch=batch))
@@ -104,12 +116,9 @@ def measure(directory: Path, cfg: BenchConfig, eval_samples: Samples | None = No
             )
         result = _worker(job, cfg.timeout)
         record = {
-            "artifact": str(directory),
+            **head,
             "model_sha256": next((f.sha256 for f in manifest.files if f.name == manifest.model_file), None),
             "size_bytes": model_bytes(manifest),
-            "runtime": rt.NAME,
-            "device": cfg.device,
-            "batch": batch,
             "host": fingerprint(result.get("runtime")),
             # the worker's "runtime" is its session info: kept apart so "runtime" stays the name
             **{k: v for k, v in result.items() if k not in ("eval_outputs", "runtime")},
@@ -118,7 +127,7 @@ def measure(directory: Path, cfg: BenchConfig, eval_samples: Samples | None = No
         if result.get("ok") and eval_samples is not None:
             with np.load(result["eval_outputs"]) as z:
                 outputs = [z[k] for k in z.files]
-            record["accuracy"] = score(outputs, eval_samples)
+            record["accuracy"] = score(outputs, eval_samples, reference)
     return record
 
 
@@ -130,12 +139,25 @@ def runtime(name: str):
     return rt
 
 
-def not_applicable(rt, manifest: Manifest) -> str | None:
-    """Why this runtime cannot run this artifact (a row saying so, not a failure), or None.
-    Only a runtime that runs the source torch model (eager) has conditions: a torch source,
-    still on disk and unchanged since the export."""
+def not_applicable(rt, manifest: Manifest, cfg: BenchConfig) -> str | None:
+    """Why this runtime cannot run this artifact here (a row saying so, not a failure), or None:
+    a device this machine lacks, a precision the runtime cannot be asked for, a model file of
+    another format; for a runtime that runs the source torch model (eager), a torch source still
+    on disk and unchanged since the export."""
+    reason = rt.unsupported(cfg.device)
+    if reason:
+        return reason
+    if cfg.precision not in rt.PRECISIONS:
+        return (
+            f"{rt.NAME} runs a model in its own precision and cannot be asked for {cfg.precision} "
+            f"(it takes {', '.join(rt.PRECISIONS)}); make a {cfg.precision} artifact instead"
+        )
     if not rt.SOURCE:
-        return None
+        if Path(manifest.model_file).suffix in rt.FORMATS:
+            return None
+        return (
+            f"{rt.NAME} runs {'/'.join(rt.FORMATS)} files and this artifact's model is {manifest.model_file}"
+        )
     src = manifest.source
     if src.kind == "onnx":
         return f"{rt.NAME} runs the source torch model, and this artifact's source is an ONNX file"
@@ -148,25 +170,69 @@ def not_applicable(rt, manifest: Manifest) -> str | None:
     return None
 
 
-def target(directory: Path, manifest: Manifest, rt, threads: int = 0) -> tuple[str, dict]:
+def target(directory: Path, manifest: Manifest, rt, cfg: BenchConfig) -> tuple[str, dict]:
     """The file a runtime loads and its options: the artifact's model file, or for a source
     runtime the source model with the options the export loaded it with."""
+    options: dict = {"threads": cfg.threads}
+    if len(rt.PRECISIONS) > 1:  # a runtime that can lower the precision is always told which
+        options["precision"] = cfg.precision
     if rt.SOURCE:
-        return manifest.source.path, {"threads": threads, **manifest.load.model_dump()}
-    return str(Path(directory) / manifest.model_file), {"threads": threads}
+        return manifest.source.path, {**options, **manifest.load.model_dump()}
+    return str(Path(directory) / manifest.model_file), options
 
 
-def score(outputs: list[np.ndarray], samples: Samples) -> dict:
-    """Task accuracy when the samples have labels; which metric it is is always stated."""
+def score(outputs: list[np.ndarray], samples: Samples, reference: Reference | None = None) -> dict:
+    """Task accuracy when the samples have labels, fidelity to the fp32 reference when there is
+    one (both when both); which metric it is, and on how many samples, is always stated."""
+    result: dict = {"samples": len(samples)}
     scores = outputs[0]
-    if samples.labels is None or scores.ndim != 2:
-        return {"metric": "none (no labels)", "samples": len(samples)}
+    if samples.labels is not None and scores.ndim == 2:
+        result.update(
+            metric="top1",
+            top1=accuracy(scores, samples.labels, 1),
+            top5=accuracy(scores, samples.labels, min(5, scores.shape[1])),
+        )
+    if reference is not None:
+        result.update(fidelity=fidelity(reference.outputs, outputs), reference=reference.artifact)
+        result.setdefault("metric", "fidelity vs fp32")
+    result.setdefault("metric", "none (no labels, no fp32 reference)")
+    return result
+
+
+def is_fp32(manifest: Manifest) -> bool:
+    """An artifact no pass has changed numerically: the plain export (or import) of its source."""
+    return all(p.name in ("export_onnx", "import_onnx") for p in manifest.passes)
+
+
+def references(dirs: list[Path], explicit: Path | None = None) -> dict[Path, Path | None]:
+    """The fp32 reference of each artifact: --reference when given, else the first fp32 artifact
+    among DIRS exported from the same source file (same sha256), which may be the artifact itself."""
+    if explicit is not None:
+        manifest = read_manifest(explicit)
+        if not is_fp32(manifest):
+            passes = ", ".join(p.name for p in manifest.passes)
+            raise EdgekitError(f"--reference {explicit} is not an fp32 artifact (its passes: {passes}).")
+        return {Path(d): Path(explicit) for d in dirs}
+    manifests = {Path(d): read_manifest(d) for d in dirs}
+    fp32 = [d for d, m in manifests.items() if is_fp32(m)]
     return {
-        "metric": "top1",
-        "samples": len(samples),
-        "top1": accuracy(scores, samples.labels, 1),
-        "top5": accuracy(scores, samples.labels, min(5, scores.shape[1])),
+        d: next((r for r in fp32 if manifests[r].source.sha256 == m.source.sha256), None)
+        for d, m in manifests.items()
     }
+
+
+def reference_outputs(directory: Path, samples: Samples) -> Reference:
+    """Run the fp32 reference artifact in ONNX Runtime on CPU, in f32: the outputs every row on
+    these samples is compared with (computed here once, not in a timed worker)."""
+    from edgekit.pipeline import predict
+
+    manifest = read_manifest(directory)
+    verify_files(directory, manifest)
+    path = Path(directory) / manifest.model_file
+    outputs = predict(
+        path, samples, manifest.input_spec.fixed_batch, f"fp32 reference {Path(directory).name}"
+    )
+    return Reference(str(directory), outputs)
 
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
@@ -251,15 +317,21 @@ def batch_sizes(spec, requested: list[int]) -> tuple[list[int], str | None]:
     return [fixed], f"the model has a fixed batch of {fixed}; measured at that batch only, not {asked}"
 
 
-def interleaved(dirs: list[Path], cfg: BenchConfig, rounds: int, evals: Samples | None = None):
-    """Measure artifacts in alternating rounds (A B A B ...), so a burst of machine noise hits
-    all of them alike. Each record's latency is the median of its round medians; records after the
-    first carry `speedup_vs_first`: the per-round speed-ups over the first artifact and their median."""
-    per_round = dataclasses.replace(cfg, seconds=cfg.seconds / rounds)
-    rows: list[list[dict]] = [[] for _ in dirs]
+def interleaved(
+    variants: list[tuple[Path, BenchConfig]],
+    rounds: int,
+    evals: Samples | None = None,
+    reference: Reference | None = None,
+):
+    """Measure variants (artifact, runtime, precision ...) in alternating rounds (A B A B ...), so
+    a burst of machine noise hits all of them alike. Each record's latency is the median of its
+    round medians; records after the first carry `speedup_vs_first`: the per-round speed-ups over
+    the first variant and their median."""
+    rows: list[list[dict]] = [[] for _ in variants]
     for r in range(rounds):
-        for i, d in enumerate(dirs):
-            rows[i].append(measure(d, per_round, evals if r == 0 else None))
+        for i, (d, cfg) in enumerate(variants):
+            per_round = dataclasses.replace(cfg, seconds=cfg.seconds / rounds)
+            rows[i].append(measure(d, per_round, evals if r == 0 else None, reference))
     records = []
     for i, runs in enumerate(rows):
         record = dict(next((x for x in runs if not x.get("ok")), runs[0]))  # a failed round, if any

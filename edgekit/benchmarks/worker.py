@@ -46,14 +46,28 @@ def _current_rss_mb() -> float:
 
 
 def _gpu_memory(rt, device: str) -> dict:
-    """Peak GPU memory the runtime allocated, where it can say (torch eager on CUDA); else why not."""
-    if device not in ("cuda", "gpu"):
-        return {"available": False, "reason": f"the run is on {device}"}
-    if rt.NAME != "eager":
-        return {"available": False, "reason": f"{rt.NAME} does not report its GPU memory"}
-    import torch  # the eager runtime's own library, already imported
+    """GPU memory of this process where the run is on a GPU: NVML's figure for any runtime, and
+    torch's own peak for eager on CUDA; else why there is none."""
+    from edgekit.benchmarks import gpu
 
-    return {"available": True, "peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
+    if device not in ("cuda", "gpu", "tensorrt"):
+        return {"available": False, "reason": f"the run is on {device}"}
+    used = gpu.process_memory_mb(os.getpid())
+    if used is not None:
+        nvml = {"used_mb": used, "used_note": "NVML's figure for this process, sampled after the timed runs"}
+    else:
+        why = (
+            gpu.nvml_unavailable()
+            or "NVML lists no GPU memory for this process (in a container it may see other pids)"
+        )
+        nvml = {"nvml_reason": why}
+    if rt.NAME == "eager":
+        import torch  # the eager runtime's own library, already imported
+
+        return {"available": True, "peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20, **nvml}
+    if used is None:
+        return {"available": False, "reason": nvml["nvml_reason"]}
+    return {"available": True, **nvml}
 
 
 def _timed_runs(sess, feeds: dict, job: dict) -> list[float]:

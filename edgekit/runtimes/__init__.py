@@ -1,8 +1,20 @@
-"""One module per runtime, behind one protocol: available(), load(path, device, options) -> Session.
+"""One module per runtime, behind one protocol.
+
+Every runtime module has:
+- NAME, INSTALL (the pip command that adds it), SOURCE (True: it runs the artifact's source torch
+  model, as eager does; False: it runs a model file), FORMATS (the model-file suffixes it runs),
+  PRECISIONS (what Options.precision may ask for; the first, "f32", means no lowering: the
+  model's own precision);
+- available() -> bool: its library imports here;
+- unsupported(device) -> str | None: why it cannot use DEVICE on this machine, or None (cheap,
+  never raises; the runner makes a reason into a not-applicable row);
+- describe() -> dict: version and the devices it can use here, for `edgekit runtimes`;
+- Options (a dataclass with threads and precision), load(path, device, options) -> Session, whose
+  run(feeds) returns the outputs as numpy once the device work is finished, and info() records
+  the device, threads, options and the precision that actually ran.
 
 Runtimes are found by name (no registry): `edgekit.runtimes.<module>`. Each imports its library
-lazily, so a missing runtime never breaks `import edgekit`. A runtime whose `SOURCE` is True runs
-the artifact's source torch model (eager); the others run the artifact's ONNX file.
+lazily, so a missing runtime never breaks `import edgekit`.
 """
 
 import importlib
@@ -14,8 +26,11 @@ MODULES = {
     "ov": "ov",
     "eager": "eager",
     "torch": "eager",
+    "tensorrt": "trt",
+    "trt": "trt",
 }
-ALL = ("eager", "ort", "openvino")  # one name per runtime, in the order `edgekit runtimes` lists them
+# one name per runtime, in the order `edgekit runtimes` lists them
+ALL = ("eager", "ort", "openvino", "tensorrt")
 
 
 def get(name: str):

@@ -2,6 +2,8 @@
 
 The runner gives it the source file and how the export loaded it (the manifest's `load` record),
 so the model is loaded exactly as it was exported. This is the only runtime that imports torch.
+Options.precision bf16/f16 casts the module and its float inputs (torch's own .to(dtype)); info()
+reports the dtype of the weights that ran.
 """
 
 from __future__ import annotations
@@ -15,10 +17,26 @@ from edgekit.runtimes import importable
 NAME = "eager"
 INSTALL = "pip install torch"
 SOURCE = True  # runs the artifact's source torch model
+FORMATS: tuple[str, ...] = ()  # no model file of the artifact: it runs the source
+PRECISIONS = ("f32", "bf16", "f16")
+DEVICES = ("cpu", "cuda")
 
 
 def available() -> bool:
     return importable("torch")
+
+
+def unsupported(device: str) -> str | None:
+    """Why eager cannot run on DEVICE here, or None."""
+    if device not in DEVICES:
+        return f"the eager runtime runs on cpu or cuda, not {device}"
+    if not available():
+        return f"torch is not installed ({INSTALL})"
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        return "torch sees no CUDA device here"
+    return None
 
 
 def describe() -> dict:
@@ -38,6 +56,11 @@ class Options:
     input_shapes: list[list[int]] = field(default_factory=list)
     input_dtype: str = "float32"
     static_batch: bool = False
+    precision: str = "f32"  # f32: the weights as they are; bf16/f16: cast module and float inputs
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"eager precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 class Session:
@@ -46,11 +69,9 @@ class Session:
 
         from edgekit.model import LoadOptions, load_model
 
+        if reason := unsupported(device):
+            raise ValueError(reason)
         self.options = options or Options()
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("torch sees no CUDA device here")
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"the eager runtime runs on cpu or cuda, not {device}")
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
         loaded = load_model(
@@ -65,10 +86,11 @@ class Session:
         )
         self.device = device
         self.input_names = loaded.input_spec.names
-        self._module = loaded.module.to(device)
-        dtype = next((p.dtype for p in self._module.parameters()), torch.float32)
-        names = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
-        self.precision = names.get(dtype, str(dtype))
+        names = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+        self._cast = None if self.options.precision == "f32" else names[self.options.precision]
+        self._module = loaded.module.to(device=device, dtype=self._cast)
+        weights = next((p.dtype for p in self._module.parameters()), self._cast or torch.float32)
+        self.precision = {v: k for k, v in names.items()}.get(weights, str(weights))
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs as numpy; on CUDA the device is synchronised first, so a timed run is complete."""
@@ -77,6 +99,8 @@ class Session:
         from edgekit.model import flatten_outputs
 
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self.input_names]
+        if self._cast is not None:
+            args = [a.to(self._cast) if a.is_floating_point() else a for a in args]
         with torch.inference_mode():
             out = flatten_outputs(self._module(*args))
         if self.device == "cuda":
@@ -92,7 +116,8 @@ class Session:
             "device": self.device,
             "threads": torch.get_num_threads(),
             "threads_requested": self.options.threads,
-            "precision": self.precision,  # of the model's weights: eager runs them as they are
+            "precision": self.precision,  # of the weights that ran
+            "precision_requested": self.options.precision,
         }
 
 

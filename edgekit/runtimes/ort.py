@@ -1,8 +1,13 @@
-"""ONNX Runtime (CPU execution provider), with explicit thread counts recorded in info()."""
+"""ONNX Runtime: CPU execution provider, and CUDA or TensorRT EPs where this build has them.
+
+The device picks the execution providers. ONNX Runtime falls back to CPU without a word when an
+EP fails to initialise; edgekit refuses that instead (a "cuda" row that ran on CPU would be a lie)
+and info() records the providers the session actually got, with the thread counts.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,30 +16,62 @@ from edgekit.runtimes import importable
 NAME = "ort"
 INSTALL = "pip install onnxruntime"
 SOURCE = False  # runs the artifact's ONNX file
+FORMATS = (".onnx",)
+PRECISIONS = ("f32",)  # ORT runs the model's own precision; a lower one is a different artifact
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+GPU_BUILD = {
+    "cuda": "pip install onnxruntime-gpu",
+    "tensorrt": "pip install onnxruntime-gpu, with TensorRT's libraries",
+}
 
 
 def available() -> bool:
     return importable("onnxruntime")
 
 
-def describe() -> dict:
-    """For `edgekit runtimes`: version and the execution providers this build has."""
+def unsupported(device: str) -> str | None:
+    """Why this onnxruntime build cannot run on DEVICE, or None. A GPU build lists its GPU EPs even
+    without a GPU; load() then finds out and fails with the reason."""
+    if device not in PROVIDERS:
+        return f"the ort runtime runs on {', '.join(PROVIDERS)}, not {device}"
+    if not available():
+        return f"onnxruntime is not installed ({INSTALL})"
     import onnxruntime as ort
 
-    return {"version": ort.__version__, "devices": ort.get_available_providers()}
+    wanted = PROVIDERS[device][0]
+    if wanted not in ort.get_available_providers():
+        return f"this onnxruntime build has no {wanted} ({GPU_BUILD[device]})"
+    return None
+
+
+def describe() -> dict:
+    """For `edgekit runtimes`: version, the devices this build can use, and its execution providers."""
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    return {
+        "version": ort.__version__,
+        "devices": [d for d, providers in PROVIDERS.items() if providers[0] in have],
+        "providers": have,
+    }
 
 
 @dataclass
 class Options:
     threads: int = 0  # 0: ONNX Runtime's default (all physical cores)
     graph_optimization: str = "all"  # "basic", "extended", "all"
-    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
 
 
 class Session:
     def __init__(self, path: str, device: str = "cpu", options: Options | None = None):
         import onnxruntime as ort
 
+        if reason := unsupported(device):
+            raise ValueError(reason)
         self.options = options or Options()
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.options.threads
@@ -46,11 +83,19 @@ class Session:
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.options.graph_optimization]
         self.device = device
-        self._sess = ort.InferenceSession(path, so, providers=self.options.providers)
+        wanted = PROVIDERS[device]
+        self._sess = ort.InferenceSession(path, so, providers=wanted)
+        if wanted[0] not in self._sess.get_providers():
+            raise ValueError(
+                f"onnxruntime could not use {wanted[0]} for device {device} (the session got only "
+                f"{', '.join(self._sess.get_providers())}); check the GPU, driver and onnxruntime-gpu install"
+            )
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs as numpy. On the CUDA and TensorRT EPs run() copies the outputs back to host
+        memory before it returns, so the device work is finished and a timed run is complete."""
         return self._sess.run(None, feeds)
 
     def info(self) -> dict:
@@ -60,13 +105,12 @@ class Session:
             "runtime": NAME,
             "version": ort.__version__,
             "device": self.device,
-            "providers": self._sess.get_providers(),
+            "providers": self._sess.get_providers(),  # what the session got, in priority order
             "threads": self.options.threads,
             "graph_optimization": self.options.graph_optimization,
+            "precision": "f32",  # no lowering: the model's own precision (the TensorRT EP's fp16 is off)
         }
 
 
 def load(path: str, device: str = "cpu", options: Options | None = None) -> Session:
-    if device != "cpu":
-        raise ValueError(f"the ort runtime here runs on cpu, not {device}")
     return Session(path, device, options)

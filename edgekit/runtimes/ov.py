@@ -16,6 +16,7 @@ from edgekit.runtimes import importable
 NAME = "openvino"
 INSTALL = "pip install 'edgekit[openvino]'"
 SOURCE = False  # runs the artifact's ONNX file
+FORMATS = (".onnx", ".xml")
 PRECISIONS = ("f32", "bf16", "f16")
 HINTS = ("latency", "throughput")
 
@@ -24,11 +25,31 @@ def available() -> bool:
     return importable("openvino")
 
 
+def _devices(core) -> list[str]:
+    """The device kinds OpenVINO sees ("GPU.0" and "GPU.1" are both "GPU"), in its order."""
+    return list(dict.fromkeys(d.split(".")[0] for d in core.available_devices))
+
+
+def unsupported(device: str) -> str | None:
+    """Why OpenVINO cannot run on DEVICE here (cpu, gpu, npu), or None."""
+    if not available():
+        return f"openvino is not installed ({INSTALL})"
+    import openvino as ov
+
+    try:
+        have = _devices(ov.Core())
+    except RuntimeError as e:
+        return f"OpenVINO could not list its devices ({e})"
+    if device.upper() not in have:
+        return f"OpenVINO has no {device.upper()} device here (it has {', '.join(have)})"
+    return None
+
+
 def describe() -> dict:
     """For `edgekit runtimes`: version and the devices OpenVINO sees here."""
     import openvino as ov
 
-    return {"version": ov.get_version(), "devices": ov.Core().available_devices}
+    return {"version": ov.get_version(), "devices": [d.lower() for d in _devices(ov.Core())]}
 
 
 @dataclass
@@ -55,14 +76,11 @@ class Session:
     def __init__(self, path: str, device: str = "cpu", options: Options | None = None):
         import openvino as ov
 
+        if reason := unsupported(device):
+            raise ValueError(reason)
         self.options = options or Options()
         self.device = device
-        core = ov.Core()
-        target = device.upper()
-        if target not in core.available_devices:
-            have = ", ".join(core.available_devices)
-            raise ValueError(f"OpenVINO has no {target} device here (it has {have})")
-        self._compiled = core.compile_model(path, target, self.options.config())
+        self._compiled = ov.Core().compile_model(path, device.upper(), self.options.config())
         self._request = self._compiled.create_infer_request()
         self.input_names = [i.get_any_name() for i in self._compiled.inputs]
         self.output_names = [o.get_any_name() for o in self._compiled.outputs]
