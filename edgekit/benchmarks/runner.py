@@ -24,6 +24,7 @@ from edgekit.benchmarks.metrics import accuracy, fidelity
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
 from edgekit.model import example_inputs
+from edgekit.progress import progress
 from edgekit.runtimes import get as get_runtime
 
 
@@ -328,10 +329,14 @@ def interleaved(
     round medians; records after the first carry `speedup_vs_first`: the per-round speed-ups over
     the first variant and their median."""
     rows: list[list[dict]] = [[] for _ in variants]
-    for r in range(rounds):
-        for i, (d, cfg) in enumerate(variants):
-            per_round = dataclasses.replace(cfg, seconds=cfg.seconds / rounds)
-            rows[i].append(measure(d, per_round, evals if r == 0 else None, reference))
+    with progress() as bar:
+        task = bar.add_task("interleaved rounds", total=rounds * len(variants))
+        for r in range(rounds):
+            for i, (d, cfg) in enumerate(variants):
+                bar.update(task, description=f"round {r + 1}/{rounds}: {Path(d).name} · {cfg.runtime}")
+                per_round = dataclasses.replace(cfg, seconds=cfg.seconds / rounds)
+                rows[i].append(measure(d, per_round, evals if r == 0 else None, reference))
+                bar.advance(task)
     records = []
     for i, runs in enumerate(rows):
         record = dict(next((x for x in runs if not x.get("ok")), runs[0]))  # a failed round, if any
