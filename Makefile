@@ -14,7 +14,7 @@ $(BIN)/python:
 # any other spec pulls gigabytes of CUDA packages.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,openvino,plots]"
+	$(BIN)/pip install --quiet -e ".[dev,openvino,nncf,plots]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -46,6 +46,8 @@ test: system-deps lint
 bench: $(STAMP)
 	$(BIN)/python bench/int8_speed.py
 	$(BIN)/python bench/runner_overhead.py
+	$(BIN)/python bench/openvino_int8.py
+	$(BIN)/python bench/remote_overhead.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

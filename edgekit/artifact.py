@@ -87,7 +87,8 @@ class Manifest(BaseModel):
     model_file: str
     source: Source
     load: LoadRecord | None = None  # None in artifacts made before it was recorded
-    parent: str | None = None
+    parent: str | None = None  # the artifact this one was built from (`edgekit build`)
+    inference_precision: str | None = None  # what the runtime must compute in (OpenVINO's hint)
     input_spec: InputSpec
     output_names: list[str] = Field(default_factory=list)
     passes: list[PassRecord] = Field(default_factory=list)
@@ -110,7 +111,7 @@ def tool_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"edgekit": __version__}
-    for pkg in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "openvino"):
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "openvino", "nncf", "tensorrt"):
         with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
     return out

@@ -160,11 +160,27 @@ def export(model, **kw):
 )
 @click.option("--percentile", type=float, default=99.99, show_default=True)
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales (default: per channel).")
-@click.option("--symmetric-activations", is_flag=True, help="Zero-point 0 activations (TensorRT's form).")
+@click.option(
+    "--symmetric-activations",
+    is_flag=True,
+    help="TensorRT's form: int8 activations with zero-point 0, float biases.",
+)
 @click.option("--eval", "eval_", help="Evaluation data (labels give accuracy; else fidelity).")
 @click.option("--eval-size", type=int, default=None, help="At most this many evaluation samples.")
-def compress(model, int8, calibration, percentile, per_tensor, symmetric_activations, eval_, eval_size, **kw):
+@click.option(
+    "--target",
+    type=click.Choice(["ort", "openvino", "tensorrt"]),
+    default="ort",
+    show_default=True,
+    help="The runtime it is for: its operator check runs before calibration; tensorrt implies "
+    "--symmetric-activations.",
+)
+def compress(
+    model, int8, calibration, percentile, per_tensor, symmetric_activations, eval_, eval_size, target, **kw
+):
     """Compress MODEL into an artifact; with no pass flags, the verified fp32 ONNX export."""
+    from dataclasses import replace
+
     from edgekit.benchmarks.report import manifest_table
     from edgekit.compress.quantize import Int8Config
     from edgekit.pipeline import compress as run
@@ -172,13 +188,10 @@ def compress(model, int8, calibration, percentile, per_tensor, symmetric_activat
     def go():
         cfg = None
         if int8:
-            cfg = Int8Config(
-                calibration=calibration,
-                percentile=percentile,
-                per_channel=not per_tensor,
-                activation_symmetric=symmetric_activations,
-            )
-        return run(_request(model, kw, cfg, eval_, eval_size))
+            options = dict(calibration=calibration, percentile=percentile, per_channel=not per_tensor)
+            tensorrt_form = symmetric_activations or target == "tensorrt"
+            cfg = Int8Config.tensorrt(**options) if tensorrt_form else Int8Config(**options)
+        return run(replace(_request(model, kw, cfg, eval_, eval_size), target=target))
 
     manifest = _run(go, kw["debug"])
     manifest_table(manifest, str(kw["out"]))
@@ -218,14 +231,13 @@ def _names(text: str, flag: str, example: str) -> list[str]:
     "--device",
     default="cpu",
     show_default=True,
-    help="cpu; cuda (eager, ort), tensorrt (ort), gpu/npu (openvino).",
+    help="cpu; cuda (eager, ort, tensorrt), tensorrt (ort's TensorRT EP), gpu/npu (openvino).",
 )
 @click.option(
     "--precision",
-    default="f32",
-    show_default=True,
     help="Inference precisions, comma-separated (f32, bf16, f16): one row each, where the runtime can "
-    "lower (openvino, eager); f32 keeps the model's own precision.",
+    "lower (openvino, eager); f32 keeps the model's own precision. Default: the precision the artifact "
+    "was verified at (an OpenVINO bf16 build: bf16), else f32.",
 )
 @click.option("--threads", type=int, default=0, help="Intra-op threads (0: the runtime's default).")
 @click.option("--batch", default="1", show_default=True, help="Batch sizes, comma-separated: one row each.")
@@ -245,6 +257,35 @@ def _names(text: str, flag: str, example: str) -> list[str]:
     help="The fp32 artifact fidelity is measured against (default: an fp32 artifact of the same "
     "source among ARTIFACTS).",
 )
+@click.option(
+    "--host",
+    help="Measure on this device over ssh: ssh://user@host[:port], user@host or an ssh config alias.",
+)
+@click.option(
+    "--hosts",
+    "hosts_file",
+    type=click.Path(path_type=Path),
+    help="A file of ssh targets, one a line (# comments): measured in parallel, rows per host.",
+)
+@click.option(
+    "--remote-python",
+    default="python3",
+    show_default=True,
+    help="The device's Python, with numpy and the runtime (e.g. a venv's bin/python there).",
+)
+@click.option(
+    "--remote-cache",
+    envvar="EDGEKIT_REMOTE_CACHE",
+    help="Cache directory on the device (default: ~/.cache/edgekit-remote).",
+)
+@click.option(
+    "--ssh-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="ssh client config file (ssh -F) instead of ~/.ssh/config.",
+)
+@click.option(
+    "--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE", help="ssh -o option; repeatable."
+)
 @click.option("--timeout", type=float, default=600, show_default=True, help="Per measurement.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Save the records (JSON).")
 @click.option(
@@ -255,15 +296,34 @@ def _names(text: str, flag: str, example: str) -> list[str]:
     help="Append the records to DIR/results.jsonl.",
 )
 def bench(
-    artifacts, runtime, device, precision, batch, eval_, eval_size, reference, json_path, out_dir, **kw
+    artifacts,
+    runtime,
+    device,
+    precision,
+    batch,
+    eval_,
+    eval_size,
+    reference,
+    json_path,
+    out_dir,
+    host,
+    hosts_file,
+    remote_python,
+    remote_cache,
+    ssh_config,
+    ssh_options,
+    **kw,
 ):
     """Measure latency, memory, size, energy (and accuracy or fidelity with --eval) of artifacts,
-    each in a fresh worker process."""
+    each in a fresh worker process: here, or on devices over ssh (--host, --hosts)."""
+    from concurrent.futures import ThreadPoolExecutor
     from dataclasses import replace
 
     from edgekit.benchmarks.report import bench_table
     from edgekit.benchmarks.runner import BenchConfig, batch_sizes, measure
     from edgekit.progress import progress
+    from edgekit.runtimes import get as get_runtime
+    from edgekit.runtimes.remote import remotes
 
     notes: list[str] = []
 
@@ -271,8 +331,12 @@ def bench(
         batches = _ints(batch, "--batch")
         if (kw["runs"] is not None and kw["runs"] < 1) or kw["seconds"] <= 0 or min(batches) < 1:
             raise EdgekitError("--runs, --seconds and --batch must be positive.")
-        names = _checked_runtimes(runtime)
-        precisions = _names(precision, "--precision", "f32,bf16")
+        settings = dict(python=remote_python, cache=remote_cache, ssh_config=ssh_config)
+        devices = remotes(host, hosts_file, ssh_options=tuple(ssh_options), **settings)
+        # a device needs the runtime, not this machine: there the name is only checked
+        names = [get_runtime(n).NAME for n in _names(runtime, "--runtime", "ort")] if devices else None
+        names = names or _checked_runtimes(runtime)
+        precisions = _names(precision, "--precision", "f32,bf16") if precision is not None else [None]
         cfg = BenchConfig(device=device, **kw)
         evals = _evaluation(artifacts, eval_, eval_size, reference)
         jobs = []
@@ -286,17 +350,32 @@ def bench(
                 for n in names
                 for p in precisions
             ]
-        records = []
-        with progress() as bar:
-            task = bar.add_task("measuring", total=len(jobs))
+
+        def rows(device, bar) -> list[dict]:
+            """Every job's record, in order, measured here (DEVICE None) or on DEVICE over ssh."""
+            label = f"{device.target} · " if device else ""
+            task = bar.add_task(f"{label}measuring", total=len(jobs))
+            records = []
             for a, c in jobs:
-                bar.update(task, description=f"{Path(a).name} · {c.runtime} {c.precision} · batch {c.batch}")
-                records.append(measure(a, c, *evals.get(Path(a), (None, None))))
+                what = f"{label}{Path(a).name} · {c.runtime} {c.precision or ''} · batch {c.batch}"
+                bar.update(task, description=what)
+                on = device and replace(
+                    device, status=lambda s, w=what: bar.update(task, description=f"{w}: {s}")
+                )
+                records.append(measure(a, c, *evals.get(Path(a), (None, None)), host=on))
                 bar.advance(task)
-        return records
+            return records
+
+        with progress() as bar:
+            if not devices:
+                return rows(None, bar)
+            with ThreadPoolExecutor(len(devices)) as pool:  # one thread per device
+                return [r for records in pool.map(lambda d: rows(d, bar), devices) for r in records]
 
     records = _run(go, False)
-    bench_table(records)
+    for target in dict.fromkeys(r["host_target"] for r in records):  # a table per device
+        title = "edgekit bench" if target == "local" else f"edgekit bench on {target}"
+        bench_table([r for r in records if r["host_target"] == target], title)
     for note in notes:
         click.echo(f"note: {note}")
     if json_path:
@@ -395,6 +474,72 @@ def demo(work_dir, retrain):
 
 
 @cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(["openvino", "tensorrt"]), required=True)
+@click.option(
+    "--precision",
+    help="openvino: fp32 (default), fp16 (fp16 weights), bf16 (bf16 inference on CPUs that have it); "
+    "tensorrt: fp32, fp16, int8 (from the artifact's Q/DQ nodes).",
+)
+@click.option(
+    "--quantizer",
+    type=click.Choice(["qdq", "nncf"]),
+    default="qdq",
+    show_default=True,
+    help="openvino: convert the artifact as it is (qdq), or quantize an fp32 artifact with NNCF "
+    "(needs --calib).",
+)
+@click.option("--workspace", default="2G", show_default=True, help="tensorrt: builder workspace limit.")
+@click.option("--min-batch", type=int, help="tensorrt: optimization profile (default 1).")
+@click.option("--opt-batch", type=int, help="tensorrt: optimization profile (default 1).")
+@click.option("--max-batch", type=int, help="tensorrt: optimization profile (default 32).")
+@click.option("--calib", help="Calibration data (--quantizer nncf), also used to verify without --eval.")
+@click.option("--calib-size", type=int, default=300, show_default=True)
+@click.option("--eval", "eval_", help="Data to verify the engine against its parent (labels give accuracy).")
+@click.option("--eval-size", type=int, default=None)
+@click.option(
+    "-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output artifact directory."
+)
+@click.option("--force", is_flag=True, help="Replace an existing output artifact.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def build(artifact, target, precision, quantizer, workspace, min_batch, opt_batch, max_batch, **kw):
+    """Build an engine for a target runtime from an ONNX artifact (OpenVINO IR, TensorRT plan),
+    verified against the artifact it was built from."""
+    from edgekit.benchmarks.report import manifest_table
+    from edgekit.build import BuildRequest
+    from edgekit.build import build as run
+    from edgekit.export.openvino import OpenVINOConfig
+
+    def go():
+        req = BuildRequest(
+            parent=artifact,
+            out=kw["out"],
+            target=target,
+            calib=kw["calib"],
+            calib_size=kw["calib_size"],
+            eval=kw["eval_"],
+            eval_size=kw["eval_size"],
+            force=kw["force"],
+        )
+        if target == "openvino":
+            req.openvino = OpenVINOConfig(precision=precision or "fp32", quantizer=quantizer)
+        else:
+            from edgekit.export.tensorrt import TensorRTConfig, parse_bytes
+
+            req.tensorrt = TensorRTConfig(
+                precision=precision or "fp32",
+                workspace=parse_bytes(workspace),
+                min_batch=min_batch,
+                opt_batch=opt_batch,
+                max_batch=max_batch,
+            )
+        return run(req)
+
+    manifest = _run(go, kw["debug"])
+    manifest_table(manifest, str(kw["out"]))
+
+
+@cli.command()
 @click.argument("results", type=click.Path(path_type=Path))
 @click.option("--format", "formats", help="Files to write, comma-separated: md, csv, html.")
 @click.option(
@@ -432,7 +577,7 @@ def report(results, formats, plot, out):
 @cli.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--runtime", default="ort", show_default=True, help="One runtime, or two to compare them.")
-@click.option("--precision", default="f32", show_default=True, help="One precision, or two to compare them.")
+@click.option("--precision", help="One precision, or two to compare them (default: the artifact's).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--rounds", type=int, default=10, show_default=True, help="Interleaved rounds, A B A B ...")
 @click.option(
@@ -457,7 +602,7 @@ def compare(artifacts, runtime, precision, rounds, json_path, **kw):
         if kw["seconds"] <= 0:
             raise EdgekitError("--seconds must be positive.")
         names = _checked_runtimes(runtime)
-        precisions = _names(precision, "--precision", "f32,bf16")
+        precisions = _names(precision, "--precision", "f32,bf16") if precision is not None else [None]
         variants = [
             (Path(a), replace(BenchConfig(**kw), runtime=n, precision=p))
             for a in artifacts
@@ -468,7 +613,7 @@ def compare(artifacts, runtime, precision, rounds, json_path, **kw):
             raise EdgekitError(
                 "compare needs exactly two variants: two artifacts, or one artifact with two --runtime "
                 f"names or two --precision values (got {len(artifacts)} artifact(s), runtimes "
-                f"{','.join(names)}, precisions {','.join(precisions)})."
+                f"{','.join(names)}, precisions {','.join(p or 'default' for p in precisions)})."
             )
         for a in artifacts:
             _manifest(a)  # a missing artifact fails before any measurement
@@ -478,6 +623,45 @@ def compare(artifacts, runtime, precision, rounds, json_path, **kw):
     compare_table(result)
     if json_path:
         _write_json(json_path, result)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(["tensorrt", "openvino", "ort"]), required=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="int8 needs a Q/DQ model (edgekit compress --int8).",
+)
+@click.option("--arch", help="package.module:factory building the model, for a state_dict.")
+@click.option(
+    "--trust-pickle", is_flag=True, help="Allow a fully pickled nn.Module (runs code from the file)."
+)
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="1,3,224,224", help="Repeat per input.")
+@click.option("--input-dtype", default="float32", show_default=True)
+@click.option("--static-batch", is_flag=True, help="Check the model with its batch axis fixed.")
+@click.option("--opset", type=int, default=None, help="ONNX opset to export a torch model at.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def check(model, target, precision, opset, debug, **load):
+    """Pre-flight: list the ops of MODEL (a torch or ONNX file, or an artifact) that TARGET cannot
+    run at PRECISION, with the node and the torch module each came from. Exit 0: none; 1: some."""
+    from edgekit.export.check import ParserUnavailable, check_model, print_findings
+    from edgekit.model import LoadOptions, parse_shape
+
+    def go():
+        opts = LoadOptions(**{**load, "input_shapes": tuple(parse_shape(s) for s in load["input_shapes"])})
+        try:
+            return check_model(model, target, precision, opts, opset), None
+        except ParserUnavailable as e:  # TensorRT absent: show what the ONNX graph showed, then say so
+            return e.findings, e
+
+    findings, incomplete = _run(go, debug)
+    print_findings(findings, f"edgekit check {model} --target {target} --precision {precision}")
+    if incomplete:
+        _fail(incomplete)
+    sys.exit(1 if findings else 0)
 
 
 def main() -> None:

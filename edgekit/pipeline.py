@@ -1,4 +1,5 @@
-"""`compress` and `export`: load -> export (verified) -> passes -> measured -> artifact.
+"""`compress` and `export`: load -> export (verified) -> passes -> measured -> artifact; `build`:
+an ONNX artifact -> an engine for a target runtime (OpenVINO IR, TensorRT plan), verified against it.
 
 A failure anywhere leaves no output directory and never touches the input.
 """
@@ -40,6 +41,7 @@ class CompressRequest:
     preprocess: Preprocess = field(default_factory=Preprocess)
     force: bool = False
     seed: int = 0
+    target: str = "ort"  # the runtime it is for: its operator check runs right after the export
 
 
 def compress(req: CompressRequest) -> Manifest:
@@ -71,6 +73,10 @@ def compress(req: CompressRequest) -> Manifest:
     with staging(req.out, req.force) as out, tempfile.TemporaryDirectory(prefix="edgekit-") as work:
         fp32_dir = Path(work) if req.int8 else out
         fp32 = _export(req, loaded, calib, fp32_dir, manifest)
+        if req.target != "ort":  # ORT already ran the model in the export check
+            from edgekit.export.check import fail_fast
+
+            fail_fast(fp32, req.target)
         if req.int8 is not None:
             _int8(req, fp32, calib, evals, out, manifest, spec)
         return write_manifest(out, manifest)
@@ -177,11 +183,12 @@ def measure_against(parent: Path, child: Path, evals: Samples, fixed: int | None
     """Accuracy (with labels) or fidelity of `child` against `parent`, on the evaluation data."""
     ref = predict(parent, evals, fixed, "evaluating fp32")
     out = predict(child, evals, fixed, "evaluating int8")
-    result = {
-        "data": "eval" if req.eval else "held-out calibration samples",
-        "samples": len(evals),
-        "fidelity": fidelity(ref, out),
-    }
+    return quality(ref, out, evals, "eval" if req.eval else "held-out calibration samples")
+
+
+def quality(ref: list[np.ndarray], out: list[np.ndarray], evals: Samples, data: str) -> dict:
+    """Fidelity of OUT to REF on EVALS, and both top-1s (and the drop) where EVALS has labels."""
+    result = {"data": data, "samples": len(evals), "fidelity": fidelity(ref, out)}
     if evals.description.get("source") == "random":
         result["data"] = "random inputs: fidelity on noise, not on real data"
     parent_acc, child_acc = score(ref, evals), score(out, evals)

@@ -43,7 +43,7 @@ def bootstrap_ci(
 
 def label(directory: Path, cfg: BenchConfig) -> str:
     """A variant as the user named it: artifact, runtime, and the precision when it is not f32."""
-    return f"{directory} · {cfg.runtime}" + ("" if cfg.precision == "f32" else f" {cfg.precision}")
+    return f"{directory} · {cfg.runtime}" + ("" if cfg.precision in (None, "f32") else f" {cfg.precision}")
 
 
 def compare(variants: list[tuple[Path, BenchConfig]], cfg: CompareConfig) -> dict:
@@ -61,8 +61,7 @@ def compare(variants: list[tuple[Path, BenchConfig]], cfg: CompareConfig) -> dic
         "a": label(a, bench_a),
         "b": label(b, bench_b),
         "variants": [
-            {"artifact": str(d), "runtime": c.runtime, "precision": c.precision, "device": c.device}
-            for d, c in variants
+            {k: rec[k] for k in ("artifact", "runtime", "precision", "device")} for rec in (rec_a, rec_b)
         ],
         "threads": bench_a.threads,
         "rounds": cfg.rounds,

@@ -56,6 +56,15 @@ def manifest_table(m: Manifest, path: str) -> None:
     q = m.verification.get("int8")
     if q:
         t.add_row("int8 check", quality_line(q))
+    for target in ("openvino", "tensorrt"):
+        v = m.verification.get(target)
+        if v and "fidelity" in v:
+            where = f"{v['runtime']} on {v.get('device_name') or v['device']}"
+            t.add_row(f"{target} check", f"vs parent, {where}: {quality_line(v)}")
+    if m.inference_precision:
+        t.add_row("inference precision", m.inference_precision)
+    if m.parent:
+        t.add_row("built from", escape(m.parent))
     for f in m.files:
         t.add_row("file", f"{f.name}  {mb(f.bytes)}  sha256 {f.sha256[:12]}…")
     t.add_row("tools", ", ".join(f"{k} {v}" for k, v in m.tool_versions.items()))

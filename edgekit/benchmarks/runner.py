@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import importlib.metadata
 import json
 import os
-import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,14 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-import edgekit
 from edgekit.artifact import Manifest, model_bytes, read_manifest, sha256_file, verify_files
+from edgekit.benchmarks import fingerprint as fingerprints
+from edgekit.benchmarks.fingerprint import CPU_FLAGS as CPU_FLAGS  # importable from here, as before
 from edgekit.benchmarks.metrics import accuracy, fidelity
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
 from edgekit.model import example_inputs
 from edgekit.progress import progress
 from edgekit.runtimes import get as get_runtime
+from edgekit.runtimes import remote
+from edgekit.runtimes.remote import Remote
 
 
 @dataclass
@@ -34,7 +32,9 @@ class BenchConfig:
     device: str = "cpu"
     threads: int = 0  # 0: the runtime's default
     batch: int = 1
-    precision: str = "f32"  # the runtime's inference precision; f32: the model's own, no lowering
+    # the runtime's inference precision; f32: the model's own, no lowering; None: what the artifact
+    # was verified at (its manifest's inference_precision), else f32
+    precision: str | None = None
     warmup: int = 10
     runs: int | None = None  # a fixed count, or else ...
     seconds: float = 3.0  # ... a minimum duration
@@ -75,12 +75,15 @@ def measure(
     cfg: BenchConfig,
     eval_samples: Samples | None = None,
     reference: Reference | None = None,
+    host: Remote | None = None,
 ) -> dict:
-    """One result record for (artifact, runtime, device, precision, host)."""
+    """One result record for (artifact, runtime, device, precision, host): measured here, or on
+    HOST over ssh, where the runtime need not be installed here."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     verify_files(directory, manifest)
-    rt = runtime(cfg.runtime)
+    rt = get_runtime(cfg.runtime) if host else runtime(cfg.runtime)
+    cfg = dataclasses.replace(cfg, precision=cfg.precision or manifest.inference_precision or "f32")
     spec = manifest.input_spec
     fixed = spec.fixed_batch
     batch = fixed or cfg.batch
@@ -90,10 +93,13 @@ def measure(
         "device": cfg.device,
         "precision": cfg.precision,
         "batch": batch,
+        "host_target": str(host.target) if host else "local",
     }
-    reason = not_applicable(rt, manifest, cfg)
+    reason = remote.not_applicable(rt) if host else rt.unsupported(cfg.device)
+    reason = reason or not_applicable(rt, manifest, cfg)
     if reason:
-        return {**head, "ok": False, "not_applicable": True, "reason": reason, "host": fingerprint()}
+        where = {"target": str(host.target)} if host else fingerprint()
+        return {**head, "ok": False, "not_applicable": True, "reason": reason, "host": where}
     model, options = target(directory, manifest, rt, cfg)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
         feeds_path = Path(tmp) / "feeds.npz"
@@ -115,14 +121,19 @@ def measure(
                 eval_outputs=str(Path(tmp) / "eval_out.npz"),
                 eval_batch=batch if fixed else 32,
             )
-        result = _worker(job, cfg.timeout)
+        if host:
+            result = host.run(job, directory, [(f.name, f.sha256) for f in manifest.files], cfg.timeout)
+        else:
+            result = _worker(job, cfg.timeout)
+        # the worker's fingerprint of the machine it ran on; where none ran, this one's or the target
+        machine = result.get("host") or ({"target": str(host.target)} if host else None)
         record = {
             **head,
             "model_sha256": next((f.sha256 for f in manifest.files if f.name == manifest.model_file), None),
             "size_bytes": model_bytes(manifest),
-            "host": fingerprint(result.get("runtime")),
+            "host": fingerprint(result.get("runtime"), machine),
             # the worker's "runtime" is its session info: kept apart so "runtime" stays the name
-            **{k: v for k, v in result.items() if k not in ("eval_outputs", "runtime")},
+            **{k: v for k, v in result.items() if k not in ("eval_outputs", "runtime", "host")},
             "runtime_info": result.get("runtime"),
         }
         if result.get("ok") and eval_samples is not None:
@@ -141,13 +152,10 @@ def runtime(name: str):
 
 
 def not_applicable(rt, manifest: Manifest, cfg: BenchConfig) -> str | None:
-    """Why this runtime cannot run this artifact here (a row saying so, not a failure), or None:
-    a device this machine lacks, a precision the runtime cannot be asked for, a model file of
-    another format; for a runtime that runs the source torch model (eager), a torch source still
-    on disk and unchanged since the export."""
-    reason = rt.unsupported(cfg.device)
-    if reason:
-        return reason
+    """Why this runtime cannot run this artifact (a row saying so, not a failure), or None: a
+    precision the runtime cannot be asked for, a model file of another format; for a runtime that
+    runs the source torch model (eager), a torch source still on disk and unchanged since the export.
+    (Whether the device exists is the runtime's own `unsupported`, asked where the row runs.)"""
     if cfg.precision not in rt.PRECISIONS:
         return (
             f"{rt.NAME} runs a model in its own precision and cannot be asked for {cfg.precision} "
@@ -176,7 +184,7 @@ def target(directory: Path, manifest: Manifest, rt, cfg: BenchConfig) -> tuple[s
     runtime the source model with the options the export loaded it with."""
     options: dict = {"threads": cfg.threads}
     if len(rt.PRECISIONS) > 1:  # a runtime that can lower the precision is always told which
-        options["precision"] = cfg.precision
+        options["precision"] = cfg.precision or manifest.inference_precision or "f32"
     if rt.SOURCE:
         return manifest.source.path, {**options, **manifest.load.model_dump()}
     return str(Path(directory) / manifest.model_file), options
@@ -236,76 +244,15 @@ def reference_outputs(directory: Path, samples: Samples) -> Reference:
     return Reference(str(directory), outputs)
 
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-LIBRARIES = ("numpy", "onnx", "onnxruntime", "openvino", "torch")
-
-
-def fingerprint(runtime_info: dict | None = None) -> dict:
-    """Where and with what the numbers were measured: CPU model and the flags that decide INT8/bf16
-    speed, cores, the threads the session used, GPU and driver, OS, Python, library versions."""
+def fingerprint(runtime_info: dict | None = None, host: dict | None = None) -> dict:
+    """Where and with what the numbers were measured: HOST, the fingerprint the worker took on the
+    machine it ran on (this machine's where no worker ran), and the threads the session used."""
     info = runtime_info or {}
     return {
-        **_host(),
+        **(host or fingerprints.host()),
         "threads_used": info.get("threads"),  # as the session reports it; 0: the runtime's default
         "threads_requested": info.get("threads_requested", info.get("threads")),
     }
-
-
-@functools.lru_cache(maxsize=1)
-def _host() -> dict:
-    """The parts of the fingerprint that do not change within a process (nvidia-smi runs once)."""
-    cpu, flags = _cpu()
-    return {
-        "cpu": cpu,
-        "cpu_flags": flags,
-        "cores": os.cpu_count(),
-        "gpu": _gpu(),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "hostname": platform.node(),
-        "libraries": _versions(),
-        "edgekit": edgekit.__version__,
-    }
-
-
-def _cpu() -> tuple[str, list[str]]:
-    """CPU model name and which of CPU_FLAGS it has, from /proc/cpuinfo where there is one."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return cpu, []
-    lines = text.splitlines()
-    cpu = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), cpu)
-    have = next((set(x.split(":", 1)[1].split()) for x in lines if x.startswith("flags")), set())
-    return cpu, [f for f in CPU_FLAGS if f in have]
-
-
-def _gpu() -> dict:
-    """NVIDIA GPUs and driver from nvidia-smi, or why there is no answer."""
-    if not shutil.which("nvidia-smi"):
-        return {"available": False, "reason": "nvidia-smi is not on PATH"}
-    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
-    try:
-        out = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        return {"available": False, "reason": f"nvidia-smi failed: {e}"}
-    gpus = [
-        dict(zip(("name", "driver", "memory"), map(str.strip, x.split(",")), strict=False))
-        for x in out.splitlines()
-    ]
-    if not gpus:
-        return {"available": False, "reason": "nvidia-smi lists no GPU"}
-    return {"available": True, "gpus": gpus}
-
-
-def _versions() -> dict:
-    """Installed versions of the libraries that decide the numbers (package metadata: no imports)."""
-    found = {}
-    for name in LIBRARIES:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            found[name] = importlib.metadata.version(name)
-    return found
 
 
 def batch_sizes(spec, requested: list[int]) -> tuple[list[int], str | None]:

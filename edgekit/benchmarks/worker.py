@@ -2,7 +2,8 @@
 
 It runs in a fresh process so peak memory is the model's own and a crashing runtime cannot kill
 the run. It imports only numpy and its runtime (never torch unless the runtime is torch), so the
-same file runs on a Jetson over ssh. The result is one JSON object on the last line of stdout.
+same file runs on a Jetson over ssh. The result is one JSON object on the last line of stdout,
+with the fingerprint of the machine it ran on.
 """
 
 from __future__ import annotations
@@ -10,15 +11,20 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.benchmarks import energy
+from edgekit.benchmarks import energy, fingerprint
 from edgekit.benchmarks.metrics import latency_stats
 from edgekit.runtimes import get as get_runtime
+
+
+class RuntimeMissing(Exception):
+    """The job's runtime library does not import in this Python."""
 
 
 def _status_mb(field: str) -> float | None:
@@ -91,7 +97,8 @@ def measure(job: dict) -> dict:
     runs, the session's info, and outputs on the evaluation inputs when the job has them."""
     rt = get_runtime(job["runtime"])
     device = job.get("device", "cpu")
-    rt.available()  # imports the runtime's library, so the baseline includes it and nothing else
+    if not rt.available():  # imports the runtime's library, so the baseline includes it and nothing else
+        raise RuntimeMissing(f"{rt.NAME} is not installed for {sys.executable} ({rt.INSTALL})")
     baseline = _current_rss_mb()
     t0 = time.perf_counter()
     sess = rt.load(job["model"], device, rt.Options(**job.get("options", {})))
@@ -144,10 +151,15 @@ def _predict(sess, inputs_path: str, out_path: str, job: dict) -> str:
 
 def main() -> None:
     job = json.loads(sys.stdin.read())
+    if job.get("timeout"):  # a worker on a device outlives a killed ssh: SIGALRM ends it
+        signal.alarm(int(job["timeout"]) + 1)
     try:
         result = measure(job)
     except Exception as e:  # a failed row, reported with its reason; the parent goes on
         result = {"ok": False, "error": f"{type(e).__name__}: {str(e).strip()[:500]}"}
+        if isinstance(e, RuntimeMissing):
+            result["missing_runtime"] = job["runtime"]
+    result["host"] = fingerprint.host()  # after the timed runs: nvidia-smi runs outside them
     sys.stdout.write("\n" + json.dumps(result) + "\n")
 
 

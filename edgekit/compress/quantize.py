@@ -36,10 +36,17 @@ class Int8Config(BaseModel):
     percentile: float = Field(99.99, gt=90, le=100)
     per_channel: bool = True
     activation_type: Literal["int8", "uint8"] = "uint8"  # u8s8: the VNNI fast path in ORT (3x vs s8s8)
-    activation_symmetric: bool = False  # TensorRT needs True (zero-point 0)
+    activation_symmetric: bool = False  # zero-point 0 for int8 activations (128 for uint8)
+    quantize_bias: bool = True  # int32 biases; TensorRT's DequantizeLinear takes int8 only
     calib_batch: int = Field(16, ge=1)
     preprocess: bool = True
     exclude_nodes: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def tensorrt(cls, **overrides) -> Int8Config:
+        """TensorRT's explicit-quantization form: int8 activations with zero-point 0, float biases."""
+        form = {"activation_type": "int8", "activation_symmetric": True, "quantize_bias": False}
+        return cls(**{**form, **overrides})
 
 
 class _Reader:
@@ -80,6 +87,7 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
     extra = {
         "WeightSymmetric": True,
         "ActivationSymmetric": cfg.activation_symmetric,
+        "QuantizeBias": cfg.quantize_bias,
         "CalibMaxIntermediateOutputs": 8,  # MinMax merges ranges every 8 batches: bounded memory
     }
     with tempfile.TemporaryDirectory(prefix="edgekit-q-") as tmp:

@@ -1,0 +1,158 @@
+"""`edgekit build`: an ONNX artifact -> an engine for a target runtime (OpenVINO IR, TensorRT plan),
+verified against its parent on the same inputs, written as a new artifact (the parent is untouched).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.artifact import (
+    PassRecord,
+    check_output_dir,
+    read_manifest,
+    staging,
+    verify_files,
+    write_manifest,
+)
+from edgekit.data import Preprocess, Samples, load_samples
+from edgekit.errors import EdgekitError
+from edgekit.export import openvino
+from edgekit.model import example_inputs
+from edgekit.pipeline import predict, quality
+
+TARGETS = ("openvino", "tensorrt")
+VERIFY_SAMPLES = 100  # calibration samples used to verify when no --eval is given
+
+
+@dataclass
+class BuildRequest:
+    parent: Path
+    out: Path
+    target: str
+    openvino: openvino.OpenVINOConfig = field(default_factory=openvino.OpenVINOConfig)
+    tensorrt: object | None = None  # edgekit.export.tensorrt.TensorRTConfig
+    calib: str | None = None
+    calib_size: int = 300
+    eval: str | None = None
+    eval_size: int | None = None
+    force: bool = False
+
+
+def build(req: BuildRequest):
+    if req.target not in TARGETS:
+        raise EdgekitError(f"--target {req.target!r} is not one of {', '.join(TARGETS)}.")
+    parent = read_manifest(req.parent)
+    verify_files(req.parent, parent)
+    onnx_path = Path(req.parent) / parent.model_file
+    if onnx_path.suffix != ".onnx":
+        raise EdgekitError(
+            f"{req.parent} holds {parent.model_file}, not an ONNX model; build from the artifact "
+            "`edgekit compress` made."
+        )
+    check_output_dir(req.out, req.force, [req.parent])
+    _preflight(req, onnx_path)
+    recorded = next((d["preprocess"] for d in parent.data.values() if "preprocess" in d), {})
+    pre = Preprocess(**recorded)
+    spec = parent.input_spec
+    calib = load_samples(req.calib, spec, req.calib_size, pre, 0, "calib") if req.calib else None
+    evals, data = _verification_data(req, spec, pre, calib)
+    manifest = parent.model_copy(deep=True)
+    manifest.parent = str(Path(req.parent).absolute())
+    if calib is not None:
+        manifest.data["build_calibration"] = calib.description
+    with staging(req.out, req.force) as out:
+        t0 = time.perf_counter()
+        if req.target == "openvino":
+            summary, verification = _openvino(req, onnx_path, out, calib, evals, data)
+            manifest.model_file = openvino.MODEL_FILE
+            manifest.inference_precision = summary["inference_precision"]
+            config = asdict(req.openvino)
+        else:
+            summary, verification = _tensorrt(req, onnx_path, out, spec, evals, data)
+            manifest.model_file = "model.plan"
+            config = asdict(req.tensorrt)
+        manifest.passes.append(
+            PassRecord(
+                name=f"build_{req.target}", config=config, seconds=time.perf_counter() - t0, summary=summary
+            )
+        )
+        manifest.verification[req.target] = verification
+        return write_manifest(out, manifest)
+
+
+def _preflight(req: BuildRequest, onnx_path: Path) -> None:
+    """The target's operator check, before calibration or an engine build (minutes) starts."""
+    from edgekit.export.check import fail_fast
+
+    if req.target == "openvino":
+        # fp16 is a weight format here; the CPU computes in f32 (openvino.INFERENCE)
+        computes = "bf16" if openvino.INFERENCE[req.openvino.precision] == "bf16" else "fp32"
+        fail_fast(onnx_path, "openvino", "int8" if openvino.has_quantization(onnx_path) else computes)
+    else:
+        fail_fast(onnx_path, "tensorrt", req.tensorrt.precision)
+
+
+def _verification_data(req: BuildRequest, spec, pre, calib: Samples | None) -> tuple[Samples, str]:
+    """--eval when given, else the first calibration samples, else random inputs (said so)."""
+    if req.eval:
+        return load_samples(req.eval, spec, req.eval_size, pre, 0, "eval"), "eval"
+    if calib is not None:
+        n = min(len(calib), VERIFY_SAMPLES)
+        return calib.take(slice(0, n)), "calibration samples"
+    inputs = example_inputs(spec, batch=spec.fixed_batch or 8)
+    return Samples(inputs, None, {"source": "random"}), "random inputs"
+
+
+def _batches(samples: Samples, fixed: int | None):
+    return samples.batches(fixed or 32)
+
+
+def _openvino(req: BuildRequest, onnx_path: Path, out: Path, calib, evals: Samples, data: str):
+    cfg = req.openvino
+    if cfg.quantizer == "nncf" and openvino.has_quantization(onnx_path):
+        raise EdgekitError(
+            f"--quantizer nncf quantizes an fp32 model and {req.parent} is already quantized; "
+            "build from the fp32 artifact."
+        )
+    feeds = None if calib is None else calib.inputs
+    summary = openvino.build_ir(onnx_path, out, cfg, feeds)
+    fixed = read_manifest(req.parent).input_spec.fixed_batch
+    ref = predict(onnx_path, evals, fixed, "parent in ONNX Runtime")
+    ir = openvino.predict(out / openvino.MODEL_FILE, _batches(evals, fixed), summary["inference_precision"])
+    verification = quality(ref, ir, evals, data)
+    verification.update(reference="the parent artifact in ONNX Runtime (CPU)", **_openvino_device(summary))
+    return summary, verification
+
+
+def _openvino_device(summary: dict) -> dict:
+    """Where the IR was checked: OpenVINO's version, the device and its name, the precision."""
+    import openvino as ov
+
+    return {
+        "runtime": f"openvino {summary['openvino']}",
+        "device": "CPU",
+        "device_name": ov.Core().get_property("CPU", "FULL_DEVICE_NAME"),
+        "inference_precision": summary["inference_precision"],
+    }
+
+
+def _tensorrt(req: BuildRequest, onnx_path: Path, out: Path, spec, evals: Samples, data: str):
+    from edgekit.export import tensorrt
+    from edgekit.runtimes import trt
+
+    summary = tensorrt.build_plan(onnx_path, out, spec, req.tensorrt)
+    sess = trt.load(str(out / "model.plan"), "cuda")
+    chunks = [sess.run(feeds) for feeds in _batches(evals, spec.fixed_batch)]
+    plan = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+    ref = predict(onnx_path, evals, spec.fixed_batch, "parent in ONNX Runtime")
+    verification = quality(ref, plan, evals, data)
+    verification.update(
+        reference="the parent artifact in ONNX Runtime (CPU)",
+        runtime=f"tensorrt {summary.get('tensorrt')}",
+        device=summary.get("gpu"),
+    )
+    return summary, verification

@@ -1,0 +1,99 @@
+"""OpenVINO IR from an ONNX artifact: `openvino.convert_model` + `save_model`, or NNCF's
+post-training quantization of an fp32 parent.
+
+What edgekit adds over calling them: `save_model` compresses weights to fp16 unless told not to,
+so an "fp32" IR would silently be fp16 — here the weight format is what `--precision` says; the
+inference precision (OpenVINO's CPU plugin would pick bf16 on AVX-512 BF16 CPUs) is recorded in
+the manifest and in the IR's runtime options, so every later run uses the one that was verified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+MODEL_FILE = "model.xml"
+PRECISIONS = ("fp32", "fp16", "bf16")
+QUANTIZERS = ("qdq", "nncf")
+# --precision -> OpenVINO's INFERENCE_PRECISION_HINT on CPU. fp16 is a weight format (half the
+# file); x86 CPUs decompress it and compute in f32, GPUs and NPUs compute in f16.
+INFERENCE = {"fp32": "f32", "fp16": "f32", "bf16": "bf16"}
+
+
+@dataclass(frozen=True)
+class OpenVINOConfig:
+    precision: str = "fp32"
+    quantizer: str = "qdq"  # qdq: convert the parent as it is (its Q/DQ INT8 if quantized); nncf: PTQ
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise EdgekitError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}.")
+        if self.quantizer not in QUANTIZERS:
+            raise EdgekitError(f"--quantizer {self.quantizer!r} is not one of {', '.join(QUANTIZERS)}.")
+
+
+def _openvino():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise EdgekitError("--target openvino needs OpenVINO: pip install 'edgekit[openvino]'.") from None
+    return ov
+
+
+def build_ir(
+    onnx_path: Path, out_dir: Path, cfg: OpenVINOConfig, calib: dict[str, np.ndarray] | None
+) -> dict:
+    """Write model.xml/.bin into OUT_DIR; returns the pass summary. CALIB (inputs by name) is
+    needed for --quantizer nncf only."""
+    ov = _openvino()
+    model = ov.convert_model(str(onnx_path))
+    summary: dict = {"openvino": ov.get_version(), "weights": "fp16" if cfg.precision == "fp16" else "fp32"}
+    if cfg.quantizer == "nncf":
+        model = _nncf_quantize(model, calib)
+        summary["quantizer"] = "nncf.quantize (default preset, fast bias correction)"
+    # Read by compile_model when no hint is passed (plain OpenVINO users get the verified precision).
+    model.set_rt_info(INFERENCE[cfg.precision], ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    ov.save_model(model, str(out_dir / MODEL_FILE), compress_to_fp16=cfg.precision == "fp16")
+    ops: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        ops[op.get_type_name()] = ops.get(op.get_type_name(), 0) + 1
+    summary.update(
+        inference_precision=INFERENCE[cfg.precision],
+        nodes=sum(ops.values()),
+        fake_quantize=ops.get("FakeQuantize", 0) + ops.get("FakeConvert", 0),
+    )
+    return summary
+
+
+def _nncf_quantize(model, calib: dict[str, np.ndarray] | None):
+    """NNCF post-training quantization with its defaults, on the calibration samples one by one."""
+    try:
+        import nncf
+    except ImportError:
+        raise EdgekitError("--quantizer nncf needs NNCF: pip install 'edgekit[nncf]'.") from None
+    if calib is None:
+        raise EdgekitError("--quantizer nncf needs calibration data: --calib DIR|FILE.npz|module:function.")
+    n = len(next(iter(calib.values())))
+    items = [{k: v[i : i + 1] for k, v in calib.items()} for i in range(n)]
+    return nncf.quantize(model, nncf.Dataset(items), subset_size=n)
+
+
+def has_quantization(onnx_path: Path) -> bool:
+    """Whether an ONNX model already holds Q/DQ nodes (NNCF must start from an fp32 model)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+
+
+def predict(path: Path, batches, precision: str) -> list[np.ndarray]:
+    """Outputs of the IR compiled for CPU at PRECISION (its OpenVINO name, e.g. "bf16")."""
+    from edgekit.runtimes import ov as ov_runtime
+
+    sess = ov_runtime.load(str(path), "cpu", ov_runtime.Options(precision=precision))
+    chunks = [sess.run(feeds) for feeds in batches]
+    return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]

@@ -1,0 +1,251 @@
+"""`edgekit check`: real ONNX models (onnx.helper, torch exports, edgekit's own INT8 artifacts) against
+ONNX Runtime, OpenVINO and the TensorRT-facing ONNX checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from models import resnet_blocks, smooth_images
+from onnx import TensorProto, helper
+from torch import nn
+
+from edgekit.compress.quantize import Int8Config
+from edgekit.errors import EdgekitError
+from edgekit.export import check as chk
+from edgekit.pipeline import CompressRequest, compress
+from edgekit.runtimes import importable
+
+NO_TENSORRT = pytest.mark.skipif(importable("tensorrt"), reason="checks the message given without TensorRT")
+
+
+def _graph_model(path: Path, nodes, inputs, outputs, opsets) -> Path:
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+    model.ir_version = 10
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def unsupported(tmp_path_factory) -> Path:
+    """Det (no OpenVINO conversion, TensorRT: unsupported), ai.onnx.ml Scaler and a custom-domain op."""
+    vi = helper.make_tensor_value_info
+    nodes = [
+        helper.make_node("Det", ["m"], ["d"], name="det_node"),
+        helper.make_node("Scaler", ["x"], ["s"], name="scaler_node", domain="ai.onnx.ml", scale=[2.0]),
+        helper.make_node("MyOp", ["x"], ["c"], name="custom_node", domain="edgekit.test"),
+    ]
+    return _graph_model(
+        tmp_path_factory.mktemp("unsupported") / "model.onnx",
+        nodes,
+        [vi("m", TensorProto.FLOAT, [2, 3, 3]), vi("x", TensorProto.FLOAT, ["batch", 4])],
+        [
+            vi("d", TensorProto.FLOAT, [2]),
+            vi("s", TensorProto.FLOAT, ["batch", 4]),
+            vi("c", TensorProto.FLOAT, ["batch", 4]),
+        ],
+        [("", 20), ("ai.onnx.ml", 3), ("edgekit.test", 1)],
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """The tiny ResNet as a torch.export program, its fp32 artifact and INT8 artifacts in three forms."""
+    root = tmp_path_factory.mktemp("tiny")
+    module, shapes = resnet_blocks()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    ep = torch.export.export(module, (torch.zeros(2, *shapes[0][1:]),), dynamic_shapes=({0: batch},))
+    torch.export.save(ep, str(root / "tiny.pt2"))
+    np.savez(root / "calib.npz", x=smooth_images(16, seed=1))
+    out = {"pt2": root / "tiny.pt2"}
+    configs = {
+        "fp32": None,
+        "asymmetric": Int8Config(calibration="minmax"),
+        "symmetric_u8": Int8Config(calibration="minmax", activation_symmetric=True),
+        "symmetric_s8": Int8Config(calibration="minmax", activation_symmetric=True, activation_type="int8"),
+        "tensorrt": Int8Config.tensorrt(calibration="minmax"),  # what --symmetric-activations makes
+    }
+    for name, cfg in configs.items():
+        out[name] = root / name
+        compress(
+            CompressRequest(
+                model=root / "tiny.pt2", out=out[name], int8=cfg, calib=str(root / "calib.npz"), calib_size=16
+            )
+        )
+    return out
+
+
+class DetHead(nn.Module):
+    def forward(self, x):
+        return torch.linalg.det(x)
+
+
+class LinearDet(nn.Module):
+    """Exports to MatMul + Add (from `lin`) and Det (from `head`), which OpenVINO cannot convert."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.head = DetHead()
+
+    def forward(self, x):
+        return self.head(self.lin(x))
+
+
+def test_openvino_names_every_node_it_cannot_convert(unsupported):
+    found = chk.check(unsupported, "openvino")
+    assert {(f.op_type, f.node) for f in found} == {
+        ("Det", "det_node"),
+        ("ai.onnx.ml:Scaler", "scaler_node"),
+        ("edgekit.test:MyOp", "custom_node"),
+    }
+    assert all("OpenVINO has no conversion" in f.reason for f in found)
+
+
+def test_ort_custom_domain_op_without_kernel(unsupported):
+    found = chk.check(unsupported, "ort")
+    assert [(f.op_type, f.node) for f in found] == [("edgekit.test:MyOp", "custom_node")]
+    assert "ONNX Runtime has no operator MyOp" in found[0].reason
+
+
+def test_ort_names_the_node_it_has_no_kernel_for(tmp_path):
+    """ImageDecoder is a standard ONNX op (opset 20) that ONNX Runtime's CPU provider has no kernel for."""
+    vi = helper.make_tensor_value_info
+    path = _graph_model(
+        tmp_path / "m.onnx",
+        [helper.make_node("ImageDecoder", ["jpeg"], ["image"], name="decoder")],
+        [vi("jpeg", TensorProto.UINT8, [1000])],
+        [vi("image", TensorProto.UINT8, [32, 32, 3])],
+        [("", 20)],
+    )
+    found = chk.check(path, "ort")
+    assert [(f.op_type, f.node) for f in found] == [("ImageDecoder", "decoder")]
+    assert "no kernel" in found[0].reason
+
+
+def test_opset_finding_for_an_op_newer_than_the_model(tmp_path):
+    vi = helper.make_tensor_value_info
+    path = tmp_path / "m.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["y"], name="gelu_node")],
+        "g",
+        [vi("x", TensorProto.FLOAT, [4])],
+        [vi("y", TensorProto.FLOAT, [4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))  # onnx.checker rejects it too: a model-level finding
+    found = chk.opset_findings(onnx.load(str(path)))
+    assert [(f.op_type, f.node) for f in found] == [("Gelu", "gelu_node")]
+    assert "exists from opset 20; the model declares opset 17" in found[0].reason
+
+
+def test_module_attribution_from_a_torch_export(tmp_path):
+    path = tmp_path / "det.onnx"
+    torch.onnx.export(LinearDet().eval(), (torch.zeros(2, 3, 3),), str(path), dynamo=True)
+    found = chk.check(path, "openvino")
+    assert [(f.op_type, f.module) for f in found] == [("Det", "head (DetHead)")]
+    if not importable("tensorrt"):  # the TensorRT graph checks name the module too
+        with pytest.raises(chk.ParserUnavailable) as e:
+            chk.check(path, "tensorrt")
+        assert [(f.op_type, f.module) for f in e.value.findings] == [("Det", "head (DetHead)")]
+
+
+def test_clean_model_exit_0_for_ort_and_openvino(edgekit, tiny):
+    for target in ("ort", "openvino"):
+        r = edgekit("check", tiny["fp32"], "--target", target)
+        assert r.returncode == 0, r.stderr
+        assert "no findings" in r.stdout
+
+
+def test_torch_model_is_exported_then_checked(edgekit, tiny):
+    r = edgekit("check", tiny["pt2"], "--target", "ort")
+    assert r.returncode == 0, r.stderr
+
+
+def test_cli_findings_exit_1_with_the_node(edgekit, unsupported):
+    r = edgekit("check", unsupported, "--target", "ort")
+    assert r.returncode == 1, r.stderr
+    assert "custom_node" in r.stdout and "edgekit.test:MyOp" in r.stdout
+
+
+@NO_TENSORRT
+def test_tensorrt_absent_lists_onnx_findings_then_says_so(edgekit, unsupported):
+    r = edgekit("check", unsupported, "--target", "tensorrt")
+    assert r.returncode == 2
+    assert "det_node" in r.stdout and "custom_node" in r.stdout  # the ONNX-level findings, first
+    assert "TensorRT is not installed here, so its parser cannot check the model" in r.stderr
+    assert r.stderr.count("\n") == 1  # one sentence, no traceback
+
+
+@NO_TENSORRT
+def test_tensorrt_absent_on_a_clean_model_is_not_a_pass(edgekit, tiny):
+    r = edgekit("check", tiny["fp32"], "--target", "tensorrt")
+    assert r.returncode == 2
+    assert "TensorRT is not installed here" in r.stderr
+
+
+def test_int8_needs_a_qdq_model(tiny):
+    for target in ("ort", "openvino", "tensorrt"):
+        found = chk.int8_findings(tiny["fp32"] / "model.onnx", target)
+        assert len(found) == 1 and "build an INT8 artifact first" in found[0].reason
+    assert "--symmetric-activations" in found[0].reason  # the TensorRT form
+
+
+def test_int8_asymmetric_zero_points_refused_for_tensorrt(tiny):
+    found = chk.int8_findings(tiny["asymmetric"] / "model.onnx", "tensorrt")
+    q = [f for f in found if f.op_type == "QuantizeLinear"]
+    assert q and all("TensorRT takes int8 with zero point 0 only" in f.reason for f in q)
+    assert chk.int8_findings(tiny["asymmetric"] / "model.onnx", "ort") == []  # ORT runs any zero point
+
+
+def test_int8_symmetric_uint8_is_still_refused_for_tensorrt(tiny):
+    """ORT's symmetric uint8 activations have zero point 128: not TensorRT's form either."""
+    found = chk.int8_findings(tiny["symmetric_u8"] / "model.onnx", "tensorrt")
+    assert any("uint8 (zero point 128)" in f.reason for f in found)
+
+
+def test_int8_symmetric_int8_leaves_only_the_int32_biases(tiny):
+    found = chk.int8_findings(tiny["symmetric_s8"] / "model.onnx", "tensorrt")
+    assert found and all(f.op_type == "DequantizeLinear" and "int32" in f.reason for f in found)
+    assert not any("zero point" in f.reason for f in found)
+
+
+def test_the_symmetric_activations_form_is_what_tensorrt_takes(tiny):
+    assert chk.int8_findings(tiny["tensorrt"] / "model.onnx", "tensorrt") == []
+
+
+def test_artifact_directory_is_checked(tiny):
+    assert chk.check_model(tiny["symmetric_s8"], "openvino", "int8") == []
+
+
+def test_fail_fast_names_the_first_findings(unsupported):
+    with pytest.raises(EdgekitError, match=r"node det_node \(Det\).*edgekit check MODEL --target openvino"):
+        chk.fail_fast(unsupported, "openvino")
+
+
+def test_bad_target_and_precision_are_usage_errors(unsupported, edgekit):
+    with pytest.raises(EdgekitError, match="does not apply to ort"):
+        chk.check(unsupported, "ort", "bf16")
+    r = edgekit("check", unsupported, "--target", "ort", "--precision", "bf16")
+    assert r.returncode == 2 and "does not apply to ort" in r.stderr
+
+
+class _Core:
+    """An OpenVINO Core stand-in reporting a CPU's OPTIMIZATION_CAPABILITIES."""
+
+    def __init__(self, caps):
+        self.caps = caps
+
+    def get_property(self, device, name):
+        return self.caps
+
+
+def test_cpu_precision_findings():
+    assert "runs bf16 in f32" in chk._cpu_precision(_Core(["FP32", "INT8"]), "bf16")[0].reason
+    assert "in bf16" in chk._cpu_precision(_Core(["FP32", "BF16"]), "fp16")[0].reason
+    assert chk._cpu_precision(_Core(["FP32", "BF16", "FP16"]), "bf16") == []
