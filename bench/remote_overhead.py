@@ -26,7 +26,7 @@ import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/sshd.py
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))  # tests/sshd.py (after bench/models.py)
 from _markdown import BENCHMARKS, write_section
 from models import mobilenet_v2, resnet18
 from sshd import ALIAS, sshd
