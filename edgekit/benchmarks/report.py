@@ -227,7 +227,10 @@ COLUMNS = (
 
 def row_cells(r: dict) -> list[str]:
     """One record as the report's text cells; a failed row carries its reason instead of numbers."""
-    head = [r["artifact"], runtime_cell(r, device=False), r.get("device", ""), str(r.get("batch", ""))]
+    where = r.get("device", "") + (
+        f" @ {r['host_target']}" if r.get("host_target", "local") != "local" else ""
+    )
+    head = [r["artifact"], runtime_cell(r, device=False), where, str(r.get("batch", ""))]
     if not r.get("ok"):
         return [*head, failure(r), *[""] * (len(COLUMNS) - 5)]
     lat = r["latency"]
@@ -260,6 +263,7 @@ CSV_FIELDS = (
     "artifact",
     "runtime",
     "device",
+    "host_target",
     "precision",
     "batch",
     "ok",
@@ -300,9 +304,10 @@ def csv_text(records: list[dict]) -> str:
     w.writeheader()
     for r in records:
         acc = r.get("accuracy") or {}
-        row = {k: r.get(k, "") for k in CSV_FIELDS[:7]}
+        row = {k: r.get(k, "") for k in CSV_FIELDS[:8]}
+        row["host_target"] = r.get("host_target", "local")
         if r.get("ok"):
-            row.update({k: r["latency"][k] for k in CSV_FIELDS[7:18]})
+            row.update({k: r["latency"][k] for k in CSV_FIELDS[8:19]})
             mem, energy = r["memory_mb"], r.get("energy") or {}
             row.update(
                 size_bytes=r["size_bytes"],
