@@ -48,6 +48,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/runner_overhead.py
 	$(BIN)/python bench/openvino_int8.py
 	$(BIN)/python bench/remote_overhead.py
+	$(BIN)/python bench/prune_speed.py
+	$(BIN)/python bench/mixed_precision.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

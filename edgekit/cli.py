@@ -20,7 +20,7 @@ def _fail(e: EdgekitError) -> None:
     sys.exit(e.exit_code)
 
 
-def _common_model_options(f):
+def _common_model_options(f, output_required: bool = True):
     opts = [
         click.option("--arch", help="package.module:factory building the model, for a state_dict."),
         click.option(
@@ -49,7 +49,7 @@ def _common_model_options(f):
             "-o",
             "--output",
             "out",
-            required=True,
+            required=output_required,
             type=click.Path(path_type=Path),
             help="Output artifact directory.",
         ),
@@ -148,9 +148,77 @@ def export(model, **kw):
     manifest_table(manifest, str(kw["out"]))
 
 
+def _torch_pass_options(f):
+    """`compress` options of the torch passes that run before the export: prune, fine-tune, sparsity."""
+    opts = [
+        click.option("--prune", type=float, help="Remove this fraction of every prunable layer's channels."),
+        click.option("--prune-macs", type=float, help="Prune until MACs drop by this fraction (0.5: half)."),
+        click.option(
+            "--importance",
+            default="l2",
+            show_default=True,
+            help="How channels are ranked: l1, l2 (weight magnitude), bn (BatchNorm scale), taylor "
+            "(gradients on --finetune or --calib data).",
+        ),
+        click.option("--round-to", type=int, default=8, show_default=True, help="Channel counts multiple."),
+        click.option(
+            "--ignore-layer",
+            "ignore_layers",
+            multiple=True,
+            metavar="NAME",
+            help="Never prune this layer's output channels (repeatable); the classifier never is.",
+        ),
+        click.option("--finetune", help="Recovery fine-tuning data after pruning (as --calib), distilled."),
+        click.option("--epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs at most."),
+        click.option("--lr", type=float, default=1e-3, show_default=True, help="Fine-tuning learning rate."),
+        click.option("--sparsity", help="Zero weights: a fraction (0.5: unstructured) or 2:4."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _torch_passes(kw) -> dict:
+    """The prune / fine-tune / sparsity configs of a CompressRequest, from the compress options."""
+    from edgekit.compress.finetune import FinetuneConfig
+    from edgekit.compress.prune import PruneConfig
+    from edgekit.compress.sparsity import SparsityConfig
+
+    prune = None
+    if kw["prune"] is not None or kw["prune_macs"] is not None:
+        prune = PruneConfig(
+            ratio=kw["prune"],
+            macs=kw["prune_macs"],
+            importance=kw["importance"],
+            round_to=kw["round_to"],
+            ignore_layers=list(kw["ignore_layers"]),
+        )
+    finetune = None
+    if kw["finetune"]:
+        finetune = FinetuneConfig(data=kw["finetune"], epochs=kw["epochs"], lr=kw["lr"])
+    sparsity = SparsityConfig.parse(kw["sparsity"]) if kw["sparsity"] is not None else None
+    return dict(prune=prune, finetune=finetune, sparsity=sparsity)
+
+
+def _torch_pass_lines(manifest) -> None:
+    """Params and MACs before and after pruning, and the sparsity reached (quality against the
+    unpruned model is in the manifest table)."""
+    for p in manifest.passes:
+        s = p.summary
+        if p.name == "prune_channels":
+            click.echo(
+                f"pruned: params {s['params_before']:,} → {s['params_after']:,}, MACs "
+                f"{s['macs_before'] / 1e6:.1f} M → {s['macs_after'] / 1e6:.1f} M ({s['macs_ratio']:.0%})"
+            )
+        elif p.name == "sparsity":
+            reached = ", ".join(f"{k} {v['sparsity']:.0%}" for k, v in s["by_layer_type"].items())
+            click.echo(f"sparsity: {reached}; note: {s['note']}")
+
+
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @_common_model_options
+@_torch_pass_options
 @click.option("--int8", "int8", is_flag=True, help="Static INT8 post-training quantization (QDQ).")
 @click.option(
     "--calibration",
@@ -175,6 +243,18 @@ def export(model, **kw):
     help="The runtime it is for: its operator check runs before calibration; tensorrt implies "
     "--symmetric-activations.",
 )
+@click.option("--fp16", is_flag=True, help="fp16 ONNX; fp32 inputs/outputs, reductions, softmax, norms.")
+@click.option(
+    "--bf16", is_flag=True, help="bf16 compute in OpenVINO on CPUs with AVX-512 BF16/AMX; ONNX stays fp32."
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    metavar="POINTS",
+    help="With --int8 and --eval: keep the most sensitive layers in fp32 until top-1 (or, without labels, "
+    "top-1 agreement with fp32) drops at most this many points.",
+)
+@click.option("--max-fp32-layers", type=int, help="--max-accuracy-drop: keep at most this many layers fp32.")
 def compress(
     model, int8, calibration, percentile, per_tensor, symmetric_activations, eval_, eval_size, target, **kw
 ):
@@ -191,10 +271,57 @@ def compress(
             options = dict(calibration=calibration, percentile=percentile, per_channel=not per_tensor)
             tensorrt_form = symmetric_activations or target == "tensorrt"
             cfg = Int8Config.tensorrt(**options) if tensorrt_form else Int8Config(**options)
-        return run(replace(_request(model, kw, cfg, eval_, eval_size), target=target))
+        passes = {**_torch_passes(kw), **_precision_passes(kw)}
+        return run(replace(_request(model, kw, cfg, eval_, eval_size), target=target, **passes))
 
     manifest = _run(go, kw["debug"])
     manifest_table(manifest, str(kw["out"]))
+    _torch_pass_lines(manifest)
+
+
+def _precision_passes(kw: dict) -> dict:
+    """The CompressRequest fields of --fp16, --bf16 and --max-accuracy-drop."""
+    from edgekit.compress.mixed import MixedConfig
+    from edgekit.compress.precision import Fp16Config
+
+    drop, most = kw["max_accuracy_drop"], kw["max_fp32_layers"]
+    if drop is not None and drop < 0:
+        raise EdgekitError(f"--max-accuracy-drop {drop:g} is negative; give the points you accept to lose.")
+    if most is not None and (drop is None or most < 1):
+        raise EdgekitError("--max-fp32-layers takes a count of 1 or more, with --max-accuracy-drop.")
+    mixed = None if drop is None else MixedConfig(max_accuracy_drop=drop, max_fp32_layers=most)
+    return {"fp16": Fp16Config() if kw["fp16"] else None, "bf16": kw["bf16"], "mixed": mixed}
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@(lambda f: _common_model_options(f, output_required=False))
+@click.option("--eval", "eval_", help="Evaluation data: labels give top-1 points, else agreement with fp32.")
+@click.option("--eval-size", type=int, default=None, help="At most this many evaluation samples.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the table as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a bar plot (PNG).")
+def sensitivity(model, eval_, eval_size, json_path, plot_path, **kw):
+    """Per-layer INT8 sensitivity of MODEL: each quantized layer's op, MACs, the points restoring it
+    alone to fp32 gains, and its share of fp32 latency (ONNX Runtime's profiler). -o DIR writes
+    DIR/sensitivity.json and DIR/sensitivity.png."""
+    from edgekit.compress.quantize import Int8Config
+    from edgekit.compress.sensitivity import plot, print_table
+    from edgekit.pipeline import sensitivity as run
+
+    result = _run(lambda: run(_request(model, kw, Int8Config(), eval_, eval_size)), kw["debug"])
+    print_table(result, f"edgekit sensitivity {model}")
+    out = kw["out"]
+    json_path = json_path or (out and out / "sensitivity.json")
+    plot_path = plot_path or (out and out / "sensitivity.png")
+    for path in (json_path, plot_path):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    if json_path:
+        _write_json(json_path, result)
+        click.echo(f"wrote {json_path}")
+    if plot_path:
+        _run(lambda: plot(result, plot_path), kw["debug"])
+        click.echo(f"wrote {plot_path}")
 
 
 @cli.command()
@@ -662,6 +789,98 @@ def check(model, target, precision, opset, debug, **load):
     if incomplete:
         _fail(incomplete)
     sys.exit(1 if findings else 0)
+
+
+@cli.command(name="run")
+@click.argument("config", type=click.Path(path_type=Path), default="edgekit.yaml")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(path_type=Path),
+    default=Path("edgekit-results"),
+    show_default=True,
+    help="Results directory: results.jsonl and verdict.json.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    help="Stage cache (default: ${XDG_CACHE_HOME:-~/.cache}/edgekit/run).",
+)
+@click.option("--no-cache", is_flag=True, help="Build every stage again (the cache entries are replaced).")
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=Path),
+    help="Results of the last release (a directory or .jsonl), for max_latency_regression gates.",
+)
+@click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML: one test case per gate.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def run_config(config, out, cache, no_cache, baseline, junit, debug):
+    """Build every variant of CONFIG (cached by content), benchmark the targets in interleaved rounds,
+    and check the gates: exit 0 all pass, 1 a gate failed, 2 bad config or input."""
+    from edgekit.benchmarks import gate
+    from edgekit.config import load
+    from edgekit.run import RunOptions, run
+
+    cfg = _run(lambda: load(config), debug)
+    opts = RunOptions(out=out, cache=cache, rebuild=no_cache, baseline=baseline)
+    done = _run(lambda: run(cfg, opts, click.echo), debug)
+    click.echo(f"appended {len(done['records'])} record(s) to {out / 'results.jsonl'}")
+    gate.publish(done["results"], out / "verdict.json", junit, {"stages": done["stages"]})
+    sys.exit(1 if gate.failed(done["results"]) else 0)
+
+
+@cli.command(name="gate")
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option(
+    "--config", "config", type=click.Path(path_type=Path), default="edgekit.yaml", show_default=True
+)
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=Path),
+    help="Results of the last release (a directory or .jsonl), for max_latency_regression gates.",
+)
+@click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML: one test case per gate.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the verdict as JSON.")
+def gate_results(results, config, baseline, junit, json_path):
+    """Check the gates of CONFIG against RESULTS from `edgekit run` (no measuring): exit 0 all pass,
+    1 a gate failed, 2 bad config or input. An inconclusive latency gate stays so here."""
+    from edgekit.benchmarks import gate
+    from edgekit.benchmarks.results import load_records
+    from edgekit.config import load
+
+    def go():
+        cfg = load(config, check_files=False)
+        saved = load_records(baseline) if baseline else None
+        return gate.evaluate(cfg.gates, load_records(results), saved)
+
+    verdict = _run(go, False)
+    gate.publish(verdict, json_path, junit)
+    sys.exit(1 if gate.failed(verdict) else 0)
+
+
+@cli.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("."), show_default=True)
+@click.option("--force", is_flag=True, help="Replace existing files.")
+def init(directory, force):
+    """Write a commented edgekit.yaml and a GitHub Actions workflow (.github/workflows/edgekit.yml)."""
+    from edgekit.init_files import init as write
+
+    for path in _run(lambda: write(directory, force), False):
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), help="Write to a file.")
+def schema(out):
+    """The JSON schema of edgekit.yaml, for editors (yaml-language-server) and linters."""
+    from edgekit.config import schema as config_schema
+
+    if out:
+        _write_json(out, config_schema())
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(json.dumps(config_schema(), indent=2))
 
 
 def main() -> None:

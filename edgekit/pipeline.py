@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +16,16 @@ import numpy as np
 from edgekit.artifact import LoadRecord, Manifest, PassRecord, check_output_dir, staging, write_manifest
 from edgekit.benchmarks.metrics import fidelity
 from edgekit.benchmarks.runner import score
+from edgekit.compress.finetune import FinetuneConfig
+from edgekit.compress.mixed import BudgetNotMet, MixedConfig
+from edgekit.compress.precision import Fp16Config, bf16_unsupported
+from edgekit.compress.prune import PruneConfig
 from edgekit.compress.quantize import Int8Config, quantize_int8
+from edgekit.compress.sparsity import SparsityConfig
 from edgekit.data import Preprocess, Samples, load_samples, split_holdout
 from edgekit.errors import EdgekitError, first_line
 from edgekit.export import onnx as onnx_export
-from edgekit.model import LoadedModel, LoadOptions, example_inputs, load_model
+from edgekit.model import LoadedModel, LoadOptions, example_inputs, load_model, run_torch
 from edgekit.progress import progress
 from edgekit.runtimes import ort
 
@@ -34,6 +39,12 @@ class CompressRequest:
     load: LoadOptions = field(default_factory=LoadOptions)
     export: onnx_export.ExportConfig = field(default_factory=onnx_export.ExportConfig)
     int8: Int8Config | None = None
+    mixed: MixedConfig | None = None  # onnx passes: int8 (budgeted by mixed), or fp16, or bf16
+    fp16: Fp16Config | None = None
+    bf16: bool = False
+    prune: PruneConfig | None = None  # torch passes: prune, then fine-tune, then sparsify
+    finetune: FinetuneConfig | None = None
+    sparsity: SparsityConfig | None = None
     calib: str | None = None
     eval: str | None = None
     calib_size: int = 300
@@ -53,6 +64,11 @@ def compress(req: CompressRequest) -> Manifest:
         )
     if req.calib_size < 1:
         raise EdgekitError("--calib-size must be at least 1.")
+    _check_precision(req)
+    if req.finetune is not None and req.prune is None:
+        raise EdgekitError(
+            "--finetune recovers accuracy after pruning; add --prune RATIO or --prune-macs REDUCTION."
+        )
     loaded = load_model(req.model, req.load)
     spec = loaded.input_spec
     calib, held_out = _calibration(req, loaded)
@@ -70,16 +86,24 @@ def compress(req: CompressRequest) -> Manifest:
         input_spec=spec,
         data={k: v.description for k, v in (("calibration", calib), ("evaluation", evals)) if v is not None},
     )
+    loaded, unpruned = _torch_passes(req, loaded, calib, evals, manifest)
     with staging(req.out, req.force) as out, tempfile.TemporaryDirectory(prefix="edgekit-") as work:
-        fp32_dir = Path(work) if req.int8 else out
+        fp32_dir = Path(work) if req.int8 or req.fp16 else out
         fp32 = _export(req, loaded, calib, fp32_dir, manifest)
         if req.target != "ort":  # ORT already ran the model in the export check
             from edgekit.export.check import fail_fast
 
             fail_fast(fp32, req.target)
+        missed = None
         if req.int8 is not None:
-            _int8(req, fp32, calib, evals, out, manifest, spec)
-        return write_manifest(out, manifest)
+            missed = (_mixed if req.mixed else _int8)(req, fp32, calib, evals, out, manifest, spec)
+            _final_vs_unpruned(req, unpruned, out / onnx_export.MODEL_FILE, evals, manifest)
+        if req.fp16 is not None or req.bf16:
+            _reduced_precision(req, fp32, calib, evals, out, manifest)
+        manifest = write_manifest(out, manifest)
+    if missed:  # the best configuration found is written; the missed budget is reported after
+        raise missed
+    return manifest
 
 
 def _whole_batches(samples: Samples | None, fixed: int | None) -> Samples | None:
@@ -91,6 +115,90 @@ def _whole_batches(samples: Samples | None, fixed: int | None) -> Samples | None
     kept = samples.take(slice(0, len(samples) - len(samples) % fixed))
     kept.description = {**samples.description, "count": len(kept)}
     return kept
+
+
+def _torch_passes(req: CompressRequest, loaded: LoadedModel, calib, evals, manifest) -> tuple:
+    """Prune (then fine-tune) and sparsify the torch module before the export. Returns the model to
+    export, re-exported from its pruned eager form, and the unpruned model's outputs on EVALS."""
+    if req.prune is None and req.sparsity is None:
+        return loaded, None
+    if loaded.is_onnx:
+        raise EdgekitError("--prune and --sparsity work on PyTorch models, not on an ONNX file.")
+    import copy
+
+    import torch
+
+    from edgekit.compress import finetune, prune, sparsity
+
+    spec = loaded.input_spec
+    module = prune.eager_module(loaded.module, req.load.arch, "--prune" if req.prune else "--sparsity")
+    unpruned = copy.deepcopy(module)
+    example = tuple(torch.from_numpy(v) for v in example_inputs(spec, batch=1).values())
+    data = None
+    if req.finetune is not None:
+        ft = req.finetune
+        data = load_samples(ft.data, spec, ft.size, req.preprocess, req.seed, "finetune")
+        manifest.data["finetune"] = data.description
+    if req.prune is not None:
+        t0 = time.perf_counter()
+        summary = prune.prune(module, example, req.prune, data or calib, spec.names)
+        manifest.passes.append(
+            PassRecord(
+                name="prune_channels",
+                config={"library": "torch-pruning", **asdict(req.prune)},
+                seconds=time.perf_counter() - t0,
+                summary=summary,
+            )
+        )
+    if data is not None:
+        t0 = time.perf_counter()
+        summary = finetune.finetune(module, unpruned, data, spec.names, req.finetune)
+        manifest.passes.append(
+            PassRecord(
+                name="finetune_distill",
+                config=asdict(req.finetune),
+                seconds=time.perf_counter() - t0,
+                summary=summary,
+            )
+        )
+    if req.sparsity is not None:
+        t0 = time.perf_counter()
+        names = req.prune.ignore_layers if req.prune else []
+        keep = prune.classifier_layers(module, example) + prune.ignored_layers(module, names)
+        manifest.passes.append(
+            PassRecord(
+                name="sparsity",
+                config=asdict(req.sparsity),
+                seconds=time.perf_counter() - t0,
+                summary=sparsity.sparsify(module, req.sparsity, keep),
+            )
+        )
+    if evals is None:
+        manifest.verification["prune"] = {"data": "none: pass --eval to compare with the unpruned model"}
+        return replace(loaded, module=module, program=None), None
+    ref = _torch_outputs(unpruned, evals, spec, "evaluating the unpruned model")
+    out = _torch_outputs(module, evals, spec, "evaluating the pruned model")
+    data = "eval" if req.eval else "held-out calibration samples"
+    manifest.verification["prune"] = quality(ref, out, evals, data)
+    return replace(loaded, module=module, program=None), ref
+
+
+def _torch_outputs(module, samples: Samples, spec, label: str) -> list[np.ndarray]:
+    chunks = []
+    with progress() as bar:
+        task = bar.add_task(label, total=len(samples))
+        for feeds in samples.batches(spec.fixed_batch or 64):
+            chunks.append(run_torch(module, feeds, spec))
+            bar.advance(task, len(next(iter(feeds.values()))))
+    return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+
+
+def _final_vs_unpruned(req, unpruned: list[np.ndarray] | None, path: Path, evals: Samples, manifest) -> None:
+    """The compressed artifact against the unpruned model, where torch passes ran before INT8."""
+    if unpruned is not None:
+        out = predict(path, evals, manifest.input_spec.fixed_batch, "evaluating against unpruned")
+        data = "eval" if req.eval else "held-out calibration samples"
+        manifest.verification["prune"]["final_vs_unpruned"] = quality(unpruned, out, evals, data)
 
 
 def _calibration(req: CompressRequest, loaded: LoadedModel) -> tuple[Samples | None, Samples | None]:
@@ -177,6 +285,117 @@ def _int8(req, fp32: Path, calib: Samples, evals: Samples, out: Path, manifest, 
         )
     )
     manifest.verification["int8"] = measure_against(fp32, path, evals, fixed, req)
+
+
+def _check_precision(req: CompressRequest) -> None:
+    """One sentence for a contradictory or incomplete precision request, before any work."""
+    chosen = [f for f, on in (("--int8", req.int8), ("--fp16", req.fp16), ("--bf16", req.bf16)) if on]
+    if len(chosen) > 1:
+        raise EdgekitError(
+            f"{' and '.join(chosen)} are alternatives, pick one (--int8 --max-accuracy-drop X mixes "
+            "INT8 with fp32 layers)."
+        )
+    if req.mixed and req.int8 is None:
+        raise EdgekitError("--max-accuracy-drop budgets INT8 quantization; add --int8.")
+    if req.mixed and not req.eval:
+        raise EdgekitError(
+            "--max-accuracy-drop needs evaluation data to measure the drop on: "
+            "--eval DIR|FILE.npz|module:function."
+        )
+    if (req.fp16 or req.bf16) and not (req.eval or req.calib):
+        raise EdgekitError(f"{chosen[0]} is verified against fp32 on real inputs; give --eval or --calib.")
+    if req.bf16 and (reason := bf16_unsupported()):
+        raise EdgekitError(f"{reason}.")
+
+
+def _mixed(req, fp32: Path, calib: Samples, evals: Samples, out: Path, manifest, spec) -> BudgetNotMet | None:
+    """INT8 with the fewest, then fastest, fp32 layers that keep the drop within the budget; the
+    missed budget (the best configuration is still written) is returned, to be raised after."""
+    from edgekit.compress.mixed import search
+    from edgekit.compress.quantize import summarize
+
+    t0 = time.perf_counter()
+    fixed = spec.fixed_batch
+    cfg = req.mixed.model_copy(update={"runtime": req.target})
+    ref = predict(fp32, evals, fixed, "evaluating fp32")
+
+    def evaluate(path: Path) -> dict:
+        return quality(ref, predict(path, evals, fixed, "evaluating a candidate"), evals, "eval")
+
+    path = out / onnx_export.MODEL_FILE
+    with tempfile.TemporaryDirectory(prefix="edgekit-mixed-") as work:
+        summary, chosen = search(fp32, path, calib, evals, req.int8, cfg, fixed, evaluate, Path(work))
+    manifest.passes.append(
+        PassRecord(
+            name="mixed_precision",
+            config={"int8": req.int8.model_dump(), **cfg.model_dump()},
+            seconds=time.perf_counter() - t0,
+            summary={**summarize(path), **summary, "calibration_samples": len(calib)},
+        )
+    )
+    manifest.verification["int8"] = chosen.quality
+    if summary["budget_met"]:
+        return None
+    kept = ", ".join(chosen.kept) or "no layer"
+    return BudgetNotMet(
+        f"no INT8 configuration with at most {summary['max_fp32_layers']} fp32 layer(s) met "
+        f"--max-accuracy-drop {cfg.max_accuracy_drop:g} (the best drops {chosen.drop:.2f} points, with "
+        f"{kept} in fp32); it was written to {req.out}, but the budget is not met."
+    )
+
+
+def _reduced_precision(req, fp32: Path, calib: Samples | None, evals: Samples | None, out: Path, manifest):
+    """fp16 ONNX verified in ONNX Runtime, or bf16 compute (the fp32 file) verified in OpenVINO at
+    bf16; each against the fp32 model in ONNX Runtime, with pipeline.quality's numbers."""
+    from edgekit.compress.precision import convert_fp16
+    from edgekit.runtimes import ov
+
+    t0 = time.perf_counter()
+    data = evals if evals is not None else calib  # fp16/bf16 calibrate nothing: all of it is unseen
+    what = "eval" if req.eval else "calibration samples (fp16 and bf16 use no calibration)"
+    step = manifest.input_spec.fixed_batch or 32
+    ref = predict(fp32, data, manifest.input_spec.fixed_batch, "evaluating fp32")
+    if req.fp16 is not None:
+        path = out / onnx_export.MODEL_FILE
+        summary = convert_fp16(fp32, path, req.fp16)
+        outputs = predict(path, data, manifest.input_spec.fixed_batch, "evaluating fp16")
+        name, config, key, runtime = "convert_fp16", req.fp16.model_dump(), "fp16", "onnxruntime (CPU)"
+    else:
+        sess = ov.load(str(fp32), "cpu", ov.Options(precision="bf16"))
+        ran = sess.info()["precision"]
+        if ran != "bf16":
+            raise EdgekitError(f"OpenVINO was asked for bf16 but compiled the model for {ran} here.")
+        chunks = [sess.run(feeds) for feeds in data.batches(step)]
+        outputs = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+        manifest.inference_precision = "bf16"
+        summary = {"weights": "fp32 (the ONNX file is unchanged)", "inference_precision": "bf16"}
+        name, config, key, runtime = "bf16_inference", {}, "bf16", f"openvino (CPU), compiled for {ran}"
+    seconds = time.perf_counter() - t0
+    manifest.passes.append(PassRecord(name=name, config=config, seconds=seconds, summary=summary))
+    manifest.verification[key] = {**quality(ref, outputs, data, what), "runtime": runtime}
+
+
+def sensitivity(req: CompressRequest) -> dict:
+    """`edgekit sensitivity`: the per-layer INT8 table (edgekit.compress.sensitivity) of the
+    model's verified fp32 export, on REQ's calibration and evaluation data."""
+    from edgekit.compress.sensitivity import table
+
+    if not req.calib or not req.eval:
+        raise EdgekitError("sensitivity needs --calib data (to quantize) and --eval data (to measure).")
+    loaded = load_model(req.model, req.load)
+    spec, fixed = loaded.input_spec, loaded.input_spec.fixed_batch
+    calib = load_samples(req.calib, spec, req.calib_size, req.preprocess, req.seed, "calib")
+    evals = load_samples(req.eval, spec, req.eval_size, req.preprocess, req.seed, "eval")
+    calib, evals = (_whole_batches(s, fixed) for s in (calib, evals))
+    manifest = Manifest(model_file=onnx_export.MODEL_FILE, source=loaded.source, input_spec=spec)
+    with tempfile.TemporaryDirectory(prefix="edgekit-sensitivity-") as work:
+        fp32 = _export(req, loaded, calib, Path(work), manifest)
+        ref = predict(fp32, evals, fixed, "evaluating fp32")
+
+        def evaluate(path: Path) -> dict:
+            return quality(ref, predict(path, evals, fixed, "evaluating a layer"), evals, "eval")
+
+        return table(fp32, Path(work), calib, evals, req.int8 or Int8Config(), fixed, evaluate)
 
 
 def measure_against(parent: Path, child: Path, evals: Samples, fixed: int | None, req) -> dict:

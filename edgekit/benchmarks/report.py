@@ -38,8 +38,14 @@ def manifest_table(m: Manifest, path: str) -> None:
         t.add_row("input", f"{spec.name}: {spec.dtype}{spec.shape}")
     t.add_row("outputs", ", ".join(m.output_names) or "—")
     for p in m.passes:
-        detail = ", ".join(f"{k}={v}" for k, v in p.summary.items())
+        detail = ", ".join(f"{k}={v}" for k, v in p.summary.items() if k != "kept_fp32")
         t.add_row(f"pass {p.name}", f"{p.seconds:.1f} s; {detail}")
+        for kept in p.summary.get("kept_fp32", []):
+            t.add_row(
+                "  kept fp32",
+                f"{kept['node']}: +{kept['sensitivity_points']:.2f} points kept, "
+                f"costs {kept['latency_cost_ms']:+.3f} ms",
+            )
     for name, d in m.data.items():
         t.add_row(name, f"{d.get('source')} ({d.get('count')} samples)")
         if "warning" in d:
@@ -53,9 +59,15 @@ def manifest_table(m: Manifest, path: str) -> None:
             f"vs torch on {exp['samples']} {exp.get('data', 'samples')}: max abs diff "
             f"{exp['max_abs_diff']:.2e}, SQNR {exp['sqnr_db']:.1f} dB",
         )
-    q = m.verification.get("int8")
-    if q:
-        t.add_row("int8 check", quality_line(q))
+    for key in ("prune", "int8", "fp16", "bf16"):
+        q = m.verification.get(key)
+        if q and "fidelity" in q:
+            against = "vs the unpruned model, " if key == "prune" else ""
+            t.add_row(f"{key} check", against + quality_line(q))
+            if "final_vs_unpruned" in q:
+                t.add_row("result check", "vs the unpruned model, " + quality_line(q["final_vs_unpruned"]))
+        elif q:
+            t.add_row(f"{key} check", str(q.get("data")))
     for target in ("openvino", "tensorrt"):
         v = m.verification.get(target)
         if v and "fidelity" in v:

@@ -1,0 +1,131 @@
+"""Accuracy-budgeted mixed precision: INT8 everywhere, except the layers the budget needs in fp32.
+
+The layers are chosen by measurement (FIELD-NOTES trap 8: keeping layers by guess made things
+worse): sensitivity of each layer (edgekit.compress.sensitivity), then the fewest, then the
+fastest fp32 layers that meet the budget, timed on the target runtime. Kept layers stay fp32, not
+fp16: neither ONNX Runtime's nor OpenVINO's CPU path computes fp16 (ORT casts around it).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgekit.compress import sensitivity as sens
+from edgekit.compress.quantize import Int8Config
+from edgekit.data import Samples
+from edgekit.errors import EdgekitError
+
+
+class BudgetNotMet(EdgekitError):
+    """No configuration within the search met the accuracy budget; the best one was written."""
+
+    exit_code = 1
+
+
+class MixedConfig(BaseModel):
+    """The budget, in points of top-1 (with labels) or of top-1 agreement with fp32 (without)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_accuracy_drop: float = Field(ge=0)
+    max_fp32_layers: int | None = Field(None, ge=1)  # None: a quarter of the quantized layers, at least 1
+    runtime: str = "ort"  # where the candidates are timed: the artifact's target
+    threads: int = 0  # 0: the runtime's default
+    rounds: int = 5
+    runs: int = 20  # timed runs per candidate per round
+
+
+def search(
+    fp32: Path,
+    out: Path,
+    calib: Samples,
+    evals: Samples,
+    int8: Int8Config,
+    cfg: MixedConfig,
+    fixed: int | None,
+    evaluate: sens.Evaluate,
+    work: Path,
+) -> tuple[dict, sens.Trial]:
+    """Write the chosen model to OUT; return the pass summary and the chosen trial."""
+    full = sens.quantize(fp32, work, calib, int8, (), fixed, evaluate)
+    budget = cfg.max_accuracy_drop
+    if full.drop <= budget:
+        shutil.copyfile(full.path, out)
+        return {"budget_met": True, "full_int8_drop_points": full.drop, "kept_fp32": []}, full
+    singles = sens.restore_each(fp32, work, calib, int8, fixed, evaluate, full)
+    ranked = sens.rank(full, singles)
+    limit = min(len(ranked), cfg.max_fp32_layers or max(1, math.ceil(len(ranked) / 4)))
+    tried = list(singles.values())
+    for k in range(2, limit + 1):  # the shortest prefix of the ranking that meets the budget
+        if any(t.drop <= budget for t in tried):
+            break
+        tried.append(sens.quantize(fp32, work, calib, int8, tuple(ranked[:k]), fixed, evaluate))
+    feasible = [t for t in tried if t.drop <= budget]
+    best_effort = min(tried, key=lambda t: (t.drop, len(t.kept)))
+    candidates = feasible or [best_effort]
+    feed = {k: v[: fixed or 1] for k, v in evals.inputs.items()}
+    timed = {"fp32": fp32, "int8": full.path, **{",".join(t.kept): t.path for t in candidates}}
+    timed.update({n: singles[n].path for t in candidates for n in t.kept})
+    latency = time_interleaved(timed, feed, cfg)
+    chosen = min(candidates, key=lambda t: latency[",".join(t.kept)])
+    shutil.copyfile(chosen.path, out)
+    ms = latency[",".join(chosen.kept)]
+    summary = {
+        "budget_met": chosen.drop <= budget,
+        "full_int8_drop_points": full.drop,
+        "drop_points": chosen.drop,
+        "kept_fp32": [
+            {
+                "node": n,
+                "sensitivity_points": full.drop - singles[n].drop,
+                "latency_cost_ms": latency[n] - latency["int8"],  # this layer alone in fp32
+            }
+            for n in chosen.kept
+        ],
+        "latency_ms": {"fp32": latency["fp32"], "int8": latency["int8"], "chosen": ms},
+        "speedup_vs_fp32": latency["fp32"] / ms,
+        "timing": f"{cfg.runtime} in-process, {cfg.rounds} interleaved rounds of {cfg.runs} runs, batch "
+        f"{fixed or 1}, threads {cfg.threads or 'default'}",
+        "candidates": [
+            {"kept_fp32": list(t.kept), "drop_points": t.drop, "latency_ms": latency[",".join(t.kept)]}
+            for t in candidates
+        ],
+        "layers_searched": len(ranked),
+        "max_fp32_layers": limit,
+    }
+    return summary, chosen
+
+
+def time_interleaved(
+    models: dict[str, Path], feed: dict[str, np.ndarray], cfg: MixedConfig
+) -> dict[str, float]:
+    """Median of round medians (ms) per model, in-process sessions timed A B C A B C: candidates
+    are many throwaway files, so a fresh worker per candidate and round (the `bench` path) would
+    cost seconds each, and only their ratios under the same machine state decide."""
+    from edgekit.runtimes import get
+
+    rt = get(cfg.runtime)
+    if cfg.runtime not in ("ort", "openvino") or not rt.available():
+        raise EdgekitError(
+            f"--max-accuracy-drop times candidates in ort or openvino, and --target {cfg.runtime} is "
+            "not one of them here; use --target ort or openvino."
+        )
+    sessions = {k: rt.load(str(p), "cpu", rt.Options(threads=cfg.threads)) for k, p in models.items()}
+    medians: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(cfg.rounds):
+        for k, s in sessions.items():
+            for _ in range(3):
+                s.run(feed)
+            times = []
+            for _ in range(cfg.runs):
+                t = time.perf_counter()
+                s.run(feed)
+                times.append(time.perf_counter() - t)
+            medians[k].append(float(np.median(times)) * 1e3)
+    return {k: float(np.median(v)) for k, v in medians.items()}

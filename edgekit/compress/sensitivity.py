@@ -1,0 +1,210 @@
+"""Per-layer INT8 sensitivity: what each quantized layer costs, measured, not guessed.
+
+Sensitivity is the gain when one layer alone is restored to fp32 in the otherwise full INT8 model
+(not the loss when it alone is quantized): the search that uses it starts from full INT8 and adds
+fp32 layers, so this is the very step it takes, with every other layer's error already present.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.compress.quantize import COMPUTE_OPS, Int8Config, quantize_int8
+from edgekit.data import Samples
+from edgekit.errors import EdgekitError
+
+Evaluate = Callable[[Path], dict]  # a model file -> pipeline.quality's dict against fp32
+
+
+@dataclass
+class Trial:
+    """One INT8 model with some layers kept in fp32, and how it scored."""
+
+    kept: tuple[str, ...]
+    path: Path
+    quality: dict
+    drop: float = field(init=False)
+    sqnr_db: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.drop = drop_points(self.quality)
+        self.sqnr_db = self.quality["fidelity"]["output_0"]["sqnr_db"]
+
+
+def drop_points(q: dict) -> float:
+    """The budgeted number: points of top-1 lost with labels, else points of top-1 disagreement
+    with the fp32 model."""
+    if "drop_points" in q:
+        return q["drop_points"]
+    agreement = q["fidelity"]["output_0"].get("top1_agreement")
+    if agreement is None:
+        raise EdgekitError(
+            "an accuracy budget needs a model whose first output is class scores (N, classes); "
+            "this one's is not."
+        )
+    return 100 * (1 - agreement)
+
+
+def quantized_layers(int8: Path) -> list[tuple[str, str]]:
+    """(node name, op type) of the compute ops that run quantized in a QDQ model."""
+    import onnx
+
+    graph = onnx.load(str(int8), load_external_data=False).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    return [
+        (n.name, n.op_type)
+        for n in graph.node
+        if n.op_type in COMPUTE_OPS
+        and len(n.input) > 1
+        and all(producers.get(i) == "DequantizeLinear" for i in n.input[:2])
+    ]
+
+
+def quantize(fp32: Path, work: Path, calib: Samples, cfg: Int8Config, kept: tuple[str, ...], fixed, evaluate):
+    """The INT8 model of FP32 with the KEPT nodes left in fp32, scored."""
+    path = work / f"int8-{len(list(work.glob('int8-*.onnx')))}.onnx"
+    quantize_int8(fp32, path, calib, cfg.model_copy(update={"exclude_nodes": list(kept)}), fixed)
+    return Trial(kept, path, evaluate(path))
+
+
+def restore_each(fp32, work, calib, cfg, fixed, evaluate, full: Trial) -> dict[str, Trial]:
+    """For every quantized layer, the full INT8 model with that layer alone back in fp32."""
+    layers = quantized_layers(full.path)
+    return {name: quantize(fp32, work, calib, cfg, (name,), fixed, evaluate) for name, _ in layers}
+
+
+def rank(full: Trial, singles: dict[str, Trial]) -> list[str]:
+    """Layers by the points restoring them gains, SQNR gain breaking ties (small evaluation sets
+    make many point gains equal)."""
+    return sorted(singles, key=lambda n: (full.drop - singles[n].drop, singles[n].sqnr_db), reverse=True)
+
+
+def macs(fp32: Path) -> dict[str, int]:
+    """Multiply-accumulates per sample of each Conv/Gemm/MatMul node, from ONNX shape inference
+    (symbolic axes count as 1)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32)))
+    g = model.graph
+    shapes = {
+        v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
+        for v in [*g.input, *g.value_info, *g.output]
+    }
+    shapes.update({t.name: list(t.dims) for t in g.initializer})
+    result = {}
+    for n in g.node:
+        if n.op_type not in COMPUTE_OPS or n.output[0] not in shapes or n.input[1] not in shapes:
+            continue
+        out, w = shapes[n.output[0]], shapes[n.input[1]]
+        if n.op_type in ("Conv", "ConvTranspose"):
+            result[n.name] = int(np.prod(out[1:]) * np.prod(w[1:]))
+        else:  # out = a @ w: K is w's first axis for MatMul; Gemm with transB=1 stores w as (N, K)
+            trans = any(a.name == "transB" and a.i for a in n.attribute)
+            result[n.name] = int(np.prod(out[1:]) * (w[-1] if trans else w[-2]))
+    return result
+
+
+def latency_shares(
+    fp32: Path, feeds: dict[str, np.ndarray], threads: int, runs: int = 20
+) -> dict[str, float]:
+    """Each node's share of the fp32 model's kernel time, from ONNX Runtime's profiler, with basic
+    graph optimizations only: fusions and the NCHWc layout rename nodes, so the time of a fused
+    Conv+Relu could not be told apart by the node names the table shows."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-prof-") as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.enable_profiling = True
+        so.profile_file_prefix = f"{tmp}/prof"
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        sess = ort.InferenceSession(str(fp32), so, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            sess.run(None, feeds)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            node = e["name"].removesuffix("_kernel_time")
+            totals[node] = totals.get(node, 0.0) + e["dur"]
+    whole = sum(totals.values()) or 1.0
+    return {k: v / whole for k, v in totals.items()}
+
+
+def table(fp32: Path, work: Path, calib: Samples, evals: Samples, cfg: Int8Config, fixed, evaluate) -> dict:
+    """`edgekit sensitivity`: every quantized layer with its op, MACs, sensitivity and fp32
+    latency share, most sensitive first; and the full INT8 model's own drop."""
+    full = quantize(fp32, work, calib, cfg, (), fixed, evaluate)
+    singles = restore_each(fp32, work, calib, cfg, fixed, evaluate, full)
+    ops = dict(quantized_layers(full.path))
+    feeds = {k: v[: fixed or 1] for k, v in evals.inputs.items()}
+    counts, shares = macs(fp32), latency_shares(fp32, feeds, threads=0)
+    rows = [
+        {
+            "node": n,
+            "op_type": ops[n],
+            "macs": counts.get(n),
+            "sensitivity_points": full.drop - singles[n].drop,
+            "drop_points_when_restored": singles[n].drop,
+            "sqnr_db_when_restored": singles[n].sqnr_db,
+            "latency_share": shares.get(n),
+        }
+        for n in rank(full, singles)
+    ]
+    return {
+        "metric": full.quality["metric"],
+        "full_int8": {"drop_points": full.drop, "sqnr_db": full.sqnr_db},
+        "sensitivity": "points of the budgeted metric gained when the layer alone is restored to fp32",
+        "layers": rows,
+    }
+
+
+def print_table(result: dict, title: str) -> None:
+    """The per-layer table, most sensitive first, as `edgekit sensitivity` prints it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    full = result["full_int8"]
+    t = Table(title=title, title_justify="left")
+    for col in ("layer", "op", "MMACs", "sensitivity (points)", "SQNR restored dB", "fp32 latency share"):
+        t.add_column(col, justify="left" if col in ("layer", "op") else "right")
+    for r in result["layers"]:
+        share = "—" if r["latency_share"] is None else f"{100 * r['latency_share']:.1f} %"
+        t.add_row(
+            r["node"],
+            r["op_type"],
+            "—" if r["macs"] is None else f"{r['macs'] / 1e6:.2f}",
+            f"{r['sensitivity_points']:.2f}",
+            f"{r['sqnr_db_when_restored']:.1f}",
+            share,
+        )
+    t.caption = (
+        f"full INT8: drop {full['drop_points']:.2f} points, SQNR {full['sqnr_db']:.1f} dB "
+        f"({result['metric']}); "
+        "sensitivity: points gained when that layer alone is restored to fp32"
+    )
+    Console().print(t)
+
+
+def plot(result: dict, path: Path) -> None:
+    """A bar chart of the sensitivity per layer, most sensitive first (PNG, Agg canvas)."""
+    from edgekit.benchmarks.plots import _figure
+
+    rows = result["layers"]
+    fig = _figure(max(6.0, 0.5 * len(rows)), 4.0)
+    ax = fig.add_subplot()
+    ax.bar(range(len(rows)), [r["sensitivity_points"] for r in rows], color="tab:red")
+    ax.set_xticks(range(len(rows)), [r["node"] for r in rows], rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("points gained when restored to fp32")
+    ax.set_title(
+        f"INT8 sensitivity per layer (full INT8 drop {result['full_int8']['drop_points']:.2f} points)"
+    )
+    fig.tight_layout()
+    fig.savefig(str(path))

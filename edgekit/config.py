@@ -1,0 +1,333 @@
+"""edgekit.yaml: the model, its data, the variants (chains of passes), the targets they are measured
+on and the gates a release must pass. Validated whole before anything runs; every error is one
+sentence naming the key, its line in the file and what is accepted."""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from edgekit.compress.mixed import MixedConfig
+from edgekit.compress.precision import Fp16Config
+from edgekit.compress.quantize import Int8Config
+from edgekit.errors import EdgekitError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    path: str  # relative to the config file
+    arch: str | None = None  # package.module:factory, for a state_dict
+    input_shape: list[list[int]] = Field(default_factory=list)  # one shape per input
+    input_dtype: str = "float32"
+    static_batch: bool = False
+    trust_pickle: bool = False
+
+
+class PreprocessSpec(_Strict):
+    resize: int | None = Field(None, gt=0)
+    crop: int | None = Field(None, gt=0)
+    mean: list[float] = [0.485, 0.456, 0.406]
+    std: list[float] = [0.229, 0.224, 0.225]
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    layout: Literal["nchw", "nhwc"] = "nchw"
+
+
+class DataSpec(_Strict):
+    calibration: str | None = None  # image folder, .npz, module:function, or random
+    calib_size: int = Field(300, ge=1)
+    evaluation: str | None = None  # labels give accuracy, else fidelity to the fp32 variant
+    eval_size: int | None = Field(None, ge=1)
+    preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
+
+
+class BuildPass(_Strict):
+    """An engine for a target runtime from the ONNX model the passes before it made (the last pass)."""
+
+    target: Literal["openvino", "tensorrt"]
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    quantizer: Literal["qdq", "nncf"] = "qdq"
+
+    @model_validator(mode="after")
+    def _fits(self) -> BuildPass:
+        accepted = {"openvino": ("fp32", "fp16", "bf16"), "tensorrt": ("fp32", "fp16", "int8")}[self.target]
+        if self.precision not in accepted:
+            raise ValueError(f"{self.target} takes precision {', '.join(accepted)}, not {self.precision}")
+        if self.quantizer == "nncf" and self.target != "openvino":
+            raise ValueError("quantizer nncf is for target openvino")
+        return self
+
+
+class PrunePass(_Strict):
+    """Structured pruning (edgekit.compress.prune), with recovery fine-tuning when `finetune` names data."""
+
+    ratio: float | None = Field(None, gt=0, lt=1)  # fraction of every prunable layer's channels
+    macs: float | None = Field(None, gt=0, lt=1)  # or: prune until MACs drop by this fraction
+    importance: Literal["l1", "l2", "bn", "taylor"] = "l2"
+    round_to: int = Field(8, ge=1)
+    ignore_layers: list[str] = Field(default_factory=list)
+    finetune: str | None = None  # data: image folder, .npz, module:function (relative to this file)
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> PrunePass:
+        if (self.ratio is None) == (self.macs is None):
+            raise ValueError("give one of ratio or macs")
+        return self
+
+
+class Bf16Pass(_Strict):
+    """bf16 compute in OpenVINO (the ONNX stays fp32; the artifact records the precision)."""
+
+
+class Pass(_Strict):
+    """One pass, written as a one-key mapping (`int8: {calibration: minmax}`) or its bare name (`int8`).
+    The field name is the CompressRequest field it sets; `build` is edgekit.build's, and comes last."""
+
+    prune: PrunePass | None = None  # torch passes first: prune (and fine-tune), then sparsity
+    sparsity: Literal["2:4"] | Annotated[float, Field(gt=0, lt=1)] | None = None  # 2:4, or a fraction
+    int8: Int8Config | None = None
+    fp16: Fp16Config | None = None
+    bf16: Bf16Pass | None = None
+    mixed: MixedConfig | None = None  # with int8: keep the most sensitive layers fp32 within a budget
+    build: BuildPass | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, value: Any) -> Any:
+        """`- int8` and `- int8:` mean int8 with its defaults."""
+        if isinstance(value, str):
+            return {value: {}}
+        if isinstance(value, dict):
+            return {k: {} if v is None else v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _one(self) -> Pass:
+        if len(self.model_fields_set) != 1:
+            raise ValueError(f"a pass is one of {', '.join(PASS_NAMES)}, each its own list item")
+        return self
+
+    @property
+    def name(self) -> str:
+        return next(iter(self.model_fields_set))
+
+    @property
+    def config(self) -> BaseModel:
+        return getattr(self, self.name)
+
+
+PASS_NAMES = tuple(Pass.model_fields)
+
+
+class Target(_Strict):
+    name: str
+    runtime: Literal["ort", "openvino", "tensorrt", "eager"] = "ort"
+    device: str = "cpu"
+    host: str | None = None  # measure on a device over ssh: ssh://user@host[:port], user@host, an alias
+    remote_python: str = "python3"  # the device's Python, with numpy and the runtime
+    threads: int = Field(0, ge=0)  # 0: the runtime's default
+    batch: int = Field(1, ge=1)
+    variants: list[str] = Field(min_length=1)  # measured interleaved, round by round
+    seconds: float = Field(3.0, gt=0)  # timed seconds per variant, over all rounds
+    rounds: int = Field(5, ge=3)  # at least 3 for a confidence interval
+    warmup: int = Field(10, ge=0)
+
+
+class LatencyLimits(_Strict):
+    p50: float | None = Field(None, gt=0)
+    p90: float | None = Field(None, gt=0)
+    p99: float | None = Field(None, gt=0)
+
+
+class Gate(_Strict):
+    target: str
+    variant: str
+    baseline: str | None = None  # a variant of the same target: accuracy drop and speed-up against it
+    max_accuracy_drop: float | None = Field(None, ge=0)
+    accuracy_drop_mode: Literal["points", "relative"] = "points"  # relative: % of the baseline's
+    min_accuracy: float | None = Field(None, ge=0, le=100)  # top-1, in percent
+    max_latency_ms: LatencyLimits | None = None
+    min_speedup: float | None = Field(None, gt=0)  # baseline latency / variant latency
+    max_size_mb: float | None = Field(None, gt=0)
+    max_peak_memory_mb: float | None = Field(None, gt=0)
+    max_latency_regression: float | None = Field(None, ge=0)  # % over the --baseline results' median
+    confidence: float = Field(0.95, gt=0, lt=1)
+    inconclusive: Literal["fail", "pass"] = "fail"
+    remeasure: int = Field(2, ge=0)  # more batches of rounds while a latency gate is inconclusive
+
+
+class Config(_Strict):
+    version: Literal[1] = 1
+    model: ModelSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    variants: dict[str, list[Pass]] = Field(min_length=1)  # name: passes from the model; []: fp32
+    targets: list[Target] = Field(min_length=1)
+    gates: list[Gate] = Field(default_factory=list)
+    _base_dir: Path = PrivateAttr(Path("."))  # the config file's directory (set by load)
+
+    def is_path(self, source: str) -> bool:
+        """A file or folder, not `random` or `module:function`."""
+        return source != "random" and (":" not in source or (self._base_dir / source).exists())
+
+    def resolve(self, source: str) -> str:
+        """A model or data source as written in the file, with paths taken relative to the file."""
+        return str(self._base_dir / source) if self.is_path(source) else source
+
+
+def schema() -> dict:
+    """The JSON schema of edgekit.yaml, for editors (yaml-language-server) and CI linters."""
+    return Config.model_json_schema()
+
+
+def load(path: Path, check_files: bool = True) -> Config:
+    """Read, validate and cross-check edgekit.yaml (and that its model and data files exist, unless
+    CHECK_FILES is off: `edgekit gate` reads records only); any problem is one EdgekitError sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekitError(f"{path} does not exist; write one with `edgekit init`.")
+    text = path.read_text()
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else "?"
+        raise EdgekitError(f"{path.name} line {line}: not valid YAML ({e.problem}).") from None
+    if not isinstance(data, dict):
+        raise EdgekitError(f"{path} must be a YAML mapping with model, variants, targets and gates.")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        raise EdgekitError(f"{path.name} line {_line(root, loc)}: {_sentence(err, loc)}.") from None
+    cfg._base_dir = path.parent.absolute()
+    problem = _references(cfg, check_files)
+    if problem:
+        loc, what = problem
+        raise EdgekitError(f"{path.name} line {_line(root, loc)}: {_dotted(loc)} {what}.")
+    return cfg
+
+
+def _references(cfg: Config, check_files: bool) -> tuple[tuple, str] | None:
+    """The first cross-reference or file problem: (loc, what is wrong), or None."""
+    model = cfg.resolve(cfg.model.path)
+    if check_files and not Path(model).is_file():
+        return ("model", "path"), f"{model} does not exist (give the trained model file)"
+    for key in ("calibration", "evaluation"):
+        source = getattr(cfg.data, key)
+        if check_files and source and cfg.is_path(source) and not Path(cfg.resolve(source)).exists():
+            return ("data", key), f"{cfg.resolve(source)} does not exist"
+    for name, passes in cfg.variants.items():
+        names = [p.name for p in passes]
+        for i, p in enumerate(passes):
+            if p.name == "build" and i != len(passes) - 1:
+                return ("variants", name, i), "build must be the last pass of a variant"
+            if p.name in ("int8", "mixed") and not cfg.data.calibration:
+                return ("variants", name, i), f"{p.name} needs data.calibration"
+            if p.name == "mixed" and "int8" not in names:
+                return ("variants", name, i), "mixed budgets int8 quantization; add an int8 pass before it"
+    targets = {t.name: t for t in cfg.targets}
+    if len(targets) != len(cfg.targets):
+        dup = next(t for t in targets if [x.name for x in cfg.targets].count(t) > 1)
+        return ("targets",), f"name {dup!r} is used twice; give each target its own name"
+    for i, t in enumerate(cfg.targets):
+        for j, v in enumerate(t.variants):
+            if v not in cfg.variants:
+                return ("targets", i, "variants", j), _one_of(v, "variant", list(cfg.variants))
+    for i, g in enumerate(cfg.gates):
+        if g.target not in targets:
+            return ("gates", i, "target"), _one_of(g.target, "target", list(targets))
+        measured = targets[g.target].variants
+        if g.variant not in measured:
+            return ("gates", i, "variant"), _one_of(g.variant, f"variant of target {g.target}", measured)
+        if g.baseline is not None and g.baseline not in measured:
+            return ("gates", i, "baseline"), _one_of(g.baseline, f"variant of target {g.target}", measured)
+        needs = [k for k in ("max_accuracy_drop", "min_speedup") if getattr(g, k) is not None]
+        if needs and g.baseline is None:
+            return ("gates", i, needs[0]), "is measured against a baseline; add baseline: VARIANT"
+        gates_accuracy = g.max_accuracy_drop is not None or g.min_accuracy is not None
+        if gates_accuracy and not cfg.data.evaluation:
+            return ("gates", i), "gates accuracy, which needs data.evaluation"
+        if not _has_threshold(g):
+            return ("gates", i), "sets no threshold (max_accuracy_drop, min_speedup, max_latency_ms ...)"
+    return None
+
+
+def _has_threshold(g: Gate) -> bool:
+    keys = ("max_accuracy_drop", "min_accuracy", "max_latency_ms", "min_speedup", "max_size_mb")
+    return any(getattr(g, k) is not None for k in (*keys, "max_peak_memory_mb", "max_latency_regression"))
+
+
+def _one_of(got: str, what: str, accepted: list[str]) -> str:
+    return f"{got!r} is not a {what}; accepted: {', '.join(accepted)}"
+
+
+def _dotted(loc: tuple) -> str:
+    """("gates", 0, "min_speedup") -> gates[0].min_speedup."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _sentence(err: dict, loc: tuple) -> str:
+    """Pydantic's error as the key, what it accepts, and what it got."""
+    got = err.get("input")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        accepted = ", ".join(_fields_at(loc[:-1]))
+        where = f" in {_dotted(loc[:-1])}" if loc[:-1] else ""
+        return f"unknown key {loc[-1]!r}{where}; accepted keys: {accepted}"
+    if kind == "missing":
+        return f"{_dotted(loc)} is required and missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    msg = msg.replace("Input should be", "must be").replace("input should be", "must be")
+    shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    return f"{_dotted(loc)}: {msg[0].lower()}{msg[1:]}{shown}"
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The keys the model at LOC accepts: Config's fields followed down the annotations."""
+    tp: Any = Config
+    for part in loc:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            tp = tp.model_fields[part].annotation
+        else:  # list[X] or dict[str, X]
+            tp = typing.get_args(tp)[-1]
+    tp = _unwrap(tp)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _unwrap(tp: Any) -> Any:
+    """X from X | None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def _line(node: yaml.Node, loc: tuple) -> int:
+    """The 1-based line of the YAML node at LOC, or of its deepest ancestor present in the file."""
+    for part in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    # an unknown or misplaced key is reported at the key itself
+                    child = key if part == loc[-1] and not isinstance(value, yaml.CollectionNode) else value
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+        if child is None:
+            break
+        node = child
+    return node.start_mark.line + 1

@@ -1,0 +1,269 @@
+"""`edgekit run edgekit.yaml`: build every variant through a content-addressed cache, measure each
+target's variants in interleaved rounds, gate the records (re-measuring while a latency gate is
+inconclusive, up to its bound), and write results.jsonl and the verdict.
+
+A stage's cache key is the sha256 of its input (the model file and data for the first stage, the
+parent artifact's files for a build), its config and the edgekit version: a CI job whose model did
+not change skips straight to the benchmark. An entry whose files no longer match their sha256 is
+rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import __version__
+from edgekit.artifact import read_manifest, sha256_file, verify_files
+from edgekit.benchmarks import gate
+from edgekit.benchmarks.results import append_records
+from edgekit.config import Config, Target
+from edgekit.errors import EdgekitError
+
+
+def default_cache() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "edgekit" / "run"
+
+
+@dataclasses.dataclass
+class RunOptions:
+    out: Path
+    cache: Path | None = None  # None: default_cache()
+    rebuild: bool = False  # --no-cache: build every stage again
+    baseline: Path | None = None  # results of the last release, for max_latency_regression
+
+
+def run(cfg: Config, opts: RunOptions, say: Callable[[str], None] = print) -> dict:
+    """Build, measure, gate. Returns {"stages", "records", "results"}; the records are appended to
+    OUT/results.jsonl."""
+    from edgekit.benchmarks.results import load_records
+
+    saved = load_records(opts.baseline) if opts.baseline else None
+    dirs, stages = build_variants(cfg, Path(opts.cache or default_cache()), opts.rebuild, say)
+    evals, reference = _evaluation(cfg, dirs)
+    records, results = [], []
+    for t in cfg.targets:
+        recs, res = _measure_and_gate(cfg, t, dirs, evals, reference, saved, say)
+        records += recs
+        results += res
+    results.sort(key=lambda r: cfg.gates.index(r.gate))
+    append_records(opts.out, records)
+    return {"stages": stages, "records": records, "results": results}
+
+
+def build_variants(cfg: Config, cache: Path, rebuild: bool, say) -> tuple[dict[str, Path], list[dict]]:
+    """Every variant's artifact, stage by stage, from the cache where an intact entry exists."""
+    from edgekit.build import BuildRequest, build
+    from edgekit.export.openvino import OpenVINOConfig
+    from edgekit.pipeline import compress
+
+    model = Path(cfg.resolve(cfg.model.path))
+    source = {"model": sha256_file(model), "data": _data_identity(cfg)}
+    dirs, stages = {}, []
+    for name, passes in cfg.variants.items():
+        torch_onnx = [p for p in passes if p.name != "build"]
+        settings = cfg.model_dump(include={"model", "data"}, exclude={"model": {"path"}})
+        key = _key("compress", source, settings, [p.model_dump(exclude_none=True) for p in torch_onnx])
+        req = _compress_request(cfg, model, torch_onnx)
+        path, status = _stage(
+            cache / key, lambda out, r=req: compress(dataclasses.replace(r, out=out)), rebuild
+        )
+        stages.append(
+            {"variant": name, "stage": "compress", "status": status, "key": key, "artifact": str(path)}
+        )
+        say(f"{name} · compress: {status} ({key[:12]})")
+        for p in passes[len(torch_onnx) :]:  # the build pass, if any
+            b = p.build
+            parent = [f.model_dump() for f in read_manifest(path).files]
+            key = _key("build", parent, source["data"], b.model_dump())
+            breq = BuildRequest(parent=path, out=path, target=b.target, **_data_args(cfg))
+            if b.target == "openvino":
+                breq.openvino = OpenVINOConfig(precision=b.precision, quantizer=b.quantizer)
+            else:
+                from edgekit.export.tensorrt import TensorRTConfig
+
+                breq.tensorrt = TensorRTConfig(precision=b.precision)
+            path, status = _stage(
+                cache / key, lambda out, r=breq: build(dataclasses.replace(r, out=out)), rebuild
+            )
+            stages.append(
+                {"variant": name, "stage": "build", "status": status, "key": key, "artifact": str(path)}
+            )
+            say(f"{name} · build {b.target}: {status} ({key[:12]})")
+        dirs[name] = path
+    return dirs, stages
+
+
+def _stage(entry: Path, make: Callable[[Path], object], rebuild: bool) -> tuple[Path, str]:
+    """Use the cache entry if its files match their sha256, else (re)build it: (path, status)."""
+    status = "built"
+    if entry.exists() and not rebuild:
+        try:
+            verify_files(entry, read_manifest(entry))
+            return entry, "cached"
+        except EdgekitError:
+            status = "rebuilt (cache entry corrupt)"
+    if entry.exists():
+        shutil.rmtree(entry)
+    make(entry)
+    return entry, status
+
+
+def _key(*parts) -> str:
+    text = json.dumps([__version__, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _data_identity(cfg: Config) -> dict:
+    """The content of the data sources (files hashed; module:function and random by name)."""
+    out = {}
+    tuning = [p.prune.finetune for v in cfg.variants.values() for p in v if p.name == "prune"]
+    sources = {key: getattr(cfg.data, key) for key in ("calibration", "evaluation")}
+    sources.update({f"finetune {d}": d for d in tuning if d})
+    for key, source in sources.items():
+        if source and cfg.is_path(source):
+            path = Path(cfg.resolve(source))
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            source = [(str(p.relative_to(path)) if path.is_dir() else p.name, sha256_file(p)) for p in files]
+        out[key] = source
+    return out
+
+
+def _data_args(cfg: Config) -> dict:
+    d = cfg.data
+    return {
+        "calib": d.calibration and cfg.resolve(d.calibration),
+        "calib_size": d.calib_size,
+        "eval": d.evaluation and cfg.resolve(d.evaluation),
+        "eval_size": d.eval_size,
+    }
+
+
+def _compress_request(cfg: Config, model: Path, passes):
+    from edgekit.data import Preprocess
+    from edgekit.model import LoadOptions
+    from edgekit.pipeline import CompressRequest
+
+    m, pre = cfg.model, cfg.data.preprocess
+    load = LoadOptions(
+        arch=m.arch,
+        trust_pickle=m.trust_pickle,
+        input_shapes=tuple(tuple(s) for s in m.input_shape),
+        input_dtype=m.input_dtype,
+        static_batch=m.static_batch,
+    )
+    preprocess = Preprocess(**{**pre.model_dump(), "mean": tuple(pre.mean), "std": tuple(pre.std)})
+    fields = {p.name: _request_field(cfg, p) for p in passes}
+    if "prune" in fields:
+        fields["prune"], fields["finetune"] = fields["prune"]
+    return CompressRequest(
+        model=model, out=model, load=load, preprocess=preprocess, **_data_args(cfg), **fields
+    )
+
+
+def _request_field(cfg: Config, p):
+    """A pass as the CompressRequest field of its name (prune: its PruneConfig and FinetuneConfig)."""
+    from edgekit.compress.finetune import FinetuneConfig
+    from edgekit.compress.prune import PruneConfig
+    from edgekit.compress.sparsity import SparsityConfig
+
+    if p.name == "prune":
+        c = p.prune
+        prune = PruneConfig(c.ratio, c.macs, c.importance, c.round_to, list(c.ignore_layers))
+        tune = c.finetune and FinetuneConfig(data=cfg.resolve(c.finetune), epochs=c.epochs, lr=c.lr)
+        return prune, tune
+    if p.name == "sparsity":
+        return SparsityConfig.parse(str(p.sparsity))
+    if p.name == "bf16":
+        return True
+    return p.config
+
+
+def _evaluation(cfg: Config, dirs: dict[str, Path]):
+    """The evaluation samples and the fp32 variant's outputs on them (what fidelity is measured
+    against), or (None, None) without data.evaluation."""
+    from edgekit.benchmarks.runner import reference_outputs
+    from edgekit.data import Preprocess, load_samples
+
+    if not cfg.data.evaluation:
+        return None, None
+    first = read_manifest(next(iter(dirs.values())))
+    recorded = next((d["preprocess"] for d in first.data.values() if "preprocess" in d), {})
+    source = cfg.resolve(cfg.data.evaluation)
+    evals = load_samples(source, first.input_spec, cfg.data.eval_size, Preprocess(**recorded), 0, "eval")
+    fp32 = next((n for n, passes in cfg.variants.items() if not passes), None)
+    return evals, (reference_outputs(dirs[fp32], evals) if fp32 else None)
+
+
+def _measure_and_gate(cfg, t: Target, dirs, evals, reference, saved, say) -> tuple[list[dict], list]:
+    """Interleaved rounds of T's variants, then its gates; while a latency gate is inconclusive and
+    its `remeasure` bound allows, another batch of rounds is added and the gates decided again."""
+    gates = [g for g in cfg.gates if g.target == t.name]
+    rounds = _rounds(t, dirs, evals, reference)
+    extra = 0
+    while True:
+        records = [{**summarize(rounds[v]), "target": t.name, "variant": v} for v in t.variants]
+        results = gate.evaluate(gates, records, saved)
+        pending = [r for r in results if r.status == "inconclusive" and extra < r.gate.remeasure]
+        if not pending:
+            return records, results
+        extra += 1
+        say(f"{t.name}: {', '.join(r.name for r in pending)} inconclusive; re-measuring (batch {extra})")
+        for v, more in _rounds(t, dirs, None, None).items():
+            rounds[v] += more
+
+
+def _rounds(t: Target, dirs: dict[str, Path], evals, reference) -> dict[str, list[dict]]:
+    """T.rounds rounds of A B C ..., each variant in a fresh worker per round; accuracy in the first."""
+    from edgekit.benchmarks.runner import BenchConfig, measure
+    from edgekit.progress import progress
+    from edgekit.runtimes.remote import remotes
+
+    host = remotes(t.host, None, python=t.remote_python)[0] if t.host else None
+    cfg = BenchConfig(
+        runtime=t.runtime,
+        device=t.device,
+        threads=t.threads,
+        batch=t.batch,
+        warmup=t.warmup,
+        seconds=t.seconds / t.rounds,
+    )
+    out: dict[str, list[dict]] = {v: [] for v in t.variants}
+    with progress() as bar:
+        task = bar.add_task(f"{t.name}: interleaved rounds", total=t.rounds * len(t.variants))
+        for r in range(t.rounds):
+            for v in t.variants:
+                bar.update(task, description=f"{t.name}: round {r + 1}/{t.rounds} · {v}")
+                out[v].append(measure(dirs[v], cfg, evals if r == 0 else None, reference, host=host))
+                bar.advance(task)
+    return out
+
+
+def summarize(rounds: list[dict]) -> dict:
+    """One record from a variant's rounds: latency percentiles as medians over rounds with the
+    per-round values kept (what the gates' intervals use), the highest peak memory of any round."""
+    broken = next((r for r in rounds if not r.get("ok")), None)
+    if broken:
+        return dict(broken)
+    record = dict(next((r for r in rounds if "accuracy" in r), rounds[0]))
+    latency = dict(record["latency"])
+    for key, per_round in (
+        ("median_ms", "round_medians_ms"),
+        ("p90_ms", "round_p90_ms"),
+        ("p99_ms", "round_p99_ms"),
+    ):
+        values = [r["latency"][key] for r in rounds]
+        latency[key], latency[per_round] = float(np.median(values)), values
+    latency["throughput_per_s"] = record["batch"] * 1e3 / latency["median_ms"]
+    record["latency"] = latency
+    record["rounds"] = len(rounds)
+    record["memory_mb"] = dict(record["memory_mb"], peak_rss=max(r["memory_mb"]["peak_rss"] for r in rounds))
+    return record

@@ -1,0 +1,156 @@
+"""Accuracy-budgeted mixed precision and `edgekit sensitivity`, on a model with one quantization-
+hostile layer: a conv with two output channels 1000x larger than the rest (tanh squashes them
+again, so the fp32 model does not depend on them). Per-tensor INT8 of that conv's output leaves
+the normal channels ~0 levels: full INT8 agrees with fp32 on ~7 % of inputs; restoring that one
+conv to fp32 gives ~99 % (measured on the 2-core EPYC of FIELD-NOTES, onnxruntime 1.32)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from models import smooth_images
+from torch import nn
+
+from edgekit.artifact import read_manifest
+
+BUDGET = 10.0  # points of top-1 agreement with fp32
+
+
+class Hostile(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, 1, 1)
+        self.mid = nn.Conv2d(16, 32, 3, 1, 1)  # the hostile layer: outlier output channels
+        self.body = nn.Conv2d(32, 32, 3, 1, 1)
+        self.tail = nn.Conv2d(32, 32, 3, 2, 1)
+        self.fc = nn.Linear(512, 10)
+        with torch.no_grad():
+            self.mid.weight[:2] *= 1000
+            self.mid.bias[:2] = 500
+            self.body.weight[:, :2] = 0
+            self.tail.bias.zero_()
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.tanh(self.mid(x))
+        x = self.tail(torch.relu(self.body(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 4), 1))
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hostile")
+    torch.manual_seed(0)
+    module = Hostile().eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    ep = torch.export.export(module, (torch.zeros(2, 3, 32, 32),), dynamic_shapes=({0: batch},))
+    torch.export.save(ep, str(root / "hostile.pt2"))
+    np.savez(root / "calib.npz", x=smooth_images(32, seed=1))
+    x = smooth_images(300, seed=2)
+    with torch.inference_mode():
+        y = module(torch.from_numpy(x)).argmax(1).numpy()
+    np.savez(root / "eval.npz", x=x[:100])
+    np.savez(root / "labelled.npz", x=x, y=y)  # the fp32 model's own top-1: fp32 scores 100 %
+    return {
+        "model": root / "hostile.pt2",
+        "calib": root / "calib.npz",
+        "eval": root / "eval.npz",
+        "labelled": root / "labelled.npz",
+        "root": root,
+    }
+
+
+def _hostile_node(artifact: Path) -> str:
+    """The name of the conv whose weight is mid.weight (in fp32 where it was kept)."""
+    graph = onnx.load(str(artifact / "model.onnx")).graph
+    return next(n.name for n in graph.node if n.op_type == "Conv" and "mid.weight" in n.input)
+
+
+def test_budget_recovers_the_hostile_layer(edgekit, hostile):
+    common = ["--int8", "--calib", hostile["calib"], "--eval", hostile["eval"]]
+    full = hostile["root"] / "full"
+    r = edgekit("compress", hostile["model"], *common, "-o", full)
+    assert r.returncode == 0, r.stderr
+    agreement = read_manifest(full).verification["int8"]["fidelity"]["output_0"]["top1_agreement"]
+    assert 100 * (1 - agreement) > BUDGET
+
+    mixed = hostile["root"] / "mixed"
+    r = edgekit("compress", hostile["model"], *common, "--max-accuracy-drop", BUDGET, "-o", mixed)
+    assert r.returncode == 0, r.stderr
+    m = read_manifest(mixed)
+    summary = m.passes[-1].summary
+    assert m.passes[-1].name == "mixed_precision" and summary["budget_met"]
+    assert [k["node"] for k in summary["kept_fp32"]] == [_hostile_node(mixed)]
+    assert "latency_cost_ms" in summary["kept_fp32"][0]
+    q = m.verification["int8"]["fidelity"]["output_0"]
+    assert 100 * (1 - q["top1_agreement"]) <= BUDGET
+    assert summary["quantized_ops"]["Conv"] == 3  # the rest stayed INT8
+
+
+def test_impossible_budget_writes_the_best_and_exits_1(edgekit, hostile):
+    """With per-tensor weights, INT8 with only the hostile layer in fp32 still loses 1.7 points of
+    top-1 on these 300 inputs (measured), so a budget of 0 with one fp32 layer cannot be met."""
+    out = hostile["root"] / "impossible"
+    r = edgekit(
+        "compress",
+        hostile["model"],
+        "--int8",
+        "--calib",
+        hostile["calib"],
+        "--eval",
+        hostile["labelled"],
+        "--per-tensor",
+        "--max-accuracy-drop",
+        0,
+        "--max-fp32-layers",
+        1,
+        "-o",
+        out,
+    )
+    assert r.returncode == 1, r.stderr
+    assert "budget is not met" in r.stderr and r.stderr.count("\n") == 1
+    m = read_manifest(out)  # the artifact is written
+    assert not m.passes[-1].summary["budget_met"]
+    assert m.verification["int8"]["drop_points"] > 0
+
+
+def test_sensitivity_ranks_the_hostile_layer_first(edgekit, hostile):
+    out = hostile["root"] / "sens"
+    r = edgekit(
+        "sensitivity", hostile["model"], "--calib", hostile["calib"], "--eval", hostile["eval"], "-o", out
+    )
+    assert r.returncode == 0, r.stderr
+    table = json.loads((out / "sensitivity.json").read_text())
+    first = table["layers"][0]
+    assert first["sensitivity_points"] > BUDGET and first["op_type"] == "Conv"
+    assert first["macs"] == 32 * 32 * 32 * 16 * 9
+    assert sum(r["latency_share"] or 0 for r in table["layers"]) <= 1
+    assert first["node"] in r.stdout
+    assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--fp16", "--int8", "--bf16"], "alternatives"),
+        (["--max-accuracy-drop", "1"], "add --int8"),
+        (["--int8", "--max-accuracy-drop", "1", "--no-eval"], "needs evaluation data"),
+        (["--int8", "--max-accuracy-drop", "-1"], "negative"),
+    ],
+)
+def test_bad_precision_requests_are_one_sentence(edgekit, hostile, tmp_path, args, words):
+    data = ["--calib", hostile["calib"]]
+    if "--no-eval" in args:
+        args = [a for a in args if a != "--no-eval"]
+    else:
+        data += ["--eval", hostile["eval"]]
+    r = edgekit("compress", hostile["model"], *args, *data, "-o", tmp_path / "out")
+    assert r.returncode == 2, r.stderr
+    assert words in r.stderr and r.stderr.startswith("edgekit: error:") and r.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()

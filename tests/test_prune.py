@@ -1,0 +1,149 @@
+"""Structured pruning, recovery fine-tuning and weight sparsity (`compress --prune/--finetune/--sparsity`),
+on the trained digits CNN and the tiny residual / depthwise models, through the real pipeline."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from models import depthwise_se, resnet_blocks
+from onnx import numpy_helper
+
+from edgekit.artifact import read_manifest
+from edgekit.compress.finetune import FinetuneConfig
+from edgekit.compress.prune import PruneConfig
+from edgekit.compress.sparsity import SparsityConfig, groups_of_four
+from edgekit.pipeline import CompressRequest, compress
+from edgekit.runtimes import ort
+
+ARCH = "edgekit.demo:digits_net"  # the .pt2 keeps the weights; pruning needs the eager layers
+FINETUNE_BUDGET_S = 60  # one epoch of distillation on ~1300 digits, with its pruning and export
+
+
+def _compress(digits, out, **kw):
+    req = CompressRequest(model=digits.model, out=out, calib=str(digits.calib), eval=str(digits.test), **kw)
+    req.load.arch = ARCH
+    return compress(req)
+
+
+def _pass(manifest, name: str):
+    return next(p for p in manifest.passes if p.name == name)
+
+
+def _onnx_bytes(directory) -> int:
+    return sum(f.bytes for f in read_manifest(directory).files)
+
+
+@pytest.fixture(scope="module")
+def pruned(digits, tmp_path_factory):
+    """The digits CNN pruned to half its MACs, no recovery: (manifest, artifact dir)."""
+    out = tmp_path_factory.mktemp("prune") / "pruned"
+    return _compress(digits, out, prune=PruneConfig(macs=0.5)), out
+
+
+def test_channels_shrink_to_multiples_of_round_to(pruned):
+    summary = _pass(pruned[0], "prune_channels").summary
+    assert summary["channels"], "no layer lost channels"
+    for name, change in summary["channels"].items():
+        before, after = map(int, change.split("→"))
+        assert after < before and after % 8 == 0, f"{name}: {change}"
+
+
+def test_prune_macs_reaches_its_target_and_reports_params_and_macs(pruned):
+    s = _pass(pruned[0], "prune_channels").summary
+    assert s["macs_after"] <= 0.5 * s["macs_before"]
+    assert s["params_after"] < s["params_before"]
+    assert s["macs_ratio"] == pytest.approx(s["macs_after"] / s["macs_before"], abs=1e-4)
+
+
+def test_exported_model_is_smaller_and_keeps_the_classes(pruned, digits, tmp_path):
+    manifest, out = pruned
+    fp32 = tmp_path / "fp32"
+    compress(CompressRequest(model=digits.model, out=fp32, calib=str(digits.calib)))
+    assert _onnx_bytes(out) < 0.7 * _onnx_bytes(fp32)
+    x = np.load(digits.test)["x"][:4]
+    assert ort.load(str(out / "model.onnx")).run({"input": x})[0].shape == (4, 10)
+    assert manifest.verification["export"]["sqnr_db"] > 60  # the pruned module exported faithfully
+
+
+def test_unrecovered_accuracy_is_stated_against_the_unpruned_model(pruned, digits):
+    q = pruned[0].verification["prune"]
+    assert q["metric"] == "top1 accuracy"
+    assert q["parent_top1"] == pytest.approx(digits.top1, abs=1e-6)
+    assert q["drop_points"] == pytest.approx(100 * (q["parent_top1"] - q["top1"]))
+
+
+def test_finetune_with_distillation_recovers_within_budget(pruned, digits, tmp_path):
+    t0 = time.perf_counter()
+    manifest = _compress(
+        digits,
+        tmp_path / "ft",
+        prune=PruneConfig(macs=0.5),
+        finetune=FinetuneConfig(data=str(digits.calib), epochs=1),
+    )
+    assert time.perf_counter() - t0 < FINETUNE_BUDGET_S
+    recovered, unrecovered = manifest.verification["prune"]["top1"], pruned[0].verification["prune"]["top1"]
+    assert recovered >= unrecovered
+    summary = _pass(manifest, "finetune_distill").summary
+    assert summary["best_epoch"] in (0, 1) and len(summary["held_out_by_epoch"]) == 2
+
+
+@pytest.mark.parametrize("build", [resnet_blocks, depthwise_se], ids=["residual", "depthwise_se"])
+def test_residual_and_depthwise_models_prune_and_export_verified(build, tmp_path):
+    module, shapes = build()
+    path = tmp_path / "model.pt"
+    torch.save(module.state_dict(), path)
+    req = CompressRequest(model=path, out=tmp_path / "out", prune=PruneConfig(ratio=0.5, importance="bn"))
+    req.load.arch = f"models:{type(module).__name__}"
+    req.load.input_shapes = tuple(shapes)
+    manifest = compress(req)
+    s = _pass(manifest, "prune_channels").summary
+    assert s["macs_after"] < s["macs_before"] and s["channels"]
+    assert manifest.verification["export"]["sqnr_db"] > 60
+
+
+def test_two_of_four_sparsity_holds_in_every_sparsified_onnx_weight(digits, tmp_path):
+    manifest = _compress(digits, tmp_path / "s24", sparsity=SparsityConfig.parse("2:4"))
+    summary = _pass(manifest, "sparsity").summary
+    assert summary["by_layer_type"]["Conv2d"]["sparsity"] == pytest.approx(0.5)
+    assert "dense kernels" in summary["note"]
+    model = onnx.load(str(tmp_path / "s24" / "model.onnx"))
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    convs = [weights[n.input[1]] for n in model.graph.node if n.op_type == "Conv"]
+    sparse = [w for w in convs if w.shape[1] % 4 == 0]  # the 1-channel stem stays dense, and says so
+    assert len(sparse) == len(convs) - 1 and summary["left_dense"]
+    for w in sparse:
+        nonzero = (groups_of_four(torch.from_numpy(w.copy())) != 0).sum(dim=1)
+        assert (nonzero == 2).all()
+
+
+def test_unstructured_sparsity_reaches_its_fraction(digits, tmp_path):
+    manifest = _compress(digits, tmp_path / "s50", sparsity=SparsityConfig.parse("0.5"))
+    reached = _pass(manifest, "sparsity").summary["by_layer_type"]["Conv2d"]["sparsity"]
+    assert reached == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--prune", "1.5"], "between 0 and 1"),
+        (["--prune-macs", "0"], "between 0 and 1"),
+        (["--finetune", "CALIB"], "add --prune"),
+        (["--prune", "0.5", "--importance", "magic"], "is not one of"),
+        (["--sparsity", "lots"], "neither a fraction"),
+        (["--prune", "0.5", "--no-arch"], "--arch"),
+    ],
+    ids=["ratio", "macs", "finetune-alone", "importance", "sparsity", "pt2-without-arch"],
+)
+def test_bad_input_is_one_sentence_and_exit_2(edgekit, digits, tmp_path, args, words):
+    args = [str(digits.calib) if a == "CALIB" else a for a in args]
+    arch = [] if "--no-arch" in args else ["--arch", ARCH]
+    args = [a for a in args if a != "--no-arch"]
+    r = edgekit("compress", digits.model, *arch, *args, "-o", tmp_path / "out")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("edgekit: error:") and words in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
