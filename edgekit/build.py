@@ -8,8 +8,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from edgekit.artifact import (
     PassRecord,
     check_output_dir,
@@ -107,10 +105,6 @@ def _verification_data(req: BuildRequest, spec, pre, calib: Samples | None) -> t
     return Samples(inputs, None, {"source": "random"}), "random inputs"
 
 
-def _batches(samples: Samples, fixed: int | None):
-    return samples.batches(fixed or 32)
-
-
 def _openvino(req: BuildRequest, onnx_path: Path, out: Path, calib, evals: Samples, data: str):
     cfg = req.openvino
     if cfg.quantizer == "nncf" and openvino.has_quantization(onnx_path):
@@ -122,7 +116,7 @@ def _openvino(req: BuildRequest, onnx_path: Path, out: Path, calib, evals: Sampl
     summary = openvino.build_ir(onnx_path, out, cfg, feeds)
     fixed = read_manifest(req.parent).input_spec.fixed_batch
     ref = predict(onnx_path, evals, fixed, "parent in ONNX Runtime")
-    ir = openvino.predict(out / openvino.MODEL_FILE, _batches(evals, fixed), summary["inference_precision"])
+    ir = openvino.predict(out / openvino.MODEL_FILE, evals, fixed or 32, summary["inference_precision"])
     verification = quality(ref, ir, evals, data)
     verification.update(reference="the parent artifact in ONNX Runtime (CPU)", **_openvino_device(summary))
     return summary, verification
@@ -146,8 +140,7 @@ def _tensorrt(req: BuildRequest, onnx_path: Path, out: Path, spec, evals: Sample
 
     summary = tensorrt.build_plan(onnx_path, out, spec, req.tensorrt)
     sess = trt.load(str(out / "model.plan"), "cuda")
-    chunks = [sess.run(feeds) for feeds in _batches(evals, spec.fixed_batch)]
-    plan = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+    plan = evals.outputs(sess.run, spec.fixed_batch or 32, "evaluating the plan")
     ref = predict(onnx_path, evals, spec.fixed_batch, "parent in ONNX Runtime")
     verification = quality(ref, plan, evals, data)
     verification.update(

@@ -52,6 +52,17 @@ class Samples:
         for i in range(0, len(self), size):
             yield {k: v[i : i + size] for k, v in self.inputs.items()}
 
+    def outputs(self, run, size: int, label: str) -> list[np.ndarray]:
+        """Every output of RUN (feeds -> list of arrays) over these samples in batches of SIZE,
+        concatenated, with a progress bar named LABEL."""
+        chunks = []
+        with progress() as bar:
+            task = bar.add_task(label, total=len(self))
+            for feeds in self.batches(size):
+                chunks.append(run(feeds))
+                bar.advance(task, len(next(iter(feeds.values()))))
+        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+
 
 def load_samples(
     source: str, spec: InputSpec, limit: int | None, pre: Preprocess, seed: int = 0, what="data"

@@ -26,7 +26,6 @@ from edgekit.data import Preprocess, Samples, load_samples, split_holdout
 from edgekit.errors import EdgekitError, first_line
 from edgekit.export import onnx as onnx_export
 from edgekit.model import LoadedModel, LoadOptions, example_inputs, load_model, run_torch
-from edgekit.progress import progress
 from edgekit.runtimes import ort
 
 HOLDOUT = 100  # extra calibration samples held out for fidelity when no --eval is given
@@ -184,13 +183,7 @@ def _torch_passes(req: CompressRequest, loaded: LoadedModel, calib, evals, manif
 
 
 def _torch_outputs(module, samples: Samples, spec, label: str) -> list[np.ndarray]:
-    chunks = []
-    with progress() as bar:
-        task = bar.add_task(label, total=len(samples))
-        for feeds in samples.batches(spec.fixed_batch or 64):
-            chunks.append(run_torch(module, feeds, spec))
-            bar.advance(task, len(next(iter(feeds.values()))))
-    return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+    return samples.outputs(lambda feeds: run_torch(module, feeds, spec), spec.fixed_batch or 64, label)
 
 
 def _final_vs_unpruned(req, unpruned: list[np.ndarray] | None, path: Path, evals: Samples, manifest) -> None:
@@ -365,8 +358,7 @@ def _reduced_precision(req, fp32: Path, calib: Samples | None, evals: Samples | 
         ran = sess.info()["precision"]
         if ran != "bf16":
             raise EdgekitError(f"OpenVINO was asked for bf16 but compiled the model for {ran} here.")
-        chunks = [sess.run(feeds) for feeds in data.batches(step)]
-        outputs = [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+        outputs = data.outputs(sess.run, step, "evaluating bf16")
         manifest.inference_precision = "bf16"
         summary = {"weights": "fp32 (the ONNX file is unchanged)", "inference_precision": "bf16"}
         name, config, key, runtime = "bf16_inference", {}, "bf16", f"openvino (CPU), compiled for {ran}"
@@ -426,12 +418,5 @@ def quality(ref: list[np.ndarray], out: list[np.ndarray], evals: Samples, data: 
 
 
 def predict(path: Path, samples: Samples, fixed: int | None, label: str) -> list[np.ndarray]:
-    sess = ort.load(str(path))
-    chunks = []
-    step = fixed or 32
-    with progress() as bar:
-        task = bar.add_task(label, total=len(samples))
-        for feeds in samples.batches(step):
-            chunks.append(sess.run(feeds))
-            bar.advance(task, len(next(iter(feeds.values()))))
-    return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+    """Outputs of the ONNX model at PATH in ONNX Runtime (CPU) on SAMPLES."""
+    return samples.outputs(ort.load(str(path)).run, fixed or 32, label)

@@ -90,10 +90,9 @@ def has_quantization(onnx_path: Path) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
 
 
-def predict(path: Path, batches, precision: str) -> list[np.ndarray]:
-    """Outputs of the IR compiled for CPU at PRECISION (its OpenVINO name, e.g. "bf16")."""
+def predict(path: Path, samples, step: int, precision: str) -> list[np.ndarray]:
+    """Outputs of the IR compiled for CPU at PRECISION (its OpenVINO name, e.g. "bf16") on SAMPLES."""
     from edgekit.runtimes import ov as ov_runtime
 
     sess = ov_runtime.load(str(path), "cpu", ov_runtime.Options(precision=precision))
-    chunks = [sess.run(feeds) for feeds in batches]
-    return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+    return samples.outputs(sess.run, step, f"evaluating the IR ({precision})")
