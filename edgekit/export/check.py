@@ -181,11 +181,11 @@ def fail_fast(model_onnx: Path, target: str, precision: str = "fp32") -> None:
         findings = check(model_onnx, target, precision)
     except ParserUnavailable as e:
         findings = e.findings
-    if findings:
-        shown = "; ".join(describe(f) for f in findings[:3])
-        more = f" (and {len(findings) - 3} more)" if len(findings) > 3 else ""
+    if findings:  # one sentence: the first finding, how many more, and where to see them all
+        first = describe(findings[0]).rstrip(".")
+        more = f" (and {len(findings) - 1} more finding(s))" if len(findings) > 1 else ""
         raise EdgekitError(
-            f"{Path(model_onnx).name} will not run on {target} at {precision}: {shown}{more}; "
+            f"{Path(model_onnx).name} will not run on {target} at {precision}: {first}{more}; "
             f"run `edgekit check MODEL --target {target} --precision {precision}` for the full list."
         )
 
