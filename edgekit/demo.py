@@ -143,7 +143,7 @@ def run(work_dir: Path | None, retrain: bool) -> list[dict]:
     evals = load_samples(str(test), read_manifest(fp32).input_spec, None, Preprocess(), what="eval")
     cfg = BenchConfig(seconds=4.0)
     reference = reference_outputs(fp32, evals)
-    records = interleaved([(fp32, cfg), (int8, cfg)], rounds=4, evals=evals, reference=reference)
+    records = interleaved([(fp32, cfg), (int8, cfg)], count=4, evals=evals, reference=reference)
     _table(records, time.perf_counter() - t0)
     return records
 

@@ -18,8 +18,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from edgekit import __version__
 from edgekit.artifact import read_manifest, sha256_file, verify_files
 from edgekit.benchmarks import gate
@@ -206,11 +204,13 @@ def _evaluation(cfg: Config, dirs: dict[str, Path]):
 def _measure_and_gate(cfg, t: Target, dirs, evals, reference, saved, say) -> tuple[list[dict], list]:
     """Interleaved rounds of T's variants, then its gates; while a latency gate is inconclusive and
     its `remeasure` bound allows, another batch of rounds is added and the gates decided again."""
+    from edgekit.benchmarks.runner import summarize
+
     gates = [g for g in cfg.gates if g.target == t.name]
-    rounds = _rounds(t, dirs, evals, reference)
+    per_variant = _rounds(t, dirs, evals, reference)
     extra = 0
     while True:
-        records = [{**summarize(rounds[v]), "target": t.name, "variant": v} for v in t.variants]
+        records = [{**summarize(per_variant[v]), "target": t.name, "variant": v} for v in t.variants]
         results = gate.evaluate(gates, records, saved)
         pending = [r for r in results if r.status == "inconclusive" and extra < r.gate.remeasure]
         if not pending:
@@ -218,13 +218,12 @@ def _measure_and_gate(cfg, t: Target, dirs, evals, reference, saved, say) -> tup
         extra += 1
         say(f"{t.name}: {', '.join(r.name for r in pending)} inconclusive; re-measuring (batch {extra})")
         for v, more in _rounds(t, dirs, None, None).items():
-            rounds[v] += more
+            per_variant[v] += more
 
 
 def _rounds(t: Target, dirs: dict[str, Path], evals, reference) -> dict[str, list[dict]]:
-    """T.rounds rounds of A B C ..., each variant in a fresh worker per round; accuracy in the first."""
-    from edgekit.benchmarks.runner import BenchConfig, measure
-    from edgekit.progress import progress
+    """T.rounds rounds of its variants, interleaved, each in a fresh worker (on T's host if any)."""
+    from edgekit.benchmarks.runner import BenchConfig, rounds
     from edgekit.runtimes.remote import remotes
 
     host = remotes(t.host, None, python=t.remote_python)[0] if t.host else None
@@ -234,36 +233,7 @@ def _rounds(t: Target, dirs: dict[str, Path], evals, reference) -> dict[str, lis
         threads=t.threads,
         batch=t.batch,
         warmup=t.warmup,
-        seconds=t.seconds / t.rounds,
+        seconds=t.seconds,
     )
-    out: dict[str, list[dict]] = {v: [] for v in t.variants}
-    with progress() as bar:
-        task = bar.add_task(f"{t.name}: interleaved rounds", total=t.rounds * len(t.variants))
-        for r in range(t.rounds):
-            for v in t.variants:
-                bar.update(task, description=f"{t.name}: round {r + 1}/{t.rounds} · {v}")
-                out[v].append(measure(dirs[v], cfg, evals if r == 0 else None, reference, host=host))
-                bar.advance(task)
-    return out
-
-
-def summarize(rounds: list[dict]) -> dict:
-    """One record from a variant's rounds: latency percentiles as medians over rounds with the
-    per-round values kept (what the gates' intervals use), the highest peak memory of any round."""
-    broken = next((r for r in rounds if not r.get("ok")), None)
-    if broken:
-        return dict(broken)
-    record = dict(next((r for r in rounds if "accuracy" in r), rounds[0]))
-    latency = dict(record["latency"])
-    for key, per_round in (
-        ("median_ms", "round_medians_ms"),
-        ("p90_ms", "round_p90_ms"),
-        ("p99_ms", "round_p99_ms"),
-    ):
-        values = [r["latency"][key] for r in rounds]
-        latency[key], latency[per_round] = float(np.median(values)), values
-    latency["throughput_per_s"] = record["batch"] * 1e3 / latency["median_ms"]
-    record["latency"] = latency
-    record["rounds"] = len(rounds)
-    record["memory_mb"] = dict(record["memory_mb"], peak_rss=max(r["memory_mb"]["peak_rss"] for r in rounds))
-    return record
+    raw = rounds([(dirs[v], cfg) for v in t.variants], t.rounds, evals, reference, host, f"{t.name}: ")
+    return dict(zip(t.variants, raw, strict=True))

@@ -265,36 +265,67 @@ def batch_sizes(spec, requested: list[int]) -> tuple[list[int], str | None]:
     return [fixed], f"the model has a fixed batch of {fixed}; measured at that batch only, not {asked}"
 
 
+def rounds(
+    variants: list[tuple[Path, BenchConfig]],
+    count: int,
+    evals: Samples | None = None,
+    reference: Reference | None = None,
+    host: Remote | None = None,
+    label: str = "",
+) -> list[list[dict]]:
+    """COUNT rounds of A B C ..., each variant in a fresh worker every round, the evaluation in the
+    first: each variant's raw per-round records, for summarize() (and for adding rounds later)."""
+    out: list[list[dict]] = [[] for _ in variants]
+    with progress() as bar:
+        task = bar.add_task(f"{label}interleaved rounds", total=count * len(variants))
+        for r in range(count):
+            for i, (d, cfg) in enumerate(variants):
+                bar.update(task, description=f"{label}round {r + 1}/{count}: {Path(d).name} · {cfg.runtime}")
+                per_round = dataclasses.replace(cfg, seconds=cfg.seconds / count)
+                out[i].append(measure(d, per_round, evals if r == 0 else None, reference, host=host))
+                bar.advance(task)
+    return out
+
+
+def summarize(runs: list[dict]) -> dict:
+    """One record from a variant's rounds: latency percentiles as medians over rounds with the
+    per-round values kept (what confidence intervals and gates use), the highest peak memory of any
+    round; a failed round makes the record that failure."""
+    broken = next((r for r in runs if not r.get("ok")), None)
+    if broken:
+        return dict(broken)
+    record = dict(next((r for r in runs if "accuracy" in r), runs[0]))
+    latency = dict(record["latency"])
+    for key, per_round in (
+        ("median_ms", "round_medians_ms"),
+        ("p90_ms", "round_p90_ms"),
+        ("p99_ms", "round_p99_ms"),
+    ):
+        values = [r["latency"][key] for r in runs]
+        latency[key], latency[per_round] = float(np.median(values)), values
+    latency["throughput_per_s"] = record["batch"] * 1e3 / latency["median_ms"]
+    record["latency"] = latency
+    record["rounds"] = len(runs)
+    record["memory_mb"] = dict(record["memory_mb"], peak_rss=max(r["memory_mb"]["peak_rss"] for r in runs))
+    return record
+
+
 def interleaved(
     variants: list[tuple[Path, BenchConfig]],
-    rounds: int,
+    count: int,
     evals: Samples | None = None,
     reference: Reference | None = None,
 ):
     """Measure variants (artifact, runtime, precision ...) in alternating rounds (A B A B ...), so
-    a burst of machine noise hits all of them alike. Each record's latency is the median of its
-    round medians; records after the first carry `speedup_vs_first`: the per-round speed-ups over
-    the first variant and their median."""
-    rows: list[list[dict]] = [[] for _ in variants]
-    with progress() as bar:
-        task = bar.add_task("interleaved rounds", total=rounds * len(variants))
-        for r in range(rounds):
-            for i, (d, cfg) in enumerate(variants):
-                bar.update(task, description=f"round {r + 1}/{rounds}: {Path(d).name} · {cfg.runtime}")
-                per_round = dataclasses.replace(cfg, seconds=cfg.seconds / rounds)
-                rows[i].append(measure(d, per_round, evals if r == 0 else None, reference))
-                bar.advance(task)
-    records = []
-    for i, runs in enumerate(rows):
-        record = dict(next((x for x in runs if not x.get("ok")), runs[0]))  # a failed round, if any
-        if all(x.get("ok") for x in runs):
-            medians = [x["latency"]["median_ms"] for x in runs]
-            record["latency"] = dict(runs[0]["latency"], median_ms=float(np.median(medians)))
-            record["latency"]["round_medians_ms"] = medians
-            record["latency"]["throughput_per_s"] = record["batch"] * 1e3 / np.median(medians)
-            if i and all(x.get("ok") for x in rows[0]):
-                base = [x["latency"]["median_ms"] for x in rows[0]]
-                ratios = [b / m for b, m in zip(base, medians, strict=True)]
-                record["speedup_vs_first"] = {"median": float(np.median(ratios)), "rounds": ratios}
-        records.append(record)
+    a burst of machine noise hits all of them alike; one summarize()d record each. Records after the
+    first carry `speedup_vs_first`: the per-round speed-ups over the first variant and their median."""
+    records = [summarize(r) for r in rounds(variants, count, evals, reference)]
+    first = records[0]
+    for record in records[1:]:
+        if first.get("ok") and record.get("ok"):
+            pairs = zip(
+                first["latency"]["round_medians_ms"], record["latency"]["round_medians_ms"], strict=True
+            )
+            ratios = [b / m for b, m in pairs]
+            record["speedup_vs_first"] = {"median": float(np.median(ratios)), "rounds": ratios}
     return records
