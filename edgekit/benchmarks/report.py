@@ -97,11 +97,13 @@ def quality_line(q: dict) -> str:
 
 
 def short_names(records: list[dict]) -> dict[str, str]:
-    """Artifact paths as the table shows them: the directory name where those are unique (the
+    """Artifact paths as the table shows them: the variant name for `edgekit run`'s records (their
+    artifacts are cache entries named by hash), else the directory name where those are unique (the
     records keep the full path), so a wide table still fits a terminal."""
     paths = {r["artifact"] for r in records}
     names = {Path(p).name for p in paths}
-    return {p: Path(p).name if len(names) == len(paths) else p for p in paths}
+    short = {p: Path(p).name if len(names) == len(paths) else p for p in paths}
+    return short | {r["artifact"]: r["variant"] for r in records if "variant" in r}
 
 
 def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
@@ -208,8 +210,8 @@ def runtime_cell(r: dict, device: bool = True) -> str:
 
 
 def row_label(r: dict) -> str:
-    """A short name for a row in plots: artifact directory name, runtime, batch."""
-    return f"{Path(r['artifact']).name} · {runtime_cell(r)} · b{r.get('batch', '?')}"
+    """A short name for a row in plots: variant (or artifact directory name), runtime, batch."""
+    return f"{r.get('variant') or Path(r['artifact']).name} · {runtime_cell(r)} · b{r.get('batch', '?')}"
 
 
 def failure(r: dict) -> str:
@@ -242,7 +244,8 @@ def row_cells(r: dict) -> list[str]:
     where = r.get("device", "") + (
         f" @ {r['host_target']}" if r.get("host_target", "local") != "local" else ""
     )
-    head = [r["artifact"], runtime_cell(r, device=False), where, str(r.get("batch", ""))]
+    name = f"{r['variant']} ({r['artifact']})" if "variant" in r else r["artifact"]
+    head = [name, runtime_cell(r, device=False), where, str(r.get("batch", ""))]
     if not r.get("ok"):
         return [*head, failure(r), *[""] * (len(COLUMNS) - 5)]
     lat = r["latency"]
