@@ -147,3 +147,29 @@ def test_bad_input_is_one_sentence_and_exit_2(edgekit, digits, tmp_path, args, w
     assert r.stderr.startswith("edgekit: error:") and words in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_each_importance_criterion_ranks_channels_its_own_way():
+    """l1, l2, bn and taylor (gradients on data) all prune the residual model, each keeping other
+    channels; taylor without data is refused rather than silently ranked by magnitude."""
+    from models import smooth_images
+
+    from edgekit.compress import prune
+    from edgekit.data import Samples
+    from edgekit.errors import EdgekitError
+
+    data = Samples({"x": smooth_images(64, seed=3)}, None)
+    example = (torch.from_numpy(smooth_images(1)),)
+    kept = {}
+    for importance in ("l1", "l2", "bn", "taylor"):
+        module, _ = resnet_blocks()
+        summary = prune.prune(module, example, PruneConfig(ratio=0.5, importance=importance), data, ["x"])
+        assert summary["macs_after"] < summary["macs_before"], importance
+        convs = [m.weight.detach().flatten() for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+        kept[importance] = torch.cat(convs)
+    names = list(kept)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not torch.equal(kept[a], kept[b]), f"{a} and {b} kept the same channels"
+    with pytest.raises(EdgekitError, match="taylor ranks channels by gradients"):
+        prune.prune(resnet_blocks()[0], example, PruneConfig(ratio=0.5, importance="taylor"), None, ["x"])
