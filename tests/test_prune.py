@@ -16,6 +16,7 @@ from edgekit.artifact import read_manifest
 from edgekit.compress.finetune import FinetuneConfig
 from edgekit.compress.prune import PruneConfig
 from edgekit.compress.sparsity import SparsityConfig, groups_of_four
+from edgekit.model import LoadOptions
 from edgekit.pipeline import CompressRequest, compress
 from edgekit.runtimes import ort
 
@@ -173,3 +174,53 @@ def test_each_importance_criterion_ranks_channels_its_own_way():
             assert not torch.equal(kept[a], kept[b]), f"{a} and {b} kept the same channels"
     with pytest.raises(EdgekitError, match="taylor ranks channels by gradients"):
         prune.prune(resnet_blocks()[0], example, PruneConfig(ratio=0.5, importance="taylor"), None, ["x"])
+
+
+def test_attention_is_pruned_through_its_projections(tmp_path):
+    """nn.MultiheadAttention becomes qkv/proj Linear layers with the same outputs, so the embedding
+    width of a transformer prunes through attention, residuals and LayerNorm; the export verifies."""
+    import copy
+
+    from models import transformer_ids
+
+    from edgekit.compress.attention import unfuse
+
+    module, _ = transformer_ids()
+    ids = torch.randint(0, 50, (3, 16))
+    unfused = copy.deepcopy(module)
+    assert len(unfuse(unfused, (ids[:1],))) == 2
+    assert all(not isinstance(m, torch.nn.MultiheadAttention) for m in unfused.modules())
+    with torch.inference_mode():
+        assert torch.allclose(module(ids), unfused(ids), atol=1e-5)
+    torch.save(module.state_dict(), tmp_path / "tokens.pt")
+    load = LoadOptions(arch="models:TinyTokenClassifier", input_shapes=((1, 16),), input_dtype="int64")
+    req = CompressRequest(tmp_path / "tokens.pt", tmp_path / "out", load=load, prune=PruneConfig(ratio=0.5))
+    s = _pass(compress(req), "prune_channels").summary
+    # the embedding width, pruned through attention, residual adds and LayerNorm
+    assert s["channels"]["encoder.layers.0.self_attn.proj"] == "32→16"
+    assert s["macs_after"] < 0.5 * s["macs_before"]  # compress raised if the ONNX export had diverged
+
+
+def test_cross_attention_is_left_as_it_is():
+    """Only attention that runs as self-attention is rewritten; cross-attention keeps its module."""
+    from edgekit.compress.attention import SelfAttention, unfuse
+
+    class Cross(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.self_attn = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+            self.cross = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+
+        def forward(self, x, memory):
+            h = x + self.self_attn(x, x, x)[0]
+            return h + self.cross(h, memory, memory)[0]
+
+    torch.manual_seed(0)
+    model = Cross().eval()
+    example = (torch.randn(2, 5, 16), torch.randn(2, 7, 16))
+    with torch.inference_mode():
+        before = model(*example)
+    assert len(unfuse(model, example)) == 1
+    assert isinstance(model.self_attn, SelfAttention) and isinstance(model.cross, torch.nn.MultiheadAttention)
+    with torch.inference_mode():
+        assert torch.allclose(before, model(*example), atol=1e-5)

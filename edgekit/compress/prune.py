@@ -1,11 +1,13 @@
 """Structured (channel) pruning that really removes channels, on torch-pruning's dependency graph.
 
 torch-pruning finds which layers must lose the same channels (residual adds, concatenations,
-depthwise and grouped convs, attention heads) and rewrites them. What edgekit adds: a target in
-MACs as well as a channel ratio, channel counts rounded to a multiple (odd counts made ONNX Runtime
-slower than the unpruned model), the classifier found and left alone, MACs counted by hooks (the
-library's counter misses Conv2d subclasses), and a .pt2 / TorchScript model rebuilt as the eager
-module its `--arch` factory makes, since torch-pruning needs real nn.Conv2d / nn.Linear layers.
+depthwise and grouped convs, attention projections) and rewrites them; nn.MultiheadAttention is
+first rewritten as plain Linear layers (edgekit.compress.attention), which it can see through.
+What edgekit adds: a target in MACs as well as a channel ratio, channel counts rounded to a
+multiple (odd counts made ONNX Runtime slower than the unpruned model), the classifier found and
+left alone, MACs counted by hooks (the library's counter misses Conv2d subclasses), and a .pt2 /
+TorchScript model rebuilt as the eager module its `--arch` factory makes, since torch-pruning
+needs real nn.Conv2d / nn.Linear layers.
 """
 
 from __future__ import annotations
@@ -140,12 +142,14 @@ def prune(module, example: tuple, cfg: PruneConfig, data: Samples | None, names:
     """Prune `module` in place; return params/MACs before and after and the channel counts per layer.
     `data` (inputs, in `names` order) gives the gradients --importance taylor ranks channels by."""
     import torch_pruning as tp
-    from torch import nn
 
     if cfg.importance == "taylor" and data is None:
         raise EdgekitError(
             "--importance taylor ranks channels by gradients on data; pass --finetune or --calib data."
         )
+    from edgekit.compress.attention import unfuse
+
+    heads = unfuse(module, example)  # first, so MACs before and after count the same layers
     before = count(module, example)
     widths = _widths(module)
     keep = classifier_layers(module, example) + ignored_layers(module, cfg.ignore_layers)
@@ -160,7 +164,7 @@ def prune(module, example: tuple, cfg: PruneConfig, data: Samples | None, names:
             iterative_steps=steps,
             ignored_layers=keep,
             round_to=cfg.round_to,
-            num_heads={m: m.num_heads for m in module.modules() if isinstance(m, nn.MultiheadAttention)},
+            num_heads=heads,
         )
         target = before["macs"] * (1 - cfg.macs) if cfg.macs is not None else None
         for _ in range(steps):
