@@ -16,7 +16,7 @@ from edgekit.artifact import (
     verify_files,
     write_manifest,
 )
-from edgekit.data import Preprocess, Samples, load_samples
+from edgekit.data import Samples, load_samples, recorded_preprocess
 from edgekit.errors import EdgekitError
 from edgekit.export import openvino
 from edgekit.model import example_inputs
@@ -53,8 +53,7 @@ def build(req: BuildRequest):
         )
     check_output_dir(req.out, req.force, [req.parent])
     _preflight(req, onnx_path)
-    recorded = next((d["preprocess"] for d in parent.data.values() if "preprocess" in d), {})
-    pre = Preprocess(**recorded)
+    pre = recorded_preprocess(parent)
     spec = parent.input_spec
     calib = load_samples(req.calib, spec, req.calib_size, pre, 0, "calib") if req.calib else None
     evals, data = _verification_data(req, spec, pre, calib)

@@ -535,8 +535,10 @@ def _checked_runtimes(text: str) -> list[str]:
 def _evaluation(artifacts, eval_: str | None, eval_size: int | None, explicit: Path | None) -> dict:
     """Per artifact: its evaluation samples (with the preprocessing its manifest recorded) and the
     fp32 reference outputs on them, or None where there is no fp32 reference."""
+    from dataclasses import asdict
+
     from edgekit.benchmarks.runner import reference_outputs, references
-    from edgekit.data import Preprocess, load_samples
+    from edgekit.data import load_samples, recorded_preprocess
 
     if not eval_:
         if explicit:
@@ -548,10 +550,10 @@ def _evaluation(artifacts, eval_: str | None, eval_size: int | None, explicit: P
     result = {}
     for a in artifacts:
         m = _manifest(a)
-        recorded = next((d["preprocess"] for d in m.data.values() if "preprocess" in d), {})
-        key = json.dumps(recorded, sort_keys=True)
+        pre = recorded_preprocess(m)
+        key = json.dumps(asdict(pre), sort_keys=True)
         if key not in samples:
-            samples[key] = load_samples(eval_, m.input_spec, eval_size, Preprocess(**recorded), 0, "eval")
+            samples[key] = load_samples(eval_, m.input_spec, eval_size, pre, 0, "eval")
         ref = refs[Path(a)]
         if ref is not None and (ref, key) not in outputs:
             outputs[ref, key] = reference_outputs(ref, samples[key])

@@ -64,6 +64,12 @@ class Samples:
         return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
 
+def recorded_preprocess(manifest) -> Preprocess:
+    """The preprocessing an artifact's data was loaded with (its manifest records it), so later
+    stages (bench --eval, build, run) read images exactly as compress did."""
+    return Preprocess(**next((d["preprocess"] for d in manifest.data.values() if "preprocess" in d), {}))
+
+
 def load_samples(
     source: str, spec: InputSpec, limit: int | None, pre: Preprocess, seed: int = 0, what="data"
 ) -> Samples:

@@ -189,14 +189,13 @@ def _evaluation(cfg: Config, dirs: dict[str, Path]):
     """The evaluation samples and the fp32 variant's outputs on them (what fidelity is measured
     against), or (None, None) without data.evaluation."""
     from edgekit.benchmarks.runner import reference_outputs
-    from edgekit.data import Preprocess, load_samples
+    from edgekit.data import load_samples, recorded_preprocess
 
     if not cfg.data.evaluation:
         return None, None
     first = read_manifest(next(iter(dirs.values())))
-    recorded = next((d["preprocess"] for d in first.data.values() if "preprocess" in d), {})
     source = cfg.resolve(cfg.data.evaluation)
-    evals = load_samples(source, first.input_spec, cfg.data.eval_size, Preprocess(**recorded), 0, "eval")
+    evals = load_samples(source, first.input_spec, cfg.data.eval_size, recorded_preprocess(first), 0, "eval")
     fp32 = next((n for n, passes in cfg.variants.items() if not passes), None)
     return evals, (reference_outputs(dirs[fp32], evals) if fp32 else None)
 
