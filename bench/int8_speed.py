@@ -30,7 +30,7 @@ from _markdown import write_section
 from models import mobilenet_v2, resnet18, smooth_images
 
 from edgekit.artifact import read_manifest
-from edgekit.benchmarks.metrics import sqnr_db
+from edgekit.benchmarks.metrics import interleaved_medians, sqnr_db
 from edgekit.compress.quantize import Int8Config
 from edgekit.demo import digits_data, train
 from edgekit.pipeline import CompressRequest, compress
@@ -82,22 +82,6 @@ def _op_profile(path: Path, feed: dict, threads: int, runs: int = 30) -> dict[st
             key = e["args"]["op_name"] + (" (depthwise)" if node in depthwise else "")
             totals[key] = totals.get(key, 0.0) + e["dur"] / runs
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
-
-
-def _interleaved(runners: dict, rounds: int, runs: int) -> dict[str, list[float]]:
-    """Median latency (ms) of each variant per round; variants alternate within each round."""
-    medians: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(rounds):
-        for name, fn in runners.items():
-            for _ in range(5):
-                fn()
-            times = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t)
-            medians[name].append(float(np.median(times)) * 1e3)
-    return medians
 
 
 def bench_model(name: str, build, work: Path, threads: int, rounds: int, runs: int) -> dict:
@@ -162,7 +146,7 @@ def bench_model(name: str, build, work: Path, threads: int, rounds: int, runs: i
             model(xt)
 
     runners = {"torch eager fp32": eager, **{k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}}
-    medians = _interleaved(runners, rounds, runs)
+    medians = interleaved_medians(runners, rounds, runs)
     base = medians["ort fp32"]
     rows = {}
     for k, m in medians.items():

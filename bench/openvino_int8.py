@@ -30,10 +30,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _markdown import write_section
-from int8_speed import _interleaved
 from models import mobilenet_v2, resnet18, smooth_images
 
-from edgekit.benchmarks.metrics import sqnr_db
+from edgekit.benchmarks.metrics import interleaved_medians, sqnr_db
 from edgekit.build import BuildRequest, build
 from edgekit.compress.quantize import Int8Config
 from edgekit.export.openvino import OpenVINOConfig
@@ -99,7 +98,7 @@ def bench_model(name: str, make, work: Path, threads: int, rounds: int, runs: in
         }
     feed = {0: held[:1]}
     requests = {k: c.create_infer_request() for k, c in models.items()}
-    medians = _interleaved({k: (lambda r=r: r.infer(feed)) for k, r in requests.items()}, rounds, runs)
+    medians = interleaved_medians({k: (lambda r=r: r.infer(feed)) for k, r in requests.items()}, rounds, runs)
     base = medians["openvino fp32"]
     rows = {}
     for k, m in medians.items():

@@ -25,10 +25,10 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _markdown import write_section
-from int8_speed import _interleaved
 from models import resnet18, smooth_images
 
 from edgekit.artifact import read_manifest
+from edgekit.benchmarks.metrics import interleaved_medians
 from edgekit.compress.finetune import FinetuneConfig
 from edgekit.compress.prune import PruneConfig
 from edgekit.compress.quantize import Int8Config
@@ -58,7 +58,9 @@ def _timed(dirs: dict[str, Path], x: np.ndarray, threads: int, rounds: int, runs
     """Median ms per variant and the median per-round speed-up over the first variant."""
     feed = {"input": x[:1]}
     sessions = {k: _session(d / "model.onnx", threads) for k, d in dirs.items()}
-    medians = _interleaved({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, rounds, runs)
+    medians = interleaved_medians(
+        {k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()}, rounds, runs
+    )
     base = medians[next(iter(dirs))]
     return {
         k: {

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -22,6 +25,25 @@ def latency_stats(seconds: list[float], batch: int) -> dict:
         "cv": float(ms.std() / ms.mean()) if ms.mean() else 0.0,
         "throughput_per_s": batch * 1e3 / median if median else 0.0,
     }
+
+
+def interleaved_medians(
+    runners: dict[str, Callable[[], object]], rounds: int, runs: int, warmup: int = 5
+) -> dict[str, list[float]]:
+    """Median latency (ms) of each in-process runner per round, the runners alternating within
+    each round (A B C A B C ...) so machine noise hits them alike; WARMUP untimed calls first."""
+    medians: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            for _ in range(warmup):
+                fn()
+            times = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            medians[name].append(float(np.median(times)) * 1e3)
+    return medians
 
 
 def sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:

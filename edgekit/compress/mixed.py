@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgekit.benchmarks.metrics import interleaved_medians
 from edgekit.compress import sensitivity as sens
 from edgekit.compress.quantize import Int8Config
 from edgekit.data import Samples
@@ -117,15 +117,6 @@ def time_interleaved(
             "not one of them here; use --target ort or openvino."
         )
     sessions = {k: rt.load(str(p), "cpu", rt.Options(threads=cfg.threads)) for k, p in models.items()}
-    medians: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(cfg.rounds):
-        for k, s in sessions.items():
-            for _ in range(3):
-                s.run(feed)
-            times = []
-            for _ in range(cfg.runs):
-                t = time.perf_counter()
-                s.run(feed)
-                times.append(time.perf_counter() - t)
-            medians[k].append(float(np.median(times)) * 1e3)
+    runners = {k: (lambda s=s: s.run(feed)) for k, s in sessions.items()}
+    medians = interleaved_medians(runners, cfg.rounds, cfg.runs, warmup=3)
     return {k: float(np.median(v)) for k, v in medians.items()}
