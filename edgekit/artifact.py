@@ -89,6 +89,8 @@ class Manifest(BaseModel):
     load: LoadRecord | None = None  # None in artifacts made before it was recorded
     parent: str | None = None  # the artifact this one was built from (`edgekit build`)
     inference_precision: str | None = None  # what the runtime must compute in (OpenVINO's hint)
+    # the CPU class an INT8 artifact is made for and its form (edgekit.target_cpu); None for the rest
+    target_cpu: dict[str, Any] | None = None
     input_spec: InputSpec
     output_names: list[str] = Field(default_factory=list)
     passes: list[PassRecord] = Field(default_factory=list)

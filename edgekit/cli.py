@@ -148,6 +148,59 @@ def export(model, **kw):
     manifest_table(manifest, str(kw["out"]))
 
 
+def _cpu_options(f):
+    """The CPU an INT8 model is made for: its form follows it (edgekit.target_cpu)."""
+    from edgekit.target_cpu import CLASSES, FORMS
+
+    opts = [
+        click.option(
+            "--target-cpu",
+            type=click.Choice(list(CLASSES)),
+            help="The CPU class the INT8 model will run on (default: $EDGEKIT_TARGET_CPU, else this "
+            "machine's, which `edgekit runtimes` shows).",
+        ),
+        click.option(
+            "--host",
+            "cpu_host",
+            metavar="SSH_TARGET",
+            help="Make the INT8 model for this device's CPU, read over ssh (as bench --host).",
+        ),
+        click.option(
+            "--remote-python",
+            default="python3",
+            show_default=True,
+            help="--host: the device's Python (it needs no packages to report its CPU).",
+        ),
+        click.option(
+            "--ssh-config",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="--host: ssh client config file (ssh -F) instead of ~/.ssh/config.",
+        ),
+        click.option(
+            "--int8-form",
+            type=click.Choice(list(FORMS)),
+            help="Override the INT8 form chosen for the target CPU (u8s8-w7: 7-bit weights, cannot "
+            "saturate).",
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _target_cpu(kw: dict):
+    """The TargetCpu of --target-cpu or --host (None: the int8 config's, else this machine)."""
+    from edgekit.runtimes.remote import remotes
+    from edgekit.target_cpu import resolve
+
+    if kw["target_cpu"] and kw["cpu_host"]:
+        raise EdgekitError("--target-cpu and --host both name the CPU to make the model for; give one.")
+    if kw["cpu_host"]:
+        device = remotes(kw["cpu_host"], None, python=kw["remote_python"], ssh_config=kw["ssh_config"])[0]
+        return resolve(host_fingerprint=device.fingerprint(), host=str(device.target))
+    return resolve(kw["target_cpu"]) if kw["target_cpu"] else None
+
+
 def _torch_pass_options(f):
     """`compress` options of the torch passes that run before the export: prune, fine-tune, sparsity."""
     opts = [
@@ -255,6 +308,7 @@ def _torch_pass_lines(manifest) -> None:
     "top-1 agreement with fp32) drops at most this many points.",
 )
 @click.option("--max-fp32-layers", type=int, help="--max-accuracy-drop: keep at most this many layers fp32.")
+@_cpu_options
 def compress(
     model, int8, calibration, percentile, per_tensor, symmetric_activations, eval_, eval_size, target, **kw
 ):
@@ -269,10 +323,13 @@ def compress(
         cfg = None
         if int8:
             options = dict(calibration=calibration, percentile=percentile, per_channel=not per_tensor)
+            if kw["int8_form"]:
+                options["form"] = kw["int8_form"]
             tensorrt_form = symmetric_activations or target == "tensorrt"
             cfg = Int8Config.tensorrt(**options) if tensorrt_form else Int8Config(**options)
         passes = {**_torch_passes(kw), **_precision_passes(kw)}
-        return run(replace(_request(model, kw, cfg, eval_, eval_size), target=target, **passes))
+        req = _request(model, kw, cfg, eval_, eval_size)
+        return run(replace(req, target=target, target_cpu=_target_cpu(kw), **passes))
 
     manifest = _run(go, kw["debug"])
     manifest_table(manifest, str(kw["out"]))
@@ -300,15 +357,22 @@ def _precision_passes(kw: dict) -> dict:
 @click.option("--eval-size", type=int, default=None, help="At most this many evaluation samples.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the table as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a bar plot (PNG).")
+@_cpu_options
 def sensitivity(model, eval_, eval_size, json_path, plot_path, **kw):
     """Per-layer INT8 sensitivity of MODEL: each quantized layer's op, MACs, the points restoring it
     alone to fp32 gains, and its share of fp32 latency (ONNX Runtime's profiler). -o DIR writes
     DIR/sensitivity.json and DIR/sensitivity.png."""
+    from dataclasses import replace
+
     from edgekit.compress.quantize import Int8Config
     from edgekit.compress.sensitivity import plot, print_table
     from edgekit.pipeline import sensitivity as run
 
-    result = _run(lambda: run(_request(model, kw, Int8Config(), eval_, eval_size)), kw["debug"])
+    def go():
+        cfg = Int8Config(form=kw["int8_form"]) if kw["int8_form"] else Int8Config()
+        return run(replace(_request(model, kw, cfg, eval_, eval_size), target_cpu=_target_cpu(kw)))
+
+    result = _run(go, kw["debug"])
     print_table(result, f"edgekit sensitivity {model}")
     out = kw["out"]
     json_path = json_path or (out and out / "sensitivity.json")
@@ -414,6 +478,12 @@ def _names(text: str, flag: str, example: str) -> list[str]:
     "--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE", help="ssh -o option; repeatable."
 )
 @click.option("--timeout", type=float, default=600, show_default=True, help="Per measurement.")
+@click.option(
+    "--emulate-cpu",
+    metavar="CLASS",
+    help="Run as on a CPU of this class (x86-avx2, x86-sse) under qemu: outputs, accuracy and fidelity "
+    "as there (INT8 saturation included); latency is the emulator's and is not shown.",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Save the records (JSON).")
 @click.option(
     "-o",
@@ -460,6 +530,14 @@ def bench(
             raise EdgekitError("--runs, --seconds and --batch must be positive.")
         settings = dict(python=remote_python, cache=remote_cache, ssh_config=ssh_config)
         devices = remotes(host, hosts_file, ssh_options=tuple(ssh_options), **settings)
+        if kw["emulate_cpu"]:
+            from edgekit.target_cpu import emulator
+
+            if devices:
+                raise EdgekitError("--emulate-cpu runs here; it cannot be combined with --host or --hosts.")
+            emulator(kw["emulate_cpu"])  # one sentence now if it cannot run here
+            if kw["runs"] is None:  # emulated latency means nothing: a few runs, for the outputs
+                kw.update(runs=2, warmup=min(kw["warmup"], 1))
         # a device needs the runtime, not this machine: there the name is only checked
         names = [get_runtime(n).NAME for n in _names(runtime, "--runtime", "ort")] if devices else None
         names = names or _checked_runtimes(runtime)
@@ -567,6 +645,7 @@ def runtimes():
     from rich.console import Console
     from rich.table import Table
 
+    from edgekit import target_cpu
     from edgekit.runtimes import ALL, get
 
     t = Table(title="edgekit runtimes", title_justify="left")
@@ -580,6 +659,14 @@ def runtimes():
         d = rt.describe()
         t.add_row(name, "yes", d["version"], ", ".join(d["devices"]))
     Console().print(t)
+    here = target_cpu.here()
+    made = _run(target_cpu.resolve, False)
+    click.echo(
+        f"CPU: {here.cpu} ({', '.join(here.flags) or 'no INT8/bf16 flags'}): class {here.cpu_class}; "
+        f"--int8 makes the {target_cpu.auto_form(made)} form for {made.cpu_class}"
+        + (f" ({made.source})" if made.source != "this machine" else "")
+        + "."
+    )
 
 
 def _write_json(path: Path, obj) -> None:

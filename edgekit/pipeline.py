@@ -20,13 +20,15 @@ from edgekit.compress.finetune import FinetuneConfig
 from edgekit.compress.mixed import BudgetNotMet, MixedConfig
 from edgekit.compress.precision import Fp16Config, bf16_unsupported
 from edgekit.compress.prune import PruneConfig
-from edgekit.compress.quantize import Int8Config, quantize_int8
+from edgekit.compress.quantize import Int8Config, for_cpu, quantize_int8
 from edgekit.compress.sparsity import SparsityConfig
 from edgekit.data import Preprocess, Samples, load_samples, split_holdout
 from edgekit.errors import EdgekitError, first_line
 from edgekit.export import onnx as onnx_export
 from edgekit.model import LoadedModel, LoadOptions, example_inputs, load_model, run_torch
 from edgekit.runtimes import ort
+from edgekit.target_cpu import FORMS, TargetCpu, resolve
+from edgekit.target_cpu import here as this_machine
 
 HOLDOUT = 100  # extra calibration samples held out for fidelity when no --eval is given
 
@@ -52,6 +54,8 @@ class CompressRequest:
     force: bool = False
     seed: int = 0
     target: str = "ort"  # the runtime it is for: its operator check runs right after the export
+    # the CPU it is for (INT8 form); None: the int8 config's target_cpu, else this machine
+    target_cpu: TargetCpu | None = None
 
 
 def compress(req: CompressRequest) -> Manifest:
@@ -68,6 +72,13 @@ def compress(req: CompressRequest) -> Manifest:
         raise EdgekitError(
             "--finetune recovers accuracy after pruning; add --prune RATIO or --prune-macs REDUCTION."
         )
+    made_for = None
+    if req.int8 is not None and req.target != "tensorrt":  # TensorRT's form is its own, on a GPU
+        target = req.target_cpu or resolve(req.int8.target_cpu)
+        if req.target_cpu is None and req.int8.target_cpu:
+            target = replace(target, source="the int8 config's target_cpu")
+        req = replace(req, int8=for_cpu(req.int8, target))
+        made_for = _made_for(target, req.int8)
     loaded = load_model(req.model, req.load)
     spec = loaded.input_spec
     calib, held_out = _calibration(req, loaded)
@@ -84,6 +95,7 @@ def compress(req: CompressRequest) -> Manifest:
         load=LoadRecord(**asdict(req.load)),
         input_spec=spec,
         data={k: v.description for k, v in (("calibration", calib), ("evaluation", evals)) if v is not None},
+        target_cpu=made_for,
     )
     loaded, unpruned = _torch_passes(req, loaded, calib, evals, manifest)
     with staging(req.out, req.force) as out, tempfile.TemporaryDirectory(prefix="edgekit-") as work:
@@ -103,6 +115,20 @@ def compress(req: CompressRequest) -> Manifest:
     if missed:  # the best configuration found is written; the missed budget is reported after
         raise missed
     return manifest
+
+
+def _made_for(target: TargetCpu, cfg: Int8Config) -> dict:
+    """The manifest's target_cpu: the class, where it came from, the form and why; and, where this
+    machine is of another class, that the verification numbers were measured here."""
+    record = {**target.record(), "form": cfg.form or "custom", "form_means": FORMS.get(cfg.form, ("",))[0]}
+    here = this_machine()
+    if here.cpu_class != target.cpu_class:
+        record["verified_on"] = here.cpu_class
+        record["note"] = (
+            f"the int8 check ran on this machine ({here.cpu_class}), not on {target.cpu_class}"
+            + ("; this form cannot saturate, so its numbers hold there" if cfg.form == "u8s8-w7" else "")
+        )
+    return record
 
 
 def _whole_batches(samples: Samples | None, fixed: int | None) -> Samples | None:
@@ -387,7 +413,9 @@ def sensitivity(req: CompressRequest) -> dict:
         def evaluate(path: Path) -> dict:
             return quality(ref, predict(path, evals, fixed, "evaluating a layer"), evals, "eval")
 
-        return table(fp32, Path(work), calib, evals, req.int8 or Int8Config(), fixed, evaluate)
+        cfg = req.int8 or Int8Config()
+        cfg = for_cpu(cfg, req.target_cpu or resolve(cfg.target_cpu))
+        return table(fp32, Path(work), calib, evals, cfg, fixed, evaluate)
 
 
 def measure_against(parent: Path, child: Path, evals: Samples, fixed: int | None, req) -> dict:

@@ -69,7 +69,7 @@ def build_variants(cfg: Config, cache: Path, rebuild: bool, say) -> tuple[dict[s
     for name, passes in cfg.variants.items():
         torch_onnx = [p for p in passes if p.name != "build"]
         settings = cfg.model_dump(include={"model", "data"}, exclude={"model": {"path"}})
-        key = _key("compress", source, settings, [p.model_dump(exclude_none=True) for p in torch_onnx])
+        key = _key("compress", source, settings, [_keyed(p) for p in torch_onnx])
         req = _compress_request(cfg, model, torch_onnx)
         path, status = _stage(
             cache / key, lambda out, r=req: compress(dataclasses.replace(r, out=out)), rebuild
@@ -98,6 +98,18 @@ def build_variants(cfg: Config, cache: Path, rebuild: bool, say) -> tuple[dict[s
             say(f"{name} · build {b.target}: {status} ({key[:12]})")
         dirs[name] = path
     return dirs, stages
+
+
+def _keyed(p) -> dict:
+    """A pass as its cache key sees it: an int8 pass without a target_cpu is made for the default
+    target (this machine, or EDGEKIT_TARGET_CPU), which joins the key so that an artifact made on a
+    VNNI machine is not reused on an AVX2 one."""
+    from edgekit.target_cpu import resolve
+
+    key = p.model_dump(exclude_none=True)
+    if p.name == "int8" and not p.int8.target_cpu:
+        key["int8"]["target_cpu"] = resolve().cpu_class
+    return key
 
 
 def _stage(entry: Path, make: Callable[[Path], object], rebuild: bool) -> tuple[Path, str]:

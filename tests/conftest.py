@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated cache, the trained digits CNN, and a runner for the real CLI."""
+"""Shared fixtures: an isolated cache, the trained digits CNN, a runner for the real CLI, and the
+bf16 skips (from edgekit's own bf16_unsupported(), on the real CPU flags)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,28 @@ class EdgekitCLI:
 @pytest.fixture(scope="session")
 def edgekit() -> EdgekitCLI:
     return EdgekitCLI()
+
+
+@pytest.fixture(scope="session")
+def bf16_reason() -> str | None:
+    """Why this machine cannot compute in bf16 (edgekit's own check: no AVX-512 BF16 / AMX-BF16
+    flag, or no OpenVINO), or None where it can. The CPU's real flags: nothing is faked."""
+    from edgekit.compress.precision import bf16_unsupported
+
+    return bf16_unsupported()
+
+
+@pytest.fixture(scope="session")
+def needs_bf16(bf16_reason) -> None:
+    """Skip, with bf16_unsupported()'s reason, a test that computes in bf16 where the CPU cannot.
+    Session-scoped, so it skips before any module fixture builds models for nothing."""
+    if bf16_reason:
+        pytest.skip(bf16_reason)
+
+
+@pytest.fixture(scope="session")
+def lacks_bf16(bf16_reason) -> str:
+    """For a test of the refusal: runs only where bf16 is unsupported, and returns the reason."""
+    if bf16_reason is None:
+        pytest.skip("this machine computes in bf16; the refusal is tested on one that cannot")
+    return bf16_reason

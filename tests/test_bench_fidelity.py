@@ -64,6 +64,7 @@ def test_an_artifact_alone_without_labels_says_there_is_no_reference(pair, edgek
     assert "no fp32 reference" in r.stdout
 
 
+@pytest.mark.usefixtures("needs_bf16")  # OpenVINO runs a bf16 request in f32 without it
 def test_openvino_bf16_row_runs_bf16_and_shows_its_loss(pair, edgekit, tmp_path):
     (p, unlabelled) = pair
     args = ("--runtime", "ort,openvino", "--precision", "f32,bf16", "--eval", unlabelled)

@@ -58,6 +58,7 @@ def test_fp16_weights_halve_the_file_and_fp32_keeps_them(pair, fp32_ir, edgekit,
     assert 1.9 < fp32_bytes / fp16_bytes < 2.1
 
 
+@pytest.mark.usefixtures("needs_bf16")  # OpenVINO runs a bf16 request in f32 without it
 def test_bf16_ir_is_verified_and_benchmarked_in_bf16(pair, edgekit, tmp_path):
     out = tmp_path / "ovbf16"
     r = _build(edgekit, pair.fp32, out, "--precision", "bf16", "--eval", pair.eval)

@@ -50,27 +50,44 @@ def test_tegrastats_input_rail_is_parsed_in_watts(line, watts):
     assert energy.parse_tegrastats_power(line) == (pytest.approx(watts) if watts else None)
 
 
-def _fake_tegrastats(bin_dir: Path, line: str) -> None:
-    """A `tegrastats` that prints LINE every 50 ms, whatever its arguments, until it is stopped."""
+def _fake_tegrastats(bin_dir: Path, line: str) -> Path:
+    """A `tegrastats` that prints LINE every 50 ms, whatever its arguments, until it is stopped.
+    After each line it appends one to the returned log, so a test can wait until lines came."""
     bin_dir.mkdir()
+    log = bin_dir / "printed.log"
     script = bin_dir / "tegrastats"
-    script.write_text(f'#!/bin/sh\nwhile :; do echo "{line}"; sleep 0.05; done\n')
+    script.write_text(f'#!/bin/sh\nwhile :; do echo "{line}"; echo >> "{log}"; sleep 0.05; done\n')
     script.chmod(0o755)
+    return log
 
 
-def _measure(tmp_path: Path, seconds: float) -> tuple[energy.Meter, dict]:
+def _lines(log: Path) -> int:
+    return len(log.read_text()) if log.is_file() else 0
+
+
+def _measure(
+    tmp_path: Path, until=lambda meter: True, timeout: float = 60
+) -> tuple[energy.Meter, dict, float]:
+    """Meter from start() until UNTIL(meter) holds (polled; no fixed sleep, a generous deadline),
+    then stop(). Returns the meter, its record, and the seconds from before start() to after
+    stop(): an upper bound on the time the meter measured, whatever the machine's speed."""
     meter = energy.Meter("cpu", root=tmp_path / "no-powercap")
+    t0 = time.perf_counter()
     meter.start()
-    time.sleep(seconds)
-    return meter, meter.stop(runs=10, batch=2)
+    while not until(meter):
+        assert time.perf_counter() - t0 < timeout, f"not ready within {timeout} s"
+        time.sleep(0.01)
+    e = meter.stop(runs=10, batch=2)
+    return meter, e, time.perf_counter() - t0
 
 
 def test_meter_integrates_tegrastats_input_power(tmp_path, monkeypatch):
     _fake_tegrastats(tmp_path / "bin", ORIN_NANO)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{Path('/usr/bin')}:{Path('/bin')}")
-    meter, e = _measure(tmp_path, 0.5)
+    # 5 readings are 4 sleeps of 50 ms apart: the meter ran at least 0.2 s, at most `outer`
+    meter, e, outer = _measure(tmp_path, until=lambda m: len(m.tegrastats.watts) >= 5)
     assert e["available"] is True and set(e["joules"]) == {"tegrastats_vdd_in"}
-    assert 5.263 * 0.5 <= e["joules"]["tegrastats_vdd_in"] < 5.263 * 1.5  # 5.263 W for ~0.5 s
+    assert 5.263 * 0.2 <= e["joules"]["tegrastats_vdd_in"] <= 5.263 * outer  # 5.263 W all along
     assert e["joules_per_inference"] == pytest.approx(e["joules"]["tegrastats_vdd_in"] / 10)
     assert e["joules_per_sample"] == pytest.approx(e["joules"]["tegrastats_vdd_in"] / 20)
     assert "input rail" in e["note"]
@@ -78,9 +95,9 @@ def test_meter_integrates_tegrastats_input_power(tmp_path, monkeypatch):
 
 
 def test_tegrastats_without_an_input_rail_says_so(tmp_path, monkeypatch):
-    _fake_tegrastats(tmp_path / "bin", AGX_XAVIER)
+    printed = _fake_tegrastats(tmp_path / "bin", AGX_XAVIER)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{Path('/usr/bin')}:{Path('/bin')}")
-    _, e = _measure(tmp_path, 0.2)
+    _, e, _ = _measure(tmp_path, until=lambda m: _lines(printed) >= 3)  # lines came, none with a rail
     assert e["available"] is False
     assert e["reason"].startswith(f"no RAPL domains under {tmp_path / 'no-powercap'}; ")
     assert "tegrastats gave no input-rail reading (VDD_IN or POM_5V_IN)" in e["reason"]
@@ -88,7 +105,7 @@ def test_tegrastats_without_an_input_rail_says_so(tmp_path, monkeypatch):
 
 def test_no_tegrastats_is_named_only_when_nothing_was_readable(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    _, e = _measure(tmp_path, 0)
+    _, e, _ = _measure(tmp_path)
     assert e["available"] is False
     assert e["reason"].endswith("; the run is on cpu, not an NVIDIA GPU; no tegrastats (not a Jetson)")
 

@@ -3,8 +3,6 @@ on the trained digits CNN and the tiny residual / depthwise models, through the 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import onnx
 import pytest
@@ -21,7 +19,6 @@ from edgekit.pipeline import CompressRequest, compress
 from edgekit.runtimes import ort
 
 ARCH = "edgekit.demo:digits_net"  # the .pt2 keeps the weights; pruning needs the eager layers
-FINETUNE_BUDGET_S = 60  # one epoch of distillation on ~1300 digits, with its pruning and export
 
 
 def _compress(digits, out, **kw):
@@ -78,18 +75,21 @@ def test_unrecovered_accuracy_is_stated_against_the_unpruned_model(pruned, digit
 
 
 def test_finetune_with_distillation_recovers_within_budget(pruned, digits, tmp_path):
-    t0 = time.perf_counter()
+    """The budget is the work, not the wall clock (which only measures the CPU): one epoch over
+    the given data, 90 % trained on and 10 % held out, and no more."""
     manifest = _compress(
         digits,
         tmp_path / "ft",
         prune=PruneConfig(macs=0.5),
         finetune=FinetuneConfig(data=str(digits.calib), epochs=1),
     )
-    assert time.perf_counter() - t0 < FINETUNE_BUDGET_S
     recovered, unrecovered = manifest.verification["prune"]["top1"], pruned[0].verification["prune"]["top1"]
     assert recovered >= unrecovered
     summary = _pass(manifest, "finetune_distill").summary
-    assert summary["best_epoch"] in (0, 1) and len(summary["held_out_by_epoch"]) == 2
+    assert summary["best_epoch"] in (0, 1) and len(summary["held_out_by_epoch"]) == 2  # epoch 0 and 1
+    with np.load(digits.calib) as z:
+        n = len(z["x"])
+    assert summary["held_out_samples"] == int(n * 0.1) and summary["train_samples"] == n - int(n * 0.1)
 
 
 @pytest.mark.parametrize("build", [resnet_blocks, depthwise_se], ids=["residual", "depthwise_se"])

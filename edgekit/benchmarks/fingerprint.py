@@ -16,7 +16,18 @@ from pathlib import Path
 
 import edgekit
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+CPU_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimddp",  # Arm: the dot-product instructions (SDOT/UDOT)
+)
 LIBRARIES = ("numpy", "onnx", "onnxruntime", "openvino", "tensorrt", "torch")
 
 
@@ -29,6 +40,7 @@ def host() -> dict:
     facts = {
         "cpu": cpu,
         "cpu_flags": flags,
+        "cpu_class": cpu_class(flags, platform.machine()),
         "cores": os.cpu_count(),
         "gpu": _gpu(),
         "os": platform.platform(),
@@ -54,8 +66,28 @@ def _cpu() -> tuple[str, list[str]]:
         return cpu, []
     lines = text.splitlines()
     cpu = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), cpu)
-    have = next((set(x.split(":", 1)[1].split()) for x in lines if x.startswith("flags")), set())
+    # x86 lists "flags", Arm "Features"
+    have = next(
+        (set(x.split(":", 1)[1].split()) for x in lines if x.startswith(("flags", "Features"))), set()
+    )
     return cpu, [f for f in CPU_FLAGS if f in have]
+
+
+def cpu_class(flags: list[str], machine: str) -> str:
+    """The INT8 class of a CPU (edgekit.target_cpu.CLASSES) from its flags: what decides which INT8
+    form is fast there and whether u8 x s8 products can saturate."""
+    have = set(flags)
+    if machine.lower() in ("aarch64", "arm64"):
+        return "arm64-dotprod" if "asimddp" in have else "arm64"
+    if machine.lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return f"other-{machine.lower() or 'unknown'}"
+    if "amx_int8" in have:
+        return "x86-amx"
+    if have & {"avx512_vnni", "avx_vnni"}:
+        return "x86-vnni"
+    if "avx512bw" in have:
+        return "x86-avx512"
+    return "x86-avx2" if "avx2" in have else "x86-sse"
 
 
 def _gpu() -> dict:

@@ -73,6 +73,13 @@ def manifest_table(m: Manifest, path: str) -> None:
         if v and "fidelity" in v:
             where = f"{v['runtime']} on {v.get('device_name') or v['device']}"
             t.add_row(f"{target} check", f"vs parent, {where}: {quality_line(v)}")
+    if m.target_cpu:
+        c = m.target_cpu
+        t.add_row(
+            "made for CPU", escape(f"{c['class']} ({c['from']}): INT8 form {c['form']}, {c['form_means']}")
+        )
+        if c.get("note"):
+            t.add_row("", f"[yellow]{escape(c['note'])}[/yellow]")
     if m.inference_precision:
         t.add_row("inference precision", m.inference_precision)
     if m.parent:
@@ -139,15 +146,20 @@ def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
             continue
         lat = r["latency"]
         acc_s = accuracy_cell(r)
-        t.add_row(
-            names[r["artifact"]],
-            runtime_cell(r),
-            str(r["batch"]),
+        timing = [
             f"{lat['median_ms']:.3f}",
             f"{lat['p90_ms']:.3f}",
             f"{lat['p99_ms']:.3f}",
             f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f}",
             f"{lat['throughput_per_s']:.1f}",
+        ]
+        if r.get("emulated"):
+            timing = [f"[dim]emulated {r['emulated']['cpu_class']}[/dim]", *[""] * 4]
+        t.add_row(
+            names[r["artifact"]],
+            runtime_cell(r),
+            str(r["batch"]),
+            *timing,
             mb(r["size_bytes"]),
             memory_cell(r),
             energy_cell(r),
@@ -156,11 +168,24 @@ def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
         )
     console.print(t)
     for r in records:
-        if r.get("ok") and r["latency"]["cv"] > 0.2:
+        if r.get("ok") and r["latency"]["cv"] > 0.2 and not r.get("emulated"):
             console.print(
                 f"[yellow]note: {r['artifact']} latency varies a lot (CV {r['latency']['cv']:.0%}); "
                 "the machine may be busy: re-run, or use --seconds for longer runs.[/yellow]"
             )
+    for note in cpu_notes(records):
+        console.print(f"[yellow]note: {escape(note)}[/yellow]")
+
+
+def cpu_notes(records: list[dict]) -> list[str]:
+    """Rows whose INT8 artifact runs on a CPU class it was not made for, and emulated rows."""
+    notes = [f"{row_label(r)}: {r['cpu_note']}" for r in records if r.get("cpu_note")]
+    return notes + [
+        f"{row_label(r)}: run under qemu as {r['emulated']['cpu_class']} ({r['emulated']['qemu_cpu']}): "
+        f"{r['emulated']['note']}"
+        for r in records
+        if r.get("ok") and r.get("emulated")
+    ]
 
 
 def memory_cell(r: dict) -> str:
@@ -410,7 +435,7 @@ def noisy_notes(records: list[dict]) -> list[str]:
     return [
         f"{row_label(r)}: latency varies a lot (CV {r['latency']['cv']:.0%}); the machine may have been busy."
         for r in records
-        if r.get("ok") and r["latency"]["cv"] > 0.2
+        if r.get("ok") and r["latency"]["cv"] > 0.2 and not r.get("emulated")
     ]
 
 
@@ -435,7 +460,7 @@ def write_report(
             )
         if plots.latency_distribution(records, out / "latency_distribution.png"):
             images["latency distribution"] = out / "latency_distribution.png"
-    notes = noisy_notes(records) + plot_notes
+    notes = noisy_notes(records) + cpu_notes(records) + plot_notes
     writers = {
         "md": ("report.md", lambda: markdown(records, notes)),
         "csv": ("report.csv", lambda: csv_text(records)),

@@ -24,6 +24,7 @@ from edgekit.progress import progress
 from edgekit.runtimes import get as get_runtime
 from edgekit.runtimes import remote
 from edgekit.runtimes.remote import Remote
+from edgekit.target_cpu import CLASSES, emulator, mismatch
 
 
 @dataclass
@@ -39,14 +40,18 @@ class BenchConfig:
     runs: int | None = None  # a fixed count, or else ...
     seconds: float = 3.0  # ... a minimum duration
     timeout: float = 600.0
+    # run the worker as on a CPU of this class (qemu user mode, edgekit.target_cpu): its outputs are
+    # that CPU's (INT8 saturation included), its latency only the emulator's
+    emulate_cpu: str | None = None
 
 
-def _worker(job: dict, timeout: float) -> dict:
-    """Run one job in a fresh `python -m edgekit.benchmarks.worker`; a crash is a failed row."""
+def _worker(job: dict, timeout: float, prefix: list[str] | None = None) -> dict:
+    """Run one job in a fresh `python -m edgekit.benchmarks.worker` (under PREFIX, an emulator,
+    when given); a crash is a failed row."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "edgekit.benchmarks.worker"],
+            [*(prefix or []), sys.executable, "-m", "edgekit.benchmarks.worker"],
             input=json.dumps(job),
             capture_output=True,
             text=True,
@@ -123,10 +128,19 @@ def measure(
             )
         if host:
             result = host.run(job, directory, [(f.name, f.sha256) for f in manifest.files], cfg.timeout)
+        elif cfg.emulate_cpu:
+            result = _worker(job, cfg.timeout, emulator(cfg.emulate_cpu))
         else:
             result = _worker(job, cfg.timeout)
         # the worker's fingerprint of the machine it ran on; where none ran, this one's or the target
         machine = result.get("host") or ({"target": str(host.target)} if host else None)
+        if cfg.emulate_cpu:
+            machine = {**(machine or fingerprints.host()), "cpu_class": cfg.emulate_cpu}
+            result["emulated"] = {
+                "cpu_class": cfg.emulate_cpu,
+                "qemu_cpu": CLASSES[cfg.emulate_cpu].qemu_cpu,
+                "note": "outputs as on that CPU; latency is the emulator's, not a measurement",
+            }
         record = {
             **head,
             "model_sha256": next((f.sha256 for f in manifest.files if f.name == manifest.model_file), None),
@@ -140,6 +154,11 @@ def measure(
             with np.load(result["eval_outputs"]) as z:
                 outputs = [z[k] for k in z.files]
             record["accuracy"] = score(outputs, eval_samples, reference)
+    running = (record["host"] or {}).get("cpu_class")
+    made_for = manifest.target_cpu or {}
+    note = mismatch(made_for, running, made_for.get("form"))
+    if note and cfg.runtime in ("ort", "openvino") and cfg.device == "cpu":
+        record["cpu_note"] = note
     return record
 
 

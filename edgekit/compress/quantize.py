@@ -1,8 +1,9 @@
 """Static INT8 post-training quantization to a QDQ ONNX model, on onnxruntime.quantization.
 
-What edgekit adds to `quantize_static`: per-channel symmetric weights by default (ORT's default
-is per-tensor), ORT's recommended pre-processing (shape inference + fusions) before calibration,
-bounded calibration memory, a progress bar, and a count of compute ops left in fp32.
+What edgekit adds to `quantize_static`: the INT8 form of the CPU it is for (7-bit weights on the
+layers whose kernels would saturate there, edgekit.target_cpu), per-channel symmetric weights by
+default (ORT's default is per-tensor), ORT's recommended pre-processing (shape inference + fusions)
+before calibration, bounded calibration memory, a progress bar, and a count of compute ops left in fp32.
 QDQ is the one form that ONNX Runtime, OpenVINO and TensorRT all consume.
 """
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError, first_line
 from edgekit.progress import progress
+from edgekit.target_cpu import CLASSES, FORMS, Form, TargetCpu, auto_form, resolve
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
@@ -37,6 +39,14 @@ class Int8Config(BaseModel):
     per_channel: bool = True
     activation_type: Literal["int8", "uint8"] = "uint8"  # u8s8: the VNNI fast path in ORT (3x vs s8s8)
     activation_symmetric: bool = False  # zero-point 0 for int8 activations (128 for uint8)
+    weight_type: Literal["int8", "uint8"] = "int8"
+    # 7-bit weights where u8 x s8 pairs would saturate (edgekit.target_cpu): none, every layer but the
+    # depthwise convolutions (gemm), every layer (all), or the first compute layer only (first)
+    reduce_range: Literal["none", "gemm", "all", "first"] = "none"
+    # the INT8 form by name (edgekit.target_cpu.FORMS; None: the fastest that holds on the target
+    # CPU) and the CPU class it is made for (None: this machine's, or --target-cpu / --host)
+    form: Form | None = None
+    target_cpu: Literal[tuple(CLASSES)] | None = None  # type: ignore[valid-type]
     quantize_bias: bool = True  # int32 biases; TensorRT's DequantizeLinear takes int8 only
     calib_batch: int = Field(16, ge=1)
     preprocess: bool = True
@@ -45,8 +55,29 @@ class Int8Config(BaseModel):
     @classmethod
     def tensorrt(cls, **overrides) -> Int8Config:
         """TensorRT's explicit-quantization form: int8 activations with zero-point 0, float biases."""
-        form = {"activation_type": "int8", "activation_symmetric": True, "quantize_bias": False}
+        form = {
+            "activation_type": "int8",
+            "activation_symmetric": True,
+            "quantize_bias": False,
+            "weight_type": "int8",
+            "reduce_range": "none",  # a GPU's INT8 does not saturate: the CPU form does not apply
+        }
         return cls(**{**form, **overrides})
+
+
+def for_cpu(cfg: Int8Config, target: TargetCpu) -> Int8Config:
+    """CFG with the INT8 form for TARGET where the user chose none: the fields of the form that
+    holds there (fields the user set keep their value), and the form's name as it came out."""
+    wanted = cfg.form or auto_form(target)
+    fields = {k: v for k, v in FORMS[wanted][1].items() if k not in cfg.model_fields_set or cfg.form}
+    made = cfg.model_copy(update={**fields, "target_cpu": target.cpu_class})
+    return made.model_copy(update={"form": form_name(made)})
+
+
+def form_name(cfg: Int8Config) -> str | None:
+    """The name of CFG's form in edgekit.target_cpu.FORMS, or None for a combination not named there."""
+    mine = {k: getattr(cfg, k) for k in ("activation_type", "weight_type", "reduce_range")}
+    return next((name for name, (_, fields) in FORMS.items() if fields == mine), None)
 
 
 class _Reader:
@@ -77,6 +108,8 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if cfg.target_cpu is None:  # a caller that chose no CPU: the form that holds on this one
+        cfg = for_cpu(cfg, resolve())
     reader_cls = type("Reader", (_Reader, CalibrationDataReader), {})
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     method = {
@@ -98,6 +131,9 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
                 quant_pre_process(str(fp32), str(src))
             except Exception:  # symbolic shape inference does not know every op
                 quant_pre_process(str(fp32), str(src), skip_symbolic_shape=True)
+        seven_bit = reduced_weights(src, cfg)
+        if seven_bit:
+            extra["TensorQuantOverrides"] = seven_bit
         batch = batch_fixed or _even_batch(len(calib), cfg.calib_batch)
         with progress() as bar:
             task = bar.add_task(f"calibrating ({cfg.calibration})", total=len(calib))
@@ -117,7 +153,7 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
                     quant_format=QuantFormat.QDQ,
                     per_channel=cfg.per_channel,
                     activation_type=qtype[cfg.activation_type],
-                    weight_type=QuantType.QInt8,
+                    weight_type=qtype[cfg.weight_type],
                     calibrate_method=method,
                     nodes_to_exclude=cfg.exclude_nodes or None,
                     extra_options=extra,
@@ -125,7 +161,38 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
                 )
             except Exception as e:
                 raise EdgekitError(f"INT8 quantization failed: {first_line(e)}") from None
-    return summarize(out)
+    return {**summarize(out), **({"seven_bit_weights": len(seven_bit)} if cfg.reduce_range != "none" else {})}
+
+
+def reduced_weights(model: Path, cfg: Int8Config) -> dict[str, list[dict]]:
+    """ORT TensorQuantOverrides giving 7-bit weights to the layers CFG.reduce_range names. A
+    per-channel override must name the channel axis, which is ORT's own default for the op."""
+    import onnx
+
+    if cfg.reduce_range == "none":
+        return {}
+    graph = onnx.load(str(model), load_external_data=False).graph
+    weights = {i.name: list(i.dims) for i in graph.initializer}
+    chosen: dict[str, list[dict]] = {}
+    for node in graph.node:
+        if node.op_type not in COMPUTE_OPS or len(node.input) < 2 or node.input[1] not in weights:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        # one input channel per group: the depthwise kernels, which widen to 32 bits (grouped
+        # convolutions with more channels per group run a GEMM per group, and can saturate)
+        depthwise = (
+            node.op_type == "Conv" and attrs.get("group", 1) > 1 and weights[node.input[1]][1:2] == [1]
+        )
+        if cfg.reduce_range == "gemm" and depthwise:
+            continue
+        override: dict = {"reduce_range": True}
+        if cfg.per_channel:
+            axis = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1, "Gemm": 0 if attrs.get("transB") else 1}
+            override["axis"] = axis[node.op_type]
+        chosen[node.input[1]] = [override]
+        if cfg.reduce_range == "first":
+            break
+    return chosen
 
 
 def _even_batch(n: int, cap: int) -> int:

@@ -217,6 +217,15 @@ class Remote:
         }
         return result
 
+    def fingerprint(self, timeout: float = 120) -> dict:
+        """The device's fingerprint (its CPU class included), taken there by the worker: what
+        `compress --host` makes the INT8 form for."""
+        code_sha, code = code_bundle()
+        cache, _, have = self._probe([f"code/{code_sha}"])
+        if f"code/{code_sha}" not in have:
+            self._copy(cache, [(f"code/{code_sha}/edgekit/{name}", data) for name, data in code])
+        return self._worker(f"{cache}/code/{code_sha}", {"fingerprint": True}, timeout)["host"]
+
     def argv(self, script: str) -> list[str]:
         """`ssh` with the user's config, never prompting, running SCRIPT in the device's sh."""
         cmd = ["ssh", "-o", "BatchMode=yes"]

@@ -1,0 +1,161 @@
+"""The CPU an INT8 artifact is made for: its class, and the INT8 form that is fast there and cannot
+saturate.
+
+On x86 without VNNI or AMX, INT8 kernels multiply u8 x s8 pairs with `vpmaddubsw`, which adds two
+products in 16 bits and saturates (255 * 127 * 2 > 32767): ONNX Runtime's GEMM-based convolutions,
+Gemm and MatMul do, and so do OpenVINO's (oneDNN) kernels. Their depthwise kernels widen to 32 bits
+first and do not. So for such a CPU the weights of every layer but the depthwise convolutions get
+7 bits (|w| <= 64: 255 * 64 * 2 = 32640 fits) and run on the same fast kernels; s8 x s8 does not help
+(x86 kernels shift s8 activations to u8) and u8 x u8 runs on ONNX Runtime's slow path. Measured under
+an emulated AVX2 CPU in tests/test_target_cpu.py and bench/int8_cpu.py.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from typing import Literal
+
+from edgekit.errors import EdgekitError
+
+
+@dataclass(frozen=True)
+class CpuClass:
+    saturates: bool  # u8 x s8 pairs add in 16 bits there
+    examples: str
+    qemu_cpu: str | None = None  # a qemu-x86_64 CPU model of this class, to verify numerics on another CPU
+
+
+CLASSES: dict[str, CpuClass] = {
+    "x86-sse": CpuClass(True, "x86 without AVX2 (pre-2013 Intel, Atom)", "Nehalem"),
+    "x86-avx2": CpuClass(
+        True, "AVX2, no AVX-512/VNNI: AMD Zen 1-3, Intel Haswell to Comet Lake", "EPYC-Milan"
+    ),
+    "x86-avx512": CpuClass(True, "AVX-512 without VNNI: Intel Skylake-SP/X"),
+    "x86-vnni": CpuClass(False, "AVX-512 VNNI or AVX-VNNI: Cascade/Ice Lake, Alder Lake and newer, Zen 4/5"),
+    "x86-amx": CpuClass(False, "AMX INT8: Intel Sapphire Rapids and newer Xeons"),
+    "arm64": CpuClass(False, "Armv8 without dot product: Cortex-A53/A72 (Raspberry Pi 3/4)"),
+    "arm64-dotprod": CpuClass(False, "Armv8.2+ with SDOT/UDOT: Cortex-A76/A78 (Raspberry Pi 5, Jetson Orin)"),
+}
+
+ENV = "EDGEKIT_TARGET_CPU"
+Form = Literal["u8s8", "u8s8-w7", "u8s8-w7all", "u8s8-w7first", "u8u8", "s8s8"]
+FORMS: dict[str, tuple[str, dict]] = {
+    # name: (what it is, the Int8Config fields that make it)
+    "u8s8": (
+        "u8 activations x s8 weights: the fastest form with VNNI/AMX or on Arm",
+        {"activation_type": "uint8", "weight_type": "int8", "reduce_range": "none"},
+    ),
+    "u8s8-w7": (
+        "u8 activations x s8 weights, 7-bit weights on every layer but the depthwise convolutions: "
+        "cannot saturate, same kernels as u8s8",
+        {"activation_type": "uint8", "weight_type": "int8", "reduce_range": "gemm"},
+    ),
+    "u8s8-w7all": (
+        "u8 x s8 with 7-bit weights on every layer (ONNX Runtime's reduce_range)",
+        {"activation_type": "uint8", "weight_type": "int8", "reduce_range": "all"},
+    ),
+    "u8s8-w7first": (
+        "u8 x s8 with 7-bit weights on the first layer only (NNCF's default overflow fix); can still "
+        "saturate deeper in the network",
+        {"activation_type": "uint8", "weight_type": "int8", "reduce_range": "first"},
+    ),
+    "u8u8": (
+        "u8 activations x u8 weights: cannot saturate; ONNX Runtime runs it on a slow path",
+        {"activation_type": "uint8", "weight_type": "uint8", "reduce_range": "none"},
+    ),
+    "s8s8": (
+        "s8 activations x s8 weights (ONNX Runtime's quantize_static default); saturates like u8s8 on x86",
+        {"activation_type": "int8", "weight_type": "int8", "reduce_range": "none"},
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TargetCpu:
+    """The class an artifact is made for, and where that came from (recorded in the manifest)."""
+
+    cpu_class: str
+    source: str  # "this machine", "--target-cpu", "host user@device"
+    cpu: str | None = None  # the model name, where the class was read off a machine
+    flags: tuple[str, ...] = ()
+
+    @property
+    def saturates(self) -> bool:
+        return CLASSES[self.cpu_class].saturates if self.cpu_class in CLASSES else False
+
+    def record(self) -> dict:
+        out = {"class": self.cpu_class, "from": self.source, "u8s8_saturates": self.saturates}
+        if self.cpu:
+            out.update(cpu=self.cpu, flags=list(self.flags))
+        return out
+
+
+def check_class(name: str, flag: str = "--target-cpu") -> str:
+    if name not in CLASSES:
+        raise EdgekitError(
+            f"{flag} {name!r} is not a CPU class edgekit knows; use one of {', '.join(CLASSES)}."
+        )
+    return name
+
+
+def from_host(host: dict, source: str) -> TargetCpu:
+    """The target read off a fingerprint (edgekit.benchmarks.fingerprint.host, here or on a device)."""
+    return TargetCpu(host["cpu_class"], source, host.get("cpu"), tuple(host.get("cpu_flags", ())))
+
+
+def resolve(
+    name: str | None = None, host_fingerprint: dict | None = None, host: str | None = None
+) -> TargetCpu:
+    """The CPU an artifact is made for: a class named with --target-cpu, a --host device's
+    fingerprint, the EDGEKIT_TARGET_CPU environment variable (a CI job that builds for a fleet), or
+    else this machine."""
+    if name:
+        return TargetCpu(check_class(name), "--target-cpu")
+    if host_fingerprint is not None:
+        return from_host(host_fingerprint, f"host {host}")
+    if os.environ.get(ENV):
+        return TargetCpu(check_class(os.environ[ENV], ENV), ENV)
+    return here()
+
+
+def here() -> TargetCpu:
+    """This machine's class, read off its CPU flags."""
+    from edgekit.benchmarks import fingerprint
+
+    return from_host(fingerprint.host(), "this machine")
+
+
+def auto_form(target: TargetCpu) -> Form:
+    """The fastest INT8 form that holds on TARGET, on ONNX Runtime and OpenVINO alike."""
+    return "u8s8-w7" if target.saturates else "u8s8"
+
+
+def mismatch(made_for: dict | None, running: str | None, form: str | None) -> str | None:
+    """One sentence when an INT8 artifact runs on a CPU class it was not made for, else None."""
+    if not made_for or not running or made_for.get("class") == running or running not in CLASSES:
+        return None
+    made = made_for["class"]
+    if CLASSES[running].saturates and form in ("u8s8", "s8s8", "u8s8-w7first"):
+        saturates = "INT8 may saturate"
+        return f"made for {made}, running on {running}: {saturates}; re-compress with --target-cpu {running}"
+    return f"made for {made}, running on {running}: re-compress with --target-cpu {running} for its form"
+
+
+def emulator(cpu_class: str) -> list[str]:
+    """The command prefix that runs a process as on a CPU of CPU_CLASS (qemu user mode), or one
+    sentence saying why that is not possible here."""
+    cls = CLASSES.get(check_class(cpu_class, "--emulate-cpu"))
+    if platform.machine().lower() not in ("x86_64", "amd64") or cls.qemu_cpu is None:
+        raise EdgekitError(
+            f"edgekit can emulate {', '.join(k for k, v in CLASSES.items() if v.qemu_cpu)} on an x86-64 "
+            f"machine only; {cpu_class} cannot be emulated (qemu's CPU emulation lacks AVX-512 and AMX)."
+        )
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        raise EdgekitError(
+            "--emulate-cpu needs qemu's user-mode emulator; install it with: apt-get install qemu-user."
+        )
+    return [qemu, "-cpu", cls.qemu_cpu]

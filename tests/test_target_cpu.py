@@ -1,0 +1,213 @@
+"""The INT8 form follows the CPU it is made for (edgekit.target_cpu), and holds there.
+
+The saturation test runs the artifacts under qemu's user-mode emulation of an AVX2-only CPU
+(EPYC-Milan: Zen 3), so it checks what a Zen 3 computes on whatever CPU runs the suite: the
+digits CNN made for a VNNI CPU (u8 x s8, 8-bit weights) measured 6.4 dB SQNR there against fp32,
+the one made for x86-avx2 (7-bit weights but for depthwise) 32.2 dB, as natively (31.8 dB).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from models import depthwise_se, smooth_images
+from onnx import numpy_helper
+from sshd import ALIAS, sshd
+
+from edgekit.artifact import InputSpec, TensorSpec, read_manifest
+from edgekit.benchmarks import fingerprint
+from edgekit.benchmarks.fingerprint import cpu_class
+from edgekit.compress.quantize import Int8Config, for_cpu, quantize_int8
+from edgekit.config import Pass
+from edgekit.data import Samples
+from edgekit.export.onnx import ExportConfig, export
+from edgekit.run import _keyed
+from edgekit.target_cpu import CLASSES, FORMS, TargetCpu, mismatch, resolve
+
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-x86_64") is None or fingerprint.host()["cpu_class"].startswith(("arm", "other")),
+    reason="needs qemu's user-mode x86-64 emulator (apt-get install qemu-user) on an x86-64 machine",
+)
+
+
+@pytest.mark.parametrize(
+    ("flags", "machine", "expected"),
+    [
+        (["avx2"], "x86_64", "x86-avx2"),  # Zen 3, Haswell
+        (["avx2", "avx512f", "avx512bw"], "x86_64", "x86-avx512"),  # Skylake-SP: no VNNI
+        (["avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"], "x86_64", "x86-vnni"),  # Zen 5
+        (["avx2", "avx_vnni"], "x86_64", "x86-vnni"),  # Alder Lake: AVX-VNNI without AVX-512
+        (["avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"], "x86_64", "x86-amx"),
+        ([], "x86_64", "x86-sse"),
+        (["asimddp"], "aarch64", "arm64-dotprod"),
+        ([], "aarch64", "arm64"),
+    ],
+)
+def test_cpu_class_is_read_off_the_flags(flags, machine, expected):
+    assert cpu_class(flags, machine) == expected
+
+
+def test_this_machine_has_a_known_class_recorded_in_its_fingerprint():
+    host = fingerprint.host()
+    assert host["cpu_class"] == cpu_class(host["cpu_flags"], __import__("platform").machine())
+    assert host["cpu_class"] in CLASSES or host["cpu_class"].startswith("other-")
+
+
+@pytest.mark.parametrize("name", list(CLASSES))
+def test_the_form_never_saturates_on_its_class(name):
+    cfg = for_cpu(Int8Config(), TargetCpu(name, "--target-cpu"))
+    assert cfg.target_cpu == name
+    assert cfg.form == ("u8s8-w7" if CLASSES[name].saturates else "u8s8")
+    assert (cfg.reduce_range == "gemm") == CLASSES[name].saturates
+
+
+def test_a_form_or_field_the_user_chose_is_kept():
+    avx2 = TargetCpu("x86-avx2", "--target-cpu")
+    assert for_cpu(Int8Config(form="u8u8"), avx2).weight_type == "uint8"
+    chosen = for_cpu(Int8Config(activation_type="int8"), avx2)
+    assert (chosen.activation_type, chosen.reduce_range, chosen.form) == ("int8", "gemm", None)
+    trt = for_cpu(Int8Config.tensorrt(), avx2)  # a GPU's form: nothing of the CPU's applies
+    assert (trt.activation_type, trt.reduce_range) == ("int8", "none")
+
+
+def test_environment_variable_names_the_default_target(monkeypatch):
+    monkeypatch.setenv("EDGEKIT_TARGET_CPU", "arm64-dotprod")
+    assert resolve().cpu_class == "arm64-dotprod" and resolve().source == "EDGEKIT_TARGET_CPU"
+    assert resolve("x86-avx2").source == "--target-cpu"
+
+
+def test_mismatch_sentences():
+    vnni = {"class": "x86-vnni", "form": "u8s8"}
+    assert mismatch(vnni, "x86-avx2", "u8s8") == (
+        "made for x86-vnni, running on x86-avx2: INT8 may saturate; re-compress with --target-cpu x86-avx2"
+    )
+    assert "may saturate" not in mismatch({"class": "x86-avx2"}, "x86-vnni", "u8s8-w7")
+    assert mismatch(vnni, "x86-vnni", "u8s8") is None
+    assert mismatch(None, "x86-avx2", None) is None  # fp32 artifacts are made for no CPU
+
+
+def test_yaml_int8_pass_takes_the_class_and_the_default_joins_the_cache_key():
+    named = Pass.model_validate({"int8": {"target_cpu": "x86-avx2", "form": "u8s8-w7all"}})
+    assert (named.int8.target_cpu, named.int8.form) == ("x86-avx2", "u8s8-w7all")
+    assert _keyed(named)["int8"]["target_cpu"] == "x86-avx2"
+    assert _keyed(Pass.model_validate("int8"))["int8"]["target_cpu"] == resolve().cpu_class
+    with pytest.raises(ValueError, match="x86-avx2"):
+        Pass.model_validate({"int8": {"target_cpu": "x86-avx3"}})
+
+
+def _weights(path: Path) -> dict[str, tuple[int, bool]]:
+    """Per quantized weight: its largest |value| and whether it feeds a depthwise convolution."""
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    dq = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type in ("Conv", "Gemm", "MatMul") and dq.get(n.input[1]) in inits:
+            q = inits[dq[n.input[1]]]
+            out[n.name] = (int(np.abs(q.astype(np.int32)).max()), n.op_type == "Conv" and q.shape[1] == 1)
+    return out
+
+
+def test_seven_bit_weights_everywhere_but_the_depthwise_convolutions(tmp_path):
+    module, shapes = depthwise_se()
+    spec = InputSpec(inputs=[TensorSpec(name="x", shape=["batch", *shapes[0][1:]])])
+    fp32 = export(module, spec, tmp_path, ExportConfig(), 1)
+    calib = Samples({"x": smooth_images(16, shapes[0][1:], seed=1)}, None, {"source": "smooth images"})
+    made = {}
+    for name in ("x86-avx2", "x86-vnni"):
+        cfg = for_cpu(Int8Config(calibration="minmax"), TargetCpu(name, "--target-cpu"))
+        summary = quantize_int8(fp32, tmp_path / f"{name}.onnx", calib, cfg, None)
+        made[name] = _weights(tmp_path / f"{name}.onnx")
+        assert summary.get("seven_bit_weights", 0) == sum(not dw for _, dw in made[name].values()) * (
+            name == "x86-avx2"
+        )
+    avx2, vnni = made["x86-avx2"], made["x86-vnni"]
+    assert any(dw for _, dw in avx2.values()) and any(not dw for _, dw in avx2.values())
+    for node, (peak, depthwise) in avx2.items():
+        assert peak == 127 if depthwise else peak <= 64, node  # 255 * 64 * 2 fits in 16 bits
+    assert all(peak == 127 for peak, _ in vnni.values())  # per channel: every layer's full 8 bits
+
+
+def test_compress_records_the_cpu_it_made_the_model_for(edgekit, digits, tmp_path):
+    out = tmp_path / "avx2"
+    proc = edgekit(
+        "compress", digits.model, "--int8", "--calib", digits.calib, "--calib-size", 64,
+        "--target-cpu", "x86-avx2", "-o", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    made = read_manifest(out).target_cpu
+    assert (made["class"], made["from"], made["form"]) == ("x86-avx2", "--target-cpu", "u8s8-w7")
+    assert "made for CPU" in proc.stdout and "u8s8-w7" in proc.stdout
+    if fingerprint.host()["cpu_class"] != "x86-avx2":
+        assert made["verified_on"] == fingerprint.host()["cpu_class"]
+    wrong = edgekit("compress", digits.model, "--int8", "--calib", digits.calib, "--target-cpu", "x86-avx3",
+                    "-o", tmp_path / "x")  # fmt: skip
+    assert wrong.returncode == 2 and "x86-avx2" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_compress_for_a_host_reads_its_cpu_over_ssh(edgekit, digits, tmp_path):
+    with sshd(tmp_path / "sshd") as server:
+        out = tmp_path / "for-host"
+        proc = edgekit(
+            "compress", digits.model, "--int8", "--calib", digits.calib, "--calib-size", 32,
+            "--host", f"ssh://{ALIAS}", "--ssh-config", server.client_config,
+            "--remote-python", sys.executable, "-o", out,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    made = read_manifest(out).target_cpu
+    assert made["class"] == fingerprint.host()["cpu_class"] and made["from"] == f"host ssh://{ALIAS}"
+
+
+@needs_qemu
+def test_on_an_emulated_avx2_cpu_the_vnni_form_saturates_and_the_avx2_form_holds(edgekit, digits, tmp_path):
+    made = {}
+    for name in ("x86-vnni", "x86-avx2"):
+        made[name] = tmp_path / name
+        proc = edgekit(
+            "compress", digits.model, "--int8", "--calib", digits.calib, "--calib-size", 128,
+            "--target-cpu", name, "-o", made[name],
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    fp32 = tmp_path / "fp32"
+    assert edgekit("export", digits.model, "--calib", digits.calib, "-o", fp32).returncode == 0
+    sqnr, rows = {}, {}
+    for where in ("native", "emulated"):
+        records = tmp_path / f"{where}.json"
+        emulate = ("--emulate-cpu", "x86-avx2") if where == "emulated" else ("--runs", 3)
+        proc = edgekit(
+            "bench", made["x86-vnni"], made["x86-avx2"], "--reference", fp32, "--eval", digits.test,
+            "--eval-size", 24, *emulate, "--json", records, timeout=900,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        rows[where] = {Path(r["artifact"]).name: r for r in json.loads(records.read_text())}
+        sqnr[where] = {k: r["accuracy"]["fidelity"]["output_0"]["sqnr_db"] for k, r in rows[where].items()}
+    # the AVX2 form computes there what it computes here; the VNNI form loses >10 dB to saturation
+    assert abs(sqnr["emulated"]["x86-avx2"] - sqnr["native"]["x86-avx2"]) < 1, sqnr
+    assert sqnr["emulated"]["x86-vnni"] < sqnr["emulated"]["x86-avx2"] - 10, sqnr
+    emulated = rows["emulated"]
+    assert emulated["x86-vnni"]["cpu_note"].startswith(
+        "made for x86-vnni, running on x86-avx2: INT8 may saturate"
+    )
+    assert "cpu_note" not in emulated["x86-avx2"]
+    assert all(r["emulated"]["cpu_class"] == "x86-avx2" for r in emulated.values())
+    assert "INT8 may saturate; re-compress with --target-cpu x86-avx2" in " ".join(proc.stdout.split())
+
+
+def test_emulation_that_cannot_run_is_one_sentence(edgekit, digits, tmp_path):
+    fp32 = tmp_path / "fp32"
+    assert edgekit("export", digits.model, "-o", fp32).returncode == 0
+    proc = edgekit("bench", fp32, "--emulate-cpu", "x86-amx")
+    assert proc.returncode == 2 and "cannot be emulated" in proc.stderr and "Traceback" not in proc.stderr
+    proc = edgekit("bench", fp32, "--emulate-cpu", "x86-avx2", "--host", "user@device")
+    assert proc.returncode == 2 and "--host" in proc.stderr
+
+
+def test_every_form_is_named_and_explained():
+    assert set(FORMS) == {"u8s8", "u8s8-w7", "u8s8-w7all", "u8s8-w7first", "u8u8", "s8s8"}
+    assert all(text and fields for text, fields in FORMS.values())
