@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgekit-installed
 
-.PHONY: demo test lint bench clean system-deps
+.PHONY: demo test test-slow lint bench clean system-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,9 +36,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check edgekit tests bench
 	$(BIN)/ruff format --check edgekit tests bench
 
-# Debian packages the tests need: chromium (HTML report) and openssh-server (a real sshd).
+# Debian packages the tests need: chromium (HTML report), openssh-server (a real sshd) and
+# qemu-user (INT8 checked as an AVX2-only CPU computes it, on any x86-64 CPU).
 # Installed with apt only when missing and running as root; otherwise one line naming them.
-SYSTEM_PKGS := chromium openssh-server
+SYSTEM_PKGS := chromium openssh-server qemu-user
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PKGS); do \
@@ -52,10 +53,16 @@ system-deps:
 	  echo "note: some tests need Debian packages that are missing; install them with: sudo apt-get install$$missing"; \
 	fi
 
+# The default suite leaves out the tests marked slow (real pretrained networks, whole pipelines);
+# `make test-slow` runs those, with the model zoo installed.
 test: system-deps lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
 
-bench: $(STAMP)
+test-slow: system-deps lint zoo
+	$(BIN)/python -m pytest -m slow
+
+bench: $(STAMP) zoo
+	$(BIN)/python bench/int8_cpu.py
 	$(BIN)/python bench/int8_speed.py
 	$(BIN)/python bench/runner_overhead.py
 	$(BIN)/python bench/openvino_int8.py

@@ -21,6 +21,7 @@ from edgekit.errors import EdgekitError
 from edgekit.export import openvino
 from edgekit.model import example_inputs
 from edgekit.pipeline import predict, quality
+from edgekit.target_cpu import resolve
 
 TARGETS = ("openvino", "tensorrt")
 VERIFY_SAMPLES = 100  # calibration samples used to verify when no --eval is given
@@ -67,6 +68,8 @@ def build(req: BuildRequest):
             summary, verification = _openvino(req, onnx_path, out, calib, evals, data)
             manifest.model_file = openvino.MODEL_FILE
             manifest.inference_precision = summary["inference_precision"]
+            if "target_cpu" in summary:  # NNCF quantized it here, for that CPU
+                manifest.target_cpu = summary.pop("target_cpu")
             config = asdict(req.openvino)
         else:
             summary, verification = _tensorrt(req, onnx_path, out, spec, evals, data)
@@ -112,7 +115,8 @@ def _openvino(req: BuildRequest, onnx_path: Path, out: Path, calib, evals: Sampl
             "build from the fp32 artifact."
         )
     feeds = None if calib is None else calib.inputs
-    summary = openvino.build_ir(onnx_path, out, cfg, feeds)
+    target = resolve() if cfg.quantizer == "nncf" else None
+    summary = openvino.build_ir(onnx_path, out, cfg, feeds, target)
     fixed = read_manifest(req.parent).input_spec.fixed_batch
     ref = predict(onnx_path, evals, fixed, "parent in ONNX Runtime")
     ir = openvino.predict(out / openvino.MODEL_FILE, evals, fixed or 32, summary["inference_precision"])

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.target_cpu import TargetCpu
 
 MODEL_FILE = "model.xml"
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -45,16 +46,29 @@ def _openvino():
 
 
 def build_ir(
-    onnx_path: Path, out_dir: Path, cfg: OpenVINOConfig, calib: dict[str, np.ndarray] | None
+    onnx_path: Path,
+    out_dir: Path,
+    cfg: OpenVINOConfig,
+    calib: dict[str, np.ndarray] | None,
+    target: TargetCpu | None = None,
 ) -> dict:
-    """Write model.xml/.bin into OUT_DIR; returns the pass summary. CALIB (inputs by name) is
-    needed for --quantizer nncf only."""
+    """Write model.xml/.bin into OUT_DIR; returns the pass summary. CALIB (inputs by name) and the
+    TARGET CPU are needed for --quantizer nncf only."""
     ov = _openvino()
     model = ov.convert_model(str(onnx_path))
     summary: dict = {"openvino": ov.get_version(), "weights": "fp16" if cfg.precision == "fp16" else "fp32"}
     if cfg.quantizer == "nncf":
-        model = _nncf_quantize(model, calib)
-        summary["quantizer"] = "nncf.quantize (default preset, fast bias correction)"
+        # NNCF's overflow fix (7-bit weights) where u8 x s8 saturates, none where it cannot: its
+        # default (the first layer only) fits neither kind of CPU
+        fix = "enable" if target and target.saturates else "disable"
+        model = _nncf_quantize(model, calib, fix)
+        summary["quantizer"] = f"nncf.quantize (default preset, fast bias correction, overflow_fix={fix})"
+        if target is not None:
+            summary["target_cpu"] = {
+                **target.record(),
+                "form": f"nncf overflow_fix={fix}",
+                "form_means": "7-bit weights: cannot saturate" if fix == "enable" else "8-bit weights",
+            }
     # Read by compile_model when no hint is passed (plain OpenVINO users get the verified precision).
     model.set_rt_info(INFERENCE[cfg.precision], ["runtime_options", "INFERENCE_PRECISION_HINT"])
     ov.save_model(model, str(out_dir / MODEL_FILE), compress_to_fp16=cfg.precision == "fp16")
@@ -69,8 +83,9 @@ def build_ir(
     return summary
 
 
-def _nncf_quantize(model, calib: dict[str, np.ndarray] | None):
-    """NNCF post-training quantization with its defaults, on the calibration samples one by one."""
+def _nncf_quantize(model, calib: dict[str, np.ndarray] | None, overflow_fix: str):
+    """NNCF post-training quantization with its defaults but OVERFLOW_FIX, on the calibration
+    samples one by one."""
     try:
         import nncf
     except ImportError:
@@ -79,7 +94,8 @@ def _nncf_quantize(model, calib: dict[str, np.ndarray] | None):
         raise EdgekitError("--quantizer nncf needs calibration data: --calib DIR|FILE.npz|module:function.")
     n = len(next(iter(calib.values())))
     items = [{k: v[i : i + 1] for k, v in calib.items()} for i in range(n)]
-    return nncf.quantize(model, nncf.Dataset(items), subset_size=n)
+    advanced = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(overflow_fix))
+    return nncf.quantize(model, nncf.Dataset(items), subset_size=n, advanced_parameters=advanced)
 
 
 def has_quantization(onnx_path: Path) -> bool:
