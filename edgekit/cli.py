@@ -321,6 +321,13 @@ def compress(
 
     def go():
         cfg = None
+        given = [
+            f
+            for f, k in (("--target-cpu", "target_cpu"), ("--host", "cpu_host"), ("--int8-form", "int8_form"))
+            if kw[k]
+        ]
+        if given and not int8:
+            raise EdgekitError(f"{given[0]} chooses the INT8 form for a CPU; add --int8.")
         if int8:
             options = dict(calibration=calibration, percentile=percentile, per_channel=not per_tensor)
             if kw["int8_form"]:

@@ -145,6 +145,12 @@ def run(work_dir: Path | None, retrain: bool) -> list[dict]:
     reference = reference_outputs(fp32, evals)
     records = interleaved([(fp32, cfg), (int8, cfg)], count=4, evals=evals, reference=reference)
     _table(records, time.perf_counter() - t0)
+    made = read_manifest(int8).target_cpu
+    console.print(
+        f"INT8 form {made['form']}, made for {made['class']} ({made['from']}; "
+        f"{'u8 x s8 can saturate there' if made['u8s8_saturates'] else 'u8 x s8 cannot saturate there'}); "
+        "another CPU: EDGEKIT_TARGET_CPU=CLASS edgekit demo."
+    )
     return records
 
 

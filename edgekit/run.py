@@ -42,6 +42,7 @@ class RunOptions:
 def run(cfg: Config, opts: RunOptions, say: Callable[[str], None] = print) -> dict:
     """Build, measure, gate. Returns {"stages", "records", "results"}; the records are appended to
     OUT/results.jsonl."""
+    from edgekit.benchmarks.report import cpu_notes
     from edgekit.benchmarks.results import load_records
 
     saved = load_records(opts.baseline) if opts.baseline else None
@@ -50,6 +51,8 @@ def run(cfg: Config, opts: RunOptions, say: Callable[[str], None] = print) -> di
     records, results = [], []
     for t in cfg.targets:
         recs, res = _measure_and_gate(cfg, t, dirs, evals, reference, saved, say)
+        for note in cpu_notes(recs):  # an INT8 variant made for another CPU class than the target's
+            say(f"note: {note}")
         records += recs
         results += res
     results.sort(key=lambda r: cfg.gates.index(r.gate))

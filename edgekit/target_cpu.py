@@ -4,9 +4,10 @@ saturate.
 On x86 without VNNI or AMX, INT8 kernels multiply u8 x s8 pairs with `vpmaddubsw`, which adds two
 products in 16 bits and saturates (255 * 127 * 2 > 32767): ONNX Runtime's GEMM-based convolutions,
 Gemm and MatMul do, and so do OpenVINO's (oneDNN) kernels. Their depthwise kernels widen to 32 bits
-first and do not. So for such a CPU the weights of every layer but the depthwise convolutions get
-7 bits (|w| <= 64: 255 * 64 * 2 = 32640 fits) and run on the same fast kernels; s8 x s8 does not help
-(x86 kernels shift s8 activations to u8) and u8 x u8 runs on ONNX Runtime's slow path. Measured under
+first and do not. So for such a CPU every layer but the depthwise convolutions gets weights whose
+adjacent input-channel pairs cannot overflow (edgekit.compress.weight_pairs; the usual fix, 7-bit
+weights, is the form u8s8-w7) and runs on the same fast kernels; s8 x s8 does not help (x86
+kernels shift s8 activations to u8) and u8 x u8 runs on ONNX Runtime's slow path. Measured under
 an emulated AVX2 CPU in tests/test_target_cpu.py and bench/int8_cpu.py.
 """
 
@@ -41,7 +42,7 @@ CLASSES: dict[str, CpuClass] = {
 }
 
 ENV = "EDGEKIT_TARGET_CPU"
-Form = Literal["u8s8", "u8s8-w7", "u8s8-w7all", "u8s8-w7first", "u8u8", "s8s8"]
+Form = Literal["u8s8", "u8s8-pair", "u8s8-w7", "u8s8-w7all", "u8s8-w7first", "u8u8", "s8s8"]
 FORMS: dict[str, tuple[str, dict]] = {
     # name: (what it is, the Int8Config fields that make it)
     "u8s8": (
@@ -52,6 +53,12 @@ FORMS: dict[str, tuple[str, dict]] = {
         "u8 activations x s8 weights, 7-bit weights on every layer but the depthwise convolutions: "
         "cannot saturate, same kernels as u8s8",
         {"activation_type": "uint8", "weight_type": "int8", "reduce_range": "gemm"},
+    ),
+    "u8s8-pair": (
+        "u8 activations x s8 weights, 8-bit weights scaled per channel so that no pair of adjacent "
+        "input-channel weights can saturate (7 bits where a layer's pairing is unknown); depthwise "
+        "convolutions untouched: cannot saturate, same kernels as u8s8",
+        {"activation_type": "uint8", "weight_type": "int8", "reduce_range": "pairs"},
     ),
     "u8s8-w7all": (
         "u8 x s8 with 7-bit weights on every layer (ONNX Runtime's reduce_range)",
@@ -130,7 +137,7 @@ def here() -> TargetCpu:
 
 def auto_form(target: TargetCpu) -> Form:
     """The fastest INT8 form that holds on TARGET, on ONNX Runtime and OpenVINO alike."""
-    return "u8s8-w7" if target.saturates else "u8s8"
+    return "u8s8-pair" if target.saturates else "u8s8"
 
 
 def mismatch(made_for: dict | None, running: str | None, form: str | None) -> str | None:

@@ -11,7 +11,7 @@ import pytest
 from artifacts import tiny_pair
 
 from edgekit.artifact import read_manifest, sha256_file
-from edgekit.target_cpu import CLASSES
+from edgekit.target_cpu import CLASSES, resolve
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_nncf_quantizes_the_fp32_artifact(pair, edgekit, tmp_path):
     assert m.data["build_calibration"]["count"] == 32
     # made for this CPU: NNCF's overflow fix (7-bit weights) exactly where u8 x s8 saturates
     fix = "enable" if CLASSES[m.target_cpu["class"]].saturates else "disable"
-    assert m.target_cpu["form"] == f"nncf overflow_fix={fix}" and m.target_cpu["from"] == "this machine"
+    assert m.target_cpu["form"] == f"nncf overflow_fix={fix}" and m.target_cpu["from"] == resolve().source
     v = m.verification["openvino"]
     assert v["data"] == "calibration samples" and v["fidelity"]["output_0"]["sqnr_db"] > 10
 

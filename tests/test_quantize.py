@@ -2,13 +2,15 @@
 
 SQNR of the INT8 model against its fp32 ONNX parent, on 64 held-out smooth random images
 (measured on the 2-core EPYC of FIELD-NOTES, onnxruntime 1.32; uint8 and int8 activations gave
-the same numbers). Thresholds are the measured values minus 5 dB:
+the same numbers). Thresholds are the u8s8 form's values (8-bit weights: VNNI/AMX CPUs) minus 5 dB;
+the u8s8-w7 form (7-bit weights on all but depthwise convolutions: x86-avx2, EDGEKIT_TARGET_CPU=x86-avx2)
+measured 1-3 dB lower (Sapphire Rapids, onnxruntime 1.32) and clears them by 2.7 dB or more:
 
-    model          calibration          measured   threshold
-    resnet         minmax, 64 samples   41.1 dB    36 dB
-    depthwise_se   minmax, 64 samples   36.0 dB    31 dB
-    resnet         any method, 8        37.6-38.0  32 dB
-    depthwise_se   any method, 8        32.7-32.8  27 dB
+    model          calibration                u8s8       u8s8-w7    threshold
+    resnet         minmax/percentile, 64      41.1-41.7  38.7 dB    36 dB
+    depthwise_se   minmax/percentile, 64      35.9-36.0  34.5-34.9  31 dB
+    resnet         minmax/percentile, 8       37.6-38.0  36.4-36.5  32 dB
+    depthwise_se   minmax/percentile, 8       32.2-32.8  31.4-31.9  27 dB
 
 The models have random (seeded) weights, so their class scores are close together and top-1
 agreement is not a meaningful bar here (it measured 91 % for resnet at 41 dB); SQNR is.
@@ -29,9 +31,10 @@ from pydantic import ValidationError
 
 from edgekit.artifact import InputSpec, TensorSpec
 from edgekit.benchmarks.metrics import sqnr_db
-from edgekit.compress.quantize import Int8Config, quantize_int8, summarize
+from edgekit.compress.quantize import Int8Config, for_cpu, quantize_int8, summarize
 from edgekit.data import Samples
 from edgekit.export.onnx import ExportConfig, export
+from edgekit.target_cpu import resolve
 
 
 @dataclass
@@ -119,8 +122,10 @@ def test_int8_graph_is_qdq_with_per_channel_symmetric_weights(fp32, default_int8
         axis = next((a.i for a in dq_w.attribute if a.name == "axis"), 1)
         assert axis == 0
         assert zero.dtype == np.int8 and not zero.any(), f"{conv.name}: weight zero-points are not 0"
-        # symmetric: each channel's largest |weight| maps to the end of the int8 range
-        assert np.all(np.abs(q.reshape(out_channels, -1).astype(int)).max(1) >= 126)
+        # symmetric: each channel's largest |weight| maps to the end of the int8 range; on a CPU where
+        # u8 x s8 pairs saturate, of 7 bits at least (edgekit.target_cpu: this machine's form)
+        floor = 126 if for_cpu(Int8Config(), resolve()).form == "u8s8" else 63
+        assert np.all(np.abs(q.reshape(out_channels, -1).astype(int)).max(1) >= floor)
         dq_x = producer[conv.input[0]]
         assert dq_x.op_type == "DequantizeLinear"
         assert inits[dq_x.input[1]].size == 1, f"{conv.name}: activations are not per-tensor"
@@ -140,7 +145,8 @@ def test_symmetric_activations_have_zero_zero_points(fp32_models, tmp_path):
 def test_summarize_reports_every_conv_quantized(fp32, default_int8):
     path, summary = default_int8[fp32.name]
     convs = sum(n.op_type == "Conv" for n in onnx.load(str(fp32.path)).graph.node)
-    assert summary == summarize(path)
+    graph_counts = summarize(path)  # the summary adds what the form changed (7-bit, pair-capped weights)
+    assert {k: summary[k] for k in graph_counts} == graph_counts
     assert summary["quantized_ops"].get("Conv") == convs
     assert summary["quantized_ops"].get("Gemm", 0) + summary["quantized_ops"].get("MatMul", 0) == 1
     assert summary["fp32_compute_ops"] == {}

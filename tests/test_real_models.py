@@ -56,7 +56,7 @@ def _compress(edgekit, lite1, cpu: str) -> Path:
 
 def test_made_for_avx2_it_keeps_its_agreement(edgekit, lite1):
     made = read_manifest(_compress(edgekit, lite1, "x86-avx2"))
-    assert made.target_cpu["form"] == "u8s8-w7"
+    assert made.target_cpu["form"] == "u8s8-pair"
     check = made.verification["int8"]
     assert check["samples"] == 200 and check["data"] == "eval"
     assert check["fidelity"]["output_0"]["top1_agreement"] >= MIN_AGREEMENT, check
@@ -82,5 +82,5 @@ def test_on_an_emulated_avx2_cpu_only_the_avx2_form_holds(edgekit, lite1, tmp_pa
             Path(r["artifact"]).name: r["accuracy"]["fidelity"]["output_0"]["sqnr_db"]
             for r in json.loads(records.read_text())
         }
-    assert abs(sqnr["emulated"]["x86-avx2"] - sqnr["native"]["x86-avx2"]) < 0.5, sqnr
+    assert abs(sqnr["emulated"]["x86-avx2"] - sqnr["native"]["x86-avx2"]) < 0.05, sqnr
     assert sqnr["emulated"]["x86-vnni"] < sqnr["emulated"]["x86-avx2"] - 3, sqnr  # measured 7.0 vs 13.5 dB

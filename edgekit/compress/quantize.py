@@ -18,6 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgekit.compress import weight_pairs
+from edgekit.compress.weight_pairs import PairLayer
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError, first_line
 from edgekit.progress import progress
@@ -40,9 +42,11 @@ class Int8Config(BaseModel):
     activation_type: Literal["int8", "uint8"] = "uint8"  # u8s8: the VNNI fast path in ORT (3x vs s8s8)
     activation_symmetric: bool = False  # zero-point 0 for int8 activations (128 for uint8)
     weight_type: Literal["int8", "uint8"] = "int8"
-    # 7-bit weights where u8 x s8 pairs would saturate (edgekit.target_cpu): none, every layer but the
-    # depthwise convolutions (gemm), every layer (all), or the first compute layer only (first)
-    reduce_range: Literal["none", "gemm", "all", "first"] = "none"
+    # where u8 x s8 pairs would saturate (edgekit.target_cpu): none; 7-bit weights on every layer but
+    # the depthwise convolutions (gemm), on every layer (all), on the first compute layer (first); or
+    # every layer but the depthwise ones with 8-bit weights whose input-channel pairs cannot saturate
+    # (pairs: edgekit.compress.weight_pairs; 7 bits where a layer's pairing is not known)
+    reduce_range: Literal["none", "gemm", "all", "first", "pairs"] = "none"
     # the INT8 form by name (edgekit.target_cpu.FORMS; None: the fastest that holds on the target
     # CPU) and the CPU class it is made for (None: this machine's, or --target-cpu / --host)
     form: Form | None = None
@@ -131,7 +135,7 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
                 quant_pre_process(str(fp32), str(src))
             except Exception:  # symbolic shape inference does not know every op
                 quant_pre_process(str(fp32), str(src), skip_symbolic_shape=True)
-        seven_bit = reduced_weights(src, cfg)
+        seven_bit, pairs = reduced_weights(src, cfg)
         if seven_bit:
             extra["TensorQuantOverrides"] = seven_bit
         batch = batch_fixed or _even_batch(len(calib), cfg.calib_batch)
@@ -161,38 +165,55 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
                 )
             except Exception as e:
                 raise EdgekitError(f"INT8 quantization failed: {first_line(e)}") from None
-    return {**summarize(out), **({"seven_bit_weights": len(seven_bit)} if cfg.reduce_range != "none" else {})}
+    summary = summarize(out)
+    if cfg.reduce_range != "none":
+        summary["seven_bit_weights"] = len(seven_bit) - len(pairs)
+    if pairs:
+        summary["pair_bounded_weights"] = len(pairs)
+        summary["pair_capped_values"] = weight_pairs.apply(out, pairs)
+    return summary
 
 
-def reduced_weights(model: Path, cfg: Int8Config) -> dict[str, list[dict]]:
-    """ORT TensorQuantOverrides giving 7-bit weights to the layers CFG.reduce_range names. A
-    per-channel override must name the channel axis, which is ORT's own default for the op."""
+def reduced_weights(model: Path, cfg: Int8Config) -> tuple[dict[str, list[dict]], list[PairLayer]]:
+    """ORT TensorQuantOverrides for the weights CFG.reduce_range names: 7 bits, or (pairs) the
+    per-channel scales of edgekit.compress.weight_pairs, whose layers are returned too (their
+    quantized pairs are capped after ORT's quantizer ran). A per-channel override names the
+    channel axis, ORT's own default for the op."""
     import onnx
+    from onnx import numpy_helper
 
     if cfg.reduce_range == "none":
-        return {}
-    graph = onnx.load(str(model), load_external_data=False).graph
-    weights = {i.name: list(i.dims) for i in graph.initializer}
+        return {}, []
+    graph = onnx.load(str(model)).graph
+    weights = {i.name: i for i in graph.initializer}
     chosen: dict[str, list[dict]] = {}
+    pairs: list[PairLayer] = []
     for node in graph.node:
         if node.op_type not in COMPUTE_OPS or len(node.input) < 2 or node.input[1] not in weights:
             continue
+        name = node.input[1]
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        shape = list(weights[name].dims)
         # one input channel per group: the depthwise kernels, which widen to 32 bits (grouped
         # convolutions with more channels per group run a GEMM per group, and can saturate)
-        depthwise = (
-            node.op_type == "Conv" and attrs.get("group", 1) > 1 and weights[node.input[1]][1:2] == [1]
-        )
-        if cfg.reduce_range == "gemm" and depthwise:
+        depthwise = node.op_type == "Conv" and attrs.get("group", 1) > 1 and shape[1:2] == [1]
+        if cfg.reduce_range in ("gemm", "pairs") and depthwise:
             continue
-        override: dict = {"reduce_range": True}
-        if cfg.per_channel:
-            axis = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1, "Gemm": 0 if attrs.get("transB") else 1}
-            override["axis"] = axis[node.op_type]
-        chosen[node.input[1]] = [override]
+        axis = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1, "Gemm": 0 if attrs.get("transB") else 1}
+        axes = weight_pairs.layout(node.op_type, attrs, shape) if cfg.per_channel else None
+        if cfg.reduce_range == "pairs" and axes is not None and name not in chosen:
+            layer = PairLayer(name, *axes)
+            per_channel = weight_pairs.scales(numpy_helper.to_array(weights[name]), layer)
+            chosen[name] = [{"scale": float(s), "zero_point": 0} for s in per_channel]
+            chosen[name][0]["axis"] = layer.channel_axis
+            pairs.append(layer)
+        else:
+            chosen[name] = [
+                {"reduce_range": True, **({"axis": axis[node.op_type]} if cfg.per_channel else {})}
+            ]
         if cfg.reduce_range == "first":
             break
-    return chosen
+    return chosen, pairs
 
 
 def _even_batch(n: int, cap: int) -> int:
