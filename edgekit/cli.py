@@ -179,8 +179,8 @@ def _cpu_options(f):
         click.option(
             "--int8-form",
             type=click.Choice(list(FORMS)),
-            help="Override the INT8 form chosen for the target CPU (u8s8-w7: 7-bit weights, cannot "
-            "saturate).",
+            help="Override the INT8 form chosen for the target CPU (u8s8: VNNI/AMX/Arm; u8s8-pair: "
+            "cannot saturate without VNNI; see docs/guide/quantize.md).",
         ),
     ]
     for opt in reversed(opts):
@@ -669,7 +669,8 @@ def runtimes():
     here = target_cpu.here()
     made = _run(target_cpu.resolve, False)
     click.echo(
-        f"CPU: {here.cpu} ({', '.join(here.flags) or 'no INT8/bf16 flags'}): class {here.cpu_class}; "
+        f"CPU: {here.cpu} ({', '.join(here.flags) or 'no INT8/bf16 flags'}): class {here.cpu_class}"
+        f" ({target_cpu.CLASSES[here.cpu_class].examples if here.cpu_class in target_cpu.CLASSES else '?'}); "
         f"--int8 makes the {target_cpu.auto_form(made)} form for {made.cpu_class}"
         + (f" ({made.source})" if made.source != "this machine" else "")
         + "."

@@ -42,6 +42,8 @@ CLASSES: dict[str, CpuClass] = {
 }
 
 ENV = "EDGEKIT_TARGET_CPU"
+# the forms whose products cannot overflow a 16-bit pair sum (NNCF's: as edgekit.export.openvino names it)
+CANNOT_SATURATE = ("u8s8-pair", "u8s8-w7", "u8s8-w7all", "u8u8", "nncf overflow_fix=enable")
 Form = Literal["u8s8", "u8s8-pair", "u8s8-w7", "u8s8-w7all", "u8s8-w7first", "u8u8", "s8s8"]
 FORMS: dict[str, tuple[str, dict]] = {
     # name: (what it is, the Int8Config fields that make it)
@@ -145,7 +147,7 @@ def mismatch(made_for: dict | None, running: str | None, form: str | None) -> st
     if not made_for or not running or made_for.get("class") == running or running not in CLASSES:
         return None
     made = made_for["class"]
-    if CLASSES[running].saturates and form in ("u8s8", "s8s8", "u8s8-w7first"):
+    if CLASSES[running].saturates and form not in CANNOT_SATURATE:
         saturates = "INT8 may saturate"
         return f"made for {made}, running on {running}: {saturates}; re-compress with --target-cpu {running}"
     return f"made for {made}, running on {running}: re-compress with --target-cpu {running} for its form"

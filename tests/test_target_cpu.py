@@ -204,7 +204,7 @@ def test_on_an_emulated_avx2_cpu_the_vnni_form_saturates_and_the_avx2_form_holds
     for name in ("x86-vnni", "x86-avx2"):
         made[name] = tmp_path / name
         proc = edgekit(
-            "compress", digits.model, "--int8", "--calib", digits.calib, "--calib-size", 128,
+            "compress", digits.model, "--int8", "--calib", digits.calib, "--calib-size", 64,
             "--target-cpu", name, "-o", made[name],
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
@@ -216,7 +216,7 @@ def test_on_an_emulated_avx2_cpu_the_vnni_form_saturates_and_the_avx2_form_holds
         emulate = ("--emulate-cpu", "x86-avx2") if where == "emulated" else ("--runs", 3)
         proc = edgekit(
             "bench", made["x86-vnni"], made["x86-avx2"], "--reference", fp32, "--eval", digits.test,
-            "--eval-size", 24, *emulate, "--json", records, timeout=900,
+            "--eval-size", 16, *emulate, "--json", records, timeout=900,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         rows[where] = {Path(r["artifact"]).name: r for r in json.loads(records.read_text())}
