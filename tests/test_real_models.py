@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_target_cpu import needs_qemu
+from emulation import needs_qemu
 
 from edgekit.artifact import read_manifest
 

@@ -9,13 +9,13 @@ the one made for x86-avx2 (7-bit weights but for depthwise) 32.2 dB, as natively
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from emulation import needs_qemu
 from models import depthwise_se, smooth_images
 from onnx import numpy_helper
 from sshd import ALIAS, sshd
@@ -29,11 +29,6 @@ from edgekit.data import Samples
 from edgekit.export.onnx import ExportConfig, export
 from edgekit.run import _keyed
 from edgekit.target_cpu import CLASSES, FORMS, TargetCpu, mismatch, resolve
-
-needs_qemu = pytest.mark.skipif(
-    shutil.which("qemu-x86_64") is None or fingerprint.host()["cpu_class"].startswith(("arm", "other")),
-    reason="needs qemu's user-mode x86-64 emulator (apt-get install qemu-user) on an x86-64 machine",
-)
 
 
 @pytest.mark.parametrize(
