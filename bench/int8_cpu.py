@@ -378,12 +378,24 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         zoo.write_image_folder(root / "calib", args.calib, seed=0)
         zoo.write_image_folder(root / "eval", args.eval, seed=1)
-        results = []
         for name in args.models.split(","):
-            results.append(measure(name, args, root))
-            show(results[-1])
+            result = measure(name, args, root)
+            show(result)
+            _save(result, args, fp)
+
+
+def _save(result: dict, args, fp: dict) -> None:
+    """Add RESULT to bench/results/int8_cpu.json (replacing that model's earlier result from the
+    same CPU; a result from another CPU is dropped) and rewrite the BENCHMARKS.md section: a
+    model can be re-measured alone with --models."""
     out = ROOT / "bench" / "results" / "int8_cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(out.read_text()) if out.is_file() else {}
+    same_cpu = (
+        old.get("host", {}).get("cpu") == fp["cpu"]
+        and old.get("host", {}).get("cpu_flags") == fp["cpu_flags"]
+    )
+    results = [r for r in old.get("results", []) if same_cpu and r["model"] != result["model"]] + [result]
     out.write_text(json.dumps({"host": fp, "results": results}, indent=2) + "\n")
     write_section("int8_cpu", markdown(results, args, fp))
     console.print(f"wrote {out} and docs/BENCHMARKS.md")

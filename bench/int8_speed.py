@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _markdown import write_section
+from _markdown import cpu_line, write_section
 from models import mobilenet_v2, resnet18, smooth_images
 
 from edgekit.artifact import read_manifest
@@ -299,7 +299,7 @@ def main() -> None:
         digits = bench_digits(Path(tmp))
     from edgekit.benchmarks.runner import fingerprint
 
-    cpu = fingerprint()["cpu"]
+    cpu = cpu_line(fingerprint())
     t = Table(title="INT8 in ONNX Runtime")
     for c in ("model", "variant", "median ms", "speed-up", "SQNR dB", "agreement"):
         t.add_column(c)

@@ -27,7 +27,7 @@ from rich.console import Console
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _markdown import write_section
+from _markdown import cpu_line, write_section
 from models import resnet18, smooth_images
 
 from edgekit.artifact import read_manifest
@@ -247,7 +247,7 @@ def main() -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "mixed_precision.json").write_text(json.dumps({"mixed": mixed, "half": half}, indent=2) + "\n")
-    write_section("mixed_precision", markdown(mixed, half, args, fingerprint()["cpu"]))
+    write_section("mixed_precision", markdown(mixed, half, args, cpu_line(fingerprint())))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _markdown import write_section
+from _markdown import cpu_line, write_section
 from models import mobilenet_v2, resnet18, smooth_images
 
 from edgekit.benchmarks.metrics import interleaved_medians, sqnr_db
@@ -210,7 +210,7 @@ def main() -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "openvino_int8.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_section("openvino_int8", markdown(results, args, fingerprint()["cpu"]))
+    write_section("openvino_int8", markdown(results, args, cpu_line(fingerprint())))
 
 
 if __name__ == "__main__":

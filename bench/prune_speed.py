@@ -24,7 +24,7 @@ import torch
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _markdown import write_section
+from _markdown import cpu_line, write_section
 from models import resnet18, smooth_images
 
 from edgekit.artifact import read_manifest
@@ -215,7 +215,7 @@ def main() -> None:
     (out / "prune_speed.json").write_text(
         json.dumps({"digits": digits, "resnet18": res}, indent=2, default=str) + "\n"
     )
-    write_section("prune_speed", markdown(digits, res, args, fingerprint()["cpu"]))
+    write_section("prune_speed", markdown(digits, res, args, cpu_line(fingerprint())))
 
 
 if __name__ == "__main__":

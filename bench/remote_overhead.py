@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))  # tests/sshd.py (after bench/models.py)
-from _markdown import BENCHMARKS, write_section
+from _markdown import BENCHMARKS, cpu_line, write_section
 from models import mobilenet_v2, resnet18
 from sshd import ALIAS, sshd
 
@@ -141,7 +141,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     payload = {"args": {k: str(v) for k, v in vars(args).items()}, "target": TARGET, "elapsed_s": elapsed}
     args.json.write_text(json.dumps({**payload, **result}, indent=2) + "\n")
-    write_section("remote_overhead", markdown(result, args, fingerprint()["cpu"], elapsed), args.markdown)
+    write_section("remote_overhead", markdown(result, args, cpu_line(fingerprint()), elapsed), args.markdown)
     print(json.dumps({**result["medians_ms"], "remote_over_local": result["remote_over_local"]["median"]}))
 
 

@@ -33,7 +33,7 @@ import openvino as ov
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _markdown import write_section
+from _markdown import cpu_line, write_section
 from models import mobilenet_v2, resnet18
 
 from edgekit.benchmarks.runner import BenchConfig, fingerprint, measure
@@ -299,7 +299,7 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     payload = {"args": vars(args), "targets": TARGETS, "elapsed_s": elapsed, "models": results}
     (out / "runner_overhead.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    write_section("runner_overhead", markdown(results, args, fingerprint()["cpu"], elapsed))
+    write_section("runner_overhead", markdown(results, args, cpu_line(fingerprint()), elapsed))
     print(json.dumps({r["model"]: r["medians_ms"] for r in results}, indent=1))
 
 
