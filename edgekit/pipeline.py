@@ -27,7 +27,7 @@ from edgekit.errors import EdgekitError, first_line
 from edgekit.export import onnx as onnx_export
 from edgekit.model import LoadedModel, LoadOptions, example_inputs, load_model, run_torch
 from edgekit.runtimes import ort
-from edgekit.target_cpu import FORMS, TargetCpu, resolve
+from edgekit.target_cpu import CANNOT_SATURATE, FORMS, TargetCpu, resolve
 from edgekit.target_cpu import here as this_machine
 
 HOLDOUT = 100  # extra calibration samples held out for fidelity when no --eval is given
@@ -126,7 +126,11 @@ def _made_for(target: TargetCpu, cfg: Int8Config) -> dict:
         record["verified_on"] = here.cpu_class
         record["note"] = (
             f"the int8 check ran on this machine ({here.cpu_class}), not on {target.cpu_class}"
-            + ("; this form cannot saturate, so its numbers hold there" if cfg.form == "u8s8-w7" else "")
+            + (
+                "; this form cannot saturate, so its numbers hold there"
+                if cfg.form in CANNOT_SATURATE
+                else ""
+            )
         )
     return record
 

@@ -24,6 +24,7 @@ from edgekit.artifact import InputSpec, TensorSpec, read_manifest
 from edgekit.benchmarks import fingerprint
 from edgekit.benchmarks.fingerprint import cpu_class
 from edgekit.compress.quantize import Int8Config, for_cpu, quantize_int8
+from edgekit.compress.weight_pairs import PairLayer, worst_pair
 from edgekit.config import Pass
 from edgekit.data import Samples
 from edgekit.export.onnx import ExportConfig, export
@@ -109,13 +110,6 @@ def _weights(path: Path) -> dict[str, tuple[np.ndarray, bool]]:
     return out
 
 
-def _worst_pair(q: np.ndarray) -> int:
-    """The largest |w0| + |w1| over same-sign pairs of adjacent input channels (axis 1) at one tap."""
-    k = np.moveaxis(q.astype(np.int64), 1, -1)
-    a, b = k[..., 0::2], k[..., 1::2]
-    return int(np.where(np.sign(a) == np.sign(b), np.abs(a) + np.abs(b), 0).max(initial=0))
-
-
 @pytest.fixture(scope="module")
 def forms(tmp_path_factory) -> dict[str, dict]:
     """The depthwise-separable test CNN quantized in three forms: name -> per-layer weights."""
@@ -150,7 +144,7 @@ def test_pair_form_bounds_every_pair_and_keeps_more_than_seven_bits(forms):
         elif q.ndim == 4 and q.shape[1] % 2 == 1:  # the stem's 3 input channels: pairs unknown, 7 bits
             assert int(np.abs(q.astype(np.int32)).max()) <= 64, node
         else:  # 255 * 128 fits in 16 bits, and the channels use more than 7 bits where that is closer
-            assert _worst_pair(q if q.ndim == 4 else q[:, :, None, None]) <= 128, node
+            assert worst_pair(q, PairLayer(node, 0, 1)) <= 128, node  # Conv, or Gemm with transB
     peaks = [np.abs(q.astype(np.int32)).max() for q, dw in made["weights"].values() if not dw]
     assert max(peaks) > 64
     assert made["summary"]["pair_bounded_weights"] >= 1
