@@ -1,7 +1,8 @@
 """Static INT8 post-training quantization to a QDQ ONNX model, on onnxruntime.quantization.
 
-What edgekit adds to `quantize_static`: the INT8 form of the CPU it is for (7-bit weights on the
-layers whose kernels would saturate there, edgekit.target_cpu), per-channel symmetric weights by
+What edgekit adds to `quantize_static`: the INT8 form of the CPU it is for (weights that cannot
+saturate the 16-bit pair sums of CPUs without VNNI, edgekit.target_cpu and
+edgekit.compress.weight_pairs), per-channel symmetric weights by
 default (ORT's default is per-tensor), ORT's recommended pre-processing (shape inference + fusions)
 before calibration, bounded calibration memory, a progress bar, and a count of compute ops left in fp32.
 QDQ is the one form that ONNX Runtime, OpenVINO and TensorRT all consume.
@@ -135,9 +136,9 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
                 quant_pre_process(str(fp32), str(src))
             except Exception:  # symbolic shape inference does not know every op
                 quant_pre_process(str(fp32), str(src), skip_symbolic_shape=True)
-        seven_bit, pairs = reduced_weights(src, cfg)
-        if seven_bit:
-            extra["TensorQuantOverrides"] = seven_bit
+        overrides, pairs = reduced_weights(src, cfg)
+        if overrides:
+            extra["TensorQuantOverrides"] = overrides
         batch = batch_fixed or _even_batch(len(calib), cfg.calib_batch)
         with progress() as bar:
             task = bar.add_task(f"calibrating ({cfg.calibration})", total=len(calib))
@@ -167,7 +168,7 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
                 raise EdgekitError(f"INT8 quantization failed: {first_line(e)}") from None
     summary = summarize(out)
     if cfg.reduce_range != "none":
-        summary["seven_bit_weights"] = len(seven_bit) - len(pairs)
+        summary["seven_bit_weights"] = len(overrides) - len(pairs)
     if pairs:
         summary["pair_bounded_weights"] = len(pairs)
         summary["pair_capped_values"] = weight_pairs.apply(out, pairs)

@@ -82,14 +82,9 @@ def scales(w: np.ndarray, layer: PairLayer) -> np.ndarray:
 
 def cap_weights(q: np.ndarray, layer: PairLayer) -> np.ndarray:
     """The quantized weights Q of LAYER (ORT's rounding at the chosen scales), pairs capped."""
-    rows = cap(_rows(q, layer))
-    moved = rows.reshape(_moved_shape(q.shape, layer))
-    return np.moveaxis(moved, (0, -1), (layer.channel_axis, layer.k_axis)).astype(q.dtype)
-
-
-def _moved_shape(shape, layer: PairLayer) -> tuple[int, ...]:
-    rest = [d for i, d in enumerate(shape) if i not in (layer.channel_axis, layer.k_axis)]
-    return (shape[layer.channel_axis], *rest, shape[layer.k_axis])
+    moved = np.moveaxis(q, (layer.channel_axis, layer.k_axis), (0, -1))
+    capped = cap(_rows(q, layer)).reshape(moved.shape)
+    return np.moveaxis(capped, (0, -1), (layer.channel_axis, layer.k_axis)).astype(q.dtype)
 
 
 def _rows(w: np.ndarray, layer: PairLayer) -> np.ndarray:
