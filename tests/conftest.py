@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile import TINY_NET
 
 # 3 epochs reach ~98 % held-out accuracy in ~15 s on 2 cores (the demo's 12 take ~40 s).
 DIGITS_EPOCHS = 3
@@ -113,3 +114,42 @@ def lacks_bf16(bf16_reason) -> str:
     if bf16_reason is None:
         pytest.skip("this machine computes in bf16; the refusal is tested on one that cannot")
     return bf16_reason
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """A folder with the tiny model saved in every format, and `tinynet.py` (for --arch tinynet:net)."""
+    import importlib.util
+
+    import torch
+
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "tinynet.py").write_text(TINY_NET)
+    spec = importlib.util.spec_from_file_location("tinynet", root / "tinynet.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    m = mod.net().eval()
+    torch.jit.save(torch.jit.script(m), str(root / "model.ts.pt"))
+    torch.save(m.state_dict(), root / "weights.pt")
+    torch.save(m, root / "pickled.pt")
+    return root
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    """An empty folder the output goes into, so any leftover in it is visible."""
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def png():
+    """Write a small real grayscale PNG to the given path."""
+    from PIL import Image
+
+    def write(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 20), dtype=np.uint8)).save(path)
+
+    return write

@@ -4,96 +4,13 @@ Ctrl-C ends a run with exit 130 and leaves nothing behind."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import subprocess
-import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-SHAPE = "1,1,16,16"  # the tiny model's input: 1 channel, 16x16
-# `import onnxruntime` (1.32) writes $TMPDIR/.ses and never removes it: not a leftover of edgekit's
-IMPORT_LEFTOVERS = {".ses"}
-
-TINY_NET = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-
-    def net():
-        torch.manual_seed(0)
-        return nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(4, 3),
-        )
-    """
-)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    """A folder with the tiny model saved in every format, and `tinynet.py` (for --arch tinynet:net)."""
-    import importlib.util
-
-    import torch
-
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "tinynet.py").write_text(TINY_NET)
-    spec = importlib.util.spec_from_file_location("tinynet", root / "tinynet.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    m = mod.net().eval()
-    torch.jit.save(torch.jit.script(m), str(root / "model.ts.pt"))
-    torch.save(m.state_dict(), root / "weights.pt")
-    torch.save(m, root / "pickled.pt")
-    return root
-
-
-@pytest.fixture
-def work(tmp_path) -> Path:
-    """An empty folder the output goes into, so any leftover in it is visible."""
-    d = tmp_path / "work"
-    d.mkdir()
-    return d
-
-
-def assert_refused(result, out: Path, inputs: list[Path] = (), hashes: dict | None = None) -> str:
-    """Exit 2, exactly one sentence on stderr starting 'edgekit: error:', no traceback, nothing
-    on stdout, no output directory, no staging leftovers, inputs unchanged. Returns the sentence."""
-    detail = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.returncode == 2, detail
-    assert "Traceback" not in result.stdout + result.stderr, detail
-    assert result.stdout == "", detail
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, detail
-    sentence = lines[0]
-    assert sentence.startswith("edgekit: error: "), detail
-    assert sentence.endswith("."), detail
-    if not (out.exists() and out in inputs):
-        assert not out.exists(), detail
-    parent = out.parent
-    if parent.is_dir():
-        leftovers = [p.name for p in parent.iterdir() if p.name.startswith(f".{out.name}.")]
-        assert not leftovers, f"staging leftovers {leftovers}\n{detail}"
-    for path in inputs:
-        assert sha256(path) == hashes[path], f"{path} was modified"
-    return sentence.removeprefix("edgekit: error: ")
-
-
-def hashes_of(*paths: Path) -> dict:
-    return {p: sha256(p) for p in paths}
+from hostile import IMPORT_LEFTOVERS, SHAPE, assert_refused, hashes_of, sha256, wait_for
 
 
 def test_missing_model_file(edgekit, work):
@@ -157,18 +74,6 @@ def test_wrong_input_shape(edgekit, tiny, work):
     msg = assert_refused(r, out, [model], before)
     assert "1,3,32,32" in msg and "--input-shape" in msg
     assert "channels" in msg  # the cause (1 channel expected, 3 given), not TorchScript's preamble
-
-
-@pytest.fixture
-def png():
-    """Write a small real grayscale PNG to the given path."""
-    from PIL import Image
-
-    def write(path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 20), dtype=np.uint8)).save(path)
-
-    return write
 
 
 def test_empty_calibration_folder(edgekit, tiny, work):
@@ -242,18 +147,6 @@ def test_inspect_a_folder_that_is_not_an_artifact(edgekit, work):
     assert r.returncode == 2
     assert r.stderr.startswith("edgekit: error: ") and "not an edgekit artifact" in r.stderr
     assert len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
-
-
-def wait_for(proc: subprocess.Popen, what: str, ready, timeout: float = 120) -> None:
-    """Poll until ready() holds, failing if PROC ends first or TIMEOUT seconds pass. The deadline
-    is generous: a slow or busy machine only makes it take longer, never makes it wrong."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            stdout, stderr = proc.communicate()
-            pytest.fail(f"exit {proc.returncode} before {what}\nstdout:\n{stdout}\nstderr:\n{stderr}")
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.01)
 
 
 def test_ctrl_c_leaves_nothing_behind(digits, edgekit, work, tmp_path):
