@@ -71,8 +71,9 @@ class Source(BaseModel):
 
 
 class LoadRecord(BaseModel):
-    """How the source file was loaded (`--arch`, `--input-shape`, ...), so a runtime that runs the
-    source torch model (eager) can load it again exactly as the export did."""
+    """How the source file was loaded (`--arch`, `--input-shape`, ...): information. A runtime that
+    runs the source torch model (eager) reuses the input shapes and dtype, never `arch` or
+    `trust_pickle`: an artifact grants no trust, the user's command line or edgekit.yaml does."""
 
     arch: str | None = None
     trust_pickle: bool = False
@@ -98,6 +99,7 @@ class Manifest(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
     verification: dict[str, Any] = Field(default_factory=dict)
     tool_versions: dict[str, str] = Field(default_factory=dict)
+    manifest_sha256: str | None = None  # manifest_digest() of the rest, checked by read_manifest
 
 
 def sha256_file(path: Path) -> str:
@@ -140,10 +142,29 @@ def read_manifest(directory: Path) -> Manifest:
             f"{directory} is not an edgekit artifact (no {MANIFEST}); "
             "make one with `edgekit export` or `edgekit compress`."
         )
+    text = path.read_text()
     try:
-        return Manifest.model_validate_json(path.read_text())
+        manifest = Manifest.model_validate_json(text)
     except ValueError as e:
         raise EdgekitError(f"{path} is not a valid edgekit manifest ({first_line(e)}).") from None
+    if manifest.manifest_sha256 is None:
+        raise EdgekitError(
+            f"{path} has no digest of its content (an older edgekit wrote it), so an edit to it could "
+            "not be detected; rebuild the artifact with this edgekit."
+        )
+    if manifest.manifest_sha256 != manifest_digest(json.loads(text)):
+        raise EdgekitError(
+            f"{path} was changed after edgekit wrote it (its content no longer matches its "
+            "manifest_sha256); rebuild the artifact."
+        )
+    return manifest
+
+
+def manifest_digest(data: dict) -> str:
+    """sha256 of a manifest's canonical JSON (sorted keys, no spaces) without its own digest: it
+    detects an edited or corrupted edgekit.json; it is not a signature (anyone can recompute it)."""
+    content = {k: v for k, v in data.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def verify_files(directory: Path, manifest: Manifest) -> None:
@@ -157,10 +178,12 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
 
 
 def check_output_dir(out: Path, force: bool, inputs: list[Path]) -> None:
-    """Fail before any work if `out` cannot be written or would clobber something."""
-    out = Path(out).absolute()
+    """Fail before any work if `out` cannot be written or would clobber something: an input (also
+    one inside the directory --force would replace), a file, a folder that is not an artifact, a
+    mount point. A symlink is followed: the artifact it points at is the one replaced."""
+    out = Path(out).resolve()
     for src in inputs:
-        src = Path(src).absolute()
+        src = Path(src).resolve()
         if out == src or src.is_relative_to(out):
             raise EdgekitError(f"-o {out} would overwrite the input {src}; choose another directory.")
     if out.exists() and not out.is_dir():
@@ -172,20 +195,61 @@ def check_output_dir(out: Path, force: bool, inputs: list[Path]) -> None:
             f"{out} is a non-empty directory that is not an edgekit artifact; --force only "
             "replaces artifacts, so choose another -o."
         )
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise EdgekitError(f"-o {out}: {parent} is a file, not a directory; choose another output path.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise EdgekitError(f"cannot write to {parent}; choose an output directory you can write.")
+    if os.path.ismount(out):
+        raise EdgekitError(
+            f"-o {out} is a mount point, which cannot be replaced; give a path inside it, "
+            f"e.g. {out / 'model'}."
+        )
+    _check_writable(out.parent, "-o", out)
+
+
+def existing_paths(*sources: str | Path | None) -> list[Path]:
+    """The sources that are files or folders on disk (data may also be module:function or 'random'),
+    for check_output_dir's inputs."""
+    return [Path(s) for s in sources if s and Path(s).exists()]
+
+
+def check_output_file(path: Path | None, flag: str) -> None:
+    """Fail before any work if a file output (--json, --junit, ...) cannot be written there: a
+    directory in its place, a file where a folder must be, or a place nothing can be created.
+    An existing file is replaced; missing folders are created when it is written."""
+    if path is None:
+        return
+    path = Path(path).absolute()
+    if path.is_dir():
+        raise EdgekitError(f"{flag} {path} is a directory; give a file path.")
+    _check_writable(path.parent, flag, path)
+
+
+def check_output_folder(path: Path | None, flag: str) -> None:
+    """As check_output_file, for an output that is a folder (created if missing)."""
+    if path is None:
+        return
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise EdgekitError(f"{flag} {path} is an existing file; give a directory.")
+    _check_writable(path if path.is_dir() else path.parent, flag, path)
+
+
+def _check_writable(where: Path, flag: str, what: Path) -> None:
+    """Create and remove a probe in WHERE, or its nearest existing parent: the one test that holds
+    for root, read-only mounts and pseudo-filesystems alike (os.access does not)."""
+    while not where.exists():
+        where = where.parent
+    if not where.is_dir():
+        raise EdgekitError(f"{flag} {what}: {where} is a file, not a directory; choose another path.")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".edgekit-probe-", dir=where))
+    except OSError as e:
+        raise EdgekitError(f"cannot write {flag} {what}: {where}: {e.strerror}.") from None
 
 
 @contextlib.contextmanager
 def staging(out: Path, force: bool) -> Iterator[Path]:
     """Yield a temp dir beside `out`; on success it replaces `out` by rename, on any failure
-    (an exception or Ctrl-C) it is removed and `out` is left as it was."""
-    out = Path(out).absolute()
+    (an exception, Ctrl-C or SIGTERM) it is removed and `out` is left as it was. A symlink `out`
+    is followed, so the link stays and points at the new artifact."""
+    out = Path(out).resolve()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -200,28 +264,47 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
             if not force:
                 raise EdgekitError(f"{out} already exists; pass --force to replace it.")
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
+            _rename(out, old, out)
+            try:
+                _rename(tmp, out, out)
+            except EdgekitError:
+                old.rename(out)  # put the old artifact back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(out)
+            _rename(tmp, out, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _rename(src: Path, dst: Path, out: Path) -> None:
+    try:
+        src.rename(dst)
+    except OSError as e:
+        raise EdgekitError(f"cannot replace {out}: {e.strerror}; choose another -o.") from None
+
+
 def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
-    """Fill in file hashes and tool versions, then write edgekit.json (last, so it marks completion)."""
+    """Fill in file hashes, tool versions and the manifest's digest, then write edgekit.json (last,
+    so it marks completion)."""
     manifest.files = file_records(directory)
     manifest.tool_versions = tool_versions()
+    manifest.manifest_sha256 = manifest_digest(manifest.model_dump(mode="json"))
     write_atomic(Path(directory) / MANIFEST, json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     return manifest
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write a file under a temporary name beside it, then rename it into place: a reader never
-    sees half a file, and an interrupted write leaves the old one."""
+    sees half a file, and an interrupted write leaves the old one. Missing folders are created."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise EdgekitError(f"cannot write {path}: {e.strerror}.") from None
+    finally:
+        tmp.unlink(missing_ok=True)

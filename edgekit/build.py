@@ -11,6 +11,7 @@ from pathlib import Path
 from edgekit.artifact import (
     PassRecord,
     check_output_dir,
+    existing_paths,
     read_manifest,
     staging,
     verify_files,
@@ -52,7 +53,7 @@ def build(req: BuildRequest):
             f"{req.parent} holds {parent.model_file}, not an ONNX model; build from the artifact "
             "`edgekit compress` made."
         )
-    check_output_dir(req.out, req.force, [req.parent])
+    check_output_dir(req.out, req.force, existing_paths(req.parent, req.calib, req.eval))
     _preflight(req, onnx_path)
     pre = recorded_preprocess(parent)
     spec = parent.input_spec
@@ -116,10 +117,10 @@ def _openvino(req: BuildRequest, onnx_path: Path, out: Path, calib, evals: Sampl
         )
     feeds = None if calib is None else calib.inputs
     target = resolve() if cfg.quantizer == "nncf" else None
-    summary = openvino.build_ir(onnx_path, out, cfg, feeds, target)
     fixed = read_manifest(req.parent).input_spec.fixed_batch
+    summary = openvino.build_ir(onnx_path, out, cfg, feeds, target, fixed)
     ref = predict(onnx_path, evals, fixed, "parent in ONNX Runtime")
-    ir = openvino.predict(out / openvino.MODEL_FILE, evals, fixed or 32, summary["inference_precision"])
+    ir = openvino.predict(out / openvino.MODEL_FILE, evals, fixed, summary["inference_precision"])
     verification = quality(ref, ir, evals, data)
     verification.update(reference="the parent artifact in ONNX Runtime (CPU)", **_openvino_device(summary))
     return summary, verification
@@ -143,7 +144,7 @@ def _tensorrt(req: BuildRequest, onnx_path: Path, out: Path, spec, evals: Sample
 
     summary = tensorrt.build_plan(onnx_path, out, spec, req.tensorrt)
     sess = trt.load(str(out / "model.plan"), "cuda")
-    plan = evals.outputs(sess.run, spec.fixed_batch or 32, "evaluating the plan")
+    plan = evals.outputs(sess.run, spec.fixed_batch, "evaluating the plan")
     ref = predict(onnx_path, evals, spec.fixed_batch, "parent in ONNX Runtime")
     verification = quality(ref, plan, evals, data)
     verification.update(

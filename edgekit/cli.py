@@ -1,18 +1,38 @@
 """The `edgekit` command: parse, call the library, print, map errors to exit codes.
 
-Exit codes: 0 success, 1 a failed check (verification, gate), 2 bad input or usage.
+Exit codes: 0 success, 1 a failed check (verification, gate), 2 bad input or usage, 130 Ctrl-C,
+143 SIGTERM (what `timeout` and CI runners send).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import signal
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
 from edgekit import __version__
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
+
+
+class Real(click.FloatRange):
+    """A finite number in a range (click's FloatRange lets nan and inf through)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number in the range {self._describe_range()}", param, ctx)
+        return number
+
+
+COUNT = click.IntRange(min=1)  # sample counts, runs, epochs, batch sizes, pixels
+NONNEGATIVE = click.IntRange(min=0)  # threads (0: the runtime's default), warm-up runs
+POSITIVE = Real(min=0, min_open=True)  # seconds, tolerances, learning rates
+FRACTION = Real(min=0, max=1, min_open=True, max_open=True)  # what pruning removes
 
 
 def _fail(e: EdgekitError) -> None:
@@ -40,7 +60,7 @@ def _common_model_options(f, output_required: bool = True):
         click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 20)."),
         click.option(
             "--tolerance",
-            type=float,
+            type=POSITIVE,
             default=1e-3,
             show_default=True,
             help="Export check: max |torch-onnx| relative to max |torch|.",
@@ -55,9 +75,11 @@ def _common_model_options(f, output_required: bool = True):
         ),
         click.option("--force", is_flag=True, help="Replace an existing output directory."),
         click.option("--calib", help="Calibration data: image folder, .npz, module:function, or 'random'."),
-        click.option("--calib-size", type=int, default=300, show_default=True),
-        click.option("--resize", type=int, help="Images: shorter side before the crop (default crop/0.875)."),
-        click.option("--crop", type=int, help="Images: center crop (default: the model's input size)."),
+        click.option("--calib-size", type=COUNT, default=300, show_default=True),
+        click.option(
+            "--resize", type=COUNT, help="Images: shorter side before the crop (default crop/0.875)."
+        ),
+        click.option("--crop", type=COUNT, help="Images: center crop (default: the model's input size)."),
         click.option("--mean", default="0.485,0.456,0.406", show_default=True),
         click.option("--std", default="0.229,0.224,0.225", show_default=True),
         click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True),
@@ -117,14 +139,31 @@ def _request(model, kw, int8=None, eval_=None, eval_size=None):
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every `finally` (staging directories, temporary files, worker
+    processes) cleans up before the exit."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
+
+
 def _run(fn, debug: bool):
-    """Call the library; an EdgekitError becomes one sentence and its exit code, Ctrl-C exit 130."""
+    """Call the library; an EdgekitError becomes one sentence and its exit code, Ctrl-C exit 130,
+    SIGTERM exit 143."""
     try:
         return fn()
     except EdgekitError as e:
         if debug:
             raise
         _fail(e)
+    except MemoryError as e:  # an input too large for this machine, found only as it was allocated
+        if debug:
+            raise
+        _fail(EdgekitError(f"out of memory ({first_line(e)}); use a smaller --input-shape or fewer samples."))
+    except Terminated:
+        click.echo("edgekit: terminated; nothing was written.", err=True)
+        sys.exit(143)
     except KeyboardInterrupt:
         click.echo("edgekit: interrupted; nothing was written.", err=True)
         sys.exit(130)
@@ -204,8 +243,12 @@ def _target_cpu(kw: dict):
 def _torch_pass_options(f):
     """`compress` options of the torch passes that run before the export: prune, fine-tune, sparsity."""
     opts = [
-        click.option("--prune", type=float, help="Remove this fraction of every prunable layer's channels."),
-        click.option("--prune-macs", type=float, help="Prune until MACs drop by this fraction (0.5: half)."),
+        click.option(
+            "--prune", type=FRACTION, help="Remove this fraction of every prunable layer's channels."
+        ),
+        click.option(
+            "--prune-macs", type=FRACTION, help="Prune until MACs drop by this fraction (0.5: half)."
+        ),
         click.option(
             "--importance",
             default="l2",
@@ -213,7 +256,7 @@ def _torch_pass_options(f):
             help="How channels are ranked: l1, l2 (weight magnitude), bn (BatchNorm scale), taylor "
             "(gradients on --finetune or --calib data).",
         ),
-        click.option("--round-to", type=int, default=8, show_default=True, help="Channel counts multiple."),
+        click.option("--round-to", type=COUNT, default=8, show_default=True, help="Channel counts multiple."),
         click.option(
             "--ignore-layer",
             "ignore_layers",
@@ -222,8 +265,12 @@ def _torch_pass_options(f):
             help="Never prune this layer's output channels (repeatable); the classifier never is.",
         ),
         click.option("--finetune", help="Recovery fine-tuning data after pruning (as --calib), distilled."),
-        click.option("--epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs at most."),
-        click.option("--lr", type=float, default=1e-3, show_default=True, help="Fine-tuning learning rate."),
+        click.option(
+            "--epochs", type=COUNT, default=3, show_default=True, help="Fine-tuning epochs at most."
+        ),
+        click.option(
+            "--lr", type=POSITIVE, default=1e-3, show_default=True, help="Fine-tuning learning rate."
+        ),
         click.option("--sparsity", help="Zero weights: a fraction (0.5: unstructured) or 2:4."),
     ]
     for opt in reversed(opts):
@@ -279,7 +326,7 @@ def _torch_pass_lines(manifest) -> None:
     default="percentile",
     show_default=True,
 )
-@click.option("--percentile", type=float, default=99.99, show_default=True)
+@click.option("--percentile", type=Real(min=90, max=100, min_open=True), default=99.99, show_default=True)
 @click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales (default: per channel).")
 @click.option(
     "--symmetric-activations",
@@ -287,7 +334,7 @@ def _torch_pass_lines(manifest) -> None:
     help="TensorRT's form: int8 activations with zero-point 0, float biases.",
 )
 @click.option("--eval", "eval_", help="Evaluation data (labels give accuracy; else fidelity).")
-@click.option("--eval-size", type=int, default=None, help="At most this many evaluation samples.")
+@click.option("--eval-size", type=COUNT, default=None, help="At most this many evaluation samples.")
 @click.option(
     "--target",
     type=click.Choice(["ort", "openvino", "tensorrt"]),
@@ -302,12 +349,14 @@ def _torch_pass_lines(manifest) -> None:
 )
 @click.option(
     "--max-accuracy-drop",
-    type=float,
+    type=Real(min=0),
     metavar="POINTS",
     help="With --int8 and --eval: keep the most sensitive layers in fp32 until top-1 (or, without labels, "
     "top-1 agreement with fp32) drops at most this many points.",
 )
-@click.option("--max-fp32-layers", type=int, help="--max-accuracy-drop: keep at most this many layers fp32.")
+@click.option(
+    "--max-fp32-layers", type=COUNT, help="--max-accuracy-drop: keep at most this many layers fp32."
+)
 @_cpu_options
 def compress(
     model, int8, calibration, percentile, per_tensor, symmetric_activations, eval_, eval_size, target, **kw
@@ -349,10 +398,8 @@ def _precision_passes(kw: dict) -> dict:
     from edgekit.compress.precision import Fp16Config
 
     drop, most = kw["max_accuracy_drop"], kw["max_fp32_layers"]
-    if drop is not None and drop < 0:
-        raise EdgekitError(f"--max-accuracy-drop {drop:g} is negative; give the points you accept to lose.")
-    if most is not None and (drop is None or most < 1):
-        raise EdgekitError("--max-fp32-layers takes a count of 1 or more, with --max-accuracy-drop.")
+    if most is not None and drop is None:
+        raise EdgekitError("--max-fp32-layers limits --max-accuracy-drop; add --max-accuracy-drop POINTS.")
     mixed = None if drop is None else MixedConfig(max_accuracy_drop=drop, max_fp32_layers=most)
     return {"fp16": Fp16Config() if kw["fp16"] else None, "bf16": kw["bf16"], "mixed": mixed}
 
@@ -361,7 +408,7 @@ def _precision_passes(kw: dict) -> dict:
 @click.argument("model", type=click.Path(path_type=Path))
 @(lambda f: _common_model_options(f, output_required=False))
 @click.option("--eval", "eval_", help="Evaluation data: labels give top-1 points, else agreement with fp32.")
-@click.option("--eval-size", type=int, default=None, help="At most this many evaluation samples.")
+@click.option("--eval-size", type=COUNT, default=None, help="At most this many evaluation samples.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the table as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a bar plot (PNG).")
 @_cpu_options
@@ -375,22 +422,22 @@ def sensitivity(model, eval_, eval_size, json_path, plot_path, **kw):
     from edgekit.compress.sensitivity import plot, print_table
     from edgekit.pipeline import sensitivity as run
 
+    out = kw["out"]
+    json_path = json_path or (out and out / "sensitivity.json")
+    plot_path = plot_path or (out and out / "sensitivity.png")
+
     def go():
+        _outputs(("--json", json_path), ("--plot", plot_path))
         cfg = Int8Config(form=kw["int8_form"]) if kw["int8_form"] else Int8Config()
         return run(replace(_request(model, kw, cfg, eval_, eval_size), target_cpu=_target_cpu(kw)))
 
     result = _run(go, kw["debug"])
     print_table(result, f"edgekit sensitivity {model}")
-    out = kw["out"]
-    json_path = json_path or (out and out / "sensitivity.json")
-    plot_path = plot_path or (out and out / "sensitivity.png")
-    for path in (json_path, plot_path):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
     if json_path:
         _write_json(json_path, result)
         click.echo(f"wrote {json_path}")
     if plot_path:
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
         _run(lambda: plot(result, plot_path), kw["debug"])
         click.echo(f"wrote {plot_path}")
 
@@ -408,6 +455,19 @@ def inspect(artifact, as_json):
         click.echo(m.model_dump_json(indent=2))
     else:
         manifest_table(m, str(artifact))
+
+
+def _eager_trust_options(f):
+    """--arch and --trust-pickle for eager rows, which run the source torch model: the user's own
+    permission, since an artifact's manifest never grants it."""
+    f = click.option(
+        "--trust-pickle",
+        is_flag=True,
+        help="Eager rows: allow a fully pickled nn.Module source (runs code from the file).",
+    )(f)
+    return click.option(
+        "--arch", help="Eager rows: package.module:factory building the model, for a state_dict source."
+    )(f)
 
 
 def _names(text: str, flag: str, example: str) -> list[str]:
@@ -437,18 +497,18 @@ def _names(text: str, flag: str, example: str) -> list[str]:
     "lower (openvino, eager); f32 keeps the model's own precision. Default: the precision the artifact "
     "was verified at (an OpenVINO bf16 build: bf16), else f32.",
 )
-@click.option("--threads", type=int, default=0, help="Intra-op threads (0: the runtime's default).")
+@click.option("--threads", type=NONNEGATIVE, default=0, help="Intra-op threads (0: the runtime's default).")
 @click.option("--batch", default="1", show_default=True, help="Batch sizes, comma-separated: one row each.")
-@click.option("--warmup", type=int, default=10, show_default=True)
-@click.option("--runs", type=int, default=None, help="A fixed number of timed runs ...")
-@click.option("--seconds", type=float, default=3.0, show_default=True, help="... or at least this long.")
+@click.option("--warmup", type=NONNEGATIVE, default=10, show_default=True)
+@click.option("--runs", type=COUNT, default=None, help="A fixed number of timed runs ...")
+@click.option("--seconds", type=POSITIVE, default=3.0, show_default=True, help="... or at least this long.")
 @click.option(
     "--eval",
     "eval_",
     help="Evaluation data (image folder, .npz, module:function): top-1/top-5 with labels, and "
     "fidelity to the fp32 reference.",
 )
-@click.option("--eval-size", type=int, default=None)
+@click.option("--eval-size", type=COUNT, default=None)
 @click.option(
     "--reference",
     type=click.Path(path_type=Path),
@@ -484,13 +544,14 @@ def _names(text: str, flag: str, example: str) -> list[str]:
 @click.option(
     "--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE", help="ssh -o option; repeatable."
 )
-@click.option("--timeout", type=float, default=600, show_default=True, help="Per measurement.")
+@click.option("--timeout", type=POSITIVE, default=600, show_default=True, help="Per measurement.")
 @click.option(
     "--emulate-cpu",
     metavar="CLASS",
     help="Run as on a CPU of this class (x86-avx2, x86-sse) under qemu: outputs, accuracy and fidelity "
     "as there (INT8 saturation included); latency is the emulator's and is not shown.",
 )
+@_eager_trust_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Save the records (JSON).")
 @click.option(
     "-o",
@@ -532,9 +593,10 @@ def bench(
     notes: list[str] = []
 
     def go():
+        _outputs(("--json", json_path), folders=(("-o", out_dir),))
         batches = _ints(batch, "--batch")
-        if (kw["runs"] is not None and kw["runs"] < 1) or kw["seconds"] <= 0 or min(batches) < 1:
-            raise EdgekitError("--runs, --seconds and --batch must be positive.")
+        if min(batches) < 1:
+            raise EdgekitError(f"--batch {batch} must list batch sizes of 1 or more.")
         settings = dict(python=remote_python, cache=remote_cache, ssh_config=ssh_config)
         devices = remotes(host, hosts_file, ssh_options=tuple(ssh_options), **settings)
         if kw["emulate_cpu"]:
@@ -551,6 +613,8 @@ def bench(
         precisions = _names(precision, "--precision", "f32,bf16") if precision is not None else [None]
         cfg = BenchConfig(device=device, **kw)
         evals = _evaluation(artifacts, eval_, eval_size, reference)
+        warned = (s.description.get("warning") for s, _ in evals.values())
+        notes.extend(f"--eval: {w}" for w in dict.fromkeys(warned) if w)
         jobs = []
         for a in artifacts:
             sizes, note = batch_sizes(_manifest(a).input_spec, batches)
@@ -680,7 +744,17 @@ def runtimes():
 def _write_json(path: Path, obj) -> None:
     from edgekit.artifact import write_atomic
 
-    write_atomic(path, json.dumps(obj, indent=2) + "\n")
+    _run(lambda: write_atomic(path, json.dumps(obj, indent=2) + "\n"), False)
+
+
+def _outputs(*files: tuple[str, Path | None], folders: tuple[tuple[str, Path | None], ...] = ()) -> None:
+    """Check every output path of a command before its work starts: (flag, path) pairs."""
+    from edgekit.artifact import check_output_file, check_output_folder
+
+    for flag, path in files:
+        check_output_file(path, flag)
+    for flag, path in folders:
+        check_output_folder(path, flag)
 
 
 @cli.command()
@@ -694,7 +768,11 @@ def demo(work_dir, retrain):
     """Train a small CNN on scikit-learn's digits, export, quantize to INT8, benchmark both."""
     from edgekit.demo import run
 
-    _run(lambda: run(work_dir, retrain), False)
+    def go():
+        _outputs(folders=(("--work-dir", work_dir),))
+        return run(work_dir, retrain)
+
+    _run(go, False)
 
 
 @cli.command()
@@ -714,13 +792,13 @@ def demo(work_dir, retrain):
     "(needs --calib).",
 )
 @click.option("--workspace", default="2G", show_default=True, help="tensorrt: builder workspace limit.")
-@click.option("--min-batch", type=int, help="tensorrt: optimization profile (default 1).")
-@click.option("--opt-batch", type=int, help="tensorrt: optimization profile (default 1).")
-@click.option("--max-batch", type=int, help="tensorrt: optimization profile (default 32).")
+@click.option("--min-batch", type=COUNT, help="tensorrt: optimization profile (default 1).")
+@click.option("--opt-batch", type=COUNT, help="tensorrt: optimization profile (default 1).")
+@click.option("--max-batch", type=COUNT, help="tensorrt: optimization profile (default 32).")
 @click.option("--calib", help="Calibration data (--quantizer nncf), also used to verify without --eval.")
-@click.option("--calib-size", type=int, default=300, show_default=True)
+@click.option("--calib-size", type=COUNT, default=300, show_default=True)
 @click.option("--eval", "eval_", help="Data to verify the engine against its parent (labels give accuracy).")
-@click.option("--eval-size", type=int, default=None)
+@click.option("--eval-size", type=COUNT, default=None)
 @click.option(
     "-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output artifact directory."
 )
@@ -783,6 +861,7 @@ def report(results, formats, plot, out):
     from edgekit.benchmarks.results import load_records
 
     def go():
+        _outputs(folders=(("-o", out),))
         chosen = parse_formats(formats) if formats else []
         records = load_records(results)
         bench_table(records, title=f"edgekit report {results}")
@@ -803,14 +882,17 @@ def report(results, formats, plot, out):
 @click.option("--runtime", default="ort", show_default=True, help="One runtime, or two to compare them.")
 @click.option("--precision", help="One precision, or two to compare them (default: the artifact's).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--rounds", type=int, default=10, show_default=True, help="Interleaved rounds, A B A B ...")
+@click.option("--rounds", type=COUNT, default=10, show_default=True, help="Interleaved rounds, A B A B ...")
 @click.option(
-    "--seconds", type=float, default=10.0, show_default=True, help="Timed seconds per side, all rounds."
+    "--seconds", type=POSITIVE, default=10.0, show_default=True, help="Timed seconds per side, all rounds."
 )
-@click.option("--threads", type=int, default=0, help="Intra-op threads (0: the runtime's default).")
-@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs in each worker.")
-@click.option("--timeout", type=float, default=600, show_default=True, help="Per measurement.")
+@click.option("--threads", type=NONNEGATIVE, default=0, help="Intra-op threads (0: the runtime's default).")
+@click.option(
+    "--warmup", type=NONNEGATIVE, default=10, show_default=True, help="Untimed runs in each worker."
+)
+@click.option("--timeout", type=POSITIVE, default=600, show_default=True, help="Per measurement.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Save the comparison (JSON).")
+@_eager_trust_options
 def compare(artifacts, runtime, precision, rounds, json_path, **kw):
     """Measure two variants interleaved (A B A B, fresh workers each round) and report the latency
     ratio B/A with a 95 % bootstrap confidence interval. The two are two ARTIFACTS on one runtime,
@@ -823,8 +905,7 @@ def compare(artifacts, runtime, precision, rounds, json_path, **kw):
     from edgekit.benchmarks.runner import BenchConfig
 
     def go():
-        if kw["seconds"] <= 0:
-            raise EdgekitError("--seconds must be positive.")
+        _outputs(("--json", json_path))
         names = _checked_runtimes(runtime)
         precisions = _names(precision, "--precision", "f32,bf16") if precision is not None else [None]
         variants = [
@@ -919,11 +1000,12 @@ def run_config(config, out, cache, no_cache, baseline, junit, debug):
     from edgekit.config import load
     from edgekit.run import RunOptions, run
 
-    cfg = _run(lambda: load(config), debug)
+    cfg = _run(lambda: (_outputs(("--junit", junit), folders=(("-o", out),)), load(config))[1], debug)
     opts = RunOptions(out=out, cache=cache, rebuild=no_cache, baseline=baseline)
     done = _run(lambda: run(cfg, opts, click.echo), debug)
     click.echo(f"appended {len(done['records'])} record(s) to {out / 'results.jsonl'}")
-    gate.publish(done["results"], out / "verdict.json", junit, {"stages": done["stages"]})
+    stages = {"stages": done["stages"]}
+    _run(lambda: gate.publish(done["results"], out / "verdict.json", junit, stages), False)
     sys.exit(1 if gate.failed(done["results"]) else 0)
 
 
@@ -947,12 +1029,13 @@ def gate_results(results, config, baseline, junit, json_path):
     from edgekit.config import load
 
     def go():
+        _outputs(("--junit", junit), ("--json", json_path))
         cfg = load(config, check_files=False)
         saved = load_records(baseline) if baseline else None
         return gate.evaluate(cfg.gates, load_records(results), saved)
 
     verdict = _run(go, False)
-    gate.publish(verdict, json_path, junit)
+    _run(lambda: gate.publish(verdict, json_path, junit), False)
     sys.exit(1 if gate.failed(verdict) else 0)
 
 
@@ -974,6 +1057,7 @@ def schema(out):
     from edgekit.config import schema as config_schema
 
     if out:
+        _run(lambda: _outputs(("-o", out)), False)
         _write_json(out, config_schema())
         click.echo(f"wrote {out}")
     else:
@@ -981,4 +1065,25 @@ def schema(out):
 
 
 def main() -> None:
-    cli()
+    """The console script: click's usage errors become one sentence too (exit 2), SIGTERM is
+    handled as Ctrl-C is, and library warnings stay off stderr (-W or PYTHONWARNINGS shows them)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if not sys.warnoptions:
+        warnings.simplefilter("ignore")
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:  # bare `edgekit`: the help, as click shows it
+        click.echo(e.format_message(), err=True)
+        sys.exit(2)
+    except click.UsageError as e:
+        command = e.ctx.command_path if e.ctx else "edgekit"
+        click.echo(f"edgekit: error: {e.format_message().rstrip('.')}; see `{command} --help`.", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"edgekit: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except click.Abort as e:  # Ctrl-C or SIGTERM outside a library call (click turns them into Abort)
+        terminated = isinstance(e.__cause__, Terminated)
+        click.echo(f"edgekit: {'terminated' if terminated else 'interrupted'}.", err=True)
+        sys.exit(143 if terminated else 130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -16,6 +16,7 @@ from edgekit.compress.mixed import MixedConfig
 from edgekit.compress.precision import Fp16Config
 from edgekit.compress.quantize import Int8Config
 from edgekit.errors import EdgekitError
+from edgekit.files import read_text
 
 
 class _Strict(BaseModel):
@@ -192,9 +193,9 @@ def load(path: Path, check_files: bool = True) -> Config:
     """Read, validate and cross-check edgekit.yaml (and that its model and data files exist, unless
     CHECK_FILES is off: `edgekit gate` reads records only); any problem is one EdgekitError sentence."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise EdgekitError(f"{path} does not exist; write one with `edgekit init`.")
-    text = path.read_text()
+    text = read_text(path, "config")
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)

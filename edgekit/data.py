@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import importlib
 import sys
+import zipfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgekit.artifact import InputSpec
+from edgekit import batching
+from edgekit.artifact import InputSpec, TensorSpec
 from edgekit.errors import EdgekitError, first_line
 from edgekit.progress import progress
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# samples taken from a `module:function` when no size is given: a generator may never end
+UNSIZED_CAP = 10_000
 
 
 @dataclass
@@ -33,6 +38,13 @@ class Preprocess:
     std: tuple[float, ...] = IMAGENET_STD
     channel_order: str = "rgb"  # or "bgr"
     layout: str = "nchw"  # or "nhwc"
+
+    def __post_init__(self) -> None:
+        if not all(np.isfinite(self.mean)) or not all(np.isfinite(v) and v > 0 for v in self.std):
+            raise EdgekitError(
+                f"--mean {self.mean} and --std {self.std} must be finite, and every std positive "
+                "(pixels are divided by it)."
+            )
 
 
 @dataclass
@@ -48,20 +60,13 @@ class Samples:
         labels = None if self.labels is None else self.labels[idx]
         return Samples({k: v[idx] for k, v in self.inputs.items()}, labels, self.description)
 
-    def batches(self, size: int):
-        for i in range(0, len(self), size):
-            yield {k: v[i : i + size] for k, v in self.inputs.items()}
-
-    def outputs(self, run, size: int, label: str) -> list[np.ndarray]:
-        """Every output of RUN (feeds -> list of arrays) over these samples in batches of SIZE,
-        concatenated, with a progress bar named LABEL."""
-        chunks = []
+    def outputs(self, run, fixed: int | None, label: str, size: int = 32) -> list[np.ndarray]:
+        """Every output of RUN (feeds -> list of arrays) over these samples, in the batches
+        edgekit.batching gives a model whose batch is FIXED (or dynamic: None, up to SIZE),
+        with a progress bar named LABEL."""
         with progress() as bar:
             task = bar.add_task(label, total=len(self))
-            for feeds in self.batches(size):
-                chunks.append(run(feeds))
-                bar.advance(task, len(next(iter(feeds.values()))))
-        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+            return batching.outputs(run, self.inputs, fixed, size, lambda n: bar.advance(task, n))
 
 
 def recorded_preprocess(manifest) -> Preprocess:
@@ -77,6 +82,11 @@ def load_samples(
     if source == "random":
         return _random(spec, limit or 300, seed)
     path = Path(source)
+    if path.exists() and not (path.is_dir() or path.is_file()):
+        raise EdgekitError(
+            f"--{what} {source} is not a regular file or a folder (a pipe, socket or device is never "
+            "read: it may not end); save the data to a .npz or an image folder."
+        )
     if path.is_dir():
         samples = _image_folder(path, spec, limit, pre, seed, what)
     elif path.suffix == ".npz":
@@ -97,7 +107,9 @@ def load_samples(
 def _random(spec: InputSpec, n: int, seed: int) -> Samples:
     from edgekit.model import example_inputs
 
-    inputs = example_inputs(spec, batch=n, seed=seed)
+    # N samples, also for a fixed-batch model (whose batch axis would give its batch size)
+    samples = [TensorSpec(name=t.name, shape=["n", *t.shape[1:]], dtype=t.dtype) for t in spec.inputs]
+    inputs = example_inputs(InputSpec(inputs=samples), batch=n, seed=seed)
     return Samples(
         inputs,
         None,
@@ -121,6 +133,9 @@ def _image_folder(path, spec, limit, pre: Preprocess, seed, what) -> Samples:
         ]
     else:
         files = [(f, -1) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_EXTS]
+    odd = next((f for f, _ in files if not f.is_file()), None)
+    if odd is not None:
+        raise EdgekitError(f"--{what} {path}: {odd} is not a regular file (a pipe or device is never read).")
     if not files:
         raise EdgekitError(
             f"--{what} {path} holds no images ({', '.join(sorted(IMAGE_EXTS))}); use an "
@@ -189,63 +204,155 @@ def _read_image(f: Path, channels: int, resize: int, crop, order: str) -> np.nda
 
 
 def _npz(path: Path, spec: InputSpec, limit, seed, what) -> Samples:
+    where = f"--{what} {path}"
+    if not zipfile.is_zipfile(path):
+        raise EdgekitError(f"{where} is not a .npz archive (a zip of arrays, as np.savez writes).")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:
-        raise EdgekitError(f"--{what} {path} cannot be read as a .npz ({first_line(e)}).") from None
+        raise EdgekitError(f"{where} cannot be read as a .npz ({first_line(e)}).") from None
     names = spec.names
     if len(names) == 1 and "x" in arrays:
-        inputs = {names[0]: arrays["x"]}
+        named = {"x": arrays["x"]}
     elif all(n in arrays for n in names):
-        inputs = {n: arrays[n] for n in names}
+        named = {n: arrays[n] for n in names}
     else:
         raise EdgekitError(
-            f"--{what} {path} needs an array 'x' (or one per input: {', '.join(names)}); "
+            f"{where} needs an array 'x' (or one per input: {', '.join(names)}); "
             f"it has {', '.join(arrays) or 'none'}."
         )
     labels = arrays.get("y")
-    n = len(next(iter(inputs.values())))
+    n = _common_length({**named, "y": labels}, where)
     if n == 0:
-        raise EdgekitError(f"--{what} {path} holds no samples.")
+        raise EdgekitError(f"{where} holds no samples.")
     idx = np.sort(np.random.default_rng(seed).permutation(n)[: limit or n])
-    samples = Samples(inputs, None if labels is None else labels.astype(np.int64), {})
-    samples = samples.take(idx)
-    samples.description = {"source": str(path.absolute()), "kind": "npz", "count": len(idx)}
-    return samples
+    picked = {k: v[idx] for k, v in named.items()}
+    _check_finite(picked, where, idx)
+    inputs = dict(zip(names, picked.values(), strict=True))
+    labels = None if labels is None else _labels(labels[idx], where, idx)
+    return Samples(inputs, labels, {"source": str(path.absolute()), "kind": "npz", "count": len(idx)})
 
 
 def _function(source: str, spec: InputSpec, limit, what) -> Samples:
-    """`module:function` returning an iterable of batches: an array, (x, y), or a dict."""
+    """`module:function` returning an iterable of batches: an array, (x, y), or a dict. At most
+    LIMIT samples (UNSIZED_CAP without one) are taken, and then the iteration stops."""
+    where = f"--{what} {source}"
+    cap = limit or UNSIZED_CAP
+    xs: dict[str, list] = {n: [] for n in spec.names}
+    ys: list = []
+    count = 0
+    for i, batch in enumerate(_batches(source, where)):
+        x, y = batch if isinstance(batch, tuple) and len(batch) == 2 else (batch, None)
+        feeds = x if isinstance(x, dict) else {spec.names[0]: x}
+        missing = next((n for n in spec.names if n not in feeds), None)
+        if missing is not None:
+            raise EdgekitError(f"{where}: a batch has no input named {missing!r}.")
+        named = {n: _batch_array(feeds[n], f"{where}: batch {i}, input {n!r}") for n in spec.names}
+        labels = None if y is None else _batch_array(y, f"{where}: batch {i}, y")
+        count += _common_length({**named, "y": labels}, f"{where}: batch {i}")
+        for n, v in named.items():
+            xs[n].append(v)
+        if labels is not None:
+            ys.append(labels)
+        if count >= cap:
+            break
+    if count == 0:
+        raise EdgekitError(f"{where} yielded no samples.")
+    inputs = {n: np.concatenate(v)[:cap] for n, v in xs.items()}
+    _check_finite(inputs, where)
+    labels = _labels(np.concatenate(ys)[:cap], where) if len(ys) == len(xs[spec.names[0]]) else None
+    desc = {"source": source, "kind": "function", "count": min(count, cap)}
+    if limit is None and count >= cap:
+        desc["warning"] = (
+            f"took the first {cap:,} samples of {source}, the most taken from a function without a size"
+            + ("; --eval-size sets it" if what == "eval" else "")
+        )
+    return Samples(inputs, labels, desc)
+
+
+def _batches(source: str, where: str):
+    """The batches `module:function` returns, one by one; the user's code failing, or returning
+    what is not an iterable of batches, is one sentence naming SOURCE."""
     mod_name, fn_name = source.split(":", 1)
     if "" not in sys.path:
         sys.path.insert(0, "")
     try:
-        batches = getattr(importlib.import_module(mod_name), fn_name)()
-    except (ImportError, AttributeError) as e:
-        raise EdgekitError(f"--{what} {source}: cannot import it ({first_line(e)}).") from None
-    xs: dict[str, list] = {n: [] for n in spec.names}
-    ys: list = []
-    count = 0
-    for batch in batches:
-        x, y = batch if isinstance(batch, tuple) and len(batch) == 2 else (batch, None)
-        feeds = x if isinstance(x, dict) else {spec.names[0]: x}
-        for n in spec.names:
-            if n not in feeds:
-                raise EdgekitError(f"--{what} {source}: a batch has no input named {n!r}.")
-            xs[n].append(np.asarray(feeds[n]))
-        if y is not None:
-            ys.append(np.asarray(y))
-        count += len(xs[spec.names[0]][-1])
-        if limit and count >= limit:
-            break
-    if count == 0:
-        raise EdgekitError(f"--{what} {source} yielded no batches.")
-    inputs = {n: np.concatenate(v)[:limit] for n, v in xs.items()}
-    labels = np.concatenate(ys)[:limit].astype(np.int64) if len(ys) == len(xs[spec.names[0]]) else None
-    return Samples(
-        inputs, labels, {"source": source, "kind": "function", "count": min(count, limit or count)}
-    )
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except Exception as e:
+        raise EdgekitError(f"{where}: cannot import it ({first_line(e)}).") from None
+    try:
+        batches = fn()
+        if isinstance(batches, (np.ndarray, dict, str, bytes)) or not isinstance(batches, Iterable):
+            got = "None" if batches is None else f"an object of type {type(batches).__name__}"
+            raise EdgekitError(
+                f"{where} returned {got}; it must return an iterable (a list or generator) of "
+                "batches: arrays, (x, y) pairs or dicts of input arrays."
+            )
+        yield from batches
+    except EdgekitError:
+        raise
+    except Exception as e:
+        raise EdgekitError(f"{where} raised {type(e).__name__}: {first_line(e)}.") from None
+
+
+def _batch_array(value, where: str) -> np.ndarray:
+    """One array of a `module:function` batch: array-like, with a batch axis."""
+    try:
+        arr = np.asarray(value)
+    except Exception as e:
+        raise EdgekitError(f"{where} is not an array ({first_line(e)}).") from None
+    if arr.ndim == 0:
+        raise EdgekitError(f"{where} is a single value, not a batch of samples.")
+    return arr
+
+
+def _common_length(arrays: dict[str, np.ndarray | None], where: str) -> int:
+    """The number of samples: the rows every array (inputs, labels) must have alike."""
+    rows = {k: len(v) for k, v in arrays.items() if v is not None and v.ndim}
+    scalar = next((k for k, v in arrays.items() if v is not None and not v.ndim), None)
+    if scalar is not None:
+        raise EdgekitError(f"{where}: {scalar} is a single value, not one row per sample.")
+    (a, n), *rest = rows.items()
+    for b, m in rest:
+        if m != n:
+            raise EdgekitError(f"{where}: {a} has {n} rows but {b} has {m}; give one row per sample in each.")
+    return n
+
+
+def _labels(y: np.ndarray, where: str, rows=None) -> np.ndarray:
+    """Class labels as int64: one whole number per sample (ROWS: the file row of each, for the message)."""
+    if y.ndim != 1:
+        raise EdgekitError(
+            f"{where}: y has shape {list(y.shape)}; labels are one class number per sample (not one-hot)."
+        )
+    if y.dtype.kind in "biu":
+        return y.astype(np.int64)
+    whole = np.isfinite(y) & (y == np.round(y)) if y.dtype.kind == "f" else np.zeros(len(y), bool)
+    if not whole.all():
+        i = int(np.argmin(whole))
+        raise EdgekitError(
+            f"{where}: labels must be whole class numbers (0, 1, ...), but the label of sample "
+            f"{i if rows is None else int(rows[i])} is {y[i].item()!r}."
+        )
+    return y.astype(np.int64)
+
+
+def _check_finite(inputs: dict[str, np.ndarray], where: str, rows=None) -> None:
+    """NaN or Inf in float inputs would surface later as a diverging model: name the sample now
+    (ROWS: the file row of each loaded sample)."""
+    for name, arr in inputs.items():
+        if arr.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(arr).all(axis=tuple(range(1, arr.ndim)))
+        if bad.any():
+            i = int(np.argmax(bad))
+            kind = "NaN" if np.isnan(arr[i]).any() else "Inf"
+            of = "" if len(inputs) == 1 else f" of {name}"
+            raise EdgekitError(
+                f"{where}: sample {i if rows is None else int(rows[i])}{of} holds {kind}; models and "
+                "INT8 ranges need finite numbers, so fix or drop that sample."
+            )
 
 
 def _check_shapes(samples: Samples, spec: InputSpec, source: str, what: str) -> None:
@@ -259,7 +366,29 @@ def _check_shapes(samples: Samples, spec: InputSpec, source: str, what: str) -> 
                 f"--{what} {source}: input {t.name!r} has shape {list(arr.shape)}, but the model "
                 f"expects {t.shape}; check the data or --input-shape."
             )
-        samples.inputs[t.name] = np.ascontiguousarray(arr, dtype=t.dtype)
+        try:
+            with np.errstate(over="raise", invalid="raise"):
+                samples.inputs[t.name] = np.ascontiguousarray(arr, dtype=t.dtype)
+        except (ValueError, TypeError, FloatingPointError) as e:
+            raise EdgekitError(
+                f"--{what} {source}: input {t.name!r} holds values that {t.dtype} cannot hold "
+                f"({first_line(e)})."
+            ) from None
+
+
+def check_labels(samples: Samples, scores: np.ndarray) -> None:
+    """Labels outside the classes a model scores (SCORES: its output, N x classes) would read as 0 %
+    top-1: refuse them, naming the labels found and the classes the model outputs."""
+    labels = samples.labels
+    if labels is None or scores.ndim != 2 or not len(labels):
+        return
+    low, high, classes = int(labels.min()), int(labels.max()), scores.shape[1]
+    if low < 0 or high >= classes:
+        raise EdgekitError(
+            f"the labels of {samples.description.get('source', 'the data')} run from {low} to {high}, "
+            f"but the model outputs {classes} classes (labels 0 to {classes - 1}); check that the data "
+            "belongs to this model."
+        )
 
 
 def split_holdout(samples: Samples, calib_size: int) -> tuple[Samples, Samples]:

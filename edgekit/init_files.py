@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekit.artifact import check_output_file, check_output_folder, write_atomic
 from edgekit.errors import EdgekitError
 
 CONFIG = """\
@@ -96,10 +97,12 @@ FILES = {"edgekit.yaml": CONFIG, ".github/workflows/edgekit.yml": WORKFLOW}
 def init(directory: Path, force: bool) -> list[Path]:
     """Write the templates into DIRECTORY; an existing file is kept unless FORCE."""
     paths = [Path(directory) / name for name in FILES]
+    check_output_folder(Path(directory), "--dir")
+    for path in paths:
+        check_output_file(path, "edgekit init")
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
         raise EdgekitError(f"{', '.join(existing)} already exist(s); pass --force to replace.")
     for path, text in zip(paths, FILES.values(), strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        write_atomic(path, text)
     return paths

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from edgekit.errors import EdgekitError, first_line
 
 BATCH = "batch"
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
+PICKLE_HEADERS = tuple(bytes([0x80, protocol]) for protocol in range(2, 6))  # torch.save's legacy format
+ZIP_HEADER = b"PK\x03\x04"  # torch.save's archive (a zip), also when truncated
 
 
 @dataclass
@@ -66,7 +69,10 @@ def load_model(path: Path, opts: LoadOptions) -> LoadedModel:
     if not path.exists():
         raise EdgekitError(f"{path} does not exist.")
     if not path.is_file():
-        raise EdgekitError(f"{path} is not a file; pass the model file itself.")
+        raise EdgekitError(
+            f"{path} is not a regular file (a directory, pipe or device is never read); pass the "
+            "model file itself."
+        )
     if opts.input_dtype not in DTYPES:
         raise EdgekitError(f"--input-dtype {opts.input_dtype!r} is not one of {', '.join(DTYPES)}.")
     if path.suffix.lower() == ".onnx":
@@ -77,6 +83,7 @@ def load_model(path: Path, opts: LoadOptions) -> LoadedModel:
         program, module = module, _to_eval(module.module())
     source = Source(path=str(path.absolute()), sha256=sha256_file(path), kind=kind)
     spec = _torch_input_spec(path, module, example, opts)
+    _check_fits(spec)
     n_outputs = _check_runs(path, module, spec)
     return LoadedModel(source=source, input_spec=spec, module=module, program=program, n_outputs=n_outputs)
 
@@ -92,6 +99,7 @@ def _load_onnx(path: Path, opts: LoadOptions) -> LoadedModel:
         ) from None
     if not model.graph.node:
         raise EdgekitError(f"{path} is not a valid ONNX model (its graph has no nodes).")
+    check_external_data(path, model)
     inits = {i.name for i in model.graph.initializer}
     specs = []
     for vi in (v for v in model.graph.input if v.name not in inits):
@@ -107,8 +115,52 @@ def _load_onnx(path: Path, opts: LoadOptions) -> LoadedModel:
     if opts.static_batch:
         for t in specs:
             t.shape = [1 if i == 0 and isinstance(d, str) else d for i, d in enumerate(t.shape)]
+    spec = InputSpec(inputs=specs)
+    _check_fits(spec)
     source = Source(path=str(path.absolute()), sha256=sha256_file(path), kind="onnx")
-    return LoadedModel(source=source, input_spec=InputSpec(inputs=specs), onnx_path=path)
+    return LoadedModel(source=source, input_spec=spec, onnx_path=path)
+
+
+def check_external_data(path: Path, model) -> None:
+    """Each external data file the ONNX model's weights live in must be next to it: one sentence
+    naming a missing one, before any runtime fails on it with a cut-off reason."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            location = ExternalDataInfo(tensor).location
+            if not (path.parent / location).is_file():
+                raise EdgekitError(
+                    f"{path} keeps its weights in the file {location}, which is missing from "
+                    f"{path.parent.absolute()}; put it next to the model."
+                )
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available for new allocations (MemAvailable); None where there is no /proc."""
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    kib = next((line.split()[1] for line in lines if line.startswith("MemAvailable:")), None)
+    return int(kib) * 1024 if kib else None
+
+
+def _check_fits(spec: InputSpec) -> None:
+    """Refuse an input of one sample that alone exceeds the memory available, before anything
+    allocates it (numpy would fail with a traceback, or the kernel kill the process)."""
+    available = _available_memory()
+    if available is None:
+        return
+    for t in spec.inputs:
+        shape = t.concrete_shape(1)
+        size = math.prod(shape) * np.dtype(t.dtype).itemsize
+        if size > available:
+            raise EdgekitError(
+                f"input {t.name!r} of shape {','.join(map(str, shape))} ({t.dtype}) takes "
+                f"{size / 2**30:,.1f} GiB, more than the {available / 2**30:.1f} GiB of memory "
+                "available; check --input-shape."
+            )
 
 
 def _apply_shapes_to_onnx(path: Path, specs: list[TensorSpec], opts: LoadOptions):
@@ -165,7 +217,14 @@ def _load_torch(path: Path, opts: LoadOptions):
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        if not _is_pickle_refusal(e):
+        head = _head(path)
+        pickled = head.startswith(PICKLE_HEADERS) or any(n.endswith("data.pkl") for n in names)
+        if not pickled and not head.startswith(ZIP_HEADER):
+            raise EdgekitError(
+                f"{path} is not a model file edgekit can read; it reads TorchScript, torch.export "
+                "(.pt2), a state_dict (with --arch), a pickled nn.Module (with --trust-pickle) and ONNX."
+            ) from None
+        if not (pickled and _is_pickle_refusal(e)):
             raise EdgekitError(corrupt) from None
         if not opts.trust_pickle:
             raise EdgekitError(
@@ -217,8 +276,14 @@ def _to_eval(module):
         return module
 
 
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
 def _is_pickle_refusal(e: Exception) -> bool:
-    return "weights_only" in str(e) or "Unsupported global" in str(e)
+    """torch.load(weights_only=True) met a global beyond tensors and containers: a pickled object."""
+    return "Unsupported global" in str(e)
 
 
 def _as_state_dict(obj) -> dict | None:
@@ -246,7 +311,20 @@ def _build_arch(arch: str):
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
         raise EdgekitError(f"--arch {arch}: cannot import it ({first_line(e)}).") from None
-    module = fn()
+    except Exception as e:  # the module's own code failed as it was imported
+        raise EdgekitError(
+            f"--arch {arch}: importing {mod_name} raised {type(e).__name__} ({first_line(e)})."
+        ) from None
+    if not callable(fn):
+        raise EdgekitError(
+            f"--arch {arch} is not a function that builds the model (it is of type {type(fn).__name__})."
+        )
+    try:
+        module = fn()
+    except Exception as e:
+        raise EdgekitError(
+            f"--arch {arch}: the factory raised {type(e).__name__} ({first_line(e)})."
+        ) from None
     if not isinstance(module, torch.nn.Module):
         raise EdgekitError(f"--arch {arch} returned a {type(module).__name__}, not an nn.Module.")
     return module
@@ -282,10 +360,14 @@ def _torch_input_spec(path: Path, module, example, opts: LoadOptions) -> InputSp
         )
     names = _input_names(module, len(shapes))
     specs = []
-    for name, shape, dtype in zip(names, shapes, dtypes, strict=True):
+    # a program exported with a fixed batch takes that batch only, whatever --input-shape says
+    program_batch = [d[0] if d and isinstance(d[0], int) else None for d, _ in example or []]
+    for i, (name, shape, dtype) in enumerate(zip(names, shapes, dtypes, strict=True)):
         dims: list[int | str] = list(shape)
         if opts.static_batch:
             dims = [1 if isinstance(d, str) else d for d in dims]
+        elif dims and i < len(program_batch) and program_batch[i] is not None:
+            dims[0] = program_batch[i]
         elif dims and (example is None or opts.input_shapes):
             dims[0] = BATCH
         specs.append(TensorSpec(name=name, shape=dims, dtype=dtype))

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifact import LoadRecord, Manifest, PassRecord, check_output_dir, staging, write_manifest
+from edgekit import batching
+from edgekit.artifact import (
+    LoadRecord,
+    Manifest,
+    PassRecord,
+    check_output_dir,
+    existing_paths,
+    staging,
+    write_manifest,
+)
 from edgekit.benchmarks.metrics import fidelity
 from edgekit.benchmarks.runner import score
 from edgekit.compress.finetune import FinetuneConfig
@@ -22,7 +31,7 @@ from edgekit.compress.precision import Fp16Config, bf16_unsupported
 from edgekit.compress.prune import PruneConfig
 from edgekit.compress.quantize import Int8Config, for_cpu, quantize_int8
 from edgekit.compress.sparsity import SparsityConfig
-from edgekit.data import Preprocess, Samples, load_samples, split_holdout
+from edgekit.data import Preprocess, Samples, check_labels, load_samples, split_holdout
 from edgekit.errors import EdgekitError, first_line
 from edgekit.export import onnx as onnx_export
 from edgekit.model import LoadedModel, LoadOptions, example_inputs, load_model, run_torch
@@ -59,7 +68,8 @@ class CompressRequest:
 
 
 def compress(req: CompressRequest) -> Manifest:
-    check_output_dir(req.out, req.force, [req.model])
+    finetune = req.finetune and req.finetune.data
+    check_output_dir(req.out, req.force, existing_paths(req.model, req.calib, req.eval, finetune))
     if req.int8 is not None and not req.calib:
         raise EdgekitError(
             "--int8 needs calibration data: --calib DIR|FILE.npz|module:function "
@@ -79,7 +89,7 @@ def compress(req: CompressRequest) -> Manifest:
             target = replace(target, source="the int8 config's target_cpu")
         req = replace(req, int8=for_cpu(req.int8, target))
         made_for = _made_for(target, req.int8)
-    loaded = load_model(req.model, req.load)
+    loaded = _load(req)
     spec = loaded.input_spec
     calib, held_out = _calibration(req, loaded)
     evals = (
@@ -87,8 +97,6 @@ def compress(req: CompressRequest) -> Manifest:
         if req.eval
         else held_out
     )
-    fixed = spec.fixed_batch
-    calib, evals = (_whole_batches(s, fixed) for s in (calib, evals))
     manifest = Manifest(
         model_file=onnx_export.MODEL_FILE,
         source=loaded.source,
@@ -101,6 +109,7 @@ def compress(req: CompressRequest) -> Manifest:
     with staging(req.out, req.force) as out, tempfile.TemporaryDirectory(prefix="edgekit-") as work:
         fp32_dir = Path(work) if req.int8 or req.fp16 else out
         fp32 = _export(req, loaded, calib, fp32_dir, manifest)
+        _labels_fit(fp32, evals, spec.fixed_batch)
         if req.target != "ort":  # ORT already ran the model in the export check
             from edgekit.export.check import fail_fast
 
@@ -115,6 +124,23 @@ def compress(req: CompressRequest) -> Manifest:
     if missed:  # the best configuration found is written; the missed budget is reported after
         raise missed
     return manifest
+
+
+def _load(req: CompressRequest) -> LoadedModel:
+    """The user's model; an ONNX file is checked in ONNX Runtime first, so an op it cannot run is
+    named now (not a traceback after calibration), and one already quantized is refused for INT8."""
+    from edgekit.export.check import fail_fast
+    from edgekit.export.openvino import has_quantization
+
+    loaded = load_model(req.model, req.load)
+    if loaded.is_onnx:
+        fail_fast(loaded.onnx_path, "ort")
+        if req.int8 is not None and has_quantization(loaded.onnx_path):
+            raise EdgekitError(
+                f"{req.model} is already quantized (it holds QuantizeLinear/DequantizeLinear nodes); "
+                "INT8 quantization starts from the fp32 model."
+            )
+    return loaded
 
 
 def _made_for(target: TargetCpu, cfg: Int8Config) -> dict:
@@ -133,17 +159,6 @@ def _made_for(target: TargetCpu, cfg: Int8Config) -> dict:
             )
         )
     return record
-
-
-def _whole_batches(samples: Samples | None, fixed: int | None) -> Samples | None:
-    """A static-batch model only takes full batches: drop the remainder (it is recorded)."""
-    if samples is None or not fixed or len(samples) % fixed == 0:
-        return samples
-    if len(samples) < fixed:
-        raise EdgekitError(f"the model's static batch is {fixed} but only {len(samples)} samples were given.")
-    kept = samples.take(slice(0, len(samples) - len(samples) % fixed))
-    kept.description = {**samples.description, "count": len(kept)}
-    return kept
 
 
 def _torch_passes(req: CompressRequest, loaded: LoadedModel, calib, evals, manifest) -> tuple:
@@ -170,7 +185,7 @@ def _torch_passes(req: CompressRequest, loaded: LoadedModel, calib, evals, manif
         manifest.data["finetune"] = data.description
     if req.prune is not None:
         t0 = time.perf_counter()
-        summary = prune.prune(module, example, req.prune, data or calib, spec.names)
+        summary = prune.prune(module, example, req.prune, data or calib, spec.names, spec.fixed_batch)
         manifest.passes.append(
             PassRecord(
                 name="prune_channels",
@@ -181,7 +196,7 @@ def _torch_passes(req: CompressRequest, loaded: LoadedModel, calib, evals, manif
         )
     if data is not None:
         t0 = time.perf_counter()
-        summary = finetune.finetune(module, unpruned, data, spec.names, req.finetune)
+        summary = finetune.finetune(module, unpruned, data, spec.names, req.finetune, spec.fixed_batch)
         manifest.passes.append(
             PassRecord(
                 name="finetune_distill",
@@ -213,7 +228,7 @@ def _torch_passes(req: CompressRequest, loaded: LoadedModel, calib, evals, manif
 
 
 def _torch_outputs(module, samples: Samples, spec, label: str) -> list[np.ndarray]:
-    return samples.outputs(lambda feeds: run_torch(module, feeds, spec), spec.fixed_batch or 64, label)
+    return samples.outputs(lambda feeds: run_torch(module, feeds, spec), spec.fixed_batch, label, 64)
 
 
 def _final_vs_unpruned(req, unpruned: list[np.ndarray] | None, path: Path, evals: Samples, manifest) -> None:
@@ -242,9 +257,9 @@ def _export(req, loaded: LoadedModel, calib, out_dir: Path, manifest: Manifest) 
     feeds, origin = _verify_feeds(loaded, calib, req.export.verify_samples)
     if loaded.is_onnx:
         path = onnx_export.copy_onnx(loaded.onnx_path, out_dir, loaded.input_spec)
-        sess = ort.load(str(path))
+        sess, n = ort.load(str(path)), len(next(iter(feeds.values())))
         try:
-            sess.run(feeds)
+            batching.outputs(sess.run, feeds, loaded.input_spec.fixed_batch, n)
         except Exception as e:
             raise EdgekitError(
                 f"{loaded.onnx_path} does not run in ONNX Runtime on inputs of its declared shape "
@@ -253,7 +268,7 @@ def _export(req, loaded: LoadedModel, calib, out_dir: Path, manifest: Manifest) 
         manifest.verification["export"] = {
             "reference": "none: the input is an ONNX model, checked to run in ONNX Runtime",
             "runtime": "onnxruntime",
-            "samples": len(next(iter(feeds.values()))),
+            "samples": n,
             "data": origin,
         }
         manifest.output_names = sess.output_names
@@ -267,15 +282,28 @@ def _export(req, loaded: LoadedModel, calib, out_dir: Path, manifest: Manifest) 
     verification["data"] = origin
     manifest.verification["export"] = verification
     manifest.output_names = onnx_export.output_names(n_out)
+    graph = _graph(path)
     manifest.passes.append(
         PassRecord(
             name="export_onnx",
-            config={"exporter": "torch.onnx.export(dynamo=True)", **asdict(req.export)},
+            # the opset the file has, which the exporter may not have been asked for (its default)
+            config={
+                "exporter": "torch.onnx.export(dynamo=True)",
+                **asdict(req.export),
+                "opset": graph["opset"],
+            },
             seconds=time.perf_counter() - t0,
-            summary=_graph(path),
+            summary=graph,
         )
     )
     return path
+
+
+def _labels_fit(fp32: Path, evals: Samples | None, fixed: int | None) -> None:
+    """Labels the model's classes cannot match fail now, on one sample's output, not as 0 % top-1
+    after calibration."""
+    if evals is not None and evals.labels is not None:
+        check_labels(evals, predict(fp32, evals.take(slice(0, 1)), fixed, "checking the labels")[0])
 
 
 def _verify_feeds(loaded: LoadedModel, calib: Samples | None, n: int):
@@ -376,19 +404,19 @@ def _reduced_precision(req, fp32: Path, calib: Samples | None, evals: Samples | 
     t0 = time.perf_counter()
     data = evals if evals is not None else calib  # fp16/bf16 calibrate nothing: all of it is unseen
     what = "eval" if req.eval else "calibration samples (fp16 and bf16 use no calibration)"
-    step = manifest.input_spec.fixed_batch or 32
-    ref = predict(fp32, data, manifest.input_spec.fixed_batch, "evaluating fp32")
+    fixed = manifest.input_spec.fixed_batch
+    ref = predict(fp32, data, fixed, "evaluating fp32")
     if req.fp16 is not None:
         path = out / onnx_export.MODEL_FILE
         summary = convert_fp16(fp32, path, req.fp16)
-        outputs = predict(path, data, manifest.input_spec.fixed_batch, "evaluating fp16")
+        outputs = predict(path, data, fixed, "evaluating fp16")
         name, config, key, runtime = "convert_fp16", req.fp16.model_dump(), "fp16", "onnxruntime (CPU)"
     else:
         sess = ov.load(str(fp32), "cpu", ov.Options(precision="bf16"))
         ran = sess.info()["precision"]
         if ran != "bf16":
             raise EdgekitError(f"OpenVINO was asked for bf16 but compiled the model for {ran} here.")
-        outputs = data.outputs(sess.run, step, "evaluating bf16")
+        outputs = data.outputs(sess.run, fixed, "evaluating bf16")
         manifest.inference_precision = "bf16"
         summary = {"weights": "fp32 (the ONNX file is unchanged)", "inference_precision": "bf16"}
         name, config, key, runtime = "bf16_inference", {}, "bf16", f"openvino (CPU), compiled for {ran}"
@@ -404,15 +432,15 @@ def sensitivity(req: CompressRequest) -> dict:
 
     if not req.calib or not req.eval:
         raise EdgekitError("sensitivity needs --calib data (to quantize) and --eval data (to measure).")
-    loaded = load_model(req.model, req.load)
+    loaded = _load(req)
     spec, fixed = loaded.input_spec, loaded.input_spec.fixed_batch
     calib = load_samples(req.calib, spec, req.calib_size, req.preprocess, req.seed, "calib")
     evals = load_samples(req.eval, spec, req.eval_size, req.preprocess, req.seed, "eval")
-    calib, evals = (_whole_batches(s, fixed) for s in (calib, evals))
     manifest = Manifest(model_file=onnx_export.MODEL_FILE, source=loaded.source, input_spec=spec)
     with tempfile.TemporaryDirectory(prefix="edgekit-sensitivity-") as work:
         fp32 = _export(req, loaded, calib, Path(work), manifest)
         ref = predict(fp32, evals, fixed, "evaluating fp32")
+        check_labels(evals, ref[0])
 
         def evaluate(path: Path) -> dict:
             return quality(ref, predict(path, evals, fixed, "evaluating a layer"), evals, "eval")
@@ -451,4 +479,4 @@ def quality(ref: list[np.ndarray], out: list[np.ndarray], evals: Samples, data: 
 
 def predict(path: Path, samples: Samples, fixed: int | None, label: str) -> list[np.ndarray]:
     """Outputs of the ONNX model at PATH in ONNX Runtime (CPU) on SAMPLES."""
-    return samples.outputs(ort.load(str(path)).run, fixed or 32, label)
+    return samples.outputs(ort.load(str(path)).run, fixed, label)

@@ -221,7 +221,7 @@ def _measure_and_gate(cfg, t: Target, dirs, evals, reference, saved, say) -> tup
     from edgekit.benchmarks.runner import summarize
 
     gates = [g for g in cfg.gates if g.target == t.name]
-    per_variant = _rounds(t, dirs, evals, reference)
+    per_variant = _rounds(cfg, t, dirs, evals, reference)
     extra = 0
     while True:
         records = [{**summarize(per_variant[v]), "target": t.name, "variant": v} for v in t.variants]
@@ -231,23 +231,26 @@ def _measure_and_gate(cfg, t: Target, dirs, evals, reference, saved, say) -> tup
             return records, results
         extra += 1
         say(f"{t.name}: {', '.join(r.name for r in pending)} inconclusive; re-measuring (batch {extra})")
-        for v, more in _rounds(t, dirs, None, None).items():
+        for v, more in _rounds(cfg, t, dirs, None, None).items():
             per_variant[v] += more
 
 
-def _rounds(t: Target, dirs: dict[str, Path], evals, reference) -> dict[str, list[dict]]:
-    """T.rounds rounds of its variants, interleaved, each in a fresh worker (on T's host if any)."""
+def _rounds(cfg: Config, t: Target, dirs: dict[str, Path], evals, reference) -> dict[str, list[dict]]:
+    """T.rounds rounds of its variants, interleaved, each in a fresh worker (on T's host if any). An
+    eager target loads the source with the config's own arch and trust_pickle, never a manifest's."""
     from edgekit.benchmarks.runner import BenchConfig, rounds
     from edgekit.runtimes.remote import remotes
 
     host = remotes(t.host, None, python=t.remote_python)[0] if t.host else None
-    cfg = BenchConfig(
+    bench = BenchConfig(
         runtime=t.runtime,
         device=t.device,
         threads=t.threads,
         batch=t.batch,
         warmup=t.warmup,
         seconds=t.seconds,
+        arch=cfg.model.arch,
+        trust_pickle=cfg.model.trust_pickle,
     )
-    raw = rounds([(dirs[v], cfg) for v in t.variants], t.rounds, evals, reference, host, f"{t.name}: ")
+    raw = rounds([(dirs[v], bench) for v in t.variants], t.rounds, evals, reference, host, f"{t.name}: ")
     return dict(zip(t.variants, raw, strict=True))

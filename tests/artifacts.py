@@ -1,8 +1,11 @@
 """Real fp32 and INT8 artifacts of the tiny ResNet from tests/models.py, made with
-edgekit.pipeline.compress, for tests that need something to benchmark but not a trained model."""
+edgekit.pipeline.compress, for tests that need something to benchmark but not a trained model;
+and rewrite_manifest, for a test that needs an edited manifest edgekit accepts."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import numpy as np
 import torch
 from models import resnet_blocks, smooth_images
 
+from edgekit.artifact import MANIFEST, manifest_digest
 from edgekit.compress.quantize import Int8Config
 from edgekit.pipeline import CompressRequest, compress
 
@@ -38,3 +42,13 @@ def tiny_pair(root: Path) -> TinyPair:
     compress(CompressRequest(model=model, out=fp32, calib=str(calib), calib_size=16))
     compress(CompressRequest(model=model, out=int8, int8=Int8Config(), calib=str(calib), calib_size=64))
     return TinyPair(fp32=fp32, int8=int8, eval=root / "eval.npz")
+
+
+def rewrite_manifest(directory: Path, edit: Callable[[dict], None]) -> None:
+    """Let EDIT change DIRECTORY's edgekit.json (as a dict, in place), then store the digest of the
+    result with edgekit's own function: what anyone can do, since the digest is not a signature."""
+    path = Path(directory) / MANIFEST
+    data = json.loads(path.read_text())
+    edit(data)
+    data["manifest_sha256"] = manifest_digest(data)
+    path.write_text(json.dumps(data, indent=2) + "\n")

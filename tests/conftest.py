@@ -153,3 +153,13 @@ def png():
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 20), dtype=np.uint8)).save(path)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny, tmp_path_factory, edgekit) -> Path:
+    """The tiny TorchScript model exported by `edgekit export`: an fp32 artifact to bench, compare
+    and report on."""
+    out = tmp_path_factory.mktemp("tiny-artifact") / "fp32"
+    r = edgekit("export", tiny / "model.ts.pt", "--input-shape", "1,1,16,16", "-o", out)
+    assert r.returncode == 0, r.stderr
+    return out

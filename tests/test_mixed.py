@@ -141,7 +141,7 @@ def test_sensitivity_ranks_the_hostile_layer_first(edgekit, hostile):
         (["--fp16", "--int8", "--bf16"], "alternatives"),
         (["--max-accuracy-drop", "1"], "add --int8"),
         (["--int8", "--max-accuracy-drop", "1", "--no-eval"], "needs evaluation data"),
-        (["--int8", "--max-accuracy-drop", "-1"], "negative"),
+        (["--int8", "--max-accuracy-drop", "-1"], "not in the range x>=0"),
     ],
 )
 def test_bad_precision_requests_are_one_sentence(edgekit, hostile, tmp_path, args, words):

@@ -130,8 +130,8 @@ def test_unstructured_sparsity_reaches_its_fraction(digits, tmp_path):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["--prune", "1.5"], "between 0 and 1"),
-        (["--prune-macs", "0"], "between 0 and 1"),
+        (["--prune", "1.5"], "not in the range 0<x<1"),
+        (["--prune-macs", "0"], "not in the range 0<x<1"),
         (["--finetune", "CALIB"], "add --prune"),
         (["--prune", "0.5", "--importance", "magic"], "is not one of"),
         (["--sparsity", "lots"], "neither a fraction"),

@@ -153,8 +153,8 @@ def test_eager_over_ssh_is_not_applicable(edgekit, server, tiny, tmp_path):
     ("args", "message"),
     [
         (("--host", "ssh://pi@board:99999"), "--host 'ssh://pi@board:99999' is not an ssh target"),
-        (("--host", "-oProxyCommand=x"), "is not an ssh target"),
-        (("--hosts", "no-such-hosts.txt"), "--hosts no-such-hosts.txt: cannot read it"),
+        (("--host", "-oProxyCommand=x"), "--host '-oProxyCommand=x' starts with '-', which ssh would read"),
+        (("--hosts", "no-such-hosts.txt"), "--hosts no-such-hosts.txt does not exist"),
         (("--host", "pi@board", "--ssh-option", "Port"), "--ssh-option 'Port' must be KEY=VALUE"),
     ],
 )

@@ -273,7 +273,7 @@ def test_bench_output_that_is_a_file_is_refused(results, edgekit, tmp_path):
     not_a_dir.write_text("x")
     artifact = records(results)[0]["artifact"]
     r = edgekit("bench", artifact, "--runs", 10, "-o", not_a_dir)
-    assert "is a file" in fails_plainly(r)
+    assert "is an existing file" in fails_plainly(r)
 
 
 def test_pareto_front_keeps_only_undominated_points():

@@ -262,10 +262,8 @@ def publish(results: list[GateResult], json_path: Path | None, junit_path: Path 
     print_table(results)
     if json_path:
         verdict = {"passed": not failed(results), "gates": [r.as_dict() for r in results], **(extra or {})}
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(json_path), json.dumps(verdict, indent=2) + "\n")
     if junit_path:
-        Path(junit_path).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(Path(junit_path), junit(results))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:

@@ -19,6 +19,11 @@ from edgekit.errors import EdgekitError
 console = Console()
 
 
+def db(value: float | None) -> str:
+    """An SQNR: identical outputs have an infinite one, which JSON stores as null."""
+    return "∞ dB (identical)" if value is None or value == float("inf") else f"{value:.1f} dB"
+
+
 def mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
@@ -57,7 +62,7 @@ def manifest_table(m: Manifest, path: str) -> None:
         t.add_row(
             "export check",
             f"vs torch on {exp['samples']} {exp.get('data', 'samples')}: max abs diff "
-            f"{exp['max_abs_diff']:.2e}, SQNR {exp['sqnr_db']:.1f} dB",
+            f"{exp['max_abs_diff']:.2e}, SQNR {db(exp['sqnr_db'])}",
         )
     for key in ("prune", "int8", "fp16", "bf16"):
         q = m.verification.get(key)
@@ -99,7 +104,7 @@ def quality_line(q: dict) -> str:
         parts.append(f"top-1 agreement {pct(fid['top1_agreement'])}")
     if "top1_agreement_confident" in q["fidelity"]:
         parts.append(f"{pct(q['fidelity']['top1_agreement_confident'])} where fp32 is confident")
-    parts.append(f"SQNR {fid['sqnr_db']:.1f} dB")
+    parts.append(f"SQNR {db(fid['sqnr_db'])}")
     return "; ".join(parts)
 
 
@@ -224,7 +229,7 @@ def fidelity_cell(r: dict) -> str:
         return "no fp32 reference"
     out = acc["fidelity"]["output_0"]
     agree = f"agree {pct(out['top1_agreement'])}, " if "top1_agreement" in out else ""
-    return f"{agree}SQNR {out['sqnr_db']:.1f} dB (n={acc['samples']})"
+    return f"{agree}SQNR {db(out['sqnr_db'])} (n={acc['samples']})"
 
 
 def runtime_cell(r: dict, device: bool = True) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edgekit.artifact import write_atomic
 from edgekit.errors import EdgekitError
+from edgekit.files import read_text
 
 RESULTS_FILE = "results.jsonl"
 REQUIRED_KEYS = ("artifact", "runtime", "ok")
@@ -42,7 +43,7 @@ def results_path(path: Path) -> Path:
 def load_records(path: Path) -> list[dict]:
     """Records from a results directory, a .jsonl file, or the JSON list `bench --json` writes."""
     path = results_path(path)
-    text = path.read_text()
+    text = read_text(path, "results")
     if not text.strip():
         raise EdgekitError(f"{path} is empty; it holds no benchmark records.")
     if text.lstrip().startswith("["):

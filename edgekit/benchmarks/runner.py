@@ -17,7 +17,7 @@ from edgekit.artifact import Manifest, model_bytes, read_manifest, sha256_file, 
 from edgekit.benchmarks import fingerprint as fingerprints
 from edgekit.benchmarks.fingerprint import CPU_FLAGS as CPU_FLAGS  # importable from here, as before
 from edgekit.benchmarks.metrics import accuracy, fidelity
-from edgekit.data import Samples
+from edgekit.data import Samples, check_labels
 from edgekit.errors import EdgekitError
 from edgekit.model import example_inputs
 from edgekit.progress import progress
@@ -43,6 +43,10 @@ class BenchConfig:
     # run the worker as on a CPU of this class (qemu user mode, edgekit.target_cpu): its outputs are
     # that CPU's (INT8 saturation included), its latency only the emulator's
     emulate_cpu: str | None = None
+    # how a runtime that runs the source torch model (eager) may load it, as the user allowed on the
+    # command line (bench --arch, --trust-pickle) or in edgekit.yaml: never from the manifest
+    arch: str | None = None
+    trust_pickle: bool = False
 
 
 def _worker(job: dict, timeout: float, prefix: list[str] | None = None) -> dict:
@@ -124,7 +128,7 @@ def measure(
             job.update(
                 eval_inputs=str(Path(tmp) / "eval_in.npz"),
                 eval_outputs=str(Path(tmp) / "eval_out.npz"),
-                eval_batch=batch if fixed else 32,
+                eval_fixed_batch=fixed,
             )
         if host:
             result = host.run(job, directory, [(f.name, f.sha256) for f in manifest.files], cfg.timeout)
@@ -173,7 +177,8 @@ def runtime(name: str):
 def not_applicable(rt, manifest: Manifest, cfg: BenchConfig) -> str | None:
     """Why this runtime cannot run this artifact (a row saying so, not a failure), or None: a
     precision the runtime cannot be asked for, a model file of another format; for a runtime that
-    runs the source torch model (eager), a torch source still on disk and unchanged since the export.
+    runs the source torch model (eager), a torch source still on disk and unchanged since the export,
+    and the user's permission to run its code (--trust-pickle) or import its --arch.
     (Whether the device exists is the runtime's own `unsupported`, asked where the row runs.)"""
     if cfg.precision not in rt.PRECISIONS:
         return (
@@ -195,17 +200,30 @@ def not_applicable(rt, manifest: Manifest, cfg: BenchConfig) -> str | None:
         return f"its source model {src.path} is no longer there"
     if sha256_file(Path(src.path)) != src.sha256:
         return f"its source model {src.path} has changed since the export (sha256 differs)"
+    if src.kind == "pickle" and not cfg.trust_pickle:
+        return (
+            f"its source is a pickled module; pass --trust-pickle to run it eagerly (that runs code "
+            f"from {src.path})"
+        )
+    if src.kind == "state_dict" and not cfg.arch:
+        arch = manifest.load.arch or "package.module:factory"
+        return (
+            f"its source is a state_dict built by --arch {arch}; pass --arch {arch} to run it eagerly "
+            f"(that imports {arch.split(':')[0]})"
+        )
     return None
 
 
 def target(directory: Path, manifest: Manifest, rt, cfg: BenchConfig) -> tuple[str, dict]:
     """The file a runtime loads and its options: the artifact's model file, or for a source
-    runtime the source model with the options the export loaded it with."""
+    runtime the source model, with the input shapes the export loaded it with and only the trust
+    the user gave (cfg.arch, cfg.trust_pickle)."""
     options: dict = {"threads": cfg.threads}
     if len(rt.PRECISIONS) > 1:  # a runtime that can lower the precision is always told which
         options["precision"] = cfg.precision or manifest.inference_precision or "f32"
     if rt.SOURCE:
-        return manifest.source.path, {**options, **manifest.load.model_dump()}
+        shapes = manifest.load.model_dump(include={"input_shapes", "input_dtype", "static_batch"})
+        return manifest.source.path, {**options, **shapes, "arch": cfg.arch, "trust_pickle": cfg.trust_pickle}
     return str(Path(directory) / manifest.model_file), options
 
 
@@ -215,6 +233,7 @@ def score(outputs: list[np.ndarray], samples: Samples, reference: Reference | No
     result: dict = {"samples": len(samples)}
     scores = outputs[0]
     if samples.labels is not None and scores.ndim == 2:
+        check_labels(samples, scores)
         result.update(
             metric="top1",
             top1=accuracy(scores, samples.labels, 1),
@@ -260,6 +279,7 @@ def reference_outputs(directory: Path, samples: Samples) -> Reference:
     outputs = predict(
         path, samples, manifest.input_spec.fixed_batch, f"fp32 reference {Path(directory).name}"
     )
+    check_labels(samples, outputs[0])  # before any measurement, not after the first
     return Reference(str(directory), outputs)
 
 

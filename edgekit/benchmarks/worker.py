@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import batching
 from edgekit.benchmarks import energy, fingerprint
 from edgekit.benchmarks.metrics import latency_stats
 from edgekit.runtimes import get as get_runtime
@@ -137,15 +138,11 @@ def measure(job: dict) -> dict:
 
 
 def _predict(sess, inputs_path: str, out_path: str, job: dict) -> str:
-    """Run the evaluation inputs in batches and save every output, for the parent to score."""
+    """Run the evaluation inputs in batches (edgekit.batching's, for the model's fixed batch if
+    it has one) and save every output, for the parent to score."""
     with np.load(inputs_path) as z:
         inputs = {k: z[k] for k in z.files}
-    n = len(next(iter(inputs.values())))
-    step = job.get("eval_batch", 32)
-    chunks: list[list[np.ndarray]] = []
-    for i in range(0, n, step):
-        chunks.append(sess.run({k: v[i : i + step] for k, v in inputs.items()}))
-    np.savez(out_path, *[np.concatenate(parts) for parts in zip(*chunks, strict=True)])
+    np.savez(out_path, *batching.outputs(sess.run, inputs, job.get("eval_fixed_batch")))
     return out_path
 
 

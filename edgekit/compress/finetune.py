@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgekit.data import Samples
+from edgekit import batching
+from edgekit.data import Samples, check_labels
 from edgekit.errors import EdgekitError
 from edgekit.progress import progress
 
@@ -38,8 +39,11 @@ class FinetuneConfig:
             raise EdgekitError(f"--lr {self.lr} must be positive, like 0.001.")
 
 
-def finetune(student, teacher, samples: Samples, names: list[str], cfg: FinetuneConfig) -> dict:
-    """Train `student` in place to match `teacher` on `samples`; return what happened per epoch."""
+def finetune(
+    student, teacher, samples: Samples, names: list[str], cfg: FinetuneConfig, fixed: int | None = None
+) -> dict:
+    """Train `student` in place to match `teacher` on `samples` (in batches of FIXED for a model
+    whose batch is fixed, the last padded); return what happened per epoch."""
     import torch
 
     if len(samples) < 10:
@@ -50,26 +54,29 @@ def finetune(student, teacher, samples: Samples, names: list[str], cfg: Finetune
     order = np.random.default_rng(0).permutation(len(samples))
     n_held = max(1, int(len(samples) * cfg.holdout))
     train, held = samples.take(order[n_held:]), samples.take(order[:n_held])
-    t_train, t_held = _logits(teacher, train, names, cfg.batch), _logits(teacher, held, names, cfg.batch)
-    steps = cfg.epochs * int(np.ceil(len(train) / cfg.batch))
+    t_train, t_held = (_logits(teacher, s, names, fixed, cfg.batch) for s in (train, held))
+    check_labels(samples, t_held.numpy())
+    steps = cfg.epochs * int(np.ceil(len(train) / (fixed or cfg.batch)))
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    best = _score(student, held, t_held, names, cfg)
+    best = _score(student, held, t_held, names, cfg, fixed)
     history = [{"epoch": 0, **best}]
     best_state, best_epoch, waited = copy.deepcopy(student.state_dict()), 0, 0
     with progress() as bar:
         task = bar.add_task("fine-tuning (distillation)", total=steps)
         for epoch in range(1, cfg.epochs + 1):
             student.train()
-            for idx in torch.randperm(len(train)).split(cfg.batch):
-                batch = train.take(idx.numpy())
+            order = {"index": torch.randperm(len(train)).numpy()}
+            for picked, _ in batching.batches(order, fixed, cfg.batch):
+                idx = torch.from_numpy(picked["index"])
+                batch = train.take(picked["index"])
                 loss = _loss(_forward(student, batch, names), t_train[idx], batch.labels, cfg.temperature)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 sched.step()
                 bar.advance(task)
-            score = _score(student, held, t_held, names, cfg)
+            score = _score(student, held, t_held, names, cfg, fixed)
             history.append({"epoch": epoch, **score})
             bar.update(
                 task,
@@ -100,18 +107,16 @@ def _forward(module, batch: Samples, names: list[str]):
     return flatten_outputs(module(*[torch.from_numpy(batch.inputs[n]) for n in names]))[0]
 
 
-def _logits(module, samples: Samples, names: list[str], batch: int):
+def _logits(module, samples: Samples, names: list[str], fixed: int | None, batch: int):
     """The (frozen) teacher's logits, computed once: the data is not augmented."""
     import torch
 
+    def run(feeds):
+        return [_forward(module, Samples(feeds, None), names).numpy()]
+
     module.eval()
     with torch.no_grad():
-        return torch.cat(
-            [
-                _forward(module, samples.take(slice(i, i + batch)), names)
-                for i in range(0, len(samples), batch)
-            ]
-        )
+        return torch.from_numpy(batching.outputs(run, samples.inputs, fixed, batch)[0])
 
 
 def _loss(student, teacher, labels, temperature: float):
@@ -132,11 +137,11 @@ def _loss(student, teacher, labels, temperature: float):
     return loss
 
 
-def _score(student, held: Samples, teacher_logits, names: list[str], cfg: FinetuneConfig) -> dict:
+def _score(student, held: Samples, teacher_logits, names: list[str], cfg: FinetuneConfig, fixed) -> dict:
     """Held-out accuracy (with labels) or top-1 agreement with the teacher, and the loss."""
     import torch
 
-    out = _logits(student, held, names, cfg.batch)
+    out = _logits(student, held, names, fixed, cfg.batch)
     with torch.no_grad():
         loss = float(_loss(out, teacher_logits, held.labels, cfg.temperature))
     pred = out.reshape(-1, out.shape[-1]).argmax(-1).numpy()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgekit import batching
 from edgekit.benchmarks.metrics import interleaved_medians
 from edgekit.compress import sensitivity as sens
 from edgekit.compress.quantize import Int8Config
@@ -69,7 +70,7 @@ def search(
     feasible = [t for t in tried if t.drop <= budget]
     best_effort = min(tried, key=lambda t: (t.drop, len(t.kept)))
     candidates = feasible or [best_effort]
-    feed = {k: v[: fixed or 1] for k, v in evals.inputs.items()}
+    feed, _ = next(batching.batches(evals.inputs, fixed, 1))  # one sample, or one fixed batch
     timed = {"fp32": fp32, "int8": full.path, **{",".join(t.kept): t.path for t in candidates}}
     timed.update({n: singles[n].path for t in candidates for n in t.kept})
     latency = time_interleaved(timed, feed, cfg)

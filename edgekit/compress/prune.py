@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.data import Samples
+from edgekit import batching
+from edgekit.data import Samples, check_labels
 from edgekit.errors import EdgekitError, first_line
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor")
@@ -138,9 +139,12 @@ def ignored_layers(module, names: list[str]) -> list:
     return [by_name[n] for n in names]
 
 
-def prune(module, example: tuple, cfg: PruneConfig, data: Samples | None, names: list[str]) -> dict:
+def prune(
+    module, example: tuple, cfg: PruneConfig, data: Samples | None, names: list[str], fixed: int | None = None
+) -> dict:
     """Prune `module` in place; return params/MACs before and after and the channel counts per layer.
-    `data` (inputs, in `names` order) gives the gradients --importance taylor ranks channels by."""
+    `data` (inputs, in `names` order, run in batches of FIXED if the model's batch is fixed) gives
+    the gradients --importance taylor ranks channels by."""
     import torch_pruning as tp
 
     if cfg.importance == "taylor" and data is None:
@@ -169,7 +173,7 @@ def prune(module, example: tuple, cfg: PruneConfig, data: Samples | None, names:
         target = before["macs"] * (1 - cfg.macs) if cfg.macs is not None else None
         for _ in range(steps):
             if cfg.importance == "taylor":
-                _gradients(module, data, names)
+                _gradients(module, data, names, fixed)
             pruner.step()
             if target is None or count(module, example)["macs"] <= target:
                 break
@@ -221,7 +225,7 @@ def _importance(name: str):
     }[name]()
 
 
-def _gradients(module, data: Samples, names: list[str], batch: int = 32) -> None:
+def _gradients(module, data: Samples, names: list[str], fixed: int | None, batch: int = 32) -> None:
     """Gradients of the loss on a few batches (labels if any, else the model's own predictions)."""
     import torch
 
@@ -229,12 +233,15 @@ def _gradients(module, data: Samples, names: list[str], batch: int = 32) -> None
 
     module.zero_grad(set_to_none=True)
     module.eval()
-    for i, feeds in enumerate(data.batches(batch)):
+    step = fixed or batch
+    for i, (feeds, real) in enumerate(batching.batches(data.inputs, fixed, batch)):
         if i == TAYLOR_BATCHES:
             break
-        logits = flatten_outputs(module(*[torch.from_numpy(feeds[n]) for n in names]))[0]
+        logits = flatten_outputs(module(*[torch.from_numpy(feeds[n]) for n in names]))[0][:real]
         labelled = data.labels is not None and logits.ndim == 2
-        target = torch.from_numpy(data.labels[i * batch : i * batch + len(logits)]) if labelled else None
+        if labelled:
+            check_labels(data, logits.detach().numpy())
+        target = torch.from_numpy(data.labels[i * step : i * step + real]) if labelled else None
         logits = logits.reshape(-1, logits.shape[-1])
         target = target if target is not None else logits.argmax(-1).detach()
         torch.nn.functional.cross_entropy(logits, target).backward()

@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgekit import batching
 from edgekit.compress import weight_pairs
 from edgekit.compress.weight_pairs import PairLayer
 from edgekit.data import Samples
@@ -38,7 +39,7 @@ class Int8Config(BaseModel):
     # percentile 99.99 beat MinMax on SQNR and top-1 agreement on both bench models
     # (docs/BENCHMARKS.md); MinMax is 3x quicker to calibrate
     calibration: Literal["minmax", "entropy", "percentile"] = "percentile"
-    percentile: float = Field(99.99, gt=90, le=100)
+    percentile: float = Field(99.99, gt=90, le=100, allow_inf_nan=False)
     per_channel: bool = True
     activation_type: Literal["int8", "uint8"] = "uint8"  # u8s8: the VNNI fast path in ORT (3x vs s8s8)
     activation_symmetric: bool = False  # zero-point 0 for int8 activations (128 for uint8)
@@ -86,16 +87,15 @@ def form_name(cfg: Int8Config) -> str | None:
 
 
 class _Reader:
-    """Feeds calibration batches to ORT's calibrator and advances a progress bar."""
+    """Feeds calibration batches (edgekit.batching's) to ORT's calibrator and advances a progress bar."""
 
-    def __init__(self, samples: Samples, batch: int, bar, task):
-        self._batches = iter(samples.batches(batch))
+    def __init__(self, samples: Samples, fixed: int | None, batch: int, bar, task):
+        self._batches = batching.batches(samples.inputs, fixed, batch)
         self._bar, self._task = bar, task
 
     def get_next(self):
-        feeds = next(self._batches, None)
-        if feeds is not None:
-            self._bar.advance(self._task, len(next(iter(feeds.values()))))
+        feeds, real = next(self._batches, (None, 0))
+        self._bar.advance(self._task, real)
         return feeds
 
     def rewind(self):  # ORT calls this only for multi-pass calibrators; one pass is enough here
@@ -144,7 +144,7 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
             task = bar.add_task(f"calibrating ({cfg.calibration})", total=len(calib))
 
             def reader(samples: Samples):
-                return reader_cls(samples, batch, bar, task)
+                return reader_cls(samples, batch_fixed, batch, bar, task)
 
             if cfg.calibration == "minmax":
                 data, cache = reader(calib), None

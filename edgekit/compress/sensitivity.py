@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import batching
 from edgekit.compress.quantize import COMPUTE_OPS, Int8Config, quantize_int8
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
@@ -144,7 +145,7 @@ def table(fp32: Path, work: Path, calib: Samples, evals: Samples, cfg: Int8Confi
     full = quantize(fp32, work, calib, cfg, (), fixed, evaluate)
     singles = restore_each(fp32, work, calib, cfg, fixed, evaluate, full)
     ops = dict(quantized_layers(full.path))
-    feeds = {k: v[: fixed or 1] for k, v in evals.inputs.items()}
+    feeds, _ = next(batching.batches(evals.inputs, fixed, 1))  # one sample, or one fixed batch
     counts, shares = macs(fp32), latency_shares(fp32, feeds, threads=0)
     rows = [
         {

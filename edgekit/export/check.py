@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import EdgekitError, first_line
-from edgekit.model import LoadOptions
+from edgekit.model import LoadOptions, check_external_data
 from edgekit.runtimes import importable
 
 PRECISIONS = {
@@ -138,6 +138,7 @@ def check_model(
     from edgekit.model import load_model
 
     model, load = Path(model), load or LoadOptions()
+    cfg = onnx_export.ExportConfig(opset=opset)  # a bad --opset is refused before any loading
     if model.is_dir():
         path = model / read_manifest(model).model_file
         if path.suffix != ".onnx":
@@ -150,7 +151,6 @@ def check_model(
         if loaded.is_onnx:  # the axes --input-shape / --static-batch fix, fixed in the graph too
             path = onnx_export.copy_onnx(loaded.onnx_path, Path(tmp), loaded.input_spec)
         else:
-            cfg = onnx_export.ExportConfig(opset=opset)
             path = onnx_export.export(
                 loaded.module, loaded.input_spec, Path(tmp), cfg, loaded.n_outputs, loaded.program
             )
@@ -182,6 +182,7 @@ def fail_fast(model_onnx: Path, target: str, precision: str = "fp32") -> None:
     except ParserUnavailable as e:
         findings = e.findings
     if findings:  # one sentence: the first finding, how many more, and where to see them all
+        findings = sorted(findings, key=lambda f: not f.node)  # a node to fix before the model's verdict
         first = describe(findings[0]).rstrip(".")
         more = f" (and {len(findings) - 1} more finding(s))" if len(findings) > 1 else ""
         raise EdgekitError(
@@ -201,11 +202,13 @@ def _load(path: Path):
     if not path.is_file():
         raise EdgekitError(f"{path} does not exist; pass an ONNX file or an edgekit artifact directory.")
     try:
-        return onnx.load(str(path), load_external_data=False)  # the graph is enough; weights stay on disk
+        model = onnx.load(str(path), load_external_data=False)  # the graph is enough; weights stay on disk
     except Exception:
         raise EdgekitError(
             f"{path} is not a valid ONNX model (it could not be parsed as ONNX protobuf)."
         ) from None
+    check_external_data(path, model)
+    return model
 
 
 def node_module(node) -> str | None:

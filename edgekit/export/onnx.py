@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import batching
 from edgekit.artifact import InputSpec
 from edgekit.benchmarks.metrics import compare_outputs
 from edgekit.errors import EdgekitError, VerificationError, first_line
@@ -34,6 +35,27 @@ class ExportConfig:
     opset: int | None = None
     tolerance: float = 1e-3  # max |torch - onnx| relative to the output's max |torch|
     verify_samples: int = 32
+
+    def __post_init__(self):
+        if self.opset is not None:
+            lo, hi = opsets()
+            if not lo <= self.opset <= hi:
+                raise EdgekitError(
+                    f"--opset {self.opset} is outside the opsets the exporter writes, {lo} to {hi}; "
+                    "leave --opset out for its default."
+                )
+
+
+def opsets() -> tuple[int, int]:
+    """The opsets the dynamo exporter writes as asked: from torchlib's own up to the highest that
+    onnxscript's version converter reaches (18 to 25 with torch 2.13 and onnxscript 0.7); asked
+    for any other, it writes torchlib's without a word."""
+    try:  # private constants: no public API says this
+        from onnxscript.version_converter._version_converter import SUPPORTED_MAX_ONNX_OPSET
+        from torch.onnx._internal.exporter._constants import TORCHLIB_OPSET
+    except ImportError:  # moved in another release: the range of torch 2.13 / onnxscript 0.7
+        return 18, 25
+    return TORCHLIB_OPSET, SUPPORTED_MAX_ONNX_OPSET
 
 
 def output_names(count: int) -> list[str]:
@@ -211,8 +233,9 @@ def verify(module, onnx_path: Path, spec: InputSpec, feeds: dict[str, np.ndarray
     from edgekit.runtimes import ort
 
     sess = ort.load(str(onnx_path))
-    ref = run_torch(module, feeds, spec)
-    got = sess.run(feeds)
+    n, fixed = len(next(iter(feeds.values()))), spec.fixed_batch
+    ref = batching.outputs(lambda f: run_torch(module, f, spec), feeds, fixed, n)
+    got = batching.outputs(sess.run, feeds, fixed, n)
     per_output = {}
     diverging = []
     for name, r, g in zip(sess.output_names, ref, got, strict=True):
@@ -228,7 +251,7 @@ def verify(module, onnx_path: Path, spec: InputSpec, feeds: dict[str, np.ndarray
     result = {
         "reference": "torch",
         "runtime": "onnxruntime",
-        "samples": len(next(iter(feeds.values()))),
+        "samples": n,
         "tolerance": cfg.tolerance,
         "outputs": per_output,
         "max_abs_diff": max(s["max_abs_diff"] for s in per_output.values()),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import batching
 from edgekit.errors import EdgekitError
 from edgekit.target_cpu import TargetCpu
 
@@ -51,9 +52,11 @@ def build_ir(
     cfg: OpenVINOConfig,
     calib: dict[str, np.ndarray] | None,
     target: TargetCpu | None = None,
+    fixed: int | None = None,
 ) -> dict:
-    """Write model.xml/.bin into OUT_DIR; returns the pass summary. CALIB (inputs by name) and the
-    TARGET CPU are needed for --quantizer nncf only."""
+    """Write model.xml/.bin into OUT_DIR; returns the pass summary. CALIB (inputs by name, fed in
+    batches of FIXED for a model whose batch is fixed) and the TARGET CPU are needed for
+    --quantizer nncf only."""
     ov = _openvino()
     model = ov.convert_model(str(onnx_path))
     summary: dict = {"openvino": ov.get_version(), "weights": "fp16" if cfg.precision == "fp16" else "fp32"}
@@ -61,7 +64,7 @@ def build_ir(
         # NNCF's overflow fix (7-bit weights) where u8 x s8 saturates, none where it cannot: its
         # default (the first layer only) fits neither kind of CPU
         fix = "enable" if target and target.saturates else "disable"
-        model = _nncf_quantize(model, calib, fix)
+        model = _nncf_quantize(model, calib, fix, fixed)
         summary["quantizer"] = f"nncf.quantize (default preset, fast bias correction, overflow_fix={fix})"
         if target is not None:
             summary["target_cpu"] = {
@@ -83,19 +86,18 @@ def build_ir(
     return summary
 
 
-def _nncf_quantize(model, calib: dict[str, np.ndarray] | None, overflow_fix: str):
+def _nncf_quantize(model, calib: dict[str, np.ndarray] | None, overflow_fix: str, fixed: int | None):
     """NNCF post-training quantization with its defaults but OVERFLOW_FIX, on the calibration
-    samples one by one."""
+    samples one by one (in batches of FIXED, for a model whose batch is fixed)."""
     try:
         import nncf
     except ImportError:
         raise EdgekitError("--quantizer nncf needs NNCF: pip install 'edgekit[nncf]'.") from None
     if calib is None:
         raise EdgekitError("--quantizer nncf needs calibration data: --calib DIR|FILE.npz|module:function.")
-    n = len(next(iter(calib.values())))
-    items = [{k: v[i : i + 1] for k, v in calib.items()} for i in range(n)]
+    items = [feeds for feeds, _ in batching.batches(calib, fixed, 1)]
     advanced = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(overflow_fix))
-    return nncf.quantize(model, nncf.Dataset(items), subset_size=n, advanced_parameters=advanced)
+    return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), advanced_parameters=advanced)
 
 
 def has_quantization(onnx_path: Path) -> bool:
@@ -106,9 +108,10 @@ def has_quantization(onnx_path: Path) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
 
 
-def predict(path: Path, samples, step: int, precision: str) -> list[np.ndarray]:
-    """Outputs of the IR compiled for CPU at PRECISION (its OpenVINO name, e.g. "bf16") on SAMPLES."""
+def predict(path: Path, samples, fixed: int | None, precision: str) -> list[np.ndarray]:
+    """Outputs of the IR compiled for CPU at PRECISION (its OpenVINO name, e.g. "bf16") on SAMPLES
+    (in batches of FIXED, for a model whose batch is fixed)."""
     from edgekit.runtimes import ov as ov_runtime
 
     sess = ov_runtime.load(str(path), "cpu", ov_runtime.Options(precision=precision))
-    return samples.outputs(sess.run, step, f"evaluating the IR ({precision})")
+    return samples.outputs(sess.run, fixed, f"evaluating the IR ({precision})")

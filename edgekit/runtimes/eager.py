@@ -1,7 +1,9 @@
 """torch eager: runs the artifact's *source* torch model (not its ONNX), on CPU or CUDA.
 
-The runner gives it the source file and how the export loaded it (the manifest's `load` record),
-so the model is loaded exactly as it was exported. This is the only runtime that imports torch.
+The runner gives it the source file with the input shapes the export loaded it with (the
+manifest's `load` record), and the `--arch` / `--trust-pickle` the user gave on the command line or
+in edgekit.yaml: never the manifest's, since an artifact must not grant the right to import a module
+or unpickle a file. This is the only runtime that imports torch.
 Options.precision bf16/f16 casts the module and its float inputs (torch's own .to(dtype)); info()
 reports the dtype of the weights that ran.
 """
@@ -50,9 +52,9 @@ def describe() -> dict:
 @dataclass
 class Options:
     threads: int = 0  # 0: torch's default (intra-op threads = physical cores)
+    arch: str | None = None  # the user's --arch, for a state_dict source
+    trust_pickle: bool = False  # the user's --trust-pickle, for a pickled module
     # how the export loaded the source (the manifest's `load` record)
-    arch: str | None = None
-    trust_pickle: bool = False
     input_shapes: list[list[int]] = field(default_factory=list)
     input_dtype: str = "float32"
     static_batch: bool = False

@@ -29,12 +29,14 @@ from typing import BinaryIO
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.files import read_text
 
 PACKAGE = Path(__file__).resolve().parents[1]
 # What the worker imports: stdlib, numpy and the runtime's own library; nothing else of edgekit.
 SHIPPED = (
     "__init__.py",
     "errors.py",  # runtimes.get imports it
+    "batching.py",
     "benchmarks/__init__.py",
     "benchmarks/worker.py",
     "benchmarks/energy.py",
@@ -112,20 +114,27 @@ class Target:
         return f"{self.user}@{self.host}" if self.user else self.host
 
 
-BARE = re.compile(r"(?:(?P<user>[\w.-]+)@)?(?P<host>[A-Za-z0-9_][\w.-]*|\[[0-9A-Fa-f:.]+\])")
+BARE = re.compile(r"(?:(?P<user>[\w.][\w.-]*)@)?(?P<host>[A-Za-z0-9_][\w.-]*|\[[0-9A-Fa-f:.]+\])")
 URL = re.compile(
-    r"ssh://(?:(?P<user>[\w.-]+)@)?(?P<host>[A-Za-z0-9_][\w.-]*|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d+))?/?"
+    r"ssh://(?:(?P<user>[\w.][\w.-]*)@)?(?P<host>[A-Za-z0-9_][\w.-]*|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d+))?/?"
 )
 
 
-def parse_target(text: str) -> Target:
-    """A --host value as a Target; one sentence saying what is accepted otherwise."""
+def parse_target(text: str, where: str = "--host") -> Target:
+    """A --host value (or a --hosts line, WHERE naming it) as a Target; one sentence saying what is
+    accepted otherwise. A target that starts with '-' is refused: ssh would read it as an option
+    (-F FILE, -oProxyCommand=...)."""
     text = text.strip()
+    if text.startswith("-"):
+        raise EdgekitError(
+            f"{where} {text!r} starts with '-', which ssh would read as an option, not a host; use "
+            "ssh://user@host[:port], user@host or a Host alias from your ssh config."
+        )
     m = (URL if text.startswith("ssh://") else BARE).fullmatch(text)
     port = int(m["port"]) if m and m.groupdict().get("port") else None
     if not m or (port is not None and not 0 < port < 65536):
         raise EdgekitError(
-            f"--host {text!r} is not an ssh target; use ssh://user@host[:port], user@host or a Host "
+            f"{where} {text!r} is not an ssh target; use ssh://user@host[:port], user@host or a Host "
             "alias from your ssh config."
         )
     return Target(host=m["host"], user=m["user"], port=port)
@@ -133,11 +142,12 @@ def parse_target(text: str) -> Target:
 
 def read_hosts(path: Path) -> list[Target]:
     """The targets in a --hosts file: one a line; blank lines and # comments are skipped."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as e:
-        raise EdgekitError(f"--hosts {path}: cannot read it ({e.strerror or e}).") from None
-    targets = [parse_target(x.split("#", 1)[0]) for x in lines if x.split("#", 1)[0].strip()]
+    lines = read_text(path, "--hosts").splitlines()
+    targets = [
+        parse_target(x.split("#", 1)[0], f"--hosts {path} line {n}:")
+        for n, x in enumerate(lines, 1)
+        if x.split("#", 1)[0].strip()
+    ]
     if not targets:
         raise EdgekitError(f"--hosts {path} lists no host; write one ssh target a line.")
     return targets
@@ -236,7 +246,7 @@ class Remote:
         cmd += ["-o", f"ConnectTimeout={self.connect_timeout}"]
         if self.target.port:
             cmd += ["-p", str(self.target.port)]
-        return [*cmd, self.target.destination, "sh -c " + shlex.quote(script)]
+        return [*cmd, "--", self.target.destination, "sh -c " + shlex.quote(script)]
 
     def _ssh(
         self, script: str, data: bytes | BinaryIO = b"", timeout: float = 120

@@ -1,0 +1,21 @@
+"""`edgekit gate` given hostile or careless input: one sentence and the right exit code, nothing
+written, inputs untouched, no code run that the user did not allow (see docs/guide/errors.md)."""
+
+from __future__ import annotations
+
+from hostile import assert_refused, hashes_of
+
+
+def test_json_is_a_directory(edgekit, work):
+    msg = assert_refused(edgekit("gate", work / "results.jsonl", "--json", work), work / "never")
+    assert "--json" in msg and "is a directory" in msg
+
+
+def test_junit_under_a_file(edgekit, work):
+    blocker = work / "notes.txt"
+    blocker.write_text("a file\n")
+    out = blocker / "junit.xml"
+    msg = assert_refused(
+        edgekit("gate", work / "results.jsonl", "--junit", out), out, [blocker], hashes_of(blocker)
+    )
+    assert "notes.txt" in msg and "not a directory" in msg
