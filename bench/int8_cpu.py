@@ -43,6 +43,7 @@ from edgekit.benchmarks.metrics import interleaved_medians
 from edgekit.compress.quantize import Int8Config
 from edgekit.data import Preprocess, load_samples, recorded_preprocess
 from edgekit.model import LoadOptions
+from edgekit.passes import from_flags
 from edgekit.pipeline import CompressRequest, compress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def _artifacts(name: str, work: Path, calib_dir: Path, calib_n: int, forms: list
         # the form by name; the target recorded is the class it is made for (u8s8: a VNNI CPU)
         target = "x86-avx2" if form != "u8s8" else "x86-vnni"
         cfg = Int8Config(form=form, target_cpu=target)
-        compress(dataclasses.replace(base, out=out[form], int8=cfg))
+        compress(dataclasses.replace(base, out=out[form], chain=from_flags(int8=cfg)))
     return out
 
 

@@ -33,6 +33,7 @@ from edgekit.artifact import read_manifest
 from edgekit.benchmarks.metrics import interleaved_medians, sqnr_db
 from edgekit.compress.quantize import Int8Config
 from edgekit.demo import digits_data, train
+from edgekit.passes import from_flags
 from edgekit.pipeline import CompressRequest, compress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +103,7 @@ def bench_model(name: str, build, work: Path, threads: int, rounds: int, runs: i
         CompressRequest(
             model=pt2,
             out=int8_dir,
-            int8=Int8Config(),
+            chain=from_flags(int8=Int8Config()),
             calib=str(work / "calib.npz"),
             eval=str(work / "eval.npz"),
             calib_size=200,
@@ -188,7 +189,7 @@ def bench_digits(work: Path) -> dict:
         CompressRequest(
             model=model,
             out=work / "digits-int8",
-            int8=Int8Config(),
+            chain=from_flags(int8=Int8Config()),
             calib=str(work / "d_calib.npz"),
             eval=str(work / "d_test.npz"),
         )

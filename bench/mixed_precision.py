@@ -34,6 +34,7 @@ from edgekit.artifact import read_manifest
 from edgekit.compress.mixed import MixedConfig
 from edgekit.compress.precision import Fp16Config
 from edgekit.compress.quantize import Int8Config
+from edgekit.passes import Bf16Config, from_flags
 from edgekit.pipeline import CompressRequest, compress
 from edgekit.runtimes import ort as ort_rt
 from edgekit.runtimes import ov as ov_rt
@@ -111,10 +112,14 @@ def bench_mixed(work: Path, args) -> dict:
     data = {"calib": str(work / "calib.npz"), "eval": str(work / "eval.npz"), "calib_size": 64}
     dirs = {k: work / f"hostile-{k}" for k in ("fp32", "int8", "mixed")}
     compress(CompressRequest(model=model, out=dirs["fp32"], **data))
-    compress(CompressRequest(model=model, out=dirs["int8"], int8=Int8Config(), **data))
+    compress(CompressRequest(model=model, out=dirs["int8"], chain=from_flags(int8=Int8Config()), **data))
     mixed = MixedConfig(max_accuracy_drop=BUDGET, threads=args.threads)
     t0 = time.perf_counter()
-    compress(CompressRequest(model=model, out=dirs["mixed"], int8=Int8Config(), mixed=mixed, **data))
+    compress(
+        CompressRequest(
+            model=model, out=dirs["mixed"], chain=from_flags(int8=Int8Config(), mixed=mixed), **data
+        )
+    )
     search_s = time.perf_counter() - t0
     opts = ort_rt.Options(threads=args.threads)
     sessions = {k: ort_rt.load(str(d / "model.onnx"), "cpu", opts) for k, d in dirs.items()}
@@ -137,8 +142,8 @@ def bench_half(work: Path, args) -> dict:
     data = {"calib": str(work / "r_calib.npz"), "calib_size": 32}
     dirs = {k: work / f"resnet18-{k}" for k in ("fp32", "fp16", "bf16")}
     compress(CompressRequest(model=model, out=dirs["fp32"], **data))
-    compress(CompressRequest(model=model, out=dirs["fp16"], fp16=Fp16Config(), **data))
-    compress(CompressRequest(model=model, out=dirs["bf16"], bf16=True, **data))
+    compress(CompressRequest(model=model, out=dirs["fp16"], chain=from_flags(fp16=Fp16Config()), **data))
+    compress(CompressRequest(model=model, out=dirs["bf16"], chain=from_flags(bf16=Bf16Config()), **data))
     ort_opts = ort_rt.Options(threads=args.threads)
     sessions = {
         "ort fp32": ort_rt.load(str(dirs["fp32"] / "model.onnx"), "cpu", ort_opts),

@@ -36,6 +36,7 @@ from edgekit.benchmarks.metrics import interleaved_medians, sqnr_db
 from edgekit.build import BuildRequest, build
 from edgekit.compress.quantize import Int8Config
 from edgekit.export.openvino import OpenVINOConfig
+from edgekit.passes import from_flags
 from edgekit.pipeline import CompressRequest, compress
 from edgekit.runtimes import ort
 
@@ -66,7 +67,11 @@ def bench_model(name: str, make, work: Path, threads: int, rounds: int, runs: in
     compress(CompressRequest(model=pt2, out=dirs["fp32"], calib=str(work / "calib.npz")))
     compress(
         CompressRequest(
-            model=pt2, out=dirs["int8"], int8=Int8Config(), calib=str(work / "calib.npz"), calib_size=200
+            model=pt2,
+            out=dirs["int8"],
+            chain=from_flags(int8=Int8Config()),
+            calib=str(work / "calib.npz"),
+            calib_size=200,
         )
     )
     build(BuildRequest(parent=dirs["int8"], out=dirs["ov-int8"], target="openvino"))

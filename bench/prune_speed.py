@@ -33,6 +33,7 @@ from edgekit.compress.finetune import FinetuneConfig
 from edgekit.compress.prune import PruneConfig
 from edgekit.compress.quantize import Int8Config
 from edgekit.demo import digits_data, train
+from edgekit.passes import from_flags
 from edgekit.pipeline import CompressRequest, compress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,9 @@ def bench_digits(work: Path, args) -> dict:
     np.savez(test, x=x_te, y=y_te)
 
     def run(name: str, **kw) -> Path:
-        req = CompressRequest(model=model, out=work / name, calib=str(calib), eval=str(test), **kw)
+        req = CompressRequest(
+            model=model, out=work / name, calib=str(calib), eval=str(test), chain=from_flags(**kw)
+        )
         req.load.arch = "edgekit.demo:digits_net"
         compress(req)
         return work / name
@@ -98,9 +101,9 @@ def bench_digits(work: Path, args) -> dict:
     q = m.verification["prune"]
     return {
         "variants": _timed(dirs, x_te, args.threads, args.rounds, args.runs),
-        "prune": passes["prune_channels"].summary,
-        "finetune_seconds": passes["finetune_distill"].seconds,
-        "finetune": passes["finetune_distill"].summary,
+        "prune": passes["prune"].summary,
+        "finetune_seconds": passes["finetune"].seconds,
+        "finetune": passes["finetune"].summary,
         "unpruned_top1": q["parent_top1"],
         "pruned_top1": q["top1"],
         "pruned_int8_top1": q["final_vs_unpruned"]["top1"],
@@ -115,15 +118,15 @@ def bench_resnet18(work: Path, args) -> dict:
     np.savez(work / "r_calib.npz", x=x)
 
     def run(name: str, **kw) -> Path:
-        req = CompressRequest(model=path, out=work / name, calib=str(work / "r_calib.npz"), **kw)
+        req = CompressRequest(
+            model=path, out=work / name, calib=str(work / "r_calib.npz"), chain=from_flags(**kw)
+        )
         req.load.arch, req.load.input_shapes = "models:resnet18", ((1, 3, 224, 224),)
         compress(req)
         return work / name
 
     dirs = {"fp32": run("r-fp32"), "pruned fp32 (50 % MACs)": run("r-pruned", prune=PruneConfig(macs=0.5))}
-    prune = next(
-        p for p in read_manifest(dirs["pruned fp32 (50 % MACs)"]).passes if p.name == "prune_channels"
-    )
+    prune = next(p for p in read_manifest(dirs["pruned fp32 (50 % MACs)"]).passes if p.name == "prune")
     return {"variants": _timed(dirs, x, args.threads, args.rounds, args.runs), "prune": prune.summary}
 
 

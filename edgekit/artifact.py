@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError, first_line
@@ -70,16 +70,67 @@ class Source(BaseModel):
     kind: str
 
 
-class LoadRecord(BaseModel):
-    """How the source file was loaded (`--arch`, `--input-shape`, ...): information. A runtime that
-    runs the source torch model (eager) reuses the input shapes and dtype, never `arch` or
-    `trust_pickle`: an artifact grants no trust, the user's command line or edgekit.yaml does."""
+class LoadOptions(BaseModel):
+    """How a user's model file is loaded, as the CLI's flags or edgekit.yaml's `model` give it, and
+    as the manifest records it. A runtime that runs the source torch model (eager) reuses the input
+    shapes and dtype, never `arch` or `trust_pickle`: an artifact grants no trust, the user's command
+    line or edgekit.yaml does."""
 
-    arch: str | None = None
-    trust_pickle: bool = False
-    input_shapes: list[list[int]] = Field(default_factory=list)
+    model_config = ConfigDict(validate_assignment=True)
+
+    arch: str | None = None  # package.module:factory, for a state_dict
+    trust_pickle: bool = False  # allow a fully pickled nn.Module (runs code from the file)
+    # one shape per input: in input order, or by input name ({"input_ids": [1, 64]})
+    input_shapes: list[list[PositiveInt]] | dict[str, list[PositiveInt]] = Field(default_factory=list)
     input_dtype: str = "float32"
     static_batch: bool = False
+
+    @field_validator("input_shapes", mode="wrap")
+    @classmethod
+    def _as_written(cls, value: Any, handler) -> Any:
+        """A single shape ([1, 3, 224, 224]) is the one input's; `name:1,64` strings (trtexec's
+        form) name their input, `1,64` ones go by order; anything else is refused in one sentence."""
+        if isinstance(value, (list, tuple)) and value and all(isinstance(d, int) for d in value):
+            value = [value]
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(t, str) for t in value):
+            value = shapes_from_text(value)
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(
+                "give one shape of positive integers per input: [1, 3, 224, 224], "
+                "[[1, 3, 224, 224], [1, 6]], or by input name {input_ids: [1, 64]}"
+            ) from None
+
+
+def split_shape(text: str) -> tuple[str | None, list[int]]:
+    """`1,3,224,224` -> (None, [1, 3, 224, 224]); `input_ids:1,64` -> ("input_ids", [1, 64]). A
+    ValueError says what is wrong with TEXT."""
+    name, _, dims = text.rpartition(":")
+    try:
+        shape = [int(d) for d in dims.replace("x", ",").split(",")]
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a list of integers; write it like 1,3,224,224 or input_ids:1,64"
+        ) from None
+    if any(d <= 0 for d in shape):
+        raise ValueError(f"{text!r} must have positive dimensions, like 1,3,224,224")
+    return name or None, shape
+
+
+def shapes_from_text(texts: list[str] | tuple[str, ...]) -> list[list[int]] | dict[str, list[int]]:
+    """Shapes as written (`1,3,224,224` or `name:1,3,224,224`, one per input): a list in input order,
+    or a mapping from input name when every one is named."""
+    pairs = [split_shape(t) for t in texts]
+    names = [name for name, _ in pairs]
+    if not any(names):
+        return [shape for _, shape in pairs]
+    if not all(names):
+        raise ValueError("name every input shape (input_ids:1,64) or none of them (1,64)")
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"input {twice!r} is given a shape twice")
+    return dict(pairs)
 
 
 class Manifest(BaseModel):
@@ -87,7 +138,7 @@ class Manifest(BaseModel):
     created: str = Field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     model_file: str
     source: Source
-    load: LoadRecord | None = None  # None in artifacts made before it was recorded
+    load: LoadOptions | None = None  # None in artifacts made before it was recorded
     parent: str | None = None  # the artifact this one was built from (`edgekit build`)
     inference_precision: str | None = None  # what the runtime must compute in (OpenVINO's hint)
     # the CPU class an INT8 artifact is made for and its form (edgekit.target_cpu); None for the rest

@@ -19,9 +19,9 @@ from edgekit.artifact import (
 )
 from edgekit.data import Samples, load_samples, recorded_preprocess
 from edgekit.errors import EdgekitError
+from edgekit.evaluate import predict, quality
 from edgekit.export import openvino
 from edgekit.model import example_inputs
-from edgekit.pipeline import predict, quality
 from edgekit.target_cpu import resolve
 
 TARGETS = ("openvino", "tensorrt")
@@ -40,6 +40,21 @@ class BuildRequest:
     eval: str | None = None
     eval_size: int | None = None
     force: bool = False
+
+
+def request(artifact: Path, target: str, precision: str | None, quantizer: str, workspace: str, **kw):
+    """The BuildRequest of the `build` command line: PRECISION None is fp32; the workspace and the
+    batch profile (min_batch, opt_batch, max_batch) are TensorRT's, the quantizer OpenVINO's."""
+    profile = {k: kw.pop(k) for k in ("min_batch", "opt_batch", "max_batch")}
+    req = BuildRequest(parent=artifact, target=target, eval=kw.pop("eval_"), **kw)
+    if target == "openvino":
+        req.openvino = openvino.OpenVINOConfig(precision=precision or "fp32", quantizer=quantizer)
+    else:
+        from edgekit.export.tensorrt import TensorRTConfig, parse_bytes
+
+        bytes_ = parse_bytes(workspace)
+        req.tensorrt = TensorRTConfig(precision=precision or "fp32", workspace=bytes_, **profile)
+    return req
 
 
 def build(req: BuildRequest):
@@ -78,7 +93,10 @@ def build(req: BuildRequest):
             config = asdict(req.tensorrt)
         manifest.passes.append(
             PassRecord(
-                name=f"build_{req.target}", config=config, seconds=time.perf_counter() - t0, summary=summary
+                name="build",
+                config={"target": req.target, **config},
+                seconds=time.perf_counter() - t0,
+                summary=summary,
             )
         )
         manifest.verification[req.target] = verification

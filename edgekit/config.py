@@ -7,29 +7,41 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from edgekit.artifact import LoadOptions
+from edgekit.compress.finetune import FinetuneConfig
 from edgekit.compress.mixed import MixedConfig
 from edgekit.compress.precision import Fp16Config
+from edgekit.compress.prune import PruneConfig
 from edgekit.compress.quantize import Int8Config
+from edgekit.compress.sparsity import SparsityConfig
 from edgekit.errors import EdgekitError
 from edgekit.files import read_text
+from edgekit.passes import Bf16Config, BuildConfig, Step, problem
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelSpec(_Strict):
-    path: str  # relative to the config file
-    arch: str | None = None  # package.module:factory, for a state_dict
-    input_shape: list[list[int]] = Field(default_factory=list)  # one shape per input
-    input_dtype: str = "float32"
-    static_batch: bool = False
-    trust_pickle: bool = False
+YAML_KEYS = {"input_shapes": "input_shape"}  # LoadOptions fields edgekit.yaml names otherwise
+
+
+class ModelSpec(LoadOptions):
+    """The model file (relative to the config file) and how to load it: LoadOptions, whose
+    input_shapes the file calls input_shape (one shape, one per input, or by input name)."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=lambda name: YAML_KEYS.get(name, name))
+
+    path: str
+
+    def load_options(self) -> LoadOptions:
+        """The loading options alone, as a compress request and the manifest take them."""
+        return LoadOptions(**self.model_dump(exclude={"path"}))
 
 
 class PreprocessSpec(_Strict):
@@ -49,57 +61,28 @@ class DataSpec(_Strict):
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
 
 
-class BuildPass(_Strict):
-    """An engine for a target runtime from the ONNX model the passes before it made (the last pass)."""
+class PrunePass(PruneConfig):
+    """prune as edgekit.yaml writes it: with `finetune: DATA` (relative to this file), `epochs` and
+    `lr`, it is the prune step followed by a finetune step."""
 
-    target: Literal["openvino", "tensorrt"]
-    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
-    quantizer: Literal["qdq", "nncf"] = "qdq"
-
-    @model_validator(mode="after")
-    def _fits(self) -> BuildPass:
-        accepted = {"openvino": ("fp32", "fp16", "bf16"), "tensorrt": ("fp32", "fp16", "int8")}[self.target]
-        if self.precision not in accepted:
-            raise ValueError(f"{self.target} takes precision {', '.join(accepted)}, not {self.precision}")
-        if self.quantizer == "nncf" and self.target != "openvino":
-            raise ValueError("quantizer nncf is for target openvino")
-        return self
-
-
-class PrunePass(_Strict):
-    """Structured pruning (edgekit.compress.prune), with recovery fine-tuning when `finetune` names data."""
-
-    ratio: float | None = Field(None, gt=0, lt=1)  # fraction of every prunable layer's channels
-    macs: float | None = Field(None, gt=0, lt=1)  # or: prune until MACs drop by this fraction
-    importance: Literal["l1", "l2", "bn", "taylor"] = "l2"
-    round_to: int = Field(8, ge=1)
-    ignore_layers: list[str] = Field(default_factory=list)
-    finetune: str | None = None  # data: image folder, .npz, module:function (relative to this file)
-    epochs: int = Field(3, ge=1)
-    lr: float = Field(1e-3, gt=0)
-
-    @model_validator(mode="after")
-    def _one_amount(self) -> PrunePass:
-        if (self.ratio is None) == (self.macs is None):
-            raise ValueError("give one of ratio or macs")
-        return self
-
-
-class Bf16Pass(_Strict):
-    """bf16 compute in OpenVINO (the ONNX stays fp32; the artifact records the precision)."""
+    finetune: str | None = None
+    epochs: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
 
 
 class Pass(_Strict):
     """One pass, written as a one-key mapping (`int8: {calibration: minmax}`) or its bare name (`int8`).
-    The field name is the CompressRequest field it sets; `build` is edgekit.build's, and comes last."""
+    The key is its name in edgekit.passes.PASSES, the value its config there; passes run in the order
+    written, `build` last."""
 
-    prune: PrunePass | None = None  # torch passes first: prune (and fine-tune), then sparsity
-    sparsity: Literal["2:4"] | Annotated[float, Field(gt=0, lt=1)] | None = None  # 2:4, or a fraction
+    prune: PrunePass | None = None
+    finetune: FinetuneConfig | None = None
+    sparsity: SparsityConfig | None = None  # 2:4, or a fraction
     int8: Int8Config | None = None
+    mixed: MixedConfig | None = None  # after int8: keep the most sensitive layers fp32 within a budget
     fp16: Fp16Config | None = None
-    bf16: Bf16Pass | None = None
-    mixed: MixedConfig | None = None  # with int8: keep the most sensitive layers fp32 within a budget
-    build: BuildPass | None = None
+    bf16: Bf16Config | None = None
+    build: BuildConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -183,6 +166,24 @@ class Config(_Strict):
         """A model or data source as written in the file, with paths taken relative to the file."""
         return str(self._base_dir / source) if self.is_path(source) else source
 
+    def chain(self, variant: str) -> list[Step]:
+        """VARIANT's passes as the steps that run, in the order written, each config the class the
+        pass table names: `prune` with `finetune` data is prune then finetune; data paths are taken
+        relative to this file."""
+        steps = []
+        for p in self.variants[variant]:
+            c = p.config
+            if p.name == "prune":
+                steps.append(Step("prune", PruneConfig(**c.model_dump(exclude={"finetune", "epochs", "lr"}))))
+                if c.finetune:
+                    tuning = c.model_dump(include={"epochs", "lr"}, exclude_none=True)
+                    steps.append(Step("finetune", FinetuneConfig(data=self.resolve(c.finetune), **tuning)))
+            elif p.name == "finetune":
+                steps.append(Step("finetune", c.model_copy(update={"data": self.resolve(c.data)})))
+            else:
+                steps.append(Step(p.name, c))
+        return steps
+
 
 def schema() -> dict:
     """The JSON schema of edgekit.yaml, for editors (yaml-language-server) and CI linters."""
@@ -228,14 +229,11 @@ def _references(cfg: Config, check_files: bool) -> tuple[tuple, str] | None:
         if check_files and source and cfg.is_path(source) and not Path(cfg.resolve(source)).exists():
             return ("data", key), f"{cfg.resolve(source)} does not exist"
     for name, passes in cfg.variants.items():
-        names = [p.name for p in passes]
+        if why := problem(cfg.chain(name)):
+            return ("variants", name), f"cannot run as written: {why}"
         for i, p in enumerate(passes):
-            if p.name == "build" and i != len(passes) - 1:
-                return ("variants", name, i), "build must be the last pass of a variant"
             if p.name in ("int8", "mixed") and not cfg.data.calibration:
                 return ("variants", name, i), f"{p.name} needs data.calibration"
-            if p.name == "mixed" and "int8" not in names:
-                return ("variants", name, i), "mixed budgets int8 quantization; add an int8 pass before it"
     targets = {t.name: t for t in cfg.targets}
     if len(targets) != len(cfg.targets):
         dup = next(t for t in targets if [x.name for x in cfg.targets].count(t) > 1)
@@ -306,7 +304,9 @@ def _fields_at(loc: tuple) -> list[str]:
         else:  # list[X] or dict[str, X]
             tp = typing.get_args(tp)[-1]
     tp = _unwrap(tp)
-    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+    if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        return []
+    return [field.alias or name for name, field in tp.model_fields.items()]  # as the file writes them
 
 
 def _unwrap(tp: Any) -> Any:

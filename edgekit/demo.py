@@ -114,6 +114,7 @@ def run(work_dir: Path | None, retrain: bool) -> list[dict]:
     from edgekit.benchmarks.runner import BenchConfig, interleaved, reference_outputs
     from edgekit.compress.quantize import Int8Config
     from edgekit.data import Preprocess, load_samples
+    from edgekit.passes import Step
     from edgekit.pipeline import CompressRequest, compress
 
     cache = cache_dir()
@@ -136,7 +137,12 @@ def run(work_dir: Path | None, retrain: bool) -> list[dict]:
     int8 = work / "digits-int8"
     compress(
         CompressRequest(
-            model=model, out=int8, int8=Int8Config(), calib=str(calib), eval=str(test), force=True
+            model=model,
+            out=int8,
+            chain=[Step("int8", Int8Config())],
+            calib=str(calib),
+            eval=str(test),
+            force=True,
         )
     )
     console.print("[bold]4/4[/bold] benchmarking both on ONNX Runtime, interleaved …")

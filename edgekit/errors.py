@@ -7,6 +7,11 @@ class EdgekitError(Exception):
     exit_code = 2
 
 
+class RuntimeFailure(EdgekitError):
+    """A runtime cannot load or run a model here: its library, the device, the model file or an
+    option (exit 2; a bench worker makes it a failed row)."""
+
+
 class VerificationError(EdgekitError):
     """A produced model does not match its parent within tolerance (exit 1: a quality failure)."""
 

@@ -17,7 +17,7 @@ version: 1
 model:
   path: model.pt2                  # TorchScript, torch.export .pt2, ONNX, or a state_dict with arch
   # arch: mypackage.models:resnet18  # package.module:factory building the model, for a state_dict
-  # input_shape: [[1, 3, 224, 224]]  # one shape per input, when the file does not record it
+  # input_shape: [1, 3, 224, 224]  # when the file does not record it; [[...], [...]] for several inputs
 
 data:                              # paths are relative to this file
   calibration: data/calib.npz      # image folder, .npz (x, y), module:function, or random

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.artifact import InputSpec, Source, TensorSpec, sha256_file
+from edgekit.artifact import InputSpec, LoadOptions, Source, TensorSpec, sha256_file, shapes_from_text
 from edgekit.errors import EdgekitError, first_line
 
 BATCH = "batch"
@@ -42,26 +42,13 @@ class LoadedModel:
         return self.onnx_path is not None
 
 
-@dataclass
-class LoadOptions:
-    arch: str | None = None
-    trust_pickle: bool = False
-    input_shapes: tuple[tuple[int, ...], ...] = ()
-    input_dtype: str = "float32"
-    static_batch: bool = False
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """`1,3,224,224` -> (1, 3, 224, 224); a clear sentence for anything else."""
+def parse_shapes(texts: tuple[str, ...]) -> list[list[int]] | dict[str, list[int]]:
+    """--input-shape values (`1,3,224,224`, or `input_ids:1,64` as trtexec writes it) as
+    LoadOptions.input_shapes takes them; a clear sentence for anything else."""
     try:
-        dims = tuple(int(d) for d in text.replace("x", ",").split(","))
-    except ValueError:
-        raise EdgekitError(
-            f"--input-shape {text!r} is not a list of integers; write it like 1,3,224,224."
-        ) from None
-    if not dims or any(d <= 0 for d in dims):
-        raise EdgekitError(f"--input-shape {text!r} must have positive dimensions, like 1,3,224,224.")
-    return dims
+        return shapes_from_text(texts)
+    except ValueError as e:
+        raise EdgekitError(f"--input-shape {e}.") from None
 
 
 def load_model(path: Path, opts: LoadOptions) -> LoadedModel:
@@ -163,14 +150,34 @@ def _check_fits(spec: InputSpec) -> None:
             )
 
 
-def _apply_shapes_to_onnx(path: Path, specs: list[TensorSpec], opts: LoadOptions):
-    if len(opts.input_shapes) != len(specs):
+def _ordered_shapes(path: Path, names: list[str], opts: LoadOptions) -> list[list[int]]:
+    """The --input-shape values in input order: positional ones as given, named ones by NAMES."""
+    shapes = opts.input_shapes
+    if not isinstance(shapes, dict):
+        return shapes
+    unknown = [n for n in shapes if n not in names]
+    missing = [n for n in names if n not in shapes]
+    if unknown or missing:
+        what = (
+            f"names {unknown[0]!r}, which is not an input of {path}"
+            if unknown
+            else f"gives no shape for the input {missing[0]!r} of {path}"
+        )
         raise EdgekitError(
-            f"{path} has {len(specs)} input(s) but {len(opts.input_shapes)} --input-shape "
+            f"--input-shape {what}; give one shape for each of its inputs: {', '.join(names)}."
+        )
+    return [shapes[n] for n in names]
+
+
+def _apply_shapes_to_onnx(path: Path, specs: list[TensorSpec], opts: LoadOptions):
+    shapes = _ordered_shapes(path, [t.name for t in specs], opts)
+    if len(shapes) != len(specs):
+        raise EdgekitError(
+            f"{path} has {len(specs)} input(s) but {len(shapes)} --input-shape "
             "value(s) were given; give one per input, in order."
         )
     out = []
-    for spec, shape in zip(specs, opts.input_shapes, strict=True):
+    for spec, shape in zip(specs, shapes, strict=True):
         if len(shape) != len(spec.shape) or any(
             isinstance(d, int) and d != s for d, s in zip(spec.shape, shape, strict=True)
         ):
@@ -348,17 +355,18 @@ def _input_names(module, count: int) -> list[str]:
 
 def _torch_input_spec(path: Path, module, example, opts: LoadOptions) -> InputSpec:
     if opts.input_shapes:
-        shapes = list(opts.input_shapes)
+        names = _input_names(module, len(opts.input_shapes))
+        shapes = _ordered_shapes(path, names, opts)
         dtypes = [opts.input_dtype] * len(shapes)
     elif example is not None:
         shapes = [dims for dims, _ in example]
         dtypes = [dtype for _, dtype in example]
+        names = _input_names(module, len(shapes))
     else:
         raise EdgekitError(
             f"{path} does not record its input shape; pass --input-shape, e.g. 1,3,224,224 "
             "(repeat it for a model with several inputs)."
         )
-    names = _input_names(module, len(shapes))
     specs = []
     # a program exported with a fixed batch takes that batch only, whatever --input-shape says
     program_batch = [d[0] if d and isinstance(d[0], int) else None for d, _ in example or []]

@@ -62,18 +62,20 @@ def run(cfg: Config, opts: RunOptions, say: Callable[[str], None] = print) -> di
 
 def build_variants(cfg: Config, cache: Path, rebuild: bool, say) -> tuple[dict[str, Path], list[dict]]:
     """Every variant's artifact, stage by stage, from the cache where an intact entry exists."""
-    from edgekit.build import BuildRequest, build
-    from edgekit.export.openvino import OpenVINOConfig
+    from edgekit.passes import PASSES
     from edgekit.pipeline import compress
 
     model = Path(cfg.resolve(cfg.model.path))
     source = {"model": sha256_file(model), "data": _data_identity(cfg)}
+    build = PASSES["build"].run
     dirs, stages = {}, []
     for name, passes in cfg.variants.items():
+        steps = cfg.chain(name)
+        built = [s for s in steps if s.name == "build"]  # the last step, a stage of its own
         torch_onnx = [p for p in passes if p.name != "build"]
         settings = cfg.model_dump(include={"model", "data"}, exclude={"model": {"path"}})
         key = _key("compress", source, settings, [_keyed(p) for p in torch_onnx])
-        req = _compress_request(cfg, model, torch_onnx)
+        req = _compress_request(cfg, model, steps[: len(steps) - len(built)])
         path, status = _stage(
             cache / key, lambda out, r=req: compress(dataclasses.replace(r, out=out)), rebuild
         )
@@ -81,19 +83,12 @@ def build_variants(cfg: Config, cache: Path, rebuild: bool, say) -> tuple[dict[s
             {"variant": name, "stage": "compress", "status": status, "key": key, "artifact": str(path)}
         )
         say(f"{name} · compress: {status} ({key[:12]})")
-        for p in passes[len(torch_onnx) :]:  # the build pass, if any
-            b = p.build
+        for step in built:
+            b = step.config
             parent = [f.model_dump() for f in read_manifest(path).files]
             key = _key("build", parent, source["data"], b.model_dump())
-            breq = BuildRequest(parent=path, out=path, target=b.target, **_data_args(cfg))
-            if b.target == "openvino":
-                breq.openvino = OpenVINOConfig(precision=b.precision, quantizer=b.quantizer)
-            else:
-                from edgekit.export.tensorrt import TensorRTConfig
-
-                breq.tensorrt = TensorRTConfig(precision=b.precision)
             path, status = _stage(
-                cache / key, lambda out, r=breq: build(dataclasses.replace(r, out=out)), rebuild
+                cache / key, lambda out, p=path, c=b: build(p, out, c, **_data_args(cfg)), rebuild
             )
             stages.append(
                 {"variant": name, "stage": "build", "status": status, "key": key, "artifact": str(path)}
@@ -139,6 +134,7 @@ def _data_identity(cfg: Config) -> dict:
     """The content of the data sources (files hashed; module:function and random by name)."""
     out = {}
     tuning = [p.prune.finetune for v in cfg.variants.values() for p in v if p.name == "prune"]
+    tuning += [p.finetune.data for v in cfg.variants.values() for p in v if p.name == "finetune"]
     sources = {key: getattr(cfg.data, key) for key in ("calibration", "evaluation")}
     sources.update({f"finetune {d}": d for d in tuning if d})
     for key, source in sources.items():
@@ -160,44 +156,16 @@ def _data_args(cfg: Config) -> dict:
     }
 
 
-def _compress_request(cfg: Config, model: Path, passes):
+def _compress_request(cfg: Config, model: Path, steps: list):
     from edgekit.data import Preprocess
-    from edgekit.model import LoadOptions
     from edgekit.pipeline import CompressRequest
 
-    m, pre = cfg.model, cfg.data.preprocess
-    load = LoadOptions(
-        arch=m.arch,
-        trust_pickle=m.trust_pickle,
-        input_shapes=tuple(tuple(s) for s in m.input_shape),
-        input_dtype=m.input_dtype,
-        static_batch=m.static_batch,
-    )
+    pre = cfg.data.preprocess
+    load = cfg.model.load_options()
     preprocess = Preprocess(**{**pre.model_dump(), "mean": tuple(pre.mean), "std": tuple(pre.std)})
-    fields = {p.name: _request_field(cfg, p) for p in passes}
-    if "prune" in fields:
-        fields["prune"], fields["finetune"] = fields["prune"]
     return CompressRequest(
-        model=model, out=model, load=load, preprocess=preprocess, **_data_args(cfg), **fields
+        model=model, out=model, load=load, chain=steps, preprocess=preprocess, **_data_args(cfg)
     )
-
-
-def _request_field(cfg: Config, p):
-    """A pass as the CompressRequest field of its name (prune: its PruneConfig and FinetuneConfig)."""
-    from edgekit.compress.finetune import FinetuneConfig
-    from edgekit.compress.prune import PruneConfig
-    from edgekit.compress.sparsity import SparsityConfig
-
-    if p.name == "prune":
-        c = p.prune
-        prune = PruneConfig(c.ratio, c.macs, c.importance, c.round_to, list(c.ignore_layers))
-        tune = c.finetune and FinetuneConfig(data=cfg.resolve(c.finetune), epochs=c.epochs, lr=c.lr)
-        return prune, tune
-    if p.name == "sparsity":
-        return SparsityConfig.parse(str(p.sparsity))
-    if p.name == "bf16":
-        return True
-    return p.config
 
 
 def _evaluation(cfg: Config, dirs: dict[str, Path]):
@@ -218,14 +186,15 @@ def _evaluation(cfg: Config, dirs: dict[str, Path]):
 def _measure_and_gate(cfg, t: Target, dirs, evals, reference, saved, say) -> tuple[list[dict], list]:
     """Interleaved rounds of T's variants, then its gates; while a latency gate is inconclusive and
     its `remeasure` bound allows, another batch of rounds is added and the gates decided again."""
+    from edgekit.benchmarks.record import record
     from edgekit.benchmarks.runner import summarize
 
     gates = [g for g in cfg.gates if g.target == t.name]
     per_variant = _rounds(cfg, t, dirs, evals, reference)
     extra = 0
     while True:
-        records = [{**summarize(per_variant[v]), "target": t.name, "variant": v} for v in t.variants]
-        results = gate.evaluate(gates, records, saved)
+        records = [record({**summarize(per_variant[v]), "target": t.name, "variant": v}) for v in t.variants]
+        results = gate.evaluate(gates, records, saved, cfg.targets)
         pending = [r for r in results if r.status == "inconclusive" and extra < r.gate.remeasure]
         if not pending:
             return records, results

@@ -15,6 +15,7 @@ from models import resnet_blocks, smooth_images
 
 from edgekit.artifact import MANIFEST, manifest_digest
 from edgekit.compress.quantize import Int8Config
+from edgekit.passes import from_flags
 from edgekit.pipeline import CompressRequest, compress
 
 
@@ -40,7 +41,8 @@ def tiny_pair(root: Path) -> TinyPair:
     np.savez(root / "eval.npz", x=x, y=y)
     fp32, int8 = root / "tiny-fp32", root / "tiny-int8"
     compress(CompressRequest(model=model, out=fp32, calib=str(calib), calib_size=16))
-    compress(CompressRequest(model=model, out=int8, int8=Int8Config(), calib=str(calib), calib_size=64))
+    int8_chain = from_flags(int8=Int8Config())
+    compress(CompressRequest(model=model, out=int8, chain=int8_chain, calib=str(calib), calib_size=64))
     return TinyPair(fp32=fp32, int8=int8, eval=root / "eval.npz")
 
 

@@ -42,7 +42,7 @@ def test_fp32_ir_matches_its_parent(pair, fp32_ir):
     v = m.verification["openvino"]
     assert v["data"] == "eval" and v["samples"] == 48 and v["device"] == "CPU"
     assert v["fidelity"]["output_0"]["sqnr_db"] > 60 and v["top1"] == 1.0  # labels: fp32's own top-1
-    assert m.passes[-1].name == "build_openvino" and m.passes[0].name == "export_onnx"
+    assert m.passes[-1].name == "build" and m.passes[0].name == "export"
     assert sha256_file(pair.fp32 / "model.onnx") == before  # the parent is untouched
     assert "openvino check" in r.stdout
 

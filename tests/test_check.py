@@ -16,6 +16,7 @@ from torch import nn
 from edgekit.compress.quantize import Int8Config
 from edgekit.errors import EdgekitError
 from edgekit.export import check as chk
+from edgekit.passes import from_flags
 from edgekit.pipeline import CompressRequest, compress
 from edgekit.runtimes import importable
 
@@ -73,7 +74,11 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
         out[name] = root / name
         compress(
             CompressRequest(
-                model=root / "tiny.pt2", out=out[name], int8=cfg, calib=str(root / "calib.npz"), calib_size=16
+                model=root / "tiny.pt2",
+                out=out[name],
+                chain=from_flags(int8=cfg),
+                calib=str(root / "calib.npz"),
+                calib_size=16,
             )
         )
     return out

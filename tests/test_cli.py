@@ -59,7 +59,7 @@ def fp32_dir(digits, edgekit, tmp_path_factory) -> Path:
 
 def test_compress_int8_writes_a_complete_verified_artifact(int8_dir, digits):
     m = manifest(int8_dir)
-    assert [p["name"] for p in m["passes"]] == ["export_onnx", "quantize_int8"]
+    assert [p["name"] for p in m["passes"]] == ["export", "int8"]
     assert m["source"]["sha256"] == sha256(digits.model)
     assert m["source"]["kind"] == "torch.export"
     assert (int8_dir / m["model_file"]).is_file()
@@ -92,7 +92,7 @@ def test_compress_int8_writes_a_complete_verified_artifact(int8_dir, digits):
 
 def test_int8_artifact_is_at_most_30_percent_of_fp32(int8_dir, fp32_dir):
     fp32 = manifest(fp32_dir)
-    assert [p["name"] for p in fp32["passes"]] == ["export_onnx"]
+    assert [p["name"] for p in fp32["passes"]] == ["export"]
     assert "int8" not in fp32["verification"]
     assert artifact_bytes(int8_dir) <= 0.30 * artifact_bytes(fp32_dir)
     # The recorded sizes agree with the disk.
@@ -117,8 +117,8 @@ def test_inspect_shows_the_key_facts(int8_dir, digits, edgekit):
         "torch.export",  # the source's format
         m["source"]["sha256"][:12],
         "['batch', 1, 32, 32]",  # the input spec
-        "export_onnx",
-        "quantize_int8",
+        "export",
+        "int8",
         model["sha256"][:12],
         f"drop {m['verification']['int8']['drop_points']:.2f} points",
     ):
@@ -132,7 +132,7 @@ def test_inspect_json_is_the_manifest(int8_dir, edgekit):
     m = manifest(int8_dir)
     for key in ("format_version", "source", "input_spec", "output_names", "files", "data", "tool_versions"):
         assert shown[key] == m[key], key
-    assert [p["name"] for p in shown["passes"]] == ["export_onnx", "quantize_int8"]
+    assert [p["name"] for p in shown["passes"]] == ["export", "int8"]
     assert shown["verification"]["int8"]["top1"] == m["verification"]["int8"]["top1"]
 
 
@@ -219,7 +219,7 @@ def test_demo_runs_end_to_end_on_the_cached_model(digits, edgekit, xdg_cache, tm
     ok(r)
     assert "using the cached digits CNN" in r.stdout  # it did not train again
     assert sha256(cached) == sha256(digits.model)
-    for name, passes in (("digits-fp32", ["export_onnx"]), ("digits-int8", ["export_onnx", "quantize_int8"])):
+    for name, passes in (("digits-fp32", ["export"]), ("digits-int8", ["export", "int8"])):
         assert [p["name"] for p in manifest(work / name)["passes"]] == passes
     q = manifest(work / "digits-int8")["verification"]["int8"]
     assert q["top1"] >= 0.95 and q["drop_points"] <= MAX_DROP_POINTS
@@ -234,7 +234,7 @@ def test_compress_an_onnx_file_skips_torch_and_checks_it_runs(fp32_dir, digits, 
     )
     ok(r)
     m = manifest(out)
-    assert [p["name"] for p in m["passes"]] == ["import_onnx", "quantize_int8"]
+    assert [p["name"] for p in m["passes"]] == ["export", "int8"]
     assert m["source"]["kind"] == "onnx" and m["source"]["sha256"] == sha256(fp32_dir / "model.onnx")
     assert m["verification"]["export"]["reference"].startswith("none: the input is an ONNX model")
     assert m["data"]["calibration"]["count"] == 64

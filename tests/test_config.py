@@ -58,7 +58,8 @@ def test_valid_config_loads(project):
 
 
 def test_torch_and_precision_passes_become_the_compress_request(project):
-    """prune (with fine-tuning data relative to the file), sparsity and bf16 map onto CompressRequest."""
+    """prune (with fine-tuning data relative to the file), sparsity and bf16 become the request's
+    chain: prune then finetune, sparsity, bf16."""
     from edgekit.run import _compress_request
 
     text = VALID.replace(
@@ -68,10 +69,12 @@ def test_torch_and_precision_passes_become_the_compress_request(project):
     )
     (project / "edgekit.yaml").write_text(text)
     cfg = load(project / "edgekit.yaml")
-    req = _compress_request(cfg, project / "model.pt2", cfg.variants["small"])
-    assert req.prune.macs == 0.5 and req.prune.ratio is None and req.prune.round_to == 8
-    assert req.finetune.data == str(project / "calib.npz") and req.finetune.epochs == 2
-    assert req.sparsity.pattern == "2:4" and req.bf16 is True and req.int8 is None
+    req = _compress_request(cfg, project / "model.pt2", cfg.chain("small"))
+    steps = {s.name: s.config for s in req.chain}
+    assert list(steps) == ["prune", "finetune", "sparsity", "bf16"]
+    assert steps["prune"].macs == 0.5 and steps["prune"].ratio is None and steps["prune"].round_to == 8
+    assert steps["finetune"].data == str(project / "calib.npz") and steps["finetune"].epochs == 2
+    assert steps["sparsity"].pattern == "2:4"
     message = error(project, text.replace("macs: 0.5", "macs: 1.5"))
     assert "line" in message and "prune" in message and "macs" in message
 
@@ -171,3 +174,27 @@ def test_init_template_is_valid_and_schema_is_json(tmp_path, edgekit):
     assert again.returncode == 2 and "--force" in again.stderr
     schema = json.loads(edgekit("schema").stdout)
     assert schema["additionalProperties"] is False and "gates" in schema["properties"]
+
+
+@pytest.mark.parametrize(
+    ("written", "shapes"),
+    [
+        ("[1, 3, 224, 224]", [[1, 3, 224, 224]]),
+        ("[[1, 3, 224, 224], [1, 6]]", [[1, 3, 224, 224], [1, 6]]),
+        ("{input_ids: [1, 64]}", {"input_ids": [1, 64]}),
+        ('["input_ids:1,64"]', {"input_ids": [1, 64]}),
+    ],
+    ids=["flat", "per-input", "by-name", "trtexec"],
+)
+def test_model_input_shape_as_users_write_it(project, written, shapes):
+    """`input_shape: [1, 3, 224, 224]` is a single-input model's shape (it was refused with "must be
+    a valid list (got 1)"); shapes may also name their inputs."""
+    text = VALID.replace("  path: model.pt2\n", f"  path: model.pt2\n  input_shape: {written}\n")
+    (project / "edgekit.yaml").write_text(text)
+    assert load(project / "edgekit.yaml").model.load_options().input_shapes == shapes
+
+
+def test_model_input_shape_that_is_no_shape(project):
+    text = VALID.replace("  path: model.pt2\n", "  path: model.pt2\n  input_shape: [1, 0]\n")
+    message = error(project, text)
+    assert message.startswith("edgekit.yaml line 3: model.input_shape: give one shape of positive"), message

@@ -232,6 +232,6 @@ def test_prune_and_finetune_run_a_fixed_batch_model_in_its_batch(edgekit, fixed,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     m = _manifest(out)
-    tuned = next(p for p in m["passes"] if p["name"] == "finetune_distill")["summary"]
+    tuned = next(p for p in m["passes"] if p["name"] == "finetune")["summary"]
     assert (tuned["train_samples"], tuned["held_out_samples"]) == (CALIB - 2, 2)
     assert m["verification"]["prune"]["samples"] == TEST

@@ -191,3 +191,31 @@ def test_eval_size_below_one(edgekit, tiny_artifact, work):
         argv = ("bench", tiny_artifact, "--eval", work / "test.npz", "--eval-size", value)
         msg = assert_refused(edgekit(*argv, "--json", work / "out.json"), work / "out.json")
         assert "--eval-size" in msg and value in msg and "x>=1" in msg
+
+
+def test_openvino_that_cannot_compile_the_model_is_a_failed_row_in_one_sentence(edgekit, work):
+    """A Det node runs in ONNX Runtime but OpenVINO has no conversion for it: the openvino row
+    failed with OpenVINO's stack of "Exception from src/..." lines; now a failed row whose error
+    is one sentence naming the op, and the ort row is measured."""
+    import onnx
+    import pytest
+    from onnx import TensorProto, helper, numpy_helper
+
+    pytest.importorskip("openvino", reason="the openvino runtime is not installed")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [helper.make_node("Det", ["x"], ["det"]), helper.make_node("Unsqueeze", ["det", "axes"], ["y"])]
+    graph = helper.make_graph(nodes, "det", [x], [y], [axes])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), work / "det.onnx")
+    r = edgekit("export", work / "det.onnx", "-o", work / "art")
+    assert r.returncode == 0, r.stderr
+    argv = ("--runtime", "ort,openvino", "--runs", 1, "--warmup", 0, "--json", work / "r.json")
+    r = edgekit("bench", work / "art", *argv)
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    ort_row, ov_row = json.loads((work / "r.json").read_text())
+    assert ort_row["ok"] is True and ov_row["ok"] is False
+    assert ov_row["error"] == (
+        "RuntimeFailure: OpenVINO could not compile model.onnx for cpu: "
+        "No conversion rule found for operations: Det-18."
+    )

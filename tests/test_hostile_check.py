@@ -39,3 +39,13 @@ def test_opset_outside_the_exporters_range(edgekit, tiny, work):
     r = edgekit("check", model, "--input-shape", SHAPE, "--target", "ort", "--opset", "1")
     msg = assert_refused(r, work / "out", [model], hashes_of(model))
     assert "--opset 1" in msg and "18 to " in msg, msg
+
+
+def test_input_shape_naming_no_input(edgekit, tiny, work):
+    """check takes name:shape as export does, and refuses a name the model has no input of."""
+    model = tiny / "model.ts.pt"
+    r = edgekit("check", model, "--target", "ort", "--input-shape", "input:1,1,16,16")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = edgekit("check", model, "--target", "ort", "--input-shape", "image:1,1,16,16")
+    msg = assert_refused(r, work / "out", [model], hashes_of(model))
+    assert "'image', which is not an input of" in msg and "its inputs: input." in msg, msg

@@ -106,7 +106,7 @@ def test_opset_outside_the_exporters_range(edgekit, tiny, work):
         o.version for o in onnx.load(str(work / "out" / "model.onnx")).opset_import if o.domain == ""
     )
     passes = json.loads((work / "out" / "edgekit.json").read_text())["passes"]
-    assert next(p for p in passes if p["name"] == "export_onnx")["config"]["opset"] == written
+    assert next(p for p in passes if p["name"] == "export")["config"]["opset"] == written
 
 
 def test_tolerance_not_a_positive_finite_number(edgekit, tiny, work):
@@ -115,3 +115,30 @@ def test_tolerance_not_a_positive_finite_number(edgekit, tiny, work):
     for value in ("nan", "inf", "0", "-1e-3"):
         r = edgekit("export", model, "--input-shape", SHAPE, f"--tolerance={value}", "-o", work / "out")
         assert "--tolerance" in assert_refused(r, work / "out", [model], hashes_of(model))
+
+
+def test_input_shape_by_input_name(edgekit, tiny, work):
+    """`--input-shape input:1,1,16,16` (name:shape, as trtexec writes it) is the named input's
+    shape, and the manifest records it as given."""
+    r = edgekit("export", tiny / "model.ts.pt", "--input-shape", "input:1,1,16,16", "-o", work / "out")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((work / "out" / "edgekit.json").read_text())
+    [spec] = manifest["input_spec"]["inputs"]
+    assert spec == {"name": "input", "shape": ["batch", 1, 16, 16], "dtype": "float32"}
+    assert manifest["load"]["input_shapes"] == {"input": [1, 1, 16, 16]}
+
+
+def test_input_shape_naming_no_input(edgekit, tiny, work):
+    """A name the model has no input of: one sentence listing the inputs it has."""
+    model = tiny / "model.ts.pt"
+    r = edgekit("export", model, "--input-shape", "image:1,1,16,16", "-o", work / "out")
+    msg = assert_refused(r, work / "out", [model], hashes_of(model))
+    assert "'image', which is not an input of" in msg and "its inputs: input." in msg, msg
+
+
+def test_input_shapes_some_named_some_not(edgekit, tiny, work):
+    model = tiny / "model.ts.pt"
+    shapes = ("--input-shape", "input:1,1,16,16", "--input-shape", "1,4")
+    r = edgekit("export", model, *shapes, "-o", work / "out")
+    msg = assert_refused(r, work / "out", [model], hashes_of(model))
+    assert "--input-shape" in msg and "name every input shape" in msg, msg

@@ -19,3 +19,21 @@ def test_junit_under_a_file(edgekit, work):
         edgekit("gate", work / "results.jsonl", "--junit", out), out, [blocker], hashes_of(blocker)
     )
     assert "notes.txt" in msg and "not a directory" in msg
+
+
+def test_record_with_a_wrongly_typed_key(edgekit, work):
+    import json
+
+    results = work / "results.jsonl"
+    record = {"artifact": "a", "runtime": "ort", "ok": True, "target": "cpu", "variant": "fp32"}
+    results.write_text(json.dumps({**record, "latency": "fast"}) + "\n")
+    config = work / "edgekit.yaml"
+    config.write_text(
+        "model: {path: m.pt2}\nvariants: {fp32: []}\ntargets: [{name: cpu, variants: [fp32]}]\n"
+        "gates: [{target: cpu, variant: fp32, max_latency_ms: {p50: 10}}]\n"
+    )
+    out = work / "verdict.json"
+    msg = assert_refused(
+        edgekit("gate", results, "--config", config, "--json", out), out, [results], hashes_of(results)
+    )
+    assert "record 1 of" in msg and "not a benchmark record" in msg and "latency" in msg

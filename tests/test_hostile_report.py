@@ -36,3 +36,12 @@ def test_output_where_nothing_can_be_created(edgekit, results):
     out = Path("/proc/edgekit-test/report")
     msg = assert_refused(edgekit("report", results, "--format", "md", "-o", out), out)
     assert str(out) in msg
+
+
+def test_record_with_a_wrongly_typed_key(edgekit, work):
+    results = work / "results.jsonl"
+    results.write_text(json.dumps({"artifact": "a", "runtime": "ort", "ok": True, "latency": "fast"}) + "\n")
+    out = work / "out"
+    r = edgekit("report", results, "--format", "md", "-o", out)
+    msg = assert_refused(r, out, [results], hashes_of(results))
+    assert "record 1 of" in msg and "not a benchmark record" in msg and "latency" in msg

@@ -85,7 +85,7 @@ def test_budget_recovers_the_hostile_layer(edgekit, hostile):
     assert r.returncode == 0, r.stderr
     m = read_manifest(mixed)
     summary = m.passes[-1].summary
-    assert m.passes[-1].name == "mixed_precision" and summary["budget_met"]
+    assert m.passes[-1].name == "mixed" and summary["budget_met"]
     assert [k["node"] for k in summary["kept_fp32"]] == [_hostile_node(mixed)]
     assert "latency_cost_ms" in summary["kept_fp32"][0]
     q = m.verification["int8"]["fidelity"]["output_0"]

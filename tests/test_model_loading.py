@@ -289,3 +289,46 @@ def test_source_records_path_and_hash(tmp_path):
     loaded = load_model(tmp_path / "full.pt", LoadOptions(trust_pickle=True, input_shapes=(RESNET_SHAPE,)))
     assert loaded.source.path == str((tmp_path / "full.pt").absolute())
     assert loaded.source.sha256 == hashlib.sha256((tmp_path / "full.pt").read_bytes()).hexdigest()
+
+
+# input shapes by input name (`--input-shape image:4,3,16,16`, trtexec's form)
+
+
+def test_onnx_input_shapes_by_name_fit_each_input_whatever_their_order(onnx_two_inputs):
+    """Named shapes go to the inputs of those names, in any order; positional ones go by order."""
+    positional = LoadOptions(input_shapes=["4,3,16,16", "4,6"], static_batch=True)
+    for shapes in (["extra:4,6", "image:4,3,16,16"], {"extra": [4, 6], "image": [4, 3, 16, 16]}):
+        named = LoadOptions(input_shapes=shapes, static_batch=True)
+        for opts in (positional, named):
+            loaded = load_model(onnx_two_inputs, opts)
+            assert loaded.input_spec.names == ["image", "extra"]
+            assert [t.shape for t in loaded.input_spec.inputs] == [[4, 3, 16, 16], [4, 6]]
+
+
+def test_onnx_input_shape_naming_no_input_lists_the_inputs(onnx_two_inputs):
+    with pytest.raises(EdgekitError) as err:
+        load_model(onnx_two_inputs, LoadOptions(input_shapes=["image:1,3,16,16", "mask:1,6"]))
+    message = str(err.value)
+    assert "'mask', which is not an input of" in message and "its inputs: image, extra." in message
+    with pytest.raises(EdgekitError, match="its inputs: image, extra"):
+        load_model(onnx_two_inputs, LoadOptions(input_shapes=["extra:1,6"]))
+
+
+def test_torch_input_shapes_by_name_fit_each_input_whatever_their_order(tmp_path, monkeypatch):
+    write_arch_module(tmp_path, monkeypatch, "arch_named")
+    two, _ = two_in_two_out(seed=3)
+    torch.save(two.state_dict(), tmp_path / "two.pt")
+    arch = "arch_named:two_inputs"
+    for shapes in (["1,3,16,16", "1,6"], ["extra:1,6", "image:1,3,16,16"]):
+        loaded = load_model(tmp_path / "two.pt", LoadOptions(arch=arch, input_shapes=shapes))
+        assert loaded.input_spec.names == ["image", "extra"]
+        assert [t.shape[1:] for t in loaded.input_spec.inputs] == [[3, 16, 16], [6]]
+        same_outputs(loaded, two)
+    with pytest.raises(EdgekitError, match=r"'mask', which is not an input of .*its inputs: image, extra"):
+        load_model(tmp_path / "two.pt", LoadOptions(arch=arch, input_shapes=["image:1,3,16,16", "mask:1,6"]))
+
+
+def test_a_single_shape_is_the_one_inputs():
+    """[1, 3, 32, 32] is one input's shape, as a user writes it for a single-input model."""
+    assert LoadOptions(input_shapes=RESNET_SHAPE).input_shapes == [list(RESNET_SHAPE)]
+    assert LoadOptions(input_shapes=[list(RESNET_SHAPE)]).input_shapes == [list(RESNET_SHAPE)]

@@ -16,6 +16,7 @@ from models import resnet_blocks, smooth_images, transformer
 
 from edgekit.compress.precision import Fp16Config
 from edgekit.errors import EdgekitError
+from edgekit.passes import Bf16Config, from_flags
 from edgekit.pipeline import CompressRequest, compress
 
 
@@ -39,7 +40,9 @@ def resnet(tmp_path_factory) -> dict[str, Path]:
 def test_fp16_artifact(resnet):
     out = resnet["root"] / "fp16"
     m = compress(
-        CompressRequest(model=resnet["model"], out=out, fp16=Fp16Config(), calib=str(resnet["calib"]))
+        CompressRequest(
+            model=resnet["model"], out=out, chain=from_flags(fp16=Fp16Config()), calib=str(resnet["calib"])
+        )
     )
     model = onnx.load(str(out / "model.onnx"))
     weights = [t for t in model.graph.initializer if t.name.endswith("weight")]
@@ -50,7 +53,7 @@ def test_fp16_artifact(resnet):
     assert v["fidelity"]["output_0"]["sqnr_db"] > 40 and v["runtime"] == "onnxruntime (CPU)"
     fp32_bytes = (resnet["fp32"] / "model.onnx").stat().st_size
     assert 0.45 < (out / "model.onnx").stat().st_size / fp32_bytes < 0.65  # graph bytes do not halve
-    assert m.passes[-1].name == "convert_fp16"
+    assert m.passes[-1].name == "fp16"
 
 
 def test_fp16_keeps_blocked_ops_fp32(tmp_path):
@@ -61,7 +64,10 @@ def test_fp16_keeps_blocked_ops_fp32(tmp_path):
     )
     m = compress(
         CompressRequest(
-            model=model, out=tmp_path / "fp16", fp16=Fp16Config(), calib=str(tmp_path / "calib.npz")
+            model=model,
+            out=tmp_path / "fp16",
+            chain=from_flags(fp16=Fp16Config()),
+            calib=str(tmp_path / "calib.npz"),
         )
     )
     graph = onnx.load(str(tmp_path / "fp16" / "model.onnx")).graph
@@ -87,7 +93,11 @@ def test_fp16_keeps_blocked_ops_fp32(tmp_path):
 @pytest.mark.usefixtures("needs_bf16")
 def test_bf16_artifact_is_verified_in_openvino_bf16(resnet):
     out = resnet["root"] / "bf16"
-    m = compress(CompressRequest(model=resnet["model"], out=out, bf16=True, calib=str(resnet["calib"])))
+    m = compress(
+        CompressRequest(
+            model=resnet["model"], out=out, chain=from_flags(bf16=Bf16Config()), calib=str(resnet["calib"])
+        )
+    )
     assert m.inference_precision == "bf16"
     v = m.verification["bf16"]
     assert v["runtime"] == "openvino (CPU), compiled for bf16"
@@ -100,6 +110,10 @@ def test_bf16_refused_where_it_cannot_run(lacks_bf16, resnet):
     work, with bf16_unsupported()'s own sentence, and nothing written."""
     out = resnet["root"] / "no"
     with pytest.raises(EdgekitError) as refused:
-        compress(CompressRequest(model=resnet["model"], out=out, bf16=True, calib="random"))
+        compress(
+            CompressRequest(
+                model=resnet["model"], out=out, chain=from_flags(bf16=Bf16Config()), calib="random"
+            )
+        )
     assert str(refused.value) == f"{lacks_bf16}."
     assert not out.exists()

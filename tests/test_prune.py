@@ -15,6 +15,7 @@ from edgekit.compress.finetune import FinetuneConfig
 from edgekit.compress.prune import PruneConfig
 from edgekit.compress.sparsity import SparsityConfig, groups_of_four
 from edgekit.model import LoadOptions
+from edgekit.passes import from_flags
 from edgekit.pipeline import CompressRequest, compress
 from edgekit.runtimes import ort
 
@@ -22,7 +23,9 @@ ARCH = "edgekit.demo:digits_net"  # the .pt2 keeps the weights; pruning needs th
 
 
 def _compress(digits, out, **kw):
-    req = CompressRequest(model=digits.model, out=out, calib=str(digits.calib), eval=str(digits.test), **kw)
+    req = CompressRequest(
+        model=digits.model, out=out, calib=str(digits.calib), eval=str(digits.test), chain=from_flags(**kw)
+    )
     req.load.arch = ARCH
     return compress(req)
 
@@ -43,7 +46,7 @@ def pruned(digits, tmp_path_factory):
 
 
 def test_channels_shrink_to_multiples_of_round_to(pruned):
-    summary = _pass(pruned[0], "prune_channels").summary
+    summary = _pass(pruned[0], "prune").summary
     assert summary["channels"], "no layer lost channels"
     for name, change in summary["channels"].items():
         before, after = map(int, change.split("→"))
@@ -51,7 +54,7 @@ def test_channels_shrink_to_multiples_of_round_to(pruned):
 
 
 def test_prune_macs_reaches_its_target_and_reports_params_and_macs(pruned):
-    s = _pass(pruned[0], "prune_channels").summary
+    s = _pass(pruned[0], "prune").summary
     assert s["macs_after"] <= 0.5 * s["macs_before"]
     assert s["params_after"] < s["params_before"]
     assert s["macs_ratio"] == pytest.approx(s["macs_after"] / s["macs_before"], abs=1e-4)
@@ -85,7 +88,7 @@ def test_finetune_with_distillation_recovers_within_budget(pruned, digits, tmp_p
     )
     recovered, unrecovered = manifest.verification["prune"]["top1"], pruned[0].verification["prune"]["top1"]
     assert recovered >= unrecovered
-    summary = _pass(manifest, "finetune_distill").summary
+    summary = _pass(manifest, "finetune").summary
     assert summary["best_epoch"] in (0, 1) and len(summary["held_out_by_epoch"]) == 2  # epoch 0 and 1
     with np.load(digits.calib) as z:
         n = len(z["x"])
@@ -97,11 +100,13 @@ def test_residual_and_depthwise_models_prune_and_export_verified(build, tmp_path
     module, shapes = build()
     path = tmp_path / "model.pt"
     torch.save(module.state_dict(), path)
-    req = CompressRequest(model=path, out=tmp_path / "out", prune=PruneConfig(ratio=0.5, importance="bn"))
+    req = CompressRequest(
+        model=path, out=tmp_path / "out", chain=from_flags(prune=PruneConfig(ratio=0.5, importance="bn"))
+    )
     req.load.arch = f"models:{type(module).__name__}"
     req.load.input_shapes = tuple(shapes)
     manifest = compress(req)
-    s = _pass(manifest, "prune_channels").summary
+    s = _pass(manifest, "prune").summary
     assert s["macs_after"] < s["macs_before"] and s["channels"]
     assert manifest.verification["export"]["sqnr_db"] > 60
 
@@ -194,8 +199,10 @@ def test_attention_is_pruned_through_its_projections(tmp_path):
         assert torch.allclose(module(ids), unfused(ids), atol=1e-5)
     torch.save(module.state_dict(), tmp_path / "tokens.pt")
     load = LoadOptions(arch="models:TinyTokenClassifier", input_shapes=((1, 16),), input_dtype="int64")
-    req = CompressRequest(tmp_path / "tokens.pt", tmp_path / "out", load=load, prune=PruneConfig(ratio=0.5))
-    s = _pass(compress(req), "prune_channels").summary
+    req = CompressRequest(
+        tmp_path / "tokens.pt", tmp_path / "out", load=load, chain=from_flags(prune=PruneConfig(ratio=0.5))
+    )
+    s = _pass(compress(req), "prune").summary
     # the embedding width, pruned through attention, residual adds and LayerNorm
     assert s["channels"]["encoder.layers.0.self_attn.proj"] == "32→16"
     assert s["macs_after"] < 0.5 * s["macs_before"]  # compress raised if the ONNX export had diverged

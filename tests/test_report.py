@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from artifacts import tiny_pair
 
-from edgekit.benchmarks.report import COLUMNS, pareto_front, row_cells
+from edgekit.benchmarks.plots import pareto_front
+from edgekit.benchmarks.report import COLUMNS, row_cells
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

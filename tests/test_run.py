@@ -170,3 +170,13 @@ def test_step_summary_and_regression_gate(first, digits, edgekit):
     assert "| cpu/int8 max_latency_regression |" in summary.read_text()
     missing = edgekit("gate", root / "results", "--config", config)
     assert missing.returncode == 2 and "--baseline" in missing.stderr
+
+
+def test_report_reads_run_results(first, edgekit):
+    root, _ = first
+    r = edgekit("report", root / "results", "--format", "csv", "-o", root / "report")
+    assert r.returncode == 0, r.stderr
+    rows = (root / "report" / "report.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == [
+        str(root / "cache" / s["key"]) for s in verdict(root)["stages"]
+    ]

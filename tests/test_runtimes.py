@@ -25,6 +25,7 @@ from models import resnet_blocks, smooth_images
 from edgekit.artifact import read_manifest
 from edgekit.benchmarks.metrics import sqnr_db
 from edgekit.benchmarks.runner import BenchConfig, measure, target
+from edgekit.errors import RuntimeFailure
 from edgekit.pipeline import CompressRequest, compress
 from edgekit.runtimes import ALL, MODULES, eager, ort, ov, trt
 from edgekit.runtimes import get as get_runtime
@@ -183,7 +184,7 @@ def test_tensorrt_says_why_it_cannot_run_here():
         assert trt.unsupported("cuda") == f"tensorrt is not installed ({trt.INSTALL})"
     else:
         assert "NVIDIA GPU" in trt.unsupported("cuda")
-    with pytest.raises(ValueError, match=r"NVIDIA GPU|not installed"):
+    with pytest.raises(RuntimeFailure, match=r"NVIDIA GPU|not installed"):
         trt.load("model.plan", "cuda")
 
 
@@ -196,11 +197,11 @@ def test_tensorrt_refuses_a_plan_built_elsewhere(tmp_path):
     )
     trt.check_built_for(str(plan), "10.3.0", "NVIDIA H100 80GB HBM3")
     with pytest.raises(
-        ValueError, match=re.escape("built with TensorRT 10.3.0 and this machine has TensorRT 10.7.0")
+        RuntimeFailure, match=re.escape("built with TensorRT 10.3.0 and this machine has TensorRT 10.7.0")
     ):
         trt.check_built_for(str(plan), "10.7.0", "NVIDIA H100 80GB HBM3")
     with pytest.raises(
-        ValueError, match="built for the GPU NVIDIA H100 80GB HBM3 and this machine's GPU is Orin"
+        RuntimeFailure, match="built for the GPU NVIDIA H100 80GB HBM3 and this machine's GPU is Orin"
     ):
         trt.check_built_for(str(plan), "10.3.0", "Orin")
 
@@ -214,14 +215,14 @@ def test_ort_refuses_a_gpu_it_does_not_have(artifacts, monkeypatch):
         pytest.skip("this onnxruntime build has the CUDA EP")
     model = str(artifacts["torch"] / "model.onnx")
     with pytest.raises(
-        ValueError, match=re.escape("has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
+        RuntimeFailure, match=re.escape("has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
     ):
         ort.load(model, "cuda")
     have = onnxruntime.get_available_providers()
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", *have])
     with (
         pytest.warns(UserWarning, match="CUDAExecutionProvider"),
-        pytest.raises(ValueError, match="could not use CUDAExecutionProvider for device cuda"),
+        pytest.raises(RuntimeFailure, match="could not use CUDAExecutionProvider for device cuda"),
     ):
         ort.load(model, "cuda")
 
@@ -240,7 +241,7 @@ def test_eager_bf16_runs_in_bf16_close_to_f32(artifacts):
     assert sess.info()["precision"] == "bf16" and sess.info()["precision_requested"] == "bf16"
     assert out.dtype == np.float32 and out.shape == f32.shape
     assert 20 < sqnr_db(f32, out) < 100  # bf16: close to f32, and not equal to it
-    with pytest.raises(ValueError, match="not one of f32, bf16, f16"):
+    with pytest.raises(RuntimeFailure, match="not one of f32, bf16, f16"):
         eager.Options(precision="int8")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.benchmarks.record import record
 from edgekit.benchmarks.report import failure
 from edgekit.benchmarks.runner import BenchConfig, interleaved
 from edgekit.errors import EdgekitError
@@ -78,7 +79,7 @@ def compare(variants: list[tuple[Path, BenchConfig]], cfg: CompareConfig) -> dic
             "confidence": cfg.confidence,
         },
         "significant": not lo <= 1.0 <= hi,
-        "records": [rec_a, rec_b],
+        "records": [record(rec_a), record(rec_b)],
     }
 
 

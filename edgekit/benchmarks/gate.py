@@ -18,8 +18,9 @@ import numpy as np
 
 from edgekit.artifact import write_atomic
 from edgekit.benchmarks.compare import bootstrap_ci
+from edgekit.benchmarks.record import gate_names, per_round
 from edgekit.benchmarks.report import failure
-from edgekit.config import Gate
+from edgekit.config import Gate, Target
 from edgekit.errors import EdgekitError
 
 NOISY = ("max_latency_ms", "min_speedup", "max_latency_regression")  # decided on an interval
@@ -54,14 +55,29 @@ class GateResult:
         }
 
 
-def latest(records: list[dict]) -> dict[tuple[str, str], dict]:
-    """The last record of each (target, variant) that `edgekit run` measured."""
-    return {(r["target"], r["variant"]): r for r in records if "target" in r and "variant" in r}
+def latest(records: list[dict], targets: list[Target] = ()) -> dict[tuple[str, str], dict]:
+    """The last record of each (target, variant): `edgekit run`'s names, else record.gate_names,
+    where a record of `bench` or `compare` takes the name of the TARGETS entry that measures its
+    variant on its runtime, device and host."""
+    out = {}
+    for r in records:
+        target, variant = gate_names(r)
+        if "target" not in r:
+            target = next((t.name for t in targets if _measures(t, r, variant)), target)
+        out[target, variant] = r
+    return out
 
 
-def evaluate(gates: list[Gate], records: list[dict], baseline: list[dict] | None = None) -> list[GateResult]:
+def _measures(t: Target, r: dict, variant: str) -> bool:
+    where = (t.runtime, t.device, t.host or "local")
+    return variant in t.variants and where == (r["runtime"], r.get("device"), r.get("host_target", "local"))
+
+
+def evaluate(
+    gates: list[Gate], records: list[dict], baseline: list[dict] | None = None, targets: list[Target] = ()
+) -> list[GateResult]:
     """Every threshold of every gate against the records (and the saved --baseline records)."""
-    runs, saved = latest(records), latest(baseline or [])
+    runs, saved = latest(records, targets), latest(baseline or [], targets)
     results = []
     for g in gates:
         rec = _record(runs, g.target, g.variant, "the results")
@@ -74,8 +90,9 @@ def evaluate(gates: list[Gate], records: list[dict], baseline: list[dict] | None
 def _record(runs: dict, target: str, variant: str, where: str) -> dict:
     if (target, variant) not in runs:
         raise EdgekitError(
-            f"{where} hold no measurement of variant {variant} on target {target}; "
-            "measure it with `edgekit run edgekit.yaml`."
+            f"{where} hold no measurement of variant {variant} on target {target} (they hold "
+            f"{', '.join(f'{t}/{v}' for t, v in runs) or 'none'}); measure it with `edgekit run "
+            "edgekit.yaml`, or `edgekit bench DIR/VARIANT -o RESULTS` (docs/guide/ci.md)."
         )
     return runs[target, variant]
 
@@ -121,14 +138,13 @@ def _checks(g: Gate, rec: dict, base: dict | None, saved: dict, has_baseline: bo
             result("min_accuracy", None if top1 is None else 100 * top1, g.min_accuracy, "%", False, how)
         )
     for p, limit in limits.items():
-        key = {"p50": "round_medians_ms", "p90": "round_p90_ms", "p99": "round_p99_ms"}[p]
-        values = None if broken else rec["latency"][key]
+        key = {"p50": "median_ms", "p90": "p90_ms", "p99": "p99_ms"}[p]
+        values = None if broken else per_round(rec["latency"], key)
         out.append(_interval(result, f"max_latency_ms.{p}", values, limit, "ms", True, g, f"{p} per round"))
     if g.min_speedup is not None:
         ratios = None
         if not broken:
-            pairs = zip(base["latency"]["round_medians_ms"], rec["latency"]["round_medians_ms"], strict=True)
-            ratios = [b / v for b, v in pairs]
+            ratios = _ratios(per_round(base["latency"], "median_ms"), per_round(rec["latency"], "median_ms"))
         how = f"{g.baseline} median / {g.variant} median, per interleaved round"
         out.append(_interval(result, "min_speedup", ratios, g.min_speedup, "×", False, g, how))
     if g.max_size_mb is not None:
@@ -148,7 +164,9 @@ def _checks(g: Gate, rec: dict, base: dict | None, saved: dict, has_baseline: bo
         old = _record(saved, g.target, g.variant, "the --baseline results")
         values = None
         if not broken and old.get("ok"):
-            values = [100 * (m / old["latency"]["median_ms"] - 1) for m in rec["latency"]["round_medians_ms"]]
+            values = [
+                100 * (m / old["latency"]["median_ms"] - 1) for m in per_round(rec["latency"], "median_ms")
+            ]
         how = (
             f"median vs the baseline release's {old['latency']['median_ms']:.3f} ms" if old.get("ok") else ""
         )
@@ -159,6 +177,14 @@ def _checks(g: Gate, rec: dict, base: dict | None, saved: dict, has_baseline: bo
         for r in out:
             r.detail = f"{Path(broken['artifact']).name} on {broken['runtime']} {failure(broken)}"
     return out
+
+
+def _ratios(base: list[float], variant: list[float]) -> list[float]:
+    """Per-round speed-ups of interleaved rounds; records measured apart (`bench`) give one, of
+    their medians."""
+    if len(base) != len(variant):
+        base, variant = [float(np.median(base))], [float(np.median(variant))]
+    return [b / v for b, v in zip(base, variant, strict=True)]
 
 
 def _interval(result, metric, values, threshold, unit, upper, g: Gate, how: str) -> GateResult:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.benchmarks.report import pareto_front, row_label
+from edgekit.benchmarks.rows import row_label
 from edgekit.errors import EdgekitError
 
 
@@ -26,6 +26,16 @@ def _figure(width: float, height: float):
 def _agreement(r: dict) -> float | None:
     out = (r.get("accuracy") or {}).get("fidelity", {}).get("output_0", {})
     return out.get("top1_agreement")
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """For (latency, accuracy) points: True where no other point is at least as fast and at least
+    as accurate while strictly better in one of the two (lower latency, higher accuracy win)."""
+
+    def dominated(p: tuple[float, float]) -> bool:
+        return any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points)
+
+    return [not dominated(p) for p in points]
 
 
 def latency_accuracy(records: list[dict], path: Path) -> list[dict]:

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgekit.artifact import Manifest, model_bytes, write_atomic
+from edgekit.benchmarks.rows import row_label, runtime_cell
 from edgekit.errors import EdgekitError
 
 console = Console()
@@ -232,18 +233,6 @@ def fidelity_cell(r: dict) -> str:
     return f"{agree}SQNR {db(out['sqnr_db'])} (n={acc['samples']})"
 
 
-def runtime_cell(r: dict, device: bool = True) -> str:
-    """The runtime, with the device and precision when they are not the defaults (cpu, f32)."""
-    shown = (r.get("device", "cpu") if device else "cpu", r.get("precision", "f32"))
-    extra = [x for x in shown if x not in ("cpu", "f32")]
-    return " ".join([r["runtime"], *extra])
-
-
-def row_label(r: dict) -> str:
-    """A short name for a row in plots: variant (or artifact directory name), runtime, batch."""
-    return f"{r.get('variant') or Path(r['artifact']).name} · {runtime_cell(r)} · b{r.get('batch', '?')}"
-
-
 def failure(r: dict) -> str:
     """Why a row has no numbers: not applicable (a pair that cannot run) or failed, with the reason."""
     if r.get("not_applicable"):
@@ -414,16 +403,6 @@ def html_page(records: list[dict], notes: list[str], images: dict[str, Path]) ->
     return "\n".join(parts) + "\n"
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
-    """For (latency, accuracy) points: True where no other point is at least as fast and at least
-    as accurate while strictly better in one of the two (lower latency, higher accuracy win)."""
-
-    def dominated(p: tuple[float, float]) -> bool:
-        return any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points)
-
-    return [not dominated(p) for p in points]
-
-
 FORMATS = ("md", "csv", "html")
 
 
@@ -503,3 +482,20 @@ def compare_table(c: dict) -> None:
             f"[yellow]warning: no significant difference: the {conf} interval of B/A includes 1.0; "
             "run more --rounds or longer --seconds to tell them apart.[/yellow]"
         )
+
+
+def torch_pass_lines(manifest) -> list[str]:
+    """Params and MACs before and after pruning, and the sparsity reached (quality against the
+    unpruned model is in the manifest table)."""
+    lines = []
+    for p in manifest.passes:
+        s = p.summary
+        if p.name == "prune":
+            lines.append(
+                f"pruned: params {s['params_before']:,} → {s['params_after']:,}, MACs "
+                f"{s['macs_before'] / 1e6:.1f} M → {s['macs_after'] / 1e6:.1f} M ({s['macs_ratio']:.0%})"
+            )
+        elif p.name == "sparsity":
+            reached = ", ".join(f"{k} {v['sparsity']:.0%}" for k, v in s["by_layer_type"].items())
+            lines.append(f"sparsity: {reached}; note: {s['note']}")
+    return lines

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 from edgekit.artifact import write_atomic
+from edgekit.benchmarks.record import checked, record
 from edgekit.errors import EdgekitError
 from edgekit.files import read_text
 
 RESULTS_FILE = "results.jsonl"
-REQUIRED_KEYS = ("artifact", "runtime", "ok")
 
 
 def append_records(directory: Path, records: list[dict]) -> Path:
@@ -24,7 +24,7 @@ def append_records(directory: Path, records: list[dict]) -> Path:
     old = path.read_text() if path.exists() else ""
     if old and not old.endswith("\n"):
         old += "\n"
-    write_atomic(path, old + "".join(json.dumps(r) + "\n" for r in records))
+    write_atomic(path, old + "".join(json.dumps(record(r)) + "\n" for r in records))
     return path
 
 
@@ -41,23 +41,30 @@ def results_path(path: Path) -> Path:
 
 
 def load_records(path: Path) -> list[dict]:
-    """Records from a results directory, a .jsonl file, or the JSON list `bench --json` writes."""
+    """Records (each checked as a BenchRecord) from a results directory or .jsonl file (`bench -o`,
+    `run`), the JSON list `bench --json` writes, or the comparison `compare --json` writes."""
     path = results_path(path)
     text = read_text(path, "results")
     if not text.strip():
         raise EdgekitError(f"{path} is empty; it holds no benchmark records.")
     if text.lstrip().startswith("["):
         records = _parse(text, path, None)
-        if not isinstance(records, list):
-            raise EdgekitError(f"{path} is not a list of benchmark records.")
+    elif _comparison(text):
+        records = json.loads(text).get("records")
     else:
         records = [_parse(line, path, i) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
-    for i, r in enumerate(records, 1):
-        if not isinstance(r, dict) or any(k not in r for k in REQUIRED_KEYS):
-            raise EdgekitError(
-                f"record {i} of {path} is not a benchmark record (needs {', '.join(REQUIRED_KEYS)})."
-            )
-    return records
+    if not isinstance(records, list):
+        raise EdgekitError(f"{path} is not a list of benchmark records.")
+    return [checked(r, f"record {i} of {path}") for i, r in enumerate(records, 1)]
+
+
+def _comparison(text: str) -> bool:
+    """Whether TEXT is the one JSON object `compare --json` writes (its two records under "records")."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(whole, dict) and "ratio_b_over_a" in whole
 
 
 def _parse(text: str, path: Path, line: int | None):

@@ -16,9 +16,9 @@ import numpy as np
 from edgekit.artifact import Manifest, model_bytes, read_manifest, sha256_file, verify_files
 from edgekit.benchmarks import fingerprint as fingerprints
 from edgekit.benchmarks.fingerprint import CPU_FLAGS as CPU_FLAGS  # importable from here, as before
-from edgekit.benchmarks.metrics import accuracy, fidelity
 from edgekit.data import Samples, check_labels
 from edgekit.errors import EdgekitError
+from edgekit.evaluate import Reference, predict, score
 from edgekit.model import example_inputs
 from edgekit.progress import progress
 from edgekit.runtimes import get as get_runtime
@@ -69,14 +69,6 @@ def _worker(job: dict, timeout: float, prefix: list[str] | None = None) -> dict:
         tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return {"ok": False, "error": f"worker died (exit {proc.returncode}): {tail[:300]}"}
     return json.loads(lines[-1])
-
-
-@dataclass(frozen=True)
-class Reference:
-    """fp32 reference outputs on the evaluation inputs: what fidelity rows are measured against."""
-
-    artifact: str
-    outputs: list[np.ndarray]
 
 
 def measure(
@@ -222,33 +214,15 @@ def target(directory: Path, manifest: Manifest, rt, cfg: BenchConfig) -> tuple[s
     if len(rt.PRECISIONS) > 1:  # a runtime that can lower the precision is always told which
         options["precision"] = cfg.precision or manifest.inference_precision or "f32"
     if rt.SOURCE:
-        shapes = manifest.load.model_dump(include={"input_shapes", "input_dtype", "static_batch"})
-        return manifest.source.path, {**options, **shapes, "arch": cfg.arch, "trust_pickle": cfg.trust_pickle}
+        load = manifest.load.model_copy(update={"arch": cfg.arch, "trust_pickle": cfg.trust_pickle})
+        return manifest.source.path, {**options, "load": load.model_dump(mode="json")}
     return str(Path(directory) / manifest.model_file), options
-
-
-def score(outputs: list[np.ndarray], samples: Samples, reference: Reference | None = None) -> dict:
-    """Task accuracy when the samples have labels, fidelity to the fp32 reference when there is
-    one (both when both); which metric it is, and on how many samples, is always stated."""
-    result: dict = {"samples": len(samples)}
-    scores = outputs[0]
-    if samples.labels is not None and scores.ndim == 2:
-        check_labels(samples, scores)
-        result.update(
-            metric="top1",
-            top1=accuracy(scores, samples.labels, 1),
-            top5=accuracy(scores, samples.labels, min(5, scores.shape[1])),
-        )
-    if reference is not None:
-        result.update(fidelity=fidelity(reference.outputs, outputs), reference=reference.artifact)
-        result.setdefault("metric", "fidelity vs fp32")
-    result.setdefault("metric", "none (no labels, no fp32 reference)")
-    return result
 
 
 def is_fp32(manifest: Manifest) -> bool:
     """An artifact no pass has changed numerically: the plain export (or import) of its source."""
-    return all(p.name in ("export_onnx", "import_onnx") for p in manifest.passes)
+    # export_onnx / import_onnx: the name in artifacts made before the pass table (edgekit.passes)
+    return all(p.name in ("export", "export_onnx", "import_onnx") for p in manifest.passes)
 
 
 def references(dirs: list[Path], explicit: Path | None = None) -> dict[Path, Path | None]:
@@ -271,8 +245,6 @@ def references(dirs: list[Path], explicit: Path | None = None) -> dict[Path, Pat
 def reference_outputs(directory: Path, samples: Samples) -> Reference:
     """Run the fp32 reference artifact in ONNX Runtime on CPU, in f32: the outputs every row on
     these samples is compared with (computed here once, not in a timed worker)."""
-    from edgekit.pipeline import predict
-
     manifest = read_manifest(directory)
     verify_files(directory, manifest)
     path = Path(directory) / manifest.model_file

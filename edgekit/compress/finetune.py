@@ -9,9 +9,10 @@ counts as epoch 0) are what is kept, so fine-tuning never leaves the model worse
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit import batching
 from edgekit.data import Samples, check_labels
@@ -19,24 +20,20 @@ from edgekit.errors import EdgekitError
 from edgekit.progress import progress
 
 
-@dataclass
-class FinetuneConfig:
+class FinetuneConfig(BaseModel):
     """Fine-tune on `data` (image folder, .npz, module:function) for at most `epochs` epochs."""
 
-    data: str
-    epochs: int = 3
-    lr: float = 1e-3
-    batch: int = 64
-    patience: int = 2  # epochs without a better held-out score before stopping
-    holdout: float = 0.1  # fraction of the data held out for early stopping
-    temperature: float = 4.0
-    size: int | None = None  # at most this many samples
+    model_config = ConfigDict(extra="forbid")
 
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise EdgekitError(f"--epochs {self.epochs} must be at least 1.")
-        if not self.lr > 0:
-            raise EdgekitError(f"--lr {self.lr} must be positive, like 0.001.")
+    version: Literal[1] = 1
+    data: str
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    batch: int = Field(64, ge=1)
+    patience: int = Field(2, ge=1)  # epochs without a better held-out score before stopping
+    holdout: float = Field(0.1, gt=0, lt=1)  # fraction of the data held out for early stopping
+    temperature: float = Field(4.0, gt=0)
+    size: int | None = Field(None, ge=1)  # at most this many samples
 
 
 def finetune(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +35,7 @@ class MixedConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    version: Literal[1] = 1
     max_accuracy_drop: float = Field(ge=0)
     max_fp32_layers: int | None = Field(None, ge=1)  # None: a quarter of the quantized layers, at least 1
     runtime: str = "ort"  # where the candidates are timed: the artifact's target

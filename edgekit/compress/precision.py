@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +44,7 @@ class Fp16Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    version: Literal[1] = 1
     keep_io_types: bool = True  # callers keep feeding fp32 and reading fp32
     block_ops: list[str] = Field(default_factory=lambda: list(UNSAFE_OPS))
     block_nodes: list[str] = Field(default_factory=list)

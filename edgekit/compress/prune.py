@@ -12,10 +12,10 @@ needs real nn.Conv2d / nn.Linear layers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgekit import batching
 from edgekit.data import Samples, check_labels
@@ -26,27 +26,24 @@ MAX_STEPS = 40  # --prune-macs: prune in steps of at most 1/40 of the channels u
 TAYLOR_BATCHES = 4  # batches of data whose gradients rank channels for --importance taylor
 
 
-@dataclass
-class PruneConfig:
+class PruneConfig(BaseModel):
     """Remove a fraction of every prunable layer's channels (`ratio`), or as many as it takes to
     bring MACs down by `macs`; channel counts stay multiples of `round_to`."""
 
-    ratio: float | None = None
-    macs: float | None = None
-    importance: str = "l2"
-    round_to: int = 8
-    ignore_layers: list[str] = field(default_factory=list)
+    model_config = ConfigDict(extra="forbid")
 
-    def __post_init__(self):
+    version: Literal[1] = 1
+    ratio: float | None = Field(None, gt=0, lt=1)  # --prune: fraction of every prunable layer's channels
+    macs: float | None = Field(None, gt=0, lt=1)  # --prune-macs: or prune until MACs drop by this fraction
+    importance: Literal[IMPORTANCES] = "l2"  # type: ignore[valid-type]
+    round_to: int = Field(8, ge=1)
+    ignore_layers: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> PruneConfig:
         if (self.ratio is None) == (self.macs is None):
-            raise EdgekitError("give one of --prune RATIO or --prune-macs REDUCTION, not both.")
-        for flag, v in (("--prune", self.ratio), ("--prune-macs", self.macs)):
-            if v is not None and not 0 < v < 1:
-                raise EdgekitError(f"{flag} {v} must be a fraction between 0 and 1 (exclusive), like 0.5.")
-        if self.importance not in IMPORTANCES:
-            raise EdgekitError(f"--importance {self.importance!r} is not one of {', '.join(IMPORTANCES)}.")
-        if self.round_to < 1:
-            raise EdgekitError(f"--round-to {self.round_to} must be a positive whole number, like 8.")
+            raise ValueError("give one of ratio (--prune) or macs (--prune-macs), not both")
+        return self
 
 
 def prunable(module) -> bool:

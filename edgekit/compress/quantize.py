@@ -36,6 +36,7 @@ class Int8Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    version: Literal[1] = 1
     # percentile 99.99 beat MinMax on SQNR and top-1 agreement on both bench models
     # (docs/BENCHMARKS.md); MinMax is 3x quicker to calibrate
     calibration: Literal["minmax", "entropy", "percentile"] = "percentile"

@@ -20,7 +20,7 @@ from edgekit.compress.quantize import COMPUTE_OPS, Int8Config, quantize_int8
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
 
-Evaluate = Callable[[Path], dict]  # a model file -> pipeline.quality's dict against fp32
+Evaluate = Callable[[Path], dict]  # a model file -> evaluate.quality against fp32
 
 
 @dataclass

@@ -9,7 +9,9 @@ manifest says so next to the sparsity reached per layer type.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgekit.errors import EdgekitError
 
@@ -20,13 +22,32 @@ NOTE = (
 )
 
 
-@dataclass
-class SparsityConfig:
+class SparsityConfig(BaseModel):
     """`amount`: fraction of each layer's weights zeroed by magnitude; or `pattern` "2:4": in each
-    group of 4 consecutive weights along the input dimension, the 2 largest are kept."""
+    group of 4 consecutive weights along the input dimension, the 2 largest are kept. Written
+    alone (`sparsity: 0.5`, `--sparsity 2:4`) it is the one or the other."""
 
-    amount: float | None = None
-    pattern: str | None = None
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    amount: float | None = Field(None, gt=0, lt=1)
+    pattern: Literal["2:4"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        """`2:4` is the pattern, a number the amount."""
+        if isinstance(value, str) and value.strip() == "2:4":
+            return {"pattern": "2:4"}
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return {"amount": value}
+        return value
+
+    @model_validator(mode="after")
+    def _one(self) -> SparsityConfig:
+        if (self.amount is None) == (self.pattern is None):
+            raise ValueError("give one of amount (a fraction like 0.5) or pattern 2:4")
+        return self
 
     @classmethod
     def parse(cls, text: str) -> SparsityConfig:

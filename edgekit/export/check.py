@@ -157,6 +157,19 @@ def check_model(
         return check(path, target, precision)
 
 
+def preflight(model: Path, target: str, precision: str, opset: int | None, **load):
+    """check_model with the command line's load options (LOAD: arch, trust_pickle, input_shapes as
+    typed, input_dtype, static_batch): (findings, None), or, where TensorRT's parser is absent, what
+    the ONNX graph showed and the ParserUnavailable saying the check is incomplete."""
+    from edgekit.model import parse_shapes
+
+    opts = LoadOptions(**{**load, "input_shapes": parse_shapes(load["input_shapes"])})
+    try:
+        return check_model(model, target, precision, opts, opset), None
+    except ParserUnavailable as e:
+        return e.findings, e
+
+
 def print_findings(findings: list[Finding], title: str) -> None:
     """A table of findings (op, node, module, reason), or one line saying there are none."""
     from rich.console import Console
@@ -451,7 +464,7 @@ def tensorrt_graph_findings(model) -> list[Finding]:
 def tensorrt_parser_findings(path: Path, model, so_far: list[Finding]) -> list[Finding]:
     """TensorRT's ONNX parser errors, node by node; without TensorRT (or a GPU) the check cannot be
     completed, which is an error carrying the findings so far rather than a silent pass."""
-    from edgekit.export import tensorrt
+    from edgekit.export import trt_parser
 
     if not importable("tensorrt"):
         raise ParserUnavailable(
@@ -461,10 +474,10 @@ def tensorrt_parser_findings(path: Path, model, so_far: list[Finding]) -> list[F
             so_far,
         )
     try:
-        trt = tensorrt.require_tensorrt()
+        trt = trt_parser.require_tensorrt()
     except EdgekitError as e:
         raise ParserUnavailable(f"{e} The findings above come from the ONNX graph alone.", so_far) from None
-    _builder, _network, _parser, errors = tensorrt.parse(trt, path, tensorrt.make_logger(trt, []))
+    _builder, _network, _parser, errors = trt_parser.parse(trt, path, trt_parser.make_logger(trt, []))
     by_name = {n.name: n for n in model.graph.node}
     out = []
     for node_name, op, desc in errors:

@@ -21,16 +21,13 @@ from pathlib import Path
 
 from edgekit.artifact import InputSpec
 from edgekit.errors import EdgekitError
-from edgekit.runtimes import importable
+from edgekit.export.trt_parser import make_logger, parse, require_tensorrt
 
 PLAN_FILE = "model.plan"
 LOG_FILE = "build.log"
 CACHE_FILE = "timing.cache"
 PRECISIONS = ("fp32", "fp16", "int8")
 DYNAMIC_BATCH = (1, 1, 32)  # min / opt / max batch for a dynamic batch axis unless given
-NOT_INSTALLED = (
-    "TensorRT is not installed here; pip install 'edgekit[tensorrt]' on a machine with an NVIDIA GPU"
-)
 RANK = {"int8": 0, "fp16": 1, "bf16": 1, "fp32": 2}  # lower: less precise
 COMPUTE = re.compile(r"convolution|deconvolution|matrixmultiply|gemm|fullyconnected", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -91,19 +88,6 @@ class TensorRTConfig:
         return lo, opt, hi
 
 
-def require_tensorrt():
-    """The tensorrt module, on a machine whose GPU CUDA can reach; else one sentence."""
-    from edgekit.runtimes import trt as runtime
-
-    if not importable("tensorrt"):
-        raise EdgekitError(NOT_INSTALLED + ".")
-    if reason := runtime.unsupported("cuda"):
-        raise EdgekitError(f"cannot build a TensorRT plan here: {reason}.")
-    import tensorrt as trt
-
-    return trt
-
-
 def build_plan(onnx_path: Path, out_dir: Path, spec: InputSpec, cfg: TensorRTConfig) -> dict:
     """Build `out_dir/model.plan` (+ sidecar, build.log, timing cache) from an ONNX model; return
     a summary: precision, profile, workspace, layers by precision, fallback layers, seconds."""
@@ -161,35 +145,6 @@ def build_plan(onnx_path: Path, out_dir: Path, spec: InputSpec, cfg: TensorRTCon
         "timing_cache": str(cache_path),
         **sidecar,
     }
-
-
-def make_logger(trt, lines: list[str]):
-    """A trt.ILogger that keeps INFO and worse in `lines` (for build.log), instead of stderr."""
-
-    class BuildLog(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-
-        def log(self, severity, msg):
-            if severity != trt.ILogger.Severity.VERBOSE:  # per-tactic lines: megabytes per build
-                lines.append(f"[{severity.name}] {msg}")
-
-    return BuildLog()
-
-
-def parse(trt, onnx_path: Path, logger):
-    """Builder, network, parser (keep it alive while the network is used: the network refers to its
-    weights) and its errors as (node name, op type, description). TensorRT 10 networks are always
-    explicit-batch (flags 0); parse_from_file reads external data."""
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    errors = []
-    if not parser.parse_from_file(str(onnx_path)):
-        for i in range(parser.num_errors):
-            e = parser.get_error(i)
-            errors.append((e.node_name(), e.node_operator(), e.desc()))
-    return builder, network, parser, errors
 
 
 def _describe(error: tuple[str, str, str]) -> str:

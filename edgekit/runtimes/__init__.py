@@ -9,9 +9,11 @@ Every runtime module has:
 - unsupported(device) -> str | None: why it cannot use DEVICE on this machine, or None (cheap,
   never raises; the runner makes a reason into a not-applicable row);
 - describe() -> dict: version and the devices it can use here, for `edgekit runtimes`;
-- Options (a dataclass with threads and precision), load(path, device, options) -> Session, whose
-  run(feeds) returns the outputs as numpy once the device work is finished, and info() records
-  the device, threads, options and the precision that actually ran.
+- Options (a dataclass with threads and precision; eager's also holds the LoadOptions of the
+  source it runs), load(path, device, options) -> Session, whose run(feeds) returns the outputs as
+  numpy once the device work is finished, and info() records the device, threads, options and the
+  precision that actually ran. What cannot load or run here (a device, the install, the model file,
+  an option) raises edgekit.errors.RuntimeFailure: one sentence, a failed row in a benchmark.
 
 Runtimes are found by name (no registry): `edgekit.runtimes.<module>`. Each imports its library
 lazily, so a missing runtime never breaks `import edgekit`.

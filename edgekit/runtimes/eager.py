@@ -1,8 +1,8 @@
 """torch eager: runs the artifact's *source* torch model (not its ONNX), on CPU or CUDA.
 
-The runner gives it the source file with the input shapes the export loaded it with (the
-manifest's `load` record), and the `--arch` / `--trust-pickle` the user gave on the command line or
-in edgekit.yaml: never the manifest's, since an artifact must not grant the right to import a module
+The runner gives it the source file with Options.load: the input shapes the export loaded it with
+(the manifest's `load` record), and the `--arch` / `--trust-pickle` the user gave on the command line
+or in edgekit.yaml: never the manifest's, since an artifact must not grant the right to import a module
 or unpickle a file. This is the only runtime that imports torch.
 Options.precision bf16/f16 casts the module and its float inputs (torch's own .to(dtype)); info()
 reports the dtype of the weights that ran.
@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgekit.artifact import LoadOptions
+from edgekit.errors import RuntimeFailure
 from edgekit.runtimes import importable
 
 NAME = "eager"
@@ -52,40 +54,29 @@ def describe() -> dict:
 @dataclass
 class Options:
     threads: int = 0  # 0: torch's default (intra-op threads = physical cores)
-    arch: str | None = None  # the user's --arch, for a state_dict source
-    trust_pickle: bool = False  # the user's --trust-pickle, for a pickled module
-    # how the export loaded the source (the manifest's `load` record)
-    input_shapes: list[list[int]] = field(default_factory=list)
-    input_dtype: str = "float32"
-    static_batch: bool = False
+    # the export's input shapes and dtype, with the user's own --arch and --trust-pickle
+    load: LoadOptions = field(default_factory=LoadOptions)
     precision: str = "f32"  # f32: the weights as they are; bf16/f16: cast module and float inputs
 
     def __post_init__(self) -> None:
+        if isinstance(self.load, dict):  # as a worker's job carries it
+            self.load = LoadOptions.model_validate(self.load)
         if self.precision not in PRECISIONS:
-            raise ValueError(f"eager precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+            raise RuntimeFailure(f"eager precision {self.precision!r} is not one of {', '.join(PRECISIONS)}.")
 
 
 class Session:
     def __init__(self, path: str, device: str = "cpu", options: Options | None = None):
         import torch
 
-        from edgekit.model import LoadOptions, load_model
+        from edgekit.model import load_model
 
         if reason := unsupported(device):
-            raise ValueError(reason)
+            raise RuntimeFailure(f"{reason}.")
         self.options = options or Options()
         if self.options.threads:
             torch.set_num_threads(self.options.threads)
-        loaded = load_model(
-            path,
-            LoadOptions(
-                arch=self.options.arch,
-                trust_pickle=self.options.trust_pickle,
-                input_shapes=tuple(tuple(s) for s in self.options.input_shapes),
-                input_dtype=self.options.input_dtype,
-                static_batch=self.options.static_batch,
-            ),
-        )
+        loaded = load_model(path, self.options.load)
         self.device = device
         self.input_names = loaded.input_spec.names
         names = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}

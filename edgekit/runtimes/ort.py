@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.errors import RuntimeFailure, first_line
 from edgekit.runtimes import importable
 
 NAME = "ort"
@@ -71,7 +72,7 @@ class Session:
         import onnxruntime as ort
 
         if reason := unsupported(device):
-            raise ValueError(reason)
+            raise RuntimeFailure(f"{reason}.")
         self.options = options or Options()
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.options.threads
@@ -84,11 +85,15 @@ class Session:
         }[self.options.graph_optimization]
         self.device = device
         wanted = PROVIDERS[device]
-        self._sess = ort.InferenceSession(path, so, providers=wanted)
+        try:
+            self._sess = ort.InferenceSession(path, so, providers=wanted)
+        except Exception as e:  # onnxruntime's own exception classes, none of them ours
+            raise RuntimeFailure(f"onnxruntime could not load {path}: {first_line(e).rstrip('.')}.") from None
         if wanted[0] not in self._sess.get_providers():
-            raise ValueError(
+            raise RuntimeFailure(
                 f"onnxruntime could not use {wanted[0]} for device {device} (the session got only "
-                f"{', '.join(self._sess.get_providers())}); check the GPU, driver and onnxruntime-gpu install"
+                f"{', '.join(self._sess.get_providers())}); check the GPU, driver and onnxruntime-gpu "
+                "install."
             )
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]

@@ -8,9 +8,11 @@ reports the precision read back from the compiled model, which is what actually 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from edgekit.errors import RuntimeFailure
 from edgekit.runtimes import importable
 
 NAME = "openvino"
@@ -39,17 +41,29 @@ def unsupported(device: str) -> str | None:
     try:
         have = _devices(ov.Core())
     except RuntimeError as e:
-        return f"OpenVINO could not list its devices ({e})"
+        return f"OpenVINO could not list its devices ({_cause(e)})"
     if device.upper() not in have:
         return f"OpenVINO has no {device.upper()} device here (it has {', '.join(have)})"
     return None
+
+
+def _cause(e: Exception) -> str:
+    """OpenVINO's message without its stack of "Exception from src/..." lines: the cause, which
+    comes last."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (causes or lines or [type(e).__name__])[-1].lstrip("- ")[:300].rstrip(".")
 
 
 def describe() -> dict:
     """For `edgekit runtimes`: version and the devices OpenVINO sees here."""
     import openvino as ov
 
-    return {"version": ov.get_version(), "devices": [d.lower() for d in _devices(ov.Core())]}
+    try:
+        devices = _devices(ov.Core())
+    except RuntimeError as e:
+        raise RuntimeFailure(f"OpenVINO could not list its devices: {_cause(e)}.") from None
+    return {"version": ov.get_version(), "devices": [d.lower() for d in devices]}
 
 
 @dataclass
@@ -60,9 +74,11 @@ class Options:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"openvino precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+            raise RuntimeFailure(
+                f"openvino precision {self.precision!r} is not one of {', '.join(PRECISIONS)}."
+            )
         if self.hint not in HINTS:
-            raise ValueError(f"openvino hint {self.hint!r} is not one of {', '.join(HINTS)}")
+            raise RuntimeFailure(f"openvino hint {self.hint!r} is not one of {', '.join(HINTS)}.")
 
     def config(self) -> dict:
         """The compile_model properties these options stand for."""
@@ -77,10 +93,15 @@ class Session:
         import openvino as ov
 
         if reason := unsupported(device):
-            raise ValueError(reason)
+            raise RuntimeFailure(f"{reason}.")
         self.options = options or Options()
         self.device = device
-        self._compiled = ov.Core().compile_model(path, device.upper(), self.options.config())
+        try:
+            self._compiled = ov.Core().compile_model(path, device.upper(), self.options.config())
+        except RuntimeError as e:
+            raise RuntimeFailure(
+                f"OpenVINO could not compile {Path(path).name} for {device}: {_cause(e)}."
+            ) from None
         self._request = self._compiled.create_infer_request()
         self.input_names = [i.get_any_name() for i in self._compiled.inputs]
         self.output_names = [o.get_any_name() for o in self._compiled.outputs]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.errors import RuntimeFailure
 from edgekit.runtimes import importable
 
 NAME = "tensorrt"
@@ -52,7 +53,7 @@ def _call(result):
     """A cuda-python call's values after its error code; a failed call raises with the error's name."""
     err, *values = result
     if err != _cudart().cudaError_t.cudaSuccess:
-        raise RuntimeError(f"a CUDA call failed: {getattr(err, 'name', err)}")
+        raise RuntimeFailure(f"a CUDA call failed: {getattr(err, 'name', err)}.")
     return values[0] if len(values) == 1 else values
 
 
@@ -90,14 +91,14 @@ def check_built_for(plan: str, tensorrt_version: str, gpu: str) -> None:
         return
     built = json.loads(sidecar.read_text())
     if built.get("tensorrt") != tensorrt_version:
-        raise ValueError(
+        raise RuntimeFailure(
             f"the plan {plan} was built with TensorRT {built.get('tensorrt')} and this machine has "
-            f"TensorRT {tensorrt_version}; rebuild the plan here"
+            f"TensorRT {tensorrt_version}; rebuild the plan here."
         )
     if built.get("gpu") != gpu:
-        raise ValueError(
+        raise RuntimeFailure(
             f"the plan {plan} was built for the GPU {built.get('gpu')} and this machine's GPU is {gpu}; "
-            "rebuild the plan here"
+            "rebuild the plan here."
         )
 
 
@@ -109,7 +110,7 @@ class Options:
 class Session:
     def __init__(self, path: str, device: str = "cuda", options: Options | None = None):
         if reason := unsupported(device):
-            raise ValueError(reason)
+            raise RuntimeFailure(f"{reason}.")
         import tensorrt as trt
 
         self.options = options or Options()
@@ -119,9 +120,9 @@ class Session:
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # must outlive the engine
         self._engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
         if self._engine is None:
-            raise ValueError(
+            raise RuntimeFailure(
                 f"TensorRT could not load {path}: not a plan, or built by another TensorRT version or for "
-                "another GPU; rebuild it here"
+                "another GPU; rebuild it here."
             )
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
@@ -151,9 +152,9 @@ class Session:
         for name in self.input_names:
             host = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
             if not self._context.set_input_shape(name, host.shape):
-                raise ValueError(
+                raise RuntimeFailure(
                     f"input {name} of shape {host.shape} does not fit the plan "
-                    f"({tuple(self._engine.get_tensor_shape(name))}, -1: dynamic within its build profile)"
+                    f"({tuple(self._engine.get_tensor_shape(name))}, -1: dynamic within its build profile)."
                 )
             ptr = self._buffer(name, host.nbytes)
             _call(
@@ -166,13 +167,13 @@ class Session:
         for name in self.output_names:
             shape = tuple(self._context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
-                raise ValueError(
-                    f"output {name} has a data-dependent shape {shape}, which edgekit cannot run"
+                raise RuntimeFailure(
+                    f"output {name} has a data-dependent shape {shape}, which edgekit cannot run."
                 )
             outputs.append(np.empty(shape, self._dtypes[name]))
             self._buffer(name, outputs[-1].nbytes)
         if not self._context.execute_async_v3(int(self._stream)):
-            raise RuntimeError("TensorRT failed to enqueue the plan (see its log above)")
+            raise RuntimeFailure("TensorRT failed to enqueue the plan (see its log above).")
         for name, out in zip(self.output_names, outputs, strict=True):
             src = self._buffers[name][0]
             _call(

@@ -1,0 +1,430 @@
+"""The option stacks of edgekit's commands, as named decorator groups, and the range types they use
+(cli.py keeps the commands themselves)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+
+class Real(click.FloatRange):
+    """A finite number in a range (click's FloatRange lets nan and inf through)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number in the range {self._describe_range()}", param, ctx)
+        return number
+
+
+COUNT = click.IntRange(min=1)  # sample counts, runs, epochs, batch sizes, pixels
+NONNEGATIVE = click.IntRange(min=0)  # threads (0: the runtime's default), warm-up runs
+POSITIVE = Real(min=0, min_open=True)  # seconds, tolerances, learning rates
+FRACTION = Real(min=0, max=1, min_open=True, max_open=True)  # what pruning removes
+
+
+def options(*opts):
+    """One decorator applying OPTS as if stacked in the order listed (the order --help shows)."""
+
+    def apply(f):
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return apply
+
+
+DEBUG = click.option("--debug", is_flag=True, help="Show tracebacks.")
+# how a model file is loaded: export, compress, sensitivity and check
+LOADING = (
+    click.option("--arch", help="package.module:factory building the model, for a state_dict."),
+    click.option(
+        "--trust-pickle", is_flag=True, help="Allow a fully pickled nn.Module (runs code from the file)."
+    ),
+    click.option(
+        "--input-shape",
+        "input_shapes",
+        multiple=True,
+        metavar="1,3,224,224",
+        help="Input shape, or name:shape (input_ids:1,64); repeat per input.",
+    ),
+    click.option("--input-dtype", default="float32", show_default=True),
+)
+
+PATH = click.Path(path_type=Path)
+JSON = click.option("--json", "json_path", type=PATH, help="Save the records (JSON).")
+TIMEOUT = click.option("--timeout", type=POSITIVE, default=600, show_default=True, help="Per measurement.")
+THREADS = click.option(
+    "--threads", type=NONNEGATIVE, default=0, help="Intra-op threads (0: the runtime's default)."
+)
+JUNIT = click.option("--junit", type=PATH, help="Write JUnit XML: one test case per gate.")
+BASELINE = click.option(
+    "--baseline",
+    type=PATH,
+    help="Results of the last release (a directory or .jsonl), for max_latency_regression gates.",
+)
+
+# --arch and --trust-pickle for eager rows, which run the source torch model: the user's own
+# permission, since an artifact's manifest never grants it
+eager_trust = options(
+    click.option(
+        "--arch", help="Eager rows: package.module:factory building the model, for a state_dict source."
+    ),
+    click.option(
+        "--trust-pickle",
+        is_flag=True,
+        help="Eager rows: allow a fully pickled nn.Module source (runs code from the file).",
+    ),
+)
+
+# ssh devices `bench` measures on
+bench_hosts = options(
+    click.option(
+        "--host",
+        help="Measure on this device over ssh: ssh://user@host[:port], user@host or an ssh config alias.",
+    ),
+    click.option(
+        "--hosts",
+        "hosts_file",
+        type=PATH,
+        help="A file of ssh targets, one a line (# comments): measured in parallel, rows per host.",
+    ),
+    click.option(
+        "--remote-python",
+        default="python3",
+        show_default=True,
+        help="The device's Python, with numpy and the runtime (e.g. a venv's bin/python there).",
+    ),
+    click.option(
+        "--remote-cache",
+        envvar="EDGEKIT_REMOTE_CACHE",
+        help="Cache directory on the device (default: ~/.cache/edgekit-remote).",
+    ),
+    click.option(
+        "--ssh-config",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="ssh client config file (ssh -F) instead of ~/.ssh/config.",
+    ),
+    click.option(
+        "--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE", help="ssh -o option; repeatable."
+    ),
+)
+
+bench_options = options(
+    click.option(
+        "--runtime",
+        default="ort",
+        show_default=True,
+        help="Runtimes, comma-separated (eager, ort, openvino, tensorrt): one row per artifact and runtime.",
+    ),
+    click.option(
+        "--device",
+        default="cpu",
+        show_default=True,
+        help="cpu; cuda (eager, ort, tensorrt), tensorrt (ort's TensorRT EP), gpu/npu (openvino).",
+    ),
+    click.option(
+        "--precision",
+        help="Inference precisions, comma-separated (f32, bf16, f16): one row each, where the runtime can "
+        "lower (openvino, eager); f32 keeps the model's own precision. Default: the precision the artifact "
+        "was verified at (an OpenVINO bf16 build: bf16), else f32.",
+    ),
+    THREADS,
+    click.option(
+        "--batch", default="1", show_default=True, help="Batch sizes, comma-separated: one row each."
+    ),
+    click.option("--warmup", type=NONNEGATIVE, default=10, show_default=True),
+    click.option("--runs", type=COUNT, default=None, help="A fixed number of timed runs ..."),
+    click.option(
+        "--seconds", type=POSITIVE, default=3.0, show_default=True, help="... or at least this long."
+    ),
+    click.option(
+        "--eval",
+        "eval_",
+        help="Evaluation data (image folder, .npz, module:function): top-1/top-5 with labels, and "
+        "fidelity to the fp32 reference.",
+    ),
+    click.option("--eval-size", type=COUNT, default=None),
+    click.option(
+        "--reference",
+        type=PATH,
+        help="The fp32 artifact fidelity is measured against (default: an fp32 artifact of the same "
+        "source among ARTIFACTS).",
+    ),
+    bench_hosts,
+    TIMEOUT,
+    click.option(
+        "--emulate-cpu",
+        metavar="CLASS",
+        help="Run as on a CPU of this class (x86-avx2, x86-sse) under qemu: outputs, accuracy and fidelity "
+        "as there (INT8 saturation included); latency is the emulator's and is not shown.",
+    ),
+    eager_trust,
+    JSON,
+    click.option("-o", "--output", "out_dir", type=PATH, help="Append the records to DIR/results.jsonl."),
+)
+
+compare_options = options(
+    click.option("--runtime", default="ort", show_default=True, help="One runtime, or two to compare them."),
+    click.option("--precision", help="One precision, or two to compare them (default: the artifact's)."),
+    click.option("--device", default="cpu", show_default=True),
+    click.option(
+        "--rounds", type=COUNT, default=10, show_default=True, help="Interleaved rounds, A B A B ..."
+    ),
+    click.option(
+        "--seconds",
+        type=POSITIVE,
+        default=10.0,
+        show_default=True,
+        help="Timed seconds per side, all rounds.",
+    ),
+    THREADS,
+    click.option(
+        "--warmup", type=NONNEGATIVE, default=10, show_default=True, help="Untimed runs in each worker."
+    ),
+    TIMEOUT,
+    click.option(
+        "--json",
+        "json_path",
+        type=PATH,
+        help="Save the comparison and its two records (JSON; `report` and `gate` read it).",
+    ),
+    eager_trust,
+)
+
+build_options = options(
+    click.option("--target", type=click.Choice(["openvino", "tensorrt"]), required=True),
+    click.option(
+        "--precision",
+        help="openvino: fp32 (default), fp16 (fp16 weights), bf16 (bf16 inference on CPUs that have it); "
+        "tensorrt: fp32, fp16, int8 (from the artifact's Q/DQ nodes).",
+    ),
+    click.option(
+        "--quantizer",
+        type=click.Choice(["qdq", "nncf"]),
+        default="qdq",
+        show_default=True,
+        help="openvino: convert the artifact as it is (qdq), or quantize an fp32 artifact with NNCF "
+        "(needs --calib).",
+    ),
+    click.option("--workspace", default="2G", show_default=True, help="tensorrt: builder workspace limit."),
+    click.option("--min-batch", type=COUNT, help="tensorrt: optimization profile (default 1)."),
+    click.option("--opt-batch", type=COUNT, help="tensorrt: optimization profile (default 1)."),
+    click.option("--max-batch", type=COUNT, help="tensorrt: optimization profile (default 32)."),
+    click.option("--calib", help="Calibration data (--quantizer nncf), also used to verify without --eval."),
+    click.option("--calib-size", type=COUNT, default=300, show_default=True),
+    click.option(
+        "--eval", "eval_", help="Data to verify the engine against its parent (labels give accuracy)."
+    ),
+    click.option("--eval-size", type=COUNT, default=None),
+    click.option("-o", "--output", "out", required=True, type=PATH, help="Output artifact directory."),
+    click.option("--force", is_flag=True, help="Replace an existing output artifact."),
+    DEBUG,
+)
+
+report_options = options(
+    click.option("--format", "formats", help="Files to write, comma-separated: md, csv, html."),
+    click.option(
+        "--plot", is_flag=True, help="PNG plots: latency vs accuracy, latency distribution (matplotlib)."
+    ),
+    click.option("-o", "--output", "out", type=PATH, help="Where to write (default: next to RESULTS)."),
+)
+
+check_options = options(
+    click.option("--target", type=click.Choice(["tensorrt", "openvino", "ort"]), required=True),
+    click.option(
+        "--precision",
+        type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
+        default="fp32",
+        show_default=True,
+        help="int8 needs a Q/DQ model (edgekit compress --int8).",
+    ),
+    *LOADING,
+    click.option("--static-batch", is_flag=True, help="Check the model with its batch axis fixed."),
+    click.option("--opset", type=int, default=None, help="ONNX opset to export a torch model at."),
+    DEBUG,
+)
+
+run_options = options(
+    click.option(
+        "-o",
+        "--output",
+        "out",
+        type=PATH,
+        default=Path("edgekit-results"),
+        show_default=True,
+        help="Results directory: results.jsonl and verdict.json.",
+    ),
+    click.option(
+        "--cache", type=PATH, help="Stage cache (default: ${XDG_CACHE_HOME:-~/.cache}/edgekit/run)."
+    ),
+    click.option(
+        "--no-cache", is_flag=True, help="Build every stage again (the cache entries are replaced)."
+    ),
+    BASELINE,
+    JUNIT,
+    DEBUG,
+)
+
+gate_options = options(
+    click.option("--config", "config", type=PATH, default="edgekit.yaml", show_default=True),
+    BASELINE,
+    JUNIT,
+    click.option("--json", "json_path", type=PATH, help="Write the verdict as JSON."),
+)
+
+
+def model_options(output_required: bool = True):
+    """Loading the model, the export check, the output and the data: export, compress, sensitivity."""
+    return options(
+        *LOADING,
+        click.option("--static-batch", is_flag=True, help="Keep the batch axis fixed in the ONNX model."),
+        click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 20)."),
+        click.option(
+            "--tolerance",
+            type=POSITIVE,
+            default=1e-3,
+            show_default=True,
+            help="Export check: max |torch-onnx| relative to max |torch|.",
+        ),
+        click.option(
+            "-o",
+            "--output",
+            "out",
+            required=output_required,
+            type=PATH,
+            help="Output artifact directory.",
+        ),
+        click.option("--force", is_flag=True, help="Replace an existing output directory."),
+        click.option("--calib", help="Calibration data: image folder, .npz, module:function, or 'random'."),
+        click.option("--calib-size", type=COUNT, default=300, show_default=True),
+        click.option(
+            "--resize", type=COUNT, help="Images: shorter side before the crop (default crop/0.875)."
+        ),
+        click.option("--crop", type=COUNT, help="Images: center crop (default: the model's input size)."),
+        click.option("--mean", default="0.485,0.456,0.406", show_default=True),
+        click.option("--std", default="0.229,0.224,0.225", show_default=True),
+        click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True),
+        click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True),
+        DEBUG,
+    )
+
+
+# the torch passes of `compress`, before the export: prune, finetune, sparsity (edgekit.passes)
+torch_pass_options = options(
+    click.option("--prune", type=FRACTION, help="Remove this fraction of every prunable layer's channels."),
+    click.option("--prune-macs", type=FRACTION, help="Prune until MACs drop by this fraction (0.5: half)."),
+    click.option(
+        "--importance",
+        default="l2",
+        show_default=True,
+        help="How channels are ranked: l1, l2 (weight magnitude), bn (BatchNorm scale), taylor "
+        "(gradients on --finetune or --calib data).",
+    ),
+    click.option("--round-to", type=COUNT, default=8, show_default=True, help="Channel counts multiple."),
+    click.option(
+        "--ignore-layer",
+        "ignore_layers",
+        multiple=True,
+        metavar="NAME",
+        help="Never prune this layer's output channels (repeatable); the classifier never is.",
+    ),
+    click.option("--finetune", help="Recovery fine-tuning data after pruning (as --calib), distilled."),
+    click.option("--epochs", type=COUNT, default=3, show_default=True, help="Fine-tuning epochs at most."),
+    click.option("--lr", type=POSITIVE, default=1e-3, show_default=True, help="Fine-tuning learning rate."),
+    click.option("--sparsity", help="Zero weights: a fraction (0.5: unstructured) or 2:4."),
+)
+
+# the ONNX passes of `compress`: int8 (with mixed), fp16, bf16, and the runtime it is for
+compress_options = options(
+    click.option("--int8", "int8", is_flag=True, help="Static INT8 post-training quantization (QDQ)."),
+    click.option(
+        "--calibration",
+        type=click.Choice(["minmax", "entropy", "percentile"]),
+        default="percentile",
+        show_default=True,
+    ),
+    click.option("--percentile", type=Real(min=90, max=100, min_open=True), default=99.99, show_default=True),
+    click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales (default: per channel)."),
+    click.option(
+        "--symmetric-activations",
+        is_flag=True,
+        help="TensorRT's form: int8 activations with zero-point 0, float biases.",
+    ),
+    click.option("--eval", "eval_", help="Evaluation data (labels give accuracy; else fidelity)."),
+    click.option("--eval-size", type=COUNT, default=None, help="At most this many evaluation samples."),
+    click.option(
+        "--target",
+        type=click.Choice(["ort", "openvino", "tensorrt"]),
+        default="ort",
+        show_default=True,
+        help="The runtime it is for: its operator check runs before calibration; tensorrt implies "
+        "--symmetric-activations.",
+    ),
+    click.option("--fp16", is_flag=True, help="fp16 ONNX; fp32 inputs/outputs, reductions, softmax, norms."),
+    click.option(
+        "--bf16",
+        is_flag=True,
+        help="bf16 compute in OpenVINO on CPUs with AVX-512 BF16/AMX; ONNX stays fp32.",
+    ),
+    click.option(
+        "--max-accuracy-drop",
+        type=Real(min=0),
+        metavar="POINTS",
+        help="With --int8 and --eval: keep the most sensitive layers in fp32 until top-1 (or, without "
+        "labels, top-1 agreement with fp32) drops at most this many points.",
+    ),
+    click.option(
+        "--max-fp32-layers", type=COUNT, help="--max-accuracy-drop: keep at most this many layers fp32."
+    ),
+)
+
+
+def cpu_options(f):
+    """The CPU an INT8 model is made for: its form follows it (edgekit.target_cpu)."""
+    from edgekit.target_cpu import CLASSES, FORMS
+
+    return options(
+        click.option(
+            "--target-cpu",
+            type=click.Choice(list(CLASSES)),
+            help="The CPU class the INT8 model will run on (default: $EDGEKIT_TARGET_CPU, else this "
+            "machine's, which `edgekit runtimes` shows).",
+        ),
+        click.option(
+            "--host",
+            "cpu_host",
+            metavar="SSH_TARGET",
+            help="Make the INT8 model for this device's CPU, read over ssh (as bench --host).",
+        ),
+        click.option(
+            "--remote-python",
+            default="python3",
+            show_default=True,
+            help="--host: the device's Python (it needs no packages to report its CPU).",
+        ),
+        click.option(
+            "--ssh-config",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="--host: ssh client config file (ssh -F) instead of ~/.ssh/config.",
+        ),
+        click.option(
+            "--int8-form",
+            type=click.Choice(list(FORMS)),
+            help="Override the INT8 form chosen for the target CPU (u8s8: VNNI/AMX/Arm; u8s8-pair: "
+            "cannot saturate without VNNI; see docs/guide/quantize.md).",
+        ),
+    )(f)
+
+
+demo_options = options(
+    click.option("--work-dir", type=PATH, help="Where to write artifacts (default: the cache)."),
+    click.option("--retrain", is_flag=True, help="Train the digits model again even if cached."),
+)
+
+init_options = options(
+    click.option("--dir", "directory", type=PATH, default=Path("."), show_default=True),
+    click.option("--force", is_flag=True, help="Replace existing files."),
+)

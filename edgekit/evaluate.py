@@ -1,0 +1,91 @@
+"""Prediction over samples, and the quality of outputs against a reference: the numbers the
+manifest's verification, bench rows and gates read. Imports no other stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict
+
+import numpy as np
+
+from edgekit.benchmarks.metrics import accuracy, fidelity
+from edgekit.data import Samples, check_labels
+from edgekit.runtimes import ort
+
+
+class Quality(TypedDict, total=False):
+    """Outputs measured against labels and/or a reference: a manifest verification entry, a bench
+    row's `accuracy`. Which keys are present says what could be measured."""
+
+    metric: str  # what the numbers are: top-1 accuracy, fidelity only, or none
+    samples: int
+    data: str  # which samples (manifest verification)
+    fidelity: dict  # benchmarks.metrics.fidelity against the reference
+    reference: str  # the reference artifact (bench rows)
+    top1: float
+    top5: float
+    parent_top1: float  # the reference's own top-1/top-5 and the drop to it (manifest verification)
+    parent_top5: float
+    drop_points: float
+    runtime: str  # where the verified model ran, where not ONNX Runtime (CPU)
+    final_vs_unpruned: Quality  # a pruned, then quantized model against the unpruned one
+
+
+@dataclass(frozen=True)
+class Reference:
+    """fp32 reference outputs on the evaluation inputs: what fidelity rows are measured against."""
+
+    artifact: str
+    outputs: list[np.ndarray]
+
+
+def predict(path: Path, samples: Samples, fixed: int | None, label: str) -> list[np.ndarray]:
+    """Outputs of the ONNX model at PATH in ONNX Runtime (CPU) on SAMPLES."""
+    return samples.outputs(ort.load(str(path)).run, fixed, label)
+
+
+def measure_against(parent: Path, child: Path, evals: Samples, fixed: int | None, data: str) -> Quality:
+    """Accuracy (with labels) or fidelity of `child` against `parent`, on the evaluation data."""
+    ref = predict(parent, evals, fixed, "evaluating fp32")
+    out = predict(child, evals, fixed, "evaluating int8")
+    return quality(ref, out, evals, data)
+
+
+def quality(ref: list[np.ndarray], out: list[np.ndarray], evals: Samples, data: str) -> Quality:
+    """Fidelity of OUT to REF on EVALS, and both top-1s (and the drop) where EVALS has labels."""
+    result = Quality(data=data, samples=len(evals), fidelity=fidelity(ref, out))
+    if evals.description.get("source") == "random":
+        result["data"] = "random inputs: fidelity on noise, not on real data"
+    parent_acc, child_acc = score(ref, evals), score(out, evals)
+    if "top1" in parent_acc:
+        result.update(
+            metric="top1 accuracy",
+            parent_top1=parent_acc["top1"],
+            top1=child_acc["top1"],
+            parent_top5=parent_acc["top5"],
+            top5=child_acc["top5"],
+            drop_points=100 * (parent_acc["top1"] - child_acc["top1"]),
+        )
+    else:
+        result["metric"] = "fidelity (no labels)"
+    return result
+
+
+def score(outputs: list[np.ndarray], samples: Samples, reference: Reference | None = None) -> Quality:
+    """Task accuracy when the samples have labels, fidelity to the fp32 reference when there is
+    one (both when both); which metric it is, and on how many samples, is always stated."""
+    result = Quality(samples=len(samples))
+    scores = outputs[0]
+    if samples.labels is not None and scores.ndim == 2:
+        check_labels(samples, scores)
+        result.update(
+            metric="top1",
+            top1=accuracy(scores, samples.labels, 1),
+            top5=accuracy(scores, samples.labels, min(5, scores.shape[1])),
+        )
+    if reference is not None:
+        result.update(fidelity=fidelity(reference.outputs, outputs), reference=reference.artifact)
+        result.setdefault("metric", "fidelity vs fp32")
+    result.setdefault("metric", "none (no labels, no fp32 reference)")
+    return result
