@@ -16,7 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError, first_line
@@ -31,6 +39,15 @@ class TensorSpec(BaseModel):
     name: str
     shape: list[int | str]
     dtype: str = "float32"
+    batch_axis: int | None = 0  # where the samples of a batch go; None: fed as it is (a scalar)
+
+    @model_serializer(mode="wrap")
+    def _usual_axis_unsaid(self, handler) -> dict[str, Any]:
+        """The usual batch axis, the first, goes unwritten: batch-first manifests stay as they were."""
+        out = handler(self)
+        if out.get("batch_axis") == 0:
+            del out["batch_axis"]
+        return out
 
     def concrete_shape(self, batch: int = 1) -> tuple[int, ...]:
         return tuple(batch if isinstance(d, str) else d for d in self.shape)
@@ -46,7 +63,8 @@ class InputSpec(BaseModel):
     @property
     def fixed_batch(self) -> int | None:
         """The batch size of a --static-batch model; None when the batch axis is dynamic."""
-        return next((t.shape[0] for t in self.inputs if t.shape and isinstance(t.shape[0], int)), None)
+        axes = [(t.shape, t.batch_axis) for t in self.inputs if t.batch_axis is not None]
+        return next((s[a] for s, a in axes if a < len(s) and isinstance(s[a], int)), None)
 
 
 class FileRecord(BaseModel):
@@ -84,6 +102,8 @@ class LoadOptions(BaseModel):
     input_shapes: list[list[PositiveInt]] | dict[str, list[PositiveInt]] = Field(default_factory=list)
     input_dtype: str = "float32"
     static_batch: bool = False
+    # inputs whose batch axis is not the first ({state: 1} for a [2, N, 64] recurrent state)
+    batch_axes: dict[str, int] = Field(default_factory=dict)
 
     @field_validator("input_shapes", mode="wrap")
     @classmethod

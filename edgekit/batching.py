@@ -5,6 +5,10 @@ file whose first axis is a number) takes exactly B samples per run: its data goe
 the last one padded by repeating its last sample, and the padding's outputs are dropped. A model
 with a dynamic batch gets batches of up to SIZE, unpadded. Every stage that runs a model on data
 batches here; the benchmark worker imports it too, so it needs numpy only.
+
+Data is kept with the samples on the first axis of every array; `Stacked` (data.Samples' inputs)
+also says where each input's batch axis goes in the model's feeds (`state` [2, N, 64]: axis 1), or
+that the input is fed once as it is (a scalar such as a sample rate: None).
 """
 
 from __future__ import annotations
@@ -16,6 +20,24 @@ import numpy as np
 Feeds = dict[str, np.ndarray]
 
 
+class Stacked(dict):
+    """Input arrays with the samples on axis 0, and AXES: where each input's batch axis is in the
+    model's feeds (absent: 0), or None for an input fed as it is (its first sample's value)."""
+
+    def __init__(self, arrays: Feeds, axes: dict[str, int | None]):
+        super().__init__(arrays)
+        self.axes = axes
+
+
+def _laid_out(batch: Feeds, axes: dict[str, int | None]) -> Feeds:
+    """BATCH (samples first) as the model takes it: each input's batch on its own axis."""
+    laid = {}
+    for k, v in batch.items():
+        axis = axes.get(k, 0)
+        laid[k] = np.array(v[0]) if axis is None else np.ascontiguousarray(np.moveaxis(v, 0, axis))
+    return laid
+
+
 def batches(inputs: Feeds, fixed: int | None, size: int = 32) -> Iterator[tuple[Feeds, int]]:
     """(feeds, real samples in them) for each batch of INPUTS: FIXED samples, the last padded, for a
     fixed-batch model; else up to SIZE."""
@@ -24,7 +46,8 @@ def batches(inputs: Feeds, fixed: int | None, size: int = 32) -> Iterator[tuple[
     for i in range(0, n, step):
         real = min(step, n - i)
         idx = np.minimum(np.arange(i, i + step), n - 1) if fixed and real < step else slice(i, i + step)
-        yield {k: v[idx] for k, v in inputs.items()}, real
+        batch = {k: v[idx] for k, v in inputs.items()}
+        yield (_laid_out(batch, inputs.axes) if isinstance(inputs, Stacked) else batch), real
 
 
 def outputs(

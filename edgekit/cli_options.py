@@ -301,6 +301,20 @@ def model_options(output_required: bool = True):
         click.option("--calib", help="Calibration data: image folder, .npz, module:function, or 'random'."),
         click.option("--calib-size", type=COUNT, default=300, show_default=True),
         click.option(
+            "--calib-const",
+            "constants",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="An input that is the same in every sample (a scalar: sr=16000); also for --eval.",
+        ),
+        click.option(
+            "--batch-axis",
+            "batch_axes",
+            multiple=True,
+            metavar="NAME=AXIS",
+            help="An input whose batch axis is not the first (state=1 for [2, N, 64]); repeatable.",
+        ),
+        click.option(
             "--resize", type=COUNT, help="Images: shorter side before the crop (default crop/0.875)."
         ),
         click.option("--crop", type=COUNT, help="Images: center crop (default: the model's input size)."),
@@ -355,6 +369,14 @@ compress_options = options(
     ),
     click.option("--eval", "eval_", help="Evaluation data (labels give accuracy; else fidelity)."),
     click.option("--eval-size", type=COUNT, default=None, help="At most this many evaluation samples."),
+    click.option(
+        "--output-kind",
+        "output_kinds",
+        multiple=True,
+        metavar="NAME=KIND",
+        help="Verify output NAME (or output_N) as classes, embedding, sequence, dense or other "
+        "(default: inferred from its name, shape and values); repeatable.",
+    ),
     click.option(
         "--target",
         type=click.Choice(["ort", "openvino", "tensorrt"]),

@@ -59,6 +59,7 @@ class DataSpec(_Strict):
     evaluation: str | None = None  # labels give accuracy, else fidelity to the fp32 variant
     eval_size: int | None = Field(None, ge=1)
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
+    constants: dict[str, Any] = Field(default_factory=dict)  # inputs alike in every sample: {sr: 16000}
 
 
 class PrunePass(PruneConfig):

@@ -2,11 +2,15 @@
 
 Every source becomes `Samples`: numpy inputs keyed by the model's input names, optional labels,
 and a plain description of where they came from and how they were preprocessed (for the manifest).
+The inputs are kept with the samples on axis 0 (a `batching.Stacked`, which puts each input's
+batch back on its own axis when fed); an input may instead be a constant (`--calib-const sr=16000`,
+or a 0-d array in a .npz), the same for every sample.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import zipfile
 from collections.abc import Iterable
@@ -58,7 +62,9 @@ class Samples:
 
     def take(self, idx) -> Samples:
         labels = None if self.labels is None else self.labels[idx]
-        return Samples({k: v[idx] for k, v in self.inputs.items()}, labels, self.description)
+        inputs = {k: v[idx] for k, v in self.inputs.items()}
+        axes = getattr(self.inputs, "axes", None)
+        return Samples(inputs if axes is None else batching.Stacked(inputs, axes), labels, self.description)
 
     def outputs(self, run, fixed: int | None, label: str, size: int = 32) -> list[np.ndarray]:
         """Every output of RUN (feeds -> list of arrays) over these samples, in the batches
@@ -76,9 +82,93 @@ def recorded_preprocess(manifest) -> Preprocess:
 
 
 def load_samples(
-    source: str, spec: InputSpec, limit: int | None, pre: Preprocess, seed: int = 0, what="data"
+    source: str,
+    spec: InputSpec,
+    limit: int | None,
+    pre: Preprocess,
+    seed: int = 0,
+    what="data",
+    constants: dict[str, Any] | None = None,
 ) -> Samples:
-    """Load up to `limit` samples from `source`, picked at random (seeded) when there are more."""
+    """Load up to `limit` samples from `source`, picked at random (seeded) when there are more;
+    CONSTANTS (input name -> value) give those inputs the same value in every sample."""
+    fixed = _constants(constants or {}, spec)
+    full, spec = spec, InputSpec(inputs=[t for t in spec.inputs if t.name not in fixed])
+    if not spec.inputs:
+        raise EdgekitError("--calib-const gives every input of the model; the data must give at least one.")
+    samples = _load(source, spec, limit, pre, seed, what)
+    samples.inputs = {**samples.inputs, **_repeated(fixed, len(samples))}
+    if fixed:
+        samples.description = {**samples.description, "constants": _described(fixed)}
+    _check_shapes(samples, full, source, what)
+    samples.inputs = batching.Stacked(samples.inputs, {t.name: t.batch_axis for t in full.inputs})
+    return samples
+
+
+def parse_constants(texts: tuple[str, ...]) -> dict[str, Any]:
+    """`--calib-const sr=16000` values (a number, or a JSON list) as {input name: value}."""
+    out = {}
+    for text in texts:
+        name, eq, value = text.partition("=")
+        try:
+            out[name] = json.loads(value) if eq and name else None
+        except ValueError:
+            out[name] = None
+        if out[name] is None:
+            raise EdgekitError(
+                f"--calib-const {text!r} is not NAME=VALUE with a number or a JSON list (sr=16000)."
+            )
+    return out
+
+
+def _constants(given: dict[str, Any], spec: InputSpec) -> dict[str, np.ndarray]:
+    """GIVEN constants as arrays of their inputs' dtypes and one sample's shape, each checked."""
+    inputs = {t.name: t for t in spec.inputs}
+    out = {}
+    for name, value in given.items():
+        flag = f"--calib-const {name}"
+        if name not in inputs:
+            raise EdgekitError(
+                f"{flag}: the model has no input {name!r}; its inputs are {', '.join(inputs)}."
+            )
+        t = inputs[name]
+        try:
+            arr = np.asarray(value)
+            cast = arr.astype(t.dtype)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise EdgekitError(f"{flag}: {value!r} is not an array of {t.dtype} ({first_line(e)}).") from None
+        exact = np.issubdtype(cast.dtype, np.floating) or np.array_equal(cast, arr)
+        if arr.dtype.kind not in "biuf" or not exact:
+            raise EdgekitError(f"{flag}: {value!r} cannot be held exactly by the input's dtype, {t.dtype}.")
+        want = _sample_shape(t)
+        if cast.ndim != len(want) or any(
+            isinstance(d, int) and d != s for d, s in zip(want, cast.shape, strict=True)
+        ):
+            raise EdgekitError(
+                f"{flag} has shape {list(cast.shape)}, but one sample of input {name!r} (shape "
+                f"{t.shape}) has shape {want}."
+            )
+        out[name] = cast
+    return out
+
+
+def _sample_shape(t: TensorSpec) -> list[int | str]:
+    """The shape of one sample of input T: its shape less the batch axis (a scalar's: its own)."""
+    return t.shape if t.batch_axis is None else [d for i, d in enumerate(t.shape) if i != t.batch_axis]
+
+
+def _repeated(constants: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """CONSTANTS as N samples alike (views: no copies)."""
+    return {k: np.broadcast_to(v, (n, *v.shape)) for k, v in constants.items()}
+
+
+def _described(constants: dict[str, np.ndarray]) -> dict[str, Any]:
+    """CONSTANTS for the manifest: small values as they are, larger ones by shape."""
+    return {k: v.tolist() if v.size <= 16 else f"array {list(v.shape)}" for k, v in constants.items()}
+
+
+def _load(source: str, spec: InputSpec, limit: int | None, pre: Preprocess, seed: int, what) -> Samples:
+    """The samples of SPEC's inputs that SOURCE holds (as `load_samples` says)."""
     if source == "random":
         return _random(spec, limit or 300, seed)
     path = Path(source)
@@ -100,7 +190,6 @@ def load_samples(
         )
     else:
         raise EdgekitError(f"--{what} {source} is not a directory, a .npz file or module:function.")
-    _check_shapes(samples, spec, source, what)
     return samples
 
 
@@ -108,7 +197,7 @@ def _random(spec: InputSpec, n: int, seed: int) -> Samples:
     from edgekit.model import example_inputs
 
     # N samples, also for a fixed-batch model (whose batch axis would give its batch size)
-    samples = [TensorSpec(name=t.name, shape=["n", *t.shape[1:]], dtype=t.dtype) for t in spec.inputs]
+    samples = [TensorSpec(name=t.name, shape=["n", *_sample_shape(t)], dtype=t.dtype) for t in spec.inputs]
     inputs = example_inputs(InputSpec(inputs=samples), batch=n, seed=seed)
     return Samples(
         inputs,
@@ -222,16 +311,34 @@ def _npz(path: Path, spec: InputSpec, limit, seed, what) -> Samples:
             f"{where} needs an array 'x' (or one per input: {', '.join(names)}); "
             f"it has {', '.join(arrays) or 'none'}."
         )
+    keys = dict(zip(names, named, strict=True))  # each input's key in the file, for the sentences
+    named = dict(zip(names, named.values(), strict=True))
+    constants = {k: v for k, v in named.items() if v.ndim == 0 and len(named) > 1}
+    named = {k: _samples_first(v, arrays, k, spec, where) for k, v in named.items() if k not in constants}
     labels = arrays.get("y")
-    n = _common_length({**named, "y": labels}, where)
+    n = _common_length({**{keys[k]: v for k, v in named.items()}, "y": labels}, where)
     if n == 0:
         raise EdgekitError(f"{where} holds no samples.")
     idx = np.sort(np.random.default_rng(seed).permutation(n)[: limit or n])
     picked = {k: v[idx] for k, v in named.items()}
     _check_finite(picked, where, idx)
-    inputs = dict(zip(names, picked.values(), strict=True))
+    inputs = {k: picked[k] if k in picked else _repeated({k: constants[k]}, len(idx))[k] for k in names}
     labels = None if labels is None else _labels(labels[idx], where, idx)
     return Samples(inputs, labels, {"source": str(path.absolute()), "kind": "npz", "count": len(idx)})
+
+
+def _samples_first(arr: np.ndarray, arrays: dict, name: str, spec: InputSpec, where: str) -> np.ndarray:
+    """ARR of input NAME with its samples on axis 0: they are on the axis the .npz records as
+    `NAME.batch_axis` (a 0-d integer), else on the input's batch axis (--batch-axis)."""
+    t = next(t for t in spec.inputs if t.name == name)
+    key = f"{name}.batch_axis"
+    axis = arrays.get(key, t.batch_axis or 0)
+    if np.ndim(axis) or np.asarray(axis).dtype.kind not in "iu" or not 0 <= int(axis) < max(arr.ndim, 1):
+        raise EdgekitError(
+            f"{where}: the batch axis of {name!r} ({axis.tolist() if key in arrays else axis}) is not an "
+            f"axis of its array, whose shape is {list(arr.shape)}."
+        )
+    return np.moveaxis(arr, int(axis), 0) if arr.ndim else arr
 
 
 def _function(source: str, spec: InputSpec, limit, what) -> Samples:
@@ -248,7 +355,10 @@ def _function(source: str, spec: InputSpec, limit, what) -> Samples:
         missing = next((n for n in spec.names if n not in feeds), None)
         if missing is not None:
             raise EdgekitError(f"{where}: a batch has no input named {missing!r}.")
-        named = {n: _batch_array(feeds[n], f"{where}: batch {i}, input {n!r}") for n in spec.names}
+        named = {
+            t.name: _function_array(feeds[t.name], t, f"{where}: batch {i}, input {t.name!r}")
+            for t in spec.inputs
+        }
         labels = None if y is None else _batch_array(y, f"{where}: batch {i}, y")
         count += _common_length({**named, "y": labels}, f"{where}: batch {i}")
         for n, v in named.items():
@@ -294,6 +404,19 @@ def _batches(source: str, where: str):
         raise
     except Exception as e:
         raise EdgekitError(f"{where} raised {type(e).__name__}: {first_line(e)}.") from None
+
+
+def _function_array(value, t: TensorSpec, where: str) -> np.ndarray:
+    """One input of a `module:function` item, samples first: one sample (a dict per sample, without
+    the batch axis), or a batch with the samples on the input's batch axis."""
+    try:
+        arr = np.asarray(value)
+    except Exception as e:
+        raise EdgekitError(f"{where} is not an array ({first_line(e)}).") from None
+    if arr.ndim == len(_sample_shape(t)):
+        return arr[None]
+    arr = _batch_array(arr, where)
+    return np.moveaxis(arr, t.batch_axis, 0) if t.batch_axis and arr.ndim == len(t.shape) else arr
 
 
 def _batch_array(value, where: str) -> np.ndarray:
@@ -356,15 +479,26 @@ def _check_finite(inputs: dict[str, np.ndarray], where: str, rows=None) -> None:
 
 
 def _check_shapes(samples: Samples, spec: InputSpec, source: str, what: str) -> None:
+    """Each input's samples (on axis 0) fit the model's input less its batch axis, and its dtype;
+    an input fed as it is (a scalar) must be alike in every sample."""
     for t in spec.inputs:
         arr = samples.inputs[t.name]
-        want = t.shape[1:]
-        if arr.ndim != len(t.shape) or any(
+        want = _sample_shape(t)
+        if arr.ndim != len(want) + 1 or any(
             isinstance(d, int) and d != s for d, s in zip(want, arr.shape[1:], strict=True)
         ):
+            moved = f" (its samples moved from axis {t.batch_axis} to 0)" if t.batch_axis else ""
             raise EdgekitError(
-                f"--{what} {source}: input {t.name!r} has shape {list(arr.shape)}, but the model "
-                f"expects {t.shape}; check the data or --input-shape."
+                f"--{what} {source}: input {t.name!r} has shape {list(arr.shape)}{moved}, but the model "
+                f"expects {t.shape}; check the data, --input-shape or --batch-axis."
+                if t.shape
+                else f"--{what} {source}: input {t.name!r} is a scalar, but the data gives it shape "
+                f"{list(arr.shape[1:])}; give it with --calib-const {t.name}=VALUE."
+            )
+        if t.batch_axis is None and source != "random" and len(arr) and not (arr == arr[:1]).all():
+            raise EdgekitError(
+                f"--{what} {source}: input {t.name!r} is a scalar, fed as it is to every batch, but the "
+                f"data gives it different values; give it once with --calib-const {t.name}=VALUE."
             )
         try:
             with np.errstate(over="raise", invalid="raise"):

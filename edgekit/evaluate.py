@@ -11,6 +11,7 @@ import numpy as np
 
 from edgekit.benchmarks.metrics import accuracy, fidelity
 from edgekit.data import Samples, check_labels
+from edgekit.errors import EdgekitError
 from edgekit.runtimes import ort
 
 
@@ -45,16 +46,34 @@ def predict(path: Path, samples: Samples, fixed: int | None, label: str) -> list
     return samples.outputs(ort.load(str(path)).run, fixed, label)
 
 
-def measure_against(parent: Path, child: Path, evals: Samples, fixed: int | None, data: str) -> Quality:
-    """Accuracy (with labels) or fidelity of `child` against `parent`, on the evaluation data."""
-    ref = predict(parent, evals, fixed, "evaluating fp32")
+def measure_against(
+    parent: Path,
+    child: Path,
+    evals: Samples,
+    fixed: int | None,
+    data: str,
+    kinds: dict[str, str] | None = None,
+) -> Quality:
+    """Accuracy (with labels) or fidelity of `child` against `parent`, on the evaluation data,
+    each output judged by its kind (KINDS: --output-kind, by output name)."""
+    sess = ort.load(str(parent))
+    ref = evals.outputs(sess.run, fixed, "evaluating fp32")
     out = predict(child, evals, fixed, "evaluating int8")
-    return quality(ref, out, evals, data)
+    return quality(ref, out, evals, data, sess.output_names, kinds)
 
 
-def quality(ref: list[np.ndarray], out: list[np.ndarray], evals: Samples, data: str) -> Quality:
-    """Fidelity of OUT to REF on EVALS, and both top-1s (and the drop) where EVALS has labels."""
-    result = Quality(data=data, samples=len(evals), fidelity=fidelity(ref, out))
+def quality(
+    ref: list[np.ndarray],
+    out: list[np.ndarray],
+    evals: Samples,
+    data: str,
+    names: list[str] | None = None,
+    kinds: dict[str, str] | None = None,
+) -> Quality:
+    """Fidelity of OUT to REF on EVALS (each output by its kind: benchmarks.metrics.fidelity), and
+    both top-1s (and the drop) where EVALS has labels."""
+    _check_kinds(kinds or {}, names, len(ref))
+    result = Quality(data=data, samples=len(evals), fidelity=fidelity(ref, out, names, kinds))
     if evals.description.get("source") == "random":
         result["data"] = "random inputs: fidelity on noise, not on real data"
     parent_acc, child_acc = score(ref, evals), score(out, evals)
@@ -70,6 +89,17 @@ def quality(ref: list[np.ndarray], out: list[np.ndarray], evals: Samples, data: 
     else:
         result["metric"] = "fidelity (no labels)"
     return result
+
+
+def _check_kinds(kinds: dict[str, str], names: list[str] | None, count: int) -> None:
+    """Every --output-kind names an output of the model (by name, or output_N)."""
+    known = {f"output_{i}" for i in range(count)} | set(names or [])
+    unknown = [k for k in kinds if k not in known] if names else []
+    if unknown:
+        raise EdgekitError(
+            f"--output-kind names {unknown[0]!r}, which is no output of the model (its outputs: "
+            f"{', '.join(names)})."
+        )
 
 
 def score(outputs: list[np.ndarray], samples: Samples, reference: Reference | None = None) -> Quality:

@@ -10,7 +10,7 @@ from edgekit.errors import EdgekitError
 
 def request(model, kw, chain=(), eval_=None, eval_size=None):
     """The CompressRequest of the flags KW (click's keyword arguments) for MODEL and CHAIN."""
-    from edgekit.data import Preprocess
+    from edgekit.data import Preprocess, parse_constants
     from edgekit.export.onnx import ExportConfig
     from edgekit.model import LoadOptions, parse_shapes
     from edgekit.pipeline import CompressRequest
@@ -24,6 +24,7 @@ def request(model, kw, chain=(), eval_=None, eval_size=None):
             input_shapes=parse_shapes(kw["input_shapes"]),
             input_dtype=kw["input_dtype"],
             static_batch=kw["static_batch"],
+            batch_axes=_axes(kw["batch_axes"]),
         ),
         export=ExportConfig(opset=kw["opset"], tolerance=kw["tolerance"]),
         chain=list(chain),
@@ -31,6 +32,7 @@ def request(model, kw, chain=(), eval_=None, eval_size=None):
         eval=eval_,
         calib_size=kw["calib_size"],
         eval_size=eval_size,
+        constants=parse_constants(kw["constants"]),
         preprocess=Preprocess(
             resize=kw["resize"],
             crop=kw["crop"],
@@ -40,7 +42,32 @@ def request(model, kw, chain=(), eval_=None, eval_size=None):
             layout=kw["layout"],
         ),
         force=kw["force"],
+        output_kinds=output_kinds(kw.get("output_kinds", ())),
     )
+
+
+def output_kinds(pairs) -> dict[str, str]:
+    """--output-kind NAME=KIND pairs as {name: kind}, each kind one that verification knows."""
+    from edgekit.benchmarks.metrics import KINDS
+
+    kinds = {}
+    for pair in pairs:
+        name, _, kind = pair.partition("=")
+        if not name or kind not in KINDS:
+            raise EdgekitError(f"--output-kind {pair!r} must be NAME=KIND, KIND one of {', '.join(KINDS)}.")
+        kinds[name] = kind
+    return kinds
+
+
+def _axes(texts: tuple[str, ...]) -> dict[str, int]:
+    """--batch-axis values (`state=1`) as {input name: axis}."""
+    out = {}
+    for text in texts:
+        name, _, axis = text.partition("=")
+        if not name or not axis.isdigit():
+            raise EdgekitError(f"--batch-axis {text!r} is not NAME=AXIS with a whole number (state=1).")
+        out[name] = int(axis)
+    return out
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:

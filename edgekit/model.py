@@ -91,21 +91,54 @@ def _load_onnx(path: Path, opts: LoadOptions) -> LoadedModel:
     specs = []
     for vi in (v for v in model.graph.input if v.name not in inits):
         t = vi.type.tensor_type
-        dims: list[int | str] = [
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or BATCH)
-            for d in t.shape.dim
-        ]
+        dims = [onnx_axis(d, i, vi.name) for i, d in enumerate(t.shape.dim)]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
         specs.append(TensorSpec(name=vi.name, shape=dims, dtype=dtype))
     if opts.input_shapes:
         specs = _apply_shapes_to_onnx(path, specs, opts)
+    _set_batch_axes(path, specs, opts.batch_axes)
     if opts.static_batch:
         for t in specs:
-            t.shape = [1 if i == 0 and isinstance(d, str) else d for i, d in enumerate(t.shape)]
+            t.shape = [1 if i == t.batch_axis and isinstance(d, str) else d for i, d in enumerate(t.shape)]
     spec = InputSpec(inputs=specs)
     _check_fits(spec)
     source = Source(path=str(path.absolute()), sha256=sha256_file(path), kind="onnx")
     return LoadedModel(source=source, input_spec=spec, onnx_path=path)
+
+
+def onnx_axis(dim, i: int, name: str) -> int | str:
+    """Axis I of input NAME as the spec holds it: its size, the graph's own symbol (shared where the
+    graph shares it), or for an unnamed or -1 axis `batch` when it is the first and a name of its
+    own (`x_dim2`) otherwise, so no unknown axis is tied to another."""
+    if dim.HasField("dim_value") and dim.dim_value > 0:
+        return dim.dim_value
+    return dim.dim_param or (BATCH if i == 0 else f"{name}_dim{i}")
+
+
+def _set_batch_axes(path: Path, specs: list[TensorSpec], given: dict[str, int]) -> None:
+    """Each input's batch axis: GIVEN (--batch-axis), else the first axis, unless that is a number and
+    a later one is named as another input's first axis ([2, N, 64] beside [N, 300]: 1); a scalar
+    input has none (it is fed as it is)."""
+    names = [t.name for t in specs]
+    batch = {t.shape[0] for t in specs if t.shape and isinstance(t.shape[0], str)}
+    unknown = next((n for n in given if n not in names), None)
+    if unknown is not None:
+        raise EdgekitError(
+            f"--batch-axis names {unknown!r}, which is not an input of {path}; its inputs are "
+            f"{', '.join(names)}."
+        )
+    for t in specs:
+        axis = given.get(t.name)
+        if axis is not None and not 0 <= axis < len(t.shape):
+            raise EdgekitError(
+                f"--batch-axis {t.name}={axis} is out of range: input {t.name!r} of {path} has shape "
+                f"{t.shape}, so its batch axis is one of 0 to {len(t.shape) - 1}."
+                if t.shape
+                else f"--batch-axis {t.name}={axis}: input {t.name!r} of {path} is a scalar, which has no "
+                "batch axis (give it with --calib-const)."
+            )
+        named = next((i for i, d in enumerate(t.shape) if d in batch), 0)
+        t.batch_axis = (axis if axis is not None else named) if t.shape else None
 
 
 def check_external_data(path: Path, model) -> None:
@@ -176,21 +209,35 @@ def _apply_shapes_to_onnx(path: Path, specs: list[TensorSpec], opts: LoadOptions
             f"{path} has {len(specs)} input(s) but {len(shapes)} --input-shape "
             "value(s) were given; give one per input, in order."
         )
-    out = []
+    out, sizes = [], {}  # a symbol the graph shares between inputs takes one size
     for spec, shape in zip(specs, shapes, strict=True):
-        if len(shape) != len(spec.shape) or any(
-            isinstance(d, int) and d != s for d, s in zip(spec.shape, shape, strict=True)
-        ):
+        given = ",".join(map(str, shape))
+        if len(shape) != len(spec.shape):
             raise EdgekitError(
-                f"--input-shape {','.join(map(str, shape))} does not fit input {spec.name!r} "
-                f"of {path}, whose shape is {spec.shape}."
+                f"--input-shape {given} does not fit input {spec.name!r} of {path}, which has "
+                f"{len(spec.shape)} axes ({_shape_text(spec.shape)})."
             )
+        for i, (d, s) in enumerate(zip(spec.shape, shape, strict=True)):
+            if isinstance(d, int) and d != s:
+                raise EdgekitError(
+                    f"--input-shape {given} gives axis {i} of input {spec.name!r} the size {s}, "
+                    f"but {path} fixes it at {d} ({_shape_text(spec.shape)})."
+                )
+            if isinstance(d, str) and (i or opts.static_batch) and sizes.setdefault(d, s) != s:
+                raise EdgekitError(
+                    f"--input-shape gives the axis {d!r}, which the inputs of {path} share, "
+                    f"the sizes {sizes[d]} and {s}; give it one size."
+                )
         dims = [
             d if isinstance(d, int) else (s if i or opts.static_batch else d)
             for i, (d, s) in enumerate(zip(spec.shape, shape, strict=True))
         ]
         out.append(TensorSpec(name=spec.name, shape=dims, dtype=spec.dtype))
     return out
+
+
+def _shape_text(shape: list[int | str]) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
 
 
 def _zip_names(path: Path) -> list[str]:

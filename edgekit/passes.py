@@ -29,7 +29,7 @@ from edgekit.compress.precision import Fp16Config
 from edgekit.compress.prune import PruneConfig
 from edgekit.compress.quantize import Int8Config
 from edgekit.compress.sparsity import SparsityConfig
-from edgekit.data import Samples, check_labels
+from edgekit.data import Preprocess, Samples, check_labels, load_samples
 from edgekit.errors import EdgekitError, first_line
 from edgekit.evaluate import measure_against, predict, quality
 from edgekit.export import onnx as onnx_export
@@ -116,6 +116,7 @@ class Pass:
     needs: str | None = None  # a pass that must come before it
     excludes: tuple[str, ...] = ()  # passes it cannot share a chain with
     rewrites: bool = False  # writes a new ONNX file in place of the one it reads
+    opset: int = 0  # the lowest ONNX opset it writes into: an imported file below is upgraded to it
 
 
 def _eager(w: Work, name: str):
@@ -195,7 +196,9 @@ def run_export(w: Work, cfg: onnx_export.ExportConfig):
     loaded, manifest = w.loaded, w.manifest
     feeds, origin = _verify_feeds(loaded, w.calib, cfg.verify_samples)
     if loaded.is_onnx:
-        path = onnx_export.copy_onnx(loaded.onnx_path, out_dir, loaded.input_spec)
+        before = _graph(loaded.onnx_path)["opset"]
+        opset, needed_by = max(((PASSES[s.name].opset, s.name) for s in w.req.chain), default=(0, ""))
+        path = onnx_export.copy_onnx(loaded.onnx_path, out_dir, loaded.input_spec, opset, needed_by)
         sess, n = ort.load(str(path)), len(next(iter(feeds.values())))
         try:
             batching.outputs(sess.run, feeds, loaded.input_spec.fixed_batch, n)
@@ -212,6 +215,9 @@ def run_export(w: Work, cfg: onnx_export.ExportConfig):
         }
         manifest.output_names = sess.output_names
         summary = {"imported": "an ONNX file, copied as it is", **_graph(path)}
+        if summary["opset"] != before:
+            upgraded = f"upgraded by onnx.version_converter ({needed_by} needs opset {opset})"
+            summary.update(imported=f"an ONNX file, {upgraded}", opset_before=before)
     else:
         n_out = loaded.n_outputs
         path = onnx_export.export(loaded.module, loaded.input_spec, out_dir, cfg, n_out, loaded.program)
@@ -227,7 +233,7 @@ def run_export(w: Work, cfg: onnx_export.ExportConfig):
     w.model = w.fp32 = path
     # the opset the file has, which the exporter may not have been asked for (its default), and
     # which an imported file may have below the ones the exporter writes
-    return {**dataclasses.asdict(cfg), "opset": summary["opset"]}, summary
+    return {**cfg.model_dump(), "opset": summary["opset"]}, summary
 
 
 def _labels_fit(fp32: Path, evals: Samples | None, fixed: int | None) -> None:
@@ -238,9 +244,11 @@ def _labels_fit(fp32: Path, evals: Samples | None, fixed: int | None) -> None:
 
 
 def _verify_feeds(loaded, calib: Samples | None, n: int):
+    """Up to N samples to check the export on (samples first: `batching` lays them out)."""
     if calib is not None:
-        return {k: v[:n] for k, v in calib.inputs.items()}, "calibration samples"
-    return example_inputs(loaded.input_spec, batch=min(n, 8)), "random inputs (no --calib given)"
+        return calib.take(slice(0, n)).inputs, "calibration samples"
+    noise = load_samples("random", loaded.input_spec, min(n, 8), Preprocess())
+    return noise.inputs, "random inputs (no --calib given)"
 
 
 def _graph(path: Path) -> dict:
@@ -260,7 +268,8 @@ def run_int8(w: Work, cfg: Int8Config):
     fixed = w.loaded.input_spec.fixed_batch
     path = w.out / onnx_export.MODEL_FILE
     summary = quantize_int8(w.model, path, w.calib, cfg, fixed)
-    w.manifest.verification["int8"] = measure_against(w.model, path, w.evals, fixed, w.data)
+    q = measure_against(w.model, path, w.evals, fixed, w.data, w.req.output_kinds)
+    w.manifest.verification["int8"] = q
     _final_vs_unpruned(w, path)
     w.model = path
     return cfg, {**summary, "calibration_samples": len(w.calib)}
@@ -278,7 +287,8 @@ def run_mixed(w: Work, cfg: MixedConfig):
     ref = predict(w.model, w.evals, fixed, "evaluating fp32")
 
     def evaluate(path: Path) -> dict:
-        return quality(ref, predict(path, w.evals, fixed, "evaluating a candidate"), w.evals, "eval")
+        out = predict(path, w.evals, fixed, "evaluating a candidate")
+        return quality(ref, out, w.evals, "eval", w.manifest.output_names, w.req.output_kinds)
 
     path = w.out / onnx_export.MODEL_FILE
     with tempfile.TemporaryDirectory(prefix="edgekit-mixed-") as work:
@@ -322,7 +332,8 @@ def run_fp16(w: Work, cfg: Fp16Config):
     path = w.out / onnx_export.MODEL_FILE
     summary = convert_fp16(w.model, path, cfg)
     outputs = predict(path, data, fixed, "evaluating fp16")
-    w.manifest.verification["fp16"] = {**quality(ref, outputs, data, what), "runtime": "onnxruntime (CPU)"}
+    q = quality(ref, outputs, data, what, w.manifest.output_names, w.req.output_kinds)
+    w.manifest.verification["fp16"] = {**q, "runtime": "onnxruntime (CPU)"}
     w.model = path
     return cfg, summary
 
@@ -341,7 +352,8 @@ def run_bf16(w: Work, cfg: Bf16Config):
     outputs = data.outputs(sess.run, fixed, "evaluating bf16")
     w.manifest.inference_precision = "bf16"
     runtime = f"openvino (CPU), compiled for {ran}"
-    w.manifest.verification["bf16"] = {**quality(ref, outputs, data, what), "runtime": runtime}
+    q = quality(ref, outputs, data, what, w.manifest.output_names, w.req.output_kinds)
+    w.manifest.verification["bf16"] = {**q, "runtime": runtime}
     return cfg, {"weights": "fp32 (the ONNX file is unchanged)", "inference_precision": "bf16"}
 
 
@@ -393,6 +405,7 @@ PASSES: dict[str, Pass] = {
             run_int8,
             excludes=("fp16", "bf16"),
             rewrites=True,
+            opset=13,  # per-channel QuantizeLinear/DequantizeLinear (their `axis`)
         ),
         Pass(
             "mixed",
@@ -403,6 +416,7 @@ PASSES: dict[str, Pass] = {
             run_mixed,
             needs="int8",
             rewrites=True,
+            opset=13,
         ),
         Pass(
             "fp16",

@@ -11,6 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from edgekit import passes
 from edgekit.artifact import (
@@ -47,7 +48,9 @@ class CompressRequest:
     calib_size: int = 300
     eval_size: int | None = None
     preprocess: Preprocess = field(default_factory=Preprocess)
+    constants: dict[str, Any] = field(default_factory=dict)  # --calib-const: input name -> value
     force: bool = False
+    output_kinds: dict[str, str] = field(default_factory=dict)  # --output-kind: verified as this kind
     seed: int = 0
     target: str = "ort"  # the runtime it is for: its operator check runs right after the export
     # the CPU it is for (INT8 form); None: the int8 config's target_cpu, else this machine
@@ -69,7 +72,7 @@ def compress(req: CompressRequest) -> Manifest:
     spec = loaded.input_spec
     calib, held_out = _calibration(req, loaded)
     evals = (
-        load_samples(req.eval, spec, req.eval_size, req.preprocess, req.seed, "eval")
+        load_samples(req.eval, spec, req.eval_size, req.preprocess, req.seed, "eval", req.constants)
         if req.eval
         else held_out
     )
@@ -205,7 +208,7 @@ def _calibration(req: CompressRequest, loaded: LoadedModel) -> tuple[Samples | N
         return None, None
     extra = 0 if req.eval or _config(req.chain, "int8") is None else HOLDOUT
     samples = load_samples(
-        req.calib, loaded.input_spec, req.calib_size + extra, req.preprocess, req.seed, "calib"
+        req.calib, loaded.input_spec, req.calib_size + extra, req.preprocess, req.seed, "calib", req.constants
     )
     if extra == 0:
         return samples, None
@@ -221,8 +224,8 @@ def sensitivity(req: CompressRequest) -> dict:
         raise EdgekitError("sensitivity needs --calib data (to quantize) and --eval data (to measure).")
     loaded = _load(req)
     spec, fixed = loaded.input_spec, loaded.input_spec.fixed_batch
-    calib = load_samples(req.calib, spec, req.calib_size, req.preprocess, req.seed, "calib")
-    evals = load_samples(req.eval, spec, req.eval_size, req.preprocess, req.seed, "eval")
+    calib = load_samples(req.calib, spec, req.calib_size, req.preprocess, req.seed, "calib", req.constants)
+    evals = load_samples(req.eval, spec, req.eval_size, req.preprocess, req.seed, "eval", req.constants)
     manifest = Manifest(model_file=onnx_export.MODEL_FILE, source=loaded.source, input_spec=spec)
     with tempfile.TemporaryDirectory(prefix="edgekit-sensitivity-") as work:
         w = passes.Work(req, loaded, calib, evals, manifest, Path(work), Path(work))

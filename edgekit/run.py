@@ -164,7 +164,13 @@ def _compress_request(cfg: Config, model: Path, steps: list):
     load = cfg.model.load_options()
     preprocess = Preprocess(**{**pre.model_dump(), "mean": tuple(pre.mean), "std": tuple(pre.std)})
     return CompressRequest(
-        model=model, out=model, load=load, chain=steps, preprocess=preprocess, **_data_args(cfg)
+        model=model,
+        out=model,
+        load=load,
+        chain=steps,
+        preprocess=preprocess,
+        constants=cfg.data.constants,
+        **_data_args(cfg),
     )
 
 
@@ -178,7 +184,8 @@ def _evaluation(cfg: Config, dirs: dict[str, Path]):
         return None, None
     first = read_manifest(next(iter(dirs.values())))
     source = cfg.resolve(cfg.data.evaluation)
-    evals = load_samples(source, first.input_spec, cfg.data.eval_size, recorded_preprocess(first), 0, "eval")
+    pre, constants = recorded_preprocess(first), cfg.data.constants
+    evals = load_samples(source, first.input_spec, cfg.data.eval_size, pre, 0, "eval", constants)
     fp32 = next((n for n, passes in cfg.variants.items() if not passes), None)
     return evals, (reference_outputs(dirs[fp32], evals) if fp32 else None)
 

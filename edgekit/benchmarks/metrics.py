@@ -66,16 +66,85 @@ def max_abs_diff(ref: np.ndarray, out: np.ndarray) -> float:
     return float(np.max(np.abs(np.asarray(ref, np.float64) - np.asarray(out, np.float64))))
 
 
-def compare_outputs(ref: np.ndarray, out: np.ndarray) -> dict:
-    """Fidelity of one output to its reference; top-1 agreement when it looks like scores."""
+KINDS = ("classes", "embedding", "sequence", "dense", "other")
+_EMBEDDING_NAMES = ("embed", "pool", "sentence", "hidden", "feature")
+_CLASS_NAMES = ("logit", "score", "prob", "class")
+
+
+def output_kind(ref: np.ndarray, name: str = "") -> str:
+    """What one output is, so it is judged by the metric that fits it (docs/guide/quantize.md):
+    a name saying embed/pool/sentence/hidden/feature means an embedding, logit/score/prob/class
+    means scores; else by shape and values: [N, C] (C >= 2) is class scores unless every row has
+    unit L2 norm and is not a probability vector (an embedding), [N, T, C] is a sequence of class
+    scores, four or more axes a dense map, anything else other."""
+    low = name.lower()
+    scores = ref.ndim >= 2 and ref.shape[-1] >= 2
+    if scores and any(w in low for w in _EMBEDDING_NAMES):
+        return "embedding"
+    if ref.ndim >= 4:
+        return "dense"
+    if not scores or ref.ndim not in (2, 3):
+        return "other"
+    if not any(w in low for w in _CLASS_NAMES) and _unit_rows(ref):
+        return "embedding"
+    return "classes" if ref.ndim == 2 else "sequence"
+
+
+def _unit_rows(ref: np.ndarray) -> bool:
+    """Every row has unit L2 norm and is no probability vector (a confident softmax is nearly
+    one-hot, so of nearly unit norm too)."""
+    rows = np.asarray(ref, np.float64).reshape(-1, ref.shape[-1])
+    if not rows.size or (np.all(rows >= 0) and np.allclose(rows.sum(1), 1, atol=1e-3)):
+        return False
+    return bool(np.all(np.abs(np.linalg.norm(rows, axis=1) - 1) < 1e-3))
+
+
+def compare_outputs(ref: np.ndarray, out: np.ndarray, kind: str | None = None) -> dict:
+    """Fidelity of one output to its reference: SQNR, cosine and max abs diff always, and the
+    metric of its KIND (inferred by output_kind when None)."""
+    kind = kind or output_kind(ref)
     result = {
+        "kind": kind,
         "sqnr_db": sqnr_db(ref, out),
         "cosine": cosine(ref, out),
         "max_abs_diff": max_abs_diff(ref, out),
     }
-    if ref.ndim == 2 and ref.shape[1] > 1:
-        result["top1_agreement"] = float(np.mean(ref.argmax(1) == out.argmax(1)))
+    if kind == "classes" and ref.ndim >= 2:
+        ref2, out2 = ref.reshape(len(ref), -1), out.reshape(len(out), -1)
+        result["top1_agreement"] = float(np.mean(ref2.argmax(1) == out2.argmax(1)))
+    elif kind == "embedding" and ref.ndim >= 2:
+        rows = row_cosines(ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1]))
+        result.update(cosine_mean=float(rows.mean()), cosine_min=float(rows.min()))
+    elif kind == "sequence" and ref.ndim >= 3:
+        a, b = ref.argmax(-1).reshape(len(ref), -1), out.argmax(-1).reshape(len(out), -1)
+        result.update(
+            sequence_agreement=float(np.mean(np.all(a == b, axis=1))),
+            position_agreement=float(np.mean(a == b)),
+        )
+    elif kind == "dense" and ref.ndim >= 2:
+        result["mask_iou"] = mask_iou(ref, out)
     return result
+
+
+def row_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of OUT to the same row of REF (1 where both are zero)."""
+    a, b = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.sum(a * b, axis=1)
+    same = np.all(a == b, axis=1).astype(np.float64)
+    return np.where(denom > 0, dots / np.where(denom > 0, denom, 1), same)
+
+
+def mask_iou(ref: np.ndarray, out: np.ndarray) -> float:
+    """Mean IoU of the masks where each sample's map exceeds half its reference's maximum (the
+    same threshold for both maps); 1 for a sample where both masks are empty."""
+    a = np.asarray(ref, np.float64).reshape(len(ref), -1)
+    b = np.asarray(out, np.float64).reshape(len(out), -1)
+    threshold = 0.5 * a.max(1, keepdims=True)
+    ma, mb = a > threshold, b > threshold
+    union = np.sum(ma | mb, axis=1)
+    inter = np.sum(ma & mb, axis=1)
+    return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
@@ -84,12 +153,25 @@ def accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
     return float(np.mean(np.any(topk == labels[:, None], axis=1)))
 
 
-def fidelity(ref: list[np.ndarray], out: list[np.ndarray]) -> dict:
-    """Fidelity of a model's outputs to its parent's, per output; plus agreement where the parent
-    was confident, because INT8 errors concentrate on low-confidence inputs."""
-    result = {f"output_{i}": compare_outputs(r, o) for i, (r, o) in enumerate(zip(ref, out, strict=True))}
+def fidelity(
+    ref: list[np.ndarray],
+    out: list[np.ndarray],
+    names: list[str] | None = None,
+    kinds: dict[str, str] | None = None,
+) -> dict:
+    """Fidelity of a model's outputs to its parent's, each output judged by its own kind (KINDS
+    maps an output's name, or output_N, to a kind; else output_kind infers it from NAMES and the
+    values); plus agreement where the parent was confident, because INT8 errors concentrate on
+    low-confidence inputs."""
+    names = names or []
+    kinds = kinds or {}
+    result = {}
+    for i, (r, o) in enumerate(zip(ref, out, strict=True)):
+        name = names[i] if i < len(names) else ""
+        kind = kinds.get(name) or kinds.get(f"output_{i}") or output_kind(r, name)
+        result[f"output_{i}"] = compare_outputs(r, o, kind) | ({"name": name} if name else {})
     r, o = ref[0], out[0]
-    if r.ndim == 2 and r.shape[1] > 1:
+    if result["output_0"]["kind"] == "classes" and r.ndim == 2 and r.shape[1] > 1:
         p = np.exp(r - r.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         confident = p.max(1) >= 0.9
@@ -99,3 +181,21 @@ def fidelity(ref: list[np.ndarray], out: list[np.ndarray]) -> dict:
             )
             result["confident_fraction"] = float(confident.mean())
     return result
+
+
+def kind_line(fid: dict) -> str:
+    """One output's fidelity by its kind, as reports print it, e.g. 'embedding: cosine 0.998
+    (min 0.991)'."""
+    kind = fid.get("kind", "classes" if "top1_agreement" in fid else "other")
+    if "top1_agreement" in fid:
+        return f"{kind}: top-1 agreement {100 * fid['top1_agreement']:.2f} %"
+    if "cosine_mean" in fid:
+        return f"{kind}: cosine {fid['cosine_mean']:.3f} (min {fid['cosine_min']:.3f})"
+    if "sequence_agreement" in fid:
+        return (
+            f"{kind}: sequences equal {100 * fid['sequence_agreement']:.2f} %, "
+            f"positions {100 * fid['position_agreement']:.2f} %"
+        )
+    if "mask_iou" in fid:
+        return f"{kind}: mask IoU {fid['mask_iou']:.3f}"
+    return f"{kind}: max abs diff {fid['max_abs_diff']:.3g}"

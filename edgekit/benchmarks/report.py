@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgekit.artifact import Manifest, model_bytes, write_atomic
+from edgekit.benchmarks.metrics import kind_line
 from edgekit.benchmarks.rows import row_label, runtime_cell
 from edgekit.errors import EdgekitError
 
@@ -97,16 +98,23 @@ def manifest_table(m: Manifest, path: str) -> None:
 
 
 def quality_line(q: dict) -> str:
-    fid = q["fidelity"]["output_0"]
+    """A verification entry in words: top-1 with labels, then each output by its kind's metric."""
     parts = [f"on {q['samples']} samples ({q['data']})"]
     if "top1" in q:
         parts.append(f"top-1 {pct(q['parent_top1'])} → {pct(q['top1'])} (drop {q['drop_points']:.2f} points)")
-    if "top1_agreement" in fid:
-        parts.append(f"top-1 agreement {pct(fid['top1_agreement'])}")
-    if "top1_agreement_confident" in q["fidelity"]:
-        parts.append(f"{pct(q['fidelity']['top1_agreement_confident'])} where fp32 is confident")
-    parts.append(f"SQNR {db(fid['sqnr_db'])}")
+    outputs = _outputs(q["fidelity"])
+    for key, fid in outputs.items():
+        named = f"{fid.get('name') or key} " if len(outputs) > 1 else ""
+        parts.append(f"{named}{kind_line(fid)}")
+        if key == "output_0" and "top1_agreement_confident" in q["fidelity"]:
+            parts.append(f"{pct(q['fidelity']['top1_agreement_confident'])} where fp32 is confident")
+        parts.append(f"SQNR {db(fid['sqnr_db'])}")
     return "; ".join(parts)
+
+
+def _outputs(fidelity: dict) -> dict[str, dict]:
+    """The per-output records of a fidelity entry (output_0, output_1, ...)."""
+    return {k: v for k, v in fidelity.items() if k.startswith("output_")}
 
 
 def short_names(records: list[dict]) -> dict[str, str]:
@@ -222,15 +230,20 @@ def accuracy_cell(r: dict) -> str:
 
 
 def fidelity_cell(r: dict) -> str:
-    """Top-1 agreement and SQNR of the row's outputs against the fp32 reference, or why there are none."""
+    """Each output's metric by its kind (top-1 agreement for class scores) and SQNR against the fp32
+    reference, or why there are none."""
     acc = r.get("accuracy")
     if not acc:
         return "—"
     if "fidelity" not in acc:
         return "no fp32 reference"
-    out = acc["fidelity"]["output_0"]
-    agree = f"agree {pct(out['top1_agreement'])}, " if "top1_agreement" in out else ""
-    return f"{agree}SQNR {db(out['sqnr_db'])} (n={acc['samples']})"
+    cells = []
+    for out in _outputs(acc["fidelity"]).values():
+        agree = f"agree {pct(out['top1_agreement'])}, " if "top1_agreement" in out else ""
+        if not agree and "kind" in out:
+            agree = kind_line(out) + ", "
+        cells.append(f"{agree}SQNR {db(out['sqnr_db'])}")
+    return f"{'; '.join(cells)} (n={acc['samples']})"
 
 
 def failure(r: dict) -> str:

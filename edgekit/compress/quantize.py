@@ -17,10 +17,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgekit import batching
-from edgekit.compress import weight_pairs
+from edgekit.compress import calib_memory, sentinels, weight_pairs
 from edgekit.compress.weight_pairs import PairLayer
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError, first_line
@@ -56,8 +57,16 @@ class Int8Config(BaseModel):
     target_cpu: Literal[tuple(CLASSES)] | None = None  # type: ignore[valid-type]
     quantize_bias: bool = True  # int32 biases; TensorRT's DequantizeLinear takes int8 only
     calib_batch: int = Field(16, ge=1)
+    # bytes of activations calibration may hold at once ("2G" is read too); None: EDGEKIT_CALIB_MEMORY,
+    # else a quarter of the memory available (edgekit.compress.calib_memory)
+    calib_memory: int | None = None
     preprocess: bool = True
     exclude_nodes: list[str] = Field(default_factory=list)
+
+    @field_validator("calib_memory", mode="before")
+    @classmethod
+    def _size(cls, value):
+        return None if value is None else calib_memory.parse_size(value)
 
     @classmethod
     def tensorrt(cls, **overrides) -> Int8Config:
@@ -87,36 +96,13 @@ def form_name(cfg: Int8Config) -> str | None:
     return next((name for name, (_, fields) in FORMS.items() if fields == mine), None)
 
 
-class _Reader:
-    """Feeds calibration batches (edgekit.batching's) to ORT's calibrator and advances a progress bar."""
-
-    def __init__(self, samples: Samples, fixed: int | None, batch: int, bar, task):
-        self._batches = batching.batches(samples.inputs, fixed, batch)
-        self._bar, self._task = bar, task
-
-    def get_next(self):
-        feeds, real = next(self._batches, (None, 0))
-        self._bar.advance(self._task, real)
-        return feeds
-
-    def rewind(self):  # ORT calls this only for multi-pass calibrators; one pass is enough here
-        pass
-
-
 def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None):
     """Write a QDQ INT8 model to `out`; return a summary of what was quantized."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if cfg.target_cpu is None:  # a caller that chose no CPU: the form that holds on this one
         cfg = for_cpu(cfg, resolve())
-    reader_cls = type("Reader", (_Reader, CalibrationDataReader), {})
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     method = {
         "minmax": CalibrationMethod.MinMax,
@@ -127,7 +113,6 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
         "WeightSymmetric": True,
         "ActivationSymmetric": cfg.activation_symmetric,
         "QuantizeBias": cfg.quantize_bias,
-        "CalibMaxIntermediateOutputs": 8,  # MinMax merges ranges every 8 batches: bounded memory
     }
     with tempfile.TemporaryDirectory(prefix="edgekit-q-") as tmp:
         src = Path(fp32)
@@ -140,34 +125,28 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
         overrides, pairs = reduced_weights(src, cfg)
         if overrides:
             extra["TensorQuantOverrides"] = overrides
-        batch = batch_fixed or _even_batch(len(calib), cfg.calib_batch)
-        with progress() as bar:
-            task = bar.add_task(f"calibrating ({cfg.calibration})", total=len(calib))
-
-            def reader(samples: Samples):
-                return reader_cls(samples, batch_fixed, batch, bar, task)
-
-            if cfg.calibration == "minmax":
-                data, cache = reader(calib), None
-            else:
-                data, cache = None, _histogram_ranges(src, calib, batch, cfg, Path(tmp), reader)
-            try:
-                quantize_static(
-                    str(src),
-                    str(out),
-                    data,
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=cfg.per_channel,
-                    activation_type=qtype[cfg.activation_type],
-                    weight_type=qtype[cfg.weight_type],
-                    calibrate_method=method,
-                    nodes_to_exclude=cfg.exclude_nodes or None,
-                    extra_options=extra,
-                    calibration_cache_path=cache,
-                )
-            except Exception as e:
-                raise EdgekitError(f"INT8 quantization failed: {first_line(e)}") from None
-    summary = summarize(out)
+        cache, memory, left = _calibrate(src, calib, cfg, batch_fixed, method, Path(tmp))
+        src, around = _around(src, left, Path(tmp))
+        excluded = [*cfg.exclude_nodes, *around]
+        try:
+            quantize_static(
+                str(src),
+                str(out),
+                None,
+                quant_format=QuantFormat.QDQ,
+                per_channel=cfg.per_channel,
+                activation_type=qtype[cfg.activation_type],
+                weight_type=qtype[cfg.weight_type],
+                calibrate_method=method,
+                nodes_to_exclude=excluded or None,
+                extra_options=extra,
+                calibration_cache_path=cache,
+            )
+        except Exception as e:
+            raise EdgekitError(f"INT8 quantization failed: {first_line(e)}") from None
+    summary = {**summarize(out), "calibration_memory": memory}
+    if left:
+        summary["left_float"] = list(left.values())
     if cfg.reduce_range != "none":
         summary["seven_bit_weights"] = len(overrides) - len(pairs)
     if pairs:
@@ -218,51 +197,119 @@ def reduced_weights(model: Path, cfg: Int8Config) -> tuple[dict[str, list[dict]]
     return chosen, pairs
 
 
-def _even_batch(n: int, cap: int) -> int:
-    """The largest batch size up to `cap` that divides `n`: ORT's histogram calibrators stack
-    per-batch outputs into one array and fail when the last batch is smaller."""
-    return next(b for b in range(min(cap, n), 0, -1) if n % b == 0)
+def _calibrate(model: Path, calib: Samples, cfg: Int8Config, fixed: int | None, method, tmp: Path):
+    """Activation ranges by CFG's METHOD, saved as a calibration cache for `quantize_static`; the
+    memory it held (budget, bytes a sample, chunk); and the tensors left float, with why.
 
-
-def _histogram_ranges(model: Path, calib: Samples, batch: int, cfg: Int8Config, tmp: Path, reader) -> Path:
-    """Percentile or entropy ranges, saved as a calibration cache for `quantize_static`.
-
-    edgekit runs ORT's histogram calibrator itself for three reasons: `quantize_static` builds
-    the entropy calibrator with 128 bins for 128 levels (one candidate: "entropy" would silently
-    be MinMax); its percentile ranges are symmetric unless told (half the u8 range lost after a
-    ReLU); and it keeps every batch's activations until the end (GBs at 224×224), where feeding
-    chunks lets the histograms merge as they go.
+    edgekit runs ORT's calibrators itself: `quantize_static` builds the entropy calibrator with 128
+    bins for 128 levels (one candidate: "entropy" would silently be MinMax); its percentile ranges
+    are symmetric unless told (half the u8 range lost after a ReLU); it holds every batch's
+    activations to the end (GBs at 640x640). Here the samples go in chunks sized by a memory
+    budget, each tensor is checked for sentinel values before it reaches a histogram, and the
+    ranges (exact for minmax) or histograms merge chunk by chunk.
     """
     from onnxruntime.quantization.calibrate import (
         CalibrationMethod,
+        HistogramCollector,
+        TensorsData,
         create_calibrator,
         save_tensors_data,
     )
 
-    options: dict = {"symmetric": cfg.activation_symmetric, "num_bins": 2048}
-    if cfg.calibration == "entropy":
-        method = CalibrationMethod.Entropy
-        options["num_quantized_bins"] = 128
-    else:
-        method = CalibrationMethod.Percentile
-        options["percentile"] = cfg.percentile
-    calibrator = create_calibrator(
-        model,
-        augmented_model_path=str(tmp / "augmented.onnx"),
-        calibrate_method=method,
-        extra_options=options,
+    limit = calib_memory.budget(cfg.calib_memory)
+    hist = cfg.calibration != "minmax"
+    collector = HistogramCollector(
+        method=cfg.calibration if hist else "percentile",
+        symmetric=cfg.activation_symmetric,
+        num_bins=2048,
+        num_quantized_bins=128,
+        percentile=cfg.percentile,
+        scenario="same",
     )
-    step = 4 * batch
+    ranges: dict[str, tuple] = {}
+    left: dict[str, str] = {}
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress to stdout
-            for i in range(0, len(calib), step):
-                calibrator.collect_data(reader(calib.take(slice(i, i + step))))
-            ranges = calibrator.compute_data()
+        # the histogram calibrator's model: every tensor to calibrate is an output
+        augmented = create_calibrator(
+            model,
+            augmented_model_path=str(tmp / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.Percentile,
+        )
+        session, wanted = augmented.infer_session, augmented.tensors_to_calibrate
+        names = [o.name for o in session.get_outputs()]
+
+        def activations(samples: Samples, batch: int) -> dict[str, list[np.ndarray]]:
+            held: dict[str, list[np.ndarray]] = {name: [] for name in names if name in wanted}
+            for feeds, _ in batching.batches(samples.inputs, fixed, batch):
+                for name, value in zip(names, session.run(None, feeds), strict=True):
+                    if name in held:
+                        held[name].append(value.ravel())
+            return held
+
+        one = activations(calib.take(slice(0, 1)), 1)
+        per_sample = sum(v.nbytes for parts in one.values() for v in parts) // (fixed or 1)
+        del one
+        chunk = calib_memory.chunk_samples(per_sample, limit, fixed)
+        batch = fixed or min(cfg.calib_batch, chunk)
+        starts = range(0, len(calib), chunk)
+        memory = {"budget_bytes": limit, "bytes_per_sample": per_sample, "chunk_samples": chunk}
+        memory["chunks"] = len(starts)
+        with progress() as bar, contextlib.redirect_stdout(io.StringIO()):  # ORT prints to stdout
+            task = bar.add_task(f"calibrating ({cfg.calibration}, chunks of {chunk})", total=len(starts))
+            for start in starts:
+                held = activations(calib.take(slice(start, start + chunk)), batch)
+                for name in list(held):
+                    values = np.concatenate(held.pop(name))
+                    why = name not in left and sentinels.reason(values)
+                    if why:
+                        left[name] = why
+                    if name in left:
+                        continue
+                    if hist:
+                        collector.collect({name: values})
+                    else:
+                        lo, hi = values.min(), values.max()
+                        old = ranges.get(name, (lo, hi))
+                        ranges[name] = (min(old[0], lo), max(old[1], hi))
+                bar.advance(task)
+            for name in left:
+                ranges.pop(name, None)
+                collector.histogram_dict.pop(name, None)
+            data = TensorsData(method, collector.compute_collection_result() if hist else ranges)
     except Exception as e:
         raise EdgekitError(f"{cfg.calibration} calibration failed: {first_line(e)}") from None
     cache = tmp / "ranges.json"
-    save_tensors_data(ranges, cache)
-    return cache
+    save_tensors_data(data, cache)
+    consumers = _consumers(model)
+    return cache, memory, {name: sentinels.label(name, why, consumers) for name, why in left.items()}
+
+
+def _consumers(model: Path) -> dict[str, list]:
+    """The nodes of MODEL that read each tensor."""
+    import onnx
+
+    consumers: dict[str, list] = {}
+    for node in onnx.load(str(model), load_external_data=False).graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def _around(model: Path, tensors, tmp: Path) -> tuple[Path, list[str]]:
+    """MODEL, and the names of its nodes that make or read TENSORS, to be left float; where a node
+    has no name (ORT excludes nodes by name), a copy in TMP with every node named."""
+    import onnx
+
+    if not tensors:
+        return model, []
+    m = onnx.load(str(model))
+    if not all(node.name for node in m.graph.node):
+        for i, node in enumerate(m.graph.node):
+            node.name = node.name or f"edgekit_{node.op_type}_{i}"
+        model = tmp / "named.onnx"
+        onnx.save(m, str(model), save_as_external_data=m.ByteSize() > 2**31 - 2**24)
+    wanted = set(tensors)
+    return model, [n.name for n in m.graph.node if wanted & {*n.input, *n.output}]
 
 
 def summarize(path: Path) -> dict:

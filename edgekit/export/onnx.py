@@ -12,10 +12,11 @@ import io
 import logging
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit import batching
 from edgekit.artifact import InputSpec
@@ -27,16 +28,18 @@ MODEL_FILE = "model.onnx"
 INLINE_LIMIT = 1_800_000_000  # bytes of weights above which ONNX needs an external data file
 
 
-@dataclass
-class ExportConfig:
-    """`opset=None` is the exporter's default (20 with torch 2.13): asking the dynamo exporter
-    for an older opset runs a version converter that fails on common models."""
+class ExportConfig(BaseModel):
+    """The export pass's config. `opset=None` is the exporter's default (20 with torch 2.13): asking
+    the dynamo exporter for an older opset runs a version converter that fails on common models."""
 
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
     opset: int | None = None
-    tolerance: float = 1e-3  # max |torch - onnx| relative to the output's max |torch|
-    verify_samples: int = 32
+    tolerance: float = Field(1e-3, gt=0, allow_inf_nan=False)  # max |torch - onnx| / max |torch|
+    verify_samples: int = Field(32, ge=1)
 
-    def __post_init__(self):
+    def model_post_init(self, context) -> None:
         if self.opset is not None:
             lo, hi = opsets()
             if not lo <= self.opset <= hi:
@@ -195,9 +198,10 @@ def check(path: Path) -> None:
         raise EdgekitError(f"{path.name} fails the ONNX checker: {first_line(e)}") from None
 
 
-def copy_onnx(src: Path, out_dir: Path, spec: InputSpec) -> Path:
+def copy_onnx(src: Path, out_dir: Path, spec: InputSpec, opset: int = 0, needed_by: str = "") -> Path:
     """Bring a user's ONNX file (and any external data) into the artifact as model.onnx, with the
-    symbolic axes that the spec fixes (--static-batch, --input-shape) fixed in the graph too."""
+    axes that the spec fixes (--static-batch, --input-shape) fixed in the graph too, the ones it
+    names named, and an opset below OPSET (what the pass NEEDED_BY writes) upgraded to it."""
     import onnx
 
     dst = Path(out_dir) / MODEL_FILE
@@ -206,6 +210,8 @@ def copy_onnx(src: Path, out_dir: Path, spec: InputSpec) -> Path:
     except Exception as e:
         raise EdgekitError(f"{src} could not be loaded with its external data: {first_line(e)}") from None
     _fix_symbolic_dims(model.graph, spec)
+    if 0 < default_opset(model) < opset:
+        model = _upgrade(model, src, opset, needed_by)
     if model.ByteSize() < INLINE_LIMIT:
         onnx.save(model, str(dst))
     else:
@@ -214,14 +220,38 @@ def copy_onnx(src: Path, out_dir: Path, spec: InputSpec) -> Path:
     return dst
 
 
+def default_opset(model) -> int:
+    """The opset of the default (ai.onnx) domain; 0 when the model imports none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _upgrade(model, src: Path, opset: int, needed_by: str):
+    """MODEL converted to OPSET by onnx's version converter; one sentence when it cannot be."""
+    from onnx import version_converter
+
+    have = default_opset(model)
+    try:
+        return version_converter.convert_version(model, opset)
+    except Exception as e:
+        raise EdgekitError(
+            f"{src} has opset {have}, below the {opset} that {needed_by} needs, and onnx's version "
+            f"converter could not upgrade it: {first_line(e).rstrip('.')}."
+        ) from None
+
+
 def _fix_symbolic_dims(graph, spec: InputSpec) -> None:
-    """Give each symbolic input axis the spec fixes its value, and the same symbol elsewhere too."""
+    """Give each input axis the spec fixes its value, and the same symbol elsewhere too; an unnamed
+    or -1 axis the spec leaves symbolic gets the spec's name for it."""
     fixed: dict[str, int] = {}
     wanted = {t.name: t.shape for t in spec.inputs}
     for vi in graph.input:
         for dim, value in zip(vi.type.tensor_type.shape.dim, wanted.get(vi.name, []), strict=False):
-            if dim.dim_param and isinstance(value, int):
-                fixed[dim.dim_param] = value
+            if isinstance(value, int):
+                if dim.dim_param:
+                    fixed[dim.dim_param] = value
+                dim.dim_value = value
+            elif not dim.dim_param:
+                dim.dim_param = value  # clears a -1 dim_value (a oneof)
     for vi in [*graph.input, *graph.output, *graph.value_info]:
         for dim in vi.type.tensor_type.shape.dim:
             if dim.dim_param in fixed:

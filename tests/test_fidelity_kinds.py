@@ -1,0 +1,157 @@
+"""Verification by output kind: each output of a model is judged by the metric that fits it
+(benchmarks.metrics.output_kind): class scores by top-1 agreement, embeddings by cosine, sequences
+of class scores (CTC, tokens) by sequence agreement, dense maps by mask IoU, and every output by
+SQNR and max abs diff. Synthetic arrays for each kind, and one INT8 compress of a real two-output
+torch model."""
+
+import numpy as np
+import pytest
+
+from edgekit.benchmarks.metrics import compare_outputs, fidelity, kind_line, output_kind
+from edgekit.benchmarks.report import quality_line
+
+RNG = np.random.default_rng(0)
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
+def test_a_normalised_embedding_is_judged_by_cosine_not_top1():
+    ref = _unit(RNG.normal(size=(16, 384)))
+    out = ref + RNG.normal(scale=0.002, size=ref.shape)
+    fid = compare_outputs(ref, out)
+    assert fid["kind"] == "embedding" and "top1_agreement" not in fid
+    assert 0.99 < fid["cosine_min"] <= fid["cosine_mean"] < 1.0
+    assert kind_line(fid).startswith("embedding: cosine 0.99") and "top-1" not in kind_line(fid)
+
+
+def test_an_embedding_is_known_by_its_name_even_unnormalised():
+    ref = RNG.normal(size=(8, 384))
+    assert output_kind(ref, "sentence_embedding") == "embedding"
+    assert output_kind(ref, "pooler_output") == "embedding"
+    assert output_kind(ref, "logits") == "classes" and output_kind(ref) == "classes"
+    assert output_kind(RNG.normal(size=(2, 7, 384)), "last_hidden_state") == "embedding"
+
+
+def test_class_scores_keep_todays_keys():
+    ref = RNG.normal(size=(20, 10))
+    out = ref.copy()
+    out[0, ref[0].argmin()] = ref[0].max() + 1  # one flipped decision
+    fid = fidelity([ref], [out])["output_0"]
+    assert fid["kind"] == "classes" and fid["top1_agreement"] == pytest.approx(0.95)
+    assert {"sqnr_db", "cosine", "max_abs_diff"} <= fid.keys()
+
+
+def test_a_ctc_sequence_with_one_flipped_position():
+    ref = RNG.normal(size=(4, 25, 30))
+    out = ref.copy()
+    out[1, 7, ref[1, 7].argmin()] = ref[1, 7].max() + 1
+    fid = compare_outputs(ref, out)
+    assert fid["kind"] == "sequence" and "top1_agreement" not in fid
+    assert fid["sequence_agreement"] == pytest.approx(0.75)
+    assert fid["position_agreement"] == pytest.approx(1 - 1 / 100)
+    assert "sequences equal 75.00 %" in kind_line(fid)
+
+
+def test_a_dense_map_by_mask_iou():
+    ref = np.zeros((2, 1, 8, 8))
+    ref[:, :, 2:6, 2:6] = 1.0  # 16 pixels above half the maximum
+    out = ref.copy()
+    out[:, :, 2:6, 6] = 0.9  # 4 more: IoU 16/20
+    fid = compare_outputs(ref, out)
+    assert fid["kind"] == "dense" and fid["mask_iou"] == pytest.approx(0.8)
+    assert {"sqnr_db", "max_abs_diff"} <= fid.keys()
+
+
+def test_each_output_of_a_multi_output_model_is_judged_by_its_own_kind():
+    scores, emb, seq = RNG.normal(size=(6, 5)), RNG.normal(size=(6, 64)), RNG.normal(size=(6, 9, 12))
+    ref = [scores, emb, seq]
+    fid = fidelity(ref, [a + 1e-4 for a in ref], ["logits", "embedding", "ctc"], {"ctc": "other"})
+    assert [fid[f"output_{i}"]["kind"] for i in range(3)] == ["classes", "embedding", "other"]
+    assert fid["output_1"]["name"] == "embedding" and "cosine_mean" in fid["output_1"]
+    q = {"samples": 6, "data": "eval", "fidelity": fid}
+    line = quality_line(q)
+    assert "logits classes: top-1 agreement 100.00 %" in line
+    assert "embedding embedding: cosine 1.000" in line and "ctc other: max abs diff" in line
+
+
+TWO_HEADS = '''
+import torch
+
+
+class TwoHeads(torch.nn.Module):
+    """Class scores and a dense map from one trunk."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU())
+        self.classes = torch.nn.Linear(8, 10)
+        self.map = torch.nn.Conv2d(8, 1, 1)
+
+    def forward(self, x):
+        f = self.trunk(x)
+        return self.classes(f.mean((2, 3))), torch.sigmoid(self.map(f))
+
+
+def net():
+    return TwoHeads()
+'''
+
+
+def test_compress_int8_verifies_each_output_by_its_kind(edgekit, work):
+    import importlib.util
+
+    import torch
+
+    from edgekit.artifact import read_manifest
+
+    (work / "twoheads.py").write_text(TWO_HEADS)
+    spec = importlib.util.spec_from_file_location("twoheads", work / "twoheads.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.jit.save(torch.jit.script(mod.net().eval()), str(work / "model.ts.pt"))
+    out = work / "int8"
+    r = edgekit(
+        "compress",
+        work / "model.ts.pt",
+        "--input-shape",
+        "1,1,16,16",
+        "--int8",
+        "--calib",
+        "random",
+        "--calib-size",
+        "32",
+        "-o",
+        out,
+    )
+    assert r.returncode == 0, r.stderr
+    fid = read_manifest(out).verification["int8"]["fidelity"]
+    assert fid["output_0"]["kind"] == "classes" and "top1_agreement" in fid["output_0"]
+    assert fid["output_1"]["kind"] == "dense" and 0 <= fid["output_1"]["mask_iou"] <= 1
+    assert "classes: top-1 agreement" in r.stdout and "dense: mask IoU" in r.stdout
+
+
+def test_a_confident_softmax_stays_class_scores():
+    logits = RNG.normal(size=(8, 10))
+    logits[np.arange(8), RNG.integers(0, 10, 8)] += 30  # nearly one-hot: of nearly unit L2 norm
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    assert output_kind(p / p.sum(1, keepdims=True)) == "classes"
+
+
+@pytest.mark.parametrize(
+    "kind, said",
+    [
+        ("output=vector", "--output-kind 'output=vector' must be NAME=KIND"),
+        ("logits=classes", "names 'logits', which is no output of the model (its outputs: output)"),
+    ],
+    ids=["unknown-kind", "no-such-output"],
+)
+def test_a_bad_output_kind_is_refused(edgekit, tiny, work, kind, said):
+    argv = ["--input-shape", "1,1,16,16", "--int8", "--calib", "random", "--calib-size", "16"]
+    r = edgekit("compress", tiny / "model.ts.pt", *argv, "--output-kind", kind, "-o", work / "int8")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("edgekit: error: "), r.stderr
+    assert said in lines[0]
+    assert "Traceback" not in r.stderr and not (work / "int8").exists() and list(work.iterdir()) == []
