@@ -55,8 +55,9 @@ system-deps:
 
 # The default suite leaves out the tests marked slow (real pretrained networks, whole pipelines);
 # `make test-slow` runs those, with the model zoo installed.
+# Two workers (pytest-xdist): most tests wait on a real CLI subprocess, so two keep both cores busy.
 test: system-deps lint
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 test-slow: system-deps lint zoo
 	$(BIN)/python -m pytest -m slow

@@ -95,7 +95,13 @@ def test_a_signal_leaves_nothing_behind(digits, edgekit, work, tmp_path, sig, co
     before = hashes_of(digits.model, calib)
     argv = edgekit.argv("compress", digits.model, "--int8", "--calib", calib, "--calib-size", 5000, "-o", out)
     proc = subprocess.Popen(
-        argv, env=edgekit.env(TMPDIR=str(tmp)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv,
+        env=edgekit.env(TMPDIR=str(tmp)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as from a terminal: a pytest-xdist worker ignores SIGINT, which its children would inherit
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         wait_for(proc, "the staging directory appeared", lambda: any(work.glob(".out.*.partial")))
