@@ -33,9 +33,8 @@ from _markdown import cpu_line, write_section
 from models import mobilenet_v2, resnet18, smooth_images
 
 from edgekit.benchmarks.metrics import interleaved_medians, sqnr_db
-from edgekit.build import BuildRequest, build
+from edgekit.build import BuildConfig, BuildRequest, build
 from edgekit.compress.quantize import Int8Config
-from edgekit.export.openvino import OpenVINOConfig
 from edgekit.passes import from_flags
 from edgekit.pipeline import CompressRequest, compress
 from edgekit.runtimes import ort
@@ -74,9 +73,9 @@ def bench_model(name: str, make, work: Path, threads: int, rounds: int, runs: in
             calib_size=200,
         )
     )
-    build(BuildRequest(parent=dirs["int8"], out=dirs["ov-int8"], target="openvino"))
-    bf16 = OpenVINOConfig(precision="bf16")
-    build(BuildRequest(parent=dirs["fp32"], out=dirs["ov-bf16"], target="openvino", openvino=bf16))
+    build(BuildRequest(parent=dirs["int8"], out=dirs["ov-int8"], config=BuildConfig(target="openvino")))
+    bf16 = BuildConfig(target="openvino", precision="bf16")
+    build(BuildRequest(parent=dirs["fp32"], out=dirs["ov-bf16"], config=bf16))
     t0 = time.perf_counter()
     reference = nncf.quantize(
         ov.convert_model(str(dirs["fp32"] / "model.onnx")),

@@ -5,8 +5,11 @@ verified against its parent on the same inputs, written as a new artifact (the p
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 
 from edgekit.artifact import (
     PassRecord,
@@ -24,17 +27,48 @@ from edgekit.export import openvino
 from edgekit.model import example_inputs
 from edgekit.target_cpu import resolve
 
-TARGETS = ("openvino", "tensorrt")
 VERIFY_SAMPLES = 100  # calibration samples used to verify when no --eval is given
+
+
+class BuildConfig(BaseModel):
+    """An engine for a target runtime from an ONNX artifact: the last step of an edgekit.yaml
+    variant, and all `edgekit build` runs. workspace and the batch profile are TensorRT's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    target: Literal["openvino", "tensorrt"]
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    quantizer: Literal["qdq", "nncf"] = "qdq"
+    workspace: str = "2G"  # TensorRT's builder workspace limit
+    min_batch: PositiveInt | None = None  # TensorRT's optimization profile: None is 1 (or the fixed batch)
+    opt_batch: PositiveInt | None = None  # None is min_batch
+    max_batch: PositiveInt | None = None  # None is 32 (or the fixed batch)
+
+    @model_validator(mode="after")
+    def _fits(self) -> BuildConfig:
+        accepted = {"openvino": ("fp32", "fp16", "bf16"), "tensorrt": ("fp32", "fp16", "int8")}[self.target]
+        if self.precision not in accepted:
+            raise ValueError(f"{self.target} takes precision {', '.join(accepted)}, not {self.precision}")
+        if self.quantizer == "nncf" and self.target != "openvino":
+            raise ValueError("quantizer nncf is for target openvino")
+        trt_only = sorted(self.model_fields_set & {"workspace", "min_batch", "opt_batch", "max_batch"})
+        if trt_only and self.target != "tensorrt":
+            raise ValueError(f"{', '.join(trt_only)} set TensorRT's build and target is {self.target}")
+        from edgekit.export.tensorrt import parse_bytes  # imports no TensorRT
+
+        try:
+            parse_bytes(self.workspace)
+        except EdgekitError as e:
+            raise ValueError(str(e).rstrip(".")) from None
+        return self
 
 
 @dataclass
 class BuildRequest:
     parent: Path
     out: Path
-    target: str
-    openvino: openvino.OpenVINOConfig = field(default_factory=openvino.OpenVINOConfig)
-    tensorrt: object | None = None  # edgekit.export.tensorrt.TensorRTConfig
+    config: BuildConfig
     calib: str | None = None
     calib_size: int = 300
     eval: str | None = None
@@ -42,24 +76,7 @@ class BuildRequest:
     force: bool = False
 
 
-def request(artifact: Path, target: str, precision: str | None, quantizer: str, workspace: str, **kw):
-    """The BuildRequest of the `build` command line: PRECISION None is fp32; the workspace and the
-    batch profile (min_batch, opt_batch, max_batch) are TensorRT's, the quantizer OpenVINO's."""
-    profile = {k: kw.pop(k) for k in ("min_batch", "opt_batch", "max_batch")}
-    req = BuildRequest(parent=artifact, target=target, eval=kw.pop("eval_"), **kw)
-    if target == "openvino":
-        req.openvino = openvino.OpenVINOConfig(precision=precision or "fp32", quantizer=quantizer)
-    else:
-        from edgekit.export.tensorrt import TensorRTConfig, parse_bytes
-
-        bytes_ = parse_bytes(workspace)
-        req.tensorrt = TensorRTConfig(precision=precision or "fp32", workspace=bytes_, **profile)
-    return req
-
-
 def build(req: BuildRequest):
-    if req.target not in TARGETS:
-        raise EdgekitError(f"--target {req.target!r} is not one of {', '.join(TARGETS)}.")
     parent = read_manifest(req.parent)
     verify_files(req.parent, parent)
     onnx_path = Path(req.parent) / parent.model_file
@@ -80,26 +97,24 @@ def build(req: BuildRequest):
         manifest.data["build_calibration"] = calib.description
     with staging(req.out, req.force) as out:
         t0 = time.perf_counter()
-        if req.target == "openvino":
+        if req.config.target == "openvino":
             summary, verification = _openvino(req, onnx_path, out, calib, evals, data)
             manifest.model_file = openvino.MODEL_FILE
             manifest.inference_precision = summary["inference_precision"]
             if "target_cpu" in summary:  # NNCF quantized it here, for that CPU
                 manifest.target_cpu = summary.pop("target_cpu")
-            config = asdict(req.openvino)
         else:
             summary, verification = _tensorrt(req, onnx_path, out, spec, evals, data)
             manifest.model_file = "model.plan"
-            config = asdict(req.tensorrt)
         manifest.passes.append(
             PassRecord(
                 name="build",
-                config={"target": req.target, **config},
+                config=req.config.model_dump(),
                 seconds=time.perf_counter() - t0,
                 summary=summary,
             )
         )
-        manifest.verification[req.target] = verification
+        manifest.verification[req.config.target] = verification
         return write_manifest(out, manifest)
 
 
@@ -107,12 +122,12 @@ def _preflight(req: BuildRequest, onnx_path: Path) -> None:
     """The target's operator check, before calibration or an engine build (minutes) starts."""
     from edgekit.export.check import fail_fast
 
-    if req.target == "openvino":
+    if req.config.target == "openvino":
         # fp16 is a weight format here; the CPU computes in f32 (openvino.INFERENCE)
-        computes = "bf16" if openvino.INFERENCE[req.openvino.precision] == "bf16" else "fp32"
+        computes = "bf16" if openvino.INFERENCE[req.config.precision] == "bf16" else "fp32"
         fail_fast(onnx_path, "openvino", "int8" if openvino.has_quantization(onnx_path) else computes)
     else:
-        fail_fast(onnx_path, "tensorrt", req.tensorrt.precision)
+        fail_fast(onnx_path, "tensorrt", req.config.precision)
 
 
 def _verification_data(req: BuildRequest, spec, pre, calib: Samples | None) -> tuple[Samples, str]:
@@ -127,7 +142,7 @@ def _verification_data(req: BuildRequest, spec, pre, calib: Samples | None) -> t
 
 
 def _openvino(req: BuildRequest, onnx_path: Path, out: Path, calib, evals: Samples, data: str):
-    cfg = req.openvino
+    cfg = openvino.OpenVINOConfig(precision=req.config.precision, quantizer=req.config.quantizer)
     if cfg.quantizer == "nncf" and openvino.has_quantization(onnx_path):
         raise EdgekitError(
             f"--quantizer nncf quantizes an fp32 model and {req.parent} is already quantized; "
@@ -160,7 +175,9 @@ def _tensorrt(req: BuildRequest, onnx_path: Path, out: Path, spec, evals: Sample
     from edgekit.export import tensorrt
     from edgekit.runtimes import trt
 
-    summary = tensorrt.build_plan(onnx_path, out, spec, req.tensorrt)
+    c = req.config
+    cfg = tensorrt.TensorRTConfig(c.precision, c.workspace, c.min_batch, c.opt_batch, c.max_batch)
+    summary = tensorrt.build_plan(onnx_path, out, spec, cfg)
     sess = trt.load(str(out / "model.plan"), "cuda")
     plan = evals.outputs(sess.run, spec.fixed_batch, "evaluating the plan")
     ref = predict(onnx_path, evals, spec.fixed_batch, "parent in ONNX Runtime")

@@ -248,9 +248,9 @@ def build(artifact, debug, **kw):
     verified against the artifact it was built from."""
     from edgekit.benchmarks.report import manifest_table
     from edgekit.build import build as run
-    from edgekit.build import request
+    from edgekit.flags import build_request
 
-    manifest = _run(lambda: run(request(artifact, **kw)), debug)
+    manifest = _run(lambda: run(build_request(artifact, **kw)), debug)
     manifest_table(manifest, str(kw["out"]))
 
 

@@ -209,7 +209,7 @@ build_options = options(
         help="openvino: convert the artifact as it is (qdq), or quantize an fp32 artifact with NNCF "
         "(needs --calib).",
     ),
-    click.option("--workspace", default="2G", show_default=True, help="tensorrt: builder workspace limit."),
+    click.option("--workspace", help="tensorrt: builder workspace limit (default 2G)."),
     click.option("--min-batch", type=COUNT, help="tensorrt: optimization profile (default 1)."),
     click.option("--opt-batch", type=COUNT, help="tensorrt: optimization profile (default 1)."),
     click.option("--max-batch", type=COUNT, help="tensorrt: optimization profile (default 32)."),

@@ -144,3 +144,14 @@ def precision_passes(kw: dict, target: str) -> dict:
     fp16 = passes.config("fp16") if kw["fp16"] else None
     bf16 = passes.config("bf16") if kw["bf16"] else None
     return dict(int8=int8, mixed=mixed, fp16=fp16, bf16=bf16)
+
+
+def build_request(artifact: Path, eval_: str | None, out: Path, force: bool, **kw):
+    """The BuildRequest of `build`'s flags: a BuildConfig (edgekit.passes' build step) from the
+    options given, so an option of the other target is refused only when given."""
+    from edgekit.build import BuildRequest
+    from edgekit.passes import config
+
+    data = {k: kw.pop(k) for k in ("calib", "calib_size", "eval_size")}
+    cfg = config("build", **{k: v for k, v in kw.items() if v is not None})
+    return BuildRequest(parent=artifact, out=out, config=cfg, eval=eval_, force=force, **data)

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgekit import batching
+from edgekit.build import BuildConfig, BuildRequest, build
 from edgekit.compress.finetune import FinetuneConfig
 from edgekit.compress.mixed import BudgetNotMet, MixedConfig
 from edgekit.compress.precision import Fp16Config
@@ -46,26 +47,6 @@ class Bf16Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[1] = 1
-
-
-class BuildConfig(BaseModel):
-    """An engine for a target runtime from the ONNX model the passes before it made (the last pass)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    version: Literal[1] = 1
-    target: Literal["openvino", "tensorrt"]
-    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
-    quantizer: Literal["qdq", "nncf"] = "qdq"
-
-    @model_validator(mode="after")
-    def _fits(self) -> BuildConfig:
-        accepted = {"openvino": ("fp32", "fp16", "bf16"), "tensorrt": ("fp32", "fp16", "int8")}[self.target]
-        if self.precision not in accepted:
-            raise ValueError(f"{self.target} takes precision {', '.join(accepted)}, not {self.precision}")
-        if self.quantizer == "nncf" and self.target != "openvino":
-            raise ValueError("quantizer nncf is for target openvino")
-        return self
 
 
 @dataclass(frozen=True)
@@ -359,19 +340,8 @@ def run_bf16(w: Work, cfg: Bf16Config):
 
 def run_build(parent: Path, out: Path, cfg: BuildConfig, **data):
     """An engine (OpenVINO IR, TensorRT plan) from the artifact PARENT, verified against it, as the
-    new artifact OUT (edgekit.build); DATA: calib, calib_size, eval, eval_size."""
-    from edgekit.build import BuildRequest, build
-
-    req = BuildRequest(parent=parent, out=out, target=cfg.target, **data)
-    if cfg.target == "openvino":
-        from edgekit.export.openvino import OpenVINOConfig
-
-        req.openvino = OpenVINOConfig(precision=cfg.precision, quantizer=cfg.quantizer)
-    else:
-        from edgekit.export.tensorrt import TensorRTConfig
-
-        req.tensorrt = TensorRTConfig(precision=cfg.precision)
-    return build(req)
+    new artifact OUT (edgekit.build); DATA: calib, calib_size, eval, eval_size, force."""
+    return build(BuildRequest(parent=parent, out=out, config=cfg, **data))
 
 
 PASSES: dict[str, Pass] = {

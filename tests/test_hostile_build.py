@@ -22,6 +22,8 @@ def test_careless_inputs(edgekit, tiny_artifact, work):
         ((tiny_artifact, "--target", "openvino", *nncf, "--calib-size", "0"), "--calib-size"),
         ((tiny_artifact, "--target", "tensorrt", "--min-batch", "0"), "--min-batch"),
         ((tiny_artifact, "--target", "tensorrt", "--min-batch", "8", "--max-batch", "2"), "min <= opt"),
+        ((tiny_artifact, "--target", "openvino", "--workspace", "1G"), "workspace"),
+        ((tiny_artifact, "--target", "tensorrt", "--workspace", "lots"), "lots"),
     ):
         r = edgekit("build", *args, "-o", work / "out")
         assert named in assert_refused(r, work / "out", [onnx_file], before)

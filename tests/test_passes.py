@@ -114,6 +114,29 @@ def test_every_pass_is_reached_from_the_cli_with_the_table_config_class(monkeypa
         assert isinstance(seen[-1].export, PASSES["export"].config)
 
 
+def test_the_build_command_runs_the_table_build_step(monkeypatch, tmp_path):
+    """`edgekit build`'s options become the table's BuildConfig, TensorRT's workspace and batch
+    profile included, as an edgekit.yaml build step does."""
+    from click.testing import CliRunner
+
+    from edgekit import build, cli
+
+    seen = []
+
+    def stop(req):
+        seen.append(req)
+        raise EdgekitError("stopped before any work.")
+
+    monkeypatch.setattr(build, "build", stop)
+    args = ["build", str(tmp_path), "-o", str(tmp_path / "o"), "--target", "tensorrt", "--precision", "int8"]
+    result = CliRunner().invoke(cli.cli, [*args, "--workspace", "512M", "--max-batch", "4"])
+    assert "stopped before any work" in result.output, result.output
+    cfg = seen[-1].config
+    assert type(cfg) is PASSES["build"].config
+    assert (cfg.target, cfg.precision, cfg.workspace, cfg.max_batch) == ("tensorrt", "int8", "512M", 4)
+    assert cfg == passes.config("build", target="tensorrt", precision="int8", workspace="512M", max_batch=4)
+
+
 def test_every_pass_is_reached_from_the_yaml_with_the_table_config_class(tmp_path):
     """For each pass of the table (but the implicit export), an edgekit.yaml step whose config is
     the table's class, as `edgekit run` hands it to the chain."""
