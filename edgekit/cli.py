@@ -105,6 +105,7 @@ def compress(model, eval_, eval_size, target, **kw):
     from edgekit import flags, passes
     from edgekit.benchmarks.report import manifest_table, torch_pass_lines
     from edgekit.pipeline import compress as run
+    from edgekit.pipeline import warnings as warning_lines
 
     def go():
         chain = passes.from_flags(**flags.torch_passes(kw), **flags.precision_passes(kw, target))
@@ -115,6 +116,8 @@ def compress(model, eval_, eval_size, target, **kw):
     manifest_table(manifest, str(kw["out"]))
     for line in torch_pass_lines(manifest):
         click.echo(line)
+    for line in warning_lines(manifest, str(kw["out"])):
+        click.echo(f"edgekit: warning: {line}", err=True)
 
 
 @cli.command()

@@ -50,7 +50,13 @@ LOADING = (
         metavar="1,3,224,224",
         help="Input shape, or name:shape (input_ids:1,64); repeat per input.",
     ),
-    click.option("--input-dtype", default="float32", show_default=True),
+    click.option(
+        "--input-dtype",
+        multiple=True,
+        metavar="DTYPE|NAME=DTYPE",
+        help="dtype of a torch model's inputs given by --input-shape: DTYPE for all (default float32), "
+        "NAME=DTYPE for one (input_ids=int64); repeatable.",
+    ),
 )
 
 PATH = click.Path(path_type=Path)
@@ -112,6 +118,14 @@ bench_hosts = options(
     ),
 )
 
+METRIC = click.option(
+    "--metric",
+    metavar="MODULE:FUNCTION",
+    help="Your task metric: FUNCTION(outputs, labels) returns a number, or a dict of numbers whose first "
+    "is judged (higher is better); measured beside fidelity on every model and its fp32 parent "
+    "(docs/guide/quantize.md).",
+)
+
 bench_options = options(
     click.option(
         "--runtime",
@@ -147,6 +161,7 @@ bench_options = options(
         "fidelity to the fp32 reference.",
     ),
     click.option("--eval-size", type=COUNT, default=None),
+    METRIC,
     click.option(
         "--reference",
         type=PATH,
@@ -363,6 +378,16 @@ compress_options = options(
     click.option("--percentile", type=Real(min=90, max=100, min_open=True), default=99.99, show_default=True),
     click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales (default: per channel)."),
     click.option(
+        "--equalize/--no-equalize",
+        default=None,
+        help="Cross-layer equalization of conv pairs before INT8 calibration (default: off).",
+    ),
+    click.option(
+        "--bias-correction/--no-bias-correction",
+        default=None,
+        help="Correct INT8 layers' biases for their weights' rounding on the calibration data (default: on).",
+    ),
+    click.option(
         "--symmetric-activations",
         is_flag=True,
         help="TensorRT's form: int8 activations with zero-point 0, float biases.",
@@ -376,6 +401,16 @@ compress_options = options(
         metavar="NAME=KIND",
         help="Verify output NAME (or output_N) as classes, embedding, sequence, dense or other "
         "(default: inferred from its name, shape and values); repeatable.",
+    ),
+    METRIC,
+    click.option(
+        "--min-fidelity",
+        "min_fidelity",
+        multiple=True,
+        metavar="VALUE|KIND=VALUE|OUTPUT=VALUE",
+        help="The fidelity floor below which compress exits 1 (the model is still written): VALUE for "
+        "every fraction-valued floor, KIND=VALUE (classes, embedding, sequence, dense, accuracy; "
+        "other=DB), OUTPUT=VALUE for one output; 0 turns floors off; repeatable (docs/guide/quantize.md).",
     ),
     click.option(
         "--target",

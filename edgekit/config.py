@@ -10,9 +10,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from edgekit import floors
 from edgekit.artifact import LoadOptions
+from edgekit.benchmarks.metrics import KINDS
 from edgekit.compress.finetune import FinetuneConfig
 from edgekit.compress.mixed import MixedConfig
 from edgekit.compress.precision import Fp16Config
@@ -60,6 +70,20 @@ class DataSpec(_Strict):
     eval_size: int | None = Field(None, ge=1)
     preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
     constants: dict[str, Any] = Field(default_factory=dict)  # inputs alike in every sample: {sr: 16000}
+    # output name -> the kind it is verified as (edgekit.benchmarks.metrics.KINDS): --output-kind
+    output_kinds: dict[str, Literal[KINDS]] = Field(default_factory=dict)
+    metric: str | None = Field(None, pattern=r"^[\w.]+:\w+$")  # module:function, the user's task metric
+    # the fidelity floors (--min-fidelity): one number, or {kind or output name: floor}; 0: none
+    min_fidelity: float | dict[str, float] | None = None
+
+    @field_validator("min_fidelity")
+    @classmethod
+    def _floors(cls, value):
+        try:
+            floors.from_config(value)
+        except EdgekitError as e:
+            raise ValueError(str(e).rstrip(".")) from None
+        return value
 
 
 class PrunePass(PruneConfig):
@@ -140,6 +164,7 @@ class Gate(_Strict):
     max_accuracy_drop: float | None = Field(None, ge=0)
     accuracy_drop_mode: Literal["points", "relative"] = "points"  # relative: % of the baseline's
     min_accuracy: float | None = Field(None, ge=0, le=100)  # top-1, in percent
+    min_metric: float | None = None  # the user's task metric (data.metric), in its own units
     max_latency_ms: LatencyLimits | None = None
     min_speedup: float | None = Field(None, gt=0)  # baseline latency / variant latency
     max_size_mb: float | None = Field(None, gt=0)

@@ -9,9 +9,7 @@ or a 0-d array in a .npz), the same for every sample.
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 import zipfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +22,7 @@ from edgekit import batching
 from edgekit.artifact import InputSpec, TensorSpec
 from edgekit.errors import EdgekitError, first_line
 from edgekit.progress import progress
+from edgekit.user_code import load_function
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -157,6 +156,25 @@ def _sample_shape(t: TensorSpec) -> list[int | str]:
     return t.shape if t.batch_axis is None else [d for i, d in enumerate(t.shape) if i != t.batch_axis]
 
 
+def _one_sample(t: TensorSpec) -> list[int]:
+    """The shape of one sample of input T, every axis sized (its example's where symbolic)."""
+    shape = list(t.concrete_shape(1))
+    return shape if t.batch_axis is None else shape[: t.batch_axis] + shape[t.batch_axis + 1 :]
+
+
+def with_examples(spec: InputSpec, samples: Samples | None) -> InputSpec:
+    """SPEC with the one-sample shape SAMPLES hold recorded for each input whose axes other than the
+    batch are symbolic (TensorSpec.example): what bench times and random inputs are drawn at."""
+    if samples is None or not any(t.open_axes for t in spec.inputs):
+        return spec
+    out = spec.model_copy(deep=True)
+    for t in out.inputs:
+        if t.open_axes and t.name in samples.inputs:
+            shape = list(np.shape(samples.inputs[t.name])[1:])
+            t.example = shape if t.batch_axis is None else [*shape[: t.batch_axis], 1, *shape[t.batch_axis :]]
+    return out
+
+
 def _repeated(constants: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     """CONSTANTS as N samples alike (views: no copies)."""
     return {k: np.broadcast_to(v, (n, *v.shape)) for k, v in constants.items()}
@@ -196,8 +214,16 @@ def _load(source: str, spec: InputSpec, limit: int | None, pre: Preprocess, seed
 def _random(spec: InputSpec, n: int, seed: int) -> Samples:
     from edgekit.model import example_inputs
 
+    unsized = next((t for t in spec.inputs if t.open_axes and not t.example), None)
+    if unsized is not None:
+        example = ",".join(str(d) if isinstance(d, int) else "N" for d in unsized.shape)
+        raise EdgekitError(
+            f"random inputs need a size for every axis, and input {unsized.name!r} has shape "
+            f"{unsized.shape} ({', '.join(unsized.open_axes)} unknown); give real data, or the sizes "
+            f"with --input-shape {unsized.name}:{example.replace('N', '1', 1)} (N your sizes)."
+        )
     # N samples, also for a fixed-batch model (whose batch axis would give its batch size)
-    samples = [TensorSpec(name=t.name, shape=["n", *_sample_shape(t)], dtype=t.dtype) for t in spec.inputs]
+    samples = [TensorSpec(name=t.name, shape=["n", *_one_sample(t)], dtype=t.dtype) for t in spec.inputs]
     inputs = example_inputs(InputSpec(inputs=samples), batch=n, seed=seed)
     return Samples(
         inputs,
@@ -384,13 +410,7 @@ def _function(source: str, spec: InputSpec, limit, what) -> Samples:
 def _batches(source: str, where: str):
     """The batches `module:function` returns, one by one; the user's code failing, or returning
     what is not an iterable of batches, is one sentence naming SOURCE."""
-    mod_name, fn_name = source.split(":", 1)
-    if "" not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except Exception as e:
-        raise EdgekitError(f"{where}: cannot import it ({first_line(e)}).") from None
+    fn = load_function(source, where.removesuffix(f" {source}"))
     try:
         batches = fn()
         if isinstance(batches, (np.ndarray, dict, str, bytes)) or not isinstance(batches, Iterable):

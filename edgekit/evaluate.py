@@ -9,9 +9,11 @@ from typing import TypedDict
 
 import numpy as np
 
+from edgekit import task_metric
 from edgekit.benchmarks.metrics import accuracy, fidelity
 from edgekit.data import Samples, check_labels
 from edgekit.errors import EdgekitError
+from edgekit.memory import run_batch
 from edgekit.runtimes import ort
 
 
@@ -31,6 +33,7 @@ class Quality(TypedDict, total=False):
     drop_points: float
     runtime: str  # where the verified model ran, where not ONNX Runtime (CPU)
     final_vs_unpruned: Quality  # a pruned, then quantized model against the unpruned one
+    task: dict  # the user's --metric on the reference and on this model (edgekit.task_metric.against)
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Reference:
 
 def predict(path: Path, samples: Samples, fixed: int | None, label: str) -> list[np.ndarray]:
     """Outputs of the ONNX model at PATH in ONNX Runtime (CPU) on SAMPLES."""
-    return samples.outputs(ort.load(str(path)).run, fixed, label)
+    return samples.outputs(ort.load(str(path)).run, fixed, label, run_batch(path, 32))
 
 
 def measure_against(
@@ -53,13 +56,14 @@ def measure_against(
     fixed: int | None,
     data: str,
     kinds: dict[str, str] | None = None,
+    metric: str | None = None,
 ) -> Quality:
     """Accuracy (with labels) or fidelity of `child` against `parent`, on the evaluation data,
-    each output judged by its kind (KINDS: --output-kind, by output name)."""
+    each output judged by its kind (KINDS: --output-kind, by output name), and by METRIC."""
     sess = ort.load(str(parent))
-    ref = evals.outputs(sess.run, fixed, "evaluating fp32")
+    ref = evals.outputs(sess.run, fixed, "evaluating fp32", run_batch(parent, 32))
     out = predict(child, evals, fixed, "evaluating int8")
-    return quality(ref, out, evals, data, sess.output_names, kinds)
+    return quality(ref, out, evals, data, sess.output_names, kinds, metric)
 
 
 def quality(
@@ -69,9 +73,10 @@ def quality(
     data: str,
     names: list[str] | None = None,
     kinds: dict[str, str] | None = None,
+    metric: str | None = None,
 ) -> Quality:
-    """Fidelity of OUT to REF on EVALS (each output by its kind: benchmarks.metrics.fidelity), and
-    both top-1s (and the drop) where EVALS has labels."""
+    """Fidelity of OUT to REF on EVALS (each output by its kind: benchmarks.metrics.fidelity), both
+    top-1s (and the drop) where EVALS has labels, and the user's METRIC (--metric) on both."""
     _check_kinds(kinds or {}, names, len(ref))
     result = Quality(data=data, samples=len(evals), fidelity=fidelity(ref, out, names, kinds))
     if evals.description.get("source") == "random":
@@ -88,6 +93,9 @@ def quality(
         )
     else:
         result["metric"] = "fidelity (no labels)"
+    if metric:
+        result["task"] = task_metric.against(metric, ref, out, evals.labels)
+        result["metric"] = f"{result['task']['name']} (--metric {metric})"
     return result
 
 
@@ -102,9 +110,12 @@ def _check_kinds(kinds: dict[str, str], names: list[str] | None, count: int) -> 
         )
 
 
-def score(outputs: list[np.ndarray], samples: Samples, reference: Reference | None = None) -> Quality:
+def score(
+    outputs: list[np.ndarray], samples: Samples, reference: Reference | None = None, metric: str | None = None
+) -> Quality:
     """Task accuracy when the samples have labels, fidelity to the fp32 reference when there is
-    one (both when both); which metric it is, and on how many samples, is always stated."""
+    one (both when both), and the user's METRIC; which metric it is, and on how many samples, is
+    always stated."""
     result = Quality(samples=len(samples))
     scores = outputs[0]
     if samples.labels is not None and scores.ndim == 2:
@@ -117,5 +128,9 @@ def score(outputs: list[np.ndarray], samples: Samples, reference: Reference | No
     if reference is not None:
         result.update(fidelity=fidelity(reference.outputs, outputs), reference=reference.artifact)
         result.setdefault("metric", "fidelity vs fp32")
+    if metric:
+        parent = None if reference is None else reference.outputs
+        result["task"] = task_metric.against(metric, parent, outputs, samples.labels)
+        result["metric"] = f"{result['task']['name']} (--metric {metric})"
     result.setdefault("metric", "none (no labels, no fp32 reference)")
     return result

@@ -10,6 +10,7 @@ from edgekit.errors import EdgekitError
 
 def request(model, kw, chain=(), eval_=None, eval_size=None):
     """The CompressRequest of the flags KW (click's keyword arguments) for MODEL and CHAIN."""
+    from edgekit import floors
     from edgekit.data import Preprocess, parse_constants
     from edgekit.export.onnx import ExportConfig
     from edgekit.model import LoadOptions, parse_shapes
@@ -43,6 +44,8 @@ def request(model, kw, chain=(), eval_=None, eval_size=None):
         ),
         force=kw["force"],
         output_kinds=output_kinds(kw.get("output_kinds", ())),
+        metric=kw.get("metric"),
+        min_fidelity=floors.parse(kw.get("min_fidelity", ())),
     )
 
 
@@ -130,10 +133,16 @@ def precision_passes(kw: dict, target: str) -> dict:
         raise EdgekitError("--max-fp32-layers limits --max-accuracy-drop; add --max-accuracy-drop POINTS.")
     if drop is not None and not kw["int8"]:
         raise EdgekitError("--max-accuracy-drop budgets INT8 quantization; add --int8.")
+    algorithms = {k: kw[k] for k in ("equalize", "bias_correction") if kw[k] is not None}
+    if algorithms and not kw["int8"]:
+        key, on = next(iter(algorithms.items()))
+        flag = f"--{'' if on else 'no-'}{key.replace('_', '-')}"
+        raise EdgekitError(f"{flag} changes INT8 quantization; add --int8.")
     int8 = None
     if kw["int8"]:
         options = dict(calibration=kw["calibration"], percentile=kw["percentile"])
         options["per_channel"] = not kw["per_tensor"]
+        options.update(algorithms)
         if kw["int8_form"]:
             options["form"] = kw["int8_form"]
         tensorrt_form = kw["symmetric_activations"] or target == "tensorrt"

@@ -6,10 +6,8 @@ Formats: TorchScript (`torch.jit.save`), torch.export programs (`.pt2`), a state
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 
 from edgekit.artifact import InputSpec, LoadOptions, Source, TensorSpec, sha256_file, shapes_from_text
 from edgekit.errors import EdgekitError, first_line
+from edgekit.user_code import load_function
 
 BATCH = "batch"
 DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
@@ -60,8 +59,9 @@ def load_model(path: Path, opts: LoadOptions) -> LoadedModel:
             f"{path} is not a regular file (a directory, pipe or device is never read); pass the "
             "model file itself."
         )
-    if opts.input_dtype not in DTYPES:
-        raise EdgekitError(f"--input-dtype {opts.input_dtype!r} is not one of {', '.join(DTYPES)}.")
+    for dtype in (opts.input_dtype, *opts.input_dtypes.values()):
+        if dtype not in DTYPES:
+            raise EdgekitError(f"--input-dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
     if path.suffix.lower() == ".onnx":
         return _load_onnx(path, opts)
     kind, module, example = _load_torch(path, opts)
@@ -304,6 +304,7 @@ def _load_torch(path: Path, opts: LoadOptions):
             "a function that builds the model, so the weights can be loaded into it."
         )
     module = _build_arch(opts.arch)
+    state = _unwrapped(state, module)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -353,26 +354,19 @@ def _as_state_dict(obj) -> dict | None:
     return None
 
 
+def _unwrapped(state: dict, module) -> dict:
+    """STATE without the `module.` prefix that nn.DataParallel and DistributedDataParallel add to
+    every key (checkpoints saved from a wrapped model), where MODULE's own keys have none."""
+    prefix = "module."
+    if not all(k.startswith(prefix) for k in state) or any(k.startswith(prefix) for k in module.state_dict()):
+        return state
+    return {k.removeprefix(prefix): v for k, v in state.items()}
+
+
 def _build_arch(arch: str):
     import torch
 
-    if ":" not in arch:
-        raise EdgekitError(f"--arch {arch!r} must look like package.module:factory.")
-    mod_name, fn_name = arch.split(":", 1)
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as e:
-        raise EdgekitError(f"--arch {arch}: cannot import it ({first_line(e)}).") from None
-    except Exception as e:  # the module's own code failed as it was imported
-        raise EdgekitError(
-            f"--arch {arch}: importing {mod_name} raised {type(e).__name__} ({first_line(e)})."
-        ) from None
-    if not callable(fn):
-        raise EdgekitError(
-            f"--arch {arch} is not a function that builds the model (it is of type {type(fn).__name__})."
-        )
+    fn = load_function(arch, "--arch")
     try:
         module = fn()
     except Exception as e:
@@ -404,7 +398,13 @@ def _torch_input_spec(path: Path, module, example, opts: LoadOptions) -> InputSp
     if opts.input_shapes:
         names = _input_names(module, len(opts.input_shapes))
         shapes = _ordered_shapes(path, names, opts)
-        dtypes = [opts.input_dtype] * len(shapes)
+        dtypes = [opts.input_dtypes.get(n, opts.input_dtype) for n in names]
+        unknown = next((n for n in opts.input_dtypes if n not in names), None)
+        if unknown is not None:
+            raise EdgekitError(
+                f"--input-dtype names {unknown!r}, which is not an input of {path}; its inputs are "
+                f"{', '.join(names)}."
+            )
     elif example is not None:
         shapes = [dims for dims, _ in example]
         dtypes = [dtype for _, dtype in example]
@@ -426,6 +426,10 @@ def _torch_input_spec(path: Path, module, example, opts: LoadOptions) -> InputSp
         elif dims and (example is None or opts.input_shapes):
             dims[0] = BATCH
         specs.append(TensorSpec(name=name, shape=dims, dtype=dtype))
+    _set_batch_axes(path, specs, opts.batch_axes)
+    for t, shape in zip(specs, shapes, strict=True):  # --batch-axis: the dynamic axis moves there
+        if t.batch_axis and t.shape[0] == BATCH:
+            t.shape[0], t.shape[t.batch_axis] = shape[0], BATCH
     return InputSpec(inputs=specs)
 
 

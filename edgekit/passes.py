@@ -82,6 +82,12 @@ class Work:
     def data(self) -> str:
         return "eval" if self.req.eval else "held-out calibration samples"
 
+    def judge(self, ref: list[np.ndarray], out: list[np.ndarray], samples: Samples, data: str):
+        """OUT against REF on SAMPLES as every verification judges it: each output by its kind
+        (--output-kind) and by the user's --metric."""
+        names, req = self.manifest.output_names, self.req
+        return quality(ref, out, samples, data, names, req.output_kinds, req.metric)
+
 
 @dataclass(frozen=True)
 class Pass:
@@ -160,7 +166,7 @@ def _after_torch_passes(w: Work) -> None:
     else:
         ref = _torch_outputs(w.unpruned, w.evals, spec, "evaluating the unpruned model")
         out = _torch_outputs(w.module, w.evals, spec, "evaluating the pruned model")
-        w.manifest.verification["prune"] = quality(ref, out, w.evals, w.data)
+        w.manifest.verification["prune"] = w.judge(ref, out, w.evals, w.data)
         w.unpruned_outputs = ref
     w.loaded = dataclasses.replace(w.loaded, module=w.module, program=None)
 
@@ -249,7 +255,7 @@ def run_int8(w: Work, cfg: Int8Config):
     fixed = w.loaded.input_spec.fixed_batch
     path = w.out / onnx_export.MODEL_FILE
     summary = quantize_int8(w.model, path, w.calib, cfg, fixed)
-    q = measure_against(w.model, path, w.evals, fixed, w.data, w.req.output_kinds)
+    q = measure_against(w.model, path, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric)
     w.manifest.verification["int8"] = q
     _final_vs_unpruned(w, path)
     w.model = path
@@ -263,13 +269,11 @@ def run_mixed(w: Work, cfg: MixedConfig):
 
     from edgekit.compress.mixed import search
     from edgekit.compress.quantize import summarize
+    from edgekit.compress.sensitivity import scorer
 
     fixed = w.loaded.input_spec.fixed_batch
     ref = predict(w.model, w.evals, fixed, "evaluating fp32")
-
-    def evaluate(path: Path) -> dict:
-        out = predict(path, w.evals, fixed, "evaluating a candidate")
-        return quality(ref, out, w.evals, "eval", w.manifest.output_names, w.req.output_kinds)
+    evaluate = scorer(ref, w.evals, fixed, lambda want, out, samples: w.judge(want, out, samples, "eval"))
 
     path = w.out / onnx_export.MODEL_FILE
     with tempfile.TemporaryDirectory(prefix="edgekit-mixed-") as work:
@@ -292,7 +296,7 @@ def _final_vs_unpruned(w: Work, path: Path) -> None:
     """The compressed artifact against the unpruned model, where torch passes ran before INT8."""
     if w.unpruned_outputs is not None:
         out = predict(path, w.evals, w.loaded.input_spec.fixed_batch, "evaluating against unpruned")
-        vs = quality(w.unpruned_outputs, out, w.evals, w.data)
+        vs = w.judge(w.unpruned_outputs, out, w.evals, w.data)
         w.manifest.verification["prune"]["final_vs_unpruned"] = vs
 
 
@@ -313,7 +317,7 @@ def run_fp16(w: Work, cfg: Fp16Config):
     path = w.out / onnx_export.MODEL_FILE
     summary = convert_fp16(w.model, path, cfg)
     outputs = predict(path, data, fixed, "evaluating fp16")
-    q = quality(ref, outputs, data, what, w.manifest.output_names, w.req.output_kinds)
+    q = w.judge(ref, outputs, data, what)
     w.manifest.verification["fp16"] = {**q, "runtime": "onnxruntime (CPU)"}
     w.model = path
     return cfg, summary
@@ -333,7 +337,7 @@ def run_bf16(w: Work, cfg: Bf16Config):
     outputs = data.outputs(sess.run, fixed, "evaluating bf16")
     w.manifest.inference_precision = "bf16"
     runtime = f"openvino (CPU), compiled for {ran}"
-    q = quality(ref, outputs, data, what, w.manifest.output_names, w.req.output_kinds)
+    q = w.judge(ref, outputs, data, what)
     w.manifest.verification["bf16"] = {**q, "runtime": runtime}
     return cfg, {"weights": "fp32 (the ONNX file is unchanged)", "inference_precision": "bf16"}
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgekit import passes
+from edgekit import floors, passes
 from edgekit.artifact import (
     Manifest,
     PassRecord,
@@ -24,7 +24,7 @@ from edgekit.artifact import (
 )
 from edgekit.compress.precision import bf16_unsupported
 from edgekit.compress.quantize import Int8Config, for_cpu
-from edgekit.data import Preprocess, Samples, check_labels, load_samples, split_holdout
+from edgekit.data import Preprocess, Samples, check_labels, load_samples, split_holdout, with_examples
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import predict, quality
 from edgekit.export import onnx as onnx_export
@@ -32,6 +32,7 @@ from edgekit.model import LoadedModel, LoadOptions, load_model
 from edgekit.passes import Step
 from edgekit.target_cpu import CANNOT_SATURATE, FORMS, TargetCpu, resolve
 from edgekit.target_cpu import here as this_machine
+from edgekit.user_code import load_function
 
 HOLDOUT = 100  # extra calibration samples held out for fidelity when no --eval is given
 
@@ -51,10 +52,13 @@ class CompressRequest:
     constants: dict[str, Any] = field(default_factory=dict)  # --calib-const: input name -> value
     force: bool = False
     output_kinds: dict[str, str] = field(default_factory=dict)  # --output-kind: verified as this kind
+    metric: str | None = None  # --metric module:function: the user's task metric (edgekit.task_metric)
     seed: int = 0
     target: str = "ort"  # the runtime it is for: its operator check runs right after the export
     # the CPU it is for (INT8 form); None: the int8 config's target_cpu, else this machine
     target_cpu: TargetCpu | None = None
+    # the least fidelity each output must keep (edgekit.floors: by kind, `accuracy`, or output name)
+    min_fidelity: dict[str, float] = field(default_factory=lambda: dict(floors.DEFAULTS))
 
 
 def compress(req: CompressRequest) -> Manifest:
@@ -80,7 +84,7 @@ def compress(req: CompressRequest) -> Manifest:
         model_file=onnx_export.MODEL_FILE,
         source=loaded.source,
         load=req.load,
-        input_spec=spec,
+        input_spec=with_examples(spec, calib or evals),
         data={k: v.description for k, v in (("calibration", calib), ("evaluation", evals)) if v is not None},
         target_cpu=made_for,
     )
@@ -91,10 +95,164 @@ def compress(req: CompressRequest) -> Manifest:
         int8 = _config(req.chain, "int8")
         w = passes.Work(req, loaded, calib, evals, manifest, out, Path(work), tuning=tuning, int8=int8)
         _run_chain(w, _with_export(req))
+        below = _review(w)
         manifest = write_manifest(out, manifest)
     if w.missed:  # the best configuration found is written; the missed budget is reported after
         raise w.missed
+    if below:  # so is a model below its fidelity floor
+        raise below
     return manifest
+
+
+def _review(w: passes.Work) -> floors.FloorNotMet | None:
+    """Each compressing pass's verification against its fidelity floors, a per-layer probe where one
+    is missed (on real data), and a short timing against fp32; all recorded in the manifest. Returns
+    the miss, raised once the artifact is written."""
+    ver = w.manifest.verification
+    steps = [s for s in floors.JUDGED if isinstance(ver.get(s), dict) and "fidelity" in ver[s]]
+    if not steps:
+        return None
+    floors.check_names(w.req.min_fidelity, w.manifest.output_names or [])
+    below = None
+    for step in steps:
+        records = floors.judge(ver[step], _floors(w, step))
+        ver[step]["floors"] = records
+        miss = next((r for r in records if not r["met"]), None)
+        if miss is None or below is not None:
+            continue
+        if floors.on_noise(ver[step]):
+            ver[step]["floors_note"] = "measured on random inputs: a miss is a warning, not a failure"
+            continue
+        probe = _probe(w, step)
+        layers = []
+        if probe:
+            ver[step]["probe"] = probe
+            layers = [x for x in probe["layers"] if x["node"] in probe["worst"]]
+            layers.sort(key=lambda x: probe["worst"].index(x["node"]))
+        label = _step_label(w, step)
+        said = floors.sentence(str(w.req.out), label, miss, layers, _hints(w, step, layers))
+        ver[step]["floor_missed"] = said
+        below = floors.FloorNotMet(said)
+    _speed(w, steps[-1])
+    return below
+
+
+def _floors(w: passes.Work, step: str) -> dict[str, float]:
+    """The floors STEP is held to: with mixed precision, the first output's is the accuracy budget
+    the user gave (unless a floor names that output), which mixed itself enforces."""
+    mixed = _config(w.req.chain, "mixed")
+    chosen = dict(w.req.min_fidelity)
+    first = (w.manifest.output_names or ["output_0"])[0]
+    if step != "int8" or mixed is None or not any(chosen.values()) or {"output_0", first} & set(chosen):
+        return chosen
+    top1 = w.manifest.verification["int8"].get("parent_top1")
+    points = mixed.max_accuracy_drop / 100
+    chosen["output_0"] = max(0.0, 1 - (points / top1 if top1 else points))
+    return chosen
+
+
+def _step_label(w: passes.Work, step: str) -> str:
+    names = [s.name for s in w.req.chain]
+    if step == "prune":
+        return "+".join(n for n in names if passes.PASSES[n].accepts == passes.TORCH)
+    return "mixed-precision int8" if step == "int8" and "mixed" in names else step
+
+
+def _probe(w: passes.Work, step: str) -> dict | None:
+    """The per-layer probe (edgekit.compress.layer_probe) of STEP's model against the fp32 export;
+    None for the torch passes (a pruned layer has other shapes than the unpruned one)."""
+    from edgekit.compress.layer_probe import probe
+
+    if step == "prune":
+        return None
+    data, fixed = _data(w), w.loaded.input_spec.fixed_batch
+    if step == "bf16":
+        from edgekit.runtimes import ov
+
+        bf16 = lambda path: ov.load(path, "cpu", ov.Options(precision="bf16"))  # noqa: E731
+        return probe(w.fp32, w.fp32, data, fixed, bf16)
+    return probe(w.fp32, w.model, data, fixed)
+
+
+def _data(w: passes.Work) -> Samples:
+    """The samples the passes were verified on: the evaluation data, else the calibration data."""
+    return w.evals if w.evals is not None else w.calib
+
+
+def _hints(w: passes.Work, step: str, layers: list[dict]) -> list[str]:
+    """What to try next for a miss in STEP: options compress and edgekit.yaml really have."""
+    named = ", ".join(x["node"] for x in layers) or "NAME"
+    if step == "prune":
+        return [
+            "a smaller --prune or --prune-macs",
+            "--finetune DATA to recover",
+            "--ignore-layer NAME for the layers that matter",
+        ]
+    if step == "fp16":
+        return [
+            f"fp16: {{block_nodes: [{named}]}} in edgekit.yaml to keep them fp32",
+            "--bf16 where the CPU has it",
+        ]
+    if step == "bf16":
+        return ["the fp32 export (no --bf16)", "--fp16 for a GPU target"]
+    cfg = w.int8 or Int8Config()
+    hints = [f"--calibration {'percentile' if cfg.calibration == 'minmax' else 'minmax'}"]
+    if cfg.form != "u8u8" and w.req.target != "tensorrt":  # TensorRT's form is its own
+        hints.append("--int8-form u8u8 (cannot saturate)")
+    if _config(w.req.chain, "mixed") is not None:
+        hints.append("a larger --max-fp32-layers or --max-accuracy-drop")
+    else:
+        hints.append("--max-accuracy-drop POINTS with --eval to keep the worst layers fp32")
+    hints.append(f"int8: {{exclude_nodes: [{named}]}} in edgekit.yaml")
+    return [*hints, "`edgekit sensitivity` for the full per-layer table"]
+
+
+def _speed(w: passes.Work, step: str) -> None:
+    """STEP's model timed against the fp32 export on the runtime it is for (edgekit.speedup),
+    recorded as its verification's `speed`."""
+    from edgekit import speedup
+
+    entry = w.manifest.verification[step]
+    runtime = "openvino-bf16" if step == "bf16" else w.req.target
+    if step == "prune":
+        entry["speed"] = {
+            "measured": False,
+            "why": "the unpruned model is not exported; `edgekit compare` times both",
+        }
+        return
+    if runtime == "tensorrt":
+        entry["speed"] = {
+            "measured": False,
+            "why": "TensorRT runs on a GPU: `edgekit build` and `edgekit compare` there",
+        }
+        return
+    try:
+        model = w.fp32 if step == "bf16" else w.model
+        entry["speed"] = speedup.measure(w.fp32, model, _data(w), w.loaded.input_spec.fixed_batch, runtime)
+    except EdgekitError as e:
+        entry["speed"] = {"measured": False, "why": str(e)}
+
+
+def warnings(manifest: Manifest, out: str) -> list[str]:
+    """compress's warning lines: a model not faster than its fp32 parent, a floor missed on random
+    inputs."""
+    from edgekit import speedup
+
+    lines = []
+    for step in floors.JUDGED:
+        entry = manifest.verification.get(step)
+        if not isinstance(entry, dict):
+            continue
+        speed = entry.get("speed") or {}
+        if speed.get("faster") is False:
+            lines.append(speedup.warning(out, step, speed))
+        miss = next((r for r in entry.get("floors", []) if not r["met"]), None)
+        if miss and floors.on_noise(entry):
+            lines.append(
+                f"{out} ({step}): output {miss['name']!r} has {floors.shown(miss)} on random inputs, "
+                "which say little about real data; verify with --eval DATA."
+            )
+    return lines
 
 
 def _for_target_cpu(req: CompressRequest) -> tuple[CompressRequest, dict | None]:
@@ -162,6 +320,8 @@ def _needs(req: CompressRequest) -> None:
         raise EdgekitError(f"--{half} is verified against fp32 on real inputs; give --eval or --calib.")
     if "bf16" in names and (reason := bf16_unsupported()):
         raise EdgekitError(f"{reason}.")
+    if req.metric:
+        load_function(req.metric, "--metric")  # importable now, not after calibration
 
 
 def _load(req: CompressRequest) -> LoadedModel:
@@ -218,7 +378,7 @@ def _calibration(req: CompressRequest, loaded: LoadedModel) -> tuple[Samples | N
 def sensitivity(req: CompressRequest) -> dict:
     """`edgekit sensitivity`: the per-layer INT8 table (edgekit.compress.sensitivity) of the
     model's verified fp32 export, on REQ's calibration and evaluation data."""
-    from edgekit.compress.sensitivity import table
+    from edgekit.compress.sensitivity import scorer, table
 
     if not req.calib or not req.eval:
         raise EdgekitError("sensitivity needs --calib data (to quantize) and --eval data (to measure).")
@@ -233,10 +393,7 @@ def sensitivity(req: CompressRequest) -> dict:
         fp32 = w.fp32
         ref = predict(fp32, evals, fixed, "evaluating fp32")
         check_labels(evals, ref[0])
-
-        def evaluate(path: Path) -> dict:
-            return quality(ref, predict(path, evals, fixed, "evaluating a layer"), evals, "eval")
-
+        evaluate = scorer(ref, evals, fixed, lambda want, out, samples: quality(want, out, samples, "eval"))
         cfg = _config(req.chain, "int8") or Int8Config()
         cfg = for_cpu(cfg, req.target_cpu or resolve(cfg.target_cpu))
         return table(fp32, Path(work), calib, evals, cfg, fixed, evaluate)

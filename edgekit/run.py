@@ -62,6 +62,7 @@ def run(cfg: Config, opts: RunOptions, say: Callable[[str], None] = print) -> di
 
 def build_variants(cfg: Config, cache: Path, rebuild: bool, say) -> tuple[dict[str, Path], list[dict]]:
     """Every variant's artifact, stage by stage, from the cache where an intact entry exists."""
+    from edgekit import floors
     from edgekit.passes import PASSES
     from edgekit.pipeline import compress
 
@@ -76,13 +77,19 @@ def build_variants(cfg: Config, cache: Path, rebuild: bool, say) -> tuple[dict[s
         settings = cfg.model_dump(include={"model", "data"}, exclude={"model": {"path"}})
         key = _key("compress", source, settings, [_keyed(p) for p in torch_onnx])
         req = _compress_request(cfg, model, steps[: len(steps) - len(built)])
-        path, status = _stage(
-            cache / key, lambda out, r=req: compress(dataclasses.replace(r, out=out)), rebuild
-        )
+        try:
+            path, status = _stage(
+                cache / key, lambda out, r=req: compress(dataclasses.replace(r, out=out)), rebuild
+            )
+        except floors.FloorNotMet as e:
+            raise floors.FloorNotMet(f"variant {name}: {e}") from None
         stages.append(
             {"variant": name, "stage": "compress", "status": status, "key": key, "artifact": str(path)}
         )
         say(f"{name} · compress: {status} ({key[:12]})")
+        if status == "cached" and (missed := floors.recorded_miss(read_manifest(path).verification)):
+            # as when it was built: written, but below its floor
+            raise floors.FloorNotMet(f"variant {name}: {missed}")
         for step in built:
             b = step.config
             parent = [f.model_dump() for f in read_manifest(path).files]
@@ -157,6 +164,7 @@ def _data_args(cfg: Config) -> dict:
 
 
 def _compress_request(cfg: Config, model: Path, steps: list):
+    from edgekit import floors
     from edgekit.data import Preprocess
     from edgekit.pipeline import CompressRequest
 
@@ -170,6 +178,9 @@ def _compress_request(cfg: Config, model: Path, steps: list):
         chain=steps,
         preprocess=preprocess,
         constants=cfg.data.constants,
+        min_fidelity=floors.from_config(cfg.data.min_fidelity),
+        output_kinds=cfg.data.output_kinds,
+        metric=cfg.data.metric,
         **_data_args(cfg),
     )
 
@@ -227,6 +238,7 @@ def _rounds(cfg: Config, t: Target, dirs: dict[str, Path], evals, reference) -> 
         seconds=t.seconds,
         arch=cfg.model.arch,
         trust_pickle=cfg.model.trust_pickle,
+        metric=cfg.data.metric,
     )
     raw = rounds([(dirs[v], bench) for v in t.variants], t.rounds, evals, reference, host, f"{t.name}: ")
     return dict(zip(t.variants, raw, strict=True))

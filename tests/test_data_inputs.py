@@ -1,6 +1,7 @@
 """Models whose inputs are not one batch-first tensor: a streaming speech model with audio, a
 recurrent state whose batch axis is the second, and a scalar int64 sample rate."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -131,3 +132,111 @@ def test_scalar_without_constant_refused(edgekit, speech, work):
     np.savez(data, audio=audio, state=state, sr=np.arange(SAMPLES))
     r = edgekit("compress", speech, "--int8", "--calib", data, "-o", work / "out")
     assert "--calib-const sr=VALUE" in assert_refused(r, work / "out", [data], hashes_of(data))
+
+
+SPEECH_NET = f'''
+import torch
+from torch import nn
+
+
+class Speech(nn.Module):
+    """out[N, 10] from audio [N, {LENGTH}] and a state [2, N, {HIDDEN}] whose batch axis is the second."""
+
+    def __init__(self):
+        super().__init__()
+        self.audio = nn.Linear({LENGTH}, {HIDDEN})
+        self.head = nn.Linear({HIDDEN}, 10)
+
+    def forward(self, audio, state):
+        return self.head(torch.relu(self.audio(audio) + state.mean(0)))
+
+
+def net():
+    torch.manual_seed(0)
+    return Speech()
+'''
+
+
+def test_torch_model_with_batch_on_second_axis(edgekit, work):
+    """A torch state_dict with --arch, --input-shape by name and --batch-axis state=1: exported with
+    the dynamic batch on the state's second axis, calibrated on .npz data laid out the same way."""
+
+    import onnx
+    import torch
+
+    (work / "speechnet.py").write_text(SPEECH_NET)
+    spec = importlib.util.spec_from_file_location("speechnet", work / "speechnet.py")
+    speechnet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speechnet)
+    torch.save(speechnet.net().state_dict(), work / "speech.pt")
+    audio, state = _data()
+    np.savez(work / "data.npz", audio=audio, state=state)
+    out = work / "out"
+    r = edgekit(
+        "compress", work / "speech.pt", "--arch", "speechnet:net", "--input-shape", f"audio:1,{LENGTH}",
+        "--input-shape", f"state:2,1,{HIDDEN}", "--batch-axis", "state=1", "--int8",
+        "--calib", work / "data.npz", "-o", out, cwd=work,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    graph = onnx.load(str(out / "model.onnx")).graph
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    assert dims == {"audio": ["batch", LENGTH], "state": [2, "batch", HIDDEN]}
+    manifest = json.loads((out / "edgekit.json").read_text())
+    assert manifest["verification"]["int8"]["samples"] > 0
+
+
+TAGGER_NET = '''
+import torch
+from torch import nn
+
+
+class Tagger(nn.Module):
+    """Scores [N, 5] from features [N, 8] (float) and token ids [N, 4] (int64)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, feats, ids):
+        return self.head(torch.relu(feats + self.embed(ids).mean(1)))
+
+
+def net():
+    torch.manual_seed(0)
+    return Tagger()
+'''
+
+
+@pytest.mark.parametrize(
+    ("dtype", "said"), [(None, None), ("idz=int64", "'idz', which is not an input"), ("ids=int8", "int8")]
+)
+def test_torch_inputs_of_mixed_dtypes(edgekit, work, dtype, said):
+    """--input-dtype NAME=DTYPE types one input of a torch model given by --input-shape; a name that
+    is no input, or a dtype edgekit does not take, is one sentence."""
+    import onnx
+    import torch
+
+    (work / "taggernet.py").write_text(TAGGER_NET)
+    spec = importlib.util.spec_from_file_location("taggernet", work / "taggernet.py")
+    taggernet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(taggernet)
+    torch.save(taggernet.net().state_dict(), work / "tagger.pt")
+    rng = np.random.default_rng(0)
+    feats, ids = rng.standard_normal((40, 8)).astype(np.float32), rng.integers(0, 50, (40, 4))
+    np.savez(work / "data.npz", feats=feats, ids=ids)
+    out, before = work / "out", hashes_of(work / "tagger.pt")
+    r = edgekit(
+        "compress", work / "tagger.pt", "--arch", "taggernet:net", "--input-shape", "feats:1,8",
+        "--input-shape", "ids:1,4", "--input-dtype", dtype or "ids=int64", "--int8",
+        "--calib", work / "data.npz", "-o", out, cwd=work,
+    )  # fmt: skip
+    if said:
+        assert said in assert_refused(r, out, [work / "tagger.pt"], before)
+        return
+    assert r.returncode == 0, r.stderr
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert {i.name: i.type.tensor_type.elem_type for i in graph.input} == {
+        "feats": onnx.TensorProto.FLOAT,
+        "ids": onnx.TensorProto.INT64,
+    }

@@ -176,5 +176,8 @@ def test_evaluate_imports_no_stage():
         "edgekit.benchmarks.metrics",
         "edgekit.runtimes",
         "edgekit.runtimes.ort",
+        "edgekit.memory",  # how many samples a run may hold
+        "edgekit.task_metric",  # the user's metric, called on outputs
+        "edgekit.user_code",
     }
     assert set(graph()["edgekit.evaluate"]) <= allowed

@@ -76,9 +76,14 @@ def test_budget_recovers_the_hostile_layer(edgekit, hostile):
     common = ["--int8", "--calib", hostile["calib"], "--eval", hostile["eval"]]
     full = hostile["root"] / "full"
     r = edgekit("compress", hostile["model"], *common, "-o", full)
-    assert r.returncode == 0, r.stderr
-    agreement = read_manifest(full).verification["int8"]["fidelity"]["output_0"]["top1_agreement"]
+    # below the classes floor: written, exit 1, and the quick probe names the hostile conv first
+    assert r.returncode == 1, r.stderr
+    int8 = read_manifest(full).verification["int8"]
+    agreement = int8["fidelity"]["output_0"]["top1_agreement"]
     assert 100 * (1 - agreement) > BUDGET
+    graph = onnx.load(str(full / "model.onnx")).graph
+    mid = next(n.name for n in graph.node if n.op_type == "Conv" and n.input[1].startswith("mid.weight"))
+    assert int8["probe"]["worst"][0] == mid and mid in r.stderr
 
     mixed = hostile["root"] / "mixed"
     r = edgekit("compress", hostile["model"], *common, "--max-accuracy-drop", BUDGET, "-o", mixed)
@@ -154,3 +159,79 @@ def test_bad_precision_requests_are_one_sentence(edgekit, hostile, tmp_path, arg
     assert r.returncode == 2, r.stderr
     assert words in r.stderr and r.stderr.startswith("edgekit: error:") and r.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+# --- the search's speed: one calibration, layers ranked on a subset (issue 14, item 3) --------------
+
+
+@pytest.fixture(scope="module")
+def hostile_onnx(edgekit, hostile) -> dict:
+    """The hostile model's fp32 ONNX export, its calibration samples and the 300 labelled ones."""
+    from edgekit.data import Samples
+
+    out = hostile["root"] / "fp32"
+    r = edgekit("export", hostile["model"], "-o", out)
+    assert r.returncode == 0, r.stderr
+    fp32 = out / "model.onnx"
+    name = onnx.load(str(fp32)).graph.input[0].name
+    calib = Samples({name: np.load(hostile["calib"])["x"]}, None)
+    evals = Samples({name: np.load(hostile["labelled"])["x"]}, None)
+    mid = next(n.name for n in onnx.load(str(fp32)).graph.node if "mid.weight" in n.input)
+    return {"fp32": fp32, "calib": calib, "evals": evals, "mid": mid}
+
+
+def _scales(path: Path) -> dict[str, np.ndarray]:
+    """Every scale and zero-point initializer of a QDQ model, by name."""
+    from onnx import numpy_helper
+
+    inits = onnx.load(str(path)).graph.initializer
+    return {i.name: numpy_helper.to_array(i) for i in inits if i.name.endswith(("_scale", "_zero_point"))}
+
+
+def test_a_trial_from_reused_ranges_is_the_recalibrated_one(hostile_onnx, tmp_path):
+    from edgekit.compress.quantize import Int8Config, calibrated, quantize_int8
+
+    h, cfg = hostile_onnx, Int8Config(calibration="percentile")
+    with calibrated(h["fp32"], h["calib"], cfg, None) as write:
+        write(tmp_path / "full.onnx", ())  # a first model from the same ranges changes nothing
+        write(tmp_path / "reused.onnx", [h["mid"]])
+    keep_mid = cfg.model_copy(update={"exclude_nodes": [h["mid"]]})
+    quantize_int8(h["fp32"], tmp_path / "fresh.onnx", h["calib"], keep_mid, None)
+    reused, fresh = _scales(tmp_path / "reused.onnx"), _scales(tmp_path / "fresh.onnx")
+    assert reused.keys() == fresh.keys() and len(reused) > 8
+    assert all(np.array_equal(reused[k], fresh[k]) for k in fresh)
+    assert len(_scales(tmp_path / "full.onnx")) > len(reused)  # mid's own input and weight were there
+
+
+def test_the_search_calibrates_once_and_ranks_on_a_subset(hostile_onnx, tmp_path, monkeypatch):
+    """300 evaluation samples: the layers are ranked on 128 of them, the hostile conv first as on
+    all 300, and the chosen model is scored on all 300; ORT's calibrator ran once."""
+    from edgekit.compress import mixed, quantize
+    from edgekit.compress import sensitivity as sens
+    from edgekit.evaluate import predict, quality
+
+    calls = []
+    real = quantize._calibrate
+    monkeypatch.setattr(quantize, "_calibrate", lambda *a, **k: calls.append(a) or real(*a, **k))
+    h = hostile_onnx
+    ref = predict(h["fp32"], h["evals"], None, "fp32")
+    evaluate = sens.scorer(ref, h["evals"], None, lambda want, out, s: quality(want, out, s, "eval"))
+    cfg = mixed.MixedConfig(max_accuracy_drop=BUDGET, rounds=1, runs=2)
+    int8 = quantize.Int8Config()
+    summary, chosen = mixed.search(
+        h["fp32"], tmp_path / "out.onnx", h["calib"], h["evals"], int8, cfg, None, evaluate, tmp_path
+    )
+    assert len(calls) == 1
+    assert summary["ranked_on_samples"] == sens.SUBSET < len(h["evals"])
+    assert chosen.kept == (h["mid"],) and chosen.quality["samples"] == len(h["evals"])
+    assert summary["budget_met"] and chosen.drop <= BUDGET
+
+    with quantize.calibrated(h["fp32"], h["calib"], int8, None) as write:
+        work = tmp_path / "all"
+        work.mkdir()
+        full = sens.quantize(write, work, (), evaluate)
+        on_all = sens.rank(full, sens.restore_each(write, work, evaluate, full))
+        idx = sens.subset(len(h["evals"]))
+        full_sub = sens.Trial((), full.path, evaluate(full.path, idx))
+        on_subset = sens.rank(full_sub, sens.restore_each(write, work, evaluate, full, idx))
+    assert on_subset[0] == on_all[0] == h["mid"]

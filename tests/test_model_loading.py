@@ -141,6 +141,15 @@ def test_state_dict_with_arch(tmp_path, monkeypatch):
     same_outputs(loaded, module)
 
 
+def test_state_dict_saved_from_data_parallel_loads(tmp_path, monkeypatch):
+    # a checkpoint saved from nn.DataParallel / DistributedDataParallel: every key has `module.`
+    write_arch_module(tmp_path, monkeypatch, "arch_dp")
+    module, _ = resnet_blocks(seed=6)
+    torch.save(torch.nn.DataParallel(module).state_dict(), tmp_path / "dp.pt")
+    loaded = load_model(tmp_path / "dp.pt", LoadOptions(arch="arch_dp:resnet", input_shapes=(RESNET_SHAPE,)))
+    same_outputs(loaded, module)
+
+
 def test_state_dict_without_arch_asks_for_it(tmp_path):
     module, _ = resnet_blocks()
     torch.save(module.state_dict(), tmp_path / "w.pt")

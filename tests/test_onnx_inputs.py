@@ -155,3 +155,24 @@ def test_shared_axis_name_stays_shared(tmp_path):
     assert shapes[0][:2] == shapes[1][:2] == ["batch", "seq"] and shapes[0][2] != shapes[1][2]
     with pytest.raises(EdgekitError, match=r"'seq'.* 8 and 9"):
         load_model(src, LoadOptions(input_shapes={"a": [1, 8, 4], "b": [1, 9, 4]}))
+
+
+def test_open_axes_take_their_size_from_the_data(edgekit, tmp_path, calib):
+    """H and W left unknown by the model are sized by the calibration data: the manifest records one
+    sample's shape, and the bench times inputs of that size; random calibration, which has no size
+    for them, is refused naming --input-shape."""
+    from edgekit.artifact import read_manifest
+    from edgekit.model import example_inputs
+
+    model = classifier(tmp_path / "m.onnx", 13)
+    out = tmp_path / "out"
+    r = edgekit("compress", model, "--int8", "--calib", calib, "-o", out)
+    assert r.returncode == 0, r.stderr
+    spec = read_manifest(out).input_spec
+    assert spec.inputs[0].example == [1, 3, 48, 192]
+    assert example_inputs(spec, batch=4)["x"].shape == (4, 3, 48, 192)
+    r = edgekit("bench", out, "--runs", "2", "--warmup", "1")
+    assert r.returncode == 0, r.stderr
+    before = hashes_of(model)
+    r = edgekit("compress", model, "--int8", "--calib", "random", "-o", tmp_path / "noise")
+    assert "--input-shape x:1,3," in assert_refused(r, tmp_path / "noise", [model], before)

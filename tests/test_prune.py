@@ -10,6 +10,7 @@ import torch
 from models import depthwise_se, resnet_blocks
 from onnx import numpy_helper
 
+from edgekit import floors
 from edgekit.artifact import read_manifest
 from edgekit.compress.finetune import FinetuneConfig
 from edgekit.compress.prune import PruneConfig
@@ -22,11 +23,15 @@ from edgekit.runtimes import ort
 ARCH = "edgekit.demo:digits_net"  # the .pt2 keeps the weights; pruning needs the eager layers
 
 
-def _compress(digits, out, **kw):
+NO_FLOORS = floors.parse(["0"])  # unrecovered pruning and sparsity fall below the fidelity floors
+
+
+def _compress(digits, out, min_fidelity=NO_FLOORS, **kw):
     req = CompressRequest(
         model=digits.model, out=out, calib=str(digits.calib), eval=str(digits.test), chain=from_flags(**kw)
     )
     req.load.arch = ARCH
+    req.min_fidelity = min_fidelity
     return compress(req)
 
 
@@ -40,9 +45,12 @@ def _onnx_bytes(directory) -> int:
 
 @pytest.fixture(scope="module")
 def pruned(digits, tmp_path_factory):
-    """The digits CNN pruned to half its MACs, no recovery: (manifest, artifact dir)."""
+    """The digits CNN pruned to half its MACs, no recovery: (manifest, artifact dir). It is written,
+    but below the fidelity floor (compress exits 1 with what to try)."""
     out = tmp_path_factory.mktemp("prune") / "pruned"
-    return _compress(digits, out, prune=PruneConfig(macs=0.5)), out
+    with pytest.raises(floors.FloorNotMet, match=r"prune output .* below the floor .* --finetune DATA"):
+        _compress(digits, out, floors.DEFAULTS, prune=PruneConfig(macs=0.5))
+    return read_manifest(out), out
 
 
 def test_channels_shrink_to_multiples_of_round_to(pruned):

@@ -242,3 +242,34 @@ def test_histogram_calibration_takes_a_sample_count_that_is_not_a_batch_multiple
     out = tmp_path / "model.onnx"
     quantize_int8(fp32_models["resnet"].path, out, calib, Int8Config(calibration=method), None)
     assert sqnr_db(run(fp32_models["resnet"].path, EVAL), run(out, EVAL)) >= 5.0
+
+
+def test_recurrent_layers_are_counted_as_left_fp32(tmp_path):
+    # a CRNN text recognizer's BiLSTMs get no INT8 form from ORT's static quantizer: the summary
+    # says they stay fp32 rather than "no compute op left fp32"
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "w": rng.standard_normal((4, 8)).astype(np.float32),
+        "W": rng.standard_normal((2, 24, 8)).astype(np.float32) * 0.3,
+        "R": rng.standard_normal((2, 24, 6)).astype(np.float32) * 0.3,
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Transpose", ["h"], ["t"], perm=[1, 0, 2]),  # time first, as torch exports it
+        helper.make_node("LSTM", ["t", "W", "R"], ["s"], hidden_size=6, direction="bidirectional"),
+        helper.make_node("Transpose", ["s"], ["y"], perm=[2, 0, 1, 3]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "crnn_head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5, 2, 6])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "fp32.onnx")
+    calib = Samples({"x": rng.standard_normal((16, 5, 4)).astype(np.float32)}, None)
+    summary = quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calib, Int8Config(), None)
+    assert summary["quantized_ops"] == {"MatMul": 1}
+    assert summary["fp32_compute_ops"] == {"LSTM": 1}

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgekit.artifact import write_atomic
 from edgekit.benchmarks.compare import bootstrap_ci
+from edgekit.benchmarks.metrics import MAIN
 from edgekit.benchmarks.record import gate_names, per_round
 from edgekit.benchmarks.report import failure
 from edgekit.config import Gate, Target
@@ -137,6 +138,12 @@ def _checks(g: Gate, rec: dict, base: dict | None, saved: dict, has_baseline: bo
         out.append(
             result("min_accuracy", None if top1 is None else 100 * top1, g.min_accuracy, "%", False, how)
         )
+    if g.min_metric is not None:
+        task = (rec.get("accuracy") or {}).get("task")
+        how = (
+            f"{task['name']} (data.metric)" if task else "no task metric: set data.metric and data.evaluation"
+        )
+        out.append(result("min_metric", task and task["value"], g.min_metric, "", False, how))
     for p, limit in limits.items():
         key = {"p50": "median_ms", "p90": "p90_ms", "p99": "p99_ms"}[p]
         values = None if broken else per_round(rec["latency"], key)
@@ -197,17 +204,31 @@ def _interval(result, metric, values, threshold, unit, upper, g: Gate, how: str)
 
 
 def _accuracy_drop(rec: dict, base: dict, mode: str) -> tuple[float | None, str]:
-    """Top-1 drop from the baseline (with labels), else the drop in top-1 agreement with fp32."""
+    """The drop from the baseline in the user's task metric (data.metric), else in top-1 (with
+    labels), else in the main fidelity number of the first output's kind (agreement, cosine, mask
+    IoU) against fp32."""
     acc, ref = rec.get("accuracy") or {}, base.get("accuracy") or {}
+    if "task" in acc and "task" in ref:
+        new, old, what = acc["task"]["value"], ref["task"]["value"], f"{acc['task']['name']} (data.metric)"
+        drop = old - new if mode == "points" else 100 * (old - new) / old if old else None
+        return drop, f"{what}: {old:.4g} → {new:.4g}"
     if "top1" in acc and "top1" in ref:
         new, old, what = acc["top1"], ref["top1"], "top-1"
     else:
-        agree = [((a.get("fidelity") or {}).get("output_0") or {}).get("top1_agreement") for a in (acc, ref)]
-        if None in agree:
-            return None, "no accuracy: data.evaluation has no labels and there is no fp32 variant"
-        new, old, what = *agree, "top-1 agreement with fp32 (no labels)"
+        mains = [_main(a) for a in (acc, ref)]
+        if None in mains:
+            return None, "no accuracy: no labels in data.evaluation, no data.metric, no fp32 variant"
+        (what, new), (_, old) = mains
+        what += " with fp32 (no labels)"
     drop = 100 * (old - new) if mode == "points" else 100 * (old - new) / old
     return drop, f"{what}: {100 * old:.2f} % → {100 * new:.2f} %"
+
+
+def _main(accuracy: dict) -> tuple[str, float] | None:
+    """The first output's main fidelity number by its kind, and its name; None where there is none."""
+    out = (accuracy.get("fidelity") or {}).get("output_0") or {}
+    key, name = MAIN.get(out.get("kind", "classes" if "top1_agreement" in out else ""), (None, None))
+    return (name, out[key]) if key in out else None
 
 
 def failed(results: list[GateResult]) -> list[GateResult]:
@@ -217,7 +238,7 @@ def failed(results: list[GateResult]) -> list[GateResult]:
 def _num(x: float | None, unit: str) -> str:
     if x is None:
         return "—"
-    return f"{x:.4g} {unit}" if unit != "×" else f"{x:.3g}×"
+    return f"{x:.4g} {unit}".rstrip() if unit != "×" else f"{x:.3g}×"
 
 
 def _margin(r: GateResult) -> str:

@@ -67,6 +67,14 @@ def max_abs_diff(ref: np.ndarray, out: np.ndarray) -> float:
 
 
 KINDS = ("classes", "embedding", "sequence", "dense", "other")
+# each kind's main fidelity number (a fraction, 1 for an output equal to its reference) and its name
+# in sentences; "other" has none that a drop can be read from, only SQNR
+MAIN: dict[str, tuple[str, str]] = {
+    "classes": ("top1_agreement", "top-1 agreement"),
+    "embedding": ("cosine_mean", "mean cosine"),
+    "sequence": ("position_agreement", "position agreement"),
+    "dense": ("mask_iou", "mask IoU"),
+}
 _EMBEDDING_NAMES = ("embed", "pool", "sentence", "hidden", "feature")
 _CLASS_NAMES = ("logit", "score", "prob", "class")
 

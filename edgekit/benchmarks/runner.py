@@ -47,6 +47,7 @@ class BenchConfig:
     # command line (bench --arch, --trust-pickle) or in edgekit.yaml: never from the manifest
     arch: str | None = None
     trust_pickle: bool = False
+    metric: str | None = None  # the user's task metric (--metric, data.metric), scored here, not on a device
 
 
 def _worker(job: dict, timeout: float, prefix: list[str] | None = None) -> dict:
@@ -149,7 +150,7 @@ def measure(
         if result.get("ok") and eval_samples is not None:
             with np.load(result["eval_outputs"]) as z:
                 outputs = [z[k] for k in z.files]
-            record["accuracy"] = score(outputs, eval_samples, reference)
+            record["accuracy"] = score(outputs, eval_samples, reference, cfg.metric)
     running = (record["host"] or {}).get("cpu_class")
     made_for = manifest.target_cpu or {}
     note = mismatch(made_for, running, made_for.get("form"))

@@ -27,6 +27,7 @@ CONFIG_KEYS = (
     "emulate_cpu",
     "arch",
     "trust_pickle",
+    "metric",
 )
 
 
@@ -56,6 +57,7 @@ class BenchRequest:
     emulate_cpu: str | None = None
     arch: str | None = None
     trust_pickle: bool = False
+    metric: str | None = None
 
 
 def bench(req: BenchRequest) -> tuple[list[dict], list[str]]:

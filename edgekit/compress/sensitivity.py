@@ -3,6 +3,8 @@
 Sensitivity is the gain when one layer alone is restored to fp32 in the otherwise full INT8 model
 (not the loss when it alone is quantized): the search that uses it starts from full INT8 and adds
 fp32 layers, so this is the very step it takes, with every other layer's error already present.
+Every trial is written from one calibration (edgekit.compress.quantize.calibrated): the ranges do
+not depend on which layers are kept.
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import batching
-from edgekit.compress.quantize import COMPUTE_OPS, Int8Config, quantize_int8
+from edgekit.compress.quantize import COMPUTE_OPS, Int8Config, Write, calibrated
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
 
-Evaluate = Callable[[Path], dict]  # a model file -> evaluate.quality against fp32
+# a model file and the evaluation samples to judge it on (indices; None: all) -> its quality
+Evaluate = Callable[[Path, np.ndarray | None], dict]
+Judge = Callable[[list[np.ndarray], list[np.ndarray], Samples], dict]  # fp32, model, samples -> quality
+# the evaluation samples the mixed-precision search ranks layers on (edgekit.compress.mixed): one
+# sample is 0.8 points, and restoring the layer that matters gains many; the finalists are then
+# scored on all of them
+SUBSET = 128
 
 
 @dataclass
@@ -67,17 +75,38 @@ def quantized_layers(int8: Path) -> list[tuple[str, str]]:
     ]
 
 
-def quantize(fp32: Path, work: Path, calib: Samples, cfg: Int8Config, kept: tuple[str, ...], fixed, evaluate):
-    """The INT8 model of FP32 with the KEPT nodes left in fp32, scored."""
+def scorer(ref: list[np.ndarray], evals: Samples, fixed: int | None, judge: Judge) -> Evaluate:
+    """EVALUATE for models of the fp32 model whose outputs on EVALS are REF: JUDGE on the samples
+    asked for, their fp32 outputs the same rows of REF."""
+    from edgekit.evaluate import predict
+
+    def evaluate(path: Path, idx: np.ndarray | None = None) -> dict:
+        samples = evals if idx is None else evals.take(idx)
+        want = ref if idx is None else [r[idx] for r in ref]
+        return judge(want, predict(path, samples, fixed, "evaluating a candidate"), samples)
+
+    return evaluate
+
+
+def subset(n: int, size: int = SUBSET) -> np.ndarray | None:
+    """SIZE evenly spaced indices of N evaluation samples, or None (all) where N <= SIZE: the same
+    every run, and spread over the data even where a folder lists it class by class."""
+    return None if n <= size else np.linspace(0, n - 1, size).round().astype(int)
+
+
+def quantize(write: Write, work: Path, kept: tuple[str, ...], evaluate: Evaluate, idx=None) -> Trial:
+    """The INT8 model (from WRITE's calibration) with the KEPT nodes left in fp32, scored on the
+    evaluation samples IDX (None: all)."""
     path = work / f"int8-{len(list(work.glob('int8-*.onnx')))}.onnx"
-    quantize_int8(fp32, path, calib, cfg.model_copy(update={"exclude_nodes": list(kept)}), fixed)
-    return Trial(kept, path, evaluate(path))
+    write(path, kept)
+    return Trial(kept, path, evaluate(path, idx))
 
 
-def restore_each(fp32, work, calib, cfg, fixed, evaluate, full: Trial) -> dict[str, Trial]:
-    """For every quantized layer, the full INT8 model with that layer alone back in fp32."""
+def restore_each(write: Write, work: Path, evaluate: Evaluate, full: Trial, idx=None) -> dict[str, Trial]:
+    """For every quantized layer, the full INT8 model with that layer alone back in fp32, scored
+    on the evaluation samples IDX (None: all)."""
     layers = quantized_layers(full.path)
-    return {name: quantize(fp32, work, calib, cfg, (name,), fixed, evaluate) for name, _ in layers}
+    return {name: quantize(write, work, (name,), evaluate, idx) for name, _ in layers}
 
 
 def rank(full: Trial, singles: dict[str, Trial]) -> list[str]:
@@ -142,8 +171,9 @@ def latency_shares(
 def table(fp32: Path, work: Path, calib: Samples, evals: Samples, cfg: Int8Config, fixed, evaluate) -> dict:
     """`edgekit sensitivity`: every quantized layer with its op, MACs, sensitivity and fp32
     latency share, most sensitive first; and the full INT8 model's own drop."""
-    full = quantize(fp32, work, calib, cfg, (), fixed, evaluate)
-    singles = restore_each(fp32, work, calib, cfg, fixed, evaluate, full)
+    with calibrated(fp32, calib, cfg, fixed) as write:
+        full = quantize(write, work, (), evaluate)
+        singles = restore_each(write, work, evaluate, full)
     ops = dict(quantized_layers(full.path))
     feeds, _ = next(batching.batches(evals.inputs, fixed, 1))  # one sample, or one fixed batch
     counts, shares = macs(fp32), latency_shares(fp32, feeds, threads=0)

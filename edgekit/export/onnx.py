@@ -22,6 +22,7 @@ from edgekit import batching
 from edgekit.artifact import InputSpec
 from edgekit.benchmarks.metrics import compare_outputs
 from edgekit.errors import EdgekitError, VerificationError, first_line
+from edgekit.memory import run_batch
 from edgekit.model import run_torch
 
 MODEL_FILE = "model.onnx"
@@ -71,7 +72,8 @@ def export(module, spec: InputSpec, out_dir: Path, cfg: ExportConfig, n_outputs:
     (+ model.onnx.data for more than 1.8 GB of weights)."""
     import torch
 
-    dynamic = any(isinstance(t.shape[0], str) for t in spec.inputs if t.shape)
+    axes = {t.name: t.batch_axis for t in spec.inputs if t.batch_axis is not None}
+    dynamic = any(isinstance(t.shape[axes[t.name]], str) for t in spec.inputs if t.name in axes)
     args = tuple(torch.from_numpy(np.zeros(t.concrete_shape(2), dtype=t.dtype)) for t in spec.inputs)
     if program is not None and (dynamic or not _has_symbolic_inputs(program)):
         ep = program
@@ -81,7 +83,10 @@ def export(module, spec: InputSpec, out_dir: Path, cfg: ExportConfig, n_outputs:
         dims = None
         if dynamic:
             batch = torch.export.Dim("batch")
-            dims = tuple({0: batch} if isinstance(t.shape[0], str) else {} for t in spec.inputs)
+            dims = tuple(
+                {axes[t.name]: batch} if t.name in axes and isinstance(t.shape[axes[t.name]], str) else {}
+                for t in spec.inputs
+            )
         ep = _torch_export(module, args, dims)
     weights = sum(p.numel() * p.element_size() for p in ep.state_dict.values())
     path = Path(out_dir) / MODEL_FILE
@@ -100,21 +105,22 @@ def export(module, spec: InputSpec, out_dir: Path, cfg: ExportConfig, n_outputs:
     except Exception as e:
         raise EdgekitError(_conversion_message(e, ep)) from None
     if dynamic:
-        _name_batch_axis(path)
+        _name_batch_axis(path, axes)
     check(path)
     return path
 
 
-def _name_batch_axis(path: Path) -> None:
-    """The exporter names the dynamic batch after an internal symbol (`s31`); call it `batch`."""
+def _name_batch_axis(path: Path, axes: dict[str, int]) -> None:
+    """The exporter names the dynamic batch after an internal symbol (`s31`); call it `batch`. AXES:
+    each input's batch axis."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     symbols = {
-        vi.type.tensor_type.shape.dim[0].dim_param
+        dims[axes[vi.name]].dim_param
         for vi in model.graph.input
-        if vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_param
-    }
+        if vi.name in axes and len(dims := vi.type.tensor_type.shape.dim) > axes[vi.name]
+    } - {""}
     for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         for dim in vi.type.tensor_type.shape.dim:
             if dim.dim_param in symbols:
@@ -264,8 +270,9 @@ def verify(module, onnx_path: Path, spec: InputSpec, feeds: dict[str, np.ndarray
 
     sess = ort.load(str(onnx_path))
     n, fixed = len(next(iter(feeds.values()))), spec.fixed_batch
-    ref = batching.outputs(lambda f: run_torch(module, f, spec), feeds, fixed, n)
-    got = batching.outputs(sess.run, feeds, fixed, n)
+    size = run_batch(onnx_path, n)  # a 640x640 detector: a few samples a run
+    ref = batching.outputs(lambda f: run_torch(module, f, spec), feeds, fixed, size)
+    got = batching.outputs(sess.run, feeds, fixed, size)
     per_output = {}
     diverging = []
     for name, r, g in zip(sess.output_names, ref, got, strict=True):

@@ -22,6 +22,7 @@ from pathlib import Path
 from edgekit.artifact import InputSpec
 from edgekit.errors import EdgekitError
 from edgekit.export.trt_parser import make_logger, parse, require_tensorrt
+from edgekit.memory import parse_size
 
 PLAN_FILE = "model.plan"
 LOG_FILE = "build.log"
@@ -30,17 +31,14 @@ PRECISIONS = ("fp32", "fp16", "int8")
 DYNAMIC_BATCH = (1, 1, 32)  # min / opt / max batch for a dynamic batch axis unless given
 RANK = {"int8": 0, "fp16": 1, "bf16": 1, "fp32": 2}  # lower: less precise
 COMPUTE = re.compile(r"convolution|deconvolution|matrixmultiply|gemm|fullyconnected", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def parse_bytes(text: str | int) -> int:
-    """ "2G", "512M", "64K", "1048576" -> bytes (binary units, an optional trailing B or iB)."""
-    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
-    if not m or float(m.group(1)) <= 0:
-        raise EdgekitError(f"{text!r} is not a size in bytes; write it like 2G, 512M or 1048576.")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    """ "2G", "512M", "64K", "1048576" -> bytes (edgekit.memory.parse_size); one sentence otherwise."""
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise EdgekitError(f"{text!r} is not a size in bytes; write it like 2G, 512M or 1048576.") from None
 
 
 @dataclass

@@ -1,0 +1,76 @@
+"""Is the compressed model faster than its fp32 parent on the runtime it is for? A short interleaved
+timing (batch 1, about a second in all) recorded in the manifest; a model that is not faster is
+reported (a warning, exit 0). `edgekit compare` is the measurement to quote."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import batching
+from edgekit.benchmarks.metrics import interleaved_medians
+from edgekit.data import Samples
+
+BUDGET_S = 1.0  # timed seconds, both models, all rounds
+ROUNDS = 5
+RUNTIMES = {  # what measure() takes, as the record names it
+    "ort": "ONNX Runtime (CPU)",
+    "openvino": "OpenVINO (CPU)",
+    "openvino-bf16": "OpenVINO (CPU), bf16 against f32",
+}
+
+
+def measure(fp32: Path, model: Path, samples: Samples, fixed: int | None, runtime: str) -> dict:
+    """{fp32_ms, ms, ratio (ms / fp32_ms), faster, runtime, batch, rounds, runs}: the medians of
+    round medians of FP32 and MODEL on one batch of SAMPLES, in RUNTIME ("ort", "openvino" or
+    "openvino-bf16": the same file at f32 and at bf16), alternating A B A B."""
+    first, *_ = batching.batches(samples.take(slice(0, fixed or 1)).inputs, fixed, 1)
+    feeds = first[0]
+    a, b = _sessions(fp32, model, runtime)
+    a.run(feeds), b.run(feeds)  # the first run of a session prepares its kernels
+    once = [_time(a.run, feeds), _time(b.run, feeds)]
+    runs = int(np.clip(BUDGET_S / ROUNDS / 2 / max(max(once), 1e-6), 1, 50))
+    medians = interleaved_medians(
+        {"fp32": lambda: a.run(feeds), "model": lambda: b.run(feeds)}, ROUNDS, runs, warmup=2
+    )
+    fp32_ms, ms = float(np.median(medians["fp32"])), float(np.median(medians["model"]))
+    return {
+        "runtime": RUNTIMES[runtime],
+        "batch": fixed or 1,
+        "rounds": ROUNDS,
+        "runs": runs,
+        "fp32_ms": fp32_ms,
+        "ms": ms,
+        "ratio": ms / fp32_ms,
+        "faster": ms < fp32_ms,
+    }
+
+
+def _time(fn, feeds) -> float:
+    t = time.perf_counter()
+    fn(feeds)
+    return time.perf_counter() - t
+
+
+def _sessions(fp32: Path, model: Path, runtime: str):
+    if runtime == "ort":
+        from edgekit.runtimes import ort
+
+        return ort.load(str(fp32)), ort.load(str(model))
+    from edgekit.runtimes import ov
+
+    precision = "bf16" if runtime == "openvino-bf16" else "f32"
+    return ov.load(str(fp32), "cpu", ov.Options(precision="f32")), ov.load(
+        str(model), "cpu", ov.Options(precision=precision)
+    )
+
+
+def warning(out: str, step: str, record: dict) -> str:
+    """The line a model that is not faster than its parent gets."""
+    return (
+        f"{out} ({step}) is not faster than its fp32 parent in {record['runtime']}: "
+        f"{record['ms']:.3g} ms vs {record['fp32_ms']:.3g} ms at batch {record['batch']} "
+        f"({record['ratio']:.2f}x the time; a short check, `edgekit compare` measures it properly)."
+    )

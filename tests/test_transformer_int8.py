@@ -1,0 +1,201 @@
+"""INT8 of a BERT-style sentence encoder as Hugging Face exports it: additive attention mask filled
+with the dtype's minimum, LayerNorm written out as ReduceMean/Pow/Sqrt, and a few hidden channels
+with outliers (real BERTs have them). Quantized like a CNN, every op INT8, its embeddings are lost;
+edgekit finds the attention, quantizes the matrix products only, and smooths their inputs first."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekit.benchmarks.metrics import compare_outputs
+from edgekit.compress.quantize import Int8Config, quantize_int8
+from edgekit.data import Samples
+
+D, HEADS, VOCAB, SEQ = 32, 4, 64, 16
+
+
+class TinyBert(nn.Module):
+    """Two post-LayerNorm encoder layers, eager attention, mean pooling over the mask, L2 norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, D)
+        self.pos = nn.Parameter(torch.randn(SEQ, D) * 0.1)
+        self.layers = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "qkv": nn.Linear(D, 3 * D),
+                    "out": nn.Linear(D, D),
+                    "ln1": nn.LayerNorm(D),
+                    "ff1": nn.Linear(D, 4 * D),
+                    "ff2": nn.Linear(4 * D, D),
+                    "ln2": nn.LayerNorm(D),
+                }
+            )
+            for _ in range(2)
+        )
+        # BERT's outlier dimensions: two channels of each LayerNorm's output 100x the rest, which the
+        # layers reading them weigh 100x less (the last LayerNorm, the embedding itself, has none)
+        with torch.no_grad():
+            for i, layer in enumerate(self.layers):
+                layer["ln1"].weight[:2] = 100.0
+                layer["ff1"].weight[:, :2] /= 100
+                if i + 1 < len(self.layers):
+                    layer["ln2"].weight[:2] = 100.0
+                    self.layers[i + 1]["qkv"].weight[:, :2] /= 100
+
+    def forward(self, input_ids, attention_mask):
+        b, s = input_ids.shape
+        x = self.embed(input_ids) + self.pos[:s]
+        mask = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        for layer in self.layers:
+            q, k, v = layer["qkv"](x).reshape(b, s, 3, HEADS, -1).permute(2, 0, 3, 1, 4)
+            scores = q @ k.transpose(-1, -2) / math.sqrt(D // HEADS) + mask
+            attn = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, D)
+            x = layer["ln1"](x + layer["out"](attn))
+            x = layer["ln2"](x + layer["ff2"](nn.functional.gelu(layer["ff1"](x))))
+        m = attention_mask.unsqueeze(-1).float()
+        return nn.functional.normalize((x * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=1)
+
+
+def _tokens(n: int, seed: int) -> dict[str, np.ndarray]:
+    """N padded token sequences of 4 to SEQ real tokens."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(4, SEQ + 1, n)
+    mask = (np.arange(SEQ)[None] < lengths[:, None]).astype(np.int64)
+    return {"input_ids": rng.integers(1, VOCAB, (n, SEQ)) * mask, "attention_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def bert_onnx(tmp_path_factory) -> tuple:
+    """The tiny encoder exported the way optimum does (opset 14, TorchScript exporter, dynamic axes),
+    and its fp32 embeddings of held-out sequences."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("bert") / "bert.onnx"
+    example = {k: torch.from_numpy(v) for k, v in _tokens(2, 9).items()}
+    axes = {k: {0: "batch", 1: "sequence"} for k in example}
+    torch.onnx.export(
+        TinyBert().eval(),
+        tuple(example.values()),
+        str(path),
+        input_names=list(example),
+        output_names=["sentence_embedding"],
+        dynamic_axes=axes,
+        opset_version=14,
+        dynamo=False,
+    )
+    held_out = _tokens(64, 1)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, held_out)[0]
+    return path, held_out, ref
+
+
+def _int8_cosine(bert_onnx, tmp_path, cfg: Int8Config) -> tuple[float, dict]:
+    import onnxruntime as ort
+
+    path, held_out, ref = bert_onnx
+    out = tmp_path / "int8.onnx"
+    summary = quantize_int8(path, out, Samples(_tokens(64, 0), None), cfg, None)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, held_out)[0]
+    return compare_outputs(ref, got, "embedding")["cosine_mean"], summary
+
+
+def test_a_bert_style_encoder_keeps_its_embeddings_in_int8(bert_onnx, tmp_path):
+    cosine, summary = _int8_cosine(bert_onnx, tmp_path, Int8Config(target_cpu="x86-vnni"))
+    assert summary["transformer"]["smoothed_activations"] > 0
+    assert summary["quantized_ops"]["MatMul"] >= 8 and not summary["fp32_compute_ops"].get("MatMul")
+    assert cosine > 0.99
+
+
+def test_only_the_matrix_products_inputs_are_int8(bert_onnx, tmp_path):
+    """LayerNorm, Softmax, GELU, the mask and the residual adds stay float, and so do the products'
+    outputs: an INT8 output before the bias add loses the outlier channels again."""
+    import onnx
+
+    path, _, _ = bert_onnx
+    quantize_int8(path, tmp_path / "int8.onnx", Samples(_tokens(32, 0), None), Int8Config(), None)
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    weights = {i.name for i in graph.initializer}
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    readers: dict[str, set] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, set()).add(n.op_type)
+    activations = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights]
+    assert activations
+    for q in activations:  # quantized only where a matrix product reads it, never a product's output
+        dequantized = [d for d in graph.node if d.op_type == "DequantizeLinear" and d.input[0] == q.output[0]]
+        assert {op for d in dequantized for op in readers[d.output[0]]} == {"MatMul"}
+        assert producer.get(q.input[0]) != "MatMul"
+
+
+def _outlier_matmul(path) -> dict[str, np.ndarray]:
+    """One MatMul whose input has two channels 100x the rest, weighed 100x less (the layer after a
+    BERT LayerNorm); returns its input samples."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(32, 16)).astype(np.float32)
+    w[:2] /= 100
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="dense")],
+        "outliers",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
+    x = rng.normal(size=(256, 32)).astype(np.float32)
+    x[:, :2] *= 100
+    return {"x": x}
+
+
+def test_smoothing_moves_outlier_channels_into_the_weights(tmp_path):
+    """Per-tensor INT8 of an input with outlier channels leaves the others a level or two; smoothed,
+    the same product keeps its precision."""
+    import onnxruntime as ort
+
+    from edgekit.benchmarks.metrics import sqnr_db
+
+    x = _outlier_matmul(tmp_path / "mm.onnx")
+    ref = ort.InferenceSession(str(tmp_path / "mm.onnx")).run(None, x)[0]
+    sqnr = {}
+    for alpha in (0.0, 0.95):
+        cfg = Int8Config(target_cpu="x86-vnni", transformer=True, smooth_alpha=alpha, calibration="minmax")
+        summary = quantize_int8(tmp_path / "mm.onnx", tmp_path / f"{alpha}.onnx", Samples(x, None), cfg, None)
+        assert summary["transformer"]["smoothed_activations"] == (alpha > 0)
+        sqnr[alpha] = sqnr_db(ref, ort.InferenceSession(str(tmp_path / f"{alpha}.onnx")).run(None, x)[0])
+    assert sqnr[0.95] > sqnr[0.0] + 10
+
+
+def test_a_cnn_is_not_taken_for_a_transformer(tmp_path):
+    from edgekit.compress.smooth import has_attention
+    from tests.models import resnet_blocks, transformer
+
+    graphs = {}
+    for name, (module, shapes) in {"cnn": resnet_blocks(), "encoder": transformer()}.items():
+        path = tmp_path / f"{name}.onnx"
+        torch.onnx.export(module, tuple(torch.randn(s) for s in shapes), str(path), dynamo=False)
+        import onnx
+
+        graphs[name] = onnx.load(str(path)).graph
+    assert not has_attention(graphs["cnn"])
+    assert has_attention(graphs["encoder"])
+
+
+def test_compress_leaves_the_working_directory_as_it_was(edgekit, bert_onnx, tmp_path):
+    """The CLI on the encoder (whose symbolic shape inference ORT gives up on, writing its partial
+    model to the working directory) leaves nothing in the directory it ran from."""
+    path = bert_onnx[0]
+    np.savez(tmp_path / "calib.npz", **_tokens(32, 0))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    out = tmp_path / "out"
+    r = edgekit("compress", path, "--int8", "--calib", tmp_path / "calib.npz", "-o", out, cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert list(cwd.iterdir()) == []
