@@ -72,7 +72,8 @@ def test_a_bad_metric_is_one_sentence(edgekit, tiny, metric_dir, spec, said):
     model = tiny / "model.ts.pt"
     before = hashes_of(model)
     out = metric_dir / "art"
-    args = ("--input-shape", "1,1,16,16", "--int8", "--calib", "random", "--eval", "random", "--metric", spec)
+    data = ("--calib", "random", "--calib-size", "8", "--eval", "random", "--eval-size", "8")
+    args = ("--input-shape", "1,1,16,16", "--int8", *data, "--metric", spec)
     args = (*args, "-o", out)
     r = edgekit("compress", model, *args, cwd=metric_dir)
     assert said in assert_refused(r, out, [model], before)
