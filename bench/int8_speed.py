@@ -33,6 +33,7 @@ from edgekit.artifact import read_manifest
 from edgekit.benchmarks.metrics import interleaved_medians, sqnr_db
 from edgekit.compress.quantize import Int8Config
 from edgekit.demo import digits_data, train
+from edgekit.floors import NO_FLOORS
 from edgekit.passes import from_flags
 from edgekit.pipeline import CompressRequest, compress
 
@@ -104,6 +105,7 @@ def bench_model(name: str, build, work: Path, threads: int, rounds: int, runs: i
             model=pt2,
             out=int8_dir,
             chain=from_flags(int8=Int8Config()),
+            min_fidelity=NO_FLOORS,  # random weights: speed alone is measured
             calib=str(work / "calib.npz"),
             eval=str(work / "eval.npz"),
             calib_size=200,

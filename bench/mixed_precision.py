@@ -34,6 +34,7 @@ from edgekit.artifact import read_manifest
 from edgekit.compress.mixed import MixedConfig
 from edgekit.compress.precision import Fp16Config
 from edgekit.compress.quantize import Int8Config
+from edgekit.floors import NO_FLOORS
 from edgekit.passes import Bf16Config, from_flags
 from edgekit.pipeline import CompressRequest, compress
 from edgekit.runtimes import ort as ort_rt
@@ -109,7 +110,9 @@ def bench_mixed(work: Path, args) -> dict:
     model = _pt2(module, 112, work / "hostile.pt2")
     np.savez(work / "calib.npz", x=smooth_images(64, 112, seed=1))
     np.savez(work / "eval.npz", x=smooth_images(200, 112, seed=2))
+    # a model built to break plain INT8 (and random weights below): fidelity is reported, not floored
     data = {"calib": str(work / "calib.npz"), "eval": str(work / "eval.npz"), "calib_size": 64}
+    data["min_fidelity"] = NO_FLOORS
     dirs = {k: work / f"hostile-{k}" for k in ("fp32", "int8", "mixed")}
     compress(CompressRequest(model=model, out=dirs["fp32"], **data))
     compress(CompressRequest(model=model, out=dirs["int8"], chain=from_flags(int8=Int8Config()), **data))
@@ -139,7 +142,7 @@ def bench_mixed(work: Path, args) -> dict:
 def bench_half(work: Path, args) -> dict:
     model = _pt2(resnet18(), 224, work / "resnet18.pt2")
     np.savez(work / "r_calib.npz", x=smooth_images(32, seed=4))
-    data = {"calib": str(work / "r_calib.npz"), "calib_size": 32}
+    data = {"calib": str(work / "r_calib.npz"), "calib_size": 32, "min_fidelity": NO_FLOORS}  # random weights
     dirs = {k: work / f"resnet18-{k}" for k in ("fp32", "fp16", "bf16")}
     compress(CompressRequest(model=model, out=dirs["fp32"], **data))
     compress(CompressRequest(model=model, out=dirs["fp16"], chain=from_flags(fp16=Fp16Config()), **data))

@@ -35,6 +35,7 @@ from models import mobilenet_v2, resnet18, smooth_images
 from edgekit.benchmarks.metrics import interleaved_medians, sqnr_db
 from edgekit.build import BuildConfig, BuildRequest, build
 from edgekit.compress.quantize import Int8Config
+from edgekit.floors import NO_FLOORS
 from edgekit.passes import from_flags
 from edgekit.pipeline import CompressRequest, compress
 from edgekit.runtimes import ort
@@ -69,6 +70,7 @@ def bench_model(name: str, make, work: Path, threads: int, rounds: int, runs: in
             model=pt2,
             out=dirs["int8"],
             chain=from_flags(int8=Int8Config()),
+            min_fidelity=NO_FLOORS,  # random weights: speed alone is measured
             calib=str(work / "calib.npz"),
             calib_size=200,
         )

@@ -33,6 +33,7 @@ from edgekit.compress.finetune import FinetuneConfig
 from edgekit.compress.prune import PruneConfig
 from edgekit.compress.quantize import Int8Config
 from edgekit.demo import digits_data, train
+from edgekit.floors import NO_FLOORS
 from edgekit.passes import from_flags
 from edgekit.pipeline import CompressRequest, compress
 
@@ -84,7 +85,12 @@ def bench_digits(work: Path, args) -> dict:
 
     def run(name: str, **kw) -> Path:
         req = CompressRequest(
-            model=model, out=work / name, calib=str(calib), eval=str(test), chain=from_flags(**kw)
+            model=model,
+            out=work / name,
+            calib=str(calib),
+            eval=str(test),
+            chain=from_flags(**kw),
+            min_fidelity=NO_FLOORS,  # pruning without recovery is measured for speed; fidelity reported
         )
         req.load.arch = "edgekit.demo:digits_net"
         compress(req)
@@ -119,7 +125,11 @@ def bench_resnet18(work: Path, args) -> dict:
 
     def run(name: str, **kw) -> Path:
         req = CompressRequest(
-            model=path, out=work / name, calib=str(work / "r_calib.npz"), chain=from_flags(**kw)
+            model=path,
+            out=work / name,
+            calib=str(work / "r_calib.npz"),
+            chain=from_flags(**kw),
+            min_fidelity=NO_FLOORS,  # random weights: speed alone is measured
         )
         req.load.arch, req.load.input_shapes = "models:resnet18", ((1, 3, 224, 224),)
         compress(req)

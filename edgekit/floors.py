@@ -21,6 +21,7 @@ METRICS: dict[str, tuple[str, str, float]] = {
 # with labels, the first output (class scores) is judged by the top-1 it keeps: top-1 / fp32's top-1
 ACCURACY = "accuracy"
 DEFAULTS: dict[str, float] = {**{k: m[2] for k, m in METRICS.items()}, ACCURACY: 0.95}
+NO_FLOORS: dict[str, float] = dict.fromkeys(DEFAULTS, 0.0)  # `--min-fidelity 0`
 FRACTIONS = (*[k for k in METRICS if k != "other"], ACCURACY)  # floors in [0, 1]; other's is dB
 JUDGED = ("prune", "int8", "fp16", "bf16")  # the verification entries a floor applies to
 
