@@ -36,8 +36,9 @@ def parse_size(text: str | int) -> int:
     return size
 
 
-def available() -> int:
-    """Bytes of memory available now (MemAvailable of /proc/meminfo, else the free pages)."""
+def meminfo_available() -> int | None:
+    """Bytes of memory available for new allocations (MemAvailable of /proc/meminfo); None where
+    there is no /proc."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -45,6 +46,14 @@ def available() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def available() -> int:
+    """Bytes of memory available now (MemAvailable, else the free pages, else FALLBACK)."""
+    found = meminfo_available()
+    if found is not None:
+        return found
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

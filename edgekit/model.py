@@ -17,6 +17,7 @@ import numpy as np
 
 from edgekit.artifact import InputSpec, LoadOptions, Source, TensorSpec, sha256_file, shapes_from_text
 from edgekit.errors import EdgekitError, first_line
+from edgekit.memory import meminfo_available
 from edgekit.user_code import load_function
 
 BATCH = "batch"
@@ -156,20 +157,10 @@ def check_external_data(path: Path, model) -> None:
                 )
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory available for new allocations (MemAvailable); None where there is no /proc."""
-    try:
-        lines = Path("/proc/meminfo").read_text().splitlines()
-    except OSError:
-        return None
-    kib = next((line.split()[1] for line in lines if line.startswith("MemAvailable:")), None)
-    return int(kib) * 1024 if kib else None
-
-
 def _check_fits(spec: InputSpec) -> None:
     """Refuse an input of one sample that alone exceeds the memory available, before anything
     allocates it (numpy would fail with a traceback, or the kernel kill the process)."""
-    available = _available_memory()
+    available = meminfo_available()  # None where there is no /proc: nothing to check against
     if available is None:
         return
     for t in spec.inputs:
