@@ -105,7 +105,7 @@ def _int8_cosine(bert_onnx, tmp_path, cfg: Int8Config) -> tuple[float, dict]:
 
 
 def test_a_bert_style_encoder_keeps_its_embeddings_in_int8(bert_onnx, tmp_path):
-    cosine, summary = _int8_cosine(bert_onnx, tmp_path, Int8Config(target_cpu="x86-vnni"))
+    cosine, summary = _int8_cosine(bert_onnx, tmp_path, Int8Config())
     assert summary["transformer"]["smoothed_activations"] > 0
     assert summary["quantized_ops"]["MatMul"] >= 8 and not summary["fp32_compute_ops"].get("MatMul")
     assert cosine > 0.99
@@ -166,7 +166,7 @@ def test_smoothing_moves_outlier_channels_into_the_weights(tmp_path):
     ref = ort.InferenceSession(str(tmp_path / "mm.onnx")).run(None, x)[0]
     sqnr = {}
     for alpha in (0.0, 0.95):
-        cfg = Int8Config(target_cpu="x86-vnni", transformer=True, smooth_alpha=alpha, calibration="minmax")
+        cfg = Int8Config(transformer=True, smooth_alpha=alpha, calibration="minmax")
         summary = quantize_int8(tmp_path / "mm.onnx", tmp_path / f"{alpha}.onnx", Samples(x, None), cfg, None)
         assert summary["transformer"]["smoothed_activations"] == (alpha > 0)
         sqnr[alpha] = sqnr_db(ref, ort.InferenceSession(str(tmp_path / f"{alpha}.onnx")).run(None, x)[0])
