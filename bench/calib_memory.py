@@ -110,7 +110,7 @@ def rows(result: dict) -> list[tuple[str, str]]:
         ),
         ("calibration budget (edgekit's)", _gib(mem["budget_bytes"]) if mem else "—"),
         ("activations a sample", _gib(mem["bytes_per_sample"]) if mem else "—"),
-        ("samples a chunk x chunks", f"{mem['chunk_samples']} x {mem['chunks']}" if mem else "—"),
+        ("samples a run x runs", f"{mem['samples_per_run']} x {mem['runs']}" if mem else "—"),
         ("seconds (load, export, calibrate, verify)", f"{result['seconds']:.0f}"),
         (f"fidelity on {result['eval_images']} held-out scenes", _fidelity(result) or "—"),
     ]

@@ -47,11 +47,11 @@ def test_small_budget_calibrates_in_chunks_with_the_same_minmax_scales(tmp_path)
     small = Int8Config(calibration="minmax", calib_memory=5 * per_sample)
     chunked = quantize_int8(src, tmp_path / "chunked.onnx", calib, small, None)
 
-    assert whole["calibration_memory"]["chunks"] == 1
+    assert whole["calibration_memory"]["samples_per_run"] == Int8Config().calib_batch
     memory = chunked["calibration_memory"]
     assert memory["budget_bytes"] == 5 * per_sample
     assert memory["bytes_per_sample"] == per_sample > 0
-    assert memory["chunk_samples"] == 2 and memory["chunks"] == 12
+    assert memory["samples_per_run"] == 2 and memory["runs"] == 1 + 12  # the first sample alone
     a, b = scales(tmp_path / "whole.onnx"), scales(tmp_path / "chunked.onnx")
     assert a.keys() == b.keys() and a
     for name in a:  # min/max ranges merge exactly

@@ -206,13 +206,13 @@ def test_a_trial_from_reused_ranges_is_the_recalibrated_one(hostile_onnx, tmp_pa
 def test_the_search_calibrates_once_and_ranks_on_a_subset(hostile_onnx, tmp_path, monkeypatch):
     """300 evaluation samples: the layers are ranked on 128 of them, the hostile conv first as on
     all 300, and the chosen model is scored on all 300; ORT's calibrator ran once."""
-    from edgekit.compress import mixed, quantize
+    from edgekit.compress import calibrate, mixed, quantize
     from edgekit.compress import sensitivity as sens
     from edgekit.evaluate import predict, quality
 
     calls = []
-    real = quantize._calibrate
-    monkeypatch.setattr(quantize, "_calibrate", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = calibrate.calibrate
+    monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: calls.append(a) or real(*a, **k))
     h = hostile_onnx
     ref = predict(h["fp32"], h["evals"], None, "fp32")
     evaluate = sens.scorer(ref, h["evals"], None, lambda want, out, s: quality(want, out, s, "eval"))

@@ -14,10 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.compress import tensors
-from edgekit.compress.tensors import FLOAT
-from edgekit.data import Samples
-
 LAYERS = ("Conv", "Gemm")
 
 
@@ -40,20 +36,6 @@ def _dequantized(node, inits: dict) -> np.ndarray | None:
         shape[axis] = -1
         scale, zp = scale.reshape(shape), np.reshape(zp, shape) if np.ndim(zp) else zp
     return (q - zp) * scale
-
-
-def _mean_inputs(
-    model, names: list[str], calib: Samples, fixed: int | None, batch: int
-) -> dict[str, np.ndarray]:
-    """The mean over the calibration samples (axis 0) of each tensor in NAMES."""
-    sums: dict[str, np.ndarray] = {}
-    count = 0
-    for found, real in tensors.values(model, dict.fromkeys(names, FLOAT), calib, fixed, batch):
-        for name, value in found.items():
-            part = value[:real].astype(np.float64).sum(0)
-            sums[name] = sums[name] + part if name in sums else part
-        count += real
-    return {name: s / count for name, s in sums.items()}
 
 
 def _conv_errors(layers: list, means: dict, deltas: list[np.ndarray]) -> list[np.ndarray]:
@@ -85,21 +67,22 @@ def _conv_errors(layers: list, means: dict, deltas: list[np.ndarray]) -> list[np
     return [y[0].reshape(y.shape[1], -1).mean(1) for y in session.run(None, {})]
 
 
-def mean_inputs(fp32: Path, calib: Samples, fixed: int | None, batch: int) -> dict[str, np.ndarray]:
-    """The mean input over CALIB of each Conv/Gemm of FP32 with a constant weight (measured once,
-    for every model quantized from FP32)."""
+def layer_inputs(fp32: Path) -> list[str]:
+    """The inputs of the Conv/Gemm layers of FP32 with a constant weight: the tensors whose means
+    over the calibration data (edgekit.compress.calibrate, in its one pass) `correct` needs."""
     import onnx
 
-    model = onnx.load(str(fp32))
+    model = onnx.load(str(fp32), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
     names = {n.input[0] for n in model.graph.node if n.op_type in LAYERS and n.input[1] in inits}
-    return _mean_inputs(model, sorted(names - inits), calib, fixed, batch) if names - inits else {}
+    return sorted(names - inits)
 
 
 def correct(fp32: Path, qdq: Path, means: dict[str, np.ndarray]) -> int:
     """Add to each quantized Conv/Gemm bias of the QDQ model (rewritten in place) the mean output
-    error its weights' rounding makes on the calibration data (MEANS: its `mean_inputs`), FP32 being
-    the model it was quantized from; returns how many layers were corrected."""
+    error its weights' rounding makes on the calibration data (MEANS: the mean of each of FP32's
+    `layer_inputs`), FP32 being the model it was quantized from; returns how many layers were
+    corrected."""
     import onnx
     from onnx import helper, numpy_helper
 

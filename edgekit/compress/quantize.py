@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgekit import batching
-from edgekit.compress import bias_correction, calib_memory, equalize, sentinels, smooth, weight_pairs
+from edgekit.compress import bias_correction, calibrate, equalize, smooth, weight_pairs
 from edgekit.compress.weight_pairs import PairLayer
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError, first_line
 from edgekit.memory import budget, parse_size
-from edgekit.progress import progress
 from edgekit.target_cpu import CLASSES, FORMS, Form, TargetCpu, auto_form, resolve
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -138,7 +134,7 @@ def calibrated(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | N
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
-    }[cfg.calibration]
+    }[cfg.calibration]  # what quantize_static reads the calibration cache as
     extra = {
         "WeightSymmetric": True,
         "ActivationSymmetric": cfg.activation_symmetric,
@@ -170,10 +166,14 @@ def calibrated(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | N
         overrides, pairs = reduced_weights(src, cfg)
         if overrides:
             extra["TensorQuantOverrides"] = overrides
-        cache, memory, left = _calibrate(src, calib, cfg, batch_fixed, method, Path(tmp), ops)
+        how = calibrate.Method(cfg.calibration, cfg.percentile, cfg.activation_symmetric)
+        means_of = bias_correction.layer_inputs(src) if cfg.bias_correction else []
+        limit = budget(cfg.calib_memory)
+        ranges = calibrate.calibrate(
+            src, calib, how, limit, cfg.calib_batch, batch_fixed, Path(tmp), ops, means_of
+        )
+        cache, memory, left, means = ranges.cache, ranges.memory, ranges.left, ranges.means
         src, around = _around(src, left, Path(tmp))
-        batch = batch_fixed or min(cfg.calib_batch, memory["chunk_samples"])
-        means = cfg.bias_correction and bias_correction.mean_inputs(src, calib, batch_fixed, batch)
 
         def write(out: Path, exclude: Sequence[str]) -> dict:
             excluded = [*exclude, *around]
@@ -266,106 +266,6 @@ def _transformer(model: Path, calib: Samples, cfg: Int8Config, fixed: int | None
         return transformer, 0
     batch = fixed or cfg.calib_batch
     return True, smooth.smooth(model, tmp / "smoothed.onnx", calib, cfg.smooth_alpha, fixed, batch)
-
-
-def _calibrate(model: Path, calib: Samples, cfg: Int8Config, fixed: int | None, method, tmp: Path, ops=None):
-    """Activation ranges by CFG's METHOD for the inputs of the op types OPS (None: all), saved as a
-    calibration cache for `quantize_static`; the memory it held (budget, bytes a sample, chunk);
-    and the tensors left float, with why.
-
-    edgekit runs ORT's calibrators itself: `quantize_static` builds the entropy calibrator with 128
-    bins for 128 levels (one candidate: "entropy" would silently be MinMax); its percentile ranges
-    are symmetric unless told (half the u8 range lost after a ReLU); it holds every batch's
-    activations to the end (GBs at 640x640). Here the samples go in chunks sized by a memory
-    budget, each tensor is checked for sentinel values before it reaches a histogram, and the
-    ranges (exact for minmax) or histograms merge chunk by chunk.
-    """
-    from onnxruntime.quantization.calibrate import (
-        CalibrationMethod,
-        HistogramCollector,
-        TensorsData,
-        create_calibrator,
-        save_tensors_data,
-    )
-
-    limit = budget(cfg.calib_memory)
-    hist = cfg.calibration != "minmax"
-    collector = HistogramCollector(
-        method=cfg.calibration if hist else "percentile",
-        symmetric=cfg.activation_symmetric,
-        num_bins=2048,
-        num_quantized_bins=128,
-        percentile=cfg.percentile,
-        scenario="same",
-    )
-    ranges: dict[str, tuple] = {}
-    left: dict[str, str] = {}
-    try:
-        # the histogram calibrator's model: every tensor to calibrate is an output
-        augmented = create_calibrator(
-            model,
-            augmented_model_path=str(tmp / "augmented.onnx"),
-            op_types_to_calibrate=ops,
-            calibrate_method=CalibrationMethod.Percentile,
-        )
-        session, wanted = augmented.infer_session, augmented.tensors_to_calibrate
-        names = [o.name for o in session.get_outputs()]
-
-        def activations(samples: Samples, batch: int) -> dict[str, list[np.ndarray]]:
-            held: dict[str, list[np.ndarray]] = {name: [] for name in names if name in wanted}
-            for feeds, _ in batching.batches(samples.inputs, fixed, batch):
-                for name, value in zip(names, session.run(None, feeds), strict=True):
-                    if name in held:
-                        held[name].append(value.ravel())
-            return held
-
-        one = activations(calib.take(slice(0, 1)), 1)
-        per_sample = sum(v.nbytes for parts in one.values() for v in parts) // (fixed or 1)
-        del one
-        chunk = calib_memory.chunk_samples(per_sample, limit, fixed)
-        batch = fixed or min(cfg.calib_batch, chunk)
-        starts = range(0, len(calib), chunk)
-        memory = {"budget_bytes": limit, "bytes_per_sample": per_sample, "chunk_samples": chunk}
-        memory["chunks"] = len(starts)
-        with progress() as bar, contextlib.redirect_stdout(io.StringIO()):  # ORT prints to stdout
-            task = bar.add_task(f"calibrating ({cfg.calibration}, chunks of {chunk})", total=len(starts))
-            for start in starts:
-                held = activations(calib.take(slice(start, start + chunk)), batch)
-                for name in list(held):
-                    values = np.concatenate(held.pop(name))
-                    why = name not in left and sentinels.reason(values)
-                    if why:
-                        left[name] = why
-                    if name in left:
-                        continue
-                    if hist:
-                        collector.collect({name: values})
-                    else:
-                        lo, hi = values.min(), values.max()
-                        old = ranges.get(name, (lo, hi))
-                        ranges[name] = (min(old[0], lo), max(old[1], hi))
-                bar.advance(task)
-            for name in left:
-                ranges.pop(name, None)
-                collector.histogram_dict.pop(name, None)
-            data = TensorsData(method, collector.compute_collection_result() if hist else ranges)
-    except Exception as e:
-        raise EdgekitError(f"{cfg.calibration} calibration failed: {first_line(e)}") from None
-    cache = tmp / "ranges.json"
-    save_tensors_data(data, cache)
-    consumers = _consumers(model)
-    return cache, memory, {name: sentinels.label(name, why, consumers) for name, why in left.items()}
-
-
-def _consumers(model: Path) -> dict[str, list]:
-    """The nodes of MODEL that read each tensor."""
-    import onnx
-
-    consumers: dict[str, list] = {}
-    for node in onnx.load(str(model), load_external_data=False).graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    return consumers
 
 
 def _around(model: Path, tensors, tmp: Path) -> tuple[Path, list[str]]:

@@ -15,15 +15,16 @@ LARGE = 1e3  # ...when its values are at least this large (tiny values near zero
 SAMPLE = 1 << 16  # magnitudes looked at per tensor and chunk
 
 
-def reason(values: np.ndarray) -> str | None:
-    """Why VALUES (one tensor's, flattened) are not to be quantized, or None."""
+def reason(values: np.ndarray, lo: float | None = None, hi: float | None = None) -> str | None:
+    """Why VALUES (one tensor's, flattened; LO and HI their min and max where known) are not to
+    be quantized, or None."""
     if values.size == 0:
         return None
-    finite = np.isfinite(values)
-    if not finite.all():
-        bad = values[~finite][0]
+    if lo is None or hi is None:
+        lo, hi = float(values.min()), float(values.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # a NaN anywhere makes the min and max NaN
+        bad = values[~np.isfinite(values)][0]
         return f"non-finite values ({bad})"
-    lo, hi = float(values.min()), float(values.max())
     extreme = lo if -lo >= hi else hi
     what = f"{'min' if extreme == lo else 'max'} {extreme:.3g}"
     if abs(extreme) >= np.finfo(values.dtype).max / 2:

@@ -1,0 +1,196 @@
+"""Activation ranges for static INT8, and the mean inputs bias correction needs, in one pass over
+the calibration data, in runs sized by a memory budget.
+
+edgekit runs ORT's calibration model (every tensor to calibrate made an output) and computes the
+ranges with ORT's HistogramCollector, but feeds it itself: `quantize_static` builds the entropy
+calibrator with 128 bins for 128 levels (one candidate: "entropy" would silently be MinMax); its
+percentile ranges are symmetric unless told (half the u8 range lost after a ReLU); it holds every
+batch's activations to the end (GBs at 640x640), and its collector spends 8 s a 640x640 sample.
+Here each run takes as many samples as the budget fits (edgekit.compress.calib_memory), each tensor
+is checked for sentinel values before it reaches a histogram, the histograms (or exact min/max
+ranges) merge run by run (edgekit.compress.histograms), tensors are binned on a thread per core,
+and the layers' mean inputs are summed from the same runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import batching
+from edgekit.compress import calib_memory, histograms, sentinels
+from edgekit.data import Samples
+from edgekit.errors import EdgekitError, first_line
+from edgekit.progress import progress
+
+
+@dataclass(frozen=True)
+class Method:
+    """How ranges are found: "minmax", "percentile" (PERCENTILE of the values) or "entropy"; over
+    the values' magnitudes where SYMMETRIC (a zero point of 0)."""
+
+    name: str
+    percentile: float = 99.99
+    symmetric: bool = False
+
+
+@dataclass
+class Calibration:
+    """CACHE: the ranges as ORT's calibration cache (for `quantize_static`); MEMORY: the budget and
+    the runs it allowed; LEFT: tensors left float, with why; MEANS: the mean (over the samples) of
+    each tensor asked for."""
+
+    cache: Path
+    memory: dict
+    left: dict[str, str]
+    means: dict[str, np.ndarray]
+
+
+@dataclass
+class _Tensor:
+    """One tensor's calibration so far."""
+
+    histogram: histograms.Histogram | None = None
+    lo: float = np.inf
+    hi: float = -np.inf
+    why: str | None = None
+    total: np.ndarray | None = None
+
+
+def calibrate(
+    model: Path,
+    calib: Samples,
+    method: Method,
+    limit: int,
+    batch: int,
+    fixed: int | None,
+    tmp: Path,
+    ops: list[str] | None = None,
+    means_of: Sequence[str] = (),
+) -> Calibration:
+    """Ranges by METHOD for the tensors ORT calibrates for the op types OPS (None: all) of MODEL,
+    over CALIB in runs of at most BATCH samples whose activations fit LIMIT bytes (FIXED: the
+    model's fixed batch); the means of the tensors MEANS_OF among them. Works in TMP."""
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        HistogramCollector,
+        TensorsData,
+        create_calibrator,
+        save_tensors_data,
+    )
+
+    ort_method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method.name]
+    absolute = method.name == "percentile" and method.symmetric  # ORT's layout for this method
+    state: dict[str, _Tensor] = {}
+
+    def take(name: str, value: np.ndarray, real: int) -> None:
+        """Count VALUE (a run's, REAL samples of it not padding) into its tensor's calibration."""
+        t = state.setdefault(name, _Tensor())
+        if name in mean_set:
+            part = value[:real].sum(0, dtype=np.float32)
+            t.total = part if t.total is None else t.total + part
+        flat = value.ravel()
+        if t.why or flat.size == 0:
+            return
+        lo, hi = float(flat.min()), float(flat.max())
+        t.why = sentinels.reason(flat, lo, hi)
+        if t.why:
+            t.histogram = None
+            return
+        t.lo, t.hi = min(t.lo, lo), max(t.hi, hi)
+        if method.name != "minmax":
+            t.histogram = histograms.add(t.histogram, flat, lo, hi, absolute)
+
+    try:
+        # ORT's calibration model: every tensor to calibrate is an output
+        augmented = create_calibrator(
+            model,
+            augmented_model_path=str(tmp / "augmented.onnx"),
+            op_types_to_calibrate=ops,
+            calibrate_method=CalibrationMethod.Percentile,
+        )
+        session, wanted = augmented.infer_session, augmented.tensors_to_calibrate
+        names = [o.name for o in session.get_outputs()]
+        kept = [(i, name) for i, name in enumerate(names) if name in wanted]
+        mean_set = set(means_of) & set(wanted)
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+
+            def feed(samples: Samples, size: int) -> int:
+                """Run SAMPLES in runs of SIZE, each run's tensors counted on the pool; the bytes
+                of the first run's tensors."""
+                held = 0
+                for feeds, real in batching.batches(samples.inputs, fixed, size):
+                    out = session.run(None, feeds)
+                    held = held or sum(out[i].nbytes for i, _ in kept)
+                    list(pool.map(take, [n for _, n in kept], [out[i] for i, _ in kept], [real] * len(kept)))
+                    del out
+                return held
+
+            with progress() as bar:
+                task = bar.add_task(f"calibrating ({method.name})", total=len(calib))
+                # the first sample alone: what its activations weigh sizes the runs
+                per_sample = feed(calib.take(slice(0, 1)), 1) // (fixed or 1)
+                bar.advance(task)
+                chunk = calib_memory.chunk_samples(per_sample, limit, fixed)
+                size = fixed or min(batch, chunk)
+                rest = calib.take(slice(1, None))
+                for start in range(0, len(rest), size):
+                    feed(rest.take(slice(start, start + size)), size)
+                    bar.advance(task, min(size, len(rest) - start))
+            memory = {"budget_bytes": limit, "bytes_per_sample": per_sample, "samples_per_run": size}
+            memory["runs"] = 1 + -(-len(rest) // size)
+        ranges = _ranges(state, method, HistogramCollector)
+        data = TensorsData(ort_method, ranges)
+    except EdgekitError:
+        raise
+    except Exception as e:
+        raise EdgekitError(f"{method.name} calibration failed: {first_line(e)}") from None
+    cache = tmp / "ranges.json"
+    save_tensors_data(data, cache)
+    consumers = _consumers(model)
+    left = {name: sentinels.label(name, t.why, consumers) for name, t in state.items() if t.why}
+    count = len(calib)
+    means = {name: t.total / count for name, t in state.items() if t.total is not None}
+    return Calibration(cache, memory, left, means)
+
+
+def _ranges(state: dict[str, _Tensor], method: Method, collector_type) -> dict:
+    """ORT's ranges per tensor from the merged STATE: min/max, or ORT's collector's percentile or
+    entropy computed from the histograms; tensors with sentinel values have none."""
+    if method.name == "minmax":
+        return {
+            n: (np.float32(t.lo), np.float32(t.hi)) for n, t in state.items() if not t.why and t.lo <= t.hi
+        }
+    collector = collector_type(
+        method=method.name,
+        symmetric=method.symmetric,
+        num_bins=histograms.BINS,
+        num_quantized_bins=128,
+        percentile=method.percentile,
+        scenario="same",
+    )
+    collector.histogram_dict = {n: histograms.ort_entry(t.histogram) for n, t in state.items() if t.histogram}
+    with contextlib.redirect_stdout(io.StringIO()):  # ORT prints to stdout
+        return collector.compute_collection_result()
+
+
+def _consumers(model: Path) -> dict[str, list]:
+    """The nodes of MODEL that read each tensor."""
+    import onnx
+
+    consumers: dict[str, list] = {}
+    for node in onnx.load(str(model), load_external_data=False).graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return consumers
