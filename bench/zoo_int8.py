@@ -38,7 +38,7 @@ from zoo_case import ZooCase
 from edgekit import batching
 from edgekit.artifact import read_manifest
 from edgekit.benchmarks.fingerprint import host
-from edgekit.benchmarks.metrics import fidelity, kind_line
+from edgekit.benchmarks.metrics import fidelity, interleaved_medians, kind_line
 from edgekit.data import Samples, load_samples, recorded_preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +135,18 @@ def _ov_outputs(path: Path, samples: Samples, fixed: int | None) -> list[np.ndar
     )
 
 
+def _latency(paths: dict[str, Path], feeds: dict[str, np.ndarray], rounds: int) -> dict[str, float]:
+    """Median of round medians (ms) of each ONNX model in ONNX Runtime on one sample's FEEDS, the
+    models interleaved in one process (edgekit.benchmarks.metrics.interleaved_medians)."""
+    import onnxruntime as ort
+
+    runners = {}
+    for k, path in paths.items():
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runners[k] = lambda s=sess: s.run(None, feeds)
+    return {k: float(np.median(v)) for k, v in interleaved_medians(runners, rounds, runs=30).items()}
+
+
 def _row(ref, out, names, kinds, seconds: float, **extra) -> dict:
     fid = fidelity(ref, out, names, kinds)
     outputs = {k: v for k, v in fid.items() if k.startswith("output_")}
@@ -189,6 +201,15 @@ def measure(case: ZooCase, args, root: Path) -> dict:
         rows["nncf"] = _row(ref, _ov_outputs(path, evals, fixed), names, case.kinds, s, model_type=model_type)
     except Exception as e:
         rows["nncf"] = {"error": str(e).splitlines()[0][:200]}
+    if args.rounds:  # ORT latency of the ONNX variants vs fp32, one sample, interleaved
+        paths = {"fp32": fp32, "edgekit": work / "int8" / "model.onnx"}
+        if "error" not in rows["ort"]:
+            paths["ort"] = work / "ort_defaults.onnx"
+        one = next(iter(_feeds(evals.take(slice(0, 1)), fixed, 1)))
+        ms = _latency(paths, one, args.rounds)
+        for k in paths.keys() - {"fp32"}:
+            rows[k]["ort_latency_ratio"] = ms[k] / ms["fp32"]
+        rows["edgekit"]["ort_fp32_ms"] = ms["fp32"]
     for k, r in rows.items():
         console.print(f"{case.name} {k}: " + "; ".join(_cells(r)))
     return {
@@ -239,8 +260,11 @@ def markdown(results: list[dict], command: str, fp: dict) -> str:
         "default, and NNCF PTQ (`model_type=TRANSFORMER` where the graph has attention) run by OpenVINO "
         "in f32. Fidelity to the fp32 model in ONNX Runtime on held-out samples, each output by its kind: "
         "embeddings by cosine (mean, min over samples), class sequences by agreement, maps by mask IoU; "
-        "SQNR for all. Seconds: the whole CLI run for edgekit (export, calibration, verification), the "
-        "quantization call for the anchors, on a shared machine: indicative only.",
+        "SQNR for all. ORT latency / fp32: batch 1, ONNX Runtime's default threads, median of `--rounds` "
+        "interleaved round medians (30 runs each) against the fp32 model in the same process (NNCF's IR "
+        "runs in OpenVINO: not comparable there). Seconds: the whole CLI run for edgekit (export, "
+        "calibration, verification), the quantization call for the anchors, on a shared machine: "
+        "indicative only.",
         "",
     ]
     for r in results:
@@ -252,13 +276,14 @@ def markdown(results: list[dict], command: str, fp: dict) -> str:
             + (f" ({r['edgekit_message']})" if r.get("edgekit_message") else "")
             + ".",
             "",
-            "| variant | fidelity to fp32 | seconds |",
-            "|---|---|---:|",
+            "| variant | fidelity to fp32 | ORT latency / fp32 | seconds |",
+            "|---|---|---:|---:|",
         ]
         for k, row in r["rows"].items():
             name = VARIANTS[k] + (f" ({row['model_type']})" if "model_type" in row else "")
             secs = f"{row['seconds']:.0f}" if "seconds" in row else "—"
-            lines.append(f"| {name} | {'<br>'.join(_cells(row))} | {secs} |")
+            ratio = f"{row['ort_latency_ratio']:.2f}" if "ort_latency_ratio" in row else "—"
+            lines.append(f"| {name} | {'<br>'.join(_cells(row))} | {ratio} | {secs} |")
         lines.append("")
     lines.append("<!-- zoo_int8:end -->")
     return "\n".join(lines)
@@ -291,6 +316,7 @@ def main() -> None:
     p.add_argument("--calib", type=int, default=300, help="calibration samples at most (edgekit's default)")
     p.add_argument("--eval", type=int, default=300, help="evaluation samples at most")
     p.add_argument("--work", type=Path, help="keep models, data and artifacts here (default: a temp dir)")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved latency rounds (0: no latency)")
     p.add_argument("--rewrite", action="store_true", help="only rewrite BENCHMARKS.md from the saved results")
     args = p.parse_args()
     if args.rewrite:
@@ -301,7 +327,7 @@ def main() -> None:
     fp["libraries"] |= {name: version(name) for name in ("nncf", "transformers") if _installed(name)}
     command = (
         f"make zoo && .venv/bin/python bench/zoo_int8.py --models {args.models} "
-        f"--calib {args.calib} --eval {args.eval}"
+        f"--calib {args.calib} --eval {args.eval} --rounds {args.rounds}"
     )
     console.print(f"CPU: {cpu_line(fp)}")
     with tempfile.TemporaryDirectory(prefix="edgekit-zoo-") as tmp:

@@ -371,7 +371,7 @@ compress_options = options(
     click.option("--int8", "int8", is_flag=True, help="Static INT8 post-training quantization (QDQ)."),
     click.option(
         "--calibration",
-        type=click.Choice(["minmax", "entropy", "percentile"]),
+        type=click.Choice(["minmax", "mean_minmax", "entropy", "percentile", "mse"]),
         default="percentile",
         show_default=True,
     ),

@@ -143,3 +143,23 @@ def test_runs_over_data_take_as_many_samples_as_the_budget_fits(tmp_path, monkey
     for budget, batch in ((str(per_sample * 5), 5), ("1G", 32), ("100", 1)):
         monkeypatch.setenv("EDGEKIT_CALIB_MEMORY", budget)
         assert run_batch(tmp_path / "m.onnx", 32) == batch
+
+
+def test_mse_and_mean_minmax_ranges_sit_inside_the_minmax_ones(tmp_path):
+    """Each activation's least-error range clips its tail (narrower than min/max somewhere, never
+    wider); the mean of the samples' extremes is never wider either; both models stay faithful."""
+    module, shapes = resnet_blocks()
+    spec = InputSpec(inputs=[TensorSpec(name="x", shape=["batch", *shapes[0][1:]])])
+    src = export(module, spec, tmp_path, ExportConfig(), 1)
+    calib = Samples({"x": smooth_images(24, seed=1)}, None)
+    found = {}
+    for method in ("minmax", "mse", "mean_minmax"):
+        quantize_int8(src, tmp_path / f"{method}.onnx", calib, Int8Config(calibration=method), None)
+        found[method] = {k: v for k, v in scales(tmp_path / f"{method}.onnx").items() if v.ndim == 0}
+    assert found["mse"].keys() == found["minmax"].keys() and len(found["minmax"]) > 4
+    for method in ("mse", "mean_minmax"):
+        assert all(found[method][k] <= found["minmax"][k] * (1 + 1e-6) for k in found["minmax"]), method
+        assert any(found[method][k] < 0.95 * found["minmax"][k] for k in found["minmax"]), method
+    feeds = {"x": smooth_images(8, seed=2)}
+    for method in ("mse", "mean_minmax"):
+        assert sqnr_db(run(src, feeds), run(tmp_path / f"{method}.onnx", feeds)) > 15, method

@@ -54,6 +54,24 @@ def test_a_ctc_sequence_with_one_flipped_position():
     assert "sequences equal 75.00 %" in kind_line(fid)
 
 
+def test_a_ctc_sequence_is_also_judged_by_its_greedy_decoding():
+    """A character's last position moved into the blank after it: the positions differ, the text
+    read from them does not; a changed character changes it."""
+    blank = 5  # not class 0: the blank is found as the class predicted most often
+    ids = np.full((3, 12), blank)
+    ids[:, 2:4] = 1  # "1" held two positions
+    ids[:, 7] = 2
+    ref = np.eye(6)[ids] + RNG.normal(scale=0.01, size=(3, 12, 6))
+    moved, changed = ids.copy(), ids.copy()
+    moved[0, 3] = blank  # row 0: the same text
+    changed[1, 7] = 3  # row 1: another character
+    out = np.eye(6)[np.where(np.arange(3)[:, None] == 0, moved, changed)]
+    fid = compare_outputs(ref, out)
+    assert fid["sequence_agreement"] == pytest.approx(1 / 3)
+    assert fid["decoded_agreement"] == pytest.approx(2 / 3)
+    assert "CTC-decoded equal 66.67 %" in kind_line(fid)
+
+
 def test_a_dense_map_by_mask_iou():
     ref = np.zeros((2, 1, 8, 8))
     ref[:, :, 2:6, 2:6] = 1.0  # 16 pixels above half the maximum

@@ -65,3 +65,17 @@ def test_a_tensor_of_zeros_keeps_its_counts_when_values_come():
 def test_values_beyond_the_bins_count_in_the_end_bins():
     counts = histograms.bin_counts(np.array([-5, 0.1, 0.6, 9], np.float32), 0.0, 0.5, 2, absolute=False)
     assert counts.tolist() == [2, 2]
+
+
+def test_the_least_error_range_clips_a_laplace_tail_where_theory_puts_it():
+    """8-bit uniform quantization of Laplace(b) values: the clipping of least MSE is about 9.9 b
+    (Banner et al. 2019), far inside the extremes of 2 M samples; after a ReLU the low end stays 0,
+    and a symmetric range is one threshold."""
+    x = np.random.default_rng(1).laplace(scale=0.5, size=2_000_000).astype(np.float32)
+    h = histograms.add(None, x, float(x.min()), float(x.max()), absolute=False)
+    lo, hi = histograms.mse_range(h)
+    assert -5.3 < lo < -4.6 and 4.6 < hi < 5.3 and hi < 0.8 * x.max()
+    relu = np.maximum(x, 0)
+    assert histograms.mse_range(histograms.add(None, relu, 0.0, float(relu.max()), absolute=False))[0] == 0
+    lo, hi = histograms.mse_range(histograms.add(None, x, float(x.min()), float(x.max()), absolute=True))
+    assert lo == -hi and 4.6 < hi < 5.3

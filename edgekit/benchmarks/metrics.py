@@ -128,10 +128,28 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, kind: str | None = None) -
         result.update(
             sequence_agreement=float(np.mean(np.all(a == b, axis=1))),
             position_agreement=float(np.mean(a == b)),
+            decoded_agreement=decoded_agreement(a, b),
         )
     elif kind == "dense" and ref.ndim >= 2:
         result["mask_iou"] = mask_iou(ref, out)
     return result
+
+
+def decoded_agreement(ref_ids: np.ndarray, out_ids: np.ndarray) -> float:
+    """Share of rows whose CTC greedy decodings agree: repeats collapsed, then the blank dropped.
+    The blank is taken to be the class the reference predicts most often (CTC models predict it
+    at most positions, whether it is their first class or their last). What an OCR or speech user
+    reads: a position moved within a run of the same character does not change the text."""
+    blank = np.bincount(ref_ids.ravel()).argmax()
+
+    def decode(ids: np.ndarray) -> list[np.ndarray]:
+        keep = np.ones(ids.shape, bool)
+        keep[:, 1:] = ids[:, 1:] != ids[:, :-1]
+        keep &= ids != blank
+        return [row[k] for row, k in zip(ids, keep, strict=True)]
+
+    pairs = zip(decode(ref_ids), decode(out_ids), strict=True)
+    return float(np.mean([np.array_equal(r, o) for r, o in pairs]))
 
 
 def row_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -203,6 +221,11 @@ def kind_line(fid: dict) -> str:
         return (
             f"{kind}: sequences equal {100 * fid['sequence_agreement']:.2f} %, "
             f"positions {100 * fid['position_agreement']:.2f} %"
+            + (
+                f", CTC-decoded equal {100 * fid['decoded_agreement']:.2f} %"
+                if "decoded_agreement" in fid
+                else ""
+            )
         )
     if "mask_iou" in fid:
         return f"{kind}: mask IoU {fid['mask_iou']:.3f}"

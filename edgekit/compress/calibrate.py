@@ -19,7 +19,7 @@ import io
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,11 @@ from edgekit.progress import progress
 
 @dataclass(frozen=True)
 class Method:
-    """How ranges are found: "minmax", "percentile" (PERCENTILE of the values) or "entropy"; over
-    the values' magnitudes where SYMMETRIC (a zero point of 0)."""
+    """How ranges are found: "minmax", "mean_minmax" (the mean over samples of each sample's min
+    and max: NNCF's default for activations), "percentile" (PERCENTILE of the values) or
+    "entropy", or "mse" (the range of least quantization error over the values' histogram,
+    edgekit.compress.histograms.mse_range); over the values' magnitudes where SYMMETRIC (a zero
+    point of 0)."""
 
     name: str
     percentile: float = 99.99
@@ -62,6 +65,7 @@ class _Tensor:
     hi: float = -np.inf
     why: str | None = None
     total: np.ndarray | None = None
+    sample_extremes: np.ndarray = field(default_factory=lambda: np.zeros(3))  # sum of mins, of maxes; count
 
 
 def calibrate(
@@ -88,14 +92,16 @@ def calibrate(
 
     ort_method = {
         "minmax": CalibrationMethod.MinMax,
+        "mean_minmax": CalibrationMethod.MinMax,
+        "mse": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[method.name]
-    absolute = method.name == "percentile" and method.symmetric  # ORT's layout for this method
+    absolute = method.name in ("percentile", "mse") and method.symmetric  # ORT's layout for this method
     state: dict[str, _Tensor] = {}
 
-    def take(name: str, value: np.ndarray, real: int) -> None:
-        """Count VALUE (a run's, REAL samples of it not padding) into its tensor's calibration."""
+    def take(name: str, value: np.ndarray, real: int, rows: int) -> None:
+        """Count VALUE (a run's of ROWS samples, REAL of them not padding) into its tensor's calibration."""
         t = state.setdefault(name, _Tensor())
         if name in mean_set:
             part = value[:real].sum(0, dtype=np.float32)
@@ -109,7 +115,10 @@ def calibrate(
             t.histogram = None
             return
         t.lo, t.hi = min(t.lo, lo), max(t.hi, hi)
-        if method.name != "minmax":
+        if method.name == "mean_minmax":  # per sample where the tensor's first axis is the run's samples
+            per = value[:real].reshape(real, -1) if value.ndim and value.shape[0] == rows else flat[None]
+            t.sample_extremes += (per.min(1).sum(), per.max(1).sum(), len(per))
+        elif method.name in ("percentile", "entropy", "mse"):
             t.histogram = histograms.add(t.histogram, flat, lo, hi, absolute)
 
     try:
@@ -133,7 +142,14 @@ def calibrate(
                 for feeds, real in batching.batches(samples.inputs, fixed, size):
                     out = session.run(None, feeds)
                     held = held or sum(out[i].nbytes for i, _ in kept)
-                    list(pool.map(take, [n for _, n in kept], [out[i] for i, _ in kept], [real] * len(kept)))
+                    rows = fixed or real
+                    args = (
+                        [n for _, n in kept],
+                        [out[i] for i, _ in kept],
+                        [real] * len(kept),
+                        [rows] * len(kept),
+                    )
+                    list(pool.map(take, *args))
                     del out
                 return held
 
@@ -166,12 +182,16 @@ def calibrate(
 
 
 def _ranges(state: dict[str, _Tensor], method: Method, collector_type) -> dict:
-    """ORT's ranges per tensor from the merged STATE: min/max, or ORT's collector's percentile or
-    entropy computed from the histograms; tensors with sentinel values have none."""
+    """ORT's ranges per tensor from the merged STATE: min/max (overall, or the mean of the samples'),
+    the least-error range of its histogram, or ORT's collector's percentile or entropy computed from
+    the histograms; tensors with sentinel values have none."""
+    found = {n: t for n, t in state.items() if not t.why and t.lo <= t.hi}
     if method.name == "minmax":
-        return {
-            n: (np.float32(t.lo), np.float32(t.hi)) for n, t in state.items() if not t.why and t.lo <= t.hi
-        }
+        return {n: (np.float32(t.lo), np.float32(t.hi)) for n, t in found.items()}
+    if method.name == "mean_minmax":
+        return {n: tuple(np.float32(t.sample_extremes[:2] / t.sample_extremes[2])) for n, t in found.items()}
+    if method.name == "mse":
+        return {n: tuple(np.float32(histograms.mse_range(t.histogram))) for n, t in found.items()}
     collector = collector_type(
         method=method.name,
         symmetric=method.symmetric,

@@ -41,7 +41,7 @@ class Int8Config(BaseModel):
     version: Literal[1] = 1
     # percentile 99.99 beat MinMax on SQNR and top-1 agreement on both bench models
     # (docs/BENCHMARKS.md); MinMax is 3x quicker to calibrate
-    calibration: Literal["minmax", "entropy", "percentile"] = "percentile"
+    calibration: Literal["minmax", "mean_minmax", "entropy", "percentile", "mse"] = "percentile"
     percentile: float = Field(99.99, gt=90, le=100, allow_inf_nan=False)
     per_channel: bool = True
     activation_type: Literal["int8", "uint8"] = "uint8"  # u8s8: the VNNI fast path in ORT (3x vs s8s8)
@@ -132,6 +132,8 @@ def calibrated(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | N
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     method = {
         "minmax": CalibrationMethod.MinMax,
+        "mean_minmax": CalibrationMethod.MinMax,
+        "mse": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[cfg.calibration]  # what quantize_static reads the calibration cache as
