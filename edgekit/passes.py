@@ -426,6 +426,11 @@ def from_flags(**configs) -> list[Step]:
     return [Step(name, configs[name]) for name in FLAG_ORDER if configs.get(name)]
 
 
+def step_config(chain: list[Step], name: str):
+    """The config of CHAIN's step NAME, or None."""
+    return next((s.config for s in chain if s.name == name), None)
+
+
 def config(name: str, **fields):
     """PASS's config from FIELDS, validated by its class; a bad value is one EdgekitError sentence."""
     try:

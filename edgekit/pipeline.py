@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgekit import floors, passes
+from edgekit import floors, passes, review
 from edgekit.artifact import (
     Manifest,
     PassRecord,
@@ -65,9 +65,9 @@ def compress(req: CompressRequest) -> Manifest:
     """Check REQ's chain and inputs, then run the chain in its order (the export where the torch
     passes end), each pass's record written here, not by the pass."""
     passes.check(req.chain)
-    if _config(req.chain, "build") is not None:
+    if passes.step_config(req.chain, "build") is not None:
         raise EdgekitError("build makes an engine from an artifact: run `edgekit build` on the output.")
-    tuning = _config(req.chain, "finetune")
+    tuning = passes.step_config(req.chain, "finetune")
     inputs = existing_paths(req.model, req.calib, req.eval, tuning and tuning.data)
     check_output_dir(req.out, req.force, inputs)
     _needs(req)
@@ -92,145 +92,16 @@ def compress(req: CompressRequest) -> Manifest:
         tuning = load_samples(tuning.data, spec, tuning.size, req.preprocess, req.seed, "finetune")
         manifest.data["finetune"] = tuning.description
     with staging(req.out, req.force) as out, tempfile.TemporaryDirectory(prefix="edgekit-") as work:
-        int8 = _config(req.chain, "int8")
+        int8 = passes.step_config(req.chain, "int8")
         w = passes.Work(req, loaded, calib, evals, manifest, out, Path(work), tuning=tuning, int8=int8)
         _run_chain(w, _with_export(req))
-        below = _review(w)
+        below = review.review(w)
         manifest = write_manifest(out, manifest)
     if w.missed:  # the best configuration found is written; the missed budget is reported after
         raise w.missed
     if below:  # so is a model below its fidelity floor
         raise below
     return manifest
-
-
-def _review(w: passes.Work) -> floors.FloorNotMet | None:
-    """Each compressing pass's verification against its fidelity floors, a per-layer probe where one
-    is missed (on real data), and a short timing against fp32; all recorded in the manifest. Returns
-    the miss, raised once the artifact is written."""
-    ver = w.manifest.verification
-    steps = [s for s in floors.JUDGED if isinstance(ver.get(s), dict) and "fidelity" in ver[s]]
-    if not steps:
-        return None
-    floors.check_names(w.req.min_fidelity, w.manifest.output_names or [])
-    below = None
-    for step in steps:
-        records = floors.judge(ver[step], _floors(w, step))
-        ver[step]["floors"] = records
-        miss = next((r for r in records if not r["met"]), None)
-        if miss is None or below is not None:
-            continue
-        if floors.on_noise(ver[step]):
-            ver[step]["floors_note"] = "measured on random inputs: a miss is a warning, not a failure"
-            continue
-        probe = _probe(w, step)
-        layers = []
-        if probe:
-            ver[step]["probe"] = probe
-            layers = [x for x in probe["layers"] if x["node"] in probe["worst"]]
-            layers.sort(key=lambda x: probe["worst"].index(x["node"]))
-        label = _step_label(w, step)
-        said = floors.sentence(str(w.req.out), label, miss, layers, _hints(w, step, layers))
-        ver[step]["floor_missed"] = said
-        below = floors.FloorNotMet(said)
-    _speed(w, steps[-1])
-    return below
-
-
-def _floors(w: passes.Work, step: str) -> dict[str, float]:
-    """The floors STEP is held to: with mixed precision, the first output's is the accuracy budget
-    the user gave (unless a floor names that output), which mixed itself enforces."""
-    mixed = _config(w.req.chain, "mixed")
-    chosen = dict(w.req.min_fidelity)
-    first = (w.manifest.output_names or ["output_0"])[0]
-    if step != "int8" or mixed is None or not any(chosen.values()) or {"output_0", first} & set(chosen):
-        return chosen
-    top1 = w.manifest.verification["int8"].get("parent_top1")
-    points = mixed.max_accuracy_drop / 100
-    chosen["output_0"] = max(0.0, 1 - (points / top1 if top1 else points))
-    return chosen
-
-
-def _step_label(w: passes.Work, step: str) -> str:
-    names = [s.name for s in w.req.chain]
-    if step == "prune":
-        return "+".join(n for n in names if passes.PASSES[n].accepts == passes.TORCH)
-    return "mixed-precision int8" if step == "int8" and "mixed" in names else step
-
-
-def _probe(w: passes.Work, step: str) -> dict | None:
-    """The per-layer probe (edgekit.compress.layer_probe) of STEP's model against the fp32 export;
-    None for the torch passes (a pruned layer has other shapes than the unpruned one)."""
-    from edgekit.compress.layer_probe import probe
-
-    if step == "prune":
-        return None
-    data, fixed = _data(w), w.loaded.input_spec.fixed_batch
-    if step == "bf16":
-        from edgekit.runtimes import ov
-
-        bf16 = lambda path: ov.load(path, "cpu", ov.Options(precision="bf16"))  # noqa: E731
-        return probe(w.fp32, w.fp32, data, fixed, bf16)
-    return probe(w.fp32, w.model, data, fixed)
-
-
-def _data(w: passes.Work) -> Samples:
-    """The samples the passes were verified on: the evaluation data, else the calibration data."""
-    return w.evals if w.evals is not None else w.calib
-
-
-def _hints(w: passes.Work, step: str, layers: list[dict]) -> list[str]:
-    """What to try next for a miss in STEP: options compress and edgekit.yaml really have."""
-    named = ", ".join(x["node"] for x in layers) or "NAME"
-    if step == "prune":
-        return [
-            "a smaller --prune or --prune-macs",
-            "--finetune DATA to recover",
-            "--ignore-layer NAME for the layers that matter",
-        ]
-    if step == "fp16":
-        return [
-            f"fp16: {{block_nodes: [{named}]}} in edgekit.yaml to keep them fp32",
-            "--bf16 where the CPU has it",
-        ]
-    if step == "bf16":
-        return ["the fp32 export (no --bf16)", "--fp16 for a GPU target"]
-    cfg = w.int8 or Int8Config()
-    hints = [f"--calibration {'percentile' if cfg.calibration == 'minmax' else 'minmax'}"]
-    if cfg.form != "u8u8" and w.req.target != "tensorrt":  # TensorRT's form is its own
-        hints.append("--int8-form u8u8 (cannot saturate)")
-    if _config(w.req.chain, "mixed") is not None:
-        hints.append("a larger --max-fp32-layers or --max-accuracy-drop")
-    else:
-        hints.append("--max-accuracy-drop POINTS with --eval to keep the worst layers fp32")
-    hints.append(f"int8: {{exclude_nodes: [{named}]}} in edgekit.yaml")
-    return [*hints, "`edgekit sensitivity` for the full per-layer table"]
-
-
-def _speed(w: passes.Work, step: str) -> None:
-    """STEP's model timed against the fp32 export on the runtime it is for (edgekit.speedup),
-    recorded as its verification's `speed`."""
-    from edgekit import speedup
-
-    entry = w.manifest.verification[step]
-    runtime = "openvino-bf16" if step == "bf16" else w.req.target
-    if step == "prune":
-        entry["speed"] = {
-            "measured": False,
-            "why": "the unpruned model is not exported; `edgekit compare` times both",
-        }
-        return
-    if runtime == "tensorrt":
-        entry["speed"] = {
-            "measured": False,
-            "why": "TensorRT runs on a GPU: `edgekit build` and `edgekit compare` there",
-        }
-        return
-    try:
-        model = w.fp32 if step == "bf16" else w.model
-        entry["speed"] = speedup.measure(w.fp32, model, _data(w), w.loaded.input_spec.fixed_batch, runtime)
-    except EdgekitError as e:
-        entry["speed"] = {"measured": False, "why": str(e)}
 
 
 def warnings(manifest: Manifest, out: str) -> list[str]:
@@ -257,7 +128,7 @@ def warnings(manifest: Manifest, out: str) -> list[str]:
 
 def _for_target_cpu(req: CompressRequest) -> tuple[CompressRequest, dict | None]:
     """REQ with its int8 step in the INT8 form of the CPU it is for, and the manifest's target_cpu."""
-    int8 = _config(req.chain, "int8")
+    int8 = passes.step_config(req.chain, "int8")
     if int8 is None or req.target == "tensorrt":  # TensorRT's form is its own, on a GPU
         return req, None
     target = req.target_cpu or resolve(int8.target_cpu)
@@ -268,15 +139,10 @@ def _for_target_cpu(req: CompressRequest) -> tuple[CompressRequest, dict | None]
     return replace(req, chain=chain), _made_for(target, int8)
 
 
-def _config(chain: list[Step], name: str):
-    """The config of CHAIN's step NAME, or None."""
-    return next((s.config for s in chain if s.name == name), None)
-
-
 def _with_export(req: CompressRequest) -> list[Step]:
     """REQ's chain with the implicit export where the torch passes end; mixed runs as the int8 step
     (it budgets that step's quantization), so int8 is left out beside it."""
-    chain = [s for s in req.chain if not (s.name == "int8" and _config(req.chain, "mixed"))]
+    chain = [s for s in req.chain if not (s.name == "int8" and passes.step_config(req.chain, "mixed"))]
     at = next((i for i, s in enumerate(chain) if passes.PASSES[s.name].accepts != passes.TORCH), len(chain))
     return [*chain[:at], Step("export", req.export), *chain[at:]]
 
@@ -337,7 +203,7 @@ def _load(req: CompressRequest) -> LoadedModel:
         raise EdgekitError(f"{' and '.join(torch_steps)} {verb} on PyTorch models, not on an ONNX file.")
     if loaded.is_onnx:
         fail_fast(loaded.onnx_path, "ort")
-        if _config(req.chain, "int8") is not None and has_quantization(loaded.onnx_path):
+        if passes.step_config(req.chain, "int8") is not None and has_quantization(loaded.onnx_path):
             raise EdgekitError(
                 f"{req.model} is already quantized (it holds QuantizeLinear/DequantizeLinear nodes); "
                 "INT8 quantization starts from the fp32 model."
@@ -366,7 +232,7 @@ def _made_for(target: TargetCpu, cfg: Int8Config) -> dict:
 def _calibration(req: CompressRequest, loaded: LoadedModel) -> tuple[Samples | None, Samples | None]:
     if not req.calib:
         return None, None
-    extra = 0 if req.eval or _config(req.chain, "int8") is None else HOLDOUT
+    extra = 0 if req.eval or passes.step_config(req.chain, "int8") is None else HOLDOUT
     samples = load_samples(
         req.calib, loaded.input_spec, req.calib_size + extra, req.preprocess, req.seed, "calib", req.constants
     )
@@ -394,6 +260,6 @@ def sensitivity(req: CompressRequest) -> dict:
         ref = predict(fp32, evals, fixed, "evaluating fp32")
         check_labels(evals, ref[0])
         evaluate = scorer(ref, evals, fixed, lambda want, out, samples: quality(want, out, samples, "eval"))
-        cfg = _config(req.chain, "int8") or Int8Config()
+        cfg = passes.step_config(req.chain, "int8") or Int8Config()
         cfg = for_cpu(cfg, req.target_cpu or resolve(cfg.target_cpu))
         return table(fp32, Path(work), calib, evals, cfg, fixed, evaluate)
