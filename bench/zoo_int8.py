@@ -108,9 +108,12 @@ def _ort_defaults(fp32: Path, calib: Samples, fixed: int | None, out: Path) -> P
         def get_next(self):
             return next(self.it, None)
 
-    # MinMax ranges merged every 3 samples: the same ranges as keeping all of them (the default),
+    # MinMax ranges merged every few samples: the same ranges as keeping all of them (the default),
     # which holds a 640x640 detector's 1.4 GB of activations per sample until the end
-    quantize_static(str(fp32), str(out), Reader(), extra_options={"CalibMaxIntermediateOutputs": 3})
+    # (ORT raises "No data is collected" where the samples end exactly at a merge: a count that
+    # does not divide them)
+    every = next(k for k in (3, 4, 5, 7, 11) if len(calib) % k)
+    quantize_static(str(fp32), str(out), Reader(), extra_options={"CalibMaxIntermediateOutputs": every})
     return out
 
 

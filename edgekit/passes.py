@@ -256,10 +256,31 @@ def run_int8(w: Work, cfg: Int8Config):
     path = w.out / onnx_export.MODEL_FILE
     summary = quantize_int8(w.model, path, w.calib, cfg, fixed)
     q = measure_against(w.model, path, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric)
+    if summary.get("transformer") and cfg.dynamic_matmul != "never":
+        q, summary["transformer"]["choice"] = _dynamic_or_static(w, cfg, path, q)
     w.manifest.verification["int8"] = q
     _final_vs_unpruned(w, path)
     w.model = path
     return cfg, {**summary, "calibration_samples": len(w.calib)}
+
+
+def _dynamic_or_static(w: Work, cfg: Int8Config, path: Path, static: dict) -> tuple[dict, dict]:
+    """A transformer's static INT8 at PATH against ORT's dynamic MatMul quantization
+    (edgekit.compress.dynamic_matmul), timed where the model is made for this machine's CPU and its
+    u8 x s8 products cannot saturate there (ORT's dynamic MatMul is u8 x s8 too)."""
+    from edgekit import speedup
+    from edgekit.compress import dynamic_matmul
+
+    fixed = w.loaded.input_spec.fixed_batch
+    made = w.manifest.target_cpu or {}
+    here = made.get("from") == "this machine" and not made.get("u8s8_saturates") and w.req.target == "ort"
+    data = w.evals if w.evals is not None else w.calib
+
+    def verify(model: Path) -> dict:
+        return measure_against(w.model, model, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric)
+
+    timing = (lambda a, b: speedup.measure(a, b, data, fixed, "ort")) if here else None
+    return dynamic_matmul.consider(w.model, path, static, cfg.dynamic_matmul, verify, timing)
 
 
 def run_mixed(w: Work, cfg: MixedConfig):

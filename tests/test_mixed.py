@@ -235,3 +235,32 @@ def test_the_search_calibrates_once_and_ranks_on_a_subset(hostile_onnx, tmp_path
         full_sub = sens.Trial((), full.path, evaluate(full.path, idx))
         on_subset = sens.rank(full_sub, sens.restore_each(write, work, evaluate, full, idx))
     assert on_subset[0] == on_all[0] == h["mid"]
+
+
+def test_where_many_layers_are_quantized_the_probe_picks_which_get_trials(
+    hostile_onnx, tmp_path, monkeypatch
+):
+    """With trials for only two layers, the noise probe still puts the hostile conv among them,
+    and the search keeps it, as with a trial for every layer."""
+    from edgekit.compress import mixed, quantize
+    from edgekit.compress import sensitivity as sens
+    from edgekit.evaluate import predict, quality
+
+    monkeypatch.setattr(mixed, "TRIALS", 2)
+    h = hostile_onnx
+    ref = predict(h["fp32"], h["evals"], None, "fp32")
+    evaluate = sens.scorer(ref, h["evals"], None, lambda want, out, s: quality(want, out, s, "eval"))
+    cfg = mixed.MixedConfig(max_accuracy_drop=BUDGET, rounds=1, runs=2)
+    summary, chosen = mixed.search(
+        h["fp32"],
+        tmp_path / "out.onnx",
+        h["calib"],
+        h["evals"],
+        quantize.Int8Config(),
+        cfg,
+        None,
+        evaluate,
+        tmp_path,
+    )
+    assert summary["layers_searched"] == 2 < summary["layers_quantized"]
+    assert chosen.kept == (h["mid"],) and summary["budget_met"]

@@ -199,3 +199,66 @@ def test_compress_leaves_the_working_directory_as_it_was(edgekit, bert_onnx, tmp
     r = edgekit("compress", path, "--int8", "--calib", tmp_path / "calib.npz", "-o", out, cwd=cwd)
     assert r.returncode == 0, r.stderr
     assert list(cwd.iterdir()) == []
+
+
+def _compress_bert(bert_onnx, tmp_path, mode: str) -> tuple[dict, list[str]]:
+    """The int8 pass's summary and verification of BERT compressed with dynamic_matmul MODE, and
+    the op types of its artifact."""
+    import onnx
+
+    from edgekit.artifact import read_manifest
+    from edgekit.passes import Step
+    from edgekit.pipeline import CompressRequest, compress
+
+    path, _, _ = bert_onnx
+    np.savez(tmp_path / "calib.npz", **_tokens(48, 0))
+    np.savez(tmp_path / "eval.npz", **_tokens(48, 1))
+    out = tmp_path / mode
+    req = CompressRequest(
+        model=path,
+        out=out,
+        chain=[Step("int8", Int8Config(dynamic_matmul=mode))],
+        calib=str(tmp_path / "calib.npz"),
+        eval=str(tmp_path / "eval.npz"),
+    )
+    compress(req)
+    manifest = read_manifest(out)
+    summary = next(p.summary for p in manifest.passes if p.name == "int8")
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    return {"summary": summary, "verification": manifest.verification["int8"]}, ops
+
+
+def test_dynamic_matmul_is_chosen_only_where_measured_faster_and_as_faithful(bert_onnx, tmp_path):
+    """With "always" the artifact is ORT's dynamic quantization (MatMulInteger); with "auto" the
+    record holds both candidates and the choice follows the rule: faster by the margin and within
+    the tolerance of the static model's fidelity, else static with the reason."""
+    from edgekit.compress import dynamic_matmul
+
+    always, ops = _compress_bert(bert_onnx, tmp_path, "always")
+    assert always["summary"]["transformer"]["choice"]["recipe"].startswith("dynamic MatMul")
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+    assert always["verification"]["fidelity"]["output_0"]["cosine_mean"] > 0.95
+
+    auto, ops = _compress_bert(bert_onnx, tmp_path, "auto")
+    choice = auto["summary"]["transformer"]["choice"]
+    candidate = choice["dynamic_candidate"]
+    assert candidate["fidelity"]["output_0"]["kind"] == "embedding"
+    dynamic = "MatMulInteger" in ops
+    assert dynamic == choice["recipe"].startswith("dynamic")
+    if dynamic:
+        assert candidate["time_vs_static"] <= dynamic_matmul.FASTER and "why_not_dynamic" not in choice
+    else:
+        assert choice["why_not_dynamic"] and "QuantizeLinear" in ops
+
+
+def test_the_dynamic_candidate_must_keep_each_outputs_main_fidelity():
+    from edgekit.compress.dynamic_matmul import shortfall
+
+    static = {"fidelity": {"output_0": {"kind": "embedding", "cosine_mean": 0.997, "sqnr_db": 22.0}}}
+    close = {"fidelity": {"output_0": {"kind": "embedding", "cosine_mean": 0.993, "sqnr_db": 18.0}}}
+    far = {"fidelity": {"output_0": {"kind": "embedding", "cosine_mean": 0.961, "sqnr_db": 9.0}}}
+    assert shortfall(static, close) is None
+    assert "mean cosine 0.9610 vs 0.9970" in shortfall(static, far)
+    other = {"fidelity": {"output_0": {"kind": "other", "sqnr_db": 30.0}}}
+    assert shortfall(other, {"fidelity": {"output_0": {"kind": "other", "sqnr_db": 26.0}}})
+    assert shortfall({**static, "top1": 0.9}, {**close, "top1": 0.88}).startswith("top-1")

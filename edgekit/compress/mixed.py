@@ -2,7 +2,9 @@
 
 The layers are chosen by measurement (FIELD-NOTES trap 8: keeping layers by guess made things
 worse): sensitivity of each layer (edgekit.compress.sensitivity), then the fewest, then the
-fastest fp32 layers that meet the budget, timed on the target runtime. Kept layers stay fp32, not
+fastest fp32 layers that meet the budget, timed on the target runtime. Where more than TRIALS
+layers are quantized, a per-layer noise probe of the full INT8 model picks the TRIALS noisiest for
+trials of their own. Kept layers stay fp32, not
 fp16: neither ONNX Runtime's nor OpenVINO's CPU path computes fp16 (ORT casts around it).
 
 Fast enough for an EfficientNet (65 layers): every trial is written from one calibration, the
@@ -29,6 +31,9 @@ from edgekit.data import Samples
 from edgekit.errors import EdgekitError
 
 FINALISTS = 4  # the single layers re-scored on every evaluation sample, most sensitive first
+# layers given a trial of their own where more are quantized: those the layer probe finds adding the
+# most noise (edgekit.compress.layer_probe, one run of two models); EfficientNet-Lite1 has 65
+TRIALS = 16
 
 
 class BudgetNotMet(EdgekitError):
@@ -85,9 +90,11 @@ def _search(
         return {"budget_met": True, "full_int8_drop_points": full.drop, "kept_fp32": []}, full
     idx = sens.subset(len(evals))
     ranked_full = full if idx is None else sens.Trial((), full.path, evaluate(full.path, idx))
-    singles = sens.restore_each(write, work, evaluate, full, idx)
+    layers = [name for name, _ in sens.quantized_layers(full.path)]
+    tried_alone = _noisiest(fp32, full.path, evals, fixed, layers)
+    singles = sens.restore_each(write, work, evaluate, full, idx, tried_alone)
     ranked = sens.rank(ranked_full, singles)
-    limit = min(len(ranked), cfg.max_fp32_layers or max(1, math.ceil(len(ranked) / 4)))
+    limit = min(len(ranked), cfg.max_fp32_layers or max(1, math.ceil(len(layers) / 4)))
 
     def on_all(t: sens.Trial) -> sens.Trial:
         return t if idx is None else sens.Trial(t.kept, t.path, evaluate(t.path, None))
@@ -127,11 +134,23 @@ def _search(
             {"kept_fp32": list(t.kept), "drop_points": t.drop, "latency_ms": latency[",".join(t.kept)]}
             for t in candidates
         ],
+        "layers_quantized": len(layers),
         "layers_searched": len(ranked),
         "ranked_on_samples": len(evals) if idx is None else len(idx),
         "max_fp32_layers": limit,
     }
     return summary, chosen
+
+
+def _noisiest(fp32: Path, int8: Path, evals: Samples, fixed: int | None, layers: list[str]) -> list[str]:
+    """LAYERS, or where there are more than TRIALS the TRIALS of them that add the most noise in
+    the INT8 model (edgekit.compress.layer_probe on the first evaluation samples)."""
+    from edgekit.compress.layer_probe import probe
+
+    if len(layers) <= TRIALS:
+        return layers
+    added = {x["node"]: x["added"] for x in probe(fp32, int8, evals, fixed)["layers"]}
+    return sorted(layers, key=lambda n: added.get(n, 0.0), reverse=True)[:TRIALS]
 
 
 def time_interleaved(

@@ -69,6 +69,9 @@ class Int8Config(BaseModel):
     # its embeddings (cosine 0.73)
     transformer: bool | None = None
     smooth_alpha: float = Field(0.95, ge=0, le=1, allow_inf_nan=False)
+    # a transformer's MatMuls quantized dynamically by ONNX Runtime instead (edgekit.compress.
+    # dynamic_matmul): where measured faster on this machine and as faithful (auto), always, never
+    dynamic_matmul: Literal["auto", "always", "never"] = "auto"
     # cross-layer equalization of conv pairs before calibration (edgekit.compress.equalize), and the
     # rounded weights' mean output error added to their biases after (edgekit.compress.bias_correction):
     # bias correction took EfficientNet-Lite1 from 84.8 to 92.4 % top-1 agreement; equalization helped

@@ -102,11 +102,13 @@ def quantize(write: Write, work: Path, kept: tuple[str, ...], evaluate: Evaluate
     return Trial(kept, path, evaluate(path, idx))
 
 
-def restore_each(write: Write, work: Path, evaluate: Evaluate, full: Trial, idx=None) -> dict[str, Trial]:
-    """For every quantized layer, the full INT8 model with that layer alone back in fp32, scored
-    on the evaluation samples IDX (None: all)."""
-    layers = quantized_layers(full.path)
-    return {name: quantize(write, work, (name,), evaluate, idx) for name, _ in layers}
+def restore_each(
+    write: Write, work: Path, evaluate: Evaluate, full: Trial, idx=None, layers: list[str] | None = None
+) -> dict[str, Trial]:
+    """For every quantized layer (or those of LAYERS), the full INT8 model with that layer alone
+    back in fp32, scored on the evaluation samples IDX (None: all)."""
+    names = layers if layers is not None else [name for name, _ in quantized_layers(full.path)]
+    return {name: quantize(write, work, (name,), evaluate, idx) for name in names}
 
 
 def rank(full: Trial, singles: dict[str, Trial]) -> list[str]:
