@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgekit.benchmarks.metrics import MAIN
+from edgekit.errors import EdgekitError, first_line
 
 FASTER = 0.9  # the dynamic model's time / the static model's, at most
 TOLERANCE = 0.005  # the most a fraction-valued main metric (or top-1 with labels) may lose
@@ -74,8 +75,17 @@ def consider(
     Quality) and faster (TIMING(static, dynamic): edgekit.speedup's record; None where this
     machine is not the target, and the static model stays); "always" takes it regardless."""
     candidate = static.with_name("dynamic_matmul.onnx")
-    quantize(fp32, candidate)
-    quality = verify(candidate)
+    try:
+        quantize(fp32, candidate)
+        quality = verify(candidate)
+    except Exception as e:  # ORT's dynamic quantizer or runtime refuses this graph: static stays
+        candidate.unlink(missing_ok=True)
+        if mode == "always":
+            raise EdgekitError(f"dynamic MatMul quantization failed: {first_line(e)}") from None
+        return static_quality, {
+            "recipe": "static (SmoothQuant)",
+            "why_not_dynamic": f"failed: {first_line(e)}",
+        }
     record = {"dynamic_candidate": {"fidelity": quality.get("fidelity"), "top1": quality.get("top1")}}
     why = None
     if mode == "auto":
