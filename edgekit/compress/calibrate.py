@@ -90,13 +90,6 @@ def calibrate(
         save_tensors_data,
     )
 
-    ort_method = {
-        "minmax": CalibrationMethod.MinMax,
-        "mean_minmax": CalibrationMethod.MinMax,
-        "mse": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[method.name]
     absolute = method.name in ("percentile", "mse") and method.symmetric  # ORT's layout for this method
     state: dict[str, _Tensor] = {}
 
@@ -167,7 +160,7 @@ def calibrate(
             memory = {"budget_bytes": limit, "bytes_per_sample": per_sample, "samples_per_run": size}
             memory["runs"] = 1 + -(-len(rest) // size)
         ranges = _ranges(state, method, HistogramCollector)
-        data = TensorsData(ort_method, ranges)
+        data = TensorsData(ort_method(method.name), ranges)
     except EdgekitError:
         raise
     except Exception as e:
@@ -179,6 +172,20 @@ def calibrate(
     count = len(calib)
     means = {name: t.total / count for name, t in state.items() if t.total is not None}
     return Calibration(cache, memory, left, means)
+
+
+def ort_method(name: str):
+    """The ORT CalibrationMethod whose ranges a method NAME makes (mse and mean_minmax make plain
+    ranges): what `quantize_static` reads the calibration cache as."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod
+
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "mean_minmax": CalibrationMethod.MinMax,
+        "mse": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[name]
 
 
 def _ranges(state: dict[str, _Tensor], method: Method, collector_type) -> dict:

@@ -128,19 +128,13 @@ def calibrated(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | N
     model with the nodes EXCLUDE left fp32 and returns the summary. The ranges do not depend on
     which nodes are excluded, so the mixed-precision search writes its dozens of trials from one
     calibration, each the very model a calibration of its own would give (tests/test_mixed.py)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if cfg.target_cpu is None:  # a caller that chose no CPU: the form that holds on this one
         cfg = for_cpu(cfg, resolve())
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "mean_minmax": CalibrationMethod.MinMax,
-        "mse": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[cfg.calibration]  # what quantize_static reads the calibration cache as
+    method = calibrate.ort_method(cfg.calibration)
     extra = {
         "WeightSymmetric": True,
         "ActivationSymmetric": cfg.activation_symmetric,
