@@ -257,7 +257,12 @@ def run_int8(w: Work, cfg: Int8Config):
     summary = quantize_int8(w.model, path, w.calib, cfg, fixed)
     q = measure_against(w.model, path, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric)
     if summary.get("transformer") and cfg.dynamic_matmul != "never":
-        q, summary["transformer"]["choice"] = _dynamic_or_static(w, cfg, path, q)
+        q, choice = _dynamic_or_static(w, cfg, path, q)
+        if choice["recipe"].startswith("dynamic"):  # the static model's counts describe another file
+            from edgekit.compress import dynamic_matmul
+
+            summary = {**dynamic_matmul.summarize(path), "static_candidate": summary}
+        summary["transformer"] = {**summary.get("transformer", {}), "choice": choice}
     w.manifest.verification["int8"] = q
     _final_vs_unpruned(w, path)
     w.model = path

@@ -237,6 +237,8 @@ def test_dynamic_matmul_is_chosen_only_where_measured_faster_and_as_faithful(ber
     always, ops = _compress_bert(bert_onnx, tmp_path, "always")
     assert always["summary"]["transformer"]["choice"]["recipe"].startswith("dynamic MatMul")
     assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+    assert always["summary"]["integer_ops"]["MatMulInteger"] == ops.count("MatMulInteger")
+    assert "qdq_pairs" in always["summary"]["static_candidate"] and "qdq_pairs" not in always["summary"]
     assert always["verification"]["fidelity"]["output_0"]["cosine_mean"] > 0.95
 
     auto, ops = _compress_bert(bert_onnx, tmp_path, "auto")

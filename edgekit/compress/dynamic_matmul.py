@@ -45,6 +45,15 @@ def quantize(fp32: Path, out: Path) -> None:
         )
 
 
+def summarize(path: Path) -> dict:
+    """The dynamic model's integer ops by type: what replaces the static summary's Q/DQ counts."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node if "Integer" in n.op_type or n.op_type.startswith("DynamicQuantize")]
+    return {"integer_ops": {op: ops.count(op) for op in sorted(set(ops))}}
+
+
 def shortfall(static: dict, dynamic: dict) -> str | None:
     """Where the DYNAMIC model's verification (an edgekit.evaluate.Quality) is less faithful than
     the STATIC one's by more than the tolerances, in words; None where it is not."""
