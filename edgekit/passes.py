@@ -271,21 +271,22 @@ def run_int8(w: Work, cfg: Int8Config):
 
 def _dynamic_or_static(w: Work, cfg: Int8Config, path: Path, static: dict) -> tuple[dict, dict]:
     """A transformer's static INT8 at PATH against ORT's dynamic MatMul quantization
-    (edgekit.compress.dynamic_matmul), timed where the model is made for this machine's CPU and its
-    u8 x s8 products cannot saturate there (ORT's dynamic MatMul is u8 x s8 too)."""
+    (edgekit.compress.dynamic_matmul), timed where the model is made for this machine's CPU, with
+    7-bit weights where the target's u8 x s8 products saturate (ORT's dynamic MatMul is u8 x s8 too)."""
     from edgekit import speedup
     from edgekit.compress import dynamic_matmul
 
     fixed = w.loaded.input_spec.fixed_batch
     made = w.manifest.target_cpu or {}
-    here = made.get("from") == "this machine" and not made.get("u8s8_saturates") and w.req.target == "ort"
+    here = made.get("from") == "this machine" and w.req.target == "ort"
     data = w.evals if w.evals is not None else w.calib
 
     def verify(model: Path) -> dict:
         return measure_against(w.model, model, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric)
 
     timing = (lambda a, b: speedup.measure(a, b, data, fixed, "ort")) if here else None
-    return dynamic_matmul.consider(w.model, path, static, cfg.dynamic_matmul, verify, timing)
+    saturates = bool(made.get("u8s8_saturates"))
+    return dynamic_matmul.consider(w.model, path, static, cfg.dynamic_matmul, verify, timing, saturates)
 
 
 def run_mixed(w: Work, cfg: MixedConfig):

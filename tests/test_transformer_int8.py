@@ -225,7 +225,8 @@ def _compress_bert(bert_onnx, tmp_path, mode: str) -> tuple[dict, list[str]]:
     manifest = read_manifest(out)
     summary = next(p.summary for p in manifest.passes if p.name == "int8")
     ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
-    return {"summary": summary, "verification": manifest.verification["int8"]}, ops
+    saturates = manifest.target_cpu["u8s8_saturates"]
+    return {"summary": summary, "verification": manifest.verification["int8"], "saturates": saturates}, ops
 
 
 def test_dynamic_matmul_is_chosen_only_where_measured_faster_and_as_faithful(bert_onnx, tmp_path):
@@ -244,6 +245,7 @@ def test_dynamic_matmul_is_chosen_only_where_measured_faster_and_as_faithful(ber
     auto, ops = _compress_bert(bert_onnx, tmp_path, "auto")
     choice = auto["summary"]["transformer"]["choice"]
     candidate = choice["dynamic_candidate"]
+    assert candidate["seven_bit_weights"] == auto["saturates"]  # no VNNI: 7-bit weights cannot saturate
     assert candidate["fidelity"]["output_0"]["kind"] == "embedding"
     dynamic = "MatMulInteger" in ops
     assert dynamic == choice["recipe"].startswith("dynamic")

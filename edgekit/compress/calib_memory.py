@@ -8,7 +8,8 @@ divided by the activation bytes measured on one sample gives the chunk of sample
 
 from __future__ import annotations
 
-# a chunk's activations are held twice: as the runs returned them, and joined per tensor
+# a run's activations are counted twice: the arrays ONNX Runtime returns, and its own buffers while
+# it computes them
 COPIES = 2
 
 

@@ -24,9 +24,11 @@ TOLERANCE = 0.005  # the most a fraction-valued main metric (or top-1 with label
 SQNR_TOLERANCE_DB = 3.0  # ... and an output without one, in SQNR
 
 
-def quantize(fp32: Path, out: Path) -> None:
+def quantize(fp32: Path, out: Path, seven_bit: bool = False) -> None:
     """OUT: FP32 with its MatMuls dynamically quantized (ORT's pre-processing first, in a temp dir:
-    its symbolic shape inference leaves files in the working directory where it gives up)."""
+    its symbolic shape inference leaves files in the working directory where it gives up); with
+    SEVEN_BIT weights (ORT's reduce_range) for a CPU whose u8 x s8 pair sums saturate (no VNNI):
+    ORT's dynamic MatMul is u8 x s8 as its static one is (edgekit.target_cpu)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -41,6 +43,7 @@ def quantize(fp32: Path, out: Path) -> None:
             str(Path(out).absolute()),
             op_types_to_quantize=["MatMul"],
             per_channel=True,
+            reduce_range=seven_bit,
             weight_type=QuantType.QInt8,
         )
 
@@ -78,14 +81,16 @@ def consider(
     mode: str,
     verify: Callable[[Path], dict],
     timing: Callable[[Path, Path], dict] | None,
+    seven_bit: bool = False,
 ) -> tuple[dict, dict]:
     """The verification of the model now at STATIC, and the record of the choice: with MODE "auto"
     the dynamic quantization of FP32 replaces STATIC where it is as faithful (VERIFY: a model's
     Quality) and faster (TIMING(static, dynamic): edgekit.speedup's record; None where this
-    machine is not the target, and the static model stays); "always" takes it regardless."""
+    machine is not the target, and the static model stays); "always" takes it regardless.
+    SEVEN_BIT: the target CPU's u8 x s8 products saturate (`quantize`)."""
     candidate = static.with_name("dynamic_matmul.onnx")
     try:
-        quantize(fp32, candidate)
+        quantize(fp32, candidate, seven_bit)
         quality = verify(candidate)
     except Exception as e:  # ORT's dynamic quantizer or runtime refuses this graph: static stays
         candidate.unlink(missing_ok=True)
@@ -96,6 +101,7 @@ def consider(
             "why_not_dynamic": f"failed: {first_line(e)}",
         }
     record = {"dynamic_candidate": {"fidelity": quality.get("fidelity"), "top1": quality.get("top1")}}
+    record["dynamic_candidate"]["seven_bit_weights"] = seven_bit
     why = None
     if mode == "auto":
         why = shortfall(static_quality, quality)
