@@ -84,16 +84,23 @@ def test_crnn_fp32_reads_rendered_words(tmp_path, monkeypatch):
     assert right >= CRNN_MIN_WORDS, list(zip(read, words, strict=True))
 
 
+def _ocr_int8(edgekit, tmp_path, weights: str, args: list, timeout: int) -> None:
+    """`edgekit compress WEIGHTS ARGS --int8` on TMP_PATH/calib, checked on TMP_PATH/eval, into
+    TMP_PATH/int8; it must exit 0."""
+    zoo_ocr = _zoo_ocr()
+    proc = edgekit(
+        "compress", zoo_ocr.weights_file(weights), *args, "--int8",
+        "--calib", tmp_path / "calib", "--eval", tmp_path / "eval", "-o", tmp_path / "int8",
+        env=_ocr_env(edgekit), timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_crnn_int8_keeps_its_words(edgekit, tmp_path):
     zoo_ocr = _zoo_ocr()
     zoo_ocr.write_words(tmp_path / "calib", 64, seed=0)
     words = zoo_ocr.write_words(tmp_path / "eval", 200, seed=1)
-    proc = edgekit(
-        "compress", zoo_ocr.weights_file("english_g2.pth"), *zoo_ocr.CRNN_ARGS, "--int8",
-        "--calib", tmp_path / "calib", "--eval", tmp_path / "eval", "-o", tmp_path / "int8",
-        env=_ocr_env(edgekit), timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    _ocr_int8(edgekit, tmp_path, "english_g2.pth", zoo_ocr.CRNN_ARGS, 900)
     check = read_manifest(tmp_path / "int8").verification["int8"]["fidelity"]["output_0"]
     assert check["kind"] == "sequence"
     assert check["sequence_agreement"] >= CRNN_MIN_SEQUENCES, check
@@ -105,12 +112,7 @@ def test_craft_int8_keeps_the_text_regions(edgekit, tmp_path):
     zoo_ocr = _zoo_ocr()
     zoo_ocr.write_pages(tmp_path / "calib", 16, seed=0)
     zoo_ocr.write_pages(tmp_path / "eval", 8, seed=1)
-    proc = edgekit(
-        "compress", zoo_ocr.weights_file("craft_mlt_25k.pth"), *zoo_ocr.CRAFT_ARGS, "--int8",
-        "--calib", tmp_path / "calib", "--eval", tmp_path / "eval", "-o", tmp_path / "int8",
-        env=_ocr_env(edgekit), timeout=1800,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    _ocr_int8(edgekit, tmp_path, "craft_mlt_25k.pth", zoo_ocr.CRAFT_ARGS, 1800)
     fidelity = read_manifest(tmp_path / "int8").verification["int8"]["fidelity"]
     scores = fidelity["output_0"]  # the region and affinity maps, (N, 320, 320, 2)
     assert scores["kind"] == "dense"
