@@ -14,7 +14,7 @@ $(BIN)/python:
 # any other spec pulls gigabytes of CUDA packages.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,openvino,nncf,plots]"
+	$(BIN)/pip install --quiet -e ".[dev,openvino,nncf,plots,ray]"
 	touch $(STAMP)
 
 # The dev zoo (bench/zoo*.py, `make test-slow`): pretrained ImageNet CNNs and photos, all-MiniLM-L6-v2,

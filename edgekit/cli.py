@@ -33,6 +33,7 @@ from edgekit.cli_options import (  # noqa: F401 (the range types, importable fro
     model_options,
     report_options,
     run_options,
+    search_options,
     torch_pass_options,
 )
 from edgekit.errors import EdgekitError, first_line
@@ -338,6 +339,30 @@ def run_config(config, out, cache, no_cache, baseline, junit, debug):
     stages = {"stages": done["stages"]}
     _run(lambda: gate.publish(done["results"], out / "verdict.json", junit, stages), False)
     sys.exit(1 if gate.failed(done["results"]) else 0)
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path), default="edgekit.yaml")
+@search_options
+def search(config, out, ray_address, apply_name, debug):
+    """Search CONFIG's `search:` space on Ray: build and score every candidate, time those that meet
+    the constraints on the target, print the Pareto front and write OUT/search.json. A rerun resumes;
+    --apply NAME writes a candidate into CONFIG as a variant (no search)."""
+    from edgekit import search as searching
+    from edgekit.config import load
+
+    if apply_name:
+        entry = _run(lambda: searching.apply(config, out, apply_name), debug)
+        click.echo(f"wrote variant {apply_name} to {config}:\n{entry.rstrip()}")
+        click.echo(
+            f"add {apply_name} to a target's variants (and a gate) to measure and gate it with `edgekit run`."
+        )
+        return
+    cfg = _run(lambda: (_outputs(folders=(("-o", out),)), load(config))[1], debug)
+    opts = searching.SearchOptions(out=out, ray_address=ray_address)
+    summary = _run(lambda: searching.run(cfg, opts, click.echo), debug)
+    searching.print_front(summary)
+    click.echo(f"wrote {out / searching.SUMMARY} ({len(summary['front'])} on the front)")
 
 
 @cli.command(name="gate")

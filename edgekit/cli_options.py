@@ -283,6 +283,34 @@ run_options = options(
     DEBUG,
 )
 
+# Ray for independent jobs: search candidates, per-layer trials (edgekit.cluster)
+RAY_ADDRESS = click.option(
+    "--ray-address",
+    metavar="local|auto|HOST:PORT|ray://HOST:PORT",
+    help="Run the trials on Ray: local (this machine), or an existing cluster.",
+)
+
+search_options = options(
+    click.option(
+        "-o",
+        "--output",
+        "out",
+        type=PATH,
+        default=Path("edgekit-search"),
+        show_default=True,
+        help="Search directory: results.jsonl (kept across runs: a rerun resumes), candidates/, search.json.",
+    ),
+    click.option(
+        "--ray-address",
+        metavar="auto|HOST:PORT|ray://HOST:PORT",
+        help="An existing Ray cluster (default: a local Ray on this machine).",
+    ),
+    click.option(
+        "--apply", "apply_name", metavar="NAME", help="Write candidate NAME into CONFIG as a variant."
+    ),
+    DEBUG,
+)
+
 gate_options = options(
     click.option("--config", "config", type=PATH, default="edgekit.yaml", show_default=True),
     BASELINE,

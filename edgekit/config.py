@@ -32,6 +32,7 @@ from edgekit.compress.sparsity import SparsityConfig
 from edgekit.errors import EdgekitError
 from edgekit.files import read_text
 from edgekit.passes import Bf16Config, BuildConfig, Step, problem
+from edgekit.search_space import SearchConfig
 
 
 class _Strict(BaseModel):
@@ -182,6 +183,7 @@ class Config(_Strict):
     variants: dict[str, list[Pass]] = Field(min_length=1)  # name: passes from the model; []: fp32
     targets: list[Target] = Field(min_length=1)
     gates: list[Gate] = Field(default_factory=list)
+    search: SearchConfig | None = None  # `edgekit search`: the space, objectives, constraints
     _base_dir: Path = PrivateAttr(Path("."))  # the config file's directory (set by load)
 
     def is_path(self, source: str) -> bool:
@@ -284,6 +286,34 @@ def _references(cfg: Config, check_files: bool) -> tuple[tuple, str] | None:
             return ("gates", i), "gates accuracy, which needs data.evaluation"
         if not _has_threshold(g):
             return ("gates", i), "sets no threshold (max_accuracy_drop, min_speedup, max_latency_ms ...)"
+    return _search_references(cfg, targets)
+
+
+def _search_references(cfg: Config, targets: dict) -> tuple[tuple, str] | None:
+    """The search section's target and base exist, and every grid point is a chain that can run."""
+    from edgekit import search_space
+
+    s = cfg.search
+    if s is None:
+        return None
+    if s.target not in targets:
+        return ("search", "target"), _one_of(s.target, "target", list(targets))
+    if s.base is not None and s.base not in cfg.variants:
+        return ("search", "base"), _one_of(s.base, "variant", list(cfg.variants))
+    if s.algorithm != "grid":
+        return None
+    base = [st for st in (cfg.chain(s.base) if s.base else []) if st.name != "build"]
+    try:
+        points = search_space.grid(s)
+    except EdgekitError as e:
+        return ("search", "space"), str(e).rstrip(".")
+    for point in points:
+        try:
+            chain = search_space.chain_of(base, point)
+        except EdgekitError as e:
+            return ("search", "space"), f"point {point}: {str(e).rstrip('.')}"
+        if any(st.name in ("int8", "mixed") for st in chain) and not cfg.data.calibration:
+            return ("search", "space"), "has int8 candidates, which need data.calibration"
     return None
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from edgekit import batching
 from edgekit.data import Samples
+from edgekit.runtimes.ort import threads
 
 FLOAT = 1  # onnx.TensorProto.FLOAT, without importing onnx here
 
@@ -31,6 +32,7 @@ def values(
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, t, None) for n, t in names.items())
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = threads(0)
     with tempfile.TemporaryDirectory(prefix="edgekit-tensors-") as tmp:
         path = Path(tmp) / "probe.onnx"
         large = probe.ByteSize() > 2**31 - 2**24

@@ -7,6 +7,7 @@ and info() records the providers the session actually got, with the thread count
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +62,12 @@ def describe() -> dict:
     }
 
 
+def threads(requested: int) -> int:
+    """Intra-op threads of a session: REQUESTED, or where that is 0 the CPUs a Ray task was given
+    (EDGEKIT_THREADS, edgekit.cluster), else 0: ONNX Runtime's default, all physical cores."""
+    return requested or int(os.environ.get("EDGEKIT_THREADS", "0") or 0)
+
+
 @dataclass
 class Options:
     threads: int = 0  # 0: ONNX Runtime's default (all physical cores)
@@ -75,7 +82,7 @@ class Session:
             raise RuntimeFailure(f"{reason}.")
         self.options = options or Options()
         so = ort.SessionOptions()
-        so.intra_op_num_threads = self.options.threads
+        so.intra_op_num_threads = threads(self.options.threads)
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         so.graph_optimization_level = {
