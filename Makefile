@@ -60,7 +60,7 @@ system-deps:
 # `make test-slow` runs those, with the model zoo installed.
 # Two workers (pytest-xdist): most tests wait on a real CLI subprocess, so two keep both cores busy.
 test: system-deps lint
-	$(BIN)/python -m pytest -n 2 -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow"
 
 test-slow: system-deps lint zoo
 	$(BIN)/python -m pytest -m slow

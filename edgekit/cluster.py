@@ -67,7 +67,7 @@ def connect(address: str | None, devices: tuple[str, ...] = ()) -> Iterator[obje
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C reaches edgekit, which keeps what finished
     if address in (None, "local"):
         resources = {device_resource(d): 1 for d in devices}
-        ray.init(num_cpus=os.cpu_count(), resources=resources, runtime_env=env, **quiet)
+        ray.init("local", num_cpus=os.cpu_count(), resources=resources, runtime_env=env, **quiet)
     else:
         why = None if address == "auto" else _reachable(address)
         if why is None:

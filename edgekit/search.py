@@ -116,7 +116,6 @@ def run(cfg: Config, opts: SearchOptions, say: Callable[[str], None] = print) ->
     if not cfg.data.evaluation:
         raise EdgekitError("search scores every candidate on data.evaluation; add it to the config.")
     target = next(t for t in cfg.targets if t.name == s.target)
-    opts.out.mkdir(parents=True, exist_ok=True)
     plan = _plan(cfg, target.runtime)
     done = read_results(opts.out)
     source, evals, fixed = _data(cfg)
@@ -125,11 +124,13 @@ def run(cfg: Config, opts: SearchOptions, say: Callable[[str], None] = print) ->
             f"Ray: {cluster.nodes(ray)} node(s), {cluster.cpus(ray)} CPU(s); {len(plan)} candidates planned, "
             f"{sum(1 for k in plan if k in done)} finished before"
         )
+        start = time.perf_counter()
         ctx = _Context.start(ray, opts.out, source, evals, fixed, s.eval_share, cfg)
         baseline = _baseline(ctx, target.runtime, done)
         ctx.reference = ray.put(baseline["outputs"])
         _tune(ray, ctx, cfg, plan, done, say)
         done = read_results(opts.out)
+        say(f"built and scored {len(done)} candidates in {time.perf_counter() - start:.0f} s")
         if lost := [k for k in plan if k not in done]:  # a trial that failed past its retries
             raise Incomplete(
                 f"{len(lost)} of {len(plan)} candidates failed past their retries (a node lost?); run the "
@@ -205,7 +206,7 @@ class _Context:
         bounds = [(i, min(n, i + share)) for i in range(0, n, share)]
         shards = [ray.put({k: v[lo:hi] for k, v in evals.inputs.items()}) for lo, hi in bounds]
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        store = ray.remote(_Store).options(num_cpus=0, scheduling_strategy=here).remote(str(out))
+        store = ray.remote(_Store).options(num_cpus=0, scheduling_strategy=here).remote(str(out.absolute()))
         judge = {"kinds": dict(cfg.data.output_kinds), "metric": cfg.data.metric}
         return cls(out, ray.put(source), shards, ray.put(evals), store, fixed, judge, resolve())
 
@@ -326,7 +327,9 @@ def _tune(ray, ctx: _Context, cfg: Config, plan: dict, done: dict, say) -> None:
         param_space = {}
     with tempfile.TemporaryDirectory(prefix="edgekit-tune-") as storage:
         tuner = tune.Tuner(
-            tune.with_resources(trainable, {"cpu": 0.01}),  # a coordinator; its tasks hold the CPUs
+            tune.with_resources(
+                trainable, {"cpu": 0, "memory": 2**20}
+            ),  # a coordinator; its tasks hold the CPUs
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 search_alg=search_alg, num_samples=samples, max_concurrent_trials=cluster.cpus(ray)
@@ -466,8 +469,10 @@ def _time(ray, cfg: Config, target: Target, out: Path, baseline: dict, rows: lis
         )
         for r in rows
     ]
+    start = time.perf_counter()
     for r, lat in zip(rows, ray.get(refs), strict=True):
         r["latency"] = lat
+    say(f"timed in {time.perf_counter() - start:.0f} s")
 
 
 def print_front(summary: dict) -> None:

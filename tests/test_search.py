@@ -1,0 +1,257 @@
+"""`edgekit search` on a real two-node Ray cluster on 127.0.0.1 (head + one worker node, one CPU
+each, started by Ray's own test utility), through the real CLI: trials run on both nodes, the front
+equals a local run's, a killed worker's trial is retried, Ctrl-C keeps what finished and a rerun
+re-runs none of it, a dead address is one sentence. The model is a small ONNX classifier, labelled
+by its own fp32 predictions, so accuracy is measured on real outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="edgekit search needs Ray: pip install 'edgekit[ray]'")
+pytestmark = pytest.mark.xdist_group("ray")  # one cluster per module, on one xdist worker
+
+CONFIG = """\
+# the search test's config; --apply adds a variant under variants:, this comment stays
+model:
+  path: classifier.onnx
+data:
+  calibration: calib.npz
+  calib_size: 32
+  evaluation: eval.npz
+variants:
+  fp32: []
+targets:
+  - name: cpu
+    variants: [fp32]
+    seconds: 0.3
+    rounds: 3
+    warmup: 2
+search:
+  target: cpu
+  space:
+    precision: [fp32, int8]
+    int8.calibration: [minmax, percentile]
+    int8.per_channel: [true, false]
+  objectives: [accuracy, size]
+  eval_share: {share}
+"""
+
+
+def _classifier(path: Path) -> None:
+    """Conv-ReLU-Conv-ReLU-pool-Gemm, 3x32x32 -> 10 classes, dynamic batch, seeded weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = {
+        "w1": rng.normal(0, 0.3, (8, 3, 3, 3)),
+        "b1": rng.normal(0, 0.1, 8),
+        "w2": rng.normal(0, 0.2, (16, 8, 3, 3)),
+        "b2": rng.normal(0, 0.1, 16),
+        "w3": rng.normal(0, 0.3, (10, 16)),
+        "b3": rng.normal(0, 0.1, 10),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The classifier, 132 calibration and 96 evaluation images labelled by its fp32 top-1."""
+    import onnxruntime as ort
+
+    from tests.models import smooth_images
+
+    root = tmp_path_factory.mktemp("search")
+    _classifier(root / "classifier.onnx")
+    sess = ort.InferenceSession(str(root / "classifier.onnx"), providers=["CPUExecutionProvider"])
+    for name, n, seed in (("calib", 132, 1), ("eval", 96, 2)):
+        x = smooth_images(n, seed=seed)
+        np.savez(root / f"{name}.npz", x=x, y=sess.run(None, {"x": x})[0].argmax(1))
+    return root
+
+
+def _config(root: Path, name: str, share: int) -> Path:
+    path = root / name
+    path.write_text(CONFIG.format(share=share))
+    return path
+
+
+# Ray's test utility for a multi-node cluster on one machine, in a process of its own (Ray reads its
+# auth mode when imported, so the nodes and every client get RAY_AUTH_MODE from one environment); it
+# prints the address and shuts the nodes down when its stdin closes
+CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
+c = Cluster(initialize_head=True, connect=False, head_node_args={
+    "num_cpus": 1, "resources": {"edgekit_device_cpu": 1}, "include_dashboard": False})
+c.add_node(num_cpus=1)
+print(c.address, flush=True)
+sys.stdin.read()
+c.shutdown()
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(edgekit):
+    """Head + one worker node on this machine, one CPU each; the head holds the timing device."""
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLUSTER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_env(edgekit),
+        text=True,
+    )
+    address = proc.stdout.readline().strip()
+    assert address, "the Ray cluster did not start"
+    yield address
+    proc.stdin.close()
+    proc.wait(timeout=60)
+
+
+def _env(edgekit) -> dict:
+    return edgekit.env(RAY_AUTH_MODE="token")
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _front(out: Path) -> dict:
+    summary = json.loads((out / "search.json").read_text())
+    return {r["name"]: (r["accuracy_loss"], r["size_mb"]) for r in summary["candidates"] if r["on_front"]}
+
+
+def test_search_on_two_nodes_matches_a_local_run(project, cluster, edgekit):
+    cfg = _config(project, "split.yaml", share=40)  # 96 samples: 3 shards per candidate
+    two = edgekit("search", cfg, "-o", project / "two", "--ray-address", cluster, env=_env(edgekit))
+    assert two.returncode == 0, two.stderr
+    assert "2 node(s)" in two.stdout
+    records = _records(project / "two")
+    # fp32 + (minmax, percentile) x (per-channel, per-tensor) int8; precision fp32 makes the int8 keys moot
+    assert len(records) == 5 and all(r["status"] == "ok" for r in records)
+    nodes = {r["build_node"] for r in records} | {n for r in records for n in r["eval_nodes"]}
+    assert len(nodes) == 2, "the trials ran on one node only"
+    assert all(r["eval_shards"] == 3 for r in records)
+    # one process, whole evaluation set in one task: the same candidates, numbers and front
+    whole = _config(project, "whole.yaml", share=1000)
+    one = edgekit("search", whole, "-o", project / "one", env=_env(edgekit))
+    assert one.returncode == 0, one.stderr
+    by_key = {r["key"]: r for r in _records(project / "one")}
+    assert set(by_key) == {r["key"] for r in records}
+    for r in records:
+        assert r["accuracy_loss"] == by_key[r["key"]]["accuracy_loss"]
+        assert r["quality"]["fidelity"] == by_key[r["key"]]["quality"]["fidelity"]
+    assert _front(project / "two") == _front(project / "one")
+    assert any(r["accuracy_loss"] > 0 for r in records), "no candidate lost accuracy: the test shows nothing"
+
+
+def test_apply_writes_the_candidate_as_a_variant(project, edgekit):
+    cfg = project / "split.yaml"
+    if not (project / "two" / "search.json").exists():
+        pytest.skip("needs the two-node search above")
+    name = json.loads((project / "two" / "search.json").read_text())["front"][0]
+    done = edgekit("search", cfg, "-o", project / "two", "--apply", name)
+    assert done.returncode == 0, done.stderr
+    text = cfg.read_text()
+    assert text.startswith("# the search test's config") and f"  {name}:" in text
+    from edgekit.config import load
+
+    assert name in load(cfg).variants
+    again = edgekit("search", cfg, "-o", project / "two", "--apply", name)
+    assert again.returncode == 2 and "already has a variant" in again.stderr
+    assert cfg.read_text() == text
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _build_pids() -> list[int]:
+    """Ray workers running a candidate build (Ray titles a worker by its task: ray::_build)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()[1:] if line.split()[1:2] == ["ray::_build"]]
+
+
+def test_a_killed_worker_is_retried_and_the_search_completes(project, cluster, edgekit):
+    cfg = _config(project, "kill.yaml", share=1000)
+    proc = subprocess.Popen(
+        edgekit.argv("search", cfg, "-o", project / "kill", "--ray-address", cluster),
+        env=_env(edgekit),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for(_build_pids, 120, "a candidate build")
+    os.kill(_build_pids()[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err
+    records = _records(project / "kill")
+    assert len(records) == 5 and all(r["status"] == "ok" for r in records)
+
+
+def test_ctrl_c_keeps_finished_candidates_and_a_rerun_resumes(project, edgekit):
+    cfg = _config(project, "resume.yaml", share=1000)
+    out = project / "resume"
+    proc = subprocess.Popen(
+        edgekit.argv("search", cfg, "-o", out),
+        env=_env(edgekit),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    results = out / "results.jsonl"
+    _wait_for(lambda: results.exists() and len(results.read_text().splitlines()) >= 2, 300, "2 candidates")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    before = _records(out)
+    assert 2 <= len(before) < 5
+    again = edgekit("search", cfg, "-o", out, env=_env(edgekit))
+    assert again.returncode == 0, again.stderr
+    assert f"{len(before)} finished before" in again.stdout
+    after = _records(out)
+    assert after[: len(before)] == before  # kept as they were
+    keys = [r["key"] for r in after]
+    assert len(keys) == len(set(keys)) == 5  # nothing finished ran again
+
+
+def test_a_dead_cluster_address_is_one_sentence(project, edgekit):
+    cfg = _config(project, "dead.yaml", share=1000)
+    done = edgekit("search", cfg, "-o", project / "dead", "--ray-address", "127.0.0.1:9", env=_env(edgekit))
+    assert done.returncode == 2
+    assert done.stderr.startswith("edgekit: error: --ray-address 127.0.0.1:9: no Ray cluster there")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (project / "dead").exists()
