@@ -20,6 +20,7 @@ from edgekit.cli_options import (  # noqa: F401 (the range types, importable fro
     FRACTION,
     NONNEGATIVE,
     POSITIVE,
+    RAY_ADDRESS,
     Real,
     bench_options,
     build_options,
@@ -129,6 +130,7 @@ def compress(model, eval_, eval_size, target, **kw):
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the table as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a bar plot (PNG).")
 @cpu_options
+@RAY_ADDRESS
 def sensitivity(model, eval_, eval_size, json_path, plot_path, **kw):
     """Per-layer INT8 sensitivity of MODEL: each quantized layer's op, MACs, the points restoring it
     alone to fp32 gains, and its share of fp32 latency (ONNX Runtime's profiler). -o DIR writes

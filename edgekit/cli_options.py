@@ -37,6 +37,13 @@ def options(*opts):
 
 
 DEBUG = click.option("--debug", is_flag=True, help="Show tracebacks.")
+# Ray for independent jobs: search candidates, per-layer trials (edgekit.cluster)
+RAY_ADDRESS = click.option(
+    "--ray-address",
+    metavar="local|auto|HOST:PORT|ray://HOST:PORT",
+    help="Run the trials on Ray: local (this machine), or an existing cluster.",
+)
+
 # how a model file is loaded: export, compress, sensitivity and check
 LOADING = (
     click.option("--arch", help="package.module:factory building the model, for a state_dict."),
@@ -283,13 +290,6 @@ run_options = options(
     DEBUG,
 )
 
-# Ray for independent jobs: search candidates, per-layer trials (edgekit.cluster)
-RAY_ADDRESS = click.option(
-    "--ray-address",
-    metavar="local|auto|HOST:PORT|ray://HOST:PORT",
-    help="Run the trials on Ray: local (this machine), or an existing cluster.",
-)
-
 search_options = options(
     click.option(
         "-o",
@@ -416,6 +416,12 @@ compress_options = options(
         help="Correct INT8 layers' biases for their weights' rounding on the calibration data (default: on).",
     ),
     click.option(
+        "--adaround/--no-adaround",
+        default=None,
+        help="Round INT8 weights up or down by their layers' outputs on the calibration data (AdaRound; "
+        "default: on).",
+    ),
+    click.option(
         "--symmetric-activations",
         is_flag=True,
         help="TensorRT's form: int8 activations with zero-point 0, float biases.",
@@ -464,6 +470,7 @@ compress_options = options(
     click.option(
         "--max-fp32-layers", type=COUNT, help="--max-accuracy-drop: keep at most this many layers fp32."
     ),
+    RAY_ADDRESS,
 )
 
 

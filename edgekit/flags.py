@@ -46,6 +46,7 @@ def request(model, kw, chain=(), eval_=None, eval_size=None):
         output_kinds=output_kinds(kw.get("output_kinds", ())),
         metric=kw.get("metric"),
         min_fidelity=floors.parse(kw.get("min_fidelity", ())),
+        ray_address=kw.get("ray_address"),
     )
 
 
@@ -131,9 +132,13 @@ def precision_passes(kw: dict, target: str) -> dict:
     drop, most = kw["max_accuracy_drop"], kw["max_fp32_layers"]
     if most is not None and drop is None:
         raise EdgekitError("--max-fp32-layers limits --max-accuracy-drop; add --max-accuracy-drop POINTS.")
+    if kw.get("ray_address") and drop is None:
+        raise EdgekitError(
+            "--ray-address runs --max-accuracy-drop's per-layer trials; add --max-accuracy-drop."
+        )
     if drop is not None and not kw["int8"]:
         raise EdgekitError("--max-accuracy-drop budgets INT8 quantization; add --int8.")
-    algorithms = {k: kw[k] for k in ("equalize", "bias_correction") if kw[k] is not None}
+    algorithms = {k: kw[k] for k in ("equalize", "bias_correction", "adaround") if kw[k] is not None}
     if algorithms and not kw["int8"]:
         key, on = next(iter(algorithms.items()))
         flag = f"--{'' if on else 'no-'}{key.replace('_', '-')}"

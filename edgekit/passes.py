@@ -300,11 +300,15 @@ def run_mixed(w: Work, cfg: MixedConfig):
 
     fixed = w.loaded.input_spec.fixed_batch
     ref = predict(w.model, w.evals, fixed, "evaluating fp32")
-    evaluate = scorer(ref, w.evals, fixed, lambda want, out, samples: w.judge(want, out, samples, "eval"))
+    judge = eval_judge(w)
+    evaluate = scorer(ref, w.evals, fixed, judge)
+    restore = ray_trials(w, w.model, w.int8, ref, judge)
 
     path = w.out / onnx_export.MODEL_FILE
     with tempfile.TemporaryDirectory(prefix="edgekit-mixed-") as work:
-        summary, chosen = search(w.model, path, w.calib, w.evals, w.int8, cfg, fixed, evaluate, Path(work))
+        summary, chosen = search(
+            w.model, path, w.calib, w.evals, w.int8, cfg, fixed, evaluate, Path(work), restore
+        )
     w.manifest.verification["int8"] = chosen.quality
     _final_vs_unpruned(w, path)
     w.model = path
@@ -317,6 +321,30 @@ def run_mixed(w: Work, cfg: MixedConfig):
             f"with {kept} in fp32); it was written to {w.req.out}, but the budget is not met."
         )
     return cfg, summary
+
+
+def eval_judge(w: Work):
+    """WORK.judge on the evaluation samples, holding only what it needs (names, kinds, metric), so
+    it can travel to Ray workers."""
+    names, kinds, metric = w.manifest.output_names, w.req.output_kinds, w.req.metric
+    return lambda want, out, samples: quality(want, out, samples, "eval", names, kinds, metric)
+
+
+def ray_trials(w: Work, fp32: Path, int8, ref: list[np.ndarray], judge):
+    """The per-layer trials on Ray at the request's --ray-address (edgekit.layer_trials), or None:
+    in this process."""
+    if w.req.ray_address is None:
+        return None
+    from edgekit import layer_trials
+
+    fixed = w.loaded.input_spec.fixed_batch
+
+    def restore(layers, idx):
+        return layer_trials.restore_each(
+            w.req.ray_address, fp32, w.calib, int8, fixed, w.evals, ref, judge, layers, idx
+        )
+
+    return restore
 
 
 def _final_vs_unpruned(w: Work, path: Path) -> None:

@@ -26,7 +26,7 @@ from edgekit.compress.precision import bf16_unsupported
 from edgekit.compress.quantize import Int8Config, for_cpu
 from edgekit.data import Preprocess, Samples, check_labels, load_samples, split_holdout, with_examples
 from edgekit.errors import EdgekitError
-from edgekit.evaluate import predict, quality
+from edgekit.evaluate import predict
 from edgekit.export import onnx as onnx_export
 from edgekit.model import LoadedModel, LoadOptions, load_model
 from edgekit.passes import Step
@@ -59,6 +59,8 @@ class CompressRequest:
     target_cpu: TargetCpu | None = None
     # the least fidelity each output must keep (edgekit.floors: by kind, `accuracy`, or output name)
     min_fidelity: dict[str, float] = field(default_factory=lambda: dict(floors.DEFAULTS))
+    # per-layer trials (--max-accuracy-drop, sensitivity) on Ray: local, auto, HOST:PORT (None: here)
+    ray_address: str | None = None
 
 
 def compress(req: CompressRequest) -> Manifest:
@@ -259,7 +261,9 @@ def sensitivity(req: CompressRequest) -> dict:
         fp32 = w.fp32
         ref = predict(fp32, evals, fixed, "evaluating fp32")
         check_labels(evals, ref[0])
-        evaluate = scorer(ref, evals, fixed, lambda want, out, samples: quality(want, out, samples, "eval"))
+        judge = passes.eval_judge(w)
+        evaluate = scorer(ref, evals, fixed, judge)
         cfg = passes.step_config(req.chain, "int8") or Int8Config()
         cfg = for_cpu(cfg, req.target_cpu or resolve(cfg.target_cpu))
-        return table(fp32, Path(work), calib, evals, cfg, fixed, evaluate)
+        restore = passes.ray_trials(w, fp32, cfg, ref, judge)
+        return table(fp32, Path(work), calib, evals, cfg, fixed, evaluate, restore)

@@ -66,10 +66,12 @@ def search(
     fixed: int | None,
     evaluate: sens.Evaluate,
     work: Path,
+    restore: sens.RestoreEach | None = None,
 ) -> tuple[dict, sens.Trial]:
-    """Write the chosen model to OUT; return the pass summary and the chosen trial."""
+    """Write the chosen model to OUT; return the pass summary and the chosen trial. RESTORE: the
+    per-layer trials on Ray (None: here)."""
     with calibrated(fp32, calib, int8, fixed) as write:
-        return _search(write, fp32, out, evals, cfg, fixed, evaluate, work)
+        return _search(write, fp32, out, evals, cfg, fixed, evaluate, work, restore)
 
 
 def _search(
@@ -81,6 +83,7 @@ def _search(
     fixed: int | None,
     evaluate: sens.Evaluate,
     work: Path,
+    restore: sens.RestoreEach | None = None,
 ) -> tuple[dict, sens.Trial]:
     """`search` with every trial written by WRITE, from the one calibration."""
     full = sens.quantize(write, work, (), evaluate)
@@ -92,14 +95,22 @@ def _search(
     ranked_full = full if idx is None else sens.Trial((), full.path, evaluate(full.path, idx))
     layers = [name for name, _ in sens.quantized_layers(full.path)]
     tried_alone = _noisiest(fp32, full.path, evals, fixed, layers)
-    singles = sens.restore_each(write, work, evaluate, full, idx, tried_alone)
+    if restore is None:
+        singles = sens.restore_each(write, work, evaluate, full, idx, tried_alone)
+    else:  # scored elsewhere: each file written here only where one is needed (same calibration)
+        singles = restore(tried_alone, idx)
     ranked = sens.rank(ranked_full, singles)
     limit = min(len(ranked), cfg.max_fp32_layers or max(1, math.ceil(len(layers) / 4)))
+
+    def here(name: str) -> sens.Trial:
+        if singles[name].path is None:
+            singles[name] = _here(write, work, singles[name])
+        return singles[name]
 
     def on_all(t: sens.Trial) -> sens.Trial:
         return t if idx is None else sens.Trial(t.kept, t.path, evaluate(t.path, None))
 
-    tried = [on_all(singles[n]) for n in ranked[:FINALISTS]]
+    tried = [on_all(here(n)) for n in ranked[:FINALISTS]]
     for k in range(2, limit + 1):  # the shortest prefix of the ranking that meets the budget
         if any(t.drop <= budget for t in tried):
             break
@@ -109,7 +120,7 @@ def _search(
     candidates = feasible or [best_effort]
     feed, _ = next(batching.batches(evals.inputs, fixed, 1))  # one sample, or one fixed batch
     timed = {"fp32": fp32, "int8": full.path, **{",".join(t.kept): t.path for t in candidates}}
-    timed.update({n: singles[n].path for t in candidates for n in t.kept})
+    timed.update({n: here(n).path for t in candidates for n in t.kept})
     latency = time_interleaved(timed, feed, cfg)
     chosen = min(candidates, key=lambda t: latency[",".join(t.kept)])
     shutil.copyfile(chosen.path, out)
@@ -140,6 +151,13 @@ def _search(
         "max_fp32_layers": limit,
     }
     return summary, chosen
+
+
+def _here(write: Write, work: Path, t: sens.Trial) -> sens.Trial:
+    """T with its model file written here (its quality as scored)."""
+    path = work / f"int8-{len(list(work.glob('int8-*.onnx')))}.onnx"
+    write(path, t.kept)
+    return sens.Trial(t.kept, path, t.quality)
 
 
 def _noisiest(fp32: Path, int8: Path, evals: Samples, fixed: int | None, layers: list[str]) -> list[str]:

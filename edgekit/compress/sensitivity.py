@@ -25,6 +25,8 @@ from edgekit.errors import EdgekitError
 # a model file and the evaluation samples to judge it on (indices; None: all) -> its quality
 Evaluate = Callable[[Path, np.ndarray | None], dict]
 Judge = Callable[[list[np.ndarray], list[np.ndarray], Samples], dict]  # fp32, model, samples -> quality
+# layer names, evaluation indices -> each layer's trial: restore_each here, or on Ray (edgekit.layer_trials)
+RestoreEach = Callable[[list[str], np.ndarray | None], dict[str, "Trial"]]
 # the evaluation samples the mixed-precision search ranks layers on (edgekit.compress.mixed): one
 # sample is 0.8 points, and restoring the layer that matters gains many; the finalists are then
 # scored on all of them
@@ -33,10 +35,11 @@ SUBSET = 128
 
 @dataclass
 class Trial:
-    """One INT8 model with some layers kept in fp32, and how it scored."""
+    """One INT8 model with some layers kept in fp32, and how it scored (its file: None where it was
+    scored on another machine)."""
 
     kept: tuple[str, ...]
-    path: Path
+    path: Path | None
     quality: dict
     drop: float = field(init=False)
     sqnr_db: float = field(init=False)
@@ -170,12 +173,25 @@ def latency_shares(
     return {k: v / whole for k, v in totals.items()}
 
 
-def table(fp32: Path, work: Path, calib: Samples, evals: Samples, cfg: Int8Config, fixed, evaluate) -> dict:
+def table(
+    fp32: Path,
+    work: Path,
+    calib: Samples,
+    evals: Samples,
+    cfg: Int8Config,
+    fixed,
+    evaluate,
+    restore: RestoreEach | None = None,
+) -> dict:
     """`edgekit sensitivity`: every quantized layer with its op, MACs, sensitivity and fp32
-    latency share, most sensitive first; and the full INT8 model's own drop."""
+    latency share, most sensitive first; and the full INT8 model's own drop. RESTORE: the trials
+    on Ray (None: here)."""
     with calibrated(fp32, calib, cfg, fixed) as write:
         full = quantize(write, work, (), evaluate)
-        singles = restore_each(write, work, evaluate, full)
+        if restore is None:
+            singles = restore_each(write, work, evaluate, full)
+        else:
+            singles = restore([name for name, _ in quantized_layers(full.path)], None)
     ops = dict(quantized_layers(full.path))
     feeds, _ = next(batching.batches(evals.inputs, fixed, 1))  # one sample, or one fixed batch
     counts, shares = macs(fp32), latency_shares(fp32, feeds, threads=0)
