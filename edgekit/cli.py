@@ -265,9 +265,23 @@ def build(artifact, debug, **kw):
 @report_options
 def report(results, formats, plot, out):
     """Show benchmark records (a results directory, a .jsonl file, a `bench --json` or `compare --json`
-    file) as a table, and write Markdown, CSV, a self-contained HTML page and plots."""
+    file) as a table, and write Markdown, CSV, a self-contained HTML page and plots; for an `edgekit
+    search` directory, its Pareto front (--plot: search.png, the front ringed)."""
     from edgekit.benchmarks.report import bench_table, parse_formats, write_report
     from edgekit.benchmarks.results import load_records
+    from edgekit.search import SUMMARY, print_front, read_summary
+
+    found = results / SUMMARY if results.is_dir() else results
+    if found.name == SUMMARY and found.is_file():  # an `edgekit search` directory: its front
+        summary = _run(lambda: read_summary(found), False)
+        print_front(summary)
+        if plot:
+            from edgekit.benchmarks.plots import search_front
+
+            png = (out or found.parent) / "search.png"
+            _run(lambda: (_outputs(folders=(("-o", out),)), search_front(summary, png)), False)
+            click.echo(f"wrote {png}")
+        return
 
     def go():
         _outputs(folders=(("-o", out),))

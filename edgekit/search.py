@@ -81,6 +81,17 @@ def read_results(out: Path) -> dict[str, dict]:
     return records
 
 
+def read_summary(path: Path) -> dict:
+    """An `edgekit search` summary (search.json), or one sentence saying what it is not."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise EdgekitError(f"{path} cannot be read as an edgekit search summary ({e}).") from None
+    if not isinstance(summary, dict) or summary.get("kind") != "edgekit search":
+        raise EdgekitError(f"{path} is not an edgekit search summary (search.json).")
+    return summary
+
+
 class _Store:
     """The one writer of OUT (a Ray actor on this machine): a candidate's artifact directory
     (written whole, then renamed) and then its line of results.jsonl."""

@@ -5,8 +5,9 @@ A key of the space is a pass config key from the pass table (`int8.calibration`,
 `mixed.max_accuracy_drop`), or `precision` (fp32, int8, fp16, bf16: which of the alternatives runs)
 or `runtime` (what the candidate runs in on the search's target). A value is a list, or a range
 `{low, high, step}` (a grid needs the step). A pass key adds its pass where the chain has none; null
-leaves the pass out; keys of a pass the point's precision does not run are ignored, so two points
-that run the same chain are one candidate. Plain data, no Ray: edgekit.config imports it.
+leaves the pass out; keys of a precision pass the point's `precision` (or the base's) does not run
+are ignored, so two points that run the same chain are one candidate. Plain data, no Ray:
+edgekit.config imports it.
 """
 
 from __future__ import annotations
@@ -133,8 +134,10 @@ def chain_of(base: list, point: dict) -> list:
     for key in sorted(k for k in point if "." in k):
         name, _, field = key.partition(".")
         value = point[key]
-        if name in ALTERNATIVES and name not in steps and not (name == "mixed" and "int8" in steps):
-            continue  # the point's precision does not run this pass
+        if name in ALTERNATIVES and name not in steps and _moot(name, steps, precision):
+            continue  # the point's precision, or the base's, does not run this pass
+        if name == "mixed" and value is not None:
+            steps.setdefault("int8", {})
         if value is None:
             steps.pop(name, None)
             if name == "int8":
@@ -143,6 +146,14 @@ def chain_of(base: list, point: dict) -> list:
         steps.setdefault(name, {})[field] = value
     ordered = [Step(n, config(n, **steps[n])) for n in FLAG_ORDER if n in steps]
     return ordered + [s for s in extra if s.name not in steps]
+
+
+def _moot(name: str, steps: dict, precision: str | None) -> bool:
+    """Whether a key of the precision pass NAME, absent from STEPS, does not apply: the point chose
+    its precision, or the chain runs another one (mixed applies wherever int8 runs)."""
+    if name == "mixed" and "int8" in steps:
+        return False
+    return precision is not None or any(a in steps for a in ALTERNATIVES)
 
 
 def runtime_of(point: dict, default: str) -> str:

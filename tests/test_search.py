@@ -191,7 +191,7 @@ def test_search_on_two_nodes_matches_a_local_run(project, cluster, edgekit):
     )
 
 
-def test_apply_writes_the_candidate_as_a_variant(project, edgekit):
+def test_apply_writes_a_candidate_as_a_variant_and_report_plots_the_front(project, edgekit):
     cfg = project / "split.yaml"
     if not (project / "two" / "search.json").exists():
         pytest.skip("needs the two-node search above")
@@ -206,6 +206,9 @@ def test_apply_writes_the_candidate_as_a_variant(project, edgekit):
     again = edgekit("search", cfg, "-o", project / "two", "--apply", name)
     assert again.returncode == 2 and "already has a variant" in again.stderr
     assert cfg.read_text() == text
+    report = edgekit("report", project / "two", "--plot")
+    assert report.returncode == 0, report.stderr
+    assert name in report.stdout and (project / "two" / "search.png").stat().st_size > 0
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:

@@ -97,3 +97,33 @@ def latency_distribution(records: list[dict], path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path)
     return True
+
+
+def search_front(summary: dict, path: Path) -> None:
+    """An `edgekit search` (its search.json): accuracy loss against median latency on the target
+    (or model size, where nothing was timed), every scored candidate drawn, the front ringed."""
+    rows = [r for r in summary["candidates"] if r["status"] == "ok"]
+    timed = [r for r in rows if "median_ms" in (r.get("latency") or {})]
+    x_of, x_label = (
+        (lambda r: r["latency"]["median_ms"], f"median latency on {summary['target']} (ms)")
+        if timed
+        else (lambda r: r["size_mb"], "model size (MB)")
+    )
+    placed = timed or rows
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    ax.scatter([x_of(r) for r in placed], [r["accuracy_loss"] for r in placed], color="#4060a0", zorder=2)
+    front = sorted((x_of(r), r["accuracy_loss"]) for r in placed if r["on_front"])
+    if front:
+        ax.plot(*zip(*front, strict=True), "o-", color="#c03030", mfc="none", ms=12, label="Pareto front")
+        ax.legend(loc="upper right")
+    for r in placed:
+        ax.annotate(
+            r["name"], (x_of(r), r["accuracy_loss"]), textcoords="offset points", xytext=(6, 4), fontsize=8
+        )
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(rows[0]["accuracy_metric"] if rows else "accuracy loss")
+    ax.set_title(f"edgekit search: {len(rows)} candidates, {len(front)} on the front (lower left is better)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
