@@ -108,7 +108,8 @@ def test_bias_correction_zeroes_mean_output_error(tmp_path, bias_correction):
     rng = np.random.default_rng(2)
     src = _one_conv(tmp_path / "conv.onnx", rng)
     x = rng.uniform(0, 1, size=(32, 3, 12, 12)).astype(np.float32)
-    cfg = Int8Config(bias_correction=bias_correction, calibration="minmax")
+    # nearest rounding: AdaRound (on by default) removes most of that mean error itself
+    cfg = Int8Config(bias_correction=bias_correction, calibration="minmax", adaround=False)
     summary = quantize_int8(src, tmp_path / "q.onnx", Samples({"x": x}, None), cfg, None)
     error = (_run(tmp_path / "q.onnx", x) - _run(src, x)).mean((0, 2, 3))
     if bias_correction:

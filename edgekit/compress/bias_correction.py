@@ -17,8 +17,9 @@ import numpy as np
 LAYERS = ("Conv", "Gemm")
 
 
-def _dequantized(node, inits: dict) -> np.ndarray | None:
-    """The value a DequantizeLinear NODE makes from its constant inputs (None: not constant)."""
+def weight_levels(node, inits: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The integers, scale and zero point (both shaped to broadcast over the integers) of a
+    DequantizeLinear NODE of constant inputs (None: not constant)."""
     from onnx import helper, numpy_helper
 
     if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in inits:
@@ -28,13 +29,22 @@ def _dequantized(node, inits: dict) -> np.ndarray | None:
     zp = (
         numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
         if len(node.input) > 2 and node.input[2]
-        else 0
+        else np.zeros(())
     )
     axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
     if np.ndim(scale) == 1 and q.ndim > 1:
         shape = [1] * q.ndim
         shape[axis] = -1
         scale, zp = scale.reshape(shape), np.reshape(zp, shape) if np.ndim(zp) else zp
+    return q, scale, zp
+
+
+def _dequantized(node, inits: dict) -> np.ndarray | None:
+    """The value a DequantizeLinear NODE makes from its constant inputs (None: not constant)."""
+    levels = weight_levels(node, inits)
+    if levels is None:
+        return None
+    q, scale, zp = levels
     return (q - zp) * scale
 
 
@@ -78,6 +88,30 @@ def layer_inputs(fp32: Path) -> list[str]:
     return sorted(names - inits)
 
 
+def quantized_layers(ref, graph) -> list[tuple]:
+    """(fp32 layer, QDQ layer, the DequantizeLinear of its weight) for each Conv/Gemm of the QDQ
+    GRAPH whose weight is constant and was quantized from a weight of the fp32 graph REF that only
+    that layer reads. A layer is found by its weight: ORT writes W as W_quantized; it renames
+    outputs and drops the Relu/Clip after a conv."""
+    ref_inits = {i.name for i in ref.initializer}
+    readers: dict[str, list] = {}
+    for n in ref.node:
+        if n.op_type in LAYERS and len(n.input) > 1 and n.input[1] in ref_inits:
+            readers.setdefault(n.input[1], []).append(n)
+    ref_layers = {w: nodes[0] for w, nodes in readers.items() if len(nodes) == 1}
+    inits = {i.name for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    found = []
+    for node in graph.node:
+        weight = producer.get(node.input[1]) if node.op_type in LAYERS and len(node.input) > 1 else None
+        if weight is None or weight.op_type != "DequantizeLinear" or weight.input[0] not in inits:
+            continue
+        src = ref_layers.get(weight.input[0].removesuffix("_quantized"))
+        if src is not None and src.op_type == node.op_type:
+            found.append((src, node, weight))
+    return found
+
+
 def correct(fp32: Path, qdq: Path, means: dict[str, np.ndarray]) -> int:
     """Add to each quantized Conv/Gemm bias of the QDQ model (rewritten in place) the mean output
     error its weights' rounding makes on the calibration data (MEANS: the mean of each of FP32's
@@ -88,25 +122,13 @@ def correct(fp32: Path, qdq: Path, means: dict[str, np.ndarray]) -> int:
 
     ref = onnx.load(str(fp32))
     ref_inits = {i.name: i for i in ref.graph.initializer}
-    # a layer is found by its weight (ORT writes W as W_quantized; it renames outputs and drops the
-    # Relu/Clip after a conv); a weight two layers share is left alone
-    readers: dict[str, list] = {}
-    for n in ref.graph.node:
-        if n.op_type in LAYERS and len(n.input) > 1 and n.input[1] in ref_inits:
-            readers.setdefault(n.input[1], []).append(n)
-    ref_layers = {w: nodes[0] for w, nodes in readers.items() if len(nodes) == 1}
     model = onnx.load(str(qdq))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     chosen = []  # (the fp32 layer, its weight error, the bias to change)
-    for node in graph.node:
-        if node.op_type not in LAYERS or len(node.input) < 3:
-            continue
-        weight = producer.get(node.input[1])
-        wq = _dequantized(weight, inits)
-        src = ref_layers.get(weight.input[0].removesuffix("_quantized")) if wq is not None else None
-        if src is None or src.op_type != node.op_type or src.input[0] not in means:
+    for src, node, weight in quantized_layers(ref.graph, graph):
+        if len(node.input) < 3 or src.input[0] not in means:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Gemm" and (attrs.get("transA") or attrs.get("alpha", 1.0) != 1.0):
@@ -114,6 +136,7 @@ def correct(fp32: Path, qdq: Path, means: dict[str, np.ndarray]) -> int:
         bias = producer.get(node.input[2])
         if not (node.input[2] in inits or (bias is not None and bias.input[0] in inits)):
             continue
+        wq = _dequantized(weight, inits)
         w = numpy_helper.to_array(ref_inits[src.input[1]]).astype(np.float64)
         if w.shape != wq.shape:
             continue

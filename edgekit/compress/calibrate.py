@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +78,13 @@ def calibrate(
     tmp: Path,
     ops: list[str] | None = None,
     means_of: Sequence[str] = (),
+    observe: Mapping[str, Callable[[np.ndarray], None]] | None = None,
 ) -> Calibration:
     """Ranges by METHOD for the tensors ORT calibrates for the op types OPS (None: all) of MODEL,
     over CALIB in runs of at most BATCH samples whose activations fit LIMIT bytes (FIXED: the
-    model's fixed batch); the means of the tensors MEANS_OF among them. Works in TMP."""
+    model's fixed batch); the means of the tensors MEANS_OF among them. OBSERVE[name], where given,
+    is called with each run's values of that tensor (its real samples; what AdaRound collects).
+    Works in TMP."""
     from onnxruntime.quantization.calibrate import (
         CalibrationMethod,
         HistogramCollector,
@@ -96,6 +99,8 @@ def calibrate(
     def take(name: str, value: np.ndarray, real: int, rows: int) -> None:
         """Count VALUE (a run's of ROWS samples, REAL of them not padding) into its tensor's calibration."""
         t = state.setdefault(name, _Tensor())
+        if name in observers:
+            observers[name](value[:real])
         if name in mean_set:
             part = value[:real].sum(0, dtype=np.float32)
             t.total = part if t.total is None else t.total + part
@@ -126,6 +131,7 @@ def calibrate(
         names = [o.name for o in session.get_outputs()]
         kept = [(i, name) for i, name in enumerate(names) if name in wanted]
         mean_set = set(means_of) & set(wanted)
+        observers = observe or {}
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
 
             def feed(samples: Samples, size: int) -> int:

@@ -1,0 +1,344 @@
+"""AdaRound (Nagel et al. 2020, "Up or Down? Adaptive Rounding for Post-Training Quantization") on
+the weights of a QDQ model: each integer weight is rounded up or down, whichever makes the layer's
+outputs on the calibration data closer to fp32, instead of to the nearest level.
+
+Per Conv/Gemm, with W the fp32 weight, s and z the scale and zero point the quantizer chose (kept,
+so every INT8 form keeps working: 7-bit weights, the u8s8-pair scales) and X the layer's inputs,
+the rounding minimizes ||W X - W~ X||^2 / rows + lambda * sum(1 - |2h(V) - 1|^beta) over V, with
+W~ = s * (clip(floor(W / s) + z + h(V), lo, hi) - z) and h the rectified sigmoid (zeta 1.1, gamma
+-0.1); beta anneals from 20 to 2 after a warm-up without the regularizer, then h(V) >= 0.5 rounds
+up. [lo, hi] is the range the quantizer used (the channel's largest level, so 7 bits stay 7 bits),
+so every new level is floor or ceil of W / s. The loss needs only the Gram matrix X^T X of the
+inputs (per group: a depthwise conv's channels are separate problems), summed over sampled output
+positions in the calibration pass itself (edgekit.compress.calibrate's observers) and factored to
+its leading eigen-directions; the layers are optimized together (Adam is per weight, so each
+layer's result is the one a loop of its own would give). A layer keeps nearest rounding where
+AdaRound's does not lower its error on those rows.
+
+X are the layer's inputs in the fp32 model, not in the partly quantized one (AIMET and the paper
+use the latter where they can): one calibration pass serves ranges, bias correction and AdaRound.
+Bias correction runs after (as in AIMET) and removes the mean error that is left.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.compress.bias_correction import quantized_layers, weight_levels
+
+# AIMET's default is 10,000 iterations at lr 1e-3; on EfficientNet-Lite1's layers 300 at 1e-2 left
+# 0.36 of nearest rounding's output error (500: 0.33, 200: 0.40) and cost ~0.2 s an iteration on one core
+ITERATIONS = 300
+LR = 1e-2
+WARMUP = 0.2  # the first fifth without the regularizer
+BETA = (20.0, 2.0)
+REG = 0.01  # lambda, AIMET's default, with the error summed over output channels, averaged over rows
+ZETA, GAMMA = 1.1, -0.1
+ROWS = 16384  # input rows (sampled output positions) per layer over all the calibration samples
+TAIL = 0.01  # the share of the inputs' energy left out where the loss is factored (as good as 1e-4 there)
+MAX_K = 4096  # a layer whose rows are longer (a dense 3x3 conv over > 455 channels) keeps nearest
+
+
+@dataclass
+class Gram:
+    """One layer's input rows X summed as X^T X per group (groups, K, K), over ROWS rows: the
+    patches a Conv's sampled output positions read (PER_SAMPLE of each sample's), or a Gemm's rows."""
+
+    node: object  # the fp32 layer (onnx NodeProto)
+    groups: int
+    k: int
+    per_sample: int
+    conv: tuple | None = None  # a Conv's kernel, strides, pads (top, left, bottom, right), dilations
+    total: object = None  # torch float64 (groups, K, K)
+    rows: int = 0
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
+    def add(self, x: np.ndarray) -> None:
+        import torch
+
+        rows = self._patches(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        p = rows.permute(1, 2, 0)  # (groups, K, rows)
+        part = torch.bmm(p, p.transpose(1, 2)).double()
+        self.total = part if self.total is None else self.total + part
+        self.rows += rows.shape[0]
+
+    def _patches(self, x):
+        """X's rows for this layer as (rows, groups, K)."""
+        import torch
+
+        if self.conv is None:
+            return x.reshape(-1, 1, self.k)
+        (kh, kw), (sh, sw), (t, left, b, r), (dh, dw) = self.conv
+        xp = torch.nn.functional.pad(x, (left, r, t, b))
+        ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+        wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+        n = min(ho * wo, self.per_sample)
+        pos = torch.from_numpy(np.sort(self.rng.choice(ho * wo, n, replace=False)))
+        iy = (pos // wo)[:, None] * sh + torch.arange(kh) * dh  # (n, kh)
+        ix = (pos % wo)[:, None] * sw + torch.arange(kw) * dw
+        patches = xp[:, :, iy[:, :, None], ix[:, None, :]]  # (samples, C, n, kh, kw)
+        return patches.permute(0, 2, 1, 3, 4).reshape(-1, self.groups, self.k)
+
+
+@dataclass
+class Collected:
+    """The layers' Grams (by fp32 weight name) and the levels already chosen for them: the mixed-
+    precision search writes many models from one calibration, and each reuses them."""
+
+    grams: dict[str, Gram]
+    chosen: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def observers(self) -> dict[str, Callable[[np.ndarray], None]]:
+        """Per input tensor, what adds a calibration run's values to the Grams of its layers."""
+        by_input: dict[str, list[Gram]] = {}
+        for g in self.grams.values():
+            by_input.setdefault(g.node.input[0], []).append(g)
+        return {name: lambda x, gs=gs: [g.add(x) for g in gs] for name, gs in by_input.items()}
+
+
+def collect(fp32: Path, samples: int) -> Collected:
+    """Empty Grams for the Conv (2-D) and Gemm layers of FP32 that AdaRound can round, sized for
+    SAMPLES calibration samples."""
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    dims = {i.name: list(i.dims) for i in graph.initializer}
+    readers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    per_sample = max(1, math.ceil(ROWS / max(samples, 1)))
+    grams = {}
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in dims:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        shape, name = dims[node.input[1]], node.input[1]
+        if node.input[0] in dims or readers[name] > 1:
+            continue
+        if node.op_type == "Gemm":
+            if attrs.get("transA") or len(shape) != 2:
+                continue
+            gram = Gram(node, 1, shape[1] if attrs.get("transB") else shape[0], per_sample)
+        else:
+            if len(shape) != 4 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                continue
+            groups = attrs.get("group", 1)
+            conv = (
+                tuple(shape[2:]),
+                tuple(attrs.get("strides", (1, 1))),
+                tuple(attrs.get("pads", (0, 0, 0, 0))),
+                tuple(attrs.get("dilations", (1, 1))),
+            )
+            gram = Gram(node, groups, shape[1] * shape[2] * shape[3], per_sample, conv)
+        if gram.k <= MAX_K:
+            grams[name] = gram
+    return Collected(grams)
+
+
+def apply(fp32: Path, qdq: Path, collected: Collected) -> dict:
+    """Round the weights of the QDQ model's layers found in COLLECTED (FP32: the model it was
+    quantized from) by AdaRound, rewriting its integer initializers in place; a summary."""
+    import onnx
+    from onnx import numpy_helper
+
+    ref = onnx.load(str(fp32))
+    ref_inits = {i.name: i for i in ref.graph.initializer}
+    model = onnx.load(str(qdq))
+    inits = {i.name: i for i in model.graph.initializer}
+    todo, layers = [], []
+    for src, _, weight in quantized_layers(ref.graph, model.graph):
+        gram = collected.grams.get(src.input[1])
+        if gram is None or gram.rows == 0:
+            continue
+        q_init = inits[weight.input[0]]
+        q, scale, zp = weight_levels(weight, inits)
+        w = numpy_helper.to_array(ref_inits[src.input[1]]).astype(np.float64)
+        if w.shape != q.shape:
+            continue
+        layers.append((src.input[1], q_init, q))
+        if src.input[1] not in collected.chosen:
+            info = np.iinfo(numpy_helper.to_array(q_init).dtype)
+            todo.append((src.input[1], gram, w, q, scale, zp, info))
+    start = time.perf_counter()
+    kept = _solve(todo, collected.chosen)
+    collected.seconds += time.perf_counter() - start
+    changed = 0
+    for name, q_init, q in layers:
+        new = collected.chosen[name]
+        changed += int((new != q).sum())
+        dtype = numpy_helper.to_array(q_init).dtype
+        q_init.CopyFrom(numpy_helper.from_array(new.astype(dtype), q_init.name))
+    onnx.save(model, str(qdq), save_as_external_data=model.ByteSize() > 2**31 - 2**24)
+    return {
+        "layers": len(layers),
+        "kept_nearest": kept,
+        "changed_weights": changed,
+        "seconds": round(collected.seconds, 1),
+    }
+
+
+def _layout(a: np.ndarray, gram: Gram) -> np.ndarray:
+    """A weight-shaped array as (groups, output channels per group, K): rows that multiply the
+    Gram's input rows."""
+    if gram.conv is None:  # Gemm: B is (K, N), or (N, K) with transB
+        return (a if _trans_b(gram.node) else a.T).reshape(1, -1, gram.k)
+    return a.reshape(gram.groups, -1, gram.k)
+
+
+def _unlayout(a: np.ndarray, shape: tuple, gram: Gram) -> np.ndarray:
+    """The inverse of _layout: (groups, out, K) back to the weight's SHAPE."""
+    if gram.conv is None:
+        a = a.reshape(-1, gram.k)
+        return a if _trans_b(gram.node) else a.T
+    return a.reshape(shape)
+
+
+def _trans_b(node) -> bool:
+    return any(a.name == "transB" and a.i for a in node.attribute)
+
+
+def _metric(gram: Gram):
+    """The input rows' second moment (the Gram / rows, per group) for the loss tr(dW M dW^T), the
+    mean squared output error: as M itself, or as a factor F with F F^T ~ M over its leading
+    eigen-directions (all but TAIL of the energy) where that is cheaper (rank < K / 2; a Gemm
+    after global pooling has a row per sample). Returns (M or F, whether it is F)."""
+    import torch
+
+    m = gram.total / gram.rows
+    vals, vecs = torch.linalg.eigh(m)
+    vals, vecs = vals.clamp(min=0).flip(-1), vecs.flip(-1)
+    share = vals.cumsum(-1) / vals.sum(-1, keepdim=True).clamp(min=1e-30)
+    rank = int((share < 1 - TAIL).sum(-1).max()) + 1
+    if 2 * rank >= gram.k:
+        return m.float(), False
+    return (vecs[..., :rank] * vals[..., None, :rank].sqrt()).float(), True
+
+
+def _quadratic():
+    """tr(dW M dW^T) as an autograd function whose backward reuses the forward's dW M (2 dW M is
+    the gradient): one matrix product an iteration instead of three."""
+    import torch
+
+    class Quadratic(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, d, m, factored):
+            dm = torch.matmul(torch.matmul(d, m), m.transpose(-1, -2)) if factored else torch.matmul(d, m)
+            ctx.save_for_backward(dm)
+            return (d * dm).sum()
+
+        @staticmethod
+        def backward(ctx, grad):
+            (dm,) = ctx.saved_tensors
+            return 2 * grad * dm, None, None
+
+    return Quadratic.apply
+
+
+@dataclass
+class _Problem:
+    """One layer's rounding in the (groups, out, K) layout, as torch tensors: the weight is
+    W~ = s * (floor(W / s) + h), h in [hmin, hmax] (the quantizer's range: [0, 1] but where a level
+    would leave it), so W - W~ = rest - s * h."""
+
+    name: str
+    shape: tuple
+    gram: Gram
+    rest: object  # W - s * floor(W / s)
+    s: object
+    floor: object  # floor(W / s) + zero point: the level rounding down
+    hmin: object
+    hmax: object
+    nearest: object  # the quantizer's levels
+    m: object  # the inputs' second moment or its factor (_metric)
+    factored: bool
+    v: object  # the rounding variables
+
+
+def _problem(name: str, gram: Gram, w, q, scale, zp, info) -> _Problem:
+    import torch
+
+    w_, s_, z_, q_ = (
+        torch.from_numpy(np.array(_layout(np.broadcast_to(a, w.shape), gram), np.float32))
+        for a in (w, scale, zp, q)
+    )
+    # the quantizer's range: the largest level among the weights that share a scale
+    n = (q_ - z_).abs().amax() if np.size(scale) == 1 else (q_ - z_).abs().amax(-1, keepdim=True)
+    lo, hi = (z_ - n).clamp(min=info.min), (z_ + n).clamp(max=info.max)
+    base = torch.floor(w_ / s_)
+    hmin = (lo - z_ - base).clamp(0, 1)
+    hmax = torch.maximum((hi - z_ - base).clamp(0, 1), hmin)
+    # V starts where h(V) is the fraction W / s - floor(W / s): W~ = W before rounding
+    p = ((w_ / s_ - base).clamp(1e-4, 1 - 1e-4) - GAMMA) / (ZETA - GAMMA)
+    v = torch.log(p / (1 - p)).requires_grad_()
+    rest = w_ - s_ * base
+    return _Problem(name, w.shape, gram, rest, s_, base + z_, hmin, hmax, q_, *_metric(gram), v)
+
+
+def _h(pr: _Problem, v):
+    """The rectified sigmoid (0..1, reaching both ends), within the quantizer's range."""
+    import torch
+
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, pr.hmin, pr.hmax)
+
+
+def _descend(problems: list[_Problem], opt, warm: int, quadratic) -> None:
+    """ITERATIONS of Adam on every layer's V: the error alone for WARM iterations, then with the
+    regularizer whose beta anneals linearly from BETA[0] to BETA[1]."""
+    import torch
+
+    for it in range(ITERATIONS):
+        beta = BETA[1] + (BETA[0] - BETA[1]) * (1 - (it - warm) / max(ITERATIONS - warm, 1))
+        opt.zero_grad()
+        for pr in problems:
+            h = _h(pr, pr.v)
+            loss = quadratic(torch.addcmul(pr.rest, pr.s, h, value=-1), pr.m, pr.factored)
+            if it >= warm:
+                loss = loss + REG * (1 - (2 * h - 1).abs().pow(beta)).sum()
+            loss.backward()
+        opt.step()
+
+
+def _error(pr: _Problem, levels, quadratic):
+    """The mean squared output error (summed over channels) of the weight LEVELS."""
+    return quadratic(pr.rest - pr.s * (levels - pr.floor), pr.m, pr.factored)
+
+
+def _solve(todo: list, chosen: dict[str, np.ndarray]) -> int:
+    """AdaRound's levels for each layer of TODO into CHOSEN (weight name -> levels in the weight's
+    shape); returns how many layers kept nearest rounding."""
+    import torch
+
+    if not todo:
+        return 0
+    problems = [_problem(*t) for t in todo]
+    quadratic = _quadratic()
+    opt = torch.optim.Adam([pr.v for pr in problems], lr=LR)
+    warm = int(WARMUP * ITERATIONS)
+    # one thread: the steps are many small operations, and two threads waiting on each other ran
+    # 3-10x slower on a machine whose other core was busy; subnormal numbers flushed to zero (this
+    # thread's setting): once h(V) settles at 0 or 1 Adam's squared gradients turn subnormal, 3x slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    try:
+        _descend(problems, opt, warm, quadratic)
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+    kept = 0
+    with torch.no_grad():
+        for pr in problems:
+            new = pr.floor + (_h(pr, pr.v) >= 0.5).float()
+            if _error(pr, new, quadratic) >= _error(pr, pr.nearest, quadratic):
+                new, kept = pr.nearest, kept + 1
+            chosen[pr.name] = _unlayout(new.double().numpy(), pr.shape, pr.gram)
+    return kept

@@ -1,0 +1,143 @@
+"""AdaRound (edgekit.compress.adaround) inside the int8 pass, on the exported depthwise-separable
+CNN of tests/models.py (stem conv, 1x1 expand, depthwise 3x3, squeeze-excite 1x1 convs, 1x1
+project, classifier Gemm): on the calibration data each layer's output error is below nearest
+rounding's, every level is the floor or ceil of W / s inside the quantizer's range (7 bits where
+the form asks for them), the model's SQNR to fp32 is not worse, and `adaround: false` (or
+`--no-adaround`) gives ORT's nearest rounding."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from models import depthwise_se, smooth_images
+from onnx import numpy_helper
+
+from edgekit.artifact import InputSpec, TensorSpec
+from edgekit.benchmarks.metrics import sqnr_db
+from edgekit.compress import tensors
+from edgekit.compress.bias_correction import quantized_layers, weight_levels
+from edgekit.compress.quantize import Int8Config, quantize_int8
+from edgekit.compress.tensors import FLOAT
+from edgekit.data import Samples
+from edgekit.export.onnx import ExportConfig, export
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    module, shapes = depthwise_se()
+    spec = InputSpec(inputs=[TensorSpec(name="x", shape=["batch", *shapes[0][1:]])])
+    return export(module, spec, tmp_path_factory.mktemp("fp32"), ExportConfig(), 1)
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return Samples({"x": smooth_images(32, seed=1)}, None)
+
+
+@pytest.fixture(scope="module")
+def quantized(fp32, calib, tmp_path_factory):
+    """(reduce_range, adaround) -> (QDQ path, summary): 8-bit weights, and 7-bit ones on every layer
+    (what CPUs without VNNI get); bias correction off, so the levels are compared alone."""
+    out, root = {}, tmp_path_factory.mktemp("q")
+    for reduce_range in ("none", "all"):
+        for on in (False, True):
+            cfg = Int8Config(
+                reduce_range=reduce_range, target_cpu="x86-vnni", adaround=on, bias_correction=False
+            )
+            path = root / f"{reduce_range}-{on}.onnx"
+            out[reduce_range, on] = path, quantize_int8(fp32, path, calib, cfg, None)
+    return out
+
+
+def _layers(fp32, qdq):
+    """Per quantized layer: its fp32 node, fp32 weight, integer levels, scale and zero point."""
+    ref, model = onnx.load(str(fp32)), onnx.load(str(qdq))
+    ref_w = {i.name: numpy_helper.to_array(i) for i in ref.graph.initializer}
+    inits = {i.name: i for i in model.graph.initializer}
+    found = {}
+    for src, _, weight in quantized_layers(ref.graph, model.graph):
+        q, scale, zp = weight_levels(weight, inits)
+        found[src.input[1]] = (src, ref_w[src.input[1]].astype(np.float64), q, scale, zp)
+    return found
+
+
+def _output_errors(fp32, qdq, x):
+    """Per layer, the mean squared error of its output with the QDQ model's dequantized weight in
+    place of the fp32 one, on the layer's fp32 inputs over X (the calibration data)."""
+    model = onnx.load(str(fp32))
+    layers = _layers(fp32, qdq)
+    names = {src.input[0] for src, *_ in layers.values()}
+    (inputs, _), *_ = tensors.values(
+        model, dict.fromkeys(names, FLOAT), Samples({"x": x}, None), None, len(x)
+    )
+    errors = {}
+    for name, (src, w, q, scale, zp) in layers.items():
+        node = onnx.helper.make_node(src.op_type, ["a", "w"], ["y"])
+        node.attribute.extend(src.attribute)
+        io = [onnx.helper.make_tensor_value_info(n, FLOAT, None) for n in ("a", "w", "y")]
+        graph = onnx.helper.make_graph([node], "layer", io[:2], io[2:])
+        m = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        a = inputs[src.input[0]]
+        exact = sess.run(None, {"a": a, "w": w.astype(np.float32)})[0]
+        rounded = sess.run(None, {"a": a, "w": ((q - zp) * scale).astype(np.float32)})[0]
+        errors[name] = float(((exact - rounded) ** 2).mean())
+    return errors
+
+
+@pytest.mark.parametrize("form", ["none", "all"])
+def test_each_layer_output_error_is_below_nearest_rounding(fp32, calib, quantized, form):
+    nearest = _output_errors(fp32, quantized[form, False][0], calib.inputs["x"])
+    adarounded = _output_errors(fp32, quantized[form, True][0], calib.inputs["x"])
+    summary = quantized[form, True][1]["adaround"]
+    assert summary["layers"] == len(nearest) >= 7 and summary["kept_nearest"] == 0
+    assert summary["changed_weights"] > 0
+    for name, err in nearest.items():
+        assert adarounded[name] < err, (name, adarounded[name], err)
+    ratio = np.mean([adarounded[n] / nearest[n] for n in nearest])
+    assert ratio < 0.8, ratio  # measured 0.4-0.5 on both forms
+
+
+@pytest.mark.parametrize("form, top", [("none", 127), ("all", 64)])
+def test_levels_are_floor_or_ceil_within_the_range(fp32, quantized, form, top):
+    for name, (_, w, q, scale, zp) in _layers(fp32, quantized[form, True][0]).items():
+        x = w / scale + zp
+        assert np.all((q == np.floor(x)) | (q == np.ceil(x))), name
+        assert np.abs(q - zp).max() <= top, name
+
+
+def test_model_sqnr_is_not_worse(fp32, quantized):
+    x = smooth_images(64, seed=7)  # held out from calibration
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    ref = run(fp32)
+    for form in ("none", "all"):
+        off, on = (sqnr_db(ref, run(quantized[form, a][0])) for a in (False, True))
+        assert on >= off, (form, on, off)
+
+
+def test_off_is_nearest_rounding(fp32, quantized):
+    for name, (_, w, q, scale, zp) in _layers(fp32, quantized["none", False][0]).items():
+        np.testing.assert_array_equal(q, np.clip(np.round(w / scale) + zp, -127, 127), err_msg=name)
+    assert "adaround" not in quantized["none", False][1]
+
+
+def test_flag_turns_it_off(edgekit, fp32, tmp_path):
+    out = tmp_path / "out"
+    flags = (
+        "--int8",
+        "--no-adaround",
+        "--calib",
+        "random",
+        "--calib-size",
+        "8",
+        "--input-shape",
+        "1,3,32,32",
+    )
+    r = edgekit("compress", fp32, *flags, "-o", out)
+    assert r.returncode == 0, r.stderr
+    int8 = json.loads((out / "edgekit.json").read_text())["passes"][-1]
+    assert int8["config"]["adaround"] is False and "adaround" not in int8["summary"]
