@@ -92,6 +92,18 @@ def read_summary(path: Path) -> dict:
     return summary
 
 
+def sampled(out: Path) -> int:
+    """Trials Optuna's sampler ran in OUT (a line each, a chain it proposed again included)."""
+    path = out / RESULTS
+    count = 0
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            count += bool(json.loads(line).get("point"))
+        except json.JSONDecodeError:
+            continue
+    return count
+
+
 class _Store:
     """The one writer of OUT (a Ray actor on this machine): a candidate's artifact directory
     (written whole, then renamed) and then its line of results.jsonl."""
@@ -131,10 +143,10 @@ def run(cfg: Config, opts: SearchOptions, say: Callable[[str], None] = print) ->
     done = read_results(opts.out)
     source, evals, fixed = _data(cfg)
     with cluster.connect(opts.ray_address, (target.name,)) as ray:
-        say(
-            f"Ray: {cluster.nodes(ray)} node(s), {cluster.cpus(ray)} CPU(s); {len(plan)} candidates planned, "
-            f"{sum(1 for k in plan if k in done)} finished before"
-        )
+        planned = f"{len(plan)} candidates planned" if plan else f"{s.samples} candidates to sample (optuna)"
+        before = sum(1 for k in plan if k in done) if plan else sampled(opts.out)
+        where = f"Ray: {cluster.nodes(ray)} node(s), {cluster.cpus(ray)} CPU(s)"
+        say(f"{where}; {planned}, {before} finished before")
         start = time.perf_counter()
         ctx = _Context.start(ray, opts.out, source, evals, fixed, s.eval_share, cfg)
         baseline = _baseline(ctx, target.runtime, done)
@@ -229,8 +241,10 @@ def _evaluate(ctx: _Context, chain: list, runtime: str, point: dict) -> dict:
     from edgekit.evaluate import quality
 
     key = space.key(chain, runtime)
-    if (known := ray.get(ctx.store.lookup.remote(key))) is not None:
-        return known  # Optuna proposed a chain that already ran
+    if (known := ray.get(ctx.store.lookup.remote(key))) is not None:  # Optuna proposed a chain again:
+        return ray.get(
+            ctx.store.keep.remote({**known, "point": point, "again": True}, None)
+        )  # one more trial
     record = {
         "key": key,
         "name": space.name(key),
@@ -331,7 +345,7 @@ def _tune(ray, ctx: _Context, cfg: Config, plan: dict, done: dict, say) -> None:
         param_space, search_alg, samples = {"point": tune.grid_search(todo)}, None, 1
     else:
         finished = [r for r in done.values() if r["status"] == "ok" and r["point"]]
-        samples = max(0, s.samples - len(finished))
+        samples = max(0, s.samples - sampled(ctx.out))
         if samples == 0:
             return
         search_alg = _optuna(s, finished)
@@ -379,6 +393,7 @@ def _optuna(s: space.SearchConfig, finished: list[dict]):
             return optuna.distributions.FloatDistribution(values.low, values.high, step=values.step)
         return optuna.distributions.CategoricalDistribution(values)
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = {k: distribution(v) for k, v in s.space.items()}
     searcher = OptunaSearch(
         dists,

@@ -307,3 +307,23 @@ def test_max_accuracy_drop_on_the_cluster_scores_every_trial_alike(project, clus
         {(tuple(c["kept_fp32"]), c["drop_points"]) for c in m["candidates"]} for m in (mixed_a, mixed_b)
     ]
     assert scored[0] == scored[1]
+
+
+def test_optuna_proposes_its_samples_and_a_rerun_continues_the_study(project, edgekit):
+    cfg = project / "optuna.yaml"
+    text = CONFIG.format(share=1000).replace(
+        "  objectives:", "  algorithm: optuna\n  samples: 2\n  objectives:"
+    )
+    cfg.write_text(
+        text.replace("int8.per_channel: [true, false]", "int8.percentile: {low: 99.9, high: 99.999}")
+    )
+    out = project / "optuna"
+    first = edgekit("search", cfg, "-o", out, env=_env(edgekit))
+    assert first.returncode == 0, first.stderr
+    assert "2 candidates to sample (optuna), 0 finished before" in first.stdout
+    records = _records(out)  # the fp32 baseline, then a line per sample (a chain proposed again too)
+    assert len(records) == 3 and records[0]["point"] == {}
+    assert all(set(r["point"]) == {"precision", "int8.calibration", "int8.percentile"} for r in records[1:])
+    again = edgekit("search", cfg, "-o", out, env=_env(edgekit))
+    assert again.returncode == 0, again.stderr
+    assert "2 finished before" in again.stdout and _records(out) == records
