@@ -142,24 +142,35 @@ def run(cfg: Config, opts: SearchOptions, say: Callable[[str], None] = print) ->
     plan = _plan(cfg, target.runtime)
     done = read_results(opts.out)
     source, evals, fixed = _data(cfg)
-    with cluster.connect(opts.ray_address, (target.name,)) as ray:
-        planned = f"{len(plan)} candidates planned" if plan else f"{s.samples} candidates to sample (optuna)"
-        before = sum(1 for k in plan if k in done) if plan else sampled(opts.out)
-        where = f"Ray: {cluster.nodes(ray)} node(s), {cluster.cpus(ray)} CPU(s)"
-        say(f"{where}; {planned}, {before} finished before")
-        start = time.perf_counter()
-        ctx = _Context.start(ray, opts.out, source, evals, fixed, s.eval_share, cfg)
-        baseline = _baseline(ctx, target.runtime, done)
-        ctx.reference = ray.put(baseline["outputs"])
-        _tune(ray, ctx, cfg, plan, done, say)
-        done = read_results(opts.out)
-        say(f"built and scored {len(done)} candidates in {time.perf_counter() - start:.0f} s")
-        if lost := [k for k in plan if k not in done]:  # a trial that failed past its retries
-            raise Incomplete(
-                f"{len(lost)} of {len(plan)} candidates failed past their retries (a node lost?); run the "
-                "same command again to retry only those."
-            )
-        return _finish(ray, cfg, target, opts.out, done, baseline["record"], say)
+    try:
+        with cluster.connect(opts.ray_address, (target.name,)) as ray:
+            return _search(ray, cfg, target, opts, plan, done, source, evals, fixed, say)
+    except KeyboardInterrupt as e:
+        if type(e) is not KeyboardInterrupt:  # SIGTERM: the CLI's own exit
+            raise
+        raise Interrupted(_interrupted(opts.out, len(plan))) from None
+
+
+def _search(ray, cfg: Config, target: Target, opts: SearchOptions, plan, done, source, evals, fixed, say):
+    """`run` once Ray is up: the baseline, the trials, the timing and the front."""
+    s = cfg.search
+    planned = f"{len(plan)} candidates planned" if plan else f"{s.samples} candidates to sample (optuna)"
+    before = sum(1 for k in plan if k in done) if plan else sampled(opts.out)
+    where = f"Ray: {cluster.nodes(ray)} node(s), {cluster.cpus(ray)} CPU(s)"
+    say(f"{where}; {planned}, {before} finished before")
+    start = time.perf_counter()
+    ctx = _Context.start(ray, opts.out, source, evals, fixed, s.eval_share, cfg)
+    baseline = _baseline(ctx, target.runtime, done)
+    ctx.reference = ray.put(baseline["outputs"])
+    _tune(ray, ctx, cfg, plan)
+    done = read_results(opts.out)
+    say(f"built and scored {len(done)} candidates in {time.perf_counter() - start:.0f} s")
+    if lost := [k for k in plan if k not in done]:  # a trial that failed past its retries
+        raise Incomplete(
+            f"{len(lost)} of {len(plan)} candidates failed past their retries (a node lost?); run the "
+            "same command again to retry only those."
+        )
+    return _finish(ray, cfg, target, opts.out, done, baseline["record"], say)
 
 
 def _plan(cfg: Config, runtime: str) -> dict[str, dict]:
@@ -241,10 +252,9 @@ def _evaluate(ctx: _Context, chain: list, runtime: str, point: dict) -> dict:
     from edgekit.evaluate import quality
 
     key = space.key(chain, runtime)
-    if (known := ray.get(ctx.store.lookup.remote(key))) is not None:  # Optuna proposed a chain again:
-        return ray.get(
-            ctx.store.keep.remote({**known, "point": point, "again": True}, None)
-        )  # one more trial
+    if (known := ray.get(ctx.store.lookup.remote(key))) is not None:
+        # Optuna proposed a chain that ran before: a trial all the same, kept as a line of its own
+        return ray.get(ctx.store.keep.remote({**known, "point": point, "again": True}, None))
     record = {
         "key": key,
         "name": space.name(key),
@@ -255,18 +265,16 @@ def _evaluate(ctx: _Context, chain: list, runtime: str, point: dict) -> dict:
     }
     if why := space.problem(chain, runtime):
         return ray.get(ctx.store.keep.remote({**record, "status": "invalid", "why": why}, None))
-    anywhere = {"scheduling_strategy": "DEFAULT"}  # not the trial's placement group
     start = time.perf_counter()
-    build = ray.remote(_build).options(num_cpus=1, max_retries=3, **anywhere)
+    # DEFAULT: anywhere in the cluster, not in the trial's placement group (which holds no CPU)
+    build = ray.remote(_build).options(num_cpus=1, max_retries=3, scheduling_strategy="DEFAULT")
     built = ray.get(build.remote(ctx.source, chain, ctx.target_cpu))
     if "error" in built:
         return ray.get(ctx.store.keep.remote({**record, "status": "failed", "why": built["error"]}, None))
     artifact = ray.put(built["artifact"])
-    shard = ray.remote(_shard_outputs).options(num_cpus=1, max_retries=3, **anywhere)
-    parts = ray.get([shard.remote(artifact, runtime, s) for s in ctx.shards])
-    outs = [np.concatenate([p["outputs"][i] for p in parts]) for i in range(len(parts[0]["outputs"]))]
+    outs, names, nodes = _scored(ctx, artifact, runtime)
     evals, ref = ray.get(ctx.evals), ray.get(ctx.reference) if ctx.reference is not None else outs
-    q = quality(ref, outs, evals, "eval", parts[0]["names"], ctx.judge["kinds"], ctx.judge["metric"])
+    q = quality(ref, outs, evals, "eval", names, ctx.judge["kinds"], ctx.judge["metric"])
     loss, what = accuracy_loss(q)
     record.update(
         status="ok",
@@ -275,12 +283,23 @@ def _evaluate(ctx: _Context, chain: list, runtime: str, point: dict) -> dict:
         accuracy_metric=what,
         size_mb=built["size_bytes"] / 1e6,
         build_node=built["node"],
-        eval_nodes=sorted({p["node"] for p in parts}),
-        eval_shards=len(parts),
+        eval_nodes=nodes,
+        eval_shards=len(ctx.shards),
         seconds=time.perf_counter() - start,
     )
     kept = ray.get(ctx.store.keep.remote(record, artifact))
     return {**kept, "outputs": outs} if ctx.reference is None else kept
+
+
+def _scored(ctx: _Context, artifact, runtime: str) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """The artifact's outputs on every evaluation shard, each shard a Ray task, concatenated in
+    order (so the whole equals one unsplit evaluation); its output names; the nodes that ran them."""
+    import ray
+
+    shard = ray.remote(_shard_outputs).options(num_cpus=1, max_retries=3, scheduling_strategy="DEFAULT")
+    parts = ray.get([shard.remote(artifact, runtime, s) for s in ctx.shards])
+    outs = [np.concatenate([p["outputs"][i] for p in parts]) for i in range(len(parts[0]["outputs"]))]
+    return outs, parts[0]["names"], sorted({p["node"] for p in parts})
 
 
 def _build(source, chain: list, target_cpu) -> dict:
@@ -311,18 +330,11 @@ def _baseline(ctx: _Context, runtime: str, done: dict) -> dict:
     if record.get("status") != "ok":
         raise EdgekitError(f"the fp32 model could not be built for the search: {record.get('why')}")
     if "outputs" not in record:  # finished before: its outputs again, from its artifact
-        artifact = candidates.pack(ctx.out / ARTIFACTS / record["name"])
-        import ray
-
-        shard = ray.remote(_shard_outputs).options(num_cpus=1)
-        parts = ray.get([shard.remote(artifact, runtime, s) for s in ctx.shards])
-        record["outputs"] = [
-            np.concatenate([p["outputs"][i] for p in parts]) for i in range(len(parts[0]["outputs"]))
-        ]
+        record["outputs"] = _scored(ctx, candidates.pack(ctx.out / ARTIFACTS / record["name"]), runtime)[0]
     return {"record": {k: v for k, v in record.items() if k != "outputs"}, "outputs": record["outputs"]}
 
 
-def _tune(ray, ctx: _Context, cfg: Config, plan: dict, done: dict, say) -> None:
+def _tune(ray, ctx: _Context, cfg: Config, plan: dict) -> None:
     """Ray Tune over the candidates not finished before: a grid of them, or Optuna's sampler
     (told the finished ones' results, so a rerun continues its study)."""
     from ray import tune
@@ -338,23 +350,21 @@ def _tune(ray, ctx: _Context, cfg: Config, plan: dict, done: dict, say) -> None:
         ok = r["status"] == "ok"
         return {"accuracy_loss": r["accuracy_loss"] if ok else 1e9, "size_mb": r["size_mb"] if ok else 1e9}
 
+    finished = read_results(ctx.out)  # the baseline included
     if s.algorithm == "grid":
-        todo = [p for k, p in plan.items() if k not in done]
+        todo = [p for k, p in plan.items() if k not in finished]
         if not todo:
             return
         param_space, search_alg, samples = {"point": tune.grid_search(todo)}, None, 1
     else:
-        finished = [r for r in done.values() if r["status"] == "ok" and r["point"]]
         samples = max(0, s.samples - sampled(ctx.out))
         if samples == 0:
             return
-        search_alg = _optuna(s, finished)
+        search_alg = _optuna(s, [r for r in finished.values() if r["status"] == "ok" and r["point"]])
         param_space = {}
     with tempfile.TemporaryDirectory(prefix="edgekit-tune-") as storage:
         tuner = tune.Tuner(
-            tune.with_resources(
-                trainable, {"cpu": 0, "memory": 2**20}
-            ),  # a coordinator; its tasks hold the CPUs
+            tune.with_resources(trainable, {"cpu": 0, "memory": 2**20}),  # its tasks hold the CPUs
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 search_alg=search_alg, num_samples=samples, max_concurrent_trials=cluster.cpus(ray)
@@ -366,10 +376,7 @@ def _tune(ray, ctx: _Context, cfg: Config, plan: dict, done: dict, say) -> None:
                 failure_config=tune.FailureConfig(max_failures=2),
             ),
         )
-        try:
-            tuner.fit()
-        except KeyboardInterrupt:
-            raise Interrupted(_interrupted(ctx.out, len(plan))) from None
+        tuner.fit()
 
 
 def _interrupted(out: Path, planned: int) -> str:
@@ -439,7 +446,6 @@ def _finish(ray, cfg: Config, target: Target, out: Path, done: dict, baseline: d
     on_front = set(pareto.front(scored))
     for r in rows:
         r["on_front"] = r["name"] in on_front
-        r.pop("quality", None) if r["status"] != "ok" else None
     summary = {
         "kind": "edgekit search",
         "target": target.name,
