@@ -222,14 +222,13 @@ def _measure_and_gate(cfg, t: Target, dirs, evals, reference, saved, say) -> tup
             per_variant[v] += more
 
 
-def _rounds(cfg: Config, t: Target, dirs: dict[str, Path], evals, reference) -> dict[str, list[dict]]:
-    """T.rounds rounds of its variants, interleaved, each in a fresh worker (on T's host if any). An
-    eager target loads the source with the config's own arch and trust_pickle, never a manifest's."""
-    from edgekit.benchmarks.runner import BenchConfig, rounds
-    from edgekit.runtimes.remote import remotes
+def target_bench(cfg: Config, t: Target):
+    """How target T measures a variant (edgekit.benchmarks.runner.BenchConfig): its runtime, device,
+    threads, batch, warm-up and seconds; an eager one loads the source with the config's own arch and
+    trust_pickle."""
+    from edgekit.benchmarks.runner import BenchConfig
 
-    host = remotes(t.host, None, python=t.remote_python)[0] if t.host else None
-    bench = BenchConfig(
+    return BenchConfig(
         runtime=t.runtime,
         device=t.device,
         threads=t.threads,
@@ -240,5 +239,15 @@ def _rounds(cfg: Config, t: Target, dirs: dict[str, Path], evals, reference) -> 
         trust_pickle=cfg.model.trust_pickle,
         metric=cfg.data.metric,
     )
+
+
+def _rounds(cfg: Config, t: Target, dirs: dict[str, Path], evals, reference) -> dict[str, list[dict]]:
+    """T.rounds rounds of its variants, interleaved, each in a fresh worker (on T's host if any). An
+    eager target loads the source with the config's own arch and trust_pickle, never a manifest's."""
+    from edgekit.benchmarks.runner import rounds
+    from edgekit.runtimes.remote import remotes
+
+    host = remotes(t.host, None, python=t.remote_python)[0] if t.host else None
+    bench = target_bench(cfg, t)
     raw = rounds([(dirs[v], bench) for v in t.variants], t.rounds, evals, reference, host, f"{t.name}: ")
     return dict(zip(t.variants, raw, strict=True))

@@ -472,16 +472,9 @@ def _objectives(r: dict, objectives: list[str]) -> tuple[float, ...]:
 def _time(ray, cfg: Config, target: Target, out: Path, baseline: dict, rows: list[dict], say) -> None:
     """Each of ROWS timed against the baseline on the target device, one at a time: a task that
     holds the device's resource (capacity 1), with the runtime's own threads, not a Ray task's."""
-    from edgekit.benchmarks.runner import BenchConfig
+    from edgekit.run import target_bench
 
-    bench = BenchConfig(
-        runtime=target.runtime,
-        device=target.device,
-        threads=target.threads,
-        batch=target.batch,
-        warmup=target.warmup,
-        seconds=target.seconds,
-    )
+    bench = target_bench(cfg, target)
     rounds = cfg.search.timing_rounds or target.rounds
     device = {cluster.device_resource(target.name): 1}
     task = ray.remote(candidates.timed).options(
