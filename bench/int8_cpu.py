@@ -11,9 +11,10 @@ the fp32 model:
 - latency in ONNX Runtime on this CPU against ORT fp32 (one process, interleaved rounds, ratios);
 - latency in OpenVINO on its AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2: the instructions an AVX2-only
   CPU runs) against OpenVINO fp32 on the same kernels, in one process, interleaved.
-Variants: edgekit's form for x86-vnni and for x86-avx2 (what `--int8` makes there), the other forms
-(full sweep on Lite1), ORT `quantize_static` defaults and NNCF PTQ -> OpenVINO, both anchors
-calibrated on the same crops. Writes docs/BENCHMARKS.md (its section) and bench/results/int8_cpu.json.
+Variants: edgekit's form for x86-vnni and for x86-avx2 (what `--int8` makes there), both also with
+AdaRound off, the other forms (full sweep on Lite1), ORT `quantize_static` defaults and NNCF PTQ ->
+OpenVINO, both anchors calibrated on the same crops. Writes docs/BENCHMARKS.md (its section) and
+bench/results/int8_cpu.json.
 """
 
 from __future__ import annotations
@@ -49,11 +50,14 @@ from edgekit.pipeline import CompressRequest, compress
 
 ROOT = Path(__file__).resolve().parents[1]
 console = Console()
-FORMS_ALL = ["u8s8", "u8s8-pair", "u8s8-w7", "u8s8-w7all", "u8s8-w7first", "u8u8", "s8s8"]
-FORMS_SHORT = ["u8s8", "u8s8-pair", "u8s8-w7"]
+# a variant NAME-noadaround is the form NAME with AdaRound off (nearest rounding; Int8Config.adaround)
+FORMS_SHORT = ["u8s8", "u8s8-noadaround", "u8s8-pair", "u8s8-pair-noadaround", "u8s8-w7"]
+FORMS_ALL = [*FORMS_SHORT, "u8s8-w7all", "u8s8-w7first", "u8u8", "s8s8"]
 LABEL = {
     "u8s8": "edgekit for x86-vnni/amx (u8s8)",
+    "u8s8-noadaround": "the same, AdaRound off",
     "u8s8-pair": "edgekit for x86-avx2 (u8s8-pair)",
+    "u8s8-pair-noadaround": "the same, AdaRound off",
     "u8s8-w7": "form u8s8-w7 (7-bit weights but depthwise)",
     "u8s8-w7all": "form u8s8-w7all (ORT reduce_range)",
     "u8s8-w7first": "form u8s8-w7first (first layer 7-bit)",
@@ -86,8 +90,9 @@ def _artifacts(name: str, work: Path, calib_dir: Path, calib_n: int, forms: list
         if (out[form] / "edgekit.json").is_file():  # --work keeps artifacts between runs
             continue
         # the form by name; the target recorded is the class it is made for (u8s8: a VNNI CPU)
-        target = "x86-avx2" if form != "u8s8" else "x86-vnni"
-        cfg = Int8Config(form=form, target_cpu=target)
+        name = form.removesuffix("-noadaround")
+        target = "x86-avx2" if name != "u8s8" else "x86-vnni"
+        cfg = Int8Config(form=name, target_cpu=target, adaround=name == form)
         compress(dataclasses.replace(base, out=out[form], chain=from_flags(int8=cfg)))
     return out
 
