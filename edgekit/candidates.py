@@ -29,7 +29,7 @@ from edgekit.model import LoadOptions
 @dataclass(frozen=True)
 class Source:
     """What every build starts from: the model file's bytes and name, how it loads, and the
-    calibration samples (with HOLDOUT more for the build's own verification) as .npz bytes."""
+    calibration samples (with a fifth more, held out for the build's own check) as .npz bytes."""
 
     model_name: str
     model: bytes

@@ -196,7 +196,6 @@ def _data(cfg: Config):
     """The build source (model bytes, calibration samples as .npz) and the evaluation samples."""
     from edgekit.data import Preprocess, load_samples
     from edgekit.model import load_model
-    from edgekit.pipeline import HOLDOUT
 
     model = Path(cfg.resolve(cfg.model.path))
     load = cfg.model.load_options()
@@ -205,8 +204,11 @@ def _data(cfg: Config):
     preprocess = Preprocess(**{**pre.model_dump(), "mean": tuple(pre.mean), "std": tuple(pre.std)})
     calib = b""
     if d.calibration:
+        # a fifth held out for the build's own check (compress holds out at least that); the search
+        # scores every candidate on the evaluation data
+        held = -(-d.calib_size // 4)
         samples = load_samples(
-            cfg.resolve(d.calibration), spec, d.calib_size + HOLDOUT, preprocess, 0, "calib", d.constants
+            cfg.resolve(d.calibration), spec, d.calib_size + held, preprocess, 0, "calib", d.constants
         )
         calib = candidates.npz_bytes(samples)
     evals = load_samples(cfg.resolve(d.evaluation), spec, d.eval_size, preprocess, 0, "eval", d.constants)
