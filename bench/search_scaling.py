@@ -50,13 +50,12 @@ c.shutdown()
 
 
 def config(root: Path, args) -> Path:
-    """edgekit.yaml for Lite1's state_dict, the photos, and the 24-candidate space."""
+    """edgekit.yaml for Lite1's ONNX export, the photos, and the 24-candidate space (AdaRound off in
+    every candidate: on one CPU it adds minutes to each Lite1 build, docs/guide/quantize.md)."""
     m = zoo.MODELS[MODEL]
     text = f"""\
 model:
-  path: {MODEL}.pt
-  arch: bench.zoo:{m.factory.__name__}
-  input_shape: [1, 3, {m.size}, {m.size}]
+  path: lite1/model.onnx
 data:
   calibration: calib
   calib_size: {args.calib}
@@ -75,6 +74,7 @@ search:
     int8.calibration: [minmax, percentile, mse]
     int8.per_channel: [true, false]
     int8.bias_correction: [true, false]
+    int8.adaround: [false]
     runtime: [ort, openvino]
   objectives: [accuracy, size]
   eval_share: {args.share}
@@ -82,6 +82,11 @@ search:
     path = root / "edgekit.yaml"
     path.write_text(text)
     return path
+
+
+def preprocess_args() -> list[str]:
+    """The photo preprocessing of Lite1's weights, as CLI options (the ONNX export has its shape)."""
+    return zoo.cli_args(MODEL)[4:]  # past --arch and --input-shape
 
 
 def _cli(*args, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
@@ -114,7 +119,7 @@ def on_cluster(root: Path, nodes: int, cfg: Path) -> dict:
         search_s, _ = _cli("search", cfg, "-o", out, "--ray-address", address, cwd=root)
         records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
         sens_args = (
-            "sensitivity", root / f"{MODEL}.pt", *zoo.cli_args(MODEL), "--calib", root / "calib",
+            "sensitivity", root / "lite1" / "model.onnx", *preprocess_args(), "--calib", root / "calib",
             "--calib-size", cfg_value(cfg, "calib_size"), "--eval", root / "eval",
             "--eval-size", cfg_value(cfg, "eval_size"), "--json", root / f"sensitivity-{nodes}.json",
         )  # fmt: skip
@@ -193,9 +198,11 @@ def markdown(r: dict) -> str:
 ## `edgekit search` and `edgekit sensitivity` on 1 vs 2 Ray nodes (EfficientNet-Lite1)
 
 `bench/search_scaling.py`: EfficientNet-Lite1 (published weights), {a["calib"]} calibration and
-{a["eval"]} evaluation photo crops, a grid of {one["candidates"]} INT8 candidates (calibration minmax /
-percentile / mse x per-channel or not x bias correction or not x ORT or OpenVINO), objectives accuracy
-and size, evaluation shards of {a["share"]}; then one `edgekit sensitivity` pass ({one["layers"]} layers).
+{a["eval"]} evaluation photo crops, its ONNX export searched: a grid of {one["candidates"] - 1} INT8
+candidates (calibration minmax / percentile / mse x per-channel or not x bias correction or not x ORT or
+OpenVINO; AdaRound off, which adds minutes a Lite1 build on one CPU) and the fp32 baseline,
+objectives accuracy and size, evaluation shards of {a["share"]}; then one `edgekit sensitivity` pass
+({one["layers"]} layers, AdaRound on: solved once by the driver, its levels handed to every worker).
 Local clusters made by Ray's multi-node test utility, one CPU per node, through the CLI's
 `--ray-address`. CPU: {cpu_line(r["host"])}, {r["host"].get("cores", "?")} cores.
 Load average: {one["load_before"]:.1f} to {one["load_after"]:.1f} (1 node), {two["load_before"]:.1f} to
@@ -240,6 +247,8 @@ def main() -> None:
         zoo.write_image_folder(root / "calib", args.calib + 100, seed=0)  # + compress's held-out 100
         zoo.write_image_folder(root / "eval", args.eval, seed=1)
         zoo.write_state_dicts(root, [MODEL])
+        if not (root / "lite1" / "model.onnx").is_file():
+            _cli("export", root / f"{MODEL}.pt", *zoo.cli_args(MODEL), "-o", root / "lite1", cwd=root)
         cfg = config(root, args)
         runs = []
         for nodes in (1, 2):

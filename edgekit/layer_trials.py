@@ -1,7 +1,8 @@
 """Per-layer INT8 trials on Ray (`edgekit sensitivity --ray-address`, `compress --max-accuracy-drop
 ... --ray-address`): one actor per CPU of the cluster calibrates once, as edgekit.compress.quantize.
-calibrated does here, then writes and scores the trials it is handed; the ranges and the evaluation
-are the same everywhere, so every trial's quality equals the in-process one.
+calibrated does here (the AdaRound levels it is handed, not solved again), then writes and scores
+the trials it is handed; the ranges, levels and evaluation are the same everywhere, so every trial's
+quality equals the in-process one.
 
 What edgekit adds to Ray's ActorPool: the actors are built from the fp32 bytes and the samples, not
 paths (no shared filesystem), restart on a lost worker (the trial is retried there), and the trials
@@ -27,13 +28,13 @@ class _TrialWorker:
     """A Ray actor: the fp32 model calibrated once, then one scored trial per call."""
 
     def __init__(
-        self, fp32: bytes, calib: Samples, cfg: Int8Config, fixed, evals: Samples, ref, judge: Judge
+        self, fp32: bytes, calib: Samples, cfg: Int8Config, fixed, evals: Samples, ref, judge: Judge, rounded
     ):
         self._tmp = Path(tempfile.mkdtemp(prefix="edgekit-trials-"))
         model = self._tmp / "fp32.onnx"
         model.write_bytes(fp32)
         self._stack = contextlib.ExitStack()
-        self._write = self._stack.enter_context(calibrated(model, calib, cfg, fixed))
+        self._write = self._stack.enter_context(calibrated(model, calib, cfg, fixed, rounded))
         self._evaluate = scorer(ref, evals, fixed, judge)
 
     def trial(self, kept: tuple[str, ...], idx: np.ndarray | None) -> dict:
@@ -53,14 +54,18 @@ def restore_each(
     judge: Judge,
     layers: list[str],
     idx: np.ndarray | None = None,
+    rounded: dict | None = None,
 ) -> dict[str, Trial]:
     """edgekit.compress.sensitivity.restore_each on Ray: for every one of LAYERS, the full INT8 model
-    with that layer alone in fp32, scored on the evaluation samples IDX (None: all)."""
+    with that layer alone in fp32, scored on the evaluation samples IDX (None: all). ROUNDED: the
+    AdaRound levels this process chose (calibrated's WRITE.rounded), which the workers use rather
+    than solving them again each."""
     with cluster.connect(address) as ray:
         from ray.util import ActorPool
 
         worker = ray.remote(_TrialWorker).options(num_cpus=1, max_restarts=2, max_task_retries=2)
-        shared = [ray.put(x) for x in (Path(fp32).read_bytes(), calib, cfg, fixed, evals, ref, judge)]
+        inputs = (Path(fp32).read_bytes(), calib, cfg, fixed, evals, ref, judge, rounded or {})
+        shared = [ray.put(x) for x in inputs]
         actors = [worker.remote(*shared) for _ in range(min(cluster.cpus(ray), len(layers)))]
         pool = ActorPool(actors)
         qualities = list(pool.map(lambda a, name: a.trial.remote((name,), idx), layers))

@@ -244,7 +244,9 @@ def test_a_killed_worker_is_retried_and_the_search_completes(project, cluster, e
 
 
 def test_ctrl_c_keeps_finished_candidates_and_a_rerun_resumes(project, edgekit):
-    cfg = _config(project, "resume.yaml", share=1000)
+    cfg = _config(project, "resume.yaml", share=1000)  # 9 candidates: bias correction on and off too
+    more = "    int8.per_channel: [true, false]\n    int8.bias_correction: [true, false]\n"
+    cfg.write_text(cfg.read_text().replace("    int8.per_channel: [true, false]\n", more))
     out = project / "resume"
     proc = subprocess.Popen(
         edgekit.argv("search", cfg, "-o", out),
@@ -260,14 +262,14 @@ def test_ctrl_c_keeps_finished_candidates_and_a_rerun_resumes(project, edgekit):
     assert proc.returncode == 130, err
     assert "run the same command again to resume" in err and "Traceback" not in err
     before = _records(out)
-    assert 2 <= len(before) < 5
+    assert 2 <= len(before) < 9
     again = edgekit("search", cfg, "-o", out, env=_env(edgekit))
     assert again.returncode == 0, again.stderr
     assert f"{len(before)} finished before" in again.stdout
     after = _records(out)
     assert after[: len(before)] == before  # kept as they were
     keys = [r["key"] for r in after]
-    assert len(keys) == len(set(keys)) == 5  # nothing finished ran again
+    assert len(keys) == len(set(keys)) == 9  # nothing finished ran again
 
 
 def test_a_dead_cluster_address_is_one_sentence(project, edgekit):

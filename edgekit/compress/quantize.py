@@ -128,11 +128,16 @@ Write = Callable[[Path, Sequence[str]], dict]
 
 
 @contextlib.contextmanager
-def calibrated(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None) -> Iterator[Write]:
+def calibrated(
+    fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None, rounded: dict | None = None
+) -> Iterator[Write]:
     """FP32 pre-processed and calibrated once, while open: WRITE(out, exclude) writes its QDQ INT8
     model with the nodes EXCLUDE left fp32 and returns the summary. The ranges do not depend on
     which nodes are excluded, so the mixed-precision search writes its dozens of trials from one
-    calibration, each the very model a calibration of its own would give (tests/test_mixed.py)."""
+    calibration, each the very model a calibration of its own would give (tests/test_mixed.py).
+    WRITE.rounded holds the AdaRound levels chosen so far (by weight name); ROUNDED, another
+    calibration's of the same model and config (a Ray worker's, edgekit.layer_trials), is used as
+    chosen instead of solving again."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -174,6 +179,8 @@ def calibrated(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | N
         how = calibrate.Method(cfg.calibration, cfg.percentile, cfg.activation_symmetric)
         means_of = bias_correction.layer_inputs(src) if cfg.bias_correction else []
         rounding = adaround.collect(src, len(calib)) if cfg.adaround else None
+        if rounding and rounded:
+            rounding.chosen.update(rounded)
         limit = budget(cfg.calib_memory)
         ranges = calibrate.calibrate(
             src,
@@ -227,6 +234,7 @@ def calibrated(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | N
                 summary["bias_corrected_layers"] = bias_correction.correct(src, out, means)
             return summary
 
+        write.rounded = rounding.chosen if rounding else {}
         yield write
 
 

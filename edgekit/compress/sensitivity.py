@@ -25,8 +25,9 @@ from edgekit.errors import EdgekitError
 # a model file and the evaluation samples to judge it on (indices; None: all) -> its quality
 Evaluate = Callable[[Path, np.ndarray | None], dict]
 Judge = Callable[[list[np.ndarray], list[np.ndarray], Samples], dict]  # fp32, model, samples -> quality
-# layer names, evaluation indices -> each layer's trial: restore_each here, or on Ray (edgekit.layer_trials)
-RestoreEach = Callable[[list[str], np.ndarray | None], dict[str, "Trial"]]
+# layer names, evaluation indices, the AdaRound levels chosen (WRITE.rounded) -> each layer's trial:
+# restore_each here, or on Ray (edgekit.layer_trials)
+RestoreEach = Callable[[list[str], np.ndarray | None, dict], dict[str, "Trial"]]
 # the evaluation samples the mixed-precision search ranks layers on (edgekit.compress.mixed): one
 # sample is 0.8 points, and restoring the layer that matters gains many; the finalists are then
 # scored on all of them
@@ -191,7 +192,7 @@ def table(
         if restore is None:
             singles = restore_each(write, work, evaluate, full)
         else:
-            singles = restore([name for name, _ in quantized_layers(full.path)], None)
+            singles = restore([name for name, _ in quantized_layers(full.path)], None, write.rounded)
     ops = dict(quantized_layers(full.path))
     feeds, _ = next(batching.batches(evals.inputs, fixed, 1))  # one sample, or one fixed batch
     counts, shares = macs(fp32), latency_shares(fp32, feeds, threads=0)
