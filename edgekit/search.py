@@ -33,6 +33,7 @@ from edgekit.config import Config, Target
 from edgekit.errors import EdgekitError
 
 RESULTS, SUMMARY, ARTIFACTS = "results.jsonl", "search.json", "candidates"
+INPUTS = "inputs.json"  # what the results were measured from: a rerun resumes only from the same
 
 
 class Interrupted(EdgekitError):
@@ -142,8 +143,10 @@ def run(cfg: Config, opts: SearchOptions, say: Callable[[str], None] = print) ->
     plan = _plan(cfg, target.runtime)
     done = read_results(opts.out)
     source, evals, fixed = _data(cfg)
+    inputs = _inputs(opts.out, source, evals, target)
     try:
         with cluster.connect(opts.ray_address, (target.name,)) as ray:
+            write_atomic(opts.out / INPUTS, json.dumps(inputs, indent=1))
             return _search(ray, cfg, target, opts, plan, done, source, evals, fixed, say)
     except KeyboardInterrupt as e:
         if type(e) is not KeyboardInterrupt:  # SIGTERM: the CLI's own exit
@@ -171,6 +174,36 @@ def _search(ray, cfg: Config, target: Target, opts: SearchOptions, plan, done, s
             "same command again to retry only those."
         )
     return _finish(ray, cfg, target, opts.out, done, baseline["record"], say)
+
+
+def _inputs(out: Path, source: candidates.Source, evals, target: Target) -> dict:
+    """What OUT's results are measured from (model, calibration and evaluation data, how the model
+    loads and is judged, the target); one sentence where OUT holds results of other inputs."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in (
+        source.model,
+        source.calib,
+        *(np.ascontiguousarray(v).tobytes() for v in evals.inputs.values()),
+    ):
+        digest.update(hashlib.sha256(part).digest())
+    labels = None if evals.labels is None else hashlib.sha256(evals.labels.tobytes()).hexdigest()
+    judged = {"kinds": source.output_kinds, "metric": source.metric, "calib_size": source.calib_size}
+    now = {
+        "data": digest.hexdigest(),
+        "labels": labels,
+        "load": source.load.model_dump(mode="json"),
+        "judged": judged,
+        "target": target.model_dump(mode="json"),
+    }
+    path = out / INPUTS
+    if path.is_file() and json.loads(path.read_text()) != now:
+        raise EdgekitError(
+            f"{out} holds a search of another model, data or target (its {INPUTS} differs); give another "
+            "-o, or delete it to start over."
+        )
+    return now
 
 
 def _plan(cfg: Config, runtime: str) -> dict[str, dict]:

@@ -270,6 +270,13 @@ def test_ctrl_c_keeps_finished_candidates_and_a_rerun_resumes(project, edgekit):
     assert after[: len(before)] == before  # kept as they were
     keys = [r["key"] for r in after]
     assert len(keys) == len(set(keys)) == 9  # nothing finished ran again
+    other = project / "other.yaml"  # fewer evaluation samples: not the data these results came from
+    other.write_text(
+        cfg.read_text().replace("  evaluation: eval.npz\n", "  evaluation: eval.npz\n  eval_size: 50\n")
+    )
+    refused = edgekit("search", other, "-o", out, env=_env(edgekit))
+    assert refused.returncode == 2 and "holds a search of another model, data or target" in refused.stderr
+    assert _records(out) == after
 
 
 def test_a_dead_cluster_address_is_one_sentence(project, edgekit):
