@@ -254,6 +254,9 @@ def test_ctrl_c_keeps_finished_candidates_and_a_rerun_resumes(project, edgekit):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: an xdist worker ignores SIGINT, and a child inherits that (Python then
+        # installs no KeyboardInterrupt handler), so the disposition is reset before the exec
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     results = out / "results.jsonl"
     _wait_for(lambda: results.exists() and len(results.read_text().splitlines()) >= 2, 300, "2 candidates")
