@@ -1,8 +1,8 @@
 """`edgekit search` on a real two-node Ray cluster on 127.0.0.1 (head + one worker node, one CPU
 each, started by Ray's own test utility), through the real CLI: trials run on both nodes, the front
 equals a local run's, a killed worker's trial is retried, Ctrl-C keeps what finished and a rerun
-re-runs none of it, a dead address is one sentence. The model is a small ONNX classifier, labelled
-by its own fp32 predictions, so accuracy is measured on real outputs."""
+re-runs none of it, a dead address is one sentence, --apply and report work. The model is a small
+ONNX classifier, labelled by its own fp32 predictions, so accuracy is measured on real outputs."""
 
 from __future__ import annotations
 
@@ -189,12 +189,11 @@ def test_search_on_two_nodes_matches_a_local_run(project, cluster, edgekit):
     assert len({r["accuracy_loss"] for r in records}) > 2, (
         "the candidates scored alike: the test shows nothing"
     )
+    _apply_and_report(project, cfg, edgekit)
 
 
-def test_apply_writes_a_candidate_as_a_variant_and_report_plots_the_front(project, edgekit):
-    cfg = project / "split.yaml"
-    if not (project / "two" / "search.json").exists():
-        pytest.skip("needs the two-node search above")
+def _apply_and_report(project: Path, cfg: Path, edgekit) -> None:
+    """--apply writes a front candidate into the config as a variant (once); report plots the front."""
     name = json.loads((project / "two" / "search.json").read_text())["front"][0]
     done = edgekit("search", cfg, "-o", project / "two", "--apply", name)
     assert done.returncode == 0, done.stderr
