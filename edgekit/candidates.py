@@ -76,6 +76,7 @@ def build(source: Source, chain: list, target_cpu=None) -> dict:
     this model, {"error": its sentence}. A model below a floor or an unmet mixed budget is still a
     candidate (the search's constraints judge it), so no floors apply here."""
     from edgekit import floors
+    from edgekit.artifact import model_bytes, read_manifest
     from edgekit.pipeline import CompressRequest, compress
 
     with _scratch() as tmp:
@@ -101,14 +102,14 @@ def build(source: Source, chain: list, target_cpu=None) -> dict:
         except EdgekitError as e:
             if not (e.exit_code == 1 and req.out.is_dir()):  # a missed budget still wrote its best
                 return {"error": str(e)}
-        from edgekit.artifact import model_bytes, read_manifest
-
         return {"artifact": pack(req.out), "size_bytes": model_bytes(read_manifest(req.out))}
 
 
-def outputs(artifact: bytes, runtime: str, inputs: dict[str, np.ndarray], threads: int) -> list[np.ndarray]:
+def outputs(
+    artifact: bytes, runtime: str, inputs: dict[str, np.ndarray], threads: int
+) -> tuple[list[np.ndarray], list[str]]:
     """The artifact's outputs on INPUTS (one shard of the evaluation samples) in RUNTIME on this
-    node's CPU, in the precision it was verified at."""
+    node's CPU, in the precision it was verified at, and their names."""
     from edgekit.artifact import read_manifest
     from edgekit.benchmarks.runner import BenchConfig, target
     from edgekit.runtimes import get
@@ -121,7 +122,8 @@ def outputs(artifact: bytes, runtime: str, inputs: dict[str, np.ndarray], thread
         model, options = target(directory, manifest, rt, bench)
         session = rt.load(model, "cpu", rt.Options(**options))
         shard = Samples(inputs, None)
-        return shard.outputs(session.run, manifest.input_spec.fixed_batch, f"evaluating in {runtime}")
+        outs = shard.outputs(session.run, manifest.input_spec.fixed_batch, f"evaluating in {runtime}")
+        return outs, manifest.output_names
 
 
 def timed(

@@ -348,12 +348,9 @@ def _shard_outputs(artifact: bytes, runtime: str, inputs: dict) -> dict:
     """One evaluation shard's outputs, with the node that computed them (a Ray task)."""
     import ray
 
-    from edgekit.artifact import read_manifest
     from edgekit.runtimes.ort import threads
 
-    outs = candidates.outputs(artifact, runtime, inputs, threads(0))
-    with tempfile.TemporaryDirectory() as tmp:
-        names = read_manifest(candidates.unpack(artifact, Path(tmp))).output_names
+    outs, names = candidates.outputs(artifact, runtime, inputs, threads(0))
     return {"outputs": outs, "names": names, "node": ray.get_runtime_context().get_node_id()}
 
 
