@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
-
-THREADS = "EDGEKIT_THREADS"  # ONNX Runtime threads of edgekit's own (non-timing) work; 0: all cores
+from edgekit.runtimes.ort import THREADS  # ONNX Runtime threads of edgekit's own (non-timing) work
 
 
 def ray_module():

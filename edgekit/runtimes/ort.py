@@ -62,10 +62,13 @@ def describe() -> dict:
     }
 
 
+THREADS = "EDGEKIT_THREADS"  # the CPUs a Ray task was given (edgekit.cluster sets it); 0: all cores
+
+
 def threads(requested: int) -> int:
     """Intra-op threads of a session: REQUESTED, or where that is 0 the CPUs a Ray task was given
     (EDGEKIT_THREADS, edgekit.cluster), else 0: ONNX Runtime's default, all physical cores."""
-    return requested or int(os.environ.get("EDGEKIT_THREADS", "0") or 0)
+    return requested or int(os.environ.get(THREADS, "0") or 0)
 
 
 @dataclass
