@@ -187,16 +187,19 @@ def _ort_latency(paths: dict[str, Path], x: np.ndarray, rounds: int, threads: in
     return {k: float(np.median(v)) for k, v in medians.items()}
 
 
-def _ov_avx2_latency(paths: dict[str, Path], size: int, rounds: int, threads: int) -> dict[str, float]:
-    """OpenVINO on its AVX2 kernels: a child process with ONEDNN_MAX_CPU_ISA=AVX2, the variants
-    interleaved in it; also the kernels OpenVINO picked (to show the cap took effect)."""
-    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
+def _ov_latency(paths: dict[str, Path], size: int, rounds: int, threads: int, isa: str | None) -> dict:
+    """OpenVINO in a child process, the variants interleaved in it: on its AVX2 kernels where ISA is
+    "AVX2" (ONEDNN_MAX_CPU_ISA), on this CPU's where None; also the kernels OpenVINO picked (to show
+    the cap took effect)."""
+    env = dict(os.environ, **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {}))
     job = {"paths": {k: str(v) for k, v in paths.items()}, "size": size, "rounds": rounds, "threads": threads}
     proc = subprocess.run(
         [sys.executable, __file__, "--ov-child", json.dumps(job)], env=env, capture_output=True, text=True
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"OpenVINO AVX2 timing failed: {proc.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(
+            f"OpenVINO timing ({isa or 'native'}) failed: {proc.stderr.strip().splitlines()[-1:]}"
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -256,25 +259,30 @@ def measure(name: str, args, root: Path) -> dict:
             "emulated_n": n,
         }
         console.print(f"{name} {k}: {rows[k]}")
-    for k in ("u8s8", "u8s8-pair"):  # the same QDQ files, run by OpenVINO on the emulated AVX2 CPU
+    for k in ("u8s8", "u8s8-pair"):  # the same QDQ files run by OpenVINO, here and on the emulated AVX2 CPU
+        rows[k]["agreement_here_openvino"] = _agree(ref, _ov_outputs(onnx[k], x))
         with tempfile.TemporaryDirectory() as tmp:
             emu = _emulated(onnx[k], "openvino", spec.names[0], x[: args.emulated], Path(tmp))
         rows[k]["agreement_avx2_openvino"] = _agree(ref_emulated, emu)
     with tempfile.TemporaryDirectory() as tmp:
         emu = _emulated(ir["nncf"], "openvino", spec.names[0], x[: args.emulated], Path(tmp))
+    nncf_here = _agree(ref, _ov_outputs(ir["nncf"], x))
     rows["nncf"] = {
-        "agreement_here": _agree(ref, _ov_outputs(ir["nncf"], x)),
+        "agreement_here": nncf_here,
+        "agreement_here_openvino": nncf_here,
         "agreement_avx2": _agree(ref_emulated, emu),
         "agreement_avx2_openvino": _agree(ref_emulated, emu),
     }
     console.print(f"{name} nncf: {rows['nncf']}")
     ort_ms = _ort_latency(onnx, x, args.rounds, args.threads)
-    ov_ms = _ov_avx2_latency(ir, m.size, args.rounds, args.threads)
+    ov_ms = _ov_latency(ir, m.size, args.rounds, args.threads, "AVX2")
+    ov_here_ms = _ov_latency(ir, m.size, args.rounds, args.threads, None)
     for k, r in rows.items():
         if k in ort_ms:
             r["ort_ms"], r["ort_speedup"] = ort_ms[k], ort_ms["fp32"] / ort_ms[k]
         if k in ov_ms:
             r["ov_avx2_ms"], r["ov_avx2_speedup"] = ov_ms[k], ov_ms["fp32"] / ov_ms[k]
+            r["ov_here_ms"], r["ov_here_speedup"] = ov_here_ms[k], ov_here_ms["fp32"] / ov_here_ms[k]
     return {
         "model": name,
         "input": m.size,
@@ -283,6 +291,7 @@ def measure(name: str, args, root: Path) -> dict:
         "calib": args.calib,
         "ort_fp32_ms": ort_ms["fp32"],
         "ov_avx2_fp32_ms": ov_ms["fp32"],
+        "ov_here_fp32_ms": ov_here_ms["fp32"],
         "ov_avx2_kernels": ov_ms["_kernels"],
         "rows": rows,
     }
@@ -306,26 +315,39 @@ def _x(r, key):
     return f"{r[key]:.2f}x" if key in r else "—"
 
 
+COLUMNS = (
+    "variant",
+    "here: ORT",
+    "here: OpenVINO",
+    "AVX2 (emulated): ORT",
+    "AVX2 (emulated): OpenVINO",
+    "ORT × fp32 here",
+    "OpenVINO × fp32 here",
+    "OpenVINO AVX2 kernels × fp32",
+)
+
+
+def _cells(k: str, row: dict, result: dict) -> list[str]:
+    """One variant's row under COLUMNS: NNCF's IR runs in OpenVINO only."""
+    nncf = k == "nncf"
+    return [
+        LABEL[k],
+        "—" if nncf else _pct(row["agreement_here"]),
+        _pct(row["agreement_here"]) if nncf else _opt_pct(row, "agreement_here_openvino"),
+        "—" if nncf else _pct(row["agreement_avx2"]) + _n(row, result),
+        _opt_pct(row, "agreement_avx2_openvino"),
+        _x(row, "ort_speedup"),
+        _x(row, "ov_here_speedup"),
+        _x(row, "ov_avx2_speedup"),
+    ]
+
+
 def show(result: dict) -> None:
     t = Table(title=f"{result['model']} ({result['input']}x{result['input']})", title_justify="left")
-    for col in (
-        "variant",
-        "agree here",
-        "on AVX2: ORT",
-        "on AVX2: OpenVINO",
-        "ORT x fp32 here",
-        "OpenVINO AVX2 x fp32",
-    ):
+    for col in COLUMNS:
         t.add_column(col, justify="left" if col == "variant" else "right")
     for k, r in result["rows"].items():
-        t.add_row(
-            LABEL[k],
-            _pct(r["agreement_here"]),
-            _pct(r["agreement_avx2"]) if k != "nncf" else "—",
-            _opt_pct(r, "agreement_avx2_openvino"),
-            _x(r, "ort_speedup"),
-            _x(r, "ov_avx2_speedup"),
-        )
+        t.add_row(*_cells(k, r, result))
     console.print(t)
 
 
@@ -356,20 +378,14 @@ def markdown(results: list[dict], args, fp: dict) -> str:
             f"### {r['model']} ({r['input']}x{r['input']}), {r['eval']} crops here, "
             f"{r['emulated']} emulated, {r['calib']} calibration crops",
             "",
-            f"ORT fp32 {r['ort_fp32_ms']:.2f} ms here; OpenVINO fp32 on AVX2 kernels "
+            f"ORT fp32 {r['ort_fp32_ms']:.2f} ms here; OpenVINO fp32 {r['ov_here_fp32_ms']:.2f} ms here "
+            f"and on AVX2 kernels "
             f"{r['ov_avx2_fp32_ms']:.2f} ms (kernels: {', '.join(r['ov_avx2_kernels'])}).",
             "",
-            "| variant | agreement here | on AVX2 (emulated), ORT | on AVX2 (emulated), OpenVINO "
-            "| ORT × fp32 here | OpenVINO AVX2 kernels × fp32 |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| " + " | ".join(COLUMNS) + " |",
+            "|---" + "|---:" * (len(COLUMNS) - 1) + "|",
         ]
-        for k, row in r["rows"].items():
-            lines.append(
-                f"| {LABEL[k]} | {_pct(row['agreement_here'])} | "
-                f"{_pct(row['agreement_avx2']) + _n(row, r) if k != 'nncf' else '—'} | "
-                f"{_opt_pct(row, 'agreement_avx2_openvino')} | {_x(row, 'ort_speedup')} | "
-                f"{_x(row, 'ov_avx2_speedup')} |"
-            )
+        lines += ["| " + " | ".join(_cells(k, row, r)) + " |" for k, row in r["rows"].items()]
         lines.append("")
     lines.append("<!-- int8_cpu:end -->")
     return "\n".join(lines)

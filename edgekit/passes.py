@@ -314,13 +314,28 @@ def run_mixed(w: Work, cfg: MixedConfig):
     w.model = path
     summary = {"int8": w.int8.model_dump(), **summarize(path), **summary, "calibration_samples": len(w.calib)}
     if not summary["budget_met"]:  # the best configuration found is written; the miss raised after
-        kept = ", ".join(chosen.kept) or "no layer"
-        w.missed = BudgetNotMet(
-            f"no INT8 configuration with at most {summary['max_fp32_layers']} fp32 layer(s) met "
-            f"--max-accuracy-drop {cfg.max_accuracy_drop:g} (the best drops {chosen.drop:.2f} points, "
-            f"with {kept} in fp32); it was written to {w.req.out}, but the budget is not met."
-        )
+        w.missed = BudgetNotMet(_why_missed(summary, chosen, cfg.max_accuracy_drop, w.req.out))
     return cfg, summary
+
+
+def _why_missed(summary: dict, chosen, budget: float, out: Path) -> str:
+    """Why --max-accuracy-drop was not met, from what the search tried, and what to try."""
+    kept = ", ".join(chosen.kept) or "no layer"
+    most = max(summary["tried"], key=lambda c: len(c["kept_fp32"]))
+    limit = summary["max_fp32_layers"]
+    if len(most["kept_fp32"]) > 1:
+        why = (
+            f"with the {len(most['kept_fp32'])} most sensitive layers in fp32 it still drops "
+            f"{most['drop_points']:.2f}: the loss is spread over the model, not in a few layers"
+        )
+    else:
+        why = f"at most {limit} layer(s) could stay fp32"
+    return (
+        f"--max-accuracy-drop {budget:g} is not met: full INT8 drops {summary['full_int8_drop_points']:.2f} "
+        f"points, the best configuration found {chosen.drop:.2f} (with {kept} in fp32), and {why}. It was "
+        f"written to {out}; try a larger budget or --max-fp32-layers (now {limit}), or more calibration "
+        "samples like the evaluation data."
+    )
 
 
 def eval_judge(w: Work):

@@ -145,6 +145,8 @@ def _search(
             {"kept_fp32": list(t.kept), "drop_points": t.drop, "latency_ms": latency[",".join(t.kept)]}
             for t in candidates
         ],
+        # every configuration scored on all the evaluation samples: the finalists, then the prefixes
+        "tried": [{"kept_fp32": list(t.kept), "drop_points": t.drop} for t in tried],
         "layers_quantized": len(layers),
         "layers_searched": len(ranked),
         "ranked_on_samples": len(evals) if idx is None else len(idx),
