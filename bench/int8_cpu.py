@@ -356,8 +356,10 @@ def markdown(results: list[dict], args, fp: dict) -> str:
         "<!-- int8_cpu:start -->",
         "## INT8 form per target CPU, real pretrained networks (issue 10)",
         "",
-        f"`make zoo && .venv/bin/python bench/int8_cpu.py --eval {args.eval} --emulated {args.emulated} "
-        f"--rounds {args.rounds} --threads {args.threads}`, {time.strftime('%Y-%m-%d')}, on "
+        f"`make zoo && .venv/bin/python bench/int8_cpu.py --full-sweep {args.full_sweep} "
+        f"--calib {args.calib} --eval {args.eval} --emulated {args.emulated} --rounds {args.rounds} "
+        f"--threads {args.threads}`, "
+        f"{time.strftime('%Y-%m-%d')}, on "
         f"{fp['cpu']} ({fp['cores']} cores), class **{fp['cpu_class']}**, "
         f"flags: {', '.join(fp['cpu_flags'])}; " + ", ".join(f"{k} {v}" for k, v in fp["libraries"].items()),
         "",

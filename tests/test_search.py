@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -152,8 +153,13 @@ def cluster(edgekit):
     proc.wait(timeout=60)
 
 
+# the cluster's token, given to the nodes and every client (without one, token mode needs a file in
+# ~/.ray that a fresh machine does not have)
+TOKEN = secrets.token_hex(32)
+
+
 def _env(edgekit) -> dict:
-    return edgekit.env(RAY_AUTH_MODE="token")
+    return edgekit.env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
 
 
 def _records(out: Path) -> list[dict]:
