@@ -67,6 +67,7 @@ test-slow: system-deps lint zoo
 
 bench: $(STAMP) zoo
 	$(BIN)/python bench/int8_cpu.py
+	$(BIN)/python bench/int8_error_sources.py
 	$(BIN)/python bench/int8_speed.py
 	$(BIN)/python bench/runner_overhead.py
 	$(BIN)/python bench/openvino_int8.py

@@ -1,0 +1,206 @@
+"""Where edgekit's INT8 error is on the real zoo CNNs: weights or activations, and which activations.
+
+    make zoo && .venv/bin/python bench/int8_error_sources.py [--models ...] [--eval 500] [--work DIR]
+
+For each model (bench/zoo.py: published weights, real photo crops; the artifacts of
+bench/int8_cpu.py, which --work shares), edgekit's u8s8 INT8 model (AdaRound and bias correction
+on) is compared with variants of itself, each run by ONNX Runtime with its graph optimizations off
+(the Q/DQ nodes computed literally, so a variant without some of them is the same model otherwise):
+- the fp32 weights in place of the INT8 ones (only the activations quantized);
+- the residual stream in float: the Q/DQ pairs on the convolution outputs that feed an Add, on the
+  Add outputs, and on both (ORT's QLinearAdd reads and writes INT8, so an INT8 residual block
+  rounds its sum twice; OpenVINO fuses the convolution and the Add and rounds once).
+Top-1 agreement with fp32 on the evaluation crops. Writes docs/BENCHMARKS.md (its section) and
+bench/results/int8_error_sources.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import zoo
+from _markdown import cpu_line, write_section
+from int8_cpu import _artifacts
+from rich.console import Console
+from rich.table import Table
+
+from edgekit.artifact import read_manifest
+from edgekit.benchmarks.fingerprint import host
+from edgekit.data import load_samples, recorded_preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+console = Console()
+VARIANTS = {
+    "int8": "edgekit INT8 (u8s8), Q/DQ computed literally",
+    "fused": "the same in ORT's fused INT8 kernels (as deployed)",
+    "float_weights": "fp32 weights, activations quantized",
+    "float_conv_to_add": "convolution outputs into an Add in float",
+    "float_add": "Add outputs in float",
+    "float_residual": "both: the residual stream in float",
+}
+
+
+def _without_qdq(model, tensors: set[str]):
+    """MODEL with the Q -> DQ pairs on TENSORS removed: their readers read the float tensor."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    nodes = list(m.graph.node)
+    quantize = {
+        n.output[0]: i for i, n in enumerate(nodes) if n.op_type == "QuantizeLinear" and n.input[0] in tensors
+    }
+    drop, rename = set(), {}
+    for i, n in enumerate(nodes):
+        if n.op_type == "DequantizeLinear" and n.input[0] in quantize:
+            q = quantize[n.input[0]]
+            rename[n.output[0]] = nodes[q].input[0]
+            drop |= {i, q}
+    kept = [onnx.NodeProto.FromString(n.SerializeToString()) for i, n in enumerate(nodes) if i not in drop]
+    for n in kept:
+        n.input[:] = [rename.get(x, x) for x in n.input]
+    for o in m.graph.output:
+        o.name = rename.get(o.name, o.name)
+    del m.graph.node[:]
+    m.graph.node.extend(kept)
+    return m
+
+
+def _float_weights(model, fp32):
+    """MODEL with each quantized weight's DequantizeLinear replaced by the fp32 weight (biases,
+    whose DequantizeLinear writes the fp32 name, stay)."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {i.name for i in m.graph.initializer}
+    ref = {i.name: i for i in fp32.graph.initializer}
+    nodes, added = [], {}
+    for n in m.graph.node:
+        base = n.input[0].removesuffix("_quantized") if n.op_type == "DequantizeLinear" else None
+        if base and n.input[0] in inits and base in ref and n.output[0] != base and base not in inits:
+            nodes.append(helper.make_node("Identity", [base], [n.output[0]]))
+            added[base] = ref[base]
+            continue
+        nodes.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    m.graph.initializer.extend(added.values())
+    return m
+
+
+def _residual(fp32) -> tuple[set[str], set[str]]:
+    """The fp32 graph's convolution outputs read by an Add, and its Add outputs (activations)."""
+    producer = {o: n.op_type for n in fp32.graph.node for o in n.output}
+    consts = {i.name for i in fp32.graph.initializer}
+    adds = [n for n in fp32.graph.node if n.op_type == "Add" and not set(n.input) & consts]
+    into = {i for n in adds for i in n.input if producer.get(i) == "Conv"}
+    return into, {n.output[0] for n in adds}
+
+
+def _outputs(model, x: np.ndarray, literal: bool = False) -> np.ndarray:
+    """MODEL's first output on X in ONNX Runtime (LITERAL: graph optimizations off)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if literal:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i : i + 32]})[0] for i in range(0, len(x), 32)])
+
+
+def measure(name: str, args, root: Path) -> dict:
+    import onnx
+
+    paths = _artifacts(name, root / name, root / "calib", args.calib, ["u8s8"])
+    manifest = read_manifest(paths["fp32"])
+    spec = manifest.input_spec
+    x = load_samples(str(root / "eval"), spec, args.eval, recorded_preprocess(manifest), 0, "eval").inputs
+    x = x[spec.names[0]]
+    fp32, int8 = (onnx.load(str(paths[k] / "model.onnx")) for k in ("fp32", "u8s8"))
+    top1 = _outputs(fp32, x).argmax(1)
+    into, out = _residual(fp32)
+    models = {
+        "int8": int8,
+        "fused": int8,
+        "float_weights": _float_weights(int8, fp32),
+        "float_conv_to_add": _without_qdq(int8, into),
+        "float_add": _without_qdq(int8, out),
+        "float_residual": _without_qdq(int8, into | out),
+    }
+    rows = {k: float((_outputs(m, x, k != "fused").argmax(1) == top1).mean()) for k, m in models.items()}
+    console.print(f"{name}: {rows}")
+    residual = [len(into), len(out)]
+    return {"model": name, "eval": len(x), "calib": args.calib, "residual_tensors": residual, **rows}
+
+
+def markdown(results: list[dict], args, fp: dict) -> str:
+    lines = [
+        "<!-- int8_error_sources:start -->",
+        "## Where the INT8 error is: weights or activations, and the residual stream (issue 14)",
+        "",
+        f"`make zoo && .venv/bin/python bench/int8_error_sources.py --calib {args.calib} "
+        f"--eval {args.eval}`, "
+        f"{time.strftime('%Y-%m-%d')}. CPU: {cpu_line(fp)}",
+        "",
+        "edgekit's u8s8 INT8 model (AdaRound and bias correction on; the artifact of "
+        "bench/int8_cpu.py) against variants of itself, all run by ONNX Runtime with its graph "
+        "optimizations off, so the Q/DQ nodes are computed literally and a variant lacks only what it "
+        "names; top-1 agreement with fp32 on the evaluation photo crops (bench/zoo.py).",
+        "",
+        "| variant | " + " | ".join(f"{r['model']} ({r['eval']} crops)" for r in results) + " |",
+        "|---" + "|---:" * len(results) + "|",
+    ]
+    for k, label in VARIANTS.items():
+        lines.append(f"| {label} | " + " | ".join(f"{100 * r[k]:.1f} %" for r in results) + " |")
+    lines += [
+        "",
+        "Residual tensors (convolution outputs into an Add / Add outputs): "
+        + ", ".join(f"{r['model']} {r['residual_tensors'][0]} / {r['residual_tensors'][1]}" for r in results)
+        + ".",
+        "<!-- int8_error_sources:end -->",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="efficientnet_lite1,mobilenet_v2,efficientnet_lite2")
+    p.add_argument("--calib", type=int, default=200)
+    p.add_argument("--eval", type=int, default=500)
+    p.add_argument("--work", type=Path, help="keep the artifacts here (bench/int8_cpu.py's --work too)")
+    args = p.parse_args()
+    fp = host()
+    with tempfile.TemporaryDirectory(prefix="edgekit-int8err-") as tmp:
+        root = args.work or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / "calib").is_dir():
+            zoo.write_image_folder(root / "calib", args.calib, seed=0)
+            zoo.write_image_folder(root / "eval", args.eval, seed=1)
+        results = [measure(name, args, root) for name in args.models.split(",")]
+    t = Table(title="top-1 agreement with fp32")
+    t.add_column("variant")
+    for r in results:
+        t.add_column(r["model"], justify="right")
+    for k, label in VARIANTS.items():
+        t.add_row(label, *(f"{100 * r[k]:.1f} %" for r in results))
+    console.print(t)
+    out = ROOT / "bench" / "results" / "int8_error_sources.json"
+    out.write_text(json.dumps({"host": fp, "results": results}, indent=2) + "\n")
+    write_section("int8_error_sources", markdown(results, args, fp))
+    console.print(f"wrote {out} and docs/BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()
