@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -35,7 +36,14 @@ from edgekit.benchmarks.fingerprint import host
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "efficientnet_lite1"
-ENV = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+# token mode with the token given (a fresh machine has no ~/.ray/auth_token to read one from)
+ENV = {
+    **os.environ,
+    "RAY_AUTH_MODE": "token",
+    "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    "PYTHONPATH": str(ROOT),
+    "COLUMNS": "200",
+}
 CLUSTER = """
 import sys
 from ray.cluster_utils import Cluster
