@@ -327,7 +327,8 @@ def _why_missed(summary: dict, chosen, budget: float, out: Path) -> str:
     if len(most["kept_fp32"]) > 1:
         why = (
             f"with the {len(most['kept_fp32'])} most sensitive layers in fp32 it still drops "
-            f"{most['drop_points']:.2f}: the loss is spread over the model, not in a few layers"
+            f"{most['drop_points']:.2f}: restoring layers does not recover the loss, which is spread over "
+            "the model"
         )
     else:
         why = f"at most {limit} layer(s) could stay fp32"

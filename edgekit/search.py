@@ -398,8 +398,13 @@ def _tune(ray, ctx: _Context, cfg: Config, plan: dict) -> None:
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": 0, "memory": 2**20}),  # its tasks hold the CPUs
             param_space=param_space,
+            # reuse_actors: a trial's actor serves the next trial (each new one paid a process start and
+            # edgekit's imports, seconds a candidate on a small CPU)
             tune_config=tune.TuneConfig(
-                search_alg=search_alg, num_samples=samples, max_concurrent_trials=cluster.cpus(ray)
+                search_alg=search_alg,
+                num_samples=samples,
+                max_concurrent_trials=cluster.cpus(ray),
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 storage_path=storage,
