@@ -210,8 +210,7 @@ def markdown(r: dict) -> str:
 candidates (calibration minmax / percentile / mse x per-channel or not x bias correction or not x ORT or
 OpenVINO; AdaRound off, which adds minutes a Lite1 build on one CPU) and the fp32 baseline,
 objectives accuracy and size, evaluation shards of {a["share"]}; then one `edgekit sensitivity` pass
-({one["layers"]} layers, AdaRound on: its layers solved once, split over the nodes, the levels
-handed to every worker).
+({one["layers"]} layers, AdaRound on: solved once by the driver, its levels handed to every worker).
 Local clusters made by Ray's multi-node test utility, one CPU per node, through the CLI's
 `--ray-address`. CPU: {cpu_line(r["host"])}, {r["host"].get("cores", "?")} cores.
 Load average: {one["load_before"]:.1f} to {one["load_after"]:.1f} (1 node), {two["load_before"]:.1f} to

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import cluster
-from edgekit.compress import adaround
 from edgekit.compress.quantize import Int8Config, calibrated
 from edgekit.compress.sensitivity import Judge, Trial, scorer
 from edgekit.data import Samples
@@ -71,24 +70,3 @@ def restore_each(
         pool = ActorPool(actors)
         qualities = list(pool.map(lambda a, name: a.trial.remote((name,), idx), layers))
     return {name: Trial((name,), None, q) for name, q in zip(layers, qualities, strict=True)}
-
-
-def solver(address: str) -> adaround.Solver:
-    """AdaRound's layers solved on Ray: split over the cluster's CPUs by weight count (the longest
-    first, each to the least loaded share), one task a share. Each layer's levels are its own, so
-    they equal the ones solved in one process; the Grams travel, the calibration does not."""
-
-    def solve(todo: list[adaround.Layer]) -> tuple[dict[str, np.ndarray], int]:
-        with cluster.connect(address) as ray:
-            shares: list[list] = [[] for _ in range(max(1, min(cluster.cpus(ray), len(todo))))]
-            sizes = [0] * len(shares)
-            for layer in sorted(todo, key=lambda t: t[2].size, reverse=True):
-                i = sizes.index(min(sizes))
-                shares[i].append(layer)
-                sizes[i] += layer[2].size
-            task = ray.remote(adaround.solve).options(num_cpus=1, max_retries=2)
-            parts = ray.get([task.remote(share) for share in shares])
-        chosen = {k: v for levels, _ in parts for k, v in levels.items()}
-        return chosen, sum(kept for _, kept in parts)
-
-    return solve

@@ -303,12 +303,11 @@ def run_mixed(w: Work, cfg: MixedConfig):
     judge = eval_judge(w)
     evaluate = scorer(ref, w.evals, fixed, judge)
     restore = ray_trials(w, w.model, w.int8, ref, judge)
-    solver = ray_solver(w)
 
     path = w.out / onnx_export.MODEL_FILE
     with tempfile.TemporaryDirectory(prefix="edgekit-mixed-") as work:
         summary, chosen = search(
-            w.model, path, w.calib, w.evals, w.int8, cfg, fixed, evaluate, Path(work), restore, solver
+            w.model, path, w.calib, w.evals, w.int8, cfg, fixed, evaluate, Path(work), restore
         )
     w.manifest.verification["int8"] = chosen.quality
     _final_vs_unpruned(w, path)
@@ -362,16 +361,6 @@ def ray_trials(w: Work, fp32: Path, int8, ref: list[np.ndarray], judge):
         )
 
     return restore
-
-
-def ray_solver(w: Work):
-    """AdaRound's layers solved on Ray at the request's --ray-address (edgekit.layer_trials), or
-    None: in this process."""
-    if w.req.ray_address is None:
-        return None
-    from edgekit import layer_trials
-
-    return layer_trials.solver(w.req.ray_address)
 
 
 def _final_vs_unpruned(w: Work, path: Path) -> None:

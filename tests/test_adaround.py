@@ -18,9 +18,9 @@ from onnx import numpy_helper
 
 from edgekit.artifact import InputSpec, TensorSpec
 from edgekit.benchmarks.metrics import sqnr_db
-from edgekit.compress import adaround, tensors
+from edgekit.compress import tensors
 from edgekit.compress.bias_correction import quantized_layers, weight_levels
-from edgekit.compress.quantize import Int8Config, calibrated, quantize_int8
+from edgekit.compress.quantize import Int8Config, quantize_int8
 from edgekit.compress.tensors import FLOAT
 from edgekit.data import Samples
 from edgekit.export.onnx import ExportConfig, export
@@ -117,25 +117,6 @@ def test_model_sqnr_is_not_worse(fp32, quantized):
     for form in ("none", "all"):
         off, on = (sqnr_db(ref, run(quantized[form, a][0])) for a in (False, True))
         assert on >= off, (form, on, off)
-
-
-def test_any_split_of_the_layers_gives_the_same_levels(fp32, calib, quantized, tmp_path):
-    """What lets Ray workers each solve a share of the layers (edgekit.layer_trials.solver)."""
-    shares = []
-
-    def split(todo):
-        parts = [adaround.solve(part) for part in (todo[::2], todo[1::2]) if part]
-        shares.append(len(parts))
-        return {k: v for levels, _ in parts for k, v in levels.items()}, sum(kept for _, kept in parts)
-
-    cfg = Int8Config(reduce_range="none", target_cpu="x86-vnni", adaround=True, bias_correction=False)
-    with calibrated(fp32, calib, cfg, None, solver=split) as write:
-        write(tmp_path / "split.onnx", ())
-    assert shares == [2]
-    whole, halves = _layers(fp32, quantized["none", True][0]), _layers(fp32, tmp_path / "split.onnx")
-    assert whole.keys() == halves.keys()
-    for name in whole:
-        np.testing.assert_array_equal(whole[name][2], halves[name][2])
 
 
 def test_off_is_nearest_rounding(fp32, quantized):

@@ -144,14 +144,9 @@ def collect(fp32: Path, samples: int) -> Collected:
     return Collected(grams)
 
 
-Layer = tuple  # (weight name, Gram, fp32 weight, nearest levels, scale, zero point, (lowest, highest) level)
-Solver = Callable[[list[Layer]], tuple[dict[str, np.ndarray], int]]
-
-
-def apply(fp32: Path, qdq: Path, collected: Collected, solver: Solver | None = None) -> dict:
+def apply(fp32: Path, qdq: Path, collected: Collected) -> dict:
     """Round the weights of the QDQ model's layers found in COLLECTED (FP32: the model it was
-    quantized from) by AdaRound, rewriting its integer initializers in place; a summary. SOLVER:
-    what solves the layers (`solve` here, or split over Ray workers: edgekit.layer_trials.solver)."""
+    quantized from) by AdaRound, rewriting its integer initializers in place; a summary."""
     import onnx
     from onnx import numpy_helper
 
@@ -172,10 +167,9 @@ def apply(fp32: Path, qdq: Path, collected: Collected, solver: Solver | None = N
         layers.append((src.input[1], q_init, q))
         if src.input[1] not in collected.chosen:
             info = np.iinfo(numpy_helper.to_array(q_init).dtype)
-            todo.append((src.input[1], gram, w, q, scale, zp, (int(info.min), int(info.max))))
+            todo.append((src.input[1], gram, w, q, scale, zp, info))
     start = time.perf_counter()
-    chosen, kept = (solver or solve)(todo) if todo else ({}, 0)
-    collected.chosen.update(chosen)
+    kept = _solve(todo, collected.chosen)
     collected.seconds += time.perf_counter() - start
     changed = 0
     for name, q_init, q in layers:
@@ -269,7 +263,7 @@ class _Problem:
     v: object  # the rounding variables
 
 
-def _problem(name: str, gram: Gram, w, q, scale, zp, bounds: tuple[int, int]) -> _Problem:
+def _problem(name: str, gram: Gram, w, q, scale, zp, info) -> _Problem:
     import torch
 
     w_, s_, z_, q_ = (
@@ -278,7 +272,7 @@ def _problem(name: str, gram: Gram, w, q, scale, zp, bounds: tuple[int, int]) ->
     )
     # the quantizer's range: the largest level among the weights that share a scale
     n = (q_ - z_).abs().amax() if np.size(scale) == 1 else (q_ - z_).abs().amax(-1, keepdim=True)
-    lo, hi = (z_ - n).clamp(min=bounds[0]), (z_ + n).clamp(max=bounds[1])
+    lo, hi = (z_ - n).clamp(min=info.min), (z_ + n).clamp(max=info.max)
     base = torch.floor(w_ / s_)
     hmin = (lo - z_ - base).clamp(0, 1)
     hmax = torch.maximum((hi - z_ - base).clamp(0, 1), hmin)
@@ -318,13 +312,13 @@ def _error(pr: _Problem, levels, quadratic):
     return quadratic(pr.rest - pr.s * (levels - pr.floor), pr.m, pr.factored)
 
 
-def solve(todo: list[Layer]) -> tuple[dict[str, np.ndarray], int]:
-    """AdaRound's levels for each layer of TODO (weight name -> levels in the weight's shape), and
-    how many layers kept nearest rounding. Each layer's result is its own (Adam is per weight), so
-    any split of TODO gives the same levels."""
+def _solve(todo: list, chosen: dict[str, np.ndarray]) -> int:
+    """AdaRound's levels for each layer of TODO into CHOSEN (weight name -> levels in the weight's
+    shape); returns how many layers kept nearest rounding."""
     import torch
 
-    chosen: dict[str, np.ndarray] = {}
+    if not todo:
+        return 0
     problems = [_problem(*t) for t in todo]
     quadratic = _quadratic()
     opt = torch.optim.Adam([pr.v for pr in problems], lr=LR)
@@ -347,4 +341,4 @@ def solve(todo: list[Layer]) -> tuple[dict[str, np.ndarray], int]:
             if _error(pr, new, quadratic) >= _error(pr, pr.nearest, quadratic):
                 new, kept = pr.nearest, kept + 1
             chosen[pr.name] = _unlayout(new.double().numpy(), pr.shape, pr.gram)
-    return chosen, kept
+    return kept

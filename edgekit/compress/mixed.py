@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgekit import batching
 from edgekit.benchmarks.metrics import interleaved_medians
 from edgekit.compress import sensitivity as sens
-from edgekit.compress.adaround import Solver
 from edgekit.compress.quantize import Int8Config, Write, calibrated
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
@@ -68,11 +67,10 @@ def search(
     evaluate: sens.Evaluate,
     work: Path,
     restore: sens.RestoreEach | None = None,
-    solver: Solver | None = None,
 ) -> tuple[dict, sens.Trial]:
     """Write the chosen model to OUT; return the pass summary and the chosen trial. RESTORE: the
-    per-layer trials on Ray, SOLVER: the AdaRound layers solved there (None: here)."""
-    with calibrated(fp32, calib, int8, fixed, solver=solver) as write:
+    per-layer trials on Ray (None: here)."""
+    with calibrated(fp32, calib, int8, fixed) as write:
         return _search(write, fp32, out, evals, cfg, fixed, evaluate, work, restore)
 
 

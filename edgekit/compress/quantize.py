@@ -129,12 +129,7 @@ Write = Callable[[Path, Sequence[str]], dict]
 
 @contextlib.contextmanager
 def calibrated(
-    fp32: Path,
-    calib: Samples,
-    cfg: Int8Config,
-    batch_fixed: int | None,
-    rounded: dict | None = None,
-    solver: adaround.Solver | None = None,
+    fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None, rounded: dict | None = None
 ) -> Iterator[Write]:
     """FP32 pre-processed and calibrated once, while open: WRITE(out, exclude) writes its QDQ INT8
     model with the nodes EXCLUDE left fp32 and returns the summary. The ranges do not depend on
@@ -142,7 +137,7 @@ def calibrated(
     calibration, each the very model a calibration of its own would give (tests/test_mixed.py).
     WRITE.rounded holds the AdaRound levels chosen so far (by weight name); ROUNDED, another
     calibration's of the same model and config (a Ray worker's, edgekit.layer_trials), is used as
-    chosen instead of solving again; SOLVER solves the AdaRound layers (None: here, one thread)."""
+    chosen instead of solving again."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -229,7 +224,7 @@ def calibrated(
             if cfg.reduce_range != "none":
                 summary["seven_bit_weights"] = len(overrides) - len(pairs)
             if rounding:  # before the pairs are capped: a capped pair's levels only get smaller
-                summary["adaround"] = adaround.apply(src, out, rounding, solver)
+                summary["adaround"] = adaround.apply(src, out, rounding)
             if pairs:
                 summary["pair_bounded_weights"] = len(pairs)
                 summary["pair_capped_values"] = weight_pairs.apply(out, pairs)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import batching
-from edgekit.compress.adaround import Solver
 from edgekit.compress.quantize import COMPUTE_OPS, Int8Config, Write, calibrated
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
@@ -184,12 +183,11 @@ def table(
     fixed,
     evaluate,
     restore: RestoreEach | None = None,
-    solver: Solver | None = None,
 ) -> dict:
     """`edgekit sensitivity`: every quantized layer with its op, MACs, sensitivity and fp32
     latency share, most sensitive first; and the full INT8 model's own drop. RESTORE: the trials
-    on Ray, SOLVER: the AdaRound layers solved there (None: here)."""
-    with calibrated(fp32, calib, cfg, fixed, solver=solver) as write:
+    on Ray (None: here)."""
+    with calibrated(fp32, calib, cfg, fixed) as write:
         full = quantize(write, work, (), evaluate)
         if restore is None:
             singles = restore_each(write, work, evaluate, full)
