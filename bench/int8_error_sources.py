@@ -155,9 +155,9 @@ def markdown(results: list[dict], args, fp: dict) -> str:
         f"{time.strftime('%Y-%m-%d')}. CPU: {cpu_line(fp)}",
         "",
         "edgekit's u8s8 INT8 model (AdaRound and bias correction on; the artifact of "
-        "bench/int8_cpu.py) against variants of itself, all run by ONNX Runtime with its graph "
-        "optimizations off, so the Q/DQ nodes are computed literally and a variant lacks only what it "
-        "names; top-1 agreement with fp32 on the evaluation photo crops (bench/zoo.py).",
+        "bench/int8_cpu.py) against variants of itself, run by ONNX Runtime with its graph "
+        "optimizations off (all but the fused row), so the Q/DQ nodes are computed literally and a variant "
+        "lacks only what it names; top-1 agreement with fp32 on the evaluation photo crops (bench/zoo.py).",
         "",
         "| variant | " + " | ".join(f"{r['model']} ({r['eval']} crops)" for r in results) + " |",
         "|---" + "|---:" * len(results) + "|",

@@ -202,6 +202,7 @@ def _row(what: str, one: float, two: float) -> str:
 
 def markdown(r: dict) -> str:
     a, (one, two), e = r["args"], r["runs"], r["estimate"]
+    busy = sum(two["candidate_s"])
     return f"""<!-- search_scaling:start -->
 ## `edgekit search` and `edgekit sensitivity` on 1 vs 2 Ray nodes (EfficientNet-Lite1)
 
@@ -219,6 +220,7 @@ Load average: {one["load_before"]:.1f} to {one["load_after"]:.1f} (1 node), {two
 | | 1 node | 2 nodes | speed-up |
 |---|---:|---:|---:|
 {_row(f"search: {one['candidates']} candidates built and scored (s)", one["search_s"], two["search_s"])}
+| search: the candidates' own seconds, summed | {sum(one["candidate_s"]):.0f} | {busy:.0f} | |
 {_row(f"sensitivity: {one['layers']} layer trials (s)", one["sensitivity_s"], two["sensitivity_s"])}
 
 Both nodes ran trials in the 2-node search ({two["nodes_used"]} nodes used); the sensitivity ranking
