@@ -1,6 +1,7 @@
-"""Where edgekit's INT8 error is on the real zoo CNNs: weights or activations, and which activations.
+"""Where edgekit's INT8 error is on the real zoo CNNs: weights or activations, and which activations;
+and how far apart two measurements of it can be.
 
-    make zoo && .venv/bin/python bench/int8_error_sources.py [--models ...] [--eval 500] [--work DIR]
+    make zoo && .venv/bin/python bench/int8_error_sources.py [--models ...] [--eval 2000] [--work DIR]
 
 For each model (bench/zoo.py: published weights, real photo crops; the artifacts of
 bench/int8_cpu.py, which --work shares), edgekit's u8s8 INT8 model (AdaRound and bias correction
@@ -10,8 +11,13 @@ on) is compared with variants of itself, each run by ONNX Runtime with its graph
 - the residual stream in float: the Q/DQ pairs on the convolution outputs that feed an Add, on the
   Add outputs, and on both (ORT's QLinearAdd reads and writes INT8, so an INT8 residual block
   rounds its sum twice; OpenVINO fuses the convolution and the Add and rounds once).
-Top-1 agreement with fp32 on the evaluation crops. Writes docs/BENCHMARKS.md (its section) and
-bench/results/int8_error_sources.json.
+Beside them, on the same crops: the same model with the loss-aware activation ranges
+(edgekit.compress.range_search, off by default), NNCF PTQ in OpenVINO (the anchor, bench/int8_cpu.py's
+IR), and fp32 itself with every pixel moved by uniform noise of +-1/255 and +-0.5/255 (what a JPEG
+re-encode or another resize does): how fragile the crops' top-1 is, the scale INT8's agreement is read
+against. Top-1 agreement with fp32 on --eval crops (seed 1, their own folder: bench/int8_cpu.py's 500
+crops are one draw, and another draw of 500 moved Lite1's agreement by 4 points). Writes
+docs/BENCHMARKS.md (its section) and bench/results/int8_error_sources.json.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zoo
 from _markdown import cpu_line, write_section
-from int8_cpu import _artifacts
+from int8_cpu import _artifacts, _nncf, _ov_outputs
 from rich.console import Console
 from rich.table import Table
 
@@ -46,6 +52,10 @@ VARIANTS = {
     "float_conv_to_add": "convolution outputs into an Add in float",
     "float_add": "Add outputs in float",
     "float_residual": "both: the residual stream in float",
+    "range_search": "edgekit INT8 with the loss-aware activation ranges (--range-search), fused",
+    "nncf": "NNCF PTQ in OpenVINO (the anchor)",
+    "noise_1": "fp32, every pixel moved by uniform noise of +-1/255",
+    "noise_half": "fp32, every pixel moved by uniform noise of +-0.5/255",
 }
 
 
@@ -123,13 +133,23 @@ def _outputs(model, x: np.ndarray, literal: bool = False) -> np.ndarray:
 def measure(name: str, args, root: Path) -> dict:
     import onnx
 
-    paths = _artifacts(name, root / name, root / "calib", args.calib, ["u8s8"])
+    paths = _artifacts(name, root / name, root / "calib", args.calib, ["u8s8", "u8s8-rangesearch"])
     manifest = read_manifest(paths["fp32"])
-    spec = manifest.input_spec
-    x = load_samples(str(root / "eval"), spec, args.eval, recorded_preprocess(manifest), 0, "eval").inputs
-    x = x[spec.names[0]]
+    spec, pre = manifest.input_spec, recorded_preprocess(manifest)
+    x = load_samples(str(root / f"eval{args.eval}"), spec, args.eval, pre, 0, "eval").inputs[spec.names[0]]
     fp32, int8 = (onnx.load(str(paths[k] / "model.onnx")) for k in ("fp32", "u8s8"))
     top1 = _outputs(fp32, x).argmax(1)
+    ir = root / name / "nncf.xml"
+    if not ir.is_file():
+        calib = load_samples(str(root / "calib"), spec, args.calib, pre, 0, "calibration").inputs
+        _nncf(paths["fp32"] / "model.onnx", calib, ir)
+    # a pixel step in the model's input units: 1/255 over each channel's std (the recorded preprocess)
+    step = (1 / 255 / np.asarray(pre.std, np.float32)).reshape(1, -1, 1, 1)
+    rng = np.random.default_rng(0)
+    noisy = {
+        k: x + (rng.uniform(-a, a, x.shape) * step).astype(np.float32)
+        for k, a in (("noise_1", 1), ("noise_half", 0.5))
+    }
     into, out = _residual(fp32)
     models = {
         "int8": int8,
@@ -140,9 +160,22 @@ def measure(name: str, args, root: Path) -> dict:
         "float_residual": _without_qdq(int8, into | out),
     }
     rows = {k: float((_outputs(m, x, k != "fused").argmax(1) == top1).mean()) for k, m in models.items()}
+    rows["range_search"] = float(
+        (_outputs(onnx.load(str(paths["u8s8-rangesearch"] / "model.onnx")), x).argmax(1) == top1).mean()
+    )
+    rows["nncf"] = float((_ov_outputs(ir, x).argmax(1) == top1).mean())
+    rows.update({k: float((_outputs(fp32, v).argmax(1) == top1).mean()) for k, v in noisy.items()})
+    search = read_manifest(paths["u8s8-rangesearch"]).passes[-1]["summary"].get("range_search", {})
     console.print(f"{name}: {rows}")
     residual = [len(into), len(out)]
-    return {"model": name, "eval": len(x), "calib": args.calib, "residual_tensors": residual, **rows}
+    return {
+        "model": name,
+        "eval": len(x),
+        "calib": args.calib,
+        "residual_tensors": residual,
+        "range_search_record": search,
+        **rows,
+    }
 
 
 def markdown(results: list[dict], args, fp: dict) -> str:
@@ -156,8 +189,12 @@ def markdown(results: list[dict], args, fp: dict) -> str:
         "",
         "edgekit's u8s8 INT8 model (AdaRound and bias correction on; the artifact of "
         "bench/int8_cpu.py) against variants of itself, run by ONNX Runtime with its graph "
-        "optimizations off (all but the fused row), so the Q/DQ nodes are computed literally and a variant "
-        "lacks only what it names; top-1 agreement with fp32 on the evaluation photo crops (bench/zoo.py).",
+        "optimizations off (the Q/DQ nodes computed literally, so a variant lacks only what it names) "
+        "unless the row says fused; beside them, on the same crops, the loss-aware activation ranges, "
+        "NNCF, and fp32 itself under one pixel level of noise (how fragile the crops' top-1 is). Top-1 "
+        f"agreement with fp32 on {results[0]['eval']} held-out photo crops (bench/zoo.py, seed 1); "
+        "at 90 % a 95 % interval is about +-"
+        f"{100 * 1.96 * (0.09 / results[0]['eval']) ** 0.5:.1f} points.",
         "",
         "| variant | " + " | ".join(f"{r['model']} ({r['eval']} crops)" for r in results) + " |",
         "|---" + "|---:" * len(results) + "|",
@@ -169,6 +206,11 @@ def markdown(results: list[dict], args, fp: dict) -> str:
         "Residual tensors (convolution outputs into an Add / Add outputs): "
         + ", ".join(f"{r['model']} {r['residual_tensors'][0]} / {r['residual_tensors'][1]}" for r in results)
         + ".",
+        "",
+        "The range search's record (activations, scaled, output error on the search samples and on the "
+        "held-out calibration samples, seconds): "
+        + "; ".join(f"{r['model']} {r['range_search_record']}" for r in results)
+        + ".",
         "<!-- int8_error_sources:end -->",
     ]
     return "\n".join(lines)
@@ -178,7 +220,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="efficientnet_lite1,mobilenet_v2,efficientnet_lite2")
     p.add_argument("--calib", type=int, default=200)
-    p.add_argument("--eval", type=int, default=500)
+    p.add_argument("--eval", type=int, default=2000)
     p.add_argument("--work", type=Path, help="keep the artifacts here (bench/int8_cpu.py's --work too)")
     args = p.parse_args()
     fp = host()
@@ -187,7 +229,8 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         if not (root / "calib").is_dir():
             zoo.write_image_folder(root / "calib", args.calib, seed=0)
-            zoo.write_image_folder(root / "eval", args.eval, seed=1)
+        if not (root / f"eval{args.eval}").is_dir():
+            zoo.write_image_folder(root / f"eval{args.eval}", args.eval, seed=1)
         results = [measure(name, args, root) for name in args.models.split(",")]
     t = Table(title="top-1 agreement with fp32")
     t.add_column("variant")

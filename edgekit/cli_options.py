@@ -422,6 +422,12 @@ compress_options = options(
         "default: on).",
     ),
     click.option(
+        "--range-search/--no-range-search",
+        default=None,
+        help="Scale each INT8 activation range by what brings the outputs closest to fp32's on the "
+        "calibration data (default: off; never for transformers).",
+    ),
+    click.option(
         "--symmetric-activations",
         is_flag=True,
         help="TensorRT's form: int8 activations with zero-point 0, float biases.",

@@ -28,13 +28,22 @@ class _TrialWorker:
     """A Ray actor: the fp32 model calibrated once, then one scored trial per call."""
 
     def __init__(
-        self, fp32: bytes, calib: Samples, cfg: Int8Config, fixed, evals: Samples, ref, judge: Judge, rounded
+        self,
+        fp32: bytes,
+        calib: Samples,
+        cfg: Int8Config,
+        fixed,
+        evals: Samples,
+        ref,
+        judge: Judge,
+        rounded,
+        ranges,
     ):
         self._tmp = Path(tempfile.mkdtemp(prefix="edgekit-trials-"))
         model = self._tmp / "fp32.onnx"
         model.write_bytes(fp32)
         self._stack = contextlib.ExitStack()
-        self._write = self._stack.enter_context(calibrated(model, calib, cfg, fixed, rounded))
+        self._write = self._stack.enter_context(calibrated(model, calib, cfg, fixed, rounded, ranges))
         self._evaluate = scorer(ref, evals, fixed, judge)
 
     def trial(self, kept: tuple[str, ...], idx: np.ndarray | None) -> dict:
@@ -55,16 +64,17 @@ def restore_each(
     layers: list[str],
     idx: np.ndarray | None = None,
     rounded: dict | None = None,
+    ranges: dict | None = None,
 ) -> dict[str, Trial]:
     """edgekit.compress.sensitivity.restore_each on Ray: for every one of LAYERS, the full INT8 model
     with that layer alone in fp32, scored on the evaluation samples IDX (None: all). ROUNDED: the
     AdaRound levels this process chose (calibrated's WRITE.rounded), which the workers use rather
-    than solving them again each."""
+    than solving them again each; RANGES likewise its activation range factors (WRITE.ranges)."""
     with cluster.connect(address) as ray:
         from ray.util import ActorPool
 
         worker = ray.remote(_TrialWorker).options(num_cpus=1, max_restarts=2, max_task_retries=2)
-        inputs = (Path(fp32).read_bytes(), calib, cfg, fixed, evals, ref, judge, rounded or {})
+        inputs = (Path(fp32).read_bytes(), calib, cfg, fixed, evals, ref, judge, rounded or {}, ranges)
         shared = [ray.put(x) for x in inputs]
         actors = [worker.remote(*shared) for _ in range(min(cluster.cpus(ray), len(layers)))]
         pool = ActorPool(actors)

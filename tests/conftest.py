@@ -163,3 +163,16 @@ def tiny_artifact(tiny, tmp_path_factory, edgekit) -> Path:
     r = edgekit("export", tiny / "model.ts.pt", "--input-shape", "1,1,16,16", "-o", out)
     assert r.returncode == 0, r.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def depthwise_onnx(tmp_path_factory) -> Path:
+    """tests/models.py's depthwise_se block exported to ONNX (dynamic batch, input "x")."""
+    from models import depthwise_se
+
+    from edgekit.artifact import InputSpec, TensorSpec
+    from edgekit.export.onnx import ExportConfig, export
+
+    module, shapes = depthwise_se()
+    spec = InputSpec(inputs=[TensorSpec(name="x", shape=["batch", *shapes[0][1:]])])
+    return export(module, spec, tmp_path_factory.mktemp("depthwise"), ExportConfig(), 1)

@@ -13,24 +13,20 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from models import depthwise_se, smooth_images
+from models import smooth_images
 from onnx import numpy_helper
 
-from edgekit.artifact import InputSpec, TensorSpec
 from edgekit.benchmarks.metrics import sqnr_db
 from edgekit.compress import tensors
 from edgekit.compress.bias_correction import quantized_layers, weight_levels
 from edgekit.compress.quantize import Int8Config, quantize_int8
 from edgekit.compress.tensors import FLOAT
 from edgekit.data import Samples
-from edgekit.export.onnx import ExportConfig, export
 
 
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory):
-    module, shapes = depthwise_se()
-    spec = InputSpec(inputs=[TensorSpec(name="x", shape=["batch", *shapes[0][1:]])])
-    return export(module, spec, tmp_path_factory.mktemp("fp32"), ExportConfig(), 1)
+def fp32(depthwise_onnx):
+    return depthwise_onnx
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +37,17 @@ def calib():
 @pytest.fixture(scope="module")
 def quantized(fp32, calib, tmp_path_factory):
     """(reduce_range, adaround) -> (QDQ path, summary): 8-bit weights, and 7-bit ones on every layer
-    (what CPUs without VNNI get); bias correction off, so the levels are compared alone."""
+    (what CPUs without VNNI get); bias correction and the range search off, so the levels are
+    compared alone."""
     out, root = {}, tmp_path_factory.mktemp("q")
     for reduce_range in ("none", "all"):
         for on in (False, True):
             cfg = Int8Config(
-                reduce_range=reduce_range, target_cpu="x86-vnni", adaround=on, bias_correction=False
+                reduce_range=reduce_range,
+                target_cpu="x86-vnni",
+                adaround=on,
+                bias_correction=False,
+                range_search=False,
             )
             path = root / f"{reduce_range}-{on}.onnx"
             out[reduce_range, on] = path, quantize_int8(fp32, path, calib, cfg, None)

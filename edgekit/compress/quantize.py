@@ -20,7 +20,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgekit.compress import adaround, bias_correction, calibrate, equalize, smooth, weight_pairs
+from edgekit.compress import (
+    adaround,
+    bias_correction,
+    calibrate,
+    equalize,
+    range_search,
+    smooth,
+    weight_pairs,
+)
 from edgekit.compress.weight_pairs import PairLayer
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError, first_line
@@ -84,6 +92,11 @@ class Int8Config(BaseModel):
     # crops 89.7 -> 93.0 % (Lite1), 90.7 -> 92.3 % (Lite2), 86.7 -> 86.3 % (MobileNetV2), and in the
     # AVX2 form 85-92 -> 87-94 %; it costs ~1-2 minutes on 2 cores (docs/guide/quantize.md)
     adaround: bool = True
+    # each activation range scaled by the factor that brings the INT8 outputs closest to fp32's on
+    # calibration samples (edgekit.compress.range_search; not for transformers). Off by default: it
+    # lifted MobileNetV2 but not the EfficientNet-Lites, at 1.5-6 minutes on 2 cores
+    # (docs/guide/quantize.md)
+    range_search: bool = False
 
     @field_validator("calib_memory", mode="before")
     @classmethod
@@ -129,7 +142,12 @@ Write = Callable[[Path, Sequence[str]], dict]
 
 @contextlib.contextmanager
 def calibrated(
-    fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None, rounded: dict | None = None
+    fp32: Path,
+    calib: Samples,
+    cfg: Int8Config,
+    batch_fixed: int | None,
+    rounded: dict | None = None,
+    range_factors: dict | None = None,
 ) -> Iterator[Write]:
     """FP32 pre-processed and calibrated once, while open: WRITE(out, exclude) writes its QDQ INT8
     model with the nodes EXCLUDE left fp32 and returns the summary. The ranges do not depend on
@@ -137,7 +155,8 @@ def calibrated(
     calibration, each the very model a calibration of its own would give (tests/test_mixed.py).
     WRITE.rounded holds the AdaRound levels chosen so far (by weight name); ROUNDED, another
     calibration's of the same model and config (a Ray worker's, edgekit.layer_trials), is used as
-    chosen instead of solving again."""
+    chosen instead of solving again. Likewise WRITE.ranges, the activation range factors searched on
+    the full INT8 model (None until the first write), and RANGE_FACTORS, another calibration's."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -196,6 +215,7 @@ def calibrated(
         )
         cache, memory, left, means = ranges.cache, ranges.memory, ranges.left, ranges.means
         src, around = _around(src, left, Path(tmp))
+        searched: dict = {}  # the range search's record, where it ran here
 
         def write(out: Path, exclude: Sequence[str]) -> dict:
             excluded = [*exclude, *around]
@@ -232,9 +252,19 @@ def calibrated(
                 summary["equalized"] = equalized
             if means:
                 summary["bias_corrected_layers"] = bias_correction.correct(src, out, means)
+            if cfg.range_search and not transformer:
+                if write.ranges is None and exclude:  # a trial's ranges are the full model's
+                    write(Path(tmp) / "full.onnx", ())
+                if write.ranges is None:
+                    found = range_search.search(out, Path(fp32), src, calib, batch_fixed)
+                    write.ranges = found["factors"]
+                    searched.update(found["record"])
+                scaled = range_search.apply(out, src, write.ranges)
+                summary["range_search"] = {**searched, "applied": scaled}
             return summary
 
         write.rounded = rounding.chosen if rounding else {}
+        write.ranges = range_factors
         yield write
 
 

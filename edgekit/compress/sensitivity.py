@@ -25,9 +25,10 @@ from edgekit.errors import EdgekitError
 # a model file and the evaluation samples to judge it on (indices; None: all) -> its quality
 Evaluate = Callable[[Path, np.ndarray | None], dict]
 Judge = Callable[[list[np.ndarray], list[np.ndarray], Samples], dict]  # fp32, model, samples -> quality
-# layer names, evaluation indices, the AdaRound levels chosen (WRITE.rounded) -> each layer's trial:
+# layer names, evaluation indices, the AdaRound levels and range factors chosen (WRITE.rounded,
+# WRITE.ranges) -> each layer's trial:
 # restore_each here, or on Ray (edgekit.layer_trials)
-RestoreEach = Callable[[list[str], np.ndarray | None, dict], dict[str, "Trial"]]
+RestoreEach = Callable[[list[str], np.ndarray | None, dict, dict | None], dict[str, "Trial"]]
 # the evaluation samples the mixed-precision search ranks layers on (edgekit.compress.mixed): one
 # sample is 0.8 points, and restoring the layer that matters gains many; the finalists are then
 # scored on all of them
@@ -192,7 +193,8 @@ def table(
         if restore is None:
             singles = restore_each(write, work, evaluate, full)
         else:
-            singles = restore([name for name, _ in quantized_layers(full.path)], None, write.rounded)
+            layers = [name for name, _ in quantized_layers(full.path)]
+            singles = restore(layers, None, write.rounded, write.ranges)
     ops = dict(quantized_layers(full.path))
     feeds, _ = next(batching.batches(evals.inputs, fixed, 1))  # one sample, or one fixed batch
     counts, shares = macs(fp32), latency_shares(fp32, feeds, threads=0)

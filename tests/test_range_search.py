@@ -1,0 +1,143 @@
+"""Loss-aware activation ranges (edgekit.compress.range_search): a range inflated by rare outliers is
+shrunk to what the outputs need, the int32 biases follow the new scales, a folded ReLU6 is never
+widened past its clip, and a mixed-precision trial gets the full model's factors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from models import smooth_images
+from onnx import numpy_helper
+from torch import nn
+
+from edgekit.artifact import InputSpec, TensorSpec
+from edgekit.benchmarks.metrics import sqnr_db
+from edgekit.compress import range_search
+from edgekit.compress.quantize import Int8Config, calibrated, quantize_int8
+from edgekit.data import Samples
+from edgekit.export.onnx import ExportConfig, export
+
+
+@pytest.fixture(scope="module")
+def fp32(depthwise_onnx):
+    return depthwise_onnx
+
+
+@pytest.fixture(scope="module")
+def calib():
+    """The samples the search compares outputs on and validates them on, then four with a bright
+    outlier blob: MinMax ranges stretch to them, so most values get a few levels."""
+    typical = range_search.SAMPLES + range_search.VALIDATE
+    x = smooth_images(typical + 4, seed=1)
+    x[typical:, :, 8:16, 8:16] *= 12
+    return Samples({"x": x}, None)
+
+
+def _run(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.fixture(scope="module")
+def searched(fp32, calib, tmp_path_factory):
+    """on -> (QDQ path, summary), MinMax calibration, range search on and off."""
+    root, out = tmp_path_factory.mktemp("q"), {}
+    for on in (False, True):
+        cfg = Int8Config(calibration="minmax", target_cpu="x86-vnni", adaround=False, range_search=on)
+        out[on] = root / f"{on}.onnx", quantize_int8(fp32, root / f"{on}.onnx", calib, cfg, None)
+    return out
+
+
+def test_inflated_ranges_shrink_and_the_outputs_come_closer(fp32, searched):
+    record = searched[True][1]["range_search"]
+    assert record["scaled"] >= 1 and record["applied"] == record["scaled"]
+    assert record["output_error"][1] < 0.5 * record["output_error"][0]
+    assert record["held_out_error"][1] < 0.5 * record["held_out_error"][0]
+    x = smooth_images(64, seed=7)  # held out: typical samples
+    ref = _run(fp32, x)
+    assert sqnr_db(ref, _run(searched[True][0], x)) > sqnr_db(ref, _run(searched[False][0], x)) + 3
+    assert "range_search" not in searched[False][1]
+
+
+def _inits(path):
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+def test_biases_are_requantized_with_the_new_input_scales(fp32, searched):
+    """Each int32 bias's scale is its input's scale x its weights' (what QLinearConv computes with),
+    and it still stands for the same float bias."""
+    model = onnx.load(str(searched[True][0]))
+    acts = range_search.activations(model, onnx.load(str(fp32)))
+    on, off = _inits(searched[True][0]), _inits(searched[False][0])
+    checked = 0
+    for act in acts:
+        for bias, bias_scale, weight_scale in act.biases:
+            np.testing.assert_allclose(on[bias_scale], on[act.scale] * on[weight_scale], rtol=1e-6)
+            before, after = off[bias] * off[bias_scale], on[bias] * on[bias_scale]
+            assert np.all(np.abs(after - before) <= 0.5 * on[bias_scale] + 1e-7)
+            checked += 1
+    changed = [a for a in acts if not np.allclose(on[a.scale], off[a.scale])]
+    assert checked and any(a.biases for a in changed)
+
+
+def test_a_folded_relu6_is_never_widened_past_its_clip(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 4, 1), nn.Flatten()).eval()
+    spec = InputSpec(inputs=[TensorSpec(name="x", shape=["batch", 3, 8, 8])])
+    (tmp_path / "fp32").mkdir()
+    fp32 = export(net, spec, tmp_path / "fp32", ExportConfig(), 1)
+    calib = Samples({"x": smooth_images(16, (3, 8, 8), seed=2) * 0.2}, None)  # ReLU6 well below 6
+    cfg = Int8Config(calibration="minmax", target_cpu="x86-vnni", adaround=False, range_search=False)
+    quantize_int8(fp32, tmp_path / "q.onnx", calib, cfg, None)
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    assert "Clip" not in {n.op_type for n in model.graph.node}  # the quantizer folded it
+    inits = _inits(tmp_path / "q.onnx")
+    zeros = {n.input[1]: n.input[2] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    bounded = [
+        (a.ceiling, (255 - int(inits[zeros[a.scale]])) * float(inits[a.scale]))
+        for a in range_search.activations(model, onnx.load(str(fp32)))
+        if np.isfinite(a.ceiling)
+    ]
+    assert len(bounded) == 1
+    ceiling, top = bounded[0]
+    assert ceiling == pytest.approx(6.0 / top) and ceiling > 1
+
+
+def test_a_trial_gets_the_full_models_factors(fp32, calib, tmp_path, monkeypatch):
+    """The first write leaves a layer fp32: the factors still come from the full INT8 model, searched
+    once; a later write, and a calibration handed them (a Ray worker's), apply the same ones."""
+    calls = []
+    real = range_search.search
+    monkeypatch.setattr(range_search, "search", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = Int8Config(calibration="minmax", target_cpu="x86-vnni", adaround=False, range_search=True)
+    layer = next(n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv")
+    with calibrated(fp32, calib, cfg, None) as write:
+        trial = write(tmp_path / "trial.onnx", [layer])
+        factors = dict(write.ranges)
+        full = write(tmp_path / "full.onnx", [])
+    assert len(calls) == 1 and factors and write.ranges == factors
+    assert trial["range_search"]["output_error"] == full["range_search"]["output_error"]
+    assert full["range_search"]["applied"] == len(factors) >= trial["range_search"]["applied"] >= 1
+    with calibrated(fp32, calib, cfg, None, range_factors=factors) as write:
+        again = write(tmp_path / "again.onnx", [])
+    assert len(calls) == 1 and again["range_search"] == {"applied": len(factors)}
+    x = smooth_images(8, seed=3)
+    np.testing.assert_array_equal(_run(tmp_path / "full.onnx", x), _run(tmp_path / "again.onnx", x))
+
+
+def test_flag_turns_it_on(edgekit, fp32, tmp_path):
+    np.savez(tmp_path / "calib.npz", x=smooth_images(8, seed=4))
+    args = ["compress", str(fp32), "--int8", "--no-adaround", "--calib", str(tmp_path / "calib.npz")]
+    for flag, out in ((), "default"), (("--range-search",), "on"):
+        r = edgekit(*args, *flag, "-o", str(tmp_path / out))
+        assert r.returncode == 0, r.stderr
+    manifests = [json.loads((tmp_path / o / "edgekit.json").read_text()) for o in ("default", "on")]
+    default, on = (m["passes"][-1] for m in manifests)
+    assert default["config"]["range_search"] is False and "range_search" not in default["summary"]
+    assert on["config"]["range_search"] is True and on["summary"]["range_search"]["activations"] >= 1
+    r = edgekit("compress", str(fp32), "--range-search", "-o", str(tmp_path / "x"))
+    assert r.returncode == 2 and "add --int8" in r.stderr
