@@ -165,7 +165,7 @@ def measure(name: str, args, root: Path) -> dict:
     )
     rows["nncf"] = float((_ov_outputs(ir, x).argmax(1) == top1).mean())
     rows.update({k: float((_outputs(fp32, v).argmax(1) == top1).mean()) for k, v in noisy.items()})
-    search = read_manifest(paths["u8s8-rangesearch"]).passes[-1]["summary"].get("range_search", {})
+    search = read_manifest(paths["u8s8-rangesearch"]).passes[-1].summary.get("range_search", {})
     console.print(f"{name}: {rows}")
     residual = [len(into), len(out)]
     return {
@@ -176,6 +176,14 @@ def measure(name: str, args, root: Path) -> dict:
         "range_search_record": search,
         **rows,
     }
+
+
+def _measured(name: str, args, root: Path) -> dict:
+    """measure's result, kept in the work directory: a rerun with --work measures only what is new."""
+    kept = root / name / f"error_sources-{args.calib}-{args.eval}.json"
+    if not kept.is_file():
+        kept.write_text(json.dumps(measure(name, args, root)))
+    return json.loads(kept.read_text())
 
 
 def markdown(results: list[dict], args, fp: dict) -> str:
@@ -221,7 +229,9 @@ def main() -> None:
     p.add_argument("--models", default="efficientnet_lite1,mobilenet_v2,efficientnet_lite2")
     p.add_argument("--calib", type=int, default=200)
     p.add_argument("--eval", type=int, default=2000)
-    p.add_argument("--work", type=Path, help="keep the artifacts here (bench/int8_cpu.py's --work too)")
+    p.add_argument(
+        "--work", type=Path, help="keep the artifacts and each model's rows here (int8_cpu.py's --work too)"
+    )
     args = p.parse_args()
     fp = host()
     with tempfile.TemporaryDirectory(prefix="edgekit-int8err-") as tmp:
@@ -231,7 +241,7 @@ def main() -> None:
             zoo.write_image_folder(root / "calib", args.calib, seed=0)
         if not (root / f"eval{args.eval}").is_dir():
             zoo.write_image_folder(root / f"eval{args.eval}", args.eval, seed=1)
-        results = [measure(name, args, root) for name in args.models.split(",")]
+        results = [_measured(name, args, root) for name in args.models.split(",")]
     t = Table(title="top-1 agreement with fp32")
     t.add_column("variant")
     for r in results:
