@@ -1,7 +1,8 @@
 """Loss-aware activation ranges, after LAPQ (Nahshan et al. 2021, "Loss aware post-training
 quantization"): each activation's calibrated range is scaled, tensor by tensor in graph order, by
-the factor that brings the INT8 model's outputs closest to fp32's on calibration samples, measured
-in ONNX Runtime's fused INT8 kernels, the ones the model deploys to.
+the factor that brings the INT8 model's outputs closest to fp32's on calibration samples (KL
+divergence of class scores, squared error of anything else), measured in ONNX Runtime's fused INT8
+kernels, the ones the model deploys to.
 
 A percentile puts every tensor's threshold at the same share of its values, but what a tensor's
 tail is worth to the outputs differs: MobileNetV2's last blocks carry outliers that its output
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import batching
+from edgekit.benchmarks.metrics import output_kind
 from edgekit.data import Samples
 
 # factors tried on every range (the error need not fall steadily between them: a greedy walk down
@@ -144,11 +146,24 @@ def _outputs(model, samples: Samples, fixed: int | None, threads: int) -> list[n
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
 
-def _error(outs: list[np.ndarray], ref: list[np.ndarray]) -> float:
-    """Mean squared error of OUTS to REF, each output over its fp32 variance (outputs of any scale
-    weigh alike)."""
-    pairs = zip(outs, ref, strict=True)
-    return float(sum(np.mean((o - r) ** 2) / max(float(np.var(r)), 1e-12) for o, r in pairs))
+def _error(outs: list[np.ndarray], ref: list[np.ndarray], kinds: list[str]) -> float:
+    """How far OUTS are from REF, summed over the outputs: for class scores (edgekit's output kinds)
+    the KL divergence of their softmax from fp32's, else the squared error over fp32's variance.
+    The squared error of logits lowered EfficientNet-Lite2's on held-out samples by 29 % with
+    factors that cost 2.8 points of top-1 agreement; the KL kept it and MobileNetV2's gain."""
+    total = 0.0
+    for o, r, kind in zip(outs, ref, kinds, strict=True):
+        if kind in ("classes", "sequence"):
+            p, q = _log_softmax(r), _log_softmax(o)
+            total += float(np.mean(np.sum(np.exp(p) * (p - q), axis=-1)))
+        else:
+            total += float(np.mean((o - r) ** 2) / max(float(np.var(r)), 1e-12))
+    return total
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def _factor(ceiling: float, current: float, error) -> tuple[float, float]:
@@ -186,11 +201,13 @@ def search(int8: Path, fp32: Path, source: Path, calib: Samples, fixed: int | No
     sets = [calib.take(slice(0, min(SAMPLES, len(calib)))), calib.take(slice(SAMPLES, SAMPLES + VALIDATE))]
     sets = [s for s in sets if len(s)]
     refs = [[o.astype(np.float64) for o in _outputs(reference, s, fixed, threads)] for s in sets]
+    names = [o.name for o in reference.graph.output]
+    kinds = [output_kind(r, n) for r, n in zip(refs[0], names, strict=True)] if sets else []
     scaler = _Scaler(model, acts)
 
     def error(act: Activation, f: float, which: int = 0) -> float:
         scaler.set(act, f)
-        return _error(_outputs(model, sets[which], fixed, threads), refs[which])
+        return _error(_outputs(model, sets[which], fixed, threads), refs[which], kinds)
 
     before = [error(acts[0], 1.0, i) if acts else 0.0 for i in range(len(sets))]
     best = list(before)
