@@ -94,7 +94,7 @@ class Int8Config(BaseModel):
     adaround: bool = True
     # each activation range scaled by the factor that brings the INT8 outputs closest to fp32's on
     # calibration samples (edgekit.compress.range_search; not for transformers). Off by default: top-1
-    # agreement +2.8 points on MobileNetV2, 0 on EfficientNet-Lite1, -2.8 on Lite2, at 1.5-2 minutes
+    # agreement +2.0 points on MobileNetV2, -0.2 on EfficientNet-Lite1, 0 on Lite2, at 1-2 minutes
     # on 2 cores (docs/guide/quantize.md)
     range_search: bool = False
 

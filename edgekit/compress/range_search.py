@@ -6,9 +6,8 @@ kernels, the ones the model deploys to.
 
 A percentile puts every tensor's threshold at the same share of its values, but what a tensor's
 tail is worth to the outputs differs: MobileNetV2's last blocks carry outliers that its output
-does not need, and their ranges at 0.15-0.3x halved its output error and gained 2.8 points of
-top-1 agreement; on EfficientNet-Lite2 a lower error of the logits lost 2.8 (docs/guide/quantize.md),
-so it is a flag, off by default.
+does not need: their ranges at 0.15-0.3x gained it 2 points of top-1 agreement, where the
+EfficientNet-Lites gained nothing (docs/guide/quantize.md), so it is a flag, off by default.
 ORT's quantizer and NNCF's range estimators calibrate each tensor on its own values, so edgekit
 adds the search. A range scaled by f keeps its zero point and multiplies its scale by f; the int32
 biases of the layers that read the tensor (their scale is input scale x weight scale) are
