@@ -139,10 +139,7 @@ def _outputs(model, samples: Samples, fixed: int | None, threads: int) -> list[n
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    parts: list[list[np.ndarray]] = []
-    for feeds, real in batching.batches(samples.inputs, fixed, fixed or 16):
-        parts.append([o[:real] for o in session.run(None, feeds)])
-    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+    return batching.outputs(lambda feeds: session.run(None, feeds), samples.inputs, fixed, 16)
 
 
 def _error(outs: list[np.ndarray], ref: list[np.ndarray], kinds: list[str]) -> float:
@@ -205,16 +202,20 @@ def search(int8: Path, fp32: Path, source: Path, calib: Samples, fixed: int | No
     kinds = [output_kind(r, n) for r, n in zip(refs[0], names, strict=True)] if sets else []
     scaler = _Scaler(model, acts)
 
-    def error(act: Activation, f: float, which: int = 0) -> float:
-        scaler.set(act, f)
+    def error(which: int = 0) -> float:
+        """The model's error as its ranges stand, on sample set WHICH."""
         return _error(_outputs(model, sets[which], fixed, threads), refs[which], kinds)
 
-    before = [error(acts[0], 1.0, i) if acts else 0.0 for i in range(len(sets))]
+    def scaled(act: Activation, f: float, which: int = 0) -> float:
+        scaler.set(act, f)
+        return error(which)
+
+    before = [error(i) for i in range(len(sets))]
     best = list(before)
     factors: dict[str, float] = {}
     for act in acts:
-        chosen, err = _factor(act.ceiling, best[0], lambda f, act=act: error(act, f))
-        held = error(act, chosen, 1) if chosen != 1.0 and len(sets) > 1 else None
+        chosen, err = _factor(act.ceiling, best[0], lambda f, act=act: scaled(act, f))
+        held = scaled(act, chosen, 1) if chosen != 1.0 and len(sets) > 1 else None
         if held is not None and held >= best[1] * (1 - GAIN):
             chosen, err = 1.0, best[0]
         scaler.set(act, chosen)
