@@ -36,18 +36,27 @@ class Digits:
 
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory) -> Digits:
-    """The demo's digits CNN, trained once per session, with its calibration and test data."""
+def digits(tmp_path_factory, worker_id) -> Digits:
+    """The demo's digits CNN, trained once per session (once for all xdist workers: the first
+    trains it under a file lock in their shared temporary directory), with its calibration and
+    test data."""
     import torch
+    from filelock import FileLock
 
     from edgekit.demo import digits_data, train
 
-    root = tmp_path_factory.mktemp("digits")
+    shared = tmp_path_factory.getbasetemp()
+    root = (shared.parent if worker_id != "master" else shared) / "digits"
     model = root / "digits.pt2"
-    train(model, epochs=DIGITS_EPOCHS)
-    x_tr, y_tr, x_te, y_te = digits_data()
-    np.savez(root / "calib.npz", x=x_tr, y=y_tr)
-    np.savez(root / "test.npz", x=x_te, y=y_te)
+    with FileLock(str(root) + ".lock"):
+        if not model.is_file():
+            root.mkdir(exist_ok=True)
+            x_tr, y_tr, x_te, y_te = digits_data()
+            np.savez(root / "calib.npz", x=x_tr, y=y_tr)
+            np.savez(root / "test.npz", x=x_te, y=y_te)
+            train(root / "training.pt2", epochs=DIGITS_EPOCHS)
+            (root / "training.pt2").rename(model)  # last: a model there means all files are
+        x_te, y_te = (np.load(root / "test.npz")[k] for k in ("x", "y"))
     with torch.inference_mode():
         scores = torch.export.load(str(model)).module()(torch.from_numpy(x_te))
     top1 = float((scores.argmax(1).numpy() == y_te).mean())

@@ -21,6 +21,10 @@ gates:
 """
 
 
+# one xdist worker builds the module's fixtures once, instead of each worker its own
+pytestmark = pytest.mark.xdist_group("bench_record")
+
+
 def gate_config(root: Path, gates: str, targets: str = "  - {name: cpu, variants: [fp32]}") -> Path:
     path = root / "edgekit.yaml"
     path.write_text(CONFIG.format(targets=targets, gates=gates))

@@ -23,6 +23,10 @@ from edgekit.runtimes import importable
 NO_TENSORRT = pytest.mark.skipif(importable("tensorrt"), reason="checks the message given without TensorRT")
 
 
+# one xdist worker builds the module's fixtures once, instead of each worker its own
+pytestmark = pytest.mark.xdist_group("check")
+
+
 def _graph_model(path: Path, nodes, inputs, outputs, opsets) -> Path:
     graph = helper.make_graph(nodes, "g", inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])

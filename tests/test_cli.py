@@ -39,6 +39,10 @@ def ok(result) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
+# the tests that read the module's two artifacts run on one xdist worker: each worker would build them
+ARTIFACTS = pytest.mark.xdist_group("cli-artifacts")
+
+
 @pytest.fixture(scope="module")
 def int8_dir(digits, edgekit, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "digits-int8"
@@ -57,6 +61,7 @@ def fp32_dir(digits, edgekit, tmp_path_factory) -> Path:
     return out
 
 
+@ARTIFACTS
 def test_compress_int8_writes_a_complete_verified_artifact(int8_dir, digits):
     m = manifest(int8_dir)
     assert [p["name"] for p in m["passes"]] == ["export", "int8"]
@@ -90,6 +95,7 @@ def test_compress_int8_writes_a_complete_verified_artifact(int8_dir, digits):
     assert export["outputs"]["output"]["relative_max_abs_diff"] <= export["tolerance"]
 
 
+@ARTIFACTS
 def test_int8_artifact_is_at_most_30_percent_of_fp32(int8_dir, fp32_dir):
     fp32 = manifest(fp32_dir)
     assert [p["name"] for p in fp32["passes"]] == ["export"]
@@ -100,11 +106,13 @@ def test_int8_artifact_is_at_most_30_percent_of_fp32(int8_dir, fp32_dir):
     assert sum(f["bytes"] for f in manifest(int8_dir)["files"]) == artifact_bytes(int8_dir)
 
 
+@ARTIFACTS
 def test_artifact_directory_gets_the_mode_of_a_plain_mkdir(fp32_dir, tmp_path):
     (tmp_path / "plain").mkdir()
     assert (fp32_dir.stat().st_mode & 0o777) == ((tmp_path / "plain").stat().st_mode & 0o777)
 
 
+@ARTIFACTS
 def test_inspect_shows_the_key_facts(int8_dir, digits, edgekit):
     r = edgekit("inspect", int8_dir)
     ok(r)
@@ -125,6 +133,7 @@ def test_inspect_shows_the_key_facts(int8_dir, digits, edgekit):
         assert fact in out, f"{fact!r} missing from `edgekit inspect`:\n{out}"
 
 
+@ARTIFACTS
 def test_inspect_json_is_the_manifest(int8_dir, edgekit):
     r = edgekit("inspect", int8_dir, "--json")
     ok(r)
@@ -136,6 +145,7 @@ def test_inspect_json_is_the_manifest(int8_dir, edgekit):
     assert shown["verification"]["int8"]["top1"] == m["verification"]["int8"]["top1"]
 
 
+@ARTIFACTS
 def test_bench_measures_latency_size_and_accuracy(int8_dir, digits, edgekit, tmp_path):
     out_json = tmp_path / "results.json"
     r = edgekit(
@@ -227,6 +237,7 @@ def test_demo_runs_end_to_end_on_the_cached_model(digits, edgekit, xdg_cache, tm
     assert "360 held-out digits" in r.stdout
 
 
+@ARTIFACTS
 def test_compress_an_onnx_file_skips_torch_and_checks_it_runs(fp32_dir, digits, edgekit, tmp_path):
     out = tmp_path / "from-onnx"
     r = edgekit(

@@ -21,6 +21,10 @@ from edgekit.artifact import read_manifest
 BUDGET = 10.0  # points of top-1 agreement with fp32
 
 
+# one xdist worker builds the module's fixtures once, instead of each worker its own
+pytestmark = pytest.mark.xdist_group("mixed")
+
+
 class Hostile(nn.Module):
     def __init__(self):
         super().__init__()

@@ -36,6 +36,9 @@ from edgekit.data import Samples
 from edgekit.export.onnx import ExportConfig, export
 from edgekit.target_cpu import resolve
 
+# one xdist worker builds the module's fixtures once, instead of each worker its own
+pytestmark = pytest.mark.xdist_group("quantize")
+
 
 @dataclass
 class Fp32:
@@ -177,15 +180,12 @@ def test_int8_file_is_smaller(fp32, default_int8):
     assert path.stat().st_size < 0.75 * fp32.path.stat().st_size
 
 
-@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+@pytest.mark.parametrize("method", ["minmax", "percentile"])  # entropy: the next-but-one test
 def test_every_calibration_method_runs(fp32, method, tmp_path):
     out = tmp_path / "model.onnx"
     summary = quantize_int8(fp32.path, out, CALIB.take(slice(0, 8)), Int8Config(calibration=method), None)
     assert summary["fp32_compute_ops"] == {}
-    # Entropy (KL, 2048 bins) clips hard on 8 samples of a random-weight net: measured 8 dB here,
-    # 33 dB with 64 samples vs MinMax's 40 (why MinMax is the default); it must still be a model.
-    floor = 5.0 if method == "entropy" else fp32.min_sqnr_8
-    assert sqnr_db(run(fp32.path, EVAL), run(out, EVAL)) >= floor
+    assert sqnr_db(run(fp32.path, EVAL), run(out, EVAL)) >= fp32.min_sqnr_8
 
 
 def test_percentile_clips_activation_ranges(fp32_models, tmp_path):
@@ -206,10 +206,14 @@ def test_entropy_calibration_differs_from_minmax(fp32_models, tmp_path):
     calib = CALIB.take(slice(0, 8))
     src = fp32_models["resnet"].path
     quantize_int8(src, tmp_path / "minmax.onnx", calib, Int8Config(calibration="minmax"), None)
-    quantize_int8(src, tmp_path / "entropy.onnx", calib, Int8Config(calibration="entropy"), None)
+    summary = quantize_int8(src, tmp_path / "entropy.onnx", calib, Int8Config(calibration="entropy"), None)
     a, b = activation_scales(tmp_path / "minmax.onnx"), activation_scales(tmp_path / "entropy.onnx")
     assert a.keys() == b.keys()
     assert any(not np.isclose(a[k], b[k], rtol=1e-3) for k in a)
+    # Entropy (KL, 2048 bins) clips hard on 8 samples of a random-weight net: measured 8 dB here,
+    # 33 dB with 64 samples vs MinMax's 40 (why MinMax is the default); it must still be a model.
+    assert summary["fp32_compute_ops"] == {}
+    assert sqnr_db(run(src, EVAL), run(tmp_path / "entropy.onnx", EVAL)) >= 5.0
 
 
 def test_static_batch_model_calibrates_in_whole_batches(tmp_path):

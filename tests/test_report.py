@@ -25,6 +25,10 @@ from edgekit.benchmarks.report import COLUMNS, row_cells
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+# one xdist worker builds the module's fixtures once, instead of each worker its own
+pytestmark = pytest.mark.xdist_group("report")
+
+
 def ok(result, code: int = 0) -> None:
     detail = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert result.returncode == code, f"exit {result.returncode}\n{detail}"

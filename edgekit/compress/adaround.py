@@ -290,21 +290,35 @@ def _h(pr: _Problem, v):
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, pr.hmin, pr.hmax)
 
 
-def _descend(problems: list[_Problem], opt, warm: int, quadratic) -> None:
+def _descend(problems: list[_Problem], warm: int, quadratic) -> None:
     """ITERATIONS of Adam on every layer's V: the error alone for WARM iterations, then with the
-    regularizer whose beta anneals linearly from BETA[0] to BETA[1]."""
+    regularizer whose beta anneals linearly from BETA[0] to BETA[1]. All layers' V are one flat
+    tensor, so each elementwise step is one operation for the whole model rather than one per
+    layer (Adam is per weight: each layer gets what a loop of its own would give); only the
+    quadratic error is per layer."""
     import torch
 
+    def flat(name: str):
+        return torch.cat([getattr(pr, name).reshape(-1) for pr in problems])
+
+    v = flat("v").detach().requires_grad_()
+    rest, s, hmin, hmax = (flat(k) for k in ("rest", "s", "hmin", "hmax"))
+    sizes = [pr.v.numel() for pr in problems]
+    opt = torch.optim.Adam([v], lr=LR)
     for it in range(ITERATIONS):
         beta = BETA[1] + (BETA[0] - BETA[1]) * (1 - (it - warm) / max(ITERATIONS - warm, 1))
         opt.zero_grad()
-        for pr in problems:
-            h = _h(pr, pr.v)
-            loss = quadratic(torch.addcmul(pr.rest, pr.s, h, value=-1), pr.m, pr.factored)
-            if it >= warm:
-                loss = loss + REG * (1 - (2 * h - 1).abs().pow(beta)).sum()
-            loss.backward()
+        h = torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, hmin, hmax)
+        parts = torch.split(torch.addcmul(rest, s, h, value=-1), sizes)
+        pairs = zip(parts, problems, strict=True)
+        loss = sum(quadratic(d.view(pr.rest.shape), pr.m, pr.factored) for d, pr in pairs)
+        if it >= warm:
+            loss = loss + REG * (1 - (2 * h - 1).abs().pow(beta)).sum()
+        loss.backward()
         opt.step()
+    with torch.no_grad():
+        for part, pr in zip(torch.split(v, sizes), problems, strict=True):
+            pr.v.copy_(part.view(pr.v.shape))
 
 
 def _error(pr: _Problem, levels, quadratic):
@@ -321,7 +335,6 @@ def _solve(todo: list, chosen: dict[str, np.ndarray]) -> int:
         return 0
     problems = [_problem(*t) for t in todo]
     quadratic = _quadratic()
-    opt = torch.optim.Adam([pr.v for pr in problems], lr=LR)
     warm = int(WARMUP * ITERATIONS)
     # one thread: the steps are many small operations, and two threads waiting on each other ran
     # 3-10x slower on a machine whose other core was busy; subnormal numbers flushed to zero (this
@@ -330,7 +343,7 @@ def _solve(todo: list, chosen: dict[str, np.ndarray]) -> int:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     try:
-        _descend(problems, opt, warm, quadratic)
+        _descend(problems, warm, quadratic)
     finally:
         torch.set_flush_denormal(False)
         torch.set_num_threads(threads)
