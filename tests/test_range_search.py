@@ -55,7 +55,9 @@ def searched(fp32, calib, tmp_path_factory):
 
 def test_inflated_ranges_shrink_and_the_outputs_come_closer(fp32, searched):
     record = searched[True][1]["range_search"]
-    assert record["scaled"] >= 1 and record["applied"] == record["scaled"]
+    assert record["scaled"] >= 1 and record["applied"] == record["scaled"] == len(record["factors"])
+    on, off = _inits(searched[True][0]), _inits(searched[False][0])  # the record names what was scaled
+    assert all(on[name] == pytest.approx(off[name] * f, rel=1e-3) for name, f in record["factors"].items())
     assert record["output_error"][1] < 0.75 * record["output_error"][0]
     assert record["held_out_error"][1] < 0.75 * record["held_out_error"][0]
     x = smooth_images(64, seed=7)  # held out: typical samples

@@ -225,6 +225,7 @@ def search(int8: Path, fp32: Path, source: Path, calib: Samples, fixed: int | No
     record = {
         "activations": len(acts),
         "scaled": len(factors),
+        "factors": {name: round(f, 4) for name, f in factors.items()},  # what the manifest shows
         "output_error": [round(before[0], 6), round(best[0], 6)],
         "samples": len(sets[0]) if sets else 0,
         "seconds": round(time.perf_counter() - started, 1),
