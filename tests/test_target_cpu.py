@@ -157,16 +157,31 @@ def test_pair_caps_split_an_over_full_pair_nearest_to_its_values():
     assert cap(q).tolist() == [[64, 64, 100, 20, -69, -59, 90, -90]]
 
 
-def test_compress_records_the_cpu_it_made_the_model_for(edgekit, digits, tmp_path):
-    out = tmp_path / "avx2"
-    proc = edgekit(
-        "compress", digits.model, "--int8", "--calib", digits.calib, "--calib-size", 64,
-        "--target-cpu", "x86-avx2", "-o", out,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+# the digits CNN compressed for each of these CPU classes once, for the tests that read them (on one
+# xdist worker)
+FORMS_MADE = pytest.mark.xdist_group("target-cpu-forms")
+
+
+@pytest.fixture(scope="module")
+def made_for(edgekit, digits, tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """CPU class -> (the artifact compressed for it, compress's stdout)."""
+    root, made = tmp_path_factory.mktemp("forms"), {}
+    for name in ("x86-vnni", "x86-avx2"):
+        proc = edgekit(
+            "compress", digits.model, "--int8", "--calib", digits.calib, "--calib-size", 64,
+            "--target-cpu", name, "-o", root / name,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        made[name] = root / name, proc.stdout
+    return made
+
+
+@FORMS_MADE
+def test_compress_records_the_cpu_it_made_the_model_for(edgekit, digits, made_for, tmp_path):
+    out, stdout = made_for["x86-avx2"]
     made = read_manifest(out).target_cpu
     assert (made["class"], made["from"], made["form"]) == ("x86-avx2", "--target-cpu", "u8s8-pair")
-    assert "made for CPU" in proc.stdout and "u8s8-pair" in proc.stdout
+    assert "made for CPU" in stdout and "u8s8-pair" in stdout
     if fingerprint.host()["cpu_class"] != "x86-avx2":
         assert made["verified_on"] == fingerprint.host()["cpu_class"]
     wrong = edgekit("compress", digits.model, "--int8", "--calib", digits.calib, "--target-cpu", "x86-avx3",
@@ -188,15 +203,11 @@ def test_compress_for_a_host_reads_its_cpu_over_ssh(edgekit, digits, tmp_path):
 
 
 @needs_qemu
-def test_on_an_emulated_avx2_cpu_the_vnni_form_saturates_and_the_avx2_form_holds(edgekit, digits, tmp_path):
-    made = {}
-    for name in ("x86-vnni", "x86-avx2"):
-        made[name] = tmp_path / name
-        proc = edgekit(
-            "compress", digits.model, "--int8", "--calib", digits.calib, "--calib-size", 64,
-            "--target-cpu", name, "-o", made[name],
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
+@FORMS_MADE
+def test_on_an_emulated_avx2_cpu_the_vnni_form_saturates_and_the_avx2_form_holds(
+    edgekit, digits, made_for, tmp_path
+):
+    made = {name: path for name, (path, _) in made_for.items()}
     fp32 = tmp_path / "fp32"
     assert edgekit("export", digits.model, "--calib", digits.calib, "-o", fp32).returncode == 0
     sqnr, rows = {}, {}
