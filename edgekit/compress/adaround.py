@@ -283,11 +283,11 @@ def _problem(name: str, gram: Gram, w, q, scale, zp, info) -> _Problem:
     return _Problem(name, w.shape, gram, rest, s_, base + z_, hmin, hmax, q_, *_metric(gram), v)
 
 
-def _h(pr: _Problem, v):
-    """The rectified sigmoid (0..1, reaching both ends), within the quantizer's range."""
+def _h(v, hmin, hmax):
+    """The rectified sigmoid of V (0..1, reaching both ends), within the quantizer's range."""
     import torch
 
-    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, pr.hmin, pr.hmax)
+    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, hmin, hmax)
 
 
 def _descend(problems: list[_Problem], warm: int, quadratic) -> None:
@@ -308,7 +308,7 @@ def _descend(problems: list[_Problem], warm: int, quadratic) -> None:
     for it in range(ITERATIONS):
         beta = BETA[1] + (BETA[0] - BETA[1]) * (1 - (it - warm) / max(ITERATIONS - warm, 1))
         opt.zero_grad()
-        h = torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, hmin, hmax)
+        h = _h(v, hmin, hmax)
         parts = torch.split(torch.addcmul(rest, s, h, value=-1), sizes)
         pairs = zip(parts, problems, strict=True)
         loss = sum(quadratic(d.view(pr.rest.shape), pr.m, pr.factored) for d, pr in pairs)
@@ -350,7 +350,7 @@ def _solve(todo: list, chosen: dict[str, np.ndarray]) -> int:
     kept = 0
     with torch.no_grad():
         for pr in problems:
-            new = pr.floor + (_h(pr, pr.v) >= 0.5).float()
+            new = pr.floor + (_h(pr.v, pr.hmin, pr.hmax) >= 0.5).float()
             if _error(pr, new, quadratic) >= _error(pr, pr.nearest, quadratic):
                 new, kept = pr.nearest, kept + 1
             chosen[pr.name] = _unlayout(new.double().numpy(), pr.shape, pr.gram)
