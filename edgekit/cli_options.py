@@ -411,6 +411,12 @@ compress_options = options(
         help="Cross-layer equalization of conv pairs before INT8 calibration (default: off).",
     ),
     click.option(
+        "--equalize-activations/--no-equalize-activations",
+        default=None,
+        help="Bring each channel's activation range before a depthwise conv to the tensor's range, the "
+        "gain moved into the per-channel weights (default: on, unless --per-tensor or --equalize).",
+    ),
+    click.option(
         "--bias-correction/--no-bias-correction",
         default=None,
         help="Correct INT8 layers' biases for their weights' rounding on the calibration data (default: on).",

@@ -139,7 +139,9 @@ def precision_passes(kw: dict, target: str) -> dict:
     if drop is not None and not kw["int8"]:
         raise EdgekitError("--max-accuracy-drop budgets INT8 quantization; add --int8.")
     algorithms = {
-        k: kw[k] for k in ("equalize", "bias_correction", "adaround", "range_search") if kw[k] is not None
+        k: kw[k]
+        for k in ("equalize", "equalize_activations", "bias_correction", "adaround", "range_search")
+        if kw[k] is not None
     }
     if algorithms and not kw["int8"]:
         key, on = next(iter(algorithms.items()))

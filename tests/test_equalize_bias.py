@@ -121,15 +121,18 @@ def test_bias_correction_zeroes_mean_output_error(tmp_path, bias_correction):
 
 
 def test_flags_turn_each_algorithm_on_and_off(edgekit, tmp_path):
-    """`--equalize --no-bias-correction` reach the int8 pass's config and its summary says what ran."""
+    """`--equalize --no-bias-correction --no-equalize-activations` reach the int8 pass's config and
+    its summary says what ran."""
     rng = np.random.default_rng(3)
     src = _chain(tmp_path / "chain.onnx", rng)
     out = tmp_path / "out"
-    flags = ("--int8", "--equalize", "--no-bias-correction", "--input-shape", "1,3,12,12")
+    flags = ("--int8", "--equalize", "--no-bias-correction", "--no-equalize-activations")
+    flags = (*flags, "--input-shape", "1,3,12,12")
     r = edgekit("compress", src, *flags, "--calib", "random", "-o", out)
     assert r.returncode == 0, r.stderr
     int8 = json.loads((out / "edgekit.json").read_text())["passes"][-1]
     assert int8["config"]["equalize"] is True and int8["config"]["bias_correction"] is False
+    assert int8["config"]["equalize_activations"] is False
     assert int8["summary"]["equalized"]["equalized_pairs"] == 2
     assert "bias_corrected_layers" not in int8["summary"]
 

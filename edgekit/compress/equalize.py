@@ -32,7 +32,8 @@ ROUNDS = 20  # pair-by-pair sweeps; chains of three settle in a few
 @dataclass
 class Pair:
     """Conv1 (its weight and bias initializer names) -> activation -> Conv2 (its weight, and whether
-    it is depthwise); BOUND: the activation's upper clip (None: ReLU or none), and OUT: Conv1's output."""
+    it is depthwise); BOUND: the activation's upper clip (None: ReLU or none), OUT: Conv1's output,
+    and READ: the tensor Conv2 reads (the activation's output, or OUT)."""
 
     w1: str
     b1: str | None
@@ -40,6 +41,7 @@ class Pair:
     depthwise: bool
     bound: float | None
     out: str
+    read: str
 
 
 def pairs(graph) -> list[Pair]:
@@ -96,17 +98,26 @@ def pairs(graph) -> list[Pair]:
         b1 = conv1.input[2] if len(conv1.input) > 2 and conv1.input[2] in inits else None
         if len(conv1.input) > 2 and conv1.input[2] and b1 is None:
             continue
-        found.append(Pair(conv1.input[1], b1, nxt.input[1], depthwise, bound, conv1.output[0]))
+        pair = Pair(conv1.input[1], b1, nxt.input[1], depthwise, bound, conv1.output[0], nxt.input[0])
+        found.append(pair)
     return found
 
 
-def _channel_max(
-    model, names: list[str], calib: Samples, fixed: int | None, batch: int
+def channel_max(
+    model,
+    names: list[str],
+    calib: Samples,
+    fixed: int | None,
+    batch: int,
+    absolute: bool = False,
+    limit: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-channel (axis 1) max of each tensor in NAMES over the calibration samples."""
+    """Per-channel (axis 1) max (ABSOLUTE: of |x|) of each tensor in NAMES over the calibration
+    samples, run in batches whose tensors fit LIMIT bytes (None: BATCH samples)."""
     top: dict[str, np.ndarray] = {}
-    for found, _ in tensors.values(model, dict.fromkeys(names, FLOAT), calib, fixed, batch):
+    for found, _ in tensors.values(model, dict.fromkeys(names, FLOAT), calib, fixed, batch, limit):
         for name, value in found.items():
+            value = np.abs(value) if absolute else value
             m = np.moveaxis(value, 1, 0).reshape(value.shape[1], -1).max(1)
             top[name] = np.maximum(top[name], m) if name in top else m
     return top
@@ -126,7 +137,7 @@ def equalize(src: Path, out: Path, calib: Samples, fixed: int | None, batch: int
         n: numpy_helper.to_array(inits[n]).astype(np.float64) for p in found for n in (p.w1, p.b1, p.w2) if n
     }
     clipped = [p.out for p in found if p.bound is not None]
-    top = _channel_max(model, clipped, calib, fixed, batch) if clipped else {}
+    top = channel_max(model, clipped, calib, fixed, batch) if clipped else {}
     held = sum(int((top[p.out] > p.bound).sum()) for p in found if p.bound is not None)
     for _ in range(ROUNDS):
         change = 0.0

@@ -25,6 +25,7 @@ from edgekit.compress import (
     bias_correction,
     calibrate,
     equalize,
+    equalize_activations,
     range_search,
     smooth,
     weight_pairs,
@@ -86,6 +87,11 @@ class Int8Config(BaseModel):
     # bias correction took EfficientNet-Lite1 from 84.8 to 92.4 % top-1 agreement; equalization helped
     # neither zoo network with per-channel weights (docs/guide/quantize.md)
     equalize: bool = False
+    # each channel's activation range between a conv and a depthwise conv brought to the tensor's
+    # range, the gain moved into both convolutions' per-channel weights (edgekit.compress.
+    # equalize_activations; per-channel weights only): top-1 agreement with fp32 on 2000 photo crops
+    # 88.4 -> 90.7 % (MobileNetV2), 93.4 -> 93.7 % (Lite1), 92.1 -> 93.3 % (Lite2)
+    equalize_activations: bool = True
     bias_correction: bool = True
     # each weight rounded up or down by what its layer's outputs on the calibration data need, not to
     # the nearest level, before bias correction (edgekit.compress.adaround): top-1 agreement on 300
@@ -188,6 +194,17 @@ def calibrated(
         )
         if equalized:
             src = Path(tmp) / "equalized.onnx"
+        limit = budget(cfg.calib_memory)
+        balanced = (
+            cfg.equalize_activations
+            and cfg.per_channel
+            and not equalized  # --equalize set the pairs' balance by their weights
+            and equalize_activations.equalize_activations(
+                src, Path(tmp) / "balanced.onnx", calib, batch_fixed, cfg.calib_batch, limit
+            )
+        )
+        if balanced and balanced["pairs"]:
+            src = Path(tmp) / "balanced.onnx"
         ops = list(COMPUTE_OPS) if transformer else None
         if transformer:  # float outputs (MatMulIntegerToFloat): an INT8 one before the bias and the
             # residual add lost the outlier channels again (MiniLM cosine 0.980 -> 0.997 without)
@@ -200,7 +217,6 @@ def calibrated(
         rounding = adaround.collect(src, len(calib)) if cfg.adaround else None
         if rounding and rounded:
             rounding.chosen.update(rounded)
-        limit = budget(cfg.calib_memory)
         ranges = calibrate.calibrate(
             src,
             calib,
@@ -250,6 +266,8 @@ def calibrated(
                 summary["pair_capped_values"] = weight_pairs.apply(out, pairs)
             if equalized:
                 summary["equalized"] = equalized
+            if balanced:
+                summary["equalized_activations"] = balanced
             if means:
                 summary["bias_corrected_layers"] = bias_correction.correct(src, out, means)
             if cfg.range_search and not transformer:
