@@ -119,3 +119,29 @@ def test_per_tensor_weights_are_left_alone(tmp_path):
     calib = Samples({"x": rng.normal(size=(16, 3, 12, 12)).astype(np.float32)}, None)
     cfg = Int8Config(calibration="minmax", per_channel=False, adaround=False)
     assert "equalized_activations" not in quantize_int8(src, tmp_path / "q.onnx", calib, cfg, None)
+
+
+def test_a_small_memory_budget_measures_the_same_maxima(tmp_path, monkeypatch):
+    """Under a budget that fits one sample's tensors, the maxima come from runs of one sample and
+    are the same."""
+    from edgekit.compress import tensors
+
+    rng = np.random.default_rng(4)
+    src, _ = _block(tmp_path / "b.onnx", rng)
+    calib = Samples({"x": rng.normal(size=(12, 3, 12, 12)).astype(np.float32)}, None)
+    sizes = []
+    real = tensors.values
+
+    def counted(*args, **kwargs):
+        for found, n in real(*args, **kwargs):
+            sizes.append(n)
+            yield found, n
+
+    monkeypatch.setattr(tensors, "values", counted)
+    equalize_activations(src, tmp_path / "small.onnx", calib, None, 8, 1)
+    assert sizes == [1] * 12
+    sizes.clear()
+    equalize_activations(src, tmp_path / "large.onnx", calib, None, 8, 2**30)
+    assert sizes == [1, 8, 3]
+    small, large = _weights(tmp_path / "small.onnx"), _weights(tmp_path / "large.onnx")
+    assert all(np.array_equal(small[k], large[k]) for k in large)
