@@ -4,14 +4,17 @@ and how far apart two measurements of it can be.
     make zoo && .venv/bin/python bench/int8_error_sources.py [--models ...] [--eval 2000] [--work DIR]
 
 For each model (bench/zoo.py: published weights, real photo crops; the artifacts of
-bench/int8_cpu.py, which --work shares), edgekit's u8s8 INT8 model (AdaRound and bias correction
-on) is compared with variants of itself, each run by ONNX Runtime with its graph optimizations off
-(the Q/DQ nodes computed literally, so a variant without some of them is the same model otherwise):
-- the fp32 weights in place of the INT8 ones (only the activations quantized);
+bench/int8_cpu.py, which --work shares), edgekit's u8s8 INT8 model (activation equalization,
+AdaRound and bias correction on) is compared with variants of itself, each run by ONNX Runtime
+with its graph optimizations off (the Q/DQ nodes computed literally, so a variant without some of
+them is the same model otherwise):
+- the fp32 weights in place of the INT8 ones (only the activations quantized; the weights as the
+  quantizer saw them, after the activation equalization, whose gains the biases carry);
 - the residual stream in float: the Q/DQ pairs on the convolution outputs that feed an Add, on the
   Add outputs, and on both (ORT's QLinearAdd reads and writes INT8, so an INT8 residual block
   rounds its sum twice; OpenVINO fuses the convolution and the Add and rounds once).
-Beside them, on the same crops: the same model with the loss-aware activation ranges
+Beside them, on the same crops: the same model without the activation equalization
+(edgekit.compress.equalize_activations, on by default) and with the loss-aware activation ranges
 (edgekit.compress.range_search, off by default), NNCF PTQ in OpenVINO (the anchor, bench/int8_cpu.py's
 IR), and fp32 itself with every pixel moved by uniform noise of +-1/255 and +-0.5/255 (what a JPEG
 re-encode or another resize does): how fragile the crops' top-1 is, the scale INT8's agreement is read
@@ -23,6 +26,7 @@ docs/BENCHMARKS.md (its section) and bench/results/int8_error_sources.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -48,10 +52,11 @@ console = Console()
 VARIANTS = {
     "int8": "edgekit INT8 (u8s8), Q/DQ computed literally",
     "fused": "the same in ORT's fused INT8 kernels (as deployed)",
-    "float_weights": "fp32 weights, activations quantized",
+    "float_weights": "fp32 weights (equalized), activations quantized",
     "float_conv_to_add": "convolution outputs into an Add in float",
     "float_add": "Add outputs in float",
     "float_residual": "both: the residual stream in float",
+    "no_equalize": "edgekit INT8 without the activation equalization (--no-equalize-activations), fused",
     "range_search": "edgekit INT8 with the loss-aware activation ranges (--range-search), fused",
     "nncf": "NNCF PTQ in OpenVINO (the anchor)",
     "noise_1": "fp32, every pixel moved by uniform noise of +-1/255",
@@ -85,9 +90,32 @@ def _without_qdq(model, tensors: set[str]):
     return m
 
 
+def _balanced(fp32: Path, calib, spec, out: Path) -> Path:
+    """FP32 as edgekit's quantizer saw it before rounding: ORT's pre-processing, then the activation
+    equalization (on by default; it scales weights and biases, so the INT8 model's biases belong with
+    these weights, not with the exported ones). Same calibration samples, same gains."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgekit.compress.equalize_activations import equalize_activations
+    from edgekit.compress.quantize import Int8Config
+    from edgekit.memory import budget
+
+    if out.is_file():
+        return out
+    cfg = Int8Config()
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp, contextlib.chdir(tmp):
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32.absolute()), str(pre))
+        limit = budget(cfg.calib_memory)
+        found = equalize_activations(pre, out, calib, spec.fixed_batch, cfg.calib_batch, limit)
+        if not found["pairs"]:
+            pre.replace(out)
+    return out
+
+
 def _float_weights(model, fp32):
-    """MODEL with each quantized weight's DequantizeLinear replaced by the fp32 weight (biases,
-    whose DequantizeLinear writes the fp32 name, stay)."""
+    """MODEL with each quantized weight's DequantizeLinear replaced by FP32's weight of that name
+    (biases, whose DequantizeLinear writes the fp32 name, stay)."""
     import onnx
     from onnx import helper
 
@@ -133,16 +161,19 @@ def _outputs(model, x: np.ndarray, literal: bool = False) -> np.ndarray:
 def measure(name: str, args, root: Path) -> dict:
     import onnx
 
-    paths = _artifacts(name, root / name, root / "calib", args.calib, ["u8s8", "u8s8-rangesearch"])
+    forms = ["u8s8", "u8s8-rangesearch", "u8s8-noequalize"]
+    paths = _artifacts(name, root / name, root / "calib", args.calib, forms)
     manifest = read_manifest(paths["fp32"])
     spec, pre = manifest.input_spec, recorded_preprocess(manifest)
     x = load_samples(str(root / f"eval{args.eval}"), spec, args.eval, pre, 0, "eval").inputs[spec.names[0]]
     fp32, int8 = (onnx.load(str(paths[k] / "model.onnx")) for k in ("fp32", "u8s8"))
     top1 = _outputs(fp32, x).argmax(1)
     ir = root / name / "nncf.xml"
+    calib = load_samples(str(root / "calib"), spec, args.calib, pre, 0, "calibration")
     if not ir.is_file():
-        calib = load_samples(str(root / "calib"), spec, args.calib, pre, 0, "calibration").inputs
-        _nncf(paths["fp32"] / "model.onnx", calib, ir)
+        _nncf(paths["fp32"] / "model.onnx", calib.inputs, ir)
+    balanced = _balanced(paths["fp32"] / "model.onnx", calib, spec, root / name / "balanced.onnx")
+    balanced = onnx.load(str(balanced))
     # a pixel step in the model's input units: 1/255 over each channel's std (the recorded preprocess)
     step = (1 / 255 / np.asarray(pre.std, np.float32)).reshape(1, -1, 1, 1)
     rng = np.random.default_rng(0)
@@ -154,15 +185,14 @@ def measure(name: str, args, root: Path) -> dict:
     models = {
         "int8": int8,
         "fused": int8,
-        "float_weights": _float_weights(int8, fp32),
+        "float_weights": _float_weights(int8, balanced),
         "float_conv_to_add": _without_qdq(int8, into),
         "float_add": _without_qdq(int8, out),
         "float_residual": _without_qdq(int8, into | out),
     }
     rows = {k: float((_outputs(m, x, k != "fused").argmax(1) == top1).mean()) for k, m in models.items()}
-    rows["range_search"] = float(
-        (_outputs(onnx.load(str(paths["u8s8-rangesearch"] / "model.onnx")), x).argmax(1) == top1).mean()
-    )
+    for key, form in (("range_search", "u8s8-rangesearch"), ("no_equalize", "u8s8-noequalize")):
+        rows[key] = float((_outputs(onnx.load(str(paths[form] / "model.onnx")), x).argmax(1) == top1).mean())
     rows["nncf"] = float((_ov_outputs(ir, x).argmax(1) == top1).mean())
     rows.update({k: float((_outputs(fp32, v).argmax(1) == top1).mean()) for k, v in noisy.items()})
     search = read_manifest(paths["u8s8-rangesearch"]).passes[-1].summary.get("range_search", {})
@@ -195,10 +225,11 @@ def markdown(results: list[dict], args, fp: dict) -> str:
         f"--eval {args.eval}`, "
         f"{time.strftime('%Y-%m-%d')}. CPU: {cpu_line(fp)}",
         "",
-        "edgekit's u8s8 INT8 model (AdaRound and bias correction on; the artifact of "
-        "bench/int8_cpu.py) against variants of itself, run by ONNX Runtime with its graph "
+        "edgekit's u8s8 INT8 model (activation equalization, AdaRound and bias correction on; the "
+        "artifact of bench/int8_cpu.py) against variants of itself, run by ONNX Runtime with its graph "
         "optimizations off (the Q/DQ nodes computed literally, so a variant lacks only what it names) "
-        "unless the row says fused; beside them, on the same crops, the loss-aware activation ranges, "
+        "unless the row says fused; beside them, on the same crops, the model without the activation "
+        "equalization and with the loss-aware activation ranges, "
         "NNCF, and fp32 itself under one pixel level of noise (how fragile the crops' top-1 is). Top-1 "
         f"agreement with fp32 on {results[0]['eval']} held-out photo crops (bench/zoo.py, seed 1); "
         "at 90 % a 95 % interval is about +-"
