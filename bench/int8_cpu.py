@@ -51,7 +51,7 @@ from edgekit.pipeline import CompressRequest, compress
 ROOT = Path(__file__).resolve().parents[1]
 console = Console()
 # a variant NAME-noadaround is the form NAME with AdaRound off (nearest rounding; Int8Config.adaround),
-# NAME-rangesearch the form with the loss-aware activation ranges on (Int8Config.range_search),
+# NAME-norangesearch the form without the loss-aware activation ranges (Int8Config.range_search),
 # NAME-noequalize the form without the activation equalization (Int8Config.equalize_activations)
 FORMS_SHORT = ["u8s8", "u8s8-noadaround", "u8s8-pair", "u8s8-pair-noadaround", "u8s8-w7"]
 FORMS_ALL = [*FORMS_SHORT, "u8s8-w7all", "u8s8-w7first", "u8u8", "s8s8"]
@@ -92,9 +92,9 @@ def _artifacts(name: str, work: Path, calib_dir: Path, calib_n: int, forms: list
         if (out[form] / "edgekit.json").is_file():  # --work keeps artifacts between runs
             continue
         # the form by name; the target recorded is the class it is made for (u8s8: a VNNI CPU)
-        name = form.removesuffix("-noadaround").removesuffix("-rangesearch").removesuffix("-noequalize")
+        name = form.removesuffix("-noadaround").removesuffix("-norangesearch").removesuffix("-noequalize")
         target = "x86-avx2" if name != "u8s8" else "x86-vnni"
-        adaround, ranges = not form.endswith("-noadaround"), form.endswith("-rangesearch")
+        adaround, ranges = not form.endswith("-noadaround"), not form.endswith("-norangesearch")
         cfg = Int8Config(
             form=name,
             target_cpu=target,

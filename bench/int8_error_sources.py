@@ -4,18 +4,18 @@ and how far apart two measurements of it can be.
     make zoo && .venv/bin/python bench/int8_error_sources.py [--models ...] [--eval 2000] [--work DIR]
 
 For each model (bench/zoo.py: published weights, real photo crops; the artifacts of
-bench/int8_cpu.py, which --work shares), edgekit's u8s8 INT8 model (activation equalization,
-AdaRound and bias correction on) is compared with variants of itself, each run by ONNX Runtime
-with its graph optimizations off (the Q/DQ nodes computed literally, so a variant without some of
-them is the same model otherwise):
+bench/int8_cpu.py, which --work shares), edgekit's u8s8 INT8 model (its defaults: activation
+equalization, AdaRound, bias correction and the loss-aware activation ranges) is compared with
+variants of itself, each run by ONNX Runtime with its graph optimizations off (the Q/DQ nodes
+computed literally, so a variant without some of them is the same model otherwise):
 - the fp32 weights in place of the INT8 ones (only the activations quantized; the weights as the
   quantizer saw them, after the activation equalization, whose gains the biases carry);
 - the residual stream in float: the Q/DQ pairs on the convolution outputs that feed an Add, on the
   Add outputs, and on both (ORT's QLinearAdd reads and writes INT8, so an INT8 residual block
   rounds its sum twice; OpenVINO fuses the convolution and the Add and rounds once).
 Beside them, on the same crops: the same model without the activation equalization
-(edgekit.compress.equalize_activations, on by default) and with the loss-aware activation ranges
-(edgekit.compress.range_search, off by default), NNCF PTQ in OpenVINO (the anchor, bench/int8_cpu.py's
+(edgekit.compress.equalize_activations) and without the loss-aware activation ranges
+(edgekit.compress.range_search), NNCF PTQ in OpenVINO (the anchor, bench/int8_cpu.py's
 IR), and fp32 itself with every pixel moved by uniform noise of +-1/255 and +-0.5/255 (what a JPEG
 re-encode or another resize does): how fragile the crops' top-1 is, the scale INT8's agreement is read
 against. Top-1 agreement with fp32 on --eval crops (seed 1, their own folder: bench/int8_cpu.py's 500
@@ -59,7 +59,7 @@ VARIANTS = {
     "float_add": "Add outputs in float",
     "float_residual": "both: the residual stream in float",
     "no_equalize": "edgekit INT8 without the activation equalization (--no-equalize-activations), fused",
-    "range_search": "edgekit INT8 with the loss-aware activation ranges (--range-search), fused",
+    "no_range_search": "edgekit INT8 without the loss-aware activation ranges (--no-range-search), fused",
     "nncf": "NNCF PTQ in OpenVINO (the anchor)",
     "noise_1": "fp32, every pixel moved by uniform noise of +-1/255",
     "noise_half": "fp32, every pixel moved by uniform noise of +-0.5/255",
@@ -176,7 +176,7 @@ def _outputs(model, x: np.ndarray, literal: bool = False) -> np.ndarray:
 def measure(name: str, args, root: Path) -> dict:
     import onnx
 
-    forms = ["u8s8", "u8s8-rangesearch", "u8s8-noequalize"]
+    forms = ["u8s8", "u8s8-norangesearch", "u8s8-noequalize"]
     paths = _artifacts(name, root / name, root / "calib", args.calib, forms)
     manifest = read_manifest(paths["fp32"])
     spec, pre = manifest.input_spec, recorded_preprocess(manifest)
@@ -210,13 +210,13 @@ def measure(name: str, args, root: Path) -> dict:
         "float_residual": _without_qdq(int8, into | out),
     }
     outs = {k: _outputs(m, x, k != "fused") for k, m in models.items()}
-    for key, form in (("range_search", "u8s8-rangesearch"), ("no_equalize", "u8s8-noequalize")):
+    for key, form in (("no_range_search", "u8s8-norangesearch"), ("no_equalize", "u8s8-noequalize")):
         outs[key] = _outputs(onnx.load(str(paths[form] / "model.onnx")), x)
     outs["nncf"] = _ov_outputs(ir, x)
     outs.update({k: _outputs(fp32, v) for k, v in noisy.items()})
     rows = {k: float((o.argmax(1) == top1).mean()) for k, o in outs.items()}
     kl = {k: _kl(ref, o) for k, o in outs.items()}
-    search = read_manifest(paths["u8s8-rangesearch"]).passes[-1].summary.get("range_search", {})
+    search = read_manifest(paths["u8s8"]).passes[-1].summary.get("range_search", {})
     console.print(f"{name}: {rows}")
     residual = [len(into), len(out)]
     return {
@@ -251,11 +251,12 @@ def markdown(results: list[dict], args, fp: dict) -> str:
         f"--eval {args.eval}`, "
         f"{time.strftime('%Y-%m-%d')}. CPU: {cpu_line(fp)}",
         "",
-        "edgekit's u8s8 INT8 model (activation equalization, AdaRound and bias correction on; the "
+        "edgekit's u8s8 INT8 model (its defaults: activation equalization, AdaRound, bias correction and "
+        "the loss-aware activation ranges on; the "
         "artifact of bench/int8_cpu.py) against variants of itself, run by ONNX Runtime with its graph "
         "optimizations off (the Q/DQ nodes computed literally, so a variant lacks only what it names) "
         "unless the row says fused; beside them, on the same crops, the model without the activation "
-        "equalization and with the loss-aware activation ranges, "
+        "equalization and without the loss-aware activation ranges, "
         "NNCF, and fp32 itself under one pixel level of noise (how fragile the crops' top-1 is). Top-1 "
         f"agreement with fp32 on {results[0]['eval']} held-out photo crops (bench/zoo.py, seed 1); "
         "at 90 % a 95 % interval is about +-"

@@ -152,6 +152,8 @@ def precision_passes(kw: dict, target: str) -> dict:
         options = dict(calibration=kw["calibration"], percentile=kw["percentile"])
         options["per_channel"] = not kw["per_tensor"]
         options.update(algorithms)
+        if algorithms.get("range_search"):  # asked for by name: run whatever it costs
+            options["range_search_budget"] = None
         if kw["int8_form"]:
             options["form"] = kw["int8_form"]
         tensorrt_form = kw["symmetric_activations"] or target == "tensorrt"

@@ -135,15 +135,30 @@ def test_a_trial_gets_the_full_models_factors(fp32, calib, tmp_path, monkeypatch
     np.testing.assert_array_equal(_run(tmp_path / "full.onnx", x), _run(tmp_path / "again.onnx", x))
 
 
-def test_flag_turns_it_on(edgekit, fp32, tmp_path):
+def test_on_by_default_and_off_by_flag(edgekit, fp32, tmp_path):
     np.savez(tmp_path / "calib.npz", x=smooth_images(8, seed=4))
     args = ["compress", str(fp32), "--int8", "--no-adaround", "--calib", str(tmp_path / "calib.npz")]
-    for flag, out in ((), "default"), (("--range-search",), "on"):
+    runs = {"default": (), "off": ("--no-range-search",), "named": ("--range-search",)}
+    for out, flag in runs.items():
         r = edgekit(*args, *flag, "-o", str(tmp_path / out))
         assert r.returncode == 0, r.stderr
-    manifests = [json.loads((tmp_path / o / "edgekit.json").read_text()) for o in ("default", "on")]
-    default, on = (m["passes"][-1] for m in manifests)
-    assert default["config"]["range_search"] is False and "range_search" not in default["summary"]
-    assert on["config"]["range_search"] is True and on["summary"]["range_search"]["activations"] >= 1
+    passes = {o: json.loads((tmp_path / o / "edgekit.json").read_text())["passes"][-1] for o in runs}
+    default, off, named = passes["default"], passes["off"], passes["named"]
+    assert default["config"]["range_search"] is True
+    assert default["summary"]["range_search"]["activations"] >= 1
+    assert default["config"]["range_search_budget"] == Int8Config().range_search_budget
+    assert off["config"]["range_search"] is False and "range_search" not in off["summary"]
+    assert named["config"]["range_search_budget"] is None  # asked for by name: no time limit
     r = edgekit("compress", str(fp32), "--range-search", "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "add --int8" in r.stderr
+
+
+def test_a_search_projected_over_its_budget_is_skipped_and_says_so(fp32, calib, searched, tmp_path):
+    """A budget below one evaluation's time: no range is scaled, the model is the one without the
+    search, and the record says what the search would have cost."""
+    cfg = Int8Config(calibration="minmax", target_cpu="x86-vnni", adaround=False, range_search_budget=1e-6)
+    summary = quantize_int8(fp32, tmp_path / "q.onnx", calib, cfg, None)
+    record = summary["range_search"]
+    assert record["applied"] == 0 and "projected" in record["skipped"] and "budget" in record["skipped"]
+    x = smooth_images(8, seed=3)
+    np.testing.assert_array_equal(_run(tmp_path / "q.onnx", x), _run(searched[False][0], x))
