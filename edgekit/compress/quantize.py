@@ -257,10 +257,10 @@ def calibrated(
                 )
             except Exception as e:
                 raise EdgekitError(f"INT8 quantization failed: {first_line(e)}") from None
-            pinned = float_layers.pin(out)  # else ORT gives the fp32 layers per-tensor INT8 weights
+            restored = float_layers.restore(out, src)  # else ORT runs them with INT8 weights
             summary = {**summarize(out), "calibration_memory": memory}
-            if pinned:
-                summary["fp32_layers_pinned"] = len(pinned)
+            if restored:
+                summary["fp32_layer_inputs"] = restored
             if transformer:
                 summary["transformer"] = {"smoothed_activations": smoothed, "smooth_alpha": cfg.smooth_alpha}
             if left:
