@@ -41,10 +41,11 @@ def test_small_budget_calibrates_in_chunks_with_the_same_minmax_scales(tmp_path)
     spec = InputSpec(inputs=[TensorSpec(name="x", shape=["batch", *shapes[0][1:]])])
     src = export(module, spec, tmp_path, ExportConfig(), 1)
     calib = Samples({"x": smooth_images(24, seed=1)}, None)
-    whole = quantize_int8(src, tmp_path / "whole.onnx", calib, Int8Config(calibration="minmax"), None)
+    cfg = Int8Config(calibration="minmax", range_search=False)  # the calibrated ranges, as calibrated
+    whole = quantize_int8(src, tmp_path / "whole.onnx", calib, cfg, None)
     # a few samples' activations: the 24 samples cannot be held at once
     per_sample = whole["calibration_memory"]["bytes_per_sample"]
-    small = Int8Config(calibration="minmax", calib_memory=5 * per_sample)
+    small = cfg.model_copy(update={"calib_memory": 5 * per_sample})
     chunked = quantize_int8(src, tmp_path / "chunked.onnx", calib, small, None)
 
     assert whole["calibration_memory"]["samples_per_run"] == Int8Config().calib_batch
@@ -154,7 +155,8 @@ def test_mse_and_mean_minmax_ranges_sit_inside_the_minmax_ones(tmp_path):
     calib = Samples({"x": smooth_images(24, seed=1)}, None)
     found = {}
     for method in ("minmax", "mse", "mean_minmax"):
-        quantize_int8(src, tmp_path / f"{method}.onnx", calib, Int8Config(calibration=method), None)
+        cfg = Int8Config(calibration=method, range_search=False)  # the calibrated ranges, as calibrated
+        quantize_int8(src, tmp_path / f"{method}.onnx", calib, cfg, None)
         found[method] = {k: v for k, v in scales(tmp_path / f"{method}.onnx").items() if v.ndim == 0}
     assert found["mse"].keys() == found["minmax"].keys() and len(found["minmax"]) > 4
     for method in ("mse", "mean_minmax"):
