@@ -150,7 +150,7 @@ per-trial timings; every number here is slower than on an idle machine of the sa
 | whole search, before (estimated: {trials} trials x (own calibration + evaluation on all)) | {before:.0f} |
 | one trial calibrated for itself (before) | {t["recalibrated_trial"]:.1f} |
 | the one calibration (after) | {t["calibration_once"]:.1f} |
-| the first model from it (AdaRound's levels solved, once) | {t.get("first_trial", float("nan")):.1f} |
+| the first model from it (AdaRound, range search: solved once) | {t.get("first_trial", float("nan")):.1f} |
 | one trial from the reused ranges and levels (after) | {t["reused_trial"]:.1f} |
 | a trial's evaluation on all {a["eval"]} samples | {t["eval_all"]:.1f} |
 | a trial's evaluation on the ranking subset | {t["eval_subset"]:.1f} |
