@@ -57,6 +57,7 @@ def restore(path: Path, source: Path) -> dict[str, int]:
     position = {o: k for k, n in enumerate(graph.node) for o in n.output}
     added: dict[int, list] = {}  # new nodes by the position of the node whose output they read
     counts = {"float_input": 0, "activation_copied": 0, "per_channel_input": 0}
+    copied: dict[str, str] = {}  # a tensor whose folded activation was copied -> the copy's output
     for node in graph.node:
         weight = inits.get(node.input[1]) if node.op_type in WEIGHTED and len(node.input) > 1 else None
         dq = producer.get(node.input[0]) if weight is not None else None
@@ -76,15 +77,16 @@ def restore(path: Path, source: Path) -> dict[str, int]:
             and made is not None
             and all(not i or i in inits or i in src_inits for i in meant.input[1:])
         ):
-            copy = onnx.NodeProto()
-            copy.CopyFrom(meant)
-            copy.name = f"{meant.name or tensor}_for_{node.name}"
-            copy.input[0], copy.output[0] = tensor, f"{tensor}_for_{node.name}"
-            for name in (i for i in copy.input[1:] if i and i not in inits):
-                inits[name] = src_inits[name]
-                graph.initializer.append(src_inits[name])
-            added.setdefault(position[made.output[0]], []).append(copy)
-            node.input[0] = copy.output[0]
+            if tensor not in copied:  # one copy for all the kept layers that read it
+                copy = onnx.NodeProto()
+                copy.CopyFrom(meant)
+                copy.name, copy.input[0], copy.output[0] = f"{meant.name}_fp32", tensor, f"{tensor}_fp32"
+                for name in (i for i in copy.input[1:] if i and i not in inits):
+                    inits[name] = src_inits[name]
+                    graph.initializer.append(src_inits[name])
+                added.setdefault(position[made.output[0]], []).append(copy)
+                copied[tensor] = copy.output[0]
+            node.input[0] = copied[tensor]
             counts["activation_copied"] += 1
         elif (found := _channels(node, weight)) is not None and all(i in inits for i in dq.input[1:3]):
             axis, length = found
