@@ -89,16 +89,13 @@ def restore(path: Path, source: Path) -> dict[str, int]:
             node.input[0] = copied[tensor]
             counts["activation_copied"] += 1
         elif (found := _channels(node, weight)) is not None and all(i in inits for i in dq.input[1:3]):
-            axis, length = found
-            names = []
+            (axis, length), who, names = found, node.name or node.output[0], []
             for suffix, name in zip(("scale", "zero_point"), dq.input[1:3], strict=False):
                 value = numpy_helper.to_array(inits[name])
-                names.append(f"{node.name or node.output[0]}_input_{suffix}_per_channel")
+                names.append(f"{who}_input_{suffix}_per_channel")
                 repeated = np.full(length, value.reshape(()), value.dtype)
                 graph.initializer.append(numpy_helper.from_array(repeated, names[-1]))
-            copy = helper.make_node(
-                "DequantizeLinear", [dq.input[0], *names], [f"{dq.output[0]}_for_{node.name}"]
-            )
+            copy = helper.make_node("DequantizeLinear", [dq.input[0], *names], [f"{dq.output[0]}_for_{who}"])
             copy.attribute.append(helper.make_attribute("axis", axis))
             added.setdefault(position[dq.output[0]], []).append(copy)
             node.input[0] = copy.output[0]

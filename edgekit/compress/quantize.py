@@ -257,9 +257,11 @@ def calibrated(
                 )
             except Exception as e:
                 raise EdgekitError(f"INT8 quantization failed: {first_line(e)}") from None
-            restored = float_layers.restore(out, src)  # else ORT runs them with INT8 weights
             summary = {**summarize(out), "calibration_memory": memory}
-            if restored:
+            # a weighted layer left fp32 (the summary counts them; a full INT8 write has none): else
+            # ORT runs it with INT8 weights. It changes no count: such a layer is fp32 either way
+            weighted = set(summary["fp32_compute_ops"]) & set(float_layers.WEIGHTED)
+            if weighted and (restored := float_layers.restore(out, src)):
                 summary["fp32_layer_inputs"] = restored
             if transformer:
                 summary["transformer"] = {"smoothed_activations": smoothed, "smooth_alpha": cfg.smooth_alpha}
