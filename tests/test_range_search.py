@@ -174,3 +174,34 @@ def test_an_int8_model_already_faithful_is_left_alone(tmp_path):
     cfg = Int8Config(calibration="minmax", adaround=False)
     summary = quantize_int8(src, tmp_path / "q.onnx", calib, cfg, None)
     assert "negligible" in summary["range_search"]["skipped"] and summary["range_search"]["applied"] == 0
+
+
+@pytest.mark.parametrize("block", ["depthwise_se", "resnet_blocks"])
+def test_a_trial_on_its_suffix_gives_the_whole_models_outputs(block, fp32, calib, tmp_path):
+    """Every activation's factor, tried on the part of the model it changes fed with the quantized
+    tensors the rest computed, gives ONNX Runtime's outputs of the whole scaled model (fused
+    kernels both), and the part is a suffix: the last activation's leaves the first layers out."""
+    if block == "resnet_blocks":  # residual Adds: a suffix reads the other branch's tensors too
+        module, shapes = resnet_blocks()
+        spec = InputSpec(inputs=[TensorSpec(name="x", shape=["batch", *shapes[0][1:]])])
+        src = export(module, spec, tmp_path, ExportConfig(), 1)
+        samples = Samples({"x": smooth_images(20, seed=1)}, None)
+    else:
+        src, samples = fp32, calib.take(slice(0, 20))
+    cfg = Int8Config(calibration="minmax", target_cpu="x86-vnni", adaround=False, range_search=False)
+    quantize_int8(src, tmp_path / "q.onnx", samples, cfg, None)
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    acts = range_search.activations(model, onnx.load(str(src)))
+    parts = [range_search.suffix(model, a) for a in acts]
+    assert len(acts) >= 4 and all(parts) and len(parts[-1].nodes) < len(model.graph.node) / 2
+    scaler = range_search._Scaler(model, acts)
+    for act, part in zip(acts, parts, strict=True):
+        cache = range_search._Cache(model, samples, None, 1)
+        cache.fill(part.cut)
+        sub = range_search._suffix_model(model, part, cache.feeds())
+        range_search._Scaler(sub, [act]).set(act, 0.5)
+        scaler.set(act, 0.5)
+        whole = range_search._outputs(model, samples, None, 1)
+        for got, want in zip(cache.run(sub, part), whole, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        scaler.set(act, 1.0)
