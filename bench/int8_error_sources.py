@@ -2,10 +2,12 @@
 and how far apart two measurements of it can be.
 
     make zoo && .venv/bin/python bench/int8_error_sources.py [--models ...] [--eval 2000] [--work DIR]
+        [--form u8s8|u8s8-pair]
 
 For each model (bench/zoo.py: published weights, real photo crops; the artifacts of
-bench/int8_cpu.py, which --work shares), edgekit's u8s8 INT8 model (its defaults: activation
-equalization, AdaRound, bias correction and the loss-aware activation ranges) is compared with
+bench/int8_cpu.py, which --work shares), edgekit's INT8 model in the form `--int8` makes for this
+CPU (u8s8 where INT8 cannot saturate, u8s8-pair on AVX2; its defaults: activation equalization,
+AdaRound, bias correction and the loss-aware activation ranges) is compared with
 variants of itself, each run by ONNX Runtime with its graph optimizations off (the Q/DQ nodes
 computed literally, so a variant without some of them is the same model otherwise):
 - the fp32 weights in place of the INT8 ones (only the activations quantized; the weights as the
@@ -18,10 +20,11 @@ Beside them, on the same crops: the same model without the activation equalizati
 (edgekit.compress.range_search), NNCF PTQ in OpenVINO (the anchor, bench/int8_cpu.py's
 IR), and fp32 itself with every pixel moved by uniform noise of +-1/255 and +-0.5/255 (what a JPEG
 re-encode or another resize does): how fragile the crops' top-1 is, the scale INT8's agreement is read
-against. Top-1 agreement with fp32 on --eval crops (seed 1, their own folder: bench/int8_cpu.py's 500
+against. Beside them, the fused model's latency over ORT fp32's (batch 1, interleaved rounds).
+Top-1 agreement with fp32 on --eval crops (seed 1, their own folder: bench/int8_cpu.py's 500
 crops are one draw, and another draw of 500 moved Lite1's agreement by 4 points), and the mean KL
 divergence of the class probabilities from fp32's, which ranks variants more steadily. Writes
-docs/BENCHMARKS.md (its section) and bench/results/int8_error_sources.json.
+docs/BENCHMARKS.md (a section per CPU class) and bench/results/int8_error_sources-CLASS.json.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zoo
 from _markdown import cpu_line, write_section
-from int8_cpu import _artifacts, _nncf, _ov_outputs
+from int8_cpu import _artifacts, _nncf, _ort_latency, _ov_outputs
 from rich.console import Console
 from rich.table import Table
 
@@ -48,11 +51,12 @@ from edgekit.artifact import read_manifest
 from edgekit.benchmarks.fingerprint import host
 from edgekit.data import load_samples, recorded_preprocess, split_holdout
 from edgekit.pipeline import HOLDOUT
+from edgekit.target_cpu import auto_form, here
 
 ROOT = Path(__file__).resolve().parents[1]
 console = Console()
 VARIANTS = {
-    "int8": "edgekit INT8 (u8s8), Q/DQ computed literally",
+    "int8": "edgekit INT8 (FORM), Q/DQ computed literally",
     "fused": "the same in ORT's fused INT8 kernels (as deployed)",
     "float_weights": "fp32 weights (equalized), activations quantized",
     "float_conv_to_add": "convolution outputs into an Add in float",
@@ -176,12 +180,13 @@ def _outputs(model, x: np.ndarray, literal: bool = False) -> np.ndarray:
 def measure(name: str, args, root: Path) -> dict:
     import onnx
 
-    forms = ["u8s8", "u8s8-norangesearch", "u8s8-noequalize"]
+    form = args.form
+    forms = [form, f"{form}-norangesearch", f"{form}-noequalize"]
     paths = _artifacts(name, root / name, root / "calib", args.calib, forms)
     manifest = read_manifest(paths["fp32"])
     spec, pre = manifest.input_spec, recorded_preprocess(manifest)
     x = load_samples(str(root / f"eval{args.eval}"), spec, args.eval, pre, 0, "eval").inputs[spec.names[0]]
-    fp32, int8 = (onnx.load(str(paths[k] / "model.onnx")) for k in ("fp32", "u8s8"))
+    fp32, int8 = (onnx.load(str(paths[k] / "model.onnx")) for k in ("fp32", form))
     ref = _outputs(fp32, x)
     top1 = ref.argmax(1)
     ir = root / name / "nncf.xml"
@@ -210,19 +215,22 @@ def measure(name: str, args, root: Path) -> dict:
         "float_residual": _without_qdq(int8, into | out),
     }
     outs = {k: _outputs(m, x, k != "fused") for k, m in models.items()}
-    for key, form in (("no_range_search", "u8s8-norangesearch"), ("no_equalize", "u8s8-noequalize")):
-        outs[key] = _outputs(onnx.load(str(paths[form] / "model.onnx")), x)
+    for key, suffix in (("no_range_search", "-norangesearch"), ("no_equalize", "-noequalize")):
+        outs[key] = _outputs(onnx.load(str(paths[form + suffix] / "model.onnx")), x)
     outs["nncf"] = _ov_outputs(ir, x)
     outs.update({k: _outputs(fp32, v) for k, v in noisy.items()})
     rows = {k: float((o.argmax(1) == top1).mean()) for k, o in outs.items()}
     kl = {k: _kl(ref, o) for k, o in outs.items()}
-    search = read_manifest(paths["u8s8"]).passes[-1].summary.get("range_search", {})
-    console.print(f"{name}: {rows}")
+    search = read_manifest(paths[form]).passes[-1].summary.get("range_search", {})
+    ms = _ort_latency({k: paths[k] / "model.onnx" for k in ("fp32", form)}, x, args.rounds, 2)
+    console.print(f"{name}: {rows}, ms {ms}")
     residual = [len(into), len(out)]
     return {
         "model": name,
+        "form": form,
         "eval": len(x),
         "calib": args.calib,
+        "ort_ms": {"fp32": ms["fp32"], "int8": ms[form]},
         "residual_tensors": residual,
         "range_search_record": search,
         "kl": kl,
@@ -232,7 +240,7 @@ def measure(name: str, args, root: Path) -> dict:
 
 def _measured(name: str, args, root: Path) -> dict:
     """measure's result, kept in the work directory: a rerun with --work measures only what is new."""
-    kept = root / name / f"error_sources-{args.calib}-{args.eval}.json"
+    kept = root / name / f"error_sources-{args.form}-{args.calib}-{args.eval}.json"
     if not kept.is_file():
         kept.write_text(json.dumps(measure(name, args, root)))
     return json.loads(kept.read_text())
@@ -242,16 +250,23 @@ def _cell(result: dict, key: str) -> str:
     return f"{100 * result[key]:.1f} % / {result['kl'][key]:.4f}"
 
 
+def _latency(result: dict) -> str:
+    ms = result["ort_ms"]
+    return f"{ms['int8'] / ms['fp32']:.2f}x ({ms['int8']:.2f} / {ms['fp32']:.2f} ms)"
+
+
 def markdown(results: list[dict], args, fp: dict) -> str:
+    cls, form = fp.get("cpu_class", "unknown"), results[0]["form"]
     lines = [
-        "<!-- int8_error_sources:start -->",
-        "## Where the INT8 error is: weights or activations, and the residual stream (issue 14)",
+        f"<!-- int8_error_sources-{cls}:start -->",
+        f"## Where the INT8 error is on a {cls} CPU: weights or activations, the residual stream (issue 14)",
         "",
         f"`make zoo && .venv/bin/python bench/int8_error_sources.py --calib {args.calib} "
-        f"--eval {args.eval}`, "
+        f"--eval {args.eval} --form {form}`, "
         f"{time.strftime('%Y-%m-%d')}. CPU: {cpu_line(fp)}",
         "",
-        "edgekit's u8s8 INT8 model (its defaults: activation equalization, AdaRound, bias correction and "
+        f"edgekit's INT8 model in the form `--int8` makes for this CPU ({form}; its defaults: activation "
+        "equalization, AdaRound, bias correction and "
         "the loss-aware activation ranges on; the "
         "artifact of bench/int8_cpu.py) against variants of itself, run by ONNX Runtime with its graph "
         "optimizations off (the Q/DQ nodes computed literally, so a variant lacks only what it names) "
@@ -269,8 +284,11 @@ def markdown(results: list[dict], args, fp: dict) -> str:
         "|---" + "|---:" * len(results) + "|",
     ]
     for k, label in VARIANTS.items():
-        lines.append(f"| {label} | " + " | ".join(_cell(r, k) for r in results) + " |")
+        lines.append(f"| {label.replace('FORM', form)} | " + " | ".join(_cell(r, k) for r in results) + " |")
     lines += [
+        "",
+        "Latency, the fused INT8 model over ORT fp32 (batch 1, 2 threads, interleaved rounds, median of "
+        "round medians): " + ", ".join(f"{r['model']} {_latency(r)}" for r in results) + ".",
         "",
         "Residual tensors (convolution outputs into an Add / Add outputs): "
         + ", ".join(f"{r['model']} {r['residual_tensors'][0]} / {r['residual_tensors'][1]}" for r in results)
@@ -280,7 +298,7 @@ def markdown(results: list[dict], args, fp: dict) -> str:
         "held-out calibration samples, seconds): "
         + "; ".join(f"{r['model']} {r['range_search_record']}" for r in results)
         + ".",
-        "<!-- int8_error_sources:end -->",
+        f"<!-- int8_error_sources-{cls}:end -->",
     ]
     return "\n".join(lines)
 
@@ -290,10 +308,13 @@ def main() -> None:
     p.add_argument("--models", default="efficientnet_lite1,mobilenet_v2,efficientnet_lite2")
     p.add_argument("--calib", type=int, default=200)
     p.add_argument("--eval", type=int, default=2000)
+    p.add_argument("--form", help="the INT8 form measured (default: the one --int8 makes for this CPU)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
     p.add_argument(
         "--work", type=Path, help="keep the artifacts and each model's rows here (int8_cpu.py's --work too)"
     )
     args = p.parse_args()
+    args.form = args.form or auto_form(here())
     fp = host()
     with tempfile.TemporaryDirectory(prefix="edgekit-int8err-") as tmp:
         root = args.work or Path(tmp)
@@ -303,16 +324,17 @@ def main() -> None:
         if not (root / f"eval{args.eval}").is_dir():
             zoo.write_image_folder(root / f"eval{args.eval}", args.eval, seed=1)
         results = [_measured(name, args, root) for name in args.models.split(",")]
-    t = Table(title="top-1 agreement with fp32 / mean KL divergence")
+    t = Table(title=f"top-1 agreement with fp32 / mean KL divergence ({fp.get('cpu_class')}, {args.form})")
     t.add_column("variant")
     for r in results:
         t.add_column(r["model"], justify="right")
     for k, label in VARIANTS.items():
-        t.add_row(label, *(_cell(r, k) for r in results))
+        t.add_row(label.replace("FORM", args.form), *(_cell(r, k) for r in results))
+    t.add_row("latency x ORT fp32", *(_latency(r) for r in results))
     console.print(t)
-    out = ROOT / "bench" / "results" / "int8_error_sources.json"
+    out = ROOT / "bench" / "results" / f"int8_error_sources-{fp.get('cpu_class')}.json"
     out.write_text(json.dumps({"host": fp, "results": results}, indent=2) + "\n")
-    write_section("int8_error_sources", markdown(results, args, fp))
+    write_section(f"int8_error_sources-{fp.get('cpu_class')}", markdown(results, args, fp))
     console.print(f"wrote {out} and docs/BENCHMARKS.md")
 
 
