@@ -271,3 +271,27 @@ def test_where_many_layers_are_quantized_the_probe_picks_which_get_trials(
     )
     assert summary["layers_searched"] == 2 < summary["layers_quantized"]
     assert chosen.kept == (h["mid"],) and summary["budget_met"]
+
+
+@pytest.mark.parametrize("needed", [2, 5, 16, None])
+def test_the_prefix_search_bisects_and_stops_where_the_longest_misses(needed):
+    """Drops falling as layers are restored, the budget met from NEEDED layers on (None: never):
+    the shortest such prefix is found in about log2(16) trials, and a miss costs one trial."""
+    from edgekit.compress import mixed
+    from edgekit.compress.sensitivity import Trial
+
+    calls = []
+
+    def trial(k: int) -> Trial:
+        calls.append(k)
+        drop = 1.0 if needed is not None and k >= needed else 3.0 + 1 / k
+        quality = {"drop_points": drop, "fidelity": {"output_0": {"sqnr_db": 20.0}}}
+        return Trial(tuple(f"layer{i}" for i in range(k)), None, quality)
+
+    tried = mixed._prefixes(trial, 16, budget=2.0)
+    assert calls[0] == 16 and len(calls) == len(set(calls))
+    if needed is None:
+        assert calls == [16]
+    else:
+        met = [len(t.kept) for t in tried if t.drop <= 2.0]
+        assert min(met) == needed and len(calls) <= 5
