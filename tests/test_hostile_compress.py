@@ -30,6 +30,7 @@ def test_force_refuses_to_delete_calibration_data_inside_the_output(edgekit, tin
     assert "calib.npz" in msg and "would overwrite the input" in msg
 
 
+@pytest.mark.slow  # two compress runs: 25 s
 def test_force_through_a_symlink_replaces_the_artifact_it_points_at(edgekit, tiny, work):
     """-o a symlink to an artifact, with --force: the link stays and points at the new artifact,
     and no `.NAME.old-PID` is left beside either."""

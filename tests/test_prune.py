@@ -85,6 +85,7 @@ def test_unrecovered_accuracy_is_stated_against_the_unpruned_model(pruned, digit
     assert q["drop_points"] == pytest.approx(100 * (q["parent_top1"] - q["top1"]))
 
 
+@pytest.mark.slow  # training
 def test_finetune_with_distillation_recovers_within_budget(pruned, digits, tmp_path):
     """The budget is the work, not the wall clock (which only measures the CPU): one epoch over
     the given data, 90 % trained on and 10 % held out, and no more."""

@@ -237,7 +237,8 @@ def test_config_rejects_invalid_values(bad):
         Int8Config(**bad)
 
 
-@pytest.mark.parametrize("method", ["entropy", "percentile"])
+# entropy takes 29 s; test_entropy_calibration_differs_from_minmax runs it in the default suite
+@pytest.mark.parametrize("method", [pytest.param("entropy", marks=pytest.mark.slow), "percentile"])
 def test_histogram_calibration_takes_a_sample_count_that_is_not_a_batch_multiple(
     fp32_models, method, tmp_path
 ):

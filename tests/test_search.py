@@ -231,6 +231,7 @@ def _build_pids() -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines()[1:] if line.split()[1:2] == ["ray::_build"]]
 
 
+@pytest.mark.slow  # a whole search or trial run on the cluster: 30-90 s (make test-slow)
 def test_a_killed_worker_is_retried_and_the_search_completes(project, cluster, edgekit):
     cfg = _config(project, "kill.yaml", share=1000)
     proc = subprocess.Popen(
@@ -248,6 +249,7 @@ def test_a_killed_worker_is_retried_and_the_search_completes(project, cluster, e
     assert len(records) == 5 and all(r["status"] == "ok" for r in records)
 
 
+@pytest.mark.slow  # a whole search or trial run on the cluster: 30-90 s (make test-slow)
 def test_ctrl_c_keeps_finished_candidates_and_a_rerun_resumes(project, edgekit):
     cfg = _config(project, "resume.yaml", share=1000)  # 9 candidates: bias correction on and off too
     more = "    int8.per_channel: [true, false]\n    int8.bias_correction: [true, false]\n"
@@ -296,6 +298,7 @@ def test_a_dead_cluster_address_is_one_sentence(project, edgekit):
     assert not (project / "dead").exists()
 
 
+@pytest.mark.slow  # a whole search or trial run on the cluster: 30-90 s (make test-slow)
 def test_sensitivity_on_the_cluster_equals_the_in_process_table(project, cluster, edgekit):
     args = ("sensitivity", project / "classifier.onnx", "--calib", project / "calib.npz", "--calib-size", 32)
     args += ("--eval", project / "eval.npz")
@@ -309,6 +312,7 @@ def test_sensitivity_on_the_cluster_equals_the_in_process_table(project, cluster
     assert a["full_int8"] == b["full_int8"]
 
 
+@pytest.mark.slow  # a whole search or trial run on the cluster: 30-90 s (make test-slow)
 def test_max_accuracy_drop_on_the_cluster_scores_every_trial_alike(project, cluster, edgekit, tmp_path):
     """Full INT8 loses accuracy here, so the budget 0 needs the per-layer trials."""
     args = ("compress", project / "classifier.onnx", "--int8", "--calib", project / "calib.npz")
@@ -326,6 +330,7 @@ def test_max_accuracy_drop_on_the_cluster_scores_every_trial_alike(project, clus
     assert scored[0] == scored[1]
 
 
+@pytest.mark.slow  # a whole search or trial run on the cluster: 30-90 s (make test-slow)
 def test_optuna_proposes_its_samples_and_a_rerun_continues_the_study(project, edgekit):
     cfg = project / "optuna.yaml"
     text = CONFIG.format(share=1000).replace(

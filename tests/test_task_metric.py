@@ -36,6 +36,7 @@ def metric_dir(work):
     return work
 
 
+@pytest.mark.slow  # two compress runs with evaluation: 30 s
 def test_compress_records_the_task_metric_on_parent_and_child(edgekit, digits, metric_dir):
     out = metric_dir / "art"
     data = ("--calib", digits.calib, "--eval", digits.test)
