@@ -62,8 +62,8 @@ def whole_run(root: Path, args) -> dict:
     if proc.returncode not in (0, 1):  # 1: the budget was not met, the best model still written
         raise SystemExit(proc.stderr)
     s = read_manifest(out).passes[-1].summary
-    # the ranking's prefixes tried (2 layers and up): the longest configuration the search scored
-    prefixes = max((len(c["kept_fp32"]) for c in s.get("tried", [])), default=1) - 1
+    # the ranking's prefixes scored (2 layers and up; edgekit.compress.mixed._prefixes)
+    prefixes = sum(1 for c in s.get("tried", []) if len(c["kept_fp32"]) > 1)
     return {
         "seconds": seconds,
         "load_before": load,

@@ -129,6 +129,7 @@ def test_impossible_budget_writes_the_best_and_exits_1(edgekit, hostile):
     summary = m.passes[-1].summary
     assert not summary["budget_met"]
     assert all(t["drop_points"] > 0 for t in summary["tried"])  # why: nothing it tried met the budget
+    assert summary["drop_points"] <= summary["full_int8_drop_points"]  # never worse than plain INT8
     assert m.verification["int8"]["drop_points"] > 0
 
 

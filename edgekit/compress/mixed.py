@@ -115,7 +115,8 @@ def _search(
     if limit > 1 and not any(t.drop <= budget for t in tried):
         tried += _prefixes(lambda k: sens.quantize(write, work, tuple(ranked[:k]), evaluate), limit, budget)
     feasible = [t for t in tried if t.drop <= budget]
-    best_effort = min(tried, key=lambda t: (t.drop, len(t.kept)))
+    # full INT8 among them: a configuration that drops more than it is never the best effort
+    best_effort = min([full, *tried], key=lambda t: (t.drop, len(t.kept)))
     candidates = feasible or [best_effort]
     feed, _ = next(batching.batches(evals.inputs, fixed, 1))  # one sample, or one fixed batch
     timed = {"fp32": fp32, "int8": full.path, **{",".join(t.kept): t.path for t in candidates}}
