@@ -142,3 +142,36 @@ def test_flag_turns_it_off(edgekit, fp32, tmp_path):
     assert r.returncode == 0, r.stderr
     int8 = json.loads((out / "edgekit.json").read_text())["passes"][-1]
     assert int8["config"]["adaround"] is False and "adaround" not in int8["summary"]
+
+
+@pytest.mark.parametrize(
+    "channels, groups, kernel, stride, pads, dilation, size",
+    [
+        (6, 1, (3, 3), (2, 2), (0, 0, 1, 1), (1, 1), (10, 12)),  # dense, asymmetric padding
+        (8, 8, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), (7, 7)),  # depthwise: patches overlap
+        (8, 2, (3, 2), (1, 2), (1, 0, 2, 1), (2, 1), (10, 9)),  # grouped, dilated
+        (16, 1, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), (12, 12)),  # 1x1
+    ],
+)
+def test_the_gram_is_what_the_conv_computes(channels, groups, kernel, stride, pads, dilation, size):
+    """Per output channel, w^T (X^T X) w is the sum of the squared conv outputs: the Gram's rows
+    are the patches the conv reads (padding zeros included), in its weight's order."""
+    import torch
+
+    from edgekit.compress.adaround import Gram
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, channels, *size)).astype(np.float32)
+    k = channels // groups * kernel[0] * kernel[1]
+    gram = Gram(None, groups, k, 10**6, (kernel, stride, pads, dilation))  # every output position
+    gram.add(x[:2])
+    gram.add(x[2:])
+    w = rng.standard_normal((2 * groups, channels // groups, *kernel)).astype(np.float32)
+    t, left, b, r = pads
+    xp = torch.nn.functional.pad(torch.from_numpy(x), (left, r, t, b))
+    y = torch.nn.functional.conv2d(xp, torch.from_numpy(w), stride=stride, dilation=dilation, groups=groups)
+    want = (y.double() ** 2).sum((0, 2, 3)).numpy()
+    rows = w.reshape(groups, 2, k).astype(np.float64)  # (groups, out per group, K)
+    got = np.einsum("gok,gkl,gol->go", rows, gram.total.numpy(), rows).reshape(-1)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    assert gram.rows == 3 * y.shape[2] * y.shape[3]

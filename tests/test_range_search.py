@@ -192,7 +192,7 @@ def test_a_trial_on_its_suffix_gives_the_whole_models_outputs(block, fp32, calib
     quantize_int8(src, tmp_path / "q.onnx", samples, cfg, None)
     model = onnx.load(str(tmp_path / "q.onnx"))
     acts = range_search.activations(model, onnx.load(str(src)))
-    parts = [range_search.suffix(model, a) for a in acts]
+    parts = range_search.suffixes(model, acts)
     assert len(acts) >= 4 and all(parts) and len(parts[-1].nodes) < len(model.graph.node) / 2
     scaler = range_search._Scaler(model, acts)
     for act, part in zip(acts, parts, strict=True):

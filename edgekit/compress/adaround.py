@@ -62,28 +62,40 @@ class Gram:
     def add(self, x: np.ndarray) -> None:
         import torch
 
-        rows = self._patches(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        p = rows.permute(1, 2, 0)  # (groups, K, rows)
-        part = torch.bmm(p, p.transpose(1, 2)).double()
+        cols = self._columns(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        part = torch.bmm(cols, cols.transpose(1, 2)).double()
         self.total = part if self.total is None else self.total + part
-        self.rows += rows.shape[0]
+        self.rows += cols.shape[2]
 
-    def _patches(self, x):
-        """X's rows for this layer as (rows, groups, K)."""
+    def _columns(self, x):
+        """X's rows for this layer as columns (groups, K, rows), each row the patch a sampled
+        output position of a Conv reads, in the weight's (channel, ky, kx) order: gathered from X
+        itself (a tap in the padding reads any value, then zeroed), without a padded copy."""
         import torch
 
         if self.conv is None:
-            return x.reshape(-1, 1, self.k)
+            return x.reshape(-1, self.k).T[None]
         (kh, kw), (sh, sw), (t, left, b, r), (dh, dw) = self.conv
-        xp = torch.nn.functional.pad(x, (left, r, t, b))
-        ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
-        wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+        samples, channels, h, w = x.shape
+        ho, wo = (h + t + b - dh * (kh - 1) - 1) // sh + 1, (w + left + r - dw * (kw - 1) - 1) // sw + 1
         n = min(ho * wo, self.per_sample)
         pos = torch.from_numpy(np.sort(self.rng.choice(ho * wo, n, replace=False)))
-        iy = (pos // wo)[:, None] * sh + torch.arange(kh) * dh  # (n, kh)
-        ix = (pos % wo)[:, None] * sw + torch.arange(kw) * dw
-        patches = xp[:, :, iy[:, :, None], ix[:, None, :]]  # (samples, C, n, kh, kw)
-        return patches.permute(0, 2, 1, 3, 4).reshape(-1, self.groups, self.k)
+        iy = ((pos // wo) * sh - t)[None, :] + (torch.arange(kh) * dh)[:, None]  # (kh, n)
+        ix = ((pos % wo) * sw - left)[None, :] + (torch.arange(kw) * dw)[:, None]  # (kw, n)
+        inside = ((iy >= 0) & (iy < h))[:, None] & ((ix >= 0) & (ix < w))[None]  # (kh, kw, n)
+        at = (iy.clamp(0, h - 1)[:, None] * w + ix.clamp(0, w - 1)[None]).reshape(-1)  # (taps * n,)
+        if x.numel() < at.numel() * samples * channels:  # patches overlap: transpose the input
+            flat = x.transpose(0, 1).reshape(channels, -1)  # (C, samples * H * W)
+            index = (at.reshape(-1, 1, n) + torch.arange(samples)[:, None] * h * w).reshape(-1)
+            cols = flat.index_select(1, index).reshape(channels, kh * kw, samples, n)
+            if t or left or b or r:
+                cols.mul_(inside.reshape(1, -1, 1, n))
+            return cols.reshape(self.groups, self.k, -1)
+        cols = torch.gather(x.reshape(samples * channels, -1), 1, at.expand(samples * channels, -1))
+        cols = cols.reshape(samples, channels * kh * kw, n)
+        if t or left or b or r:
+            cols.mul_(inside.reshape(1, -1, n).repeat(1, channels, 1))
+        return cols.permute(1, 0, 2).reshape(self.groups, self.k, -1)
 
 
 @dataclass

@@ -152,40 +152,44 @@ class Suffix:
     outputs: list[str]
 
 
-def suffix(model, act: Activation) -> Suffix | None:
-    """The nodes that read ACT's initializers and all downstream of them, grown upstream until
-    every tensor they read from outside is quantized (a QuantizeLinear's output) or a graph
-    input, so the layer writing the tensor stays fused with its QuantizeLinear as in the whole
-    model; None where it computes no graph output, or for a graph with subgraphs (their
-    outer-scope reads are not node inputs)."""
+def suffixes(model, acts: list[Activation]) -> list[Suffix | None]:
+    """Per activation of ACTS, the nodes of MODEL that read its initializers and all downstream of
+    them, grown upstream until every tensor they read from outside is quantized (a
+    QuantizeLinear's output) or a graph input, so the layer writing the tensor stays fused with its
+    QuantizeLinear as in the whole model; None where it computes no graph output, and for every
+    activation of a graph with subgraphs (their outer-scope reads are not node inputs)."""
     nodes = list(model.graph.node)
     if any(a.type in (5, 10) for n in nodes for a in n.attribute):  # GRAPH, GRAPHS
-        return None
+        return [None] * len(acts)
     inits = {i.name for i in model.graph.initializer}
-    touched = {act.scale} | {x for b in act.biases for x in b}
     producer = {o: i for i, n in enumerate(nodes) for o in n.output}
     readers: dict[str, list[int]] = {}
     for i, n in enumerate(nodes):
         for t in n.input:
             readers.setdefault(t, []).append(i)
-    region = {i for i, n in enumerate(nodes) if touched & set(n.input)}
-    todo = list(region)
-    while todo:
-        i = todo.pop()
-        for t in nodes[i].output:
-            for j in readers.get(t, []):
-                if j not in region:
+
+    def one(act: Activation) -> Suffix | None:
+        touched = {act.scale} | {x for b in act.biases for x in b}
+        region = {j for t in touched for j in readers.get(t, [])}
+        todo = list(region)
+        while todo:
+            i = todo.pop()
+            for t in nodes[i].output:
+                for j in readers.get(t, []):
+                    if j not in region:
+                        region.add(j)
+                        todo.append(j)
+            for t in nodes[i].input:
+                j = producer.get(t)
+                if j is not None and j not in region and nodes[j].op_type != "QuantizeLinear":
                     region.add(j)
                     todo.append(j)
-        for t in nodes[i].input:
-            j = producer.get(t)
-            if j is not None and j not in region and nodes[j].op_type != "QuantizeLinear":
-                region.add(j)
-                todo.append(j)
-    made = {o for i in region for o in nodes[i].output}
-    cut = sorted({t for i in region for t in nodes[i].input if t and t not in inits and t not in made})
-    outputs = [o.name for o in model.graph.output if o.name in made]
-    return Suffix(sorted(region), cut, outputs) if outputs else None
+        made = {o for i in region for o in nodes[i].output}
+        cut = sorted({t for i in region for t in nodes[i].input if t and t not in inits and t not in made})
+        outputs = [o.name for o in model.graph.output if o.name in made]
+        return Suffix(sorted(region), cut, outputs) if outputs else None
+
+    return [one(act) for act in acts]
 
 
 def _suffix_model(model, part: Suffix, batches: list[dict[str, np.ndarray]]):
@@ -248,12 +252,16 @@ class _Cache:
         extra = [t for t in tensors if t not in inputs and t not in names]
         m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in extra)
         session = _session(m, self.threads)
-        self.batches, chunks = [], []
-        for feeds, real in batching.batches(self.samples.inputs, self.fixed, 16):
+        kept, reals = [], []
+
+        def run(feeds):
             out = dict(zip(names + extra, session.run(None, feeds), strict=True))
-            self.batches.append(({t: feeds[t] if t in inputs else out[t] for t in tensors}, real))
-            chunks.append([out[n][:real] for n in names])
-        self.outputs = {n: np.concatenate([c[k] for c in chunks]) for k, n in enumerate(names)}
+            kept.append({t: feeds[t] if t in inputs else out[t] for t in tensors})
+            return [out[n] for n in names]
+
+        joined = batching.outputs(run, self.samples.inputs, self.fixed, 16, reals.append)
+        self.batches = list(zip(kept, reals, strict=True))
+        self.outputs = dict(zip(names, joined, strict=True))
         per_tensor = sum(v.nbytes for f, _ in self.batches for v in f.values()) / max(len(tensors), 1)
         self.window = max(1, int(CACHE_BYTES / max(per_tensor * 2, 1)))  # a suffix reads ~2 tensors
 
@@ -351,7 +359,7 @@ def search(
         scaler.set(act, f)
         return error(which)
 
-    parts = [suffix(model, act) for act in acts]
+    parts = suffixes(model, acts)
     timed = time.perf_counter()
     before = [error(0)] if sets else []
     # trials run on sets[0], each on its suffix (its share of the nodes), plus the whole-model runs

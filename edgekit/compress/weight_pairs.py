@@ -48,17 +48,18 @@ def layout(op: str, attrs: dict, shape: list[int]) -> tuple[int, int] | None:
 
 
 def cap(q: np.ndarray) -> np.ndarray:
-    """Q (integers, pairs along the last axis) with every same-sign pair's magnitudes summing to at
-    most LIMIT: an over-full pair is set to the split of LIMIT nearest to its values."""
-    a, b = q[..., 0::2].astype(np.int64), q[..., 1::2].astype(np.int64)
+    """Q (integers, or integer-valued floats, pairs along the last axis) with every same-sign pair's
+    magnitudes summing to at most LIMIT: an over-full pair is set to the split of LIMIT nearest to
+    its values. Floats are capped as they are (exact at these magnitudes, no int64 copy)."""
+    work = q if q.dtype.kind == "f" else q.astype(np.int64)
+    a, b = work[..., 0::2], work[..., 1::2]
     over = (np.sign(a) == np.sign(b)) & (np.abs(a) + np.abs(b) > LIMIT)
     if not over.any():
         return q
     # the nearest split: |a'| + |b'| = LIMIT, each magnitude only lowered (|a| + |b| > LIMIT)
-    new_a = np.clip(np.round((LIMIT + np.abs(a) - np.abs(b)) / 2), LIMIT - np.abs(b), np.abs(a)).astype(
-        np.int64
-    )
-    out = q.astype(np.int64).copy()
+    split = np.clip(np.round((LIMIT + np.abs(a) - np.abs(b)) / 2), LIMIT - np.abs(b), np.abs(a))
+    new_a = split.astype(work.dtype)
+    out = work.copy()
     out[..., 0::2] = np.where(over, np.sign(a) * new_a, a)
     out[..., 1::2] = np.where(over, np.sign(b) * (LIMIT - new_a), b)
     return out
@@ -74,7 +75,7 @@ def scales(w: np.ndarray, layer: PairLayer) -> np.ndarray:
     for n in range(64, 128):
         s = (peak / n)[:, None, None]
         q = cap(np.clip(np.round(rows / s), -n, n))
-        err = ((q * s - rows) ** 2).reshape(len(rows), -1).sum(1)
+        err = ((q.astype(np.float64) * s - rows) ** 2).reshape(len(rows), -1).sum(1)
         better = err < best_err
         best_err, best = np.where(better, err, best_err), np.where(better, peak / n, best)
     return best.astype(w.dtype)
