@@ -175,3 +175,42 @@ def test_the_gram_is_what_the_conv_computes(channels, groups, kernel, stride, pa
     got = np.einsum("gok,gkl,gol->go", rows, gram.total.numpy(), rows).reshape(-1)
     np.testing.assert_allclose(got, want, rtol=1e-4)
     assert gram.rows == 3 * y.shape[2] * y.shape[3]
+
+
+@pytest.mark.parametrize("beta", [None, 20.0, 2.0])
+def test_the_written_out_gradient_is_autograds(beta):
+    """AdaRound's step follows the gradient of its loss (the layers' output errors plus, after the
+    warm-up, the rounding regularizer), computed by hand: the same as autograd's of the loss."""
+    import torch
+
+    from edgekit.compress import adaround
+
+    rng = np.random.default_rng(0)
+    problems = []
+    layers = (("dense", 1, 12, 40, 5), ("depthwise", 4, 9, 30, 1), ("low-rank", 1, 16, 3, 4))
+    for name, groups, k, rows, out in layers:
+        gram = adaround.Gram(
+            None, groups, k, rows, ((1, 1), (1, 1), (0, 0, 0, 0), (1, 1))
+        )  # (groups, out, K)
+        x = rng.standard_normal((groups, rows, k))
+        gram.total, gram.rows = torch.from_numpy(np.einsum("grk,grl->gkl", x, x)), rows
+        w = rng.standard_normal((groups * out, k)) * 0.1
+        scale = np.abs(w).max(1, keepdims=True) / 7
+        q = np.clip(np.round(w / scale), -7, 7)
+        problems.append(adaround._problem(name, gram, w, q, scale, np.zeros_like(scale), np.iinfo(np.int8)))
+    assert [p.factored for p in problems] == [False, False, True]
+    names = ("v", "rest", "s", "hmin", "hmax")
+    v, rest, s, hmin, hmax = (torch.cat([getattr(p, n).reshape(-1) for p in problems]) for n in names)
+    v = v + torch.from_numpy(rng.standard_normal(v.shape).astype(np.float32))  # away from the start
+    got = adaround._gradient(v, rest, s, hmin, hmax, problems, beta)
+
+    traced = v.clone().requires_grad_()
+    h = adaround._h(traced, hmin, hmax)
+    loss = 0
+    for d, p in zip(torch.split(rest - s * h, [p.v.numel() for p in problems]), problems, strict=True):
+        m = p.m @ p.m.transpose(-1, -2) if p.factored else p.m
+        loss = loss + (d.view(p.rest.shape) @ m * d.view(p.rest.shape)).sum()  # tr(dW M dW^T)
+    if beta is not None:
+        loss = loss + adaround.REG * (1 - (2 * h - 1).abs().pow(beta)).sum()
+    loss.backward()
+    np.testing.assert_allclose(got.numpy(), traced.grad.numpy(), rtol=1e-4, atol=1e-6)

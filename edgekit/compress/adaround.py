@@ -235,24 +235,11 @@ def _metric(gram: Gram):
     return (vecs[..., :rank] * vals[..., None, :rank].sqrt()).float(), True
 
 
-def _quadratic():
-    """tr(dW M dW^T) as an autograd function whose backward reuses the forward's dW M (2 dW M is
-    the gradient): one matrix product an iteration instead of three."""
+def _times_m(d, m, factored: bool):
+    """dW M (M = F F^T where FACTORED): half the gradient of tr(dW M dW^T), the layer's error."""
     import torch
 
-    class Quadratic(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, d, m, factored):
-            dm = torch.matmul(torch.matmul(d, m), m.transpose(-1, -2)) if factored else torch.matmul(d, m)
-            ctx.save_for_backward(dm)
-            return (d * dm).sum()
-
-        @staticmethod
-        def backward(ctx, grad):
-            (dm,) = ctx.saved_tensors
-            return 2 * grad * dm, None, None
-
-    return Quadratic.apply
+    return torch.matmul(torch.matmul(d, m), m.transpose(-1, -2)) if factored else torch.matmul(d, m)
 
 
 @dataclass
@@ -290,7 +277,7 @@ def _problem(name: str, gram: Gram, w, q, scale, zp, info) -> _Problem:
     hmax = torch.maximum((hi - z_ - base).clamp(0, 1), hmin)
     # V starts where h(V) is the fraction W / s - floor(W / s): W~ = W before rounding
     p = ((w_ / s_ - base).clamp(1e-4, 1 - 1e-4) - GAMMA) / (ZETA - GAMMA)
-    v = torch.log(p / (1 - p)).requires_grad_()
+    v = torch.log(p / (1 - p))
     rest = w_ - s_ * base
     return _Problem(name, w.shape, gram, rest, s_, base + z_, hmin, hmax, q_, *_metric(gram), v)
 
@@ -302,7 +289,7 @@ def _h(v, hmin, hmax):
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, hmin, hmax)
 
 
-def _descend(problems: list[_Problem], warm: int, quadratic) -> None:
+def _descend(problems: list[_Problem], warm: int) -> None:
     """ITERATIONS of Adam on every layer's V: the error alone for WARM iterations, then with the
     regularizer whose beta anneals linearly from BETA[0] to BETA[1]. All layers' V are one flat
     tensor, so each elementwise step is one operation for the whole model rather than one per
@@ -313,29 +300,43 @@ def _descend(problems: list[_Problem], warm: int, quadratic) -> None:
     def flat(name: str):
         return torch.cat([getattr(pr, name).reshape(-1) for pr in problems])
 
-    v = flat("v").detach().requires_grad_()
-    rest, s, hmin, hmax = (flat(k) for k in ("rest", "s", "hmin", "hmax"))
-    sizes = [pr.v.numel() for pr in problems]
+    v = flat("v")
+    fixed = [flat(k) for k in ("rest", "s", "hmin", "hmax")]
     opt = torch.optim.Adam([v], lr=LR)
     for it in range(ITERATIONS):
         beta = BETA[1] + (BETA[0] - BETA[1]) * (1 - (it - warm) / max(ITERATIONS - warm, 1))
-        opt.zero_grad()
-        h = _h(v, hmin, hmax)
-        parts = torch.split(torch.addcmul(rest, s, h, value=-1), sizes)
-        pairs = zip(parts, problems, strict=True)
-        loss = sum(quadratic(d.view(pr.rest.shape), pr.m, pr.factored) for d, pr in pairs)
-        if it >= warm:
-            loss = loss + REG * (1 - (2 * h - 1).abs().pow(beta)).sum()
-        loss.backward()
+        v.grad = _gradient(v, *fixed, problems, beta if it >= warm else None)
         opt.step()
-    with torch.no_grad():
-        for part, pr in zip(torch.split(v, sizes), problems, strict=True):
-            pr.v.copy_(part.view(pr.v.shape))
+    for part, pr in zip(torch.split(v, [pr.v.numel() for pr in problems]), problems, strict=True):
+        pr.v.copy_(part.view(pr.v.shape))
 
 
-def _error(pr: _Problem, levels, quadratic):
+def _gradient(v, rest, s, hmin, hmax, problems: list[_Problem], beta: float | None):
+    """The gradient over V (every layer's, flat) of the layers' errors, plus the regularizer at
+    BETA where given: written out rather than traced by autograd, whose backward of the clamp, abs
+    and pow over every weight cost more than the errors' products. d/dh of an error is -2 s dW M,
+    of the regularizer -2 lambda beta |2h-1|^(beta-1) sign(2h-1); dh/dV is the rectified sigmoid's
+    slope inside [hmin, hmax], 0 where clamped (tests/test_adaround.py checks it against autograd)."""
+    import torch
+
+    sig = torch.sigmoid(v)
+    pre = sig * (ZETA - GAMMA) + GAMMA
+    h = torch.clamp(pre, hmin, hmax)
+    parts = torch.split(torch.addcmul(rest, s, h, value=-1), [pr.v.numel() for pr in problems])
+    pairs = zip(parts, problems, strict=True)
+    grad = torch.cat([_times_m(d.view(pr.rest.shape), pr.m, pr.factored).reshape(-1) for d, pr in pairs])
+    grad.mul_(s).mul_(-2)
+    if beta is not None:
+        u = 2 * h - 1
+        slope = torch.exp((beta - 1) * torch.log(u.abs().clamp_(min=1e-30)))  # |u|^(beta-1)
+        grad.addcmul_(slope, torch.sign(u), value=-2 * REG * beta)
+    return grad.mul_(sig * (1 - sig) * (ZETA - GAMMA)).mul_((pre >= hmin) & (pre <= hmax))
+
+
+def _error(pr: _Problem, levels):
     """The mean squared output error (summed over channels) of the weight LEVELS."""
-    return quadratic(pr.rest - pr.s * (levels - pr.floor), pr.m, pr.factored)
+    d = pr.rest - pr.s * (levels - pr.floor)
+    return (d * _times_m(d, pr.m, pr.factored)).sum()
 
 
 def _solve(todo: list, chosen: dict[str, np.ndarray]) -> int:
@@ -346,7 +347,6 @@ def _solve(todo: list, chosen: dict[str, np.ndarray]) -> int:
     if not todo:
         return 0
     problems = [_problem(*t) for t in todo]
-    quadratic = _quadratic()
     warm = int(WARMUP * ITERATIONS)
     # one thread: the steps are many small operations, and two threads waiting on each other ran
     # 3-10x slower on a machine whose other core was busy; subnormal numbers flushed to zero (this
@@ -355,7 +355,7 @@ def _solve(todo: list, chosen: dict[str, np.ndarray]) -> int:
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     try:
-        _descend(problems, warm, quadratic)
+        _descend(problems, warm)
     finally:
         torch.set_flush_denormal(False)
         torch.set_num_threads(threads)
@@ -363,7 +363,7 @@ def _solve(todo: list, chosen: dict[str, np.ndarray]) -> int:
     with torch.no_grad():
         for pr in problems:
             new = pr.floor + (_h(pr.v, pr.hmin, pr.hmax) >= 0.5).float()
-            if _error(pr, new, quadratic) >= _error(pr, pr.nearest, quadratic):
+            if _error(pr, new) >= _error(pr, pr.nearest):
                 new, kept = pr.nearest, kept + 1
             chosen[pr.name] = _unlayout(new.double().numpy(), pr.shape, pr.gram)
     return kept
