@@ -61,7 +61,8 @@ def whole_run(root: Path, args) -> dict:
     seconds = time.perf_counter() - t0
     if proc.returncode not in (0, 1):  # 1: the budget was not met, the best model still written
         raise SystemExit(proc.stderr)
-    s = read_manifest(out).passes[-1].summary
+    manifest = read_manifest(out)
+    s = manifest.passes[-1].summary
     # the ranking's prefixes scored (2 layers and up; edgekit.compress.mixed._prefixes)
     prefixes = sum(1 for c in s.get("tried", []) if len(c["kept_fp32"]) > 1)
     return {
@@ -76,6 +77,8 @@ def whole_run(root: Path, args) -> dict:
         "layers_searched": s.get("layers_searched", 0),
         "ranked_on_samples": s.get("ranked_on_samples"),
         "prefix_trials": prefixes,
+        "pass_seconds": {p.name: p.seconds for p in manifest.passes},
+        "stages": s.get("seconds", {}),
         "message": proc.stderr.strip().splitlines()[-1] if proc.returncode else "",
     }
 
@@ -123,6 +126,17 @@ def estimate_before(run: dict, trial: dict) -> float:
     return trials * (trial["recalibrated_trial"] + trial["eval_all"])
 
 
+def _stages(run: dict) -> str:
+    """Table rows: where the whole run's time went (the export, the search's stages, the rest)."""
+    passes, stages = run.get("pass_seconds", {}), run.get("stages", {})
+    if not stages:
+        return ""
+    rows = [("export (torch -> ONNX, verified)", passes.get("export"))]
+    rows += [(f"search: {k.replace('_', ' ')}", v) for k, v in stages.items()]
+    rows.append(("the rest (start-up, checks, writing the artifact)", run["seconds"] - sum(passes.values())))
+    return "".join(f"| &nbsp;&nbsp;{name} | {v:.0f} |\n" for name, v in rows if v is not None)
+
+
 def _said(run: dict) -> str:
     """What the CLI said where the budget was not met (exit 1)."""
     if not run.get("message"):
@@ -136,6 +150,7 @@ def markdown(r: dict) -> str:
     ranked, before = run["ranked_on_samples"] or a["eval"], r["before_estimate_s"]
     # the old search's trials (every prefix, one at a time), as the saved estimate counted them
     trials = round(before / (t["recalibrated_trial"] + t["eval_all"]))
+    stages = _stages(run)
     return f"""<!-- mixed_speed:start -->
 ## `--max-accuracy-drop` on EfficientNet-Lite1: time of the budgeted search
 
@@ -149,7 +164,7 @@ per-trial timings; every number here is slower than on an idle machine of the sa
 | | seconds |
 |---|---:|
 | whole CLI run, after (one calibration, layers ranked on {ranked} samples) | {run["seconds"]:.0f} |
-| whole search, before (estimated: {trials} trials x (own calibration + evaluation on all)) | {before:.0f} |
+{stages}| whole search, before (estimated: {trials} trials x (own calibration + evaluation)) | {before:.0f} |
 | one trial calibrated for itself (before) | {t["recalibrated_trial"]:.1f} |
 | the one calibration (after) | {t["calibration_once"]:.1f} |
 | the first model from it (AdaRound, range search: solved once) | {t.get("first_trial", float("nan")):.1f} |

@@ -10,7 +10,8 @@ file, or for a torch model the fp32 ONNX edgekit exports) and the same calibrati
 Runtime's `quantize_static` with every default, and NNCF PTQ (model_type TRANSFORMER where the graph
 has attention, its own advice for transformers; defaults otherwise) run by OpenVINO in f32. All
 three are compared with the fp32 model in ONNX Runtime on the evaluation samples, each output by its
-kind (edgekit.benchmarks.metrics). Writes bench/results/zoo_int8.json and its docs/BENCHMARKS.md section.
+kind (edgekit.benchmarks.metrics). Writes bench/results/zoo_int8-CLASS.json and its docs/BENCHMARKS.md
+section, one per CPU class (INT8 forms and speeds differ between them).
 """
 
 from __future__ import annotations
@@ -249,12 +250,18 @@ def show(result: dict) -> None:
     console.print(t)
 
 
+def _section(fp: dict) -> str:
+    """The name of the results file and BENCHMARKS.md section for FP's CPU class."""
+    return f"zoo_int8-{fp.get('cpu_class', 'unknown')}"
+
+
 def markdown(results: list[dict], command: str, fp: dict) -> str:
     lines = [
-        "<!-- zoo_int8:start -->",
-        "## Dev zoo: real pretrained models through `edgekit compress --int8` (issue 13)",
+        f"<!-- {_section(fp)}:start -->",
+        f"## Dev zoo: real pretrained models through `edgekit compress --int8` on a {fp.get('cpu_class')} CPU"
+        " (issue 13)",
         "",
-        f"`{command}`, {time.strftime('%Y-%m-%d')}, on {cpu_line(fp)}; "
+        f"`{command}`, {fp.get('date', '?')}, on {cpu_line(fp)}; "
         + ", ".join(f"{k} {v}" for k, v in fp["libraries"].items()),
         "",
         "Each model as its users have it (bench/zoo_text.py, bench/zoo_ocr.py) goes through the real CLI "
@@ -288,20 +295,21 @@ def markdown(results: list[dict], command: str, fp: dict) -> str:
             ratio = f"{row['ort_latency_ratio']:.2f}" if "ort_latency_ratio" in row else "—"
             lines.append(f"| {name} | {'<br>'.join(_cells(row))} | {ratio} | {secs} |")
         lines.append("")
-    lines.append("<!-- zoo_int8:end -->")
+    lines.append(f"<!-- {_section(fp)}:end -->")
     return "\n".join(lines)
 
 
 def _save(result: dict, command: str, fp: dict) -> None:
-    """Add RESULT to bench/results/zoo_int8.json (replacing that model's earlier result from the same
-    CPU; results from another CPU are dropped) and rewrite the BENCHMARKS.md section."""
-    out = ROOT / "bench" / "results" / "zoo_int8.json"
+    """Add RESULT to bench/results/zoo_int8-CLASS.json (replacing that model's earlier result from
+    the same CPU; results from another CPU of the class are dropped) and rewrite its BENCHMARKS.md
+    section."""
+    out = ROOT / "bench" / "results" / f"{_section(fp)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.read_text()) if out.is_file() else {}
     same_cpu = old.get("host", {}).get("cpu") == fp["cpu"]
     results = [r for r in old.get("results", []) if same_cpu and r["model"] != result["model"]] + [result]
     out.write_text(json.dumps({"host": fp, "command": command, "results": results}, indent=2) + "\n")
-    write_section("zoo_int8", markdown(results, command, fp))
+    write_section(_section(fp), markdown(results, command, fp))
     console.print(f"wrote {out} and docs/BENCHMARKS.md")
 
 
@@ -323,10 +331,11 @@ def main() -> None:
     p.add_argument("--rewrite", action="store_true", help="only rewrite BENCHMARKS.md from the saved results")
     args = p.parse_args()
     if args.rewrite:
-        saved = json.loads((ROOT / "bench" / "results" / "zoo_int8.json").read_text())
-        write_section("zoo_int8", markdown(saved["results"], saved["command"], saved["host"]))
+        for path in sorted((ROOT / "bench" / "results").glob("zoo_int8-*.json")):
+            saved, fp = json.loads(path.read_text()), json.loads(path.read_text())["host"]
+            write_section(_section(fp), markdown(saved["results"], saved["command"], fp))
         return
-    fp = host()
+    fp = host() | {"date": time.strftime("%Y-%m-%d")}  # the day measured, kept for --rewrite
     fp["libraries"] |= {name: version(name) for name in ("nncf", "transformers") if _installed(name)}
     command = (
         f"make zoo && .venv/bin/python bench/zoo_int8.py --models {args.models} "

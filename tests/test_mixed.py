@@ -100,6 +100,9 @@ def test_budget_recovers_the_hostile_layer(edgekit, hostile):
     q = m.verification["int8"]["fidelity"]["output_0"]
     assert 100 * (1 - q["top1_agreement"]) <= BUDGET
     assert summary["quantized_ops"]["Conv"] == 3  # the rest stayed INT8
+    stages = summary["seconds"]  # where the search's time went, stage by stage, in order
+    assert list(stages) == ["calibration", "first_model", "ranking", "finalists_and_prefixes", "timing"]
+    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= m.passes[-1].seconds + 1
 
 
 def test_impossible_budget_writes_the_best_and_exits_1(edgekit, hostile):

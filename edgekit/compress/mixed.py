@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -71,8 +72,12 @@ def search(
 ) -> tuple[dict, sens.Trial]:
     """Write the chosen model to OUT; return the pass summary and the chosen trial. RESTORE: the
     per-layer trials on Ray (None: here)."""
+    started = time.perf_counter()
     with calibrated(fp32, calib, int8, fixed) as write:
-        return _search(write, fp32, out, evals, cfg, fixed, evaluate, work, restore)
+        calibration = round(time.perf_counter() - started, 1)
+        summary, chosen = _search(write, fp32, out, evals, cfg, fixed, evaluate, work, restore)
+    summary["seconds"] = {"calibration": calibration, **summary["seconds"]}
+    return summary, chosen
 
 
 def _search(
@@ -86,12 +91,26 @@ def _search(
     work: Path,
     restore: sens.RestoreEach | None = None,
 ) -> tuple[dict, sens.Trial]:
-    """`search` with every trial written by WRITE, from the one calibration."""
+    """`search` with every trial written by WRITE, from the one calibration; the summary's
+    `seconds` says what each stage took (the first model solves AdaRound and the ranges once)."""
+    clock, seconds = time.perf_counter(), {}
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        seconds[stage] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
+
     full = sens.quantize(write, work, (), evaluate)
+    lap("first_model")
     budget = cfg.max_accuracy_drop
     if full.drop <= budget:
         shutil.copyfile(full.path, out)
-        return {"budget_met": True, "full_int8_drop_points": full.drop, "kept_fp32": []}, full
+        return {
+            "budget_met": True,
+            "full_int8_drop_points": full.drop,
+            "kept_fp32": [],
+            "seconds": seconds,
+        }, full
     idx = sens.subset(len(evals))
     ranked_full = full if idx is None else sens.Trial((), full.path, evaluate(full.path, idx))
     layers = [name for name, _ in sens.quantized_layers(full.path)]
@@ -101,6 +120,7 @@ def _search(
     else:  # scored elsewhere: each file written here only where one is needed (same calibration)
         singles = restore(tried_alone, idx, write.rounded, write.ranges)
     ranked = sens.rank(ranked_full, singles)
+    lap("ranking")
     limit = min(len(ranked), cfg.max_fp32_layers or max(1, math.ceil(len(layers) / 4)))
 
     def here(name: str) -> sens.Trial:
@@ -114,6 +134,7 @@ def _search(
     tried = [on_all(here(n)) for n in ranked[:FINALISTS]]
     if limit > 1 and not any(t.drop <= budget for t in tried):
         tried += _prefixes(lambda k: sens.quantize(write, work, tuple(ranked[:k]), evaluate), limit, budget)
+    lap("finalists_and_prefixes")
     feasible = [t for t in tried if t.drop <= budget]
     # full INT8 among them: a configuration that drops more than it is never the best effort
     best_effort = min([full, *tried], key=lambda t: (t.drop, len(t.kept)))
@@ -122,6 +143,7 @@ def _search(
     timed = {"fp32": fp32, "int8": full.path, **{",".join(t.kept): t.path for t in candidates}}
     timed.update({n: here(n).path for t in candidates for n in t.kept})
     latency = time_interleaved(timed, feed, cfg)
+    lap("timing")
     chosen = min(candidates, key=lambda t: latency[",".join(t.kept)])
     shutil.copyfile(chosen.path, out)
     ms = latency[",".join(chosen.kept)]
@@ -151,6 +173,7 @@ def _search(
         "layers_searched": len(ranked),
         "ranked_on_samples": len(evals) if idx is None else len(idx),
         "max_fp32_layers": limit,
+        "seconds": seconds,
     }
     return summary, chosen
 
