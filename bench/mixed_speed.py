@@ -122,8 +122,12 @@ def estimate_before(run: dict, trial: dict) -> float:
     """The old search: full INT8, one trial per layer, every prefix up to the longest (2 to 1 + the
     layers searched), each recalibrated and scored on every sample; the candidates' timing left
     out (the same before and after)."""
-    trials = 1 + run["layers_searched"] + max(run["layers_searched"] - 1, 0)
-    return trials * (trial["recalibrated_trial"] + trial["eval_all"])
+    return _old_trials(run) * (trial["recalibrated_trial"] + trial["eval_all"])
+
+
+def _old_trials(run: dict) -> int:
+    """The old search's trials: full INT8, one per layer searched, the prefixes of 2 and more layers."""
+    return 1 + run["layers_searched"] + max(run["layers_searched"] - 1, 0)
 
 
 def _stages(run: dict) -> str:
@@ -148,9 +152,7 @@ def markdown(r: dict) -> str:
     run, t, a = r["run"], r["per_trial"], r["args"]
     kept = ", ".join(run["kept_fp32"]) or "none"
     ranked, before = run["ranked_on_samples"] or a["eval"], r["before_estimate_s"]
-    # the old search's trials (every prefix, one at a time), as the saved estimate counted them
-    trials = round(before / (t["recalibrated_trial"] + t["eval_all"]))
-    stages = _stages(run)
+    trials, stages = _old_trials(run), _stages(run)
     return f"""<!-- mixed_speed:start -->
 ## `--max-accuracy-drop` on EfficientNet-Lite1: time of the budgeted search
 

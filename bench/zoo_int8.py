@@ -332,7 +332,8 @@ def main() -> None:
     args = p.parse_args()
     if args.rewrite:
         for path in sorted((ROOT / "bench" / "results").glob("zoo_int8-*.json")):
-            saved, fp = json.loads(path.read_text()), json.loads(path.read_text())["host"]
+            saved = json.loads(path.read_text())
+            fp = saved["host"]
             write_section(_section(fp), markdown(saved["results"], saved["command"], fp))
         return
     fp = host() | {"date": time.strftime("%Y-%m-%d")}  # the day measured, kept for --rewrite
