@@ -177,16 +177,16 @@ def test_bench_measures_latency_size_and_accuracy(int8_dir, digits, edgekit, tmp
 
 def test_existing_output_needs_force_and_force_replaces_it(digits, edgekit, tmp_path):
     out = tmp_path / "out"
-    ok(edgekit("export", digits.model, "-o", out))
+    ok(edgekit("export", digits.onnx, "-o", out))
     before = manifest(out)
 
-    r = edgekit("export", digits.model, "-o", out, "--calib", digits.calib)
+    r = edgekit("export", digits.onnx, "-o", out, "--calib", digits.calib)
     assert r.returncode == 2
     assert r.stderr.startswith("edgekit: error:") and "--force" in r.stderr
     assert "Traceback" not in r.stderr
     assert manifest(out) == before
 
-    ok(edgekit("export", digits.model, "-o", out, "--calib", digits.calib, "--force"))
+    ok(edgekit("export", digits.onnx, "-o", out, "--calib", digits.calib, "--force"))
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "model.onnx"]
     assert manifest(out)["verification"]["export"]["data"] == "calibration samples"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or old dirs left
@@ -205,7 +205,7 @@ def test_force_never_replaces_a_directory_that_is_not_an_artifact(digits, edgeki
 
 def test_random_calibration_is_named_as_such(digits, edgekit, tmp_path):
     out = tmp_path / "random-int8"
-    r = edgekit("compress", digits.model, "--int8", "--calib", "random", "--calib-size", 32, "-o", out)
+    r = edgekit("compress", digits.onnx, "--int8", "--calib", "random", "--calib-size", 32, "-o", out)
     ok(r)
     m = manifest(out)
     calib = m["data"]["calibration"]

@@ -265,15 +265,15 @@ def test_nan_and_inf_in_the_data(edgekit, tiny, work):
 
 
 def test_eval_labels_outside_the_models_classes(edgekit, digits, work):
-    """Labels 1000 and -5 on the 10-class digits CNN gave "top-1 0.00 %" and exit 0: refused, with
+    """Labels 1000 and -5 on the 10-class digits CNN (ONNX) gave "top-1 0.00 %" and exit 0: refused, with
     the label range found and the classes the model outputs, before calibration."""
     with np.load(digits.test) as z:
         x = z["x"][:40]
     test = work / "test.npz"
     np.savez(test, x=x, y=np.array([1000, -5] * 20))
-    before = hashes_of(digits.model, test)
-    argv = ("compress", digits.model, "--int8", "--calib", digits.calib, "--eval", test)
-    msg = assert_refused(edgekit(*argv, "-o", work / "out"), work / "out", [digits.model, test], before)
+    before = hashes_of(digits.onnx, test)
+    argv = ("compress", digits.onnx, "--int8", "--calib", digits.calib, "--eval", test)
+    msg = assert_refused(edgekit(*argv, "-o", work / "out"), work / "out", [digits.onnx, test], before)
     assert str(test) in msg and "from -5 to 1000" in msg and "outputs 10 classes" in msg
 
 

@@ -170,7 +170,7 @@ def made_for(edgekit, digits, tmp_path_factory):
     def compressed(name: str) -> tuple[Path, str]:
         if name not in made:
             proc = edgekit(
-                "compress", digits.model, "--int8", "--calib", digits.calib, "--calib-size", 64,
+                "compress", digits.onnx, "--int8", "--calib", digits.calib, "--calib-size", 64,
                 "--target-cpu", name, "-o", root / name,
             )  # fmt: skip
             assert proc.returncode == 0, proc.stderr
@@ -188,7 +188,7 @@ def test_compress_records_the_cpu_it_made_the_model_for(edgekit, digits, made_fo
     assert "made for CPU" in stdout and "u8s8-pair" in stdout
     if fingerprint.host()["cpu_class"] != "x86-avx2":
         assert made["verified_on"] == fingerprint.host()["cpu_class"]
-    wrong = edgekit("compress", digits.model, "--int8", "--calib", digits.calib, "--target-cpu", "x86-avx3",
+    wrong = edgekit("compress", digits.onnx, "--int8", "--calib", digits.calib, "--target-cpu", "x86-avx3",
                     "-o", tmp_path / "x")  # fmt: skip
     assert wrong.returncode == 2 and "x86-avx2" in wrong.stderr and "Traceback" not in wrong.stderr
 
@@ -197,7 +197,7 @@ def test_compress_for_a_host_reads_its_cpu_over_ssh(edgekit, digits, tmp_path):
     with sshd(tmp_path / "sshd") as server:
         out = tmp_path / "for-host"
         proc = edgekit(
-            "compress", digits.model, "--int8", "--calib", digits.calib, "--calib-size", 32,
+            "compress", digits.onnx, "--int8", "--calib", digits.calib, "--calib-size", 32,
             "--host", f"ssh://{ALIAS}", "--ssh-config", server.client_config,
             "--remote-python", sys.executable, "-o", out,
         )  # fmt: skip
@@ -212,8 +212,7 @@ def test_on_an_emulated_avx2_cpu_the_vnni_form_saturates_and_the_avx2_form_holds
     edgekit, digits, made_for, tmp_path
 ):
     made = {name: made_for(name)[0] for name in ("x86-vnni", "x86-avx2")}
-    fp32 = tmp_path / "fp32"
-    assert edgekit("export", digits.model, "--calib", digits.calib, "-o", fp32).returncode == 0
+    fp32 = digits.fp32
     sqnr, rows = {}, {}
     for where in ("native", "emulated"):
         records = tmp_path / f"{where}.json"
@@ -238,8 +237,7 @@ def test_on_an_emulated_avx2_cpu_the_vnni_form_saturates_and_the_avx2_form_holds
 
 
 def test_emulation_that_cannot_run_is_one_sentence(edgekit, digits, tmp_path):
-    fp32 = tmp_path / "fp32"
-    assert edgekit("export", digits.model, "-o", fp32).returncode == 0
+    fp32 = digits.fp32
     proc = edgekit("bench", fp32, "--emulate-cpu", "x86-amx")
     assert proc.returncode == 2 and "cannot be emulated" in proc.stderr and "Traceback" not in proc.stderr
     proc = edgekit("bench", fp32, "--emulate-cpu", "x86-avx2", "--host", "user@device")
@@ -260,7 +258,7 @@ def test_run_marks_a_variant_made_for_another_cpu(edgekit, digits, tmp_path):
     other = _another_class()
     config = tmp_path / "edgekit.yaml"
     config.write_text(
-        f"model: {{path: {digits.model}}}\n"
+        f"model: {{path: {digits.onnx}}}\n"
         f"data: {{calibration: {digits.calib}, calib_size: 32}}\n"
         f"variants:\n  int8: [{{int8: {{calibration: minmax, target_cpu: {other}}}}}]\n"
         "targets: [{name: cpu, variants: [int8], seconds: 0.3, rounds: 3, warmup: 1}]\n"

@@ -112,11 +112,15 @@ def quantized_layers(ref, graph) -> list[tuple]:
     return found
 
 
-def correct(fp32: Path, qdq: Path, means: dict[str, np.ndarray]) -> int:
+def correct(fp32: Path, qdq: Path, means: dict[str, np.ndarray], known: dict | None = None) -> int:
     """Add to each quantized Conv/Gemm bias of the QDQ model (rewritten in place) the mean output
     error its weights' rounding makes on the calibration data (MEANS: the mean of each of FP32's
     `layer_inputs`), FP32 being the model it was quantized from; returns how many layers were
-    corrected."""
+    corrected. KNOWN: the Conv errors computed so far, by layer and quantized weight (filled here),
+    for the many models written from one calibration (edgekit.compress.quantize.calibrated), whose
+    layers mostly have the same weights."""
+    import hashlib
+
     import onnx
     from onnx import helper, numpy_helper
 
@@ -140,14 +144,18 @@ def correct(fp32: Path, qdq: Path, means: dict[str, np.ndarray]) -> int:
         w = numpy_helper.to_array(ref_inits[src.input[1]]).astype(np.float64)
         if w.shape != wq.shape:
             continue
-        chosen.append((src, w - wq, node.input[2] if node.input[2] in inits else bias))
+        key = (src.name, hashlib.blake2b(wq.tobytes(), digest_size=16).digest())
+        chosen.append((src, w - wq, node.input[2] if node.input[2] in inits else bias, key))
     if not chosen:
         return 0
-    convs = [(src, delta) for src, delta, _ in chosen if src.op_type == "Conv"]
-    conv_errors = iter(_conv_errors([c for c, _ in convs], means, [d for _, d in convs]) if convs else [])
-    for src, delta, bias in chosen:
+    known = {} if known is None else known
+    convs = [(src, delta, key) for src, delta, _, key in chosen if src.op_type == "Conv" and key not in known]
+    if convs:
+        errors = _conv_errors([c for c, _, _ in convs], means, [d for _, d, _ in convs])
+        known.update({key: e for (_, _, key), e in zip(convs, errors, strict=True)})
+    for src, delta, bias, key in chosen:
         if src.op_type == "Conv":
-            error = next(conv_errors)
+            error = known[key]
         else:
             k = delta.shape[1] if _trans_b(src) else delta.shape[0]
             x = means[src.input[0]].reshape(-1, k).mean(0)

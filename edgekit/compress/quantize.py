@@ -237,9 +237,19 @@ def calibrated(
         cache, memory, left, means = ranges.cache, ranges.memory, ranges.left, ranges.means
         src, around = _around(src, left, Path(tmp))
         searched: dict = {}  # the range search's record, where it ran here
+        # what the models written after the first reuse: bias_correction's errors, and each weight's
+        # scale and zero point as ORT chose them (given back as overrides, ORT skips its per-channel
+        # Python loop that computes them: ~1 s a model on EfficientNet-Lite1)
+        bias_errors: dict = {}
+        weights, chosen_params = _weights(src, ops), {}
 
         def write(out: Path, exclude: Sequence[str]) -> dict:
             excluded = [*exclude, *around]
+            options = copy.deepcopy(extra)  # each model gets its own: ORT may edit them
+            given = options.setdefault("TensorQuantOverrides", {})
+            for name, channels in chosen_params.items():
+                if "scale" not in given.get(name, [{}])[0]:  # a 7-bit weight's: its scale is now known
+                    given[name] = [dict(c) for c in channels]
             try:
                 quantize_static(
                     str(src),
@@ -252,11 +262,13 @@ def calibrated(
                     calibrate_method=method,
                     nodes_to_exclude=excluded or None,
                     op_types_to_quantize=ops,
-                    extra_options=copy.deepcopy(extra),  # each model gets its own: ORT may edit them
+                    extra_options=options,
                     calibration_cache_path=cache,
                 )
             except Exception as e:
                 raise EdgekitError(f"INT8 quantization failed: {first_line(e)}") from None
+            if weights - chosen_params.keys():
+                chosen_params.update(_weight_params(out, weights - chosen_params.keys()))
             summary = {**summarize(out), "calibration_memory": memory}
             # a weighted layer left fp32 (the summary counts them; a full INT8 write has none): else
             # ORT runs it with INT8 weights. It changes no count: such a layer is fp32 either way
@@ -279,7 +291,7 @@ def calibrated(
             if balanced:
                 summary["equalized_activations"] = balanced
             if means:
-                summary["bias_corrected_layers"] = bias_correction.correct(src, out, means)
+                summary["bias_corrected_layers"] = bias_correction.correct(src, out, means, bias_errors)
             if cfg.range_search and not transformer:
                 if write.ranges is None and exclude:  # a trial's ranges are the full model's
                     write(Path(tmp) / "full.onnx", ())
@@ -296,6 +308,43 @@ def calibrated(
         write.rounded = rounding.chosen if rounding else {}
         write.ranges = range_factors
         yield write
+
+
+def _weights(model: Path, ops: list[str] | None) -> set[str]:
+    """The constant weights of MODEL's compute ops (of OPS; None: all)."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    return {
+        n.input[1]
+        for n in graph.node
+        if n.op_type in (ops or COMPUTE_OPS) and len(n.input) > 1 and n.input[1] in inits
+    }
+
+
+def _weight_params(qdq: Path, weights: set[str]) -> dict[str, list[dict]]:
+    """The scale and zero point ORT gave each of WEIGHTS it quantized in the QDQ model (found by its
+    `_quantized` initializer), as TensorQuantOverrides: per channel where they are."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = onnx.load(str(qdq)).graph
+    inits = {i.name: i for i in graph.initializer}
+    found: dict[str, list[dict]] = {}
+    for n in graph.node:
+        name = n.input[0].removesuffix("_quantized")
+        if n.op_type != "DequantizeLinear" or len(n.input) < 3 or name not in weights:
+            continue
+        if not {n.input[0], n.input[1], n.input[2]} <= inits.keys():
+            continue
+        scale, zero = (numpy_helper.to_array(inits[i]) for i in n.input[1:3])
+        pairs = zip(scale.flat, zero.flat, strict=True)
+        found[name] = [{"scale": float(s), "zero_point": int(z)} for s, z in pairs]
+        if scale.ndim:
+            axis = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "axis"), 1)
+            found[name][0]["axis"] = axis
+    return found
 
 
 def reduced_weights(model: Path, cfg: Int8Config) -> tuple[dict[str, list[dict]], list[PairLayer]]:

@@ -111,9 +111,23 @@ def restore_each(
     write: Write, work: Path, evaluate: Evaluate, full: Trial, idx=None, layers: list[str] | None = None
 ) -> dict[str, Trial]:
     """For every quantized layer (or those of LAYERS), the full INT8 model with that layer alone
-    back in fp32, scored on the evaluation samples IDX (None: all)."""
+    back in fp32, scored on the evaluation samples IDX (None: all). Each model is written while the
+    one before is scored: the write is mostly Python, the scoring ONNX Runtime's own threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
     names = layers if layers is not None else [name for name, _ in quantized_layers(full.path)]
-    return {name: quantize(write, work, (name,), evaluate, idx) for name in names}
+    first = len(list(work.glob("int8-*.onnx")))
+    paths = {name: work / f"int8-{first + i}.onnx" for i, name in enumerate(names)}
+    pool = ThreadPoolExecutor(1)
+    try:
+        written = {name: pool.submit(write, paths[name], (name,)) for name in names}
+        trials = {}
+        for name in names:
+            written[name].result()
+            trials[name] = Trial((name,), paths[name], evaluate(paths[name], idx))
+        return trials
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def rank(full: Trial, singles: dict[str, Trial]) -> list[str]:
