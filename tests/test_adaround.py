@@ -177,15 +177,13 @@ def test_the_gram_is_what_the_conv_computes(channels, groups, kernel, stride, pa
     assert gram.rows == 3 * y.shape[2] * y.shape[3]
 
 
-@pytest.mark.parametrize("beta", [None, 20.0, 2.0])
-def test_the_written_out_gradient_is_autograds(beta):
-    """AdaRound's step follows the gradient of its loss (the layers' output errors plus, after the
-    warm-up, the rounding regularizer), computed by hand: the same as autograd's of the loss."""
+def _problems(rng) -> list:
+    """AdaRound problems of three random layers: dense, depthwise (4 groups) and one whose metric
+    is factored (3 input rows for 16 weights a channel)."""
     import torch
 
     from edgekit.compress import adaround
 
-    rng = np.random.default_rng(0)
     problems = []
     layers = (("dense", 1, 12, 40, 5), ("depthwise", 4, 9, 30, 1), ("low-rank", 1, 16, 3, 4))
     for name, groups, k, rows, out in layers:
@@ -198,6 +196,44 @@ def test_the_written_out_gradient_is_autograds(beta):
         scale = np.abs(w).max(1, keepdims=True) / 7
         q = np.clip(np.round(w / scale), -7, 7)
         problems.append(adaround._problem(name, gram, w, q, scale, np.zeros_like(scale), np.iinfo(np.int8)))
+    return problems
+
+
+def test_layers_descended_in_shares_are_those_descended_together():
+    """The solve splits the layers into a share per core, each descended in a thread of its own:
+    each layer's rounding variables end where one descent of all the layers puts them."""
+    import copy
+
+    from edgekit.compress import adaround
+
+    together = _problems(np.random.default_rng(0))
+    apart = copy.deepcopy(together)
+    shares = adaround._shares(apart, 2)
+    assert len(shares) == 2 and sorted(p.name for share in shares for p in share) == sorted(
+        p.name for p in apart
+    )
+    adaround._descend(together, 10)
+    for share in shares:
+        adaround._descend(share, 10)
+    start = _problems(np.random.default_rng(0))
+    for a, b, first in zip(together, apart, start, strict=True):
+        assert not np.allclose(a.v.numpy(), first.v.numpy()), f"{a.name} did not move"
+        # the same but for float rounding (an elementwise kernel's vector tail falls elsewhere)
+        np.testing.assert_allclose(a.v.numpy(), b.v.numpy(), rtol=1e-5, atol=1e-5)
+        up = [adaround._h(p.v, p.hmin, p.hmax) >= 0.5 for p in (a, b)]
+        assert bool((up[0] == up[1]).all()), a.name
+
+
+@pytest.mark.parametrize("beta", [None, 20.0, 2.0])
+def test_the_written_out_gradient_is_autograds(beta):
+    """AdaRound's step follows the gradient of its loss (the layers' output errors plus, after the
+    warm-up, the rounding regularizer), computed by hand: the same as autograd's of the loss."""
+    import torch
+
+    from edgekit.compress import adaround
+
+    rng = np.random.default_rng(0)
+    problems = _problems(rng)
     assert [p.factored for p in problems] == [False, False, True]
     names = ("v", "rest", "s", "hmin", "hmax")
     v, rest, s, hmin, hmax = (torch.cat([getattr(p, n).reshape(-1) for p in problems]) for n in names)
