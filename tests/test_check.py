@@ -67,12 +67,13 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     torch.export.save(ep, str(root / "tiny.pt2"))
     np.savez(root / "calib.npz", x=smooth_images(16, seed=1))
     out = {"pt2": root / "tiny.pt2"}
+    plain = {"calibration": "minmax", "adaround": False, "range_search": False}  # the forms are under test
     configs = {
         "fp32": None,
-        "asymmetric": Int8Config(calibration="minmax"),
-        "symmetric_u8": Int8Config(calibration="minmax", activation_symmetric=True),
-        "symmetric_s8": Int8Config(calibration="minmax", activation_symmetric=True, activation_type="int8"),
-        "tensorrt": Int8Config.tensorrt(calibration="minmax"),  # what --symmetric-activations makes
+        "asymmetric": Int8Config(**plain),
+        "symmetric_u8": Int8Config(**plain, activation_symmetric=True),
+        "symmetric_s8": Int8Config(**plain, activation_symmetric=True, activation_type="int8"),
+        "tensorrt": Int8Config.tensorrt(**plain),  # what --symmetric-activations makes
     }
     for name, cfg in configs.items():
         out[name] = root / name

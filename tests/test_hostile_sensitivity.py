@@ -36,14 +36,14 @@ def test_careless_inputs(edgekit, tiny, work):
         assert named in assert_refused(r, work / "out", [model, quantized], hashes_of(model, quantized))
 
 
-def test_eval_labels_outside_the_models_classes(edgekit, tiny, work):
+def test_eval_labels_outside_the_models_classes(edgekit, tiny_artifact, work):
     """Labels 1000 and -5 on a 3-class model gave 0 % top-1 for every layer and exit 0: refused,
-    naming the label range found and the classes the model outputs."""
-    model = tiny / "model.ts.pt"
+    naming the label range found and the classes the model outputs (the tiny model's ONNX file)."""
+    model = tiny_artifact / "model.onnx"
     x = np.random.default_rng(0).standard_normal((20, 1, 16, 16)).astype(np.float32)
     test = work / "test.npz"
     np.savez(test, x=x, y=np.array([1000, -5] * 10))
     before = hashes_of(model, test)
-    argv = ("sensitivity", model, "--input-shape", SHAPE, "--calib", "random", "--eval", test)
+    argv = ("sensitivity", model, "--calib", "random", "--eval", test)
     msg = assert_refused(edgekit(*argv, "-o", work / "out"), work / "out", [model, test], before)
     assert str(test) in msg and "from -5 to 1000" in msg and "outputs 3 classes" in msg
