@@ -357,6 +357,8 @@ def _solve(todo: list, chosen: dict[str, np.ndarray]) -> int:
     shape); returns how many layers kept nearest rounding."""
     import torch
 
+    from edgekit.runtimes.ort import threads as session_threads
+
     if not todo:
         return 0
     problems = [_problem(*t) for t in todo]
@@ -378,7 +380,8 @@ def _solve(todo: list, chosen: dict[str, np.ndarray]) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        shares = _shares(problems, min(len(os.sched_getaffinity(0)), len(problems)))
+        cpus = session_threads(0) or len(os.sched_getaffinity(0))  # a Ray task's CPUs, or the machine's
+        shares = _shares(problems, min(cpus, len(problems)))
         with ThreadPoolExecutor(len(shares)) as pool:
             list(pool.map(descend, shares))
     finally:

@@ -85,6 +85,7 @@ def calibrate(
     model's fixed batch); the means of the tensors MEANS_OF among them. OBSERVE[name], where given,
     is called with each run's values of that tensor (its real samples; what AdaRound collects).
     Works in TMP."""
+    import onnxruntime as ort
     from onnxruntime.quantization.calibrate import (
         CalibrationMethod,
         HistogramCollector,
@@ -92,6 +93,8 @@ def calibrate(
         create_calibrator,
         save_tensors_data,
     )
+
+    from edgekit.runtimes.ort import threads as session_threads
 
     absolute = method.name in ("percentile", "mse") and method.symmetric  # ORT's layout for this method
     state: dict[str, _Tensor] = {}
@@ -127,12 +130,19 @@ def calibrate(
             op_types_to_calibrate=ops,
             calibrate_method=CalibrationMethod.Percentile,
         )
+        cpus = session_threads(0)  # a Ray task's CPUs, where it is one: ORT's session takes every core
+        if cpus:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = cpus
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as ORT's own
+            path, providers = augmented.augmented_model_path, augmented.execution_providers
+            augmented.infer_session = ort.InferenceSession(path, so, providers=providers)
         session, wanted = augmented.infer_session, augmented.tensors_to_calibrate
         names = [o.name for o in session.get_outputs()]
         kept = [(i, name) for i, name in enumerate(names) if name in wanted]
         mean_set = set(means_of) & set(wanted)
         observers = observe or {}
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(cpus or os.cpu_count() or 1) as pool:
 
             def feed(samples: Samples, size: int) -> int:
                 """Run SAMPLES in runs of SIZE, each run's tensors counted on the pool; the bytes
