@@ -344,10 +344,14 @@ def _error(pr: _Problem, levels):
 def _shares(problems: list[_Problem], n: int) -> list[list[_Problem]]:
     """PROBLEMS in N shares of about equal work (largest first, each to the lightest share): an
     iteration costs a layer about its weights times the columns of its metric."""
+
+    def work(pr: _Problem) -> int:
+        return pr.rest.numel() * pr.m.shape[-1]
+
     loads, shares = [0] * n, [[] for _ in range(n)]
-    for pr in sorted(problems, key=lambda pr: -pr.rest.numel() * pr.m.shape[-1]):
+    for pr in sorted(problems, key=work, reverse=True):
         i = loads.index(min(loads))
-        loads[i] += pr.rest.numel() * pr.m.shape[-1]
+        loads[i] += work(pr)
         shares[i].append(pr)
     return [share for share in shares if share]
 

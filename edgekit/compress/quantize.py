@@ -241,7 +241,8 @@ def calibrated(
         # scale and zero point as ORT chose them (given back as overrides, ORT skips its per-channel
         # Python loop that computes them: ~1 s a model on EfficientNet-Lite1)
         bias_errors: dict = {}
-        weights, chosen_params = _weights(src, ops), {}
+        readers, chosen_params = _weights(src, ops), {}
+        never: set[str] = set()  # weights a write that kept their layers left unquantized: no params
 
         def write(out: Path, exclude: Sequence[str]) -> dict:
             excluded = [*exclude, *around]
@@ -267,8 +268,10 @@ def calibrated(
                 )
             except Exception as e:
                 raise EdgekitError(f"INT8 quantization failed: {first_line(e)}") from None
-            if weights - chosen_params.keys():
-                chosen_params.update(_weight_params(out, weights - chosen_params.keys()))
+            wanted = readers.keys() - chosen_params.keys() - never
+            if wanted:
+                chosen_params.update(_weight_params(out, wanted))
+                never.update(w for w in wanted - chosen_params.keys() if not readers[w] & set(exclude))
             summary = {**summarize(out), "calibration_memory": memory}
             # a weighted layer left fp32 (the summary counts them; a full INT8 write has none): else
             # ORT runs it with INT8 weights. It changes no count: such a layer is fp32 either way
@@ -310,17 +313,18 @@ def calibrated(
         yield write
 
 
-def _weights(model: Path, ops: list[str] | None) -> set[str]:
-    """The constant weights of MODEL's compute ops (of OPS; None: all)."""
+def _weights(model: Path, ops: list[str] | None) -> dict[str, set[str]]:
+    """The constant weights of MODEL's compute ops (of OPS; None: all), each with the names of the
+    nodes that read it."""
     import onnx
 
     graph = onnx.load(str(model), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
-    return {
-        n.input[1]
-        for n in graph.node
-        if n.op_type in (ops or COMPUTE_OPS) and len(n.input) > 1 and n.input[1] in inits
-    }
+    readers: dict[str, set[str]] = {}
+    for n in graph.node:
+        if n.op_type in (ops or COMPUTE_OPS) and len(n.input) > 1 and n.input[1] in inits:
+            readers.setdefault(n.input[1], set()).add(n.name)
+    return readers
 
 
 def _weight_params(qdq: Path, weights: set[str]) -> dict[str, list[dict]]:
