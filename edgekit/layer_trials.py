@@ -1,8 +1,8 @@
 """Per-layer INT8 trials on Ray (`edgekit sensitivity --ray-address`, `compress --max-accuracy-drop
-... --ray-address`): one actor per CPU of the cluster calibrates once, as edgekit.compress.quantize.
-calibrated does here (the AdaRound levels it is handed, not solved again), then writes and scores
-the trials it is handed; the ranges, levels and evaluation are the same everywhere, so every trial's
-quality equals the in-process one.
+... --ray-address`): one actor per CPU of the cluster is handed this process's calibration
+(edgekit.compress.quantize.Prepared: the pre-processed model, its ranges, AdaRound levels and range
+factors, as bytes) and writes and scores the trials it is handed; nothing is calibrated or solved
+again, so every trial's quality equals the in-process one.
 
 What edgekit adds to Ray's ActorPool: the actors are built from the fp32 bytes and the samples, not
 paths (no shared filesystem), restart on a lost worker (the trial is retried there), and the trials
@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import cluster
-from edgekit.compress.quantize import Int8Config, calibrated
+from edgekit.compress.quantize import Int8Config, Prepared, calibrated
 from edgekit.compress.sensitivity import Judge, Trial, scorer
 from edgekit.data import Samples
 
 
 class _TrialWorker:
-    """A Ray actor: the fp32 model calibrated once, then one scored trial per call."""
+    """A Ray actor: the driver's calibration unpacked once, then one scored trial per call."""
 
     def __init__(
         self,
@@ -36,14 +36,13 @@ class _TrialWorker:
         evals: Samples,
         ref,
         judge: Judge,
-        rounded,
-        ranges,
+        prepared: Prepared,
     ):
         self._tmp = Path(tempfile.mkdtemp(prefix="edgekit-trials-"))
         model = self._tmp / "fp32.onnx"
         model.write_bytes(fp32)
         self._stack = contextlib.ExitStack()
-        self._write = self._stack.enter_context(calibrated(model, calib, cfg, fixed, rounded, ranges))
+        self._write = self._stack.enter_context(calibrated(model, calib, cfg, fixed, prepared))
         self._evaluate = scorer(ref, evals, fixed, judge)
 
     def trial(self, kept: tuple[str, ...], idx: np.ndarray | None) -> dict:
@@ -62,19 +61,17 @@ def restore_each(
     ref: list[np.ndarray],
     judge: Judge,
     layers: list[str],
+    prepared: Prepared,
     idx: np.ndarray | None = None,
-    rounded: dict | None = None,
-    ranges: dict | None = None,
 ) -> dict[str, Trial]:
     """edgekit.compress.sensitivity.restore_each on Ray: for every one of LAYERS, the full INT8 model
-    with that layer alone in fp32, scored on the evaluation samples IDX (None: all). ROUNDED: the
-    AdaRound levels this process chose (calibrated's WRITE.rounded), which the workers use rather
-    than solving them again each; RANGES likewise its activation range factors (WRITE.ranges)."""
+    with that layer alone in fp32, scored on the evaluation samples IDX (None: all), written from
+    PREPARED: this process's calibration (calibrated's WRITE.prepared(), after its first write)."""
     with cluster.connect(address) as ray:
         from ray.util import ActorPool
 
         worker = ray.remote(_TrialWorker).options(num_cpus=1, max_restarts=2, max_task_retries=2)
-        inputs = (Path(fp32).read_bytes(), calib, cfg, fixed, evals, ref, judge, rounded or {}, ranges)
+        inputs = (Path(fp32).read_bytes(), calib, cfg, fixed, evals, ref, judge, prepared)
         shared = [ray.put(x) for x in inputs]
         actors = [worker.remote(*shared) for _ in range(min(cluster.cpus(ray), len(layers)))]
         pool = ActorPool(actors)

@@ -355,9 +355,9 @@ def ray_trials(w: Work, fp32: Path, int8, ref: list[np.ndarray], judge):
 
     fixed = w.loaded.input_spec.fixed_batch
 
-    def restore(layers, idx, rounded, ranges):
+    def restore(layers, idx, prepared):
         return layer_trials.restore_each(
-            w.req.ray_address, fp32, w.calib, int8, fixed, w.evals, ref, judge, layers, idx, rounded, ranges
+            w.req.ray_address, fp32, w.calib, int8, fixed, w.evals, ref, judge, layers, prepared, idx
         )
 
     return restore

@@ -214,6 +214,28 @@ def test_a_trial_from_reused_ranges_is_the_recalibrated_one(hostile_onnx, tmp_pa
     assert len(_scales(tmp_path / "full.onnx")) > len(reused)  # mid's own input and weight were there
 
 
+def test_a_trial_from_the_packed_calibration_is_the_drivers_file(hostile_onnx, tmp_path, monkeypatch):
+    """What a Ray worker is handed (WRITE.prepared(), as bytes through pickle) writes a trial byte
+    for byte as the process that calibrated does, AdaRound and the range search on, and calibrates
+    nothing: ORT's calibrator and AdaRound's solve do not run again."""
+    import pickle
+
+    from edgekit.compress import adaround, calibrate
+    from edgekit.compress.quantize import Int8Config, calibrated
+
+    h, cfg = hostile_onnx, Int8Config(adaround=True, range_search=True)
+    with calibrated(h["fp32"], h["calib"], cfg, None) as write:
+        write(tmp_path / "full.onnx", ())
+        write(tmp_path / "here.onnx", [h["mid"]])
+        packed = pickle.loads(pickle.dumps(write.prepared()))
+    assert packed.rounding.chosen and not packed.rounding.grams and packed.ranges is not None
+    monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: pytest.fail("calibrated again"))
+    monkeypatch.setattr(adaround, "_solve", lambda *a, **k: pytest.fail("AdaRound solved again"))
+    with calibrated(h["fp32"], h["calib"], cfg, None, packed) as write:
+        write(tmp_path / "there.onnx", [h["mid"]])
+    assert (tmp_path / "there.onnx").read_bytes() == (tmp_path / "here.onnx").read_bytes()
+
+
 def test_the_search_calibrates_once_and_ranks_on_a_subset(hostile_onnx, tmp_path, monkeypatch):
     """300 evaluation samples: the layers are ranked on 128 of them, the hostile conv first as on
     all 300, and the chosen model is scored on all 300; ORT's calibrator ran once."""

@@ -123,12 +123,13 @@ def test_a_trial_gets_the_full_models_factors(fp32, calib, tmp_path, monkeypatch
     layer = next(n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv")
     with calibrated(fp32, calib, cfg, None) as write:
         trial = write(tmp_path / "trial.onnx", [layer])
-        factors = dict(write.ranges)
+        factors = dict(write.prepared().ranges)
         full = write(tmp_path / "full.onnx", [])
-    assert len(calls) == 1 and factors and write.ranges == factors
+        prepared = write.prepared()
+    assert len(calls) == 1 and factors and prepared.ranges == factors
     assert trial["range_search"]["output_error"] == full["range_search"]["output_error"]
     assert full["range_search"]["applied"] == len(factors) >= trial["range_search"]["applied"] >= 1
-    with calibrated(fp32, calib, cfg, None, range_factors=factors) as write:
+    with calibrated(fp32, calib, cfg, None, prepared) as write:
         again = write(tmp_path / "again.onnx", [])
     assert len(calls) == 1 and again["range_search"] == {"applied": len(factors)}
     x = smooth_images(8, seed=3)

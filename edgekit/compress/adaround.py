@@ -171,7 +171,8 @@ def apply(fp32: Path, qdq: Path, collected: Collected) -> dict:
     todo, layers = [], []
     for src, _, weight in quantized_layers(ref.graph, model.graph):
         gram = collected.grams.get(src.input[1])
-        if gram is None or gram.rows == 0:
+        solved = src.input[1] in collected.chosen  # here, or by the process that packed COLLECTED
+        if not solved and (gram is None or gram.rows == 0):
             continue
         q_init = inits[weight.input[0]]
         q, scale, zp = weight_levels(weight, inits)
@@ -179,11 +180,11 @@ def apply(fp32: Path, qdq: Path, collected: Collected) -> dict:
         if w.shape != q.shape:
             continue
         layers.append((src.input[1], q_init, q))
-        if src.input[1] not in collected.chosen:
+        if not solved:
             info = np.iinfo(numpy_helper.to_array(q_init).dtype)
             todo.append((src.input[1], gram, w, q, scale, zp, info))
     start = time.perf_counter()
-    kept = _solve(todo, collected.chosen)
+    kept = _solve(todo, collected.chosen) if todo else 0
     collected.seconds += time.perf_counter() - start
     changed = 0
     for name, q_init, q in layers:

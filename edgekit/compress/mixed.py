@@ -118,7 +118,7 @@ def _search(
     if restore is None:
         singles = sens.restore_each(write, work, evaluate, full, idx, tried_alone)
     else:  # scored elsewhere: each file written here only where one is needed (same calibration)
-        singles = restore(tried_alone, idx, write.rounded, write.ranges)
+        singles = restore(tried_alone, idx, write.prepared())
     ranked = sens.rank(ranked_full, singles)
     lap("ranking")
     limit = min(len(ranked), cfg.max_fp32_layers or max(1, math.ceil(len(layers) / 4)))

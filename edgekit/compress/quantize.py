@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgekit.compress import (
@@ -151,166 +154,227 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
 Write = Callable[[Path, Sequence[str]], dict]
 
 
+@dataclass
+class Prepared:
+    """A calibration, ready to write models from: the model `quantize_static` reads (pre-processed,
+    equalized, nodes named) and its ranges as ORT's calibration cache, with what the passes around
+    it found (bias correction's means, the AdaRound levels, the activation range factors, each
+    weight's scale as ORT chose it). WRITE.prepared() packs it as bytes, so a Ray worker writes
+    trials from this process's calibration instead of calibrating again (edgekit.layer_trials)."""
+
+    src: Path | bytes
+    cache: Path | bytes
+    memory: dict
+    left: dict[str, str]
+    means: dict[str, np.ndarray]
+    around: list[str]
+    extra: dict
+    ops: list[str] | None
+    transformer: bool
+    smoothed: object
+    equalized: object
+    balanced: object
+    overrides: dict[str, list[dict]]
+    pairs: list[PairLayer]
+    rounding: adaround.Collected | None
+    ranges: dict | None = None  # the range search's factors, from the first write
+    params: dict[str, list[dict]] = field(default_factory=dict)  # weights' scales and zero points
+    never: set[str] = field(default_factory=set)  # weights a write that kept their layers left float
+
+
 @contextlib.contextmanager
 def calibrated(
     fp32: Path,
     calib: Samples,
     cfg: Int8Config,
     batch_fixed: int | None,
-    rounded: dict | None = None,
-    range_factors: dict | None = None,
+    prepared: Prepared | None = None,
 ) -> Iterator[Write]:
     """FP32 pre-processed and calibrated once, while open: WRITE(out, exclude) writes its QDQ INT8
     model with the nodes EXCLUDE left fp32 and returns the summary. The ranges do not depend on
     which nodes are excluded, so the mixed-precision search writes its dozens of trials from one
     calibration, each the very model a calibration of its own would give (tests/test_mixed.py).
-    WRITE.rounded holds the AdaRound levels chosen so far (by weight name); ROUNDED, another
-    calibration's of the same model and config (a Ray worker's, edgekit.layer_trials), is used as
-    chosen instead of solving again. Likewise WRITE.ranges, the activation range factors searched on
-    the full INT8 model (None until the first write), and RANGE_FACTORS, another calibration's."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
+    The AdaRound levels and the activation range factors are found by the first write and reused.
+    PREPARED: another process's calibration of the same model and config, WRITE.prepared() after
+    its first write (a Ray worker's, edgekit.layer_trials): written from as it is."""
     if cfg.target_cpu is None:  # a caller that chose no CPU: the form that holds on this one
         cfg = for_cpu(cfg, resolve())
-    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    method = calibrate.ort_method(cfg.calibration)
+    with tempfile.TemporaryDirectory(prefix="edgekit-q-") as tmp:
+        if prepared is None:
+            p = _prepare(fp32, calib, cfg, batch_fixed, Path(tmp))
+        else:
+            p = _unpacked(prepared, Path(tmp))
+        yield _writer(p, fp32, calib, cfg, batch_fixed, Path(tmp))
+
+
+def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None, tmp: Path) -> Prepared:
+    """`calibrated`'s one calibration of FP32, its files in TMP."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     extra = {
         "WeightSymmetric": True,
         "ActivationSymmetric": cfg.activation_symmetric,
         "QuantizeBias": cfg.quantize_bias,
     }
-    with tempfile.TemporaryDirectory(prefix="edgekit-q-") as tmp:
-        src = Path(fp32)
-        if cfg.preprocess:
-            src = Path(tmp) / "pre.onnx"
-            # where ORT's symbolic shape inference gives up it leaves sym_shape_infer_temp.onnx
-            # (and its weights) in the working directory: the user's; run it in TMP instead
-            with contextlib.chdir(tmp):
-                try:
-                    quant_pre_process(str(Path(fp32).absolute()), str(src))
-                except Exception:  # symbolic shape inference does not know every op
-                    quant_pre_process(str(Path(fp32).absolute()), str(src), skip_symbolic_shape=True)
-        transformer, smoothed = _transformer(src, calib, cfg, batch_fixed, Path(tmp))
-        if smoothed:
-            src = Path(tmp) / "smoothed.onnx"
-        equalized = cfg.equalize and equalize.equalize(
-            src, Path(tmp) / "equalized.onnx", calib, batch_fixed, batch_fixed or cfg.calib_batch
-        )
-        if equalized:
-            src = Path(tmp) / "equalized.onnx"
-        limit = budget(cfg.calib_memory)
-        balanced = (
-            cfg.equalize_activations
-            and cfg.per_channel
-            and not equalized  # --equalize set the pairs' balance by their weights
-            and equalize_activations.equalize_activations(
-                src, Path(tmp) / "balanced.onnx", calib, batch_fixed, cfg.calib_batch, limit
-            )
-        )
-        if balanced and balanced["pairs"]:
-            src = Path(tmp) / "balanced.onnx"
-        ops = list(COMPUTE_OPS) if transformer else None
-        if transformer:  # float outputs (MatMulIntegerToFloat): an INT8 one before the bias and the
-            # residual add lost the outlier channels again (MiniLM cosine 0.980 -> 0.997 without)
-            extra["OpTypesToExcludeOutputQuantization"] = list(COMPUTE_OPS)
-        overrides, pairs = reduced_weights(src, cfg)
-        if overrides:
-            extra["TensorQuantOverrides"] = overrides
-        how = calibrate.Method(cfg.calibration, cfg.percentile, cfg.activation_symmetric)
-        means_of = bias_correction.layer_inputs(src) if cfg.bias_correction else []
-        rounding = adaround.collect(src, len(calib)) if cfg.adaround else None
-        if rounding and rounded:
-            rounding.chosen.update(rounded)
-        ranges = calibrate.calibrate(
-            src,
-            calib,
-            how,
-            limit,
-            cfg.calib_batch,
-            batch_fixed,
-            Path(tmp),
-            ops,
-            means_of,
-            rounding.observers() if rounding else None,
-        )
-        cache, memory, left, means = ranges.cache, ranges.memory, ranges.left, ranges.means
-        src, around = _around(src, left, Path(tmp))
-        searched: dict = {}  # the range search's record, where it ran here
-        # what the models written after the first reuse: bias_correction's errors, and each weight's
-        # scale and zero point as ORT chose them (given back as overrides, ORT skips its per-channel
-        # Python loop that computes them: ~1 s a model on EfficientNet-Lite1)
-        bias_errors: dict = {}
-        readers, chosen_params = _weights(src, ops), {}
-        never: set[str] = set()  # weights a write that kept their layers left unquantized: no params
-
-        def write(out: Path, exclude: Sequence[str]) -> dict:
-            excluded = [*exclude, *around]
-            options = copy.deepcopy(extra)  # each model gets its own: ORT may edit them
-            given = options.setdefault("TensorQuantOverrides", {})
-            for name, channels in chosen_params.items():
-                if "scale" not in given.get(name, [{}])[0]:  # a 7-bit weight's: its scale is now known
-                    given[name] = [dict(c) for c in channels]
+    src = Path(fp32)
+    if cfg.preprocess:
+        src = tmp / "pre.onnx"
+        # where ORT's symbolic shape inference gives up it leaves sym_shape_infer_temp.onnx
+        # (and its weights) in the working directory: the user's; run it in TMP instead
+        with contextlib.chdir(tmp):
             try:
-                quantize_static(
-                    str(src),
-                    str(out),
-                    None,
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=cfg.per_channel,
-                    activation_type=qtype[cfg.activation_type],
-                    weight_type=qtype[cfg.weight_type],
-                    calibrate_method=method,
-                    nodes_to_exclude=excluded or None,
-                    op_types_to_quantize=ops,
-                    extra_options=options,
-                    calibration_cache_path=cache,
-                )
-            except Exception as e:
-                raise EdgekitError(f"INT8 quantization failed: {first_line(e)}") from None
-            wanted = readers.keys() - chosen_params.keys() - never
-            if wanted:
-                chosen_params.update(_weight_params(out, wanted))
-                never.update(w for w in wanted - chosen_params.keys() if not readers[w] & set(exclude))
-            summary = {**summarize(out), "calibration_memory": memory}
-            # a weighted layer left fp32 (the summary counts them; a full INT8 write has none): else
-            # ORT runs it with INT8 weights. It changes no count: such a layer is fp32 either way
-            weighted = set(summary["fp32_compute_ops"]) & set(float_layers.WEIGHTED)
-            if weighted and (restored := float_layers.restore(out, src)):
-                summary["fp32_layer_inputs"] = restored
-            if transformer:
-                summary["transformer"] = {"smoothed_activations": smoothed, "smooth_alpha": cfg.smooth_alpha}
-            if left:
-                summary["left_float"] = list(left.values())
-            if cfg.reduce_range != "none":
-                summary["seven_bit_weights"] = len(overrides) - len(pairs)
-            if rounding:  # before the pairs are capped: a capped pair's levels only get smaller
-                summary["adaround"] = adaround.apply(src, out, rounding)
-            if pairs:
-                summary["pair_bounded_weights"] = len(pairs)
-                summary["pair_capped_values"] = weight_pairs.apply(out, pairs)
-            if equalized:
-                summary["equalized"] = equalized
-            if balanced:
-                summary["equalized_activations"] = balanced
-            if means:
-                summary["bias_corrected_layers"] = bias_correction.correct(src, out, means, bias_errors)
-            if cfg.range_search and not transformer:
-                if write.ranges is None and exclude:  # a trial's ranges are the full model's
-                    write(Path(tmp) / "full.onnx", ())
-                if write.ranges is None:
-                    found = range_search.search(
-                        out, Path(fp32), src, calib, batch_fixed, budget=cfg.range_search_budget
-                    )
-                    write.ranges = found["factors"]
-                    searched.update(found["record"])
-                scaled = range_search.apply(out, src, write.ranges)
-                summary["range_search"] = {**searched, "applied": scaled}
-            return summary
+                quant_pre_process(str(Path(fp32).absolute()), str(src))
+            except Exception:  # symbolic shape inference does not know every op
+                quant_pre_process(str(Path(fp32).absolute()), str(src), skip_symbolic_shape=True)
+    transformer, smoothed = _transformer(src, calib, cfg, batch_fixed, tmp)
+    if smoothed:
+        src = tmp / "smoothed.onnx"
+    equalized = cfg.equalize and equalize.equalize(
+        src, tmp / "equalized.onnx", calib, batch_fixed, batch_fixed or cfg.calib_batch
+    )
+    if equalized:
+        src = tmp / "equalized.onnx"
+    limit = budget(cfg.calib_memory)
+    balanced = (
+        cfg.equalize_activations
+        and cfg.per_channel
+        and not equalized  # --equalize set the pairs' balance by their weights
+        and equalize_activations.equalize_activations(
+            src, tmp / "balanced.onnx", calib, batch_fixed, cfg.calib_batch, limit
+        )
+    )
+    if balanced and balanced["pairs"]:
+        src = tmp / "balanced.onnx"
+    ops = list(COMPUTE_OPS) if transformer else None
+    if transformer:  # float outputs (MatMulIntegerToFloat): an INT8 one before the bias and the
+        # residual add lost the outlier channels again (MiniLM cosine 0.980 -> 0.997 without)
+        extra["OpTypesToExcludeOutputQuantization"] = list(COMPUTE_OPS)
+    overrides, pairs = reduced_weights(src, cfg)
+    if overrides:
+        extra["TensorQuantOverrides"] = overrides
+    how = calibrate.Method(cfg.calibration, cfg.percentile, cfg.activation_symmetric)
+    means_of = bias_correction.layer_inputs(src) if cfg.bias_correction else []
+    rounding = adaround.collect(src, len(calib)) if cfg.adaround else None
+    ranges = calibrate.calibrate(
+        src,
+        calib,
+        how,
+        limit,
+        cfg.calib_batch,
+        batch_fixed,
+        tmp,
+        ops,
+        means_of,
+        rounding.observers() if rounding else None,
+    )
+    src, around = _around(src, ranges.left, tmp)
+    return Prepared(
+        src, ranges.cache, ranges.memory, ranges.left, ranges.means, around, extra, ops, transformer,
+        smoothed, equalized, balanced, overrides, pairs, rounding,
+    )  # fmt: skip
 
-        write.rounded = rounding.chosen if rounding else {}
-        write.ranges = range_factors
-        yield write
+
+def _packed(p: Prepared) -> Prepared:
+    """P with its files as bytes and only the AdaRound statistics of layers not yet solved."""
+    rounding = p.rounding and adaround.Collected(
+        {k: g for k, g in p.rounding.grams.items() if k not in p.rounding.chosen}, dict(p.rounding.chosen)
+    )
+    return dataclasses.replace(
+        p, src=Path(p.src).read_bytes(), cache=Path(p.cache).read_bytes(), rounding=rounding,
+        params=copy.deepcopy(p.params), never=set(p.never),
+    )  # fmt: skip
+
+
+def _unpacked(p: Prepared, tmp: Path) -> Prepared:
+    """A packed P with its files written to TMP."""
+    src, cache = tmp / "src.onnx", tmp / "ranges.json"
+    src.write_bytes(p.src)
+    cache.write_bytes(p.cache)
+    return dataclasses.replace(p, src=src, cache=cache)
+
+
+def _writer(
+    p: Prepared, fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None, tmp: Path
+) -> Write:
+    """`calibrated`'s WRITE, writing from P."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    method = calibrate.ort_method(cfg.calibration)
+    src = p.src
+    searched: dict = {}  # the range search's record, where it ran here
+    # what the models written after the first reuse: bias_correction's errors, and each weight's
+    # scale and zero point as ORT chose them (given back as overrides, ORT skips its per-channel
+    # Python loop that computes them: ~1 s a model on EfficientNet-Lite1)
+    bias_errors: dict = {}
+    readers = _weights(src, p.ops)
+
+    def write(out: Path, exclude: Sequence[str]) -> dict:
+        excluded = [*exclude, *p.around]
+        options = copy.deepcopy(p.extra)  # each model gets its own: ORT may edit them
+        given = options.setdefault("TensorQuantOverrides", {})
+        for name, channels in p.params.items():
+            if "scale" not in given.get(name, [{}])[0]:  # a 7-bit weight's: its scale is now known
+                given[name] = [dict(c) for c in channels]
+        try:
+            quantize_static(
+                str(src),
+                str(out),
+                None,
+                quant_format=QuantFormat.QDQ,
+                per_channel=cfg.per_channel,
+                activation_type=qtype[cfg.activation_type],
+                weight_type=qtype[cfg.weight_type],
+                calibrate_method=method,
+                nodes_to_exclude=excluded or None,
+                op_types_to_quantize=p.ops,
+                extra_options=options,
+                calibration_cache_path=p.cache,
+            )
+        except Exception as e:
+            raise EdgekitError(f"INT8 quantization failed: {first_line(e)}") from None
+        wanted = readers.keys() - p.params.keys() - p.never
+        if wanted:
+            p.params.update(_weight_params(out, wanted))
+            p.never.update(w for w in wanted - p.params.keys() if not readers[w] & set(exclude))
+        summary = {**summarize(out), "calibration_memory": p.memory}
+        # a weighted layer left fp32 (the summary counts them; a full INT8 write has none): else
+        # ORT runs it with INT8 weights. It changes no count: such a layer is fp32 either way
+        weighted = set(summary["fp32_compute_ops"]) & set(float_layers.WEIGHTED)
+        if weighted and (restored := float_layers.restore(out, src)):
+            summary["fp32_layer_inputs"] = restored
+        if p.transformer:
+            summary["transformer"] = {"smoothed_activations": p.smoothed, "smooth_alpha": cfg.smooth_alpha}
+        if p.left:
+            summary["left_float"] = list(p.left.values())
+        if cfg.reduce_range != "none":
+            summary["seven_bit_weights"] = len(p.overrides) - len(p.pairs)
+        if p.rounding:  # before the pairs are capped: a capped pair's levels only get smaller
+            summary["adaround"] = adaround.apply(src, out, p.rounding)
+        if p.pairs:
+            summary["pair_bounded_weights"] = len(p.pairs)
+            summary["pair_capped_values"] = weight_pairs.apply(out, p.pairs)
+        if p.equalized:
+            summary["equalized"] = p.equalized
+        if p.balanced:
+            summary["equalized_activations"] = p.balanced
+        if p.means:
+            summary["bias_corrected_layers"] = bias_correction.correct(src, out, p.means, bias_errors)
+        if cfg.range_search and not p.transformer:
+            if p.ranges is None and exclude:  # a trial's ranges are the full model's
+                write(tmp / "full.onnx", ())
+            if p.ranges is None:
+                found = range_search.search(
+                    out, Path(fp32), src, calib, batch_fixed, budget=cfg.range_search_budget
+                )
+                p.ranges = found["factors"]
+                searched.update(found["record"])
+            scaled = range_search.apply(out, src, p.ranges)
+            summary["range_search"] = {**searched, "applied": scaled}
+        return summary
+
+    write.prepared = lambda: _packed(p)
+    return write
 
 
 def _weights(model: Path, ops: list[str] | None) -> dict[str, set[str]]:

@@ -18,17 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import batching
-from edgekit.compress.quantize import COMPUTE_OPS, Int8Config, Write, calibrated
+from edgekit.compress.quantize import COMPUTE_OPS, Int8Config, Prepared, Write, calibrated
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
 
 # a model file and the evaluation samples to judge it on (indices; None: all) -> its quality
 Evaluate = Callable[[Path, np.ndarray | None], dict]
 Judge = Callable[[list[np.ndarray], list[np.ndarray], Samples], dict]  # fp32, model, samples -> quality
-# layer names, evaluation indices, the AdaRound levels and range factors chosen (WRITE.rounded,
-# WRITE.ranges) -> each layer's trial:
-# restore_each here, or on Ray (edgekit.layer_trials)
-RestoreEach = Callable[[list[str], np.ndarray | None, dict, dict | None], dict[str, "Trial"]]
+# layer names, evaluation indices, the calibration to write them from (WRITE.prepared()) -> each
+# layer's trial: restore_each here, or on Ray (edgekit.layer_trials)
+RestoreEach = Callable[[list[str], np.ndarray | None, Prepared], dict[str, "Trial"]]
 # the evaluation samples the mixed-precision search ranks layers on (edgekit.compress.mixed): one
 # sample is 0.8 points, and restoring the layer that matters gains many; the finalists are then
 # scored on all of them
@@ -208,7 +207,7 @@ def table(
             singles = restore_each(write, work, evaluate, full)
         else:
             layers = [name for name, _ in quantized_layers(full.path)]
-            singles = restore(layers, None, write.rounded, write.ranges)
+            singles = restore(layers, None, write.prepared())
     ops = dict(quantized_layers(full.path))
     feeds, _ = next(batching.batches(evals.inputs, fixed, 1))  # one sample, or one fixed batch
     counts, shares = macs(fp32), latency_shares(fp32, feeds, threads=0)
