@@ -10,7 +10,10 @@ weights, real photo crops) on a local Ray cluster of 1 node, then of 2 nodes, on
 3. From the measured per-candidate costs, an estimate of a 500-candidate search with ImageNet-val-size
    evaluation (50,000 images) on 32 nodes.
 Clusters are Ray's own multi-node test utility on this machine (each node a raylet of its own); the
-runs go through the real CLI with --ray-address. The machine's load average is recorded: on a
+runs go through the real CLI with --ray-address. The 1-node run is a one-CPU machine: the cluster and
+the CLI (whose own work, the calibration, AdaRound and the range search of a sensitivity pass, would
+otherwise take the second core) are pinned to one core, with EDGEKIT_THREADS=1; the 2-node run has
+both cores. The machine's load average is recorded: on a
 shared machine it moves the numbers. Writes bench/results/search_scaling.json and its section of
 docs/BENCHMARKS.md.
 """
@@ -58,8 +61,9 @@ c.shutdown()
 
 
 def config(root: Path, args) -> Path:
-    """edgekit.yaml for Lite1's ONNX export, the photos, and the 24-candidate space (AdaRound off in
-    every candidate: on one CPU it adds minutes to each Lite1 build, docs/guide/quantize.md)."""
+    """edgekit.yaml for Lite1's ONNX export, the photos, and the 24-candidate space (AdaRound and the
+    activation range search off in every candidate: on one CPU they add two minutes to each Lite1
+    build, docs/guide/quantize.md)."""
     m = zoo.MODELS[MODEL]
     text = f"""\
 model:
@@ -83,6 +87,7 @@ search:
     int8.per_channel: [true, false]
     int8.bias_correction: [true, false]
     int8.adaround: [false]
+    int8.range_search: [false]
     runtime: [ort, openvino]
   objectives: [accuracy, size]
   eval_share: {args.share}
@@ -97,14 +102,22 @@ def preprocess_args() -> list[str]:
     return zoo.cli_args(MODEL)[4:]  # past --arch and --input-shape
 
 
-def _cli(*args, cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
+def _cores(nodes: int) -> dict:
+    """Popen options that keep a process and its children to NODES cores (and ONNX Runtime's threads
+    to one where that is one core): a 1-node run is a one-CPU machine, the driver's work included."""
+    cpus = sorted(os.sched_getaffinity(0))[:nodes]
+    env = ENV if nodes > 1 else {**ENV, "EDGEKIT_THREADS": "1"}
+    return {"env": env, "preexec_fn": lambda: os.sched_setaffinity(0, cpus)}
+
+
+def _cli(*args, cwd: Path, nodes: int) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
     proc = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "edgekit"), *map(str, args)],
         cwd=cwd,
-        env=ENV,
         capture_output=True,
         text=True,
+        **_cores(nodes),
     )
     if proc.returncode:
         raise SystemExit(f"edgekit {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}")
@@ -117,21 +130,21 @@ def on_cluster(root: Path, nodes: int, cfg: Path) -> dict:
         [sys.executable, "-c", CLUSTER, str(nodes)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        env=ENV,
         text=True,
+        **_cores(nodes),
     )
     address = cluster.stdout.readline().strip()
     try:
         load = os.getloadavg()[0]
         out = root / f"search-{nodes}"
-        search_s, _ = _cli("search", cfg, "-o", out, "--ray-address", address, cwd=root)
+        search_s, _ = _cli("search", cfg, "-o", out, "--ray-address", address, cwd=root, nodes=nodes)
         records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
         sens_args = (
             "sensitivity", root / "lite1" / "model.onnx", *preprocess_args(), "--calib", root / "calib",
             "--calib-size", cfg_value(cfg, "calib_size"), "--eval", root / "eval",
             "--eval-size", cfg_value(cfg, "eval_size"), "--json", root / f"sensitivity-{nodes}.json",
         )  # fmt: skip
-        sensitivity_s, _ = _cli(*sens_args, "--ray-address", address, cwd=root)
+        sensitivity_s, _ = _cli(*sens_args, "--ray-address", address, cwd=root, nodes=nodes)
         table = json.loads((root / f"sensitivity-{nodes}.json").read_text())
     finally:
         cluster.stdin.close()
@@ -202,25 +215,28 @@ def _row(what: str, one: float, two: float) -> str:
 
 def markdown(r: dict) -> str:
     a, (one, two), e = r["args"], r["runs"], r["estimate"]
-    busy = sum(two["candidate_s"])
+    summed, busy = sum(one["candidate_s"]), sum(two["candidate_s"])
     return f"""<!-- search_scaling:start -->
 ## `edgekit search` and `edgekit sensitivity` on 1 vs 2 Ray nodes (EfficientNet-Lite1)
 
 `bench/search_scaling.py`: EfficientNet-Lite1 (published weights), {a["calib"]} calibration and
 {a["eval"]} evaluation photo crops, its ONNX export searched: a grid of {one["candidates"] - 1} INT8
 candidates (calibration minmax / percentile / mse x per-channel or not x bias correction or not x ORT or
-OpenVINO; AdaRound off, which adds minutes a Lite1 build on one CPU) and the fp32 baseline,
-objectives accuracy and size, evaluation shards of {a["share"]}; then one `edgekit sensitivity` pass
-({one["layers"]} layers, AdaRound on: solved once by the driver, its levels handed to every worker).
-Local clusters made by Ray's multi-node test utility, one CPU per node, through the CLI's
-`--ray-address`. CPU: {cpu_line(r["host"])}, {r["host"].get("cores", "?")} cores.
+OpenVINO; AdaRound and the activation range search off, which add two minutes to a Lite1 build on one
+CPU) and the fp32 baseline, objectives accuracy and size, evaluation shards of {a["share"]}; then one
+`edgekit sensitivity` pass ({one["layers"]} layers, every default on: the driver calibrates, solves
+AdaRound and searches the ranges once, and hands that calibration to every worker). Local clusters
+made by Ray's multi-node test utility, one CPU per node, through the CLI's `--ray-address`; the
+1-node run is a one-CPU machine (the cluster and the CLI pinned to one core, EDGEKIT_THREADS=1: the
+driver's own work too), the 2-node run has both cores.
+CPU: {cpu_line(r["host"])}, {r["host"].get("cores", "?")} cores.
 Load average: {one["load_before"]:.1f} to {one["load_after"]:.1f} (1 node), {two["load_before"]:.1f} to
 {two["load_after"]:.1f} (2 nodes).
 
 | | 1 node | 2 nodes | speed-up |
 |---|---:|---:|---:|
 {_row(f"search: {one['candidates']} candidates built and scored (s)", one["search_s"], two["search_s"])}
-| search: the candidates' own seconds, summed | {sum(one["candidate_s"]):.0f} | {busy:.0f} | |
+| search: candidates' seconds from build to score (CPU waits included), summed | {summed:.0f} | {busy:.0f} | |
 {_row(f"sensitivity: {one['layers']} layer trials (s)", one["sensitivity_s"], two["sensitivity_s"])}
 
 Both nodes ran trials in the 2-node search ({two["nodes_used"]} nodes used); the sensitivity ranking
@@ -258,7 +274,8 @@ def main() -> None:
         zoo.write_image_folder(root / "eval", args.eval, seed=1)
         zoo.write_state_dicts(root, [MODEL])
         if not (root / "lite1" / "model.onnx").is_file():
-            _cli("export", root / f"{MODEL}.pt", *zoo.cli_args(MODEL), "-o", root / "lite1", cwd=root)
+            export = ("export", root / f"{MODEL}.pt", *zoo.cli_args(MODEL), "-o", root / "lite1")
+            _cli(*export, cwd=root, nodes=2)
         cfg = config(root, args)
         runs = []
         for nodes in (1, 2):
