@@ -23,7 +23,6 @@ Bias correction runs after (as in AIMET) and removes the mean error that is left
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -362,7 +361,7 @@ def _solve(todo: list, chosen: dict[str, np.ndarray]) -> int:
     shape); returns how many layers kept nearest rounding."""
     import torch
 
-    from edgekit.runtimes.ort import threads as session_threads
+    from edgekit.runtimes.ort import cpus
 
     if not todo:
         return 0
@@ -385,8 +384,7 @@ def _solve(todo: list, chosen: dict[str, np.ndarray]) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cpus = session_threads(0) or len(os.sched_getaffinity(0))  # a Ray task's CPUs, or the machine's
-        shares = _shares(problems, min(cpus, len(problems)))
+        shares = _shares(problems, min(cpus(), len(problems)))
         with ThreadPoolExecutor(len(shares)) as pool:
             list(pool.map(descend, shares))
     finally:

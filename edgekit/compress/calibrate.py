@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -94,7 +93,7 @@ def calibrate(
         save_tensors_data,
     )
 
-    from edgekit.runtimes.ort import threads as session_threads
+    from edgekit.runtimes.ort import cpus, threads
 
     absolute = method.name in ("percentile", "mse") and method.symmetric  # ORT's layout for this method
     state: dict[str, _Tensor] = {}
@@ -130,10 +129,10 @@ def calibrate(
             op_types_to_calibrate=ops,
             calibrate_method=CalibrationMethod.Percentile,
         )
-        cpus = session_threads(0)  # a Ray task's CPUs, where it is one: ORT's session takes every core
-        if cpus:
+        task_cpus = threads(0)  # a Ray task's CPUs, where it is one: ORT's session takes every core
+        if task_cpus:
             so = ort.SessionOptions()
-            so.intra_op_num_threads = cpus
+            so.intra_op_num_threads = task_cpus
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as ORT's own
             path, providers = augmented.augmented_model_path, augmented.execution_providers
             augmented.infer_session = ort.InferenceSession(path, so, providers=providers)
@@ -142,7 +141,7 @@ def calibrate(
         kept = [(i, name) for i, name in enumerate(names) if name in wanted]
         mean_set = set(means_of) & set(wanted)
         observers = observe or {}
-        with ThreadPoolExecutor(cpus or os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(cpus()) as pool:
 
             def feed(samples: Samples, size: int) -> int:
                 """Run SAMPLES in runs of SIZE, each run's tensors counted on the pool; the bytes

@@ -71,6 +71,11 @@ def threads(requested: int) -> int:
     return requested or int(os.environ.get(THREADS, "0") or 0)
 
 
+def cpus() -> int:
+    """CPUs edgekit's own thread pools may use: a Ray task's (EDGEKIT_THREADS), else this process's."""
+    return threads(0) or len(os.sched_getaffinity(0))
+
+
 @dataclass
 class Options:
     threads: int = 0  # 0: ONNX Runtime's default (all physical cores)
