@@ -206,3 +206,37 @@ def test_a_trial_on_its_suffix_gives_the_whole_models_outputs(block, fp32, calib
         for got, want in zip(cache.run(sub, part), whole, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
         scaler.set(act, 1.0)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_a_model_ending_in_softmax_is_judged_by_the_divergence_of_its_logits():
+    """PP-OCRv4's recognizer ends in a Softmax over 6625 classes: a softmax of those probabilities
+    is nearly uniform, its divergence ~0, and the search stopped as if nothing were left to gain.
+    Its probabilities are now judged as they are: the same KL divergence as its logits'."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, (4, 40, 6625))
+    noisy = logits + rng.normal(0, 0.3, logits.shape)
+    probs, noisy_probs = _softmax(logits), _softmax(noisy)
+    assert range_search.judged_kinds([logits, probs], ["scores", "softmax_11.tmp_0"]) == [
+        "sequence",
+        "probabilities",
+    ]
+    kl = range_search._error([noisy], [logits], ["sequence"])
+    assert kl > 100 * range_search.NEGLIGIBLE
+    assert range_search._error([noisy_probs], [probs], ["probabilities"]) == pytest.approx(kl, rel=1e-3)
+
+
+def test_agreement_where_fp32_is_confident_reads_probabilities_as_they_are():
+    from edgekit.benchmarks.metrics import fidelity
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 1, (64, 1000))
+    logits[:32, 0] += 20  # half the samples confident
+    out = logits + rng.normal(0, 0.5, logits.shape)
+    by_logits, by_probs = fidelity([logits], [out]), fidelity([_softmax(logits)], [_softmax(out)])
+    assert by_logits["confident_fraction"] == by_probs["confident_fraction"] == 0.5
+    assert by_probs["top1_agreement_confident"] == by_logits["top1_agreement_confident"]

@@ -266,3 +266,78 @@ def test_the_dynamic_candidate_must_keep_each_outputs_main_fidelity():
     other = {"fidelity": {"output_0": {"kind": "other", "sqnr_db": 30.0}}}
     assert shortfall(other, {"fidelity": {"output_0": {"kind": "other", "sqnr_db": 26.0}}})
     assert shortfall({**static, "top1": 0.9}, {**close, "top1": 0.88}).startswith("top-1")
+
+
+class ConvThenAttention(nn.Module):
+    """A text recognizer's shape (PP-OCRv4's SVTR): a convolutional stem, then self-attention over
+    the columns, per-column class scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1),
+            nn.BatchNorm2d(16),
+            nn.Hardswish(),
+            nn.Conv2d(16, D, 3, (2, 1), 1),
+            nn.ReLU(),
+        )
+        self.qkv, self.out, self.head = nn.Linear(D, 3 * D), nn.Linear(D, D), nn.Linear(D, 11)
+
+    def forward(self, x):
+        f = self.stem(x).mean(2).transpose(1, 2)  # (N, W, D)
+        q, k, v = self.qkv(f).chunk(3, -1)
+        f = f + self.out((q @ k.transpose(1, 2) / math.sqrt(D)).softmax(-1) @ v)
+        return self.head(f).softmax(-1)
+
+
+def _softmax_as_upgraded_from_opset_12(model) -> None:
+    """Each Softmax of MODEL as onnx's version converter writes an opset-12 one whose input rank it
+    cannot infer (PaddlePaddle's exports): Flatten -> Softmax -> Reshape to the input's shape."""
+    from onnx import helper
+
+    nodes = []
+    for n in model.graph.node:
+        if n.op_type != "Softmax":
+            nodes.append(n)
+            continue
+        axis, x = n.attribute[0].i, n.input[0]
+        nodes += [
+            helper.make_node("Flatten", [x], [x + "_2d"], axis=axis),
+            helper.make_node("Softmax", [x + "_2d"], [x + "_p"], axis=-1),
+            helper.make_node("Shape", [x], [x + "_shape"]),
+            helper.make_node("Reshape", [x + "_p", x + "_shape"], list(n.output)),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def test_a_hybrids_attention_is_found_in_an_opset_12_export_and_its_convolutions_stay_int8(tmp_path):
+    """PaddlePaddle exports at opset 12; upgraded to 13 (INT8 needs it), each Softmax reads a Flatten
+    of its scores, which hid the attention: every op was quantized and PP-OCRv4's recognizer kept 69 %
+    of its decoded text to NNCF's 88 %. Found, the products are quantized with float outputs, but the
+    convolutions keep INT8 ones: ONNX Runtime has no Conv with a float output, so one ran as an fp32
+    Conv after dequantizing its weights."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgekit.compress.smooth import has_attention
+
+    torch.manual_seed(0)
+    model = ConvThenAttention().eval()
+    path = tmp_path / "hybrid.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 16, 64),), str(path), opset_version=13, dynamo=False)
+    upgraded = onnx.load(str(path))
+    _softmax_as_upgraded_from_opset_12(upgraded)
+    assert has_attention(upgraded.graph)
+    onnx.save(upgraded, str(path))
+    x = np.random.default_rng(0).normal(size=(32, 3, 16, 64)).astype(np.float32)
+    name = upgraded.graph.input[0].name
+    summary = quantize_int8(
+        path, tmp_path / "int8.onnx", Samples({name: x}, None), Int8Config(adaround=False), 1
+    )
+    assert "transformer" in summary and summary["quantized_ops"]["Conv"] == 2
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "fused.onnx")
+    ort.InferenceSession(str(tmp_path / "int8.onnx"), so, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "fused.onnx")).graph.node]
+    assert fused.count("QLinearConv") == 2 and "Conv" not in fused

@@ -98,11 +98,31 @@ def output_kind(ref: np.ndarray, name: str = "") -> str:
     return "classes" if ref.ndim == 2 else "sequence"
 
 
+def probability_rows(ref: np.ndarray) -> bool:
+    """The last axis already holds probabilities (the model ends in a Softmax): non-negative rows
+    that sum to 1."""
+    rows = np.asarray(ref, np.float64).reshape(-1, ref.shape[-1])
+    return bool(rows.size) and bool(np.all(rows >= 0) and np.allclose(rows.sum(1), 1, atol=1e-3))
+
+
+def log_probabilities(x: np.ndarray, probabilities: bool) -> np.ndarray:
+    """Log-probabilities over the last axis: the log-softmax of scores, or, where the model already
+    ends in a Softmax (PROBABILITIES, read from the fp32 reference), the log of its values
+    renormalized (a softmax of probabilities is nearly uniform over many classes: every divergence
+    measured on it is ~0)."""
+    x = np.asarray(x, np.float64)
+    if probabilities:
+        x = np.clip(x, 1e-12, None)
+        return np.log(x / x.sum(axis=-1, keepdims=True))
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
 def _unit_rows(ref: np.ndarray) -> bool:
     """Every row has unit L2 norm and is no probability vector (a confident softmax is nearly
     one-hot, so of nearly unit norm too)."""
     rows = np.asarray(ref, np.float64).reshape(-1, ref.shape[-1])
-    if not rows.size or (np.all(rows >= 0) and np.allclose(rows.sum(1), 1, atol=1e-3)):
+    if not rows.size or probability_rows(rows):
         return False
     return bool(np.all(np.abs(np.linalg.norm(rows, axis=1) - 1) < 1e-3))
 
@@ -198,9 +218,7 @@ def fidelity(
         result[f"output_{i}"] = compare_outputs(r, o, kind) | ({"name": name} if name else {})
     r, o = ref[0], out[0]
     if result["output_0"]["kind"] == "classes" and r.ndim == 2 and r.shape[1] > 1:
-        p = np.exp(r - r.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        confident = p.max(1) >= 0.9
+        confident = np.exp(log_probabilities(r, probability_rows(r)).max(1)) >= 0.9
         if confident.any():
             result["top1_agreement_confident"] = float(
                 np.mean(r[confident].argmax(1) == o[confident].argmax(1))

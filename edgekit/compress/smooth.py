@@ -17,7 +17,21 @@ import numpy as np
 from edgekit.compress import tensors
 from edgekit.data import Samples
 
-PASS_THROUGH = ("Mul", "Div", "Add", "Sub", "Where", "Cast", "Reshape", "Transpose")  # scale, mask, view
+# scale, mask, view; Flatten: an opset < 13 Softmax upgraded to 13 (PaddlePaddle's exports) runs on
+# a Flatten of its scores (ONNX's version converter keeps the old 2-D semantics that way)
+PASS_THROUGH = (
+    "Mul",
+    "Div",
+    "Add",
+    "Sub",
+    "Where",
+    "Cast",
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+)
 
 
 def has_attention(graph) -> bool:
