@@ -57,14 +57,30 @@ def outputs(
     size: int = 32,
     advance: Callable[[int], None] | None = None,
 ) -> list[np.ndarray]:
-    """Every output of RUN over INPUTS in `batches`, the padding's outputs dropped, concatenated;
-    ADVANCE(real samples) after each batch (a progress bar)."""
-    chunks = []
+    """Every output of RUN over INPUTS in `batches`, samples first (`_batch_axes`), the padding's
+    outputs dropped, concatenated; ADVANCE(real samples) after each batch (a progress bar)."""
+    chunks: list[list[np.ndarray]] = []
+    axes: list[int] = []
     for feeds, real in batches(inputs, fixed, size):
         out = run(feeds)
+        axes = _batch_axes(out, fixed or real, axes)
+        out = [np.moveaxis(o, a, 0) if a else o for o, a in zip(out, axes, strict=True)]
         chunks.append([o[:real] for o in out] if fixed and real < fixed else out)
         if advance is not None:
             advance(real)
     if len(chunks) == 1:  # one run: nothing to join (and a 0-d output could not be)
         return list(chunks[0])
     return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
+
+
+def _batch_axes(out: list[np.ndarray], n: int, before: list[int]) -> list[int]:
+    """Where each output of a run on N samples has them: where it had them in the run BEFORE if
+    that axis is N long, else its first axis that is (a recurrent state [2, N, 64] out: 1), else 0."""
+    axes = []
+    for k, o in enumerate(out):
+        prior = before[k] if k < len(before) else 0
+        if o.ndim > prior and o.shape[prior] == n:
+            axes.append(prior)
+        else:
+            axes.append(next((i for i, d in enumerate(o.shape) if d == n), 0))
+    return axes

@@ -240,3 +240,22 @@ def test_torch_inputs_of_mixed_dtypes(edgekit, work, dtype, said):
         "feats": onnx.TensorProto.FLOAT,
         "ids": onnx.TensorProto.INT64,
     }
+
+
+def test_a_state_handed_back_on_its_batch_axis_is_gathered_samples_first():
+    """Silero VAD returns its state [2, N, 128] beside [N, 1]: outputs over 70 samples in runs of 32
+    come back samples first (the last run's 6 joined as the others), and a state is judged as
+    other, not as a sequence of class scores."""
+    from edgekit import batching
+    from edgekit.benchmarks.metrics import output_kind
+
+    audio, state = _data(70)
+    inputs = batching.Stacked({"audio": audio, "state": np.moveaxis(state, 1, 0)}, {"state": 1})
+
+    def run(feeds):
+        return [feeds["audio"][:, :1], feeds["state"] * 2]  # [n, 1] and a state [2, n, 64]
+
+    prob, new_state = batching.outputs(run, inputs, None, 32)
+    assert prob.shape == (70, 1) and new_state.shape == (70, 2, HIDDEN)
+    np.testing.assert_array_equal(new_state, np.moveaxis(state, 1, 0) * 2)
+    assert output_kind(new_state, "stateN") == "other"

@@ -82,13 +82,16 @@ _CLASS_NAMES = ("logit", "score", "prob", "class")
 def output_kind(ref: np.ndarray, name: str = "") -> str:
     """What one output is, so it is judged by the metric that fits it (docs/guide/quantize.md):
     a name saying embed/pool/sentence/hidden/feature means an embedding, logit/score/prob/class
-    means scores; else by shape and values: [N, C] (C >= 2) is class scores unless every row has
-    unit L2 norm and is not a probability vector (an embedding), [N, T, C] is a sequence of class
-    scores, four or more axes a dense map, anything else other."""
+    means scores, state a recurrent state handed back (other); else by shape and values: [N, C]
+    (C >= 2) is class scores unless every row has unit L2 norm and is not a probability vector (an
+    embedding), [N, T, C] is a sequence of class scores, four or more axes a dense map, anything
+    else other."""
     low = name.lower()
     scores = ref.ndim >= 2 and ref.shape[-1] >= 2
     if scores and any(w in low for w in _EMBEDDING_NAMES):
         return "embedding"
+    if "state" in low:  # a recurrent state handed back for the next call (Silero VAD's stateN)
+        return "other"
     if ref.ndim >= 4:
         return "dense"
     if not scores or ref.ndim not in (2, 3):

@@ -7,17 +7,24 @@ detector computes 340 M values a sample, 5.5 s a sample in ORT's collector. Here
 come from the caller (the sentinel check computed them), and values are binned by one
 multiply-and-truncate and np.bincount in cache-sized blocks: 1.2 s on one core for the same
 sample, min and max included.
-The merge is ORT's: the bins keep their width and grow by whole bins when a batch reaches beyond them.
+The merge is ORT's: the bins keep their width and grow by whole bins when a batch reaches beyond them,
+up to MAX_BINS; past that, adjacent bins are summed into wider ones first (ORT's grow without end:
+Silero VAD's first sample, a stream's silence, set bins 1e-4 as wide as its speech needed, and 20 M
+bins broke its percentile).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 BINS = 2048  # ORT's num_bins for percentile and entropy calibration
 BLOCK = 1 << 16  # values binned at once: their float and index copies stay in the core's cache
+# a histogram growing past this many bins is coarsened back to about BINS (each bin then still
+# BINS-th of the reach or finer, as a histogram started on every value at once would be)
+MAX_BINS = 32 * BINS
 
 
 @dataclass
@@ -71,6 +78,9 @@ def add(h: Histogram | None, values: np.ndarray, lo: float, hi: float, absolute:
         counts[0 if absolute else BINS // 2] += zeros
         lo0, hi0 = (lo, hi) if h is None else (min(h.lo, lo), max(h.hi, hi))
         return Histogram(counts, width, absolute, lo0, hi0)
+    top = h.counts.size * h.width if absolute else h.counts.size * h.width / 2
+    if reach > top and reach / h.width > (MAX_BINS if absolute else MAX_BINS / 2):
+        h = coarsen(h, math.ceil(reach / top))
     n, width = h.counts.size, h.width
     top = n * width if absolute else n * width / 2
     grow = int((reach - top) // width + 1) if reach > top else 0  # whole bins, each side where signed
@@ -80,6 +90,19 @@ def add(h: Histogram | None, values: np.ndarray, lo: float, hi: float, absolute:
     offset = 0 if absolute else grow
     counts[offset : offset + n] += h.counts
     return Histogram(counts, width, absolute, min(h.lo, lo), max(h.hi, hi))
+
+
+def coarsen(h: Histogram, k: int) -> Histogram:
+    """H with bins K times as wide, each the sum of K of H's; zero stays an edge (signed: the bins
+    stay symmetric about it, padded with empty ones to a multiple of K on each side)."""
+    if absolute := h.absolute:
+        counts = np.zeros(-(-h.counts.size // k) * k, np.int64)
+        counts[: h.counts.size] = h.counts
+    else:
+        half, padded = h.counts.size // 2, -(-h.counts.size // 2 // k) * k
+        counts = np.zeros(2 * padded, np.int64)
+        counts[padded - half : padded + half] = h.counts
+    return Histogram(counts.reshape(-1, k).sum(1), h.width * k, absolute, h.lo, h.hi)
 
 
 def ort_entry(h: Histogram) -> tuple:

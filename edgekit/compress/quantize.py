@@ -30,6 +30,7 @@ from edgekit.compress import (
     equalize,
     equalize_activations,
     float_layers,
+    outer_reads,
     range_search,
     smooth,
     weight_pairs,
@@ -180,6 +181,7 @@ class Prepared:
     ranges: dict | None = None  # the range search's factors, from the first write
     params: dict[str, list[dict]] = field(default_factory=dict)  # weights' scales and zero points
     never: set[str] = field(default_factory=set)  # weights a write that kept their layers left float
+    guarded: int = 0  # subgraph reads of a Relu/Clip output given their own copy (outer_reads)
 
 
 @contextlib.contextmanager
@@ -226,6 +228,9 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
                 quant_pre_process(str(Path(fp32).absolute()), str(src))
             except Exception:  # symbolic shape inference does not know every op
                 quant_pre_process(str(Path(fp32).absolute()), str(src), skip_symbolic_shape=True)
+    guarded = outer_reads.guard(src, tmp / "guarded.onnx")
+    if guarded:
+        src = tmp / "guarded.onnx"
     transformer, smoothed = _transformer(src, calib, cfg, batch_fixed, tmp)
     if smoothed:
         src = tmp / "smoothed.onnx"
@@ -272,7 +277,7 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
     src, around = _around(src, ranges.left, tmp)
     return Prepared(
         src, ranges.cache, ranges.memory, ranges.left, ranges.means, around, extra, ops, transformer,
-        smoothed, equalized, balanced, overrides, pairs, rounding,
+        smoothed, equalized, balanced, overrides, pairs, rounding, guarded=guarded,
     )  # fmt: skip
 
 
@@ -356,6 +361,8 @@ def _writer(
         if p.pairs:
             summary["pair_bounded_weights"] = len(p.pairs)
             summary["pair_capped_values"] = weight_pairs.apply(out, p.pairs)
+        if p.guarded:
+            summary["subgraph_reads_guarded"] = p.guarded
         if p.equalized:
             summary["equalized"] = p.equalized
         if p.balanced:
