@@ -78,3 +78,22 @@ def test_only_reads_of_removable_activations_are_guarded(tmp_path):
     next(n for n in m.graph.node if n.op_type == "Relu").op_type = "Sigmoid"
     onnx.save(m, str(tmp_path / "sig.onnx"))
     assert outer_reads.guard(tmp_path / "sig.onnx", tmp_path / "g2.onnx") == 0
+
+
+def test_a_model_whose_compute_is_all_inside_control_flow_is_refused(edgekit, work):
+    """Silero VAD's default ONNX keeps every Conv and its LSTM in If branches: ORT's static quantizer
+    reaches none, and the "INT8" artifact was the fp32 model (exit 0). Refused, exit 2, nothing
+    written, saying why and what to export instead."""
+    _model(work / "fp32.onnx")
+    m = onnx.load(str(work / "fp32.onnx"))
+    conv, relu = m.graph.node[0], m.graph.node[1]
+    for branch in next(n for n in m.graph.node if n.op_type == "If").attribute:
+        branch.g.node.insert(0, relu)
+        branch.g.node.insert(0, conv)
+    del m.graph.node[:2]
+    onnx.save(m, str(work / "inner.onnx"))
+    np.savez(work / "x.npz", x=np.random.default_rng(1).normal(size=(16, 4, 16)).astype(np.float32))
+    r = edgekit("compress", work / "inner.onnx", "--int8", "--calib", work / "x.npz", "-o", work / "out")
+    assert r.returncode == 2, r.stderr
+    assert "Conv x2" in r.stderr and "inside If/Loop/Scan subgraphs" in r.stderr
+    assert "Traceback" not in r.stderr and not (work / "out").exists()

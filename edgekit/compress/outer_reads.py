@@ -13,7 +13,8 @@ from pathlib import Path
 REMOVABLE = ("Relu", "Clip")  # the activations ORT's QDQ quantizer folds into a quantizer's clamp
 
 
-def _subgraphs(node) -> list:
+def subgraphs(node) -> list:
+    """The graphs NODE holds (an If's branches, a Loop's or Scan's body)."""
     from onnx import AttributeProto
 
     graphs = []
@@ -31,7 +32,7 @@ def _outer_reads(graph) -> set[str]:
     defined |= {o for n in graph.node for o in n.output}
     read = {i for n in graph.node for i in n.input if i} | {o.name for o in graph.output}
     for n in graph.node:
-        for g in _subgraphs(n):
+        for g in subgraphs(n):
             read |= _outer_reads(g)
     return read - defined
 
@@ -42,7 +43,7 @@ def _rename(graph, old: str, new: str) -> None:
         for k, name in enumerate(n.input):
             if name == old:
                 n.input[k] = new
-        for g in _subgraphs(n):
+        for g in subgraphs(n):
             _rename(g, old, new)
     for o in graph.output:
         if o.name == old:
@@ -60,11 +61,11 @@ def guard(src: Path, dst: Path) -> int:
     producer = {o: n for n in graph.node for o in n.output}
     after: dict[str, list] = {}  # a producer's output name -> the Identity nodes that copy it
     for k, node in enumerate(graph.node):
-        subgraphs = _subgraphs(node)
-        reads = set().union(*(_outer_reads(g) for g in subgraphs)) if subgraphs else set()
+        inner = subgraphs(node)
+        reads = set().union(*(_outer_reads(g) for g in inner)) if inner else set()
         for name in sorted(r for r in reads if r in producer and producer[r].op_type in REMOVABLE):
             copy = f"{name}_edgekit_outer_{k}"
-            for g in subgraphs:
+            for g in inner:
                 _rename(g, name, copy)
             after.setdefault(name, []).append(
                 helper.make_node("Identity", [name], [copy], f"edgekit_outer_{k}")

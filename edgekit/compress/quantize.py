@@ -32,6 +32,7 @@ from edgekit.compress import (
     float_layers,
     outer_reads,
     range_search,
+    signal_front,
     smooth,
     weight_pairs,
 )
@@ -147,9 +148,47 @@ def form_name(cfg: Int8Config) -> str | None:
 
 
 def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None):
-    """Write a QDQ INT8 model to `out`; return a summary of what was quantized."""
+    """Write a QDQ INT8 model to `out`; return a summary of what was quantized. A model in which
+    nothing could be quantized is refused with the reason, never written as an "INT8" copy of fp32."""
     with calibrated(fp32, calib, cfg, batch_fixed) as write:
-        return write(out, cfg.exclude_nodes)
+        summary = write(out, cfg.exclude_nodes)
+    if not summary["quantized_ops"] and not cfg.exclude_nodes:
+        raise EdgekitError(_nothing_quantized(Path(fp32)))
+    return summary
+
+
+def _nothing_quantized(fp32: Path) -> str:
+    """Why INT8 found nothing to quantize in FP32, and what to do, in one sentence."""
+    import onnx
+
+    def ops(graph, inner: bool) -> Counter:
+        found = Counter(n.op_type for n in graph.node if inner and n.op_type in COMPUTE_OPS + RECURRENT_OPS)
+        for n in graph.node:
+            for g in outer_reads.subgraphs(n):
+                found += ops(g, True)
+        return found
+
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    inside = ops(graph, False)
+    main = Counter(n.op_type for n in graph.node if n.op_type in COMPUTE_OPS)
+    recurrent = Counter(n.op_type for n in graph.node if n.op_type in RECURRENT_OPS)
+    if main:
+        listed = ", ".join(f"{k} x{v}" for k, v in main.most_common())
+        return f"--int8 quantized none of the model's compute ops ({listed}); `edgekit inspect` shows them."
+    if inside:
+        listed = ", ".join(f"{k} x{v}" for k, v in inside.most_common())
+        return (
+            f"--int8 found nothing to quantize: the model's compute ops ({listed}) are inside "
+            "If/Loop/Scan subgraphs, which ONNX Runtime's static quantizer does not reach; export the "
+            "model without control flow (its branches fixed, e.g. one sample rate) and compress that."
+        )
+    if recurrent:
+        return (
+            "--int8 found nothing to quantize: the model's only compute ops are recurrent "
+            f"({', '.join(recurrent)}), which ONNX Runtime's static quantizer has no INT8 form of; "
+            "--fp16 shrinks it instead."
+        )
+    return "--int8 found nothing to quantize: it has no Conv, ConvTranspose, MatMul or Gemm."
 
 
 Write = Callable[[Path, Sequence[str]], dict]
@@ -182,6 +221,7 @@ class Prepared:
     params: dict[str, list[dict]] = field(default_factory=dict)  # weights' scales and zero points
     never: set[str] = field(default_factory=set)  # weights a write that kept their layers left float
     guarded: int = 0  # subgraph reads of a Relu/Clip output given their own copy (outer_reads)
+    front: dict = field(default_factory=dict)  # the signal front end left float (signal_front)
 
 
 @contextlib.contextmanager
@@ -274,10 +314,10 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
         means_of,
         rounding.observers() if rounding else None,
     )
-    src, around = _around(src, ranges.left, tmp)
+    src, around, front = _around(src, ranges.left, tmp)
     return Prepared(
         src, ranges.cache, ranges.memory, ranges.left, ranges.means, around, extra, ops, transformer,
-        smoothed, equalized, balanced, overrides, pairs, rounding, guarded=guarded,
+        smoothed, equalized, balanced, overrides, pairs, rounding, guarded=guarded, front=front,
     )  # fmt: skip
 
 
@@ -363,6 +403,8 @@ def _writer(
             summary["pair_capped_values"] = weight_pairs.apply(out, p.pairs)
         if p.guarded:
             summary["subgraph_reads_guarded"] = p.guarded
+        if p.front:
+            summary["signal_front_float"] = p.front
         if p.equalized:
             summary["equalized"] = p.equalized
         if p.balanced:
@@ -479,21 +521,24 @@ def _transformer(model: Path, calib: Samples, cfg: Int8Config, fixed: int | None
     return True, smooth.smooth(model, tmp / "smoothed.onnx", calib, cfg.smooth_alpha, fixed, batch)
 
 
-def _around(model: Path, tensors, tmp: Path) -> tuple[Path, list[str]]:
-    """MODEL, and the names of its nodes that make or read TENSORS, to be left float; where a node
+def _around(model: Path, tensors, tmp: Path) -> tuple[Path, list[str], dict]:
+    """MODEL, the names of its nodes to be left float (those that make or read TENSORS, and its
+    signal front end: edgekit.compress.signal_front), and what that front end holds; where a node
     has no name (ORT excludes nodes by name), a copy in TMP with every node named."""
     import onnx
 
-    if not tensors:
-        return model, []
+    front = signal_front.front(onnx.load(str(model), load_external_data=False).graph)
+    if not tensors and not front:
+        return model, [], {}
     m = onnx.load(str(model))
     if not all(node.name for node in m.graph.node):
         for i, node in enumerate(m.graph.node):
             node.name = node.name or f"edgekit_{node.op_type}_{i}"
         model = tmp / "named.onnx"
         onnx.save(m, str(model), save_as_external_data=m.ByteSize() > 2**31 - 2**24)
-    wanted = set(tensors)
-    return model, [n.name for n in m.graph.node if wanted & {*n.input, *n.output}]
+    wanted, kept = set(tensors), set(front)
+    names = [n.name for k, n in enumerate(m.graph.node) if k in kept or wanted & {*n.input, *n.output}]
+    return model, names, signal_front.summary(m.graph, front) if front else {}
 
 
 def summarize(path: Path) -> dict:

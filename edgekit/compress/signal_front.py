@@ -1,0 +1,59 @@
+"""The signal front end of an audio (or other 1-D signal) model stays float: the ops from a raw signal
+input to its magnitude (|STFT|, a power spectrum, a log-mel), as speech models compute features
+inside the graph. A waveform and its spectrum span more than 8 linear bits hold: silence next to
+speech is 40-60 dB down, and it rounds to zero. On Silero VAD (16 kHz, espeak-ng speech over noise)
+the INT8 model kept 82 % of the fp32 model's speech decisions with its STFT convolution and magnitude
+quantized and 98 % with them float (the encoder after them INT8 either way). Neither ORT's quantizer
+nor NNCF does this; an image model (a 4-D input) or a magnitude deep in a network (a LayerNorm
+written out with Pow and Sqrt, many layers from the input) is left alone."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+MAGNITUDE = ("Pow", "Sqrt", "Abs", "Log")  # where a transform's output becomes its magnitude
+COMPUTE = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+TRANSFORMS = 2  # compute ops a front end may hold before its magnitude: an STFT, a mel filterbank
+
+
+def _signals(graph) -> set[str]:
+    """Float inputs of GRAPH with 2 or 3 axes: [N, samples], [N, channels, samples]."""
+    from onnx import TensorProto
+
+    return {
+        i.name
+        for i in graph.input
+        if i.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16)
+        and len(i.type.tensor_type.shape.dim) in (2, 3)
+    }
+
+
+def front(graph) -> list[int]:
+    """Indices of GRAPH's nodes in a signal front end: each magnitude op that a signal input reaches
+    through at most TRANSFORMS compute ops, with every node it depends on."""
+    signals = _signals(graph)
+    if not signals:
+        return []
+    producer = {o: k for k, n in enumerate(graph.node) for o in n.output}
+    found: set[int] = set()
+    for k, node in enumerate(graph.node):
+        if node.op_type not in MAGNITUDE:
+            continue
+        seen, todo, transforms, reached = {k}, [k], 0, False
+        while todo and transforms <= TRANSFORMS:
+            for name in graph.node[todo.pop()].input:
+                reached |= name in signals
+                j = producer.get(name)
+                if j is not None and j not in seen:
+                    seen.add(j)
+                    todo.append(j)
+                    transforms += graph.node[j].op_type in COMPUTE
+        if reached and transforms <= TRANSFORMS:
+            found |= seen
+    return sorted(found)
+
+
+def summary(graph, nodes: list[int]) -> dict:
+    """What the front end left float, for the manifest: its nodes, and its compute and magnitude ops."""
+    ops = Counter(graph.node[k].op_type for k in nodes)
+    return {"nodes": len(nodes), "ops": {op: n for op, n in ops.items() if op in COMPUTE + MAGNITUDE}}

@@ -1,0 +1,105 @@
+"""A speech model that computes its features in the graph (a waveform in, an STFT convolution, its
+magnitude, a log): INT8 keeps that front end float and quantizes the layers after it. Quantized,
+the front end rounds quiet audio to nothing: a waveform and its spectrum span more than 8 linear
+bits (Silero VAD kept 82 % of its speech decisions that way, 99.9 % with the front end float)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from edgekit.compress import signal_front
+from edgekit.compress.quantize import Int8Config, quantize_int8
+from edgekit.data import Samples
+
+BINS, WINDOW, HOP, SAMPLES = 33, 64, 32, 1024
+
+
+class TinySpeech(nn.Module):
+    """waveform [N, SAMPLES] -> |STFT| (a Conv1d with a Fourier basis) -> log -> two Conv1d -> 4 scores."""
+
+    def __init__(self):
+        super().__init__()
+        t, f = torch.arange(WINDOW), torch.arange(BINS)[:, None]
+        window = torch.hann_window(WINDOW)
+        basis = (
+            torch.cat([torch.cos(2 * torch.pi * f * t / WINDOW), -torch.sin(2 * torch.pi * f * t / WINDOW)])
+            * window
+        )
+        self.stft = nn.Conv1d(1, 2 * BINS, WINDOW, HOP, bias=False)
+        self.stft.weight.data = basis[:, None, :].float()
+        self.encoder = nn.Sequential(
+            nn.Conv1d(BINS, 32, 3, 1, 1), nn.ReLU(), nn.Conv1d(32, 32, 3, 2, 1), nn.ReLU()
+        )
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        y = self.stft(x.unsqueeze(1))
+        magnitude = torch.sqrt(y[:, :BINS] ** 2 + y[:, BINS:] ** 2)
+        return self.head(self.encoder(torch.log(magnitude + 1e-5)).mean(-1))
+
+
+def _audio(n: int, seed: int) -> np.ndarray:
+    """Tone bursts and noise at levels from -60 to 0 dB full scale: speech next to near silence."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(SAMPLES) / 16000
+    tones = np.sin(2 * np.pi * rng.uniform(100, 4000, (n, 1)) * t) + 0.3 * rng.standard_normal((n, SAMPLES))
+    return (tones * 10 ** rng.uniform(-3, 0, (n, 1))).astype(np.float32)
+
+
+def _int8(path, out) -> tuple[dict, np.ndarray]:
+    summary = quantize_int8(path, out, Samples({"x": _audio(128, 0)}, None), Int8Config(adaround=False), None)
+    x = _audio(200, 1)
+    return summary, ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_the_signal_front_end_stays_float_and_the_rest_is_int8(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    path = tmp_path / "speech.onnx"
+    torch.onnx.export(
+        TinySpeech().eval(), (torch.from_numpy(_audio(1, 0)),), str(path), input_names=["x"],
+        dynamic_axes={"x": {0: "N"}}, dynamo=False,
+    )  # fmt: skip
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": _audio(200, 1)}
+    )[0]
+    summary, kept = _int8(path, tmp_path / "int8.onnx")
+    assert summary["signal_front_float"]["ops"] == {"Conv": 1, "Pow": 2, "Sqrt": 1, "Log": 1}
+    assert summary["quantized_ops"] == {"Conv": 2, "Gemm": 1}
+    monkeypatch.setattr(signal_front, "front", lambda graph: [])
+    _, rounded = _int8(path, tmp_path / "all.onnx")
+
+    def sqnr(out):
+        return 10 * np.log10(np.sum(ref**2) / np.sum((out - ref) ** 2))
+
+    assert sqnr(kept) > sqnr(rounded) + 6, (sqnr(kept), sqnr(rounded))
+
+
+def test_an_image_model_and_a_deep_magnitude_have_no_front_end(tmp_path):
+    """A 4-D input is no signal; a LayerNorm written out with Pow and Sqrt three layers from a
+    signal input is no front end either."""
+    from tests.models import resnet_blocks
+
+    module, shapes = resnet_blocks()
+    torch.onnx.export(module, tuple(torch.randn(s) for s in shapes), str(tmp_path / "cnn.onnx"), dynamo=False)
+    assert signal_front.front(onnx.load(str(tmp_path / "cnn.onnx")).graph) == []
+
+    class Normed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.deep = nn.Sequential(
+                nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)
+            )
+
+        def forward(self, x):
+            h = self.deep(x)
+            h = h - h.mean(-1, keepdim=True)
+            return h / torch.sqrt((h**2).mean(-1, keepdim=True) + 1e-5)
+
+    torch.onnx.export(Normed().eval(), (torch.randn(2, 64),), str(tmp_path / "deep.onnx"), dynamo=False)
+    graph = onnx.load(str(tmp_path / "deep.onnx")).graph
+    assert {n.op_type for n in graph.node} >= {"Pow", "Sqrt", "Gemm"}
+    assert signal_front.front(graph) == []
