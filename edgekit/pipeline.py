@@ -22,6 +22,7 @@ from edgekit.artifact import (
     staging,
     write_manifest,
 )
+from edgekit.compress import output_tail
 from edgekit.compress.precision import bf16_unsupported
 from edgekit.compress.quantize import Int8Config, for_cpu
 from edgekit.data import Preprocess, Samples, check_labels, load_samples, split_holdout, with_examples
@@ -165,6 +166,8 @@ def _run_chain(w: passes.Work, chain: list[Step]) -> None:
             PassRecord(name=step.name, config=dumped, seconds=time.perf_counter() - t0, summary=summary)
         )
         done.append(step.name)
+        if step.name == "export":  # a decoded detection output is judged as what it is
+            w.req = replace(w.req, output_kinds=output_tail.with_decoded(w.model, w.req.output_kinds))
 
 
 def _needs(req: CompressRequest) -> None:

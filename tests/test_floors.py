@@ -20,17 +20,22 @@ from edgekit.pipeline import warnings
 
 class Cancel(nn.Module):
     """Class scores that ride on a large term and its cancellation: exact in fp32, lost in INT8 (the
-    sum is quantized on the large term's scale)."""
+    sum is quantized on the large term's scale before the last layer; after it, the ops would stay
+    float, edgekit.compress.output_tail)."""
 
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
         self.small = nn.Linear(16, 4)
         self.big = nn.Linear(16, 4)
+        self.out = nn.Linear(4, 4)
+        with torch.no_grad():
+            self.out.weight.copy_(torch.eye(4) + 0.01 * torch.randn(4, 4))
+            self.out.bias.zero_()
 
     def forward(self, x):
         big = self.big(x) * 1000
-        return (self.small(x) + big) - big
+        return self.out((self.small(x) + big) - big)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from edgekit.compress import (
     equalize_activations,
     float_layers,
     outer_reads,
+    output_tail,
     range_search,
     signal_front,
     smooth,
@@ -522,13 +523,15 @@ def _transformer(model: Path, calib: Samples, cfg: Int8Config, fixed: int | None
 
 
 def _around(model: Path, tensors, tmp: Path) -> tuple[Path, list[str], dict]:
-    """MODEL, the names of its nodes to be left float (those that make or read TENSORS, and its
-    signal front end: edgekit.compress.signal_front), and what that front end holds; where a node
-    has no name (ORT excludes nodes by name), a copy in TMP with every node named."""
+    """MODEL, the names of its nodes to be left float (those that make or read TENSORS, its signal
+    front end and its output tail: edgekit.compress.signal_front, output_tail), and what the front
+    end holds; where a node has no name (ORT excludes nodes by name), a copy in TMP with every node
+    named."""
     import onnx
 
-    front = signal_front.front(onnx.load(str(model), load_external_data=False).graph)
-    if not tensors and not front:
+    graph = onnx.load(str(model), load_external_data=False).graph
+    front, tail = signal_front.front(graph), output_tail.tail(graph)
+    if not tensors and not front and not tail:
         return model, [], {}
     m = onnx.load(str(model))
     if not all(node.name for node in m.graph.node):
@@ -536,7 +539,7 @@ def _around(model: Path, tensors, tmp: Path) -> tuple[Path, list[str], dict]:
             node.name = node.name or f"edgekit_{node.op_type}_{i}"
         model = tmp / "named.onnx"
         onnx.save(m, str(model), save_as_external_data=m.ByteSize() > 2**31 - 2**24)
-    wanted, kept = set(tensors), set(front)
+    wanted, kept = set(tensors), {*front, *tail}
     names = [n.name for k, n in enumerate(m.graph.node) if k in kept or wanted & {*n.input, *n.output}]
     return model, names, signal_front.summary(m.graph, front) if front else {}
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from edgekit import batching
 from edgekit.benchmarks.metrics import log_probabilities, output_kind, probability_rows
+from edgekit.compress import output_tail
 from edgekit.data import Samples
 
 # factors tried on every range (the error need not fall steadily between them: a greedy walk down
@@ -357,6 +358,8 @@ def search(
     refs = [[o.astype(np.float64) for o in _outputs(reference, s, fixed, threads)] for s in sets]
     names = [o.name for o in reference.graph.output]
     kinds = judged_kinds(refs[0], names) if sets else []
+    decoded = output_tail.decoded(reference.graph)  # a detection's boxes beside its scores
+    kinds = ["other" if n in decoded else k for n, k in zip(names, kinds, strict=False)]
     scaler = _Scaler(model, acts)
 
     def error(which: int = 0) -> float:
