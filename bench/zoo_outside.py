@@ -1,0 +1,175 @@
+"""Real models from other exporters and tasks, as their users have them: the ONNX files shipped
+inside pip packages (`make zoo` installs them without their dependencies).
+
+- PP-OCRv4 text recognizer and detector (PaddlePaddle via paddle2onnx, opset 12; rapidocr-onnxruntime):
+  rendered words (48x320, BGR, mean/std 0.5) and rendered pages (736x736), bench/zoo_ocr.py's text.
+- Silero VAD 16 kHz (silero-vad, its opset-15 export without the sample-rate If at the top): speech
+  from espeak-ng over pauses and noise, 512-sample chunks with 64 of context, its state carried
+  through each stream as its OnnxWrapper does.
+- NudeNet's YOLOv8 320n detector (nudenet; an ultralytics export): photo crops at 320x320, RGB in [0, 1].
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import wave
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+from zoo_case import ZooCase
+
+SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Please turn off the lights in the kitchen.",
+    "Meet me at the station at half past seven.",
+    "Edge devices run models close to the data.",
+    "It was raining when we left the harbour.",
+    "Numbers like four hundred and twelve are hard.",
+    "Could you send the report before Friday?",
+    "The river flows quietly under the old bridge.",
+    "Open the window, it is too warm in here.",
+    "Nobody expected the concert to end so early.",
+)
+VOICES = ("en", "en-us", "en+f3", "en+m3", "en-gb", "en+f2")
+CHUNK, CONTEXT, RATE = 512, 64, 16000
+
+
+def _packaged(package: str, *parts: str) -> Path:
+    return Path(str(files(package).joinpath(*parts)))
+
+
+def _say(text: str, voice: str, speed: int) -> np.ndarray:
+    """TEXT spoken by espeak-ng, resampled to 16 kHz."""
+    from scipy.signal import resample_poly
+
+    cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text]
+    wav = subprocess.run(cmd, capture_output=True, check=True).stdout
+    with wave.open(io.BytesIO(wav)) as w:
+        audio = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+        rate = w.getframerate()
+    return resample_poly(audio, RATE, rate).astype(np.float32)
+
+
+def speech_stream(seed: int, sentences: int = 12) -> np.ndarray:
+    """Sentences in several voices and speeds at several levels, with pauses, over low-passed hiss."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(sentences):
+        parts.append(np.zeros(int(rng.uniform(0.2, 1.5) * RATE), np.float32))
+        speech = _say(
+            SENTENCES[rng.integers(len(SENTENCES))],
+            VOICES[rng.integers(len(VOICES))],
+            int(rng.integers(130, 200)),
+        )
+        parts.append(speech * rng.uniform(0.3, 1.0))
+    audio = np.concatenate(parts)
+    hiss = np.convolve(rng.standard_normal(audio.size), np.ones(8) / 8, "same") * rng.uniform(0.002, 0.02)
+    return (audio + hiss).astype(np.float32)
+
+
+def vad_chunks(model: Path, seeds: list[int]) -> dict[str, np.ndarray]:
+    """The streams of SEEDS as Silero's OnnxWrapper feeds them: each chunk with the 64 samples before
+    it, and the state the fp32 model handed back after the chunk before (samples first)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    inputs, states = [], []
+    for seed in seeds:
+        audio = speech_stream(seed)
+        state, context = np.zeros((2, 1, 128), np.float32), np.zeros(CONTEXT, np.float32)
+        for k in range(audio.size // CHUNK):
+            chunk = audio[k * CHUNK : (k + 1) * CHUNK]
+            x = np.concatenate([context, chunk])[None]
+            inputs.append(x[0])
+            states.append(state[:, 0])
+            _, state = sess.run(None, {"input": x, "state": state, "sr": np.array(RATE, np.int64)})
+            context = chunk[-CONTEXT:]
+    return {"input": np.stack(inputs), "state": np.stack(states, 1), "state.batch_axis": np.array(1)}
+
+
+def _pages(directory: Path, n: int, seed: int, size: int = 736) -> None:
+    import zoo_ocr
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, bg in enumerate(zoo_ocr._backgrounds(n, (size, size), seed)):
+        zoo_ocr.render_page(rng, bg, size)[0].save(directory / f"page_{i:04d}.png")
+
+
+def _words(directory: Path, n: int, seed: int, height: int = 48, width: int = 320) -> None:
+    """RGB word crops as PaddleOCR feeds its recognizer: a word resized to HEIGHT x WIDTH."""
+    import zoo_ocr
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, bg in enumerate(zoo_ocr._backgrounds(n, (256, 64), seed)):
+        word, _ = zoo_ocr.render_word(rng, bg)
+        Image.fromarray(word).convert("RGB").resize((width, height), Image.BILINEAR).save(
+            directory / f"word_{i:04d}.png"
+        )
+
+
+def _photos(directory: Path, n: int, seed: int, size: int = 320) -> None:
+    import zoo
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(zoo._crops(n, seed)):
+        im.convert("RGB").resize((size, size)).save(directory / f"photo_{i:04d}.jpg", quality=92)
+
+
+def _once(directory: Path, make, *args) -> Path:
+    if not directory.is_dir():
+        make(directory, *args)
+    return directory
+
+
+PADDLE = ["--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--channel-order", "bgr"]
+
+
+def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
+    """The four outside models in WORK, each with its calibration and evaluation data."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    models = _packaged("rapidocr_onnxruntime", "models")
+    vad = _packaged("silero_vad", "data", "silero_vad_16k_op15.onnx")
+    for name, seeds in (("calib", [0, 1]), ("eval", [2, 3, 4])):
+        if not (work / f"vad_{name}.npz").is_file():
+            np.savez(work / f"vad_{name}.npz", **vad_chunks(vad, seeds))
+    pages = min(n_calib, 48), min(n_eval, 48)  # 736x736 pages: 0.9 GB of activations each in calibration
+    words = (
+        _once(work / f"words_{n_calib}", _words, n_calib, 0),
+        _once(work / f"words_e{n_eval}", _words, n_eval, 1),
+    )
+    texts = (
+        _once(work / f"pages_{pages[0]}", _pages, pages[0], 0),
+        _once(work / f"pages_e{pages[1]}", _pages, pages[1], 1),
+    )
+    photos = (
+        _once(work / f"photos_{n_calib}", _photos, n_calib, 0),
+        _once(work / f"photos_e{n_eval}", _photos, n_eval, 1),
+    )
+    return [
+        ZooCase(
+            "ppocr_rec", models / "ch_PP-OCRv4_rec_infer.onnx", *words, {},
+            ["--input-shape", "1,3,48,320", *PADDLE],
+            f"rendered words, 48x320 ({n_calib} calib, {n_eval} eval)",
+        ),
+        ZooCase(
+            "ppocr_det", models / "ch_PP-OCRv4_det_infer.onnx", *texts, {},
+            ["--input-shape", "1,3,736,736", "--resize", "736", *PADDLE],
+            f"rendered pages, 736x736 ({pages[0]} calib, {pages[1]} eval)",
+        ),
+        ZooCase(
+            "silero_vad", vad, work / "vad_calib.npz", work / "vad_eval.npz", {},
+            ["--calib-const", "sr=16000"],
+            "espeak-ng speech over pauses and hiss, 16 kHz, 576-sample chunks, the state carried",
+        ),
+        ZooCase(
+            "yolov8_nudenet", _packaged("nudenet", "320n.onnx"), *photos, {},
+            ["--input-shape", "1,3,320,320", "--resize", "320", "--mean", "0,0,0", "--std", "1,1,1"],
+            f"photo crops, 320x320 ({n_calib} calib, {n_eval} eval)",
+        ),
+    ]  # fmt: skip
