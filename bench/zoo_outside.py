@@ -11,10 +11,10 @@ inside pip packages (`make zoo` installs them without their dependencies).
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import subprocess
 import wave
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +36,13 @@ VOICES = ("en", "en-us", "en+f3", "en+m3", "en-gb", "en+f2")
 CHUNK, CONTEXT, RATE = 512, 64, 16000
 
 
-def _packaged(package: str, *parts: str) -> Path:
-    return Path(str(files(package).joinpath(*parts)))
+def packaged(package: str, *parts: str) -> Path:
+    """A file inside an installed PACKAGE, found without importing it (rapidocr and nudenet import
+    OpenCV, which --no-deps leaves out); FileNotFoundError where the package is missing."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{package} is not installed: run `make zoo`")
+    return Path(spec.submodule_search_locations[0]).joinpath(*parts)
 
 
 def _say(text: str, voice: str, speed: int) -> np.ndarray:
@@ -86,7 +91,11 @@ def vad_chunks(model: Path, seeds: list[int]) -> dict[str, np.ndarray]:
             states.append(state[:, 0])
             _, state = sess.run(None, {"input": x, "state": state, "sr": np.array(RATE, np.int64)})
             context = chunk[-CONTEXT:]
-    return {"input": np.stack(inputs), "state": np.stack(states, 1), "state.batch_axis": np.array(1)}
+    # sr, a 0-d array: the same in every sample (edgekit.data); state's samples on its axis 1
+    return {
+        "input": np.stack(inputs), "state": np.stack(states, 1), "state.batch_axis": np.array(1),
+        "sr": np.array(RATE, np.int64),
+    }  # fmt: skip
 
 
 def _pages(directory: Path, n: int, seed: int, size: int = 736) -> None:
@@ -133,8 +142,8 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
     """The four outside models in WORK, each with its calibration and evaluation data."""
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    models = _packaged("rapidocr_onnxruntime", "models")
-    vad = _packaged("silero_vad", "data", "silero_vad_16k_op15.onnx")
+    models = packaged("rapidocr_onnxruntime", "models")
+    vad = packaged("silero_vad", "data", "silero_vad_16k_op15.onnx")
     for name, seeds in (("calib", [0, 1]), ("eval", [2, 3, 4])):
         if not (work / f"vad_{name}.npz").is_file():
             np.savez(work / f"vad_{name}.npz", **vad_chunks(vad, seeds))
@@ -163,12 +172,11 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
             f"rendered pages, 736x736 ({pages[0]} calib, {pages[1]} eval)",
         ),
         ZooCase(
-            "silero_vad", vad, work / "vad_calib.npz", work / "vad_eval.npz", {},
-            ["--calib-const", "sr=16000"],
+            "silero_vad", vad, work / "vad_calib.npz", work / "vad_eval.npz", {}, [],
             "espeak-ng speech over pauses and hiss, 16 kHz, 576-sample chunks, the state carried",
         ),
         ZooCase(
-            "yolov8_nudenet", _packaged("nudenet", "320n.onnx"), *photos, {},
+            "yolov8_nudenet", packaged("nudenet", "320n.onnx"), *photos, {},
             ["--input-shape", "1,3,320,320", "--resize", "320", "--mean", "0,0,0", "--std", "1,1,1"],
             f"photo crops, 320x320 ({n_calib} calib, {n_eval} eval)",
         ),

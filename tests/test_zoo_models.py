@@ -197,13 +197,18 @@ PPOCR_MIN_DECODED = 0.85
 @pytest.fixture(scope="module")
 def outside(tmp_path_factory):
     """bench.zoo_outside's cases (small samples), or a skip naming what is missing."""
-    for package in ("rapidocr_onnxruntime", "silero_vad", "nudenet"):
-        pytest.importorskip(package, reason=f"{package} is not installed: run `make zoo`")
     import shutil
 
+    pytest.importorskip("skimage", reason="the zoo's photos come from scikit-image: run `make zoo`")
+    from bench import zoo_outside
+
+    for package in ("rapidocr_onnxruntime", "silero_vad", "nudenet"):
+        try:
+            zoo_outside.packaged(package)
+        except FileNotFoundError as e:
+            pytest.skip(str(e))
     if not shutil.which("espeak-ng"):
         pytest.skip("espeak-ng is not installed: run `make zoo`")
-    from bench import zoo_outside
 
     return {c.name: c for c in zoo_outside.cases(tmp_path_factory.mktemp("outside"), n_calib=64, n_eval=100)}
 
@@ -233,10 +238,10 @@ def test_silero_vad_keeps_its_speech_decisions(edgekit, outside, tmp_path):
 
 
 def test_silero_vads_control_flow_file_is_refused_with_the_reason(edgekit, outside, tmp_path):
-    from importlib.resources import files
+    from bench import zoo_outside
 
     case = outside["silero_vad"]
-    model = Path(str(files("silero_vad").joinpath("data", "silero_vad.onnx")))
+    model = zoo_outside.packaged("silero_vad", "data", "silero_vad.onnx")
     proc = edgekit(
         "compress", model, *case.args, "--int8", "--calib", case.calib, "-o", tmp_path / "int8", timeout=600
     )
