@@ -18,7 +18,14 @@ import wave
 from pathlib import Path
 
 import numpy as np
-from zoo_case import ZooCase
+
+try:
+    from bench import zoo, zoo_ocr
+    from bench.zoo_case import ZooCase
+except ImportError:  # run as a script from bench/
+    import zoo
+    import zoo_ocr
+    from zoo_case import ZooCase
 
 SENTENCES = (
     "The quick brown fox jumps over the lazy dog.",
@@ -99,8 +106,6 @@ def vad_chunks(model: Path, seeds: list[int]) -> dict[str, np.ndarray]:
 
 
 def _pages(directory: Path, n: int, seed: int, size: int = 736) -> None:
-    import zoo_ocr
-
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i, bg in enumerate(zoo_ocr._backgrounds(n, (size, size), seed)):
@@ -109,7 +114,6 @@ def _pages(directory: Path, n: int, seed: int, size: int = 736) -> None:
 
 def _words(directory: Path, n: int, seed: int, height: int = 48, width: int = 320) -> None:
     """RGB word crops as PaddleOCR feeds its recognizer: a word resized to HEIGHT x WIDTH."""
-    import zoo_ocr
     from PIL import Image
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -122,8 +126,6 @@ def _words(directory: Path, n: int, seed: int, height: int = 48, width: int = 32
 
 
 def _photos(directory: Path, n: int, seed: int, size: int = 320) -> None:
-    import zoo
-
     directory.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(zoo._crops(n, seed)):
         im.convert("RGB").resize((size, size)).save(directory / f"photo_{i:04d}.jpg", quality=92)
