@@ -8,7 +8,7 @@ its head out by a name pattern, edgekit by the graph."""
 
 from __future__ import annotations
 
-COMPUTE = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+COMPUTE = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # the ops INT8 quantizes (quantize.COMPUTE_OPS)
 
 
 def tail(graph) -> list[int]:

@@ -43,7 +43,7 @@ from edgekit.errors import EdgekitError, first_line
 from edgekit.memory import budget, parse_size
 from edgekit.target_cpu import CLASSES, FORMS, Form, TargetCpu, auto_form, resolve
 
-COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+COMPUTE_OPS = output_tail.COMPUTE  # Conv, ConvTranspose, MatMul, Gemm
 # recurrent layers: ONNX Runtime's static QDQ quantizer has no INT8 form of them, so they run fp32
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 

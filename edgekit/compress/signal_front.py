@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from edgekit.compress.output_tail import COMPUTE
+
 MAGNITUDE = ("Pow", "Sqrt", "Abs", "Log")  # where a transform's output becomes its magnitude
-COMPUTE = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 TRANSFORMS = 2  # compute ops a front end may hold before its magnitude: an STFT, a mel filterbank
 
 
