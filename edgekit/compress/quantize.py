@@ -529,11 +529,10 @@ def _around(model: Path, tensors, tmp: Path) -> tuple[Path, list[str], dict]:
     named."""
     import onnx
 
-    graph = onnx.load(str(model), load_external_data=False).graph
-    front, tail = signal_front.front(graph), output_tail.tail(graph)
+    m = onnx.load(str(model))
+    front, tail = signal_front.front(m.graph), output_tail.tail(m.graph)
     if not tensors and not front and not tail:
         return model, [], {}
-    m = onnx.load(str(model))
     if not all(node.name for node in m.graph.node):
         for i, node in enumerate(m.graph.node):
             node.name = node.name or f"edgekit_{node.op_type}_{i}"
