@@ -31,6 +31,7 @@ def _matmul_artifact(root: Path, n: int, batch: str | int) -> Path:
         [w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # onnx's newest IR may be newer than the installed onnxruntime reads
     onnx.save(model, root / "matmul.onnx")
     compress(CompressRequest(model=root / "matmul.onnx", out=root / "artifact"))
     return root / "artifact"

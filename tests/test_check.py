@@ -154,6 +154,23 @@ def test_opset_finding_for_an_op_newer_than_the_model(tmp_path):
     assert "exists from opset 20; the model declares opset 17" in found[0].reason
 
 
+def test_ort_load_error_keeps_its_reason(tmp_path):
+    """ORT's source location and C++ signature are dropped, so its reason fits the sentence."""
+    path = _graph_model(
+        tmp_path / "m.onnx",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [("", 17)],
+    )
+    model = onnx.load(str(path))
+    model.ir_version = 99  # newer than any onnxruntime reads
+    onnx.save(model, str(path))
+    [found] = [f for f in chk.check(path, "ort") if "ONNX Runtime" in f.reason]  # the checker's is beside it
+    assert found.reason.startswith("ONNX Runtime cannot load the model: Unsupported model IR version: 99")
+    assert "onnxruntime_src" not in found.reason
+
+
 def test_module_attribution_from_a_torch_export(tmp_path):
     path = tmp_path / "det.onnx"
     torch.onnx.export(LinearDet().eval(), (torch.zeros(2, 3, 3),), str(path), dynamo=True)

@@ -145,3 +145,20 @@ def test_gpu_memory_without_nvml_says_why(monkeypatch):
     assert gpu.process_memory_mb(os.getpid()) is None
     record = _gpu_memory(ort, "cuda")
     assert record == {"available": False, "reason": "pynvml is not installed (pip install nvidia-ml-py)"}
+
+
+def test_gpu_without_an_energy_counter_says_why(tmp_path, monkeypatch):
+    """A GPU whose driver has no energy counter (before Volta, some virtual GPUs): the row says so
+    instead of the worker failing. The real counter is read on a GPU by test_runtimes' gpu test."""
+    nvml = _fake_nvml(os.getpid())
+
+    def unsupported(handle):
+        raise nvml.NVMLError("Not Supported")
+
+    nvml.nvmlDeviceGetTotalEnergyConsumption = unsupported
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    meter = energy.Meter("cuda", root=tmp_path / "no-powercap")
+    meter.start()
+    e = meter.stop(runs=10, batch=1)
+    assert e["available"] is False
+    assert "NVML cannot read this GPU's energy counter (Not Supported)" in e["reason"]

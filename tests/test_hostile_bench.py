@@ -11,10 +11,12 @@ import numpy as np
 from hostile import SHAPE, assert_refused, hashes_of, sha256
 
 
-def _bench_rows(edgekit, art, work, *args, cwd=None) -> list[dict]:
+def _bench_rows(edgekit, art, work, *args, cwd=None, env=None) -> list[dict]:
     """`edgekit bench ART --runtime eager` (one run) with ARGS; the records it saved."""
     out = work / "rows.json"
-    r = edgekit("bench", art, "--runtime", "eager", "--runs", 1, "--warmup", 0, "--json", out, *args, cwd=cwd)
+    r = edgekit(
+        "bench", art, "--runtime", "eager", "--runs", 1, "--warmup", 0, "--json", out, *args, cwd=cwd, env=env
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(out.read_text())
 
@@ -77,6 +79,22 @@ def test_manifest_cannot_choose_arch(edgekit, tiny, work):
     [row] = _bench_rows(edgekit, art, work, "--arch", "tinynet:net", cwd=work)  # the user's choice
     assert row["ok"], row
     assert not marker.exists()
+
+
+def test_arch_found_through_pythonpath_runs_in_the_worker(edgekit, tiny, work):
+    """An --arch module the user's PYTHONPATH finds (not the working directory) is found by the
+    benchmark worker too: the worker's path adds edgekit's source to the user's, not replaces it."""
+    src = work / "src"
+    src.mkdir()
+    (src / "tinynet.py").write_text((tiny / "tinynet.py").read_text())
+    env = edgekit.env(PYTHONPATH=str(src))
+    art = work / "art"
+    r = edgekit(
+        "export", tiny / "weights.pt", "--arch", "tinynet:net", "--input-shape", SHAPE, "-o", art, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    [row] = _bench_rows(edgekit, art, work, "--arch", "tinynet:net", env=env)
+    assert row["ok"], row
 
 
 def test_edited_manifest(edgekit, tiny_artifact, work):

@@ -134,6 +134,80 @@ def test_runtime_matches_fp32_reference(artifacts, name, tmp_path):
         assert _relative_error(o, r) <= TOLERANCE[name]
 
 
+@pytest.fixture(scope="module")
+def wide_conv(tmp_path_factory) -> Path:
+    """An fp32 artifact of three 256-channel convolutions whose 64x64 maps are the output: wide
+    enough that cuDNN runs TF32 tensor-core kernels when allowed (on an H200 it does not for the
+    contract's small network), with nothing pooled to average the rounding away. Built only where
+    there is a CUDA device."""
+    import torch
+    from torch import nn
+
+    if reason := eager.unsupported("cuda"):
+        pytest.skip(reason)
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(3, 256, 3, padding=1), nn.ReLU(), nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1),
+    ).eval()  # fmt: skip
+    root = tmp_path_factory.mktemp("wide")
+    torch.export.save(torch.export.export(module, (torch.randn(1, 3, 64, 64),)), root / "model.pt2")
+    compress(CompressRequest(model=root / "model.pt2", out=root / "fp32"))
+    return root / "fp32"
+
+
+def _tf32_convs(torch, on: bool) -> None:
+    """torch's cuDNN TF32 setting, conv and RNN together (torch refuses to read a mix of them)."""
+    mode = "tf32" if on else "ieee"
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = mode
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["f32", "f16"])
+def test_eager_on_cuda_runs_the_precision_it_reports(wide_conv, precision):
+    """f32 on an NVIDIA GPU meets TensorRT's fp32 bound, where torch's default TF32 convolutions
+    (10 mantissa bits) are shown to miss it; f16 is close to the reference but not equal."""
+    import torch
+
+    manifest = read_manifest(wide_conv)
+    [name] = manifest.input_spec.names
+    feeds = {name: np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)}
+    ref = ort.load(str(wide_conv / "model.onnx")).run(feeds)[0]
+    model, opts = target(wide_conv, manifest, eager, BenchConfig("eager"))
+    sess = eager.load(model, "cuda", eager.Options(**{**opts, "precision": precision}))
+    assert (sess.info()["device"], sess.info()["precision"]) == ("cuda", precision)
+    error = _relative_error(sess.run(feeds)[0], ref)
+    if precision == "f16":
+        assert 0 < error < 1e-2
+        return
+    assert error <= TOLERANCE["tensorrt"]
+    _tf32_convs(torch, on=True)  # torch's default, unless told otherwise
+    try:
+        assert _relative_error(sess.run(feeds)[0], ref) > TOLERANCE["tensorrt"]
+    finally:
+        _tf32_convs(torch, on=False)
+
+
+@pytest.mark.gpu
+def test_bench_row_on_cuda_has_gpu_memory_and_energy(artifacts):
+    """An eager row on an NVIDIA GPU: torch's peak allocation, and NVML's energy where its counter
+    is readable (else the reason, not a number)."""
+    if reason := eager.unsupported("cuda"):
+        pytest.skip(reason)
+    # two seconds of runs: NVML's energy counter moves in steps of many milliseconds
+    record = measure(artifacts["torch"], BenchConfig(runtime="eager", device="cuda", seconds=2.0))
+    assert record["ok"], record
+    assert record["latency"]["count"] > 0 and record["latency"]["median_ms"] > 0
+    memory = record["gpu_memory"]
+    assert memory["available"] and memory["peak_allocated_mb"] > 0, memory
+    assert "used_mb" in memory or memory["nvml_reason"], memory
+    energy = record["energy"]
+    if energy["available"]:
+        assert energy["joules"]["nvml_gpu"] > 0 and energy["joules_per_inference"] > 0, energy
+    else:
+        assert "NVML" in energy["reason"] or "pynvml" in energy["reason"], energy
+
+
 def test_openvino_precision_is_pinned_and_read_back(artifacts, bf16_reason):
     _runnable("openvino")
     assert _session(artifacts["torch"], "openvino").info()["precision"] == "f32"
@@ -155,20 +229,28 @@ def test_runtimes_command_lists_ort(edgekit):
     assert "CPUExecutionProvider" in ort.describe()["providers"] and "cpu" in ort.describe()["devices"]
     proc = edgekit("runtimes")
     assert proc.returncode == 0, proc.stderr
-    row = next(x for x in proc.stdout.splitlines() if x.split("│")[1:2] and x.split("│")[1].strip() == "ort")
-    assert "cpu" in row
+    rows = {x.split("│")[1].strip(): x for x in proc.stdout.splitlines() if x.count("│") == 5}
+    assert "cpu" in rows["ort"]
+    missing = [name for name in ALL if not get_runtime(name).available()]
+    for name in missing:  # the pip command as written, its extra not eaten as markup
+        assert get_runtime(name).INSTALL.split(" (")[0] in rows[name], rows[name]
+    if not missing:
+        pytest.skip("every runtime is installed here: no pip command to show")
 
 
 def test_unsupported_devices_give_the_reason_here():
-    """This machine has no GPU and CPU-only builds: each runtime says why it cannot use one."""
+    """Where a build or the device is missing, each runtime says which (on a GPU machine too)."""
+    import torch
+
     assert ort.unsupported("cpu") is None
-    assert "no CUDAExecutionProvider" in ort.unsupported("cuda") and "onnxruntime-gpu" in ort.unsupported(
-        "cuda"
-    )
+    if "CUDAExecutionProvider" not in ort.describe()["providers"]:
+        assert "no CUDAExecutionProvider" in ort.unsupported("cuda")
+        assert "onnxruntime-gpu" in ort.unsupported("cuda")
     assert "no TensorrtExecutionProvider" in ort.unsupported("tensorrt")
     assert "not npu" in ort.unsupported("npu")
     assert eager.unsupported("cpu") is None
-    assert eager.unsupported("cuda") == "torch sees no CUDA device here"
+    cuda = torch.cuda.is_available()
+    assert eager.unsupported("cuda") == (None if cuda else "torch sees no CUDA device here")
     assert eager.unsupported("npu") == "the eager runtime runs on cpu or cuda, not npu"
     assert "not cpu" in trt.unsupported("cpu")
     if not ov.available():

@@ -129,7 +129,14 @@ class Meter:
         self.handle = _nvml_handle(self.device)
         self.tegrastats = Tegrastats() if shutil.which("tegrastats") else None
         self.rapl = read_rapl(self.root)
-        self.nvml = None if isinstance(self.handle, str) else _nvml_mj(self.handle)
+        self.nvml = None
+        if not isinstance(self.handle, str):
+            import pynvml
+
+            try:  # no energy counter before Volta, and none on some virtual GPUs
+                self.nvml = _nvml_mj(self.handle)
+            except pynvml.NVMLError as e:
+                self.handle = f"NVML cannot read this GPU's energy counter ({e})"
 
     def stop(self, runs: int, batch: int) -> dict:
         """{"available": true, joules per source, joules_per_inference (one run of the batch),

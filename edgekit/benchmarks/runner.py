@@ -53,7 +53,9 @@ class BenchConfig:
 def _worker(job: dict, timeout: float, prefix: list[str] | None = None) -> dict:
     """Run one job in a fresh `python -m edgekit.benchmarks.worker` (under PREFIX, an emulator,
     when given); a crash is a failed row."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    # edgekit's own source first, the user's PYTHONPATH kept (an --arch module may be found through it)
+    paths = [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
     try:
         proc = subprocess.run(
             [*(prefix or []), sys.executable, "-m", "edgekit.benchmarks.worker"],

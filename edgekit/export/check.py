@@ -369,6 +369,12 @@ def ort_findings(path: Path, model) -> list[Finding]:
     return out
 
 
+# ORT's load errors put its source file and C++ function before the reason, which a 300-character
+# first line would cut off: "... failed:/onnxruntime_src/.../model.cc:256 onnxruntime::Model::Model(
+# onnx::ModelProto&&, ...) Unsupported model IR version: 13, max supported IR version: 11"
+ORT_WHERE = re.compile(r"\S*onnxruntime_src/\S+:\d+ [\w:~]+\([^)]*\) ")
+
+
 def _ort_error(model, msg: str, already: list[Finding]) -> list[Finding]:
     """A session error as findings: the node with no kernel, or the unregistered op, or the model."""
     m = re.search(r"Could not find an implementation for (\w+)\(\d+\) node with name '([^']*)'", msg)
@@ -381,7 +387,9 @@ def _ort_error(model, msg: str, already: list[Finding]) -> list[Finding]:
     m = re.search(r"([\w.]*):(\w+)\(-?\d+\) is not a registered function/op", msg)
     if m and any(f.op_type.endswith(f":{m.group(2)}") for f in already):
         return []
-    return [_whole(f"ONNX Runtime cannot load the model: {first_line(msg)}")]
+    where = ORT_WHERE.search(msg)
+    reason = msg[where.end() :] if where else msg
+    return [_whole(f"ONNX Runtime cannot load the model: {first_line(Exception(reason))}")]
 
 
 def openvino_findings(path: Path, model, precision: str) -> list[Finding]:

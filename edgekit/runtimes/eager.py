@@ -5,7 +5,8 @@ The runner gives it the source file with Options.load: the input shapes the expo
 or in edgekit.yaml: never the manifest's, since an artifact must not grant the right to import a module
 or unpickle a file. This is the only runtime that imports torch.
 Options.precision bf16/f16 casts the module and its float inputs (torch's own .to(dtype)); info()
-reports the dtype of the weights that ran.
+reports the dtype of the weights that ran. f32 on CUDA is IEEE fp32: torch's default runs cuDNN
+convolutions in TF32 (10 mantissa bits), which would make an "f32" row on a GPU a lower precision.
 """
 
 from __future__ import annotations
@@ -65,6 +66,18 @@ class Options:
             raise RuntimeFailure(f"eager precision {self.precision!r} is not one of {', '.join(PRECISIONS)}.")
 
 
+def _ieee_fp32(torch) -> None:
+    """TF32 off for CUDA matmuls, convolutions and RNNs: torch >= 2.9's fp32_precision settings, or
+    the allow_tf32 flags before it (the two APIs must not be mixed in one process)."""
+    if hasattr(torch.backends.cudnn, "conv"):
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cudnn.rnn.fp32_precision = "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
 class Session:
     def __init__(self, path: str, device: str = "cpu", options: Options | None = None):
         import torch
@@ -81,6 +94,8 @@ class Session:
         self.input_names = loaded.input_spec.names
         names = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
         self._cast = None if self.options.precision == "f32" else names[self.options.precision]
+        if device == "cuda" and self._cast is None:
+            _ieee_fp32(torch)
         self._module = loaded.module.to(device=device, dtype=self._cast)
         weights = next((p.dtype for p in self._module.parameters()), self._cast or torch.float32)
         self.precision = {v: k for k, v in names.items()}.get(weights, str(weights))

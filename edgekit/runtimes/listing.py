@@ -9,6 +9,7 @@ from edgekit.runtimes import ALL, get
 
 def table():
     """A rich table: each runtime, installed or not (then the pip command), version, devices."""
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="edgekit runtimes", title_justify="left")
@@ -17,7 +18,7 @@ def table():
     for name in ALL:
         rt = get(name)
         if not rt.available():
-            t.add_row(name, "no", rt.INSTALL, "")
+            t.add_row(name, "no", escape(rt.INSTALL), "")  # escaped: "[tensorrt]" is not a style
             continue
         d = rt.describe()
         t.add_row(name, "yes", d["version"], ", ".join(d["devices"]))
