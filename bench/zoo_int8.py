@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import zoo_formats
 import zoo_text
 from _markdown import cpu_line, write_section
 from rich.console import Console
@@ -61,6 +62,8 @@ try:
     REGISTRY |= dict.fromkeys(("ppocr_rec", "ppocr_det", "silero_vad", "yolov8_nudenet"), zoo_outside.cases)
 except ImportError:
     pass
+
+REGISTRY |= dict.fromkeys(zoo_formats.NAMES, zoo_formats.cases)
 
 VARIANTS = {"edgekit": "edgekit compress --int8", "ort": "ORT quantize_static defaults", "nncf": "NNCF PTQ"}
 

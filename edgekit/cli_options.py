@@ -364,7 +364,13 @@ def model_options(output_required: bool = True):
         click.option("--mean", default="0.485,0.456,0.406", show_default=True),
         click.option("--std", default="0.229,0.224,0.225", show_default=True),
         click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default="rgb", show_default=True),
-        click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True),
+        click.option(
+            "--layout",
+            type=click.Choice(["auto", "nchw", "nhwc"]),
+            default="auto",
+            show_default=True,
+            help="Image tensor layout; auto: from where the model's input has 1 or 3 channels.",
+        ),
         DEBUG,
     )
 

@@ -61,7 +61,7 @@ class PreprocessSpec(_Strict):
     mean: list[float] = [0.485, 0.456, 0.406]
     std: list[float] = [0.229, 0.224, 0.225]
     channel_order: Literal["rgb", "bgr"] = "rgb"
-    layout: Literal["nchw", "nhwc"] = "nchw"
+    layout: Literal["auto", "nchw", "nhwc"] = "auto"
 
 
 class DataSpec(_Strict):

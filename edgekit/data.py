@@ -40,7 +40,7 @@ class Preprocess:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     channel_order: str = "rgb"  # or "bgr"
-    layout: str = "nchw"  # or "nhwc"
+    layout: str = "auto"  # nchw, nhwc, or auto: from where the model's image input has 1 or 3 channels
 
     def __post_init__(self) -> None:
         if not all(np.isfinite(self.mean)) or not all(np.isfinite(v) and v > 0 for v in self.std):
@@ -263,21 +263,30 @@ def _image_folder(path, spec, limit, pre: Preprocess, seed, what) -> Samples:
             f"--{what} {path}: an image folder feeds one input, but the model has "
             f"{len(spec.inputs)}; use a .npz or module:function."
         )
-    shape = spec.inputs[0].shape
+    tensor = spec.inputs[0]
+    shape = tensor.shape
     if len(shape) != 4:
         raise EdgekitError(f"--{what} {path}: images need a 4-d model input (N,C,H,W), but it is {shape}.")
-    channels, height, width = (shape[1], shape[2], shape[3]) if pre.layout == "nchw" else shape[1:]
+    layout = image_layout(shape, pre.layout)
+    channels, height, width = shape[1:] if layout == "nchw" else (shape[3], shape[1], shape[2])
+    if channels not in (1, 3):
+        raise EdgekitError(
+            f"--{what} {path}: images have 1 or 3 channels, but input {tensor.name!r} {shape} read as "
+            f"{layout} has {channels}; pass --layout {'nhwc' if layout == 'nchw' else 'nchw'}, or a .npz."
+        )
     crop = (pre.crop, pre.crop) if pre.crop else (height, width)
     resize = pre.resize or round(min(crop) / 0.875)
-    mean, std = _norm(pre.mean, channels), _norm(pre.std, channels)
+    pixels = np.dtype(tensor.dtype).kind in "iu"  # the model takes pixels and normalises them itself
+    if not pixels:
+        mean, std = _norm(pre.mean, channels), _norm(pre.std, channels)
     arrays = []
     with progress() as bar:
         task = bar.add_task(f"reading {what} images", total=len(files))
         for f, _ in files:
             arrays.append(_read_image(f, channels, resize, crop, pre.channel_order))
             bar.advance(task)
-    x = (np.stack(arrays).astype(np.float32) / 255.0 - mean) / std
-    x = x.transpose(0, 3, 1, 2) if pre.layout == "nchw" else x
+    x = np.stack(arrays) if pixels else (np.stack(arrays).astype(np.float32) / 255.0 - mean) / std
+    x = x.transpose(0, 3, 1, 2) if layout == "nchw" else x
     labels = np.array([lab for _, lab in files], dtype=np.int64) if classes else None
     desc = {
         "source": str(path.absolute()),
@@ -285,9 +294,19 @@ def _image_folder(path, spec, limit, pre: Preprocess, seed, what) -> Samples:
         "count": len(files),
         "classes": classes,
         "preprocess": asdict(pre),
-        "effective": {"resize": resize, "crop": list(crop)},
+        "effective": {"resize": resize, "crop": list(crop), "layout": layout}
+        | ({"pixels": f"0-255 as {tensor.dtype}, not normalised (--mean/--std unused)"} if pixels else {}),
     }
-    return Samples({spec.inputs[0].name: np.ascontiguousarray(x, np.float32)}, labels, desc)
+    x = np.ascontiguousarray(x, tensor.dtype if pixels else np.float32)
+    return Samples({tensor.name: x}, labels, desc)
+
+
+def image_layout(shape: list, asked: str) -> str:
+    """nchw or nhwc: as ASKED, or for auto where the 4-d input SHAPE has its 1 or 3 channels (a
+    tf2onnx or TFLite export's NHWC image), channels-first when both or neither axis could be."""
+    if asked != "auto":
+        return asked
+    return "nhwc" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "nchw"
 
 
 def _norm(values, channels):

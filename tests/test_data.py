@@ -59,7 +59,7 @@ def test_image_folder_records_preprocessing(image_folder):
     assert d["preprocess"]["resize"] == 24 and d["preprocess"]["crop"] == 12
     assert list(d["preprocess"]["mean"]) == [0.5] * 3 and list(d["preprocess"]["std"]) == [0.25] * 3
     assert d["preprocess"]["channel_order"] == "bgr"
-    assert d["effective"] == {"resize": 24, "crop": [12, 12]}
+    assert d["effective"] == {"resize": 24, "crop": [12, 12], "layout": "nchw"}
     x = s.inputs["pixels"]
     assert x.shape == (2 * PER_CLASS, 3, 12, 12)
     for img, label in zip(x, s.labels, strict=True):
@@ -69,7 +69,7 @@ def test_image_folder_records_preprocessing(image_folder):
 
 def test_image_folder_default_resize_is_crop_over_0875(image_folder):
     s = load_samples(str(image_folder), image_spec(28), None, Preprocess())
-    assert s.description["effective"] == {"resize": 32, "crop": [28, 28]}
+    assert s.description["effective"] == {"resize": 32, "crop": [28, 28], "layout": "nchw"}
 
 
 def test_image_center_crop_keeps_the_middle(tmp_path):
@@ -82,6 +82,36 @@ def test_image_center_crop_keeps_the_middle(tmp_path):
     x = load_samples(str(tmp_path), image_spec(20), None, pre).inputs["pixels"][0]
     # the centre crop covers columns 20..40 of the original: black on the left, white on the right
     assert x[:, :, :8].max() < 0.05 and x[:, :, 12:].min() > 0.95
+
+
+def test_channels_last_image_input_is_read_channels_last(image_folder):
+    """A tf2onnx / TFLite export's [N, H, W, 3] input: auto layout reads the images channels-last,
+    the same pixels as channels-first, transposed."""
+    nhwc = InputSpec(inputs=[TensorSpec(name="pixels", shape=["batch", 16, 16, 3])])
+    s = load_samples(str(image_folder), nhwc, None, Preprocess())
+    assert s.inputs["pixels"].shape == (2 * PER_CLASS, 16, 16, 3)
+    assert s.description["effective"]["layout"] == "nhwc"
+    nchw = load_samples(str(image_folder), image_spec(), None, Preprocess()).inputs["pixels"]
+    np.testing.assert_array_equal(s.inputs["pixels"], nchw.transpose(0, 2, 3, 1))
+    symbolic = InputSpec(inputs=[TensorSpec(name="pixels", shape=["batch", "h", "w", 3])])
+    assert load_samples(str(image_folder), symbolic, None, Preprocess(crop=16)).inputs["pixels"].shape[3] == 3
+
+
+def test_uint8_image_input_gets_raw_pixels(image_folder):
+    """A model that normalises inside takes 0-255 pixels of its own dtype, not ImageNet floats."""
+    spec = InputSpec(inputs=[TensorSpec(name="pixels", shape=["batch", 16, 16, 3], dtype="uint8")])
+    s = load_samples(str(image_folder), spec, None, Preprocess())
+    x = s.inputs["pixels"]
+    assert x.dtype == np.uint8 and x.shape == (2 * PER_CLASS, 16, 16, 3)
+    for img, label in zip(x, s.labels, strict=True):
+        assert (img == COLOURS[["cat", "dog"][label]]).all()
+    assert "not normalised" in s.description["effective"]["pixels"]
+
+
+def test_layout_that_gives_no_image_channels_is_one_sentence(image_folder):
+    nhwc = InputSpec(inputs=[TensorSpec(name="pixels", shape=["batch", 16, 16, 3])])
+    with pytest.raises(EdgekitError, match=r"read as nchw has 16; pass --layout nhwc, or a \.npz"):
+        load_samples(str(image_folder), nhwc, None, Preprocess(layout="nchw"))
 
 
 def test_image_folder_grayscale_model(image_folder):

@@ -37,14 +37,14 @@ def _outer_reads(graph) -> set[str]:
     return read - defined
 
 
-def _rename(graph, old: str, new: str) -> None:
+def rename(graph, old: str, new: str) -> None:
     """Every read of OLD in GRAPH and its subgraphs becomes NEW."""
     for n in graph.node:
         for k, name in enumerate(n.input):
             if name == old:
                 n.input[k] = new
         for g in subgraphs(n):
-            _rename(g, old, new)
+            rename(g, old, new)
     for o in graph.output:
         if o.name == old:
             o.name = new
@@ -66,7 +66,7 @@ def guard(src: Path, dst: Path) -> int:
         for name in sorted(r for r in reads if r in producer and producer[r].op_type in REMOVABLE):
             copy = f"{name}_edgekit_outer_{k}"
             for g in inner:
-                _rename(g, name, copy)
+                rename(g, name, copy)
             after.setdefault(name, []).append(
                 helper.make_node("Identity", [name], [copy], f"edgekit_outer_{k}")
             )

@@ -36,6 +36,7 @@ from edgekit.compress import (
     signal_front,
     smooth,
     weight_pairs,
+    widen,
 )
 from edgekit.compress.weight_pairs import PairLayer
 from edgekit.data import Samples
@@ -223,6 +224,7 @@ class Prepared:
     never: set[str] = field(default_factory=set)  # weights a write that kept their layers left float
     guarded: int = 0  # subgraph reads of a Relu/Clip output given their own copy (outer_reads)
     front: dict = field(default_factory=dict)  # the signal front end left float (signal_front)
+    widened: int = 0  # fp16 weights and constants computed in fp32 (widen)
 
 
 @contextlib.contextmanager
@@ -259,16 +261,19 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
         "ActivationSymmetric": cfg.activation_symmetric,
         "QuantizeBias": cfg.quantize_bias,
     }
-    src = Path(fp32)
+    src = Path(fp32).absolute()
+    widened = widen.widened(src, tmp / "widened.onnx")
+    if widened:
+        src = tmp / "widened.onnx"
     if cfg.preprocess:
-        src = tmp / "pre.onnx"
+        read, src = src, tmp / "pre.onnx"
         # where ORT's symbolic shape inference gives up it leaves sym_shape_infer_temp.onnx
         # (and its weights) in the working directory: the user's; run it in TMP instead
         with contextlib.chdir(tmp):
             try:
-                quant_pre_process(str(Path(fp32).absolute()), str(src))
+                quant_pre_process(str(read), str(src))
             except Exception:  # symbolic shape inference does not know every op
-                quant_pre_process(str(Path(fp32).absolute()), str(src), skip_symbolic_shape=True)
+                quant_pre_process(str(read), str(src), skip_symbolic_shape=True)
     guarded = outer_reads.guard(src, tmp / "guarded.onnx")
     if guarded:
         src = tmp / "guarded.onnx"
@@ -319,6 +324,7 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
     return Prepared(
         src, ranges.cache, ranges.memory, ranges.left, ranges.means, around, extra, ops, transformer,
         smoothed, equalized, balanced, overrides, pairs, rounding, guarded=guarded, front=front,
+        widened=widened,
     )  # fmt: skip
 
 
@@ -402,6 +408,8 @@ def _writer(
         if p.pairs:
             summary["pair_bounded_weights"] = len(p.pairs)
             summary["pair_capped_values"] = weight_pairs.apply(out, p.pairs)
+        if p.widened:
+            summary["widened_from_fp16"] = p.widened
         if p.guarded:
             summary["subgraph_reads_guarded"] = p.guarded
         if p.front:

@@ -215,6 +215,7 @@ def copy_onnx(src: Path, out_dir: Path, spec: InputSpec, opset: int = 0, needed_
         model = onnx.load(str(src))
     except Exception as e:
         raise EdgekitError(f"{src} could not be loaded with its external data: {first_line(e)}") from None
+    model = topologically_sorted(model)
     _fix_symbolic_dims(model.graph, spec)
     if 0 < default_opset(model) < opset:
         model = _upgrade(model, src, opset, needed_by)
@@ -224,6 +225,38 @@ def copy_onnx(src: Path, out_dir: Path, spec: InputSpec, opset: int = 0, needed_
         onnx.save(model, str(dst), save_as_external_data=True, location=MODEL_FILE + ".data")
     check(dst)
     return dst
+
+
+def topologically_sorted(model):
+    """MODEL with its nodes (and its subgraphs') in an order that runs: ONNX requires it and ONNX
+    Runtime does not, so files it runs can break the rule (ORT's own float16 converter, keeping
+    fp32 inputs, puts their Casts last). onnx_ir's stable sort (onnxscript's IR); MODEL itself where
+    it is in order already, or holds a cycle (for the checker to name)."""
+    import onnx_ir as ir
+
+    if _in_order(model.graph):
+        return model
+    graph = ir.serde.deserialize_model(model)
+    try:
+        graph.graph.sort()
+    except ValueError:
+        return model
+    return ir.serde.serialize_model(graph)
+
+
+def _in_order(graph, known: frozenset = frozenset()) -> bool:
+    """Whether every node of GRAPH and of its subgraphs reads only names made before it (KNOWN:
+    the enclosing graphs' names, which a subgraph may read)."""
+    seen = set(known) | {""} | {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        if any(name not in seen for name in node.input):
+            return False
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.HasField("g") else list(attr.graphs)
+            if not all(_in_order(g, frozenset(seen)) for g in subgraphs):
+                return False
+        seen.update(node.output)
+    return True
 
 
 def default_opset(model) -> int:
