@@ -272,10 +272,12 @@ def markdown(results: list[dict], command: str, fp: dict) -> str:
         f"## Dev zoo: real pretrained models through `edgekit compress --int8` on a {fp.get('cpu_class')} CPU"
         " (issue 13)",
         "",
-        f"`{command}`, {fp.get('date', '?')}, on {cpu_line(fp)}; "
-        + ", ".join(f"{k} {v}" for k, v in fp["libraries"].items()),
+        f"Latest run: `{command}`, {fp.get('date', '?')}, on {cpu_line(fp)}; "
+        + ", ".join(f"{k} {v}" for k, v in fp["libraries"].items())
+        + ". Each model's own run is named under it (all on this CPU).",
         "",
-        "Each model as its users have it (bench/zoo_text.py, bench/zoo_ocr.py) goes through the real CLI "
+        "Each model as its users have it (bench/zoo_text.py, bench/zoo_ocr.py, bench/zoo_outside.py, "
+        "bench/zoo_formats.py) goes through the real CLI "
         "(`edgekit compress MODEL --int8 --calib .. --eval .. --output-kind NAME=KIND`); beside it, from "
         "the same fp32 ONNX and the same calibration samples, ONNX Runtime's `quantize_static` with every "
         "default, and NNCF PTQ (`model_type=TRANSFORMER` where the graph has attention) run by OpenVINO "
@@ -295,6 +297,7 @@ def markdown(results: list[dict], command: str, fp: dict) -> str:
             f"`{r.get('source', '')}`, {r.get('calib', '?')} calibration and {r.get('eval', '?')} evaluation "
             f"samples; `edgekit compress --int8` exit code **{r['exit']}**"
             + (f" ({r['edgekit_message']})" if r.get("edgekit_message") else "")
+            + (f"; measured by `{r['command']}`, {r['date']}" if "command" in r else "; an earlier run")
             + ".",
             "",
             "| variant | fidelity to fp32 | ORT latency / fp32 | seconds |",
@@ -318,6 +321,7 @@ def _save(result: dict, command: str, fp: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.read_text()) if out.is_file() else {}
     same_cpu = old.get("host", {}).get("cpu") == fp["cpu"]
+    result = {**result, "command": command, "date": fp.get("date", "?")}
     results = [r for r in old.get("results", []) if same_cpu and r["model"] != result["model"]] + [result]
     out.write_text(json.dumps({"host": fp, "command": command, "results": results}, indent=2) + "\n")
     write_section(_section(fp), markdown(results, command, fp))

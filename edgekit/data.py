@@ -274,6 +274,11 @@ def _image_folder(path, spec, limit, pre: Preprocess, seed, what) -> Samples:
             f"--{what} {path}: images have 1 or 3 channels, but input {tensor.name!r} {shape} read as "
             f"{layout} has {channels}; pass --layout {'nhwc' if layout == 'nchw' else 'nchw'}, or a .npz."
         )
+    if not pre.crop and not (isinstance(height, int) and isinstance(width, int)):
+        raise EdgekitError(
+            f"--{what} {path}: input {tensor.name!r} {shape} has no fixed image size; give the size to "
+            "read images at with --crop SIZE (and --resize), or fix it with --input-shape."
+        )
     crop = (pre.crop, pre.crop) if pre.crop else (height, width)
     resize = pre.resize or round(min(crop) / 0.875)
     pixels = np.dtype(tensor.dtype).kind in "iu"  # the model takes pixels and normalises them itself

@@ -108,6 +108,16 @@ def test_uint8_image_input_gets_raw_pixels(image_folder):
     assert "not normalised" in s.description["effective"]["pixels"]
 
 
+def test_symbolic_image_size_needs_a_crop(image_folder):
+    """A detector's [N, 3, H, W] input: images are read at the --crop size, or refused in one
+    sentence that says so (not a TypeError from dividing a symbol)."""
+    spec = InputSpec(inputs=[TensorSpec(name="pixels", shape=["batch", 3, "H", "W"])])
+    with pytest.raises(EdgekitError, match=r"has no fixed image size; give the size to read images at"):
+        load_samples(str(image_folder), spec, None, Preprocess())
+    x = load_samples(str(image_folder), spec, None, Preprocess(crop=12)).inputs["pixels"]
+    assert x.shape[1:] == (3, 12, 12)
+
+
 def test_layout_that_gives_no_image_channels_is_one_sentence(image_folder):
     nhwc = InputSpec(inputs=[TensorSpec(name="pixels", shape=["batch", 16, 16, 3])])
     with pytest.raises(EdgekitError, match=r"read as nchw has 16; pass --layout nhwc, or a \.npz"):
