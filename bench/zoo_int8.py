@@ -49,7 +49,7 @@ EDGEKIT = str(Path(sys.executable).with_name("edgekit"))
 console = Console()
 
 # case name -> the function that builds it (and its siblings) in a work directory
-REGISTRY: dict[str, Callable[[Path], list[ZooCase]]] = {"minilm": zoo_text.cases}
+REGISTRY: dict[str, Callable[[Path], list[ZooCase]]] = dict.fromkeys(zoo_text.NAMES, zoo_text.cases)
 try:
     import zoo_ocr
 

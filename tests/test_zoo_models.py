@@ -170,9 +170,12 @@ def _ort_defaults_cosine(case, tmp_path) -> float:
     return compare_outputs(ref, out, "embedding")["cosine_mean"]
 
 
-def test_minilm_int8_keeps_its_sentence_embeddings(edgekit, tmp_path):
+@pytest.mark.parametrize("name", ["minilm", "minilm_ortopt"])
+def test_minilm_int8_keeps_its_sentence_embeddings(edgekit, tmp_path, name):
+    """As exported, and after ONNX Runtime's transformer optimizer (attention fused into one
+    com.microsoft node: quantized as a CNN it kept cosine 0.925, below the floor)."""
     zoo_text = _zoo_text()
-    (case,) = zoo_text.cases(tmp_path, n_calib=100, n_eval=100)
+    case = {c.name: c for c in zoo_text.cases(tmp_path, n_calib=100, n_eval=100)}[name]
     kinds = [x for name, kind in case.kinds.items() for x in ("--output-kind", f"{name}={kind}")]
     proc = edgekit(
         "compress", case.model, "--int8", "--calib", case.calib, "--eval", case.eval, *kinds,
@@ -182,7 +185,9 @@ def test_minilm_int8_keeps_its_sentence_embeddings(edgekit, tmp_path):
     check = read_manifest(tmp_path / "int8").verification["int8"]["fidelity"]["output_0"]
     assert check["kind"] == "embedding"
     assert check["cosine_mean"] >= MINILM_MIN_COSINE, check
-    assert check["cosine_mean"] >= _ort_defaults_cosine(case, tmp_path) - MINILM_MARGIN_TO_ORT
+    assert "transformer" in read_manifest(tmp_path / "int8").passes[-1].summary
+    if name == "minilm":
+        assert check["cosine_mean"] >= _ort_defaults_cosine(case, tmp_path) - MINILM_MARGIN_TO_ORT
 
 
 # --- Models from other exporters and tasks, as their pip packages ship them (bench/zoo_outside.py) ---

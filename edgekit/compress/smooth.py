@@ -34,10 +34,20 @@ PASS_THROUGH = (
 )
 
 
+# ONNX Runtime's contrib attention ops, as its transformer optimizer (onnxruntime.transformers,
+# Olive) fuses a model's attention into one node: the Softmax is inside, out of has_attention's sight
+FUSED_ATTENTION = (
+    "Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention",
+    "PackedMultiHeadAttention", "DecoderMaskedMultiHeadAttention", "DecoderMaskedSelfAttention",
+)  # fmt: skip
+
+
 def has_attention(graph) -> bool:
     """Whether GRAPH computes attention: a Softmax reached, through at most three scaling, masking
     or reshaping ops, from a MatMul of two activations (scores = Q @ K^T), as BERT, ViT and
-    Whisper-style exports all write it."""
+    Whisper-style exports all write it; or a fused attention node of ONNX Runtime's."""
+    if any(n.domain == "com.microsoft" and n.op_type in FUSED_ATTENTION for n in graph.node):
+        return True
     weights = {i.name for i in graph.initializer} | {
         n.output[0] for n in graph.node if n.op_type == "Constant"
     }
