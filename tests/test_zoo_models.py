@@ -242,16 +242,23 @@ def test_silero_vad_keeps_its_speech_decisions(edgekit, outside, tmp_path):
     assert np.mean((ref > 0.5) == (out > 0.5)) >= VAD_MIN_DECISIONS
 
 
-def test_silero_vads_control_flow_file_is_refused_with_the_reason(edgekit, outside, tmp_path):
-    from bench import zoo_outside
+def test_silero_vads_default_file_is_quantized_for_its_sample_rate(edgekit, outside, tmp_path):
+    """The package's default file keeps both networks in an If on sr: with sr constant in the data
+    (a 0-d array) the 16 kHz branch is taken before quantizing (it was refused: nothing reachable)."""
+    import onnxruntime as ort
 
-    case = outside["silero_vad"]
-    model = zoo_outside.packaged("silero_vad", "data", "silero_vad.onnx")
-    proc = edgekit(
-        "compress", model, *case.args, "--int8", "--calib", case.calib, "-o", tmp_path / "int8", timeout=600
+    case = outside["silero_vad_default"]
+    proc = _outside_int8(edgekit, case, tmp_path / "int8")
+    assert proc.returncode == 0, proc.stderr
+    summary = read_manifest(tmp_path / "int8").passes[-1].summary
+    assert summary["fixed_branches"] == {"ifs_inlined": 1, "for": {"sr": 16000}}
+    data = np.load(case.eval)
+    feeds = {"input": data["input"][:300], "state": data["state"][:, :300], "sr": np.array(16000, np.int64)}
+    ref, out = (
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        for p in (case.model, tmp_path / "int8" / "model.onnx")
     )
-    assert proc.returncode == 2 and "inside If/Loop/Scan subgraphs" in proc.stderr, proc.stderr
-    assert not (tmp_path / "int8").exists()
+    assert np.mean((ref > 0.5) == (out > 0.5)) >= VAD_MIN_DECISIONS
 
 
 def test_yolov8_keeps_its_decoded_output(edgekit, outside, tmp_path):

@@ -29,6 +29,7 @@ from edgekit.compress import (
     calibrate,
     equalize,
     equalize_activations,
+    fixed_branches,
     float_layers,
     outer_reads,
     output_tail,
@@ -179,9 +180,16 @@ def _nothing_quantized(fp32: Path) -> str:
         return f"--int8 quantized none of the model's compute ops ({listed}); `edgekit inspect` shows them."
     if inside:
         listed = ", ".join(f"{k} x{v}" for k, v in inside.most_common())
+        deciders = [i.name for i in graph.input if fixed_branches.decided(graph, {i.name})]
+        fix = (
+            f"give {deciders[0]!r} the value it always has (--calib-const {deciders[0]}=VALUE, or a 0-d "
+            "array in the .npz) and its branch is taken before quantizing, or export"
+            if deciders
+            else "export"
+        )
         return (
             f"--int8 found nothing to quantize: the model's compute ops ({listed}) are inside "
-            "If/Loop/Scan subgraphs, which ONNX Runtime's static quantizer does not reach; export the "
+            f"If/Loop/Scan subgraphs, which ONNX Runtime's static quantizer does not reach; {fix} the "
             "model without control flow (its branches fixed, e.g. one sample rate) and compress that."
         )
     if recurrent:
@@ -225,6 +233,7 @@ class Prepared:
     guarded: int = 0  # subgraph reads of a Relu/Clip output given their own copy (outer_reads)
     front: dict = field(default_factory=dict)  # the signal front end left float (signal_front)
     widened: int = 0  # fp16 weights and constants computed in fp32 (widen)
+    branches: dict = field(default_factory=dict)  # Ifs a constant input decides, inlined (fixed_branches)
 
 
 @contextlib.contextmanager
@@ -262,6 +271,10 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
         "QuantizeBias": cfg.quantize_bias,
     }
     src = Path(fp32).absolute()
+    constants = {k: np.asarray(calib.inputs[k][0]) for k in calib.description.get("constants", {})}
+    branches = fixed_branches.fold(src, tmp / "branches.onnx", constants) if constants else {}
+    if branches:
+        src = tmp / "branches.onnx"
     widened = widen.widened(src, tmp / "widened.onnx")
     if widened:
         src = tmp / "widened.onnx"
@@ -324,7 +337,7 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
     return Prepared(
         src, ranges.cache, ranges.memory, ranges.left, ranges.means, around, extra, ops, transformer,
         smoothed, equalized, balanced, overrides, pairs, rounding, guarded=guarded, front=front,
-        widened=widened,
+        widened=widened, branches=branches,
     )  # fmt: skip
 
 
@@ -410,6 +423,8 @@ def _writer(
             summary["pair_capped_values"] = weight_pairs.apply(out, p.pairs)
         if p.widened:
             summary["widened_from_fp16"] = p.widened
+        if p.branches:
+            summary["fixed_branches"] = p.branches
         if p.guarded:
             summary["subgraph_reads_guarded"] = p.guarded
         if p.front:
