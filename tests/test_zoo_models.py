@@ -225,40 +225,37 @@ def _outside_int8(edgekit, case, out: Path, *extra):
     )  # fmt: skip
 
 
-def test_silero_vad_keeps_its_speech_decisions(edgekit, outside, tmp_path):
+def _speech_decisions_kept(case, int8) -> float:
+    """The fraction of 300 held-out chunks whose speech decision (p > 0.5) INT8 keeps."""
     import onnxruntime as ort
 
+    data = np.load(case.eval)
+    feeds = {"input": data["input"][:300], "state": data["state"][:, :300], "sr": np.array(16000, np.int64)}
+    ref, out = (
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        for p in (case.model, int8)
+    )
+    return float(np.mean((ref > 0.5) == (out > 0.5)))
+
+
+def test_silero_vad_keeps_its_speech_decisions(edgekit, outside, tmp_path):
     case = outside["silero_vad"]
     proc = _outside_int8(edgekit, case, tmp_path / "int8")
     assert proc.returncode == 0, proc.stderr
     summary = read_manifest(tmp_path / "int8").passes[-1].summary
     assert summary["signal_front_float"]["ops"]["Conv"] == 1 and summary["subgraph_reads_guarded"] >= 1
-    data = np.load(case.eval)
-    feeds = {"input": data["input"][:300], "state": data["state"][:, :300], "sr": np.array(16000, np.int64)}
-    ref, out = (
-        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-        for p in (case.model, tmp_path / "int8" / "model.onnx")
-    )
-    assert np.mean((ref > 0.5) == (out > 0.5)) >= VAD_MIN_DECISIONS
+    assert _speech_decisions_kept(case, tmp_path / "int8" / "model.onnx") >= VAD_MIN_DECISIONS
 
 
 def test_silero_vads_default_file_is_quantized_for_its_sample_rate(edgekit, outside, tmp_path):
     """The package's default file keeps both networks in an If on sr: with sr constant in the data
     (a 0-d array) the 16 kHz branch is taken before quantizing (it was refused: nothing reachable)."""
-    import onnxruntime as ort
-
     case = outside["silero_vad_default"]
     proc = _outside_int8(edgekit, case, tmp_path / "int8")
     assert proc.returncode == 0, proc.stderr
     summary = read_manifest(tmp_path / "int8").passes[-1].summary
     assert summary["fixed_branches"] == {"ifs_inlined": 1, "for": {"sr": 16000}}
-    data = np.load(case.eval)
-    feeds = {"input": data["input"][:300], "state": data["state"][:, :300], "sr": np.array(16000, np.int64)}
-    ref, out = (
-        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-        for p in (case.model, tmp_path / "int8" / "model.onnx")
-    )
-    assert np.mean((ref > 0.5) == (out > 0.5)) >= VAD_MIN_DECISIONS
+    assert _speech_decisions_kept(case, tmp_path / "int8" / "model.onnx") >= VAD_MIN_DECISIONS
 
 
 def test_yolov8_keeps_its_decoded_output(edgekit, outside, tmp_path):
