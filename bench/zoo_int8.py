@@ -243,6 +243,8 @@ def _cells(row: dict) -> list[str]:
     """One line per output: its kind's metric and SQNR; or the error."""
     if "error" in row:
         return [f"failed: {row['error']}"]
+    if all(fid.get("max_abs_diff") == 0 for fid in row["outputs"].values()):
+        return ["identical to fp32: nothing was quantized"]
     return [
         f"{fid.get('name', k)}: {kind_line(fid)}, SQNR {fid['sqnr_db']:.1f} dB"
         for k, fid in row["outputs"].items()
