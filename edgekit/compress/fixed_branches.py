@@ -43,12 +43,12 @@ def fold(src: Path, dst: Path, constants: dict[str, np.ndarray]) -> dict:
 
     model = onnx.load(str(src))
     graph = model.graph
+    for k, node in enumerate(graph.node):  # the folder is told which nodes by name
+        node.name = node.name or f"edgekit_node_{k}"
     ifs = decided(graph, set(constants))
     if not ifs:
         return {}
-    for k, node in enumerate(graph.node):  # the folder is told which nodes by name
-        node.name = node.name or f"edgekit_node_{k}"
-    cone = _cone(graph, decided(graph, set(constants)))
+    cone = _cone(graph, ifs)
     declared = [vi for vi in graph.input if vi.name in constants]
     for vi in declared:
         graph.input.remove(vi)

@@ -247,14 +247,14 @@ def topologically_sorted(model):
 def _in_order(graph, known: frozenset = frozenset()) -> bool:
     """Whether every node of GRAPH and of its subgraphs reads only names made before it (KNOWN:
     the enclosing graphs' names, which a subgraph may read)."""
+    from edgekit.compress.outer_reads import subgraphs
+
     seen = set(known) | {""} | {v.name for v in graph.input} | {t.name for t in graph.initializer}
     for node in graph.node:
         if any(name not in seen for name in node.input):
             return False
-        for attr in node.attribute:
-            subgraphs = [attr.g] if attr.HasField("g") else list(attr.graphs)
-            if not all(_in_order(g, frozenset(seen)) for g in subgraphs):
-                return False
+        if not all(_in_order(g, frozenset(seen)) for g in subgraphs(node)):
+            return False
         seen.update(node.output)
     return True
 
