@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.compress import model_file
 from edgekit.compress.bias_correction import quantized_layers, weight_levels
 
 # AIMET's default is 10,000 iterations at lr 1e-3; on EfficientNet-Lite1's layers 300 at 1e-2 left
@@ -191,7 +192,7 @@ def apply(fp32: Path, qdq: Path, collected: Collected) -> dict:
         changed += int((new != q).sum())
         dtype = numpy_helper.to_array(q_init).dtype
         q_init.CopyFrom(numpy_helper.from_array(new.astype(dtype), q_init.name))
-    onnx.save(model, str(qdq), save_as_external_data=model.ByteSize() > 2**31 - 2**24)
+    model_file.save(model, qdq)
     return {
         "layers": len(layers),
         "kept_nearest": kept,

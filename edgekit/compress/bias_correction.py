@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.compress import model_file
+
 LAYERS = ("Conv", "Gemm")
 
 
@@ -169,7 +171,7 @@ def correct(fp32: Path, qdq: Path, means: dict[str, np.ndarray], known: dict | N
         info = np.iinfo(q.dtype)
         fixed_q = np.clip(np.round(q + error / scale), info.min, info.max).astype(q.dtype)
         inits[bias.input[0]].CopyFrom(numpy_helper.from_array(fixed_q, bias.input[0]))
-    onnx.save(model, str(qdq), save_as_external_data=model.ByteSize() > 2**31 - 2**24)
+    model_file.save(model, qdq)
     return len(chosen)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.compress import tensors
+from edgekit.compress import model_file, tensors
 from edgekit.compress.tensors import FLOAT
 from edgekit.data import Samples
 
@@ -169,5 +169,5 @@ def equalize(src: Path, out: Path, calib: Samples, fixed: int | None, batch: int
     for name, value in w.items():
         dtype = numpy_helper.to_array(inits[name]).dtype
         inits[name].CopyFrom(numpy_helper.from_array(value.astype(dtype), name))
-    onnx.save(model, str(out), save_as_external_data=model.ByteSize() > 2**31 - 2**24)
+    model_file.save(model, out)
     return {"equalized_pairs": len(found), "relu6_channels_unscaled": held}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.compress import model_file
 from edgekit.compress.equalize import channel_max, pairs
 from edgekit.data import Samples
 
@@ -63,5 +64,5 @@ def equalize_activations(
                 inits[name].CopyFrom(numpy_helper.from_array(scaled.astype(w.dtype), name))
         channels += int((gain > 1).sum())
         largest = max(largest, float(gain.max()))
-    onnx.save(model, str(out), save_as_external_data=model.ByteSize() > 2**31 - 2**24)
+    model_file.save(model, out)
     return {"pairs": len(found), "channels": channels, "largest_gain": round(largest, 1)}

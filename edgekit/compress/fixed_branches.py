@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.compress import model_file
+
 
 def decided(graph, constants: set[str]) -> list[str]:
     """Names of GRAPH's If nodes whose condition is computed from CONSTANTS (inputs), initializers
@@ -58,7 +60,7 @@ def fold(src: Path, dst: Path, constants: dict[str, np.ndarray]) -> dict:
     optimizer.fold_constants(model, should_fold=lambda node: node.name in cone)
     optimizer.remove_unused_nodes(model)
     model.graph.input.extend(kept)  # declared as before, read by nothing
-    onnx.save(model, str(dst), save_as_external_data=model.ByteSize() > 2**31 - 2**24)
+    model_file.save(model, dst)
     return {"ifs_inlined": len(ifs), "for": {k: np.asarray(v).tolist() for k, v in constants.items()}}
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.compress import model_file
+
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm")  # the ops ORT's WeightBiasQuantization rewrites
 FOLDED = ("Relu", "Clip")  # activations ORT's quantizer folds into the next Q's range
 
@@ -117,5 +119,5 @@ def restore(path: Path, source: Path) -> dict[str, int]:
     graph.node.extend(nodes)
     for init in [i for i in graph.initializer if i.name in dropped - read]:
         graph.initializer.remove(init)
-    onnx.save(model, str(path), save_as_external_data=model.ByteSize() > 2**31 - 2**24)
+    model_file.save(model, path)
     return {k: v for k, v in counts.items() if v}

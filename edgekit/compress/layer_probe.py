@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import batching
+from edgekit.compress import model_file
 from edgekit.data import Samples
 
 SAMPLES = 4  # enough to rank layers; every intermediate tensor of each sample is held at once
@@ -113,8 +114,7 @@ def _with_outputs(path: Path, names: list[str], out: Path) -> str:
     model = onnx.load(str(path))
     have = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
-    large = model.ByteSize() > 1_900_000_000
-    onnx.save(model, str(out), save_as_external_data=large, location=out.name + ".data" if large else None)
+    model_file.save(model, out)
     return str(out)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekit.compress import model_file
+
 REMOVABLE = ("Relu", "Clip")  # the activations ORT's QDQ quantizer folds into a quantizer's clamp
 
 
@@ -78,5 +80,5 @@ def guard(src: Path, dst: Path) -> int:
         nodes.extend(i for o in n.output for i in after.get(o, []))
     del graph.node[:]
     graph.node.extend(nodes)
-    onnx.save(model, str(dst), save_as_external_data=model.ByteSize() > 2**31 - 2**24)
+    model_file.save(model, dst)
     return sum(len(v) for v in after.values())

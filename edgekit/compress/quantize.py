@@ -31,6 +31,7 @@ from edgekit.compress import (
     equalize_activations,
     fixed_branches,
     float_layers,
+    model_file,
     outer_reads,
     output_tail,
     range_search,
@@ -560,7 +561,7 @@ def _around(model: Path, tensors, tmp: Path) -> tuple[Path, list[str], dict]:
         for i, node in enumerate(m.graph.node):
             node.name = node.name or f"edgekit_{node.op_type}_{i}"
         model = tmp / "named.onnx"
-        onnx.save(m, str(model), save_as_external_data=m.ByteSize() > 2**31 - 2**24)
+        model_file.save(m, model)
     wanted, kept = set(tensors), {*front, *tail}
     names = [n.name for k, n in enumerate(m.graph.node) if k in kept or wanted & {*n.input, *n.output}]
     return model, names, signal_front.summary(m.graph, front) if front else {}

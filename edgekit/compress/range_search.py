@@ -30,7 +30,7 @@ import numpy as np
 
 from edgekit import batching
 from edgekit.benchmarks.metrics import log_probabilities, output_kind, probability_rows
-from edgekit.compress import output_tail
+from edgekit.compress import model_file, output_tail
 from edgekit.data import Samples
 
 # factors tried on every range (the error need not fall steadily between them: a greedy walk down
@@ -348,7 +348,7 @@ def search(
 
     started = time.perf_counter()
     model, reference = onnx.load(str(int8)), onnx.load(str(fp32))
-    if model.ByteSize() > 2**31 - 2**24:  # a session is made from memory per trial: protobuf's limit
+    if model_file.too_large(model):  # a session is made from memory per trial
         return {"factors": {}, "record": {"skipped": "the model is over 2 GB"}}
     acts = activations(model, onnx.load(str(source), load_external_data=False))
     threads = session_threads(threads)
@@ -447,5 +447,5 @@ def apply(path: Path, source: Path, factors: dict[str, float]) -> int:
     scaler = _Scaler(model, acts)
     for act in acts:
         scaler.set(act, factors[act.scale])
-    onnx.save(model, str(path), save_as_external_data=model.ByteSize() > 2**31 - 2**24)
+    model_file.save(model, path)
     return len(acts)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.compress import tensors
+from edgekit.compress import model_file, tensors
 from edgekit.data import Samples
 
 # scale, mask, view; Flatten: an opset < 13 Softmax upgraded to 13 (PaddlePaddle's exports) runs on
@@ -140,5 +140,5 @@ def smooth(src: Path, out: Path, calib: Samples, alpha: float, fixed: int | None
             n.input[0] = smoothed
     for position, mul in sorted(inserts, key=lambda t: -t[0]):  # from the back: positions stay valid
         graph.node.insert(position, mul)
-    onnx.save(model, str(out), save_as_external_data=model.ByteSize() > 2**31 - 2**24)
+    model_file.save(model, out)
     return len(inserts)

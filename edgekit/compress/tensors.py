@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import batching
+from edgekit.compress import model_file
 from edgekit.compress.calib_memory import chunk_samples
 from edgekit.data import Samples
 from edgekit.runtimes.ort import threads
@@ -38,8 +39,7 @@ def values(
     opts.intra_op_num_threads = threads(0)
     with tempfile.TemporaryDirectory(prefix="edgekit-tensors-") as tmp:
         path = Path(tmp) / "probe.onnx"
-        large = probe.ByteSize() > 2**31 - 2**24
-        onnx.save(probe, str(path), save_as_external_data=large, location="probe.data" if large else None)
+        model_file.save(probe, path)
         del probe
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     inputs = samples.inputs

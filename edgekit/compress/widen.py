@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekit.compress import model_file
 from edgekit.compress.outer_reads import rename, subgraphs
 
 TYPED_ATTRIBUTES = ("to", "dtype")  # Cast's target, the generators' (RandomNormal, EyeLike) output type
@@ -41,7 +42,7 @@ def widened(src: Path, dst: Path) -> int:
     nodes = [*first, *graph.node, *last]
     del graph.node[:]
     graph.node.extend(nodes)
-    onnx.save(model, str(dst), save_as_external_data=model.ByteSize() > 2**31 - 2**24)
+    model_file.save(model, dst)
     return count
 
 

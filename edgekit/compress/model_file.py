@@ -1,0 +1,22 @@
+"""Writing an ONNX model a pass made: its tensors go to a .data file beside it once the model
+nears protobuf's 2 GiB limit, which a single serialized message cannot pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+PROTOBUF_LIMIT = 2**31 - 2**24  # 2 GiB less headroom for the graph's own bytes
+
+
+def too_large(model: onnx.ModelProto) -> bool:
+    """Whether MODEL cannot be held in one protobuf message (a file or an in-memory session)."""
+    return model.ByteSize() > PROTOBUF_LIMIT
+
+
+def save(model: onnx.ModelProto, path: Path) -> None:
+    """Write MODEL to PATH, its tensors in PATH.data when it is too large for one message."""
+    large = too_large(model)
+    location = Path(path).name + ".data" if large else None
+    onnx.save(model, str(path), save_as_external_data=large, location=location)
