@@ -32,15 +32,16 @@ def quantize(fp32: Path, out: Path, seven_bit: bool = False) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    fp32, out = Path(fp32).absolute(), Path(out).absolute()  # before the chdir
     with tempfile.TemporaryDirectory(prefix="edgekit-dyn-") as tmp, contextlib.chdir(tmp):
         pre = Path(tmp) / "pre.onnx"
         try:
-            quant_pre_process(str(Path(fp32).absolute()), str(pre))
+            quant_pre_process(str(fp32), str(pre))
         except Exception:  # symbolic shape inference does not know every op
-            quant_pre_process(str(Path(fp32).absolute()), str(pre), skip_symbolic_shape=True)
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         quantize_dynamic(
             str(pre),
-            str(Path(out).absolute()),
+            str(out),
             op_types_to_quantize=["MatMul"],
             per_channel=True,
             reduce_range=seven_bit,
