@@ -250,12 +250,16 @@ def _graph(path: Path) -> dict:
 
 def run_int8(w: Work, cfg: Int8Config):
     """Static INT8 QDQ of the ONNX model (edgekit.compress.quantize), measured against fp32."""
-    from edgekit.compress.quantize import quantize_int8
+    from edgekit.compress import dynamic_lstm
+    from edgekit.compress.quantize import nothing_quantized, quantize_int8, summarize
 
     fixed = w.loaded.input_spec.fixed_batch
     path = w.out / onnx_export.MODEL_FILE
     summary = quantize_int8(w.model, path, w.calib, cfg, fixed)
-    q = measure_against(w.model, path, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric)
+    static = bool(summary["quantized_ops"] or cfg.exclude_nodes)  # else only its LSTMs can be INT8
+    q = None
+    if static:
+        q = measure_against(w.model, path, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric)
     if summary.get("transformer") and cfg.dynamic_matmul != "never":
         q, choice = _dynamic_or_static(w, cfg, path, q)
         if choice["recipe"].startswith("dynamic"):  # the static model's counts describe another file
@@ -263,6 +267,12 @@ def run_int8(w: Work, cfg: Int8Config):
 
             summary = {**dynamic_matmul.summarize(path), "static_candidate": summary}
         summary["transformer"] = {**summary.get("transformer", {}), "choice": choice}
+    if cfg.dynamic_lstm != "never" and dynamic_lstm.count(w.model):
+        q, summary["lstm"] = _dynamic_lstm(w, cfg, path, q)
+        if summary["lstm"]["recipe"].startswith("dynamic"):
+            summary |= summarize(path)
+        if q is None:
+            raise EdgekitError(nothing_quantized(w.model, summary["lstm"]["why_not_dynamic"]))
     w.manifest.verification["int8"] = q
     _final_vs_unpruned(w, path)
     w.model = path
@@ -273,8 +283,16 @@ def _dynamic_or_static(w: Work, cfg: Int8Config, path: Path, static: dict) -> tu
     """A transformer's static INT8 at PATH against ORT's dynamic MatMul quantization
     (edgekit.compress.dynamic_matmul), timed where the model is made for this machine's CPU, with
     7-bit weights where the target's u8 x s8 products saturate (ORT's dynamic MatMul is u8 x s8 too)."""
-    from edgekit import speedup
     from edgekit.compress import dynamic_matmul
+
+    return dynamic_matmul.consider(w.model, path, static, cfg.dynamic_matmul, *_candidate_checks(w))
+
+
+def _candidate_checks(w: Work) -> tuple:
+    """(verify, timing, saturates) for a dynamic INT8 candidate: its Quality against fp32; its time
+    against another model's (None where the model is not made for this machine's CPU in ORT); and
+    whether the target's u8 x s8 pair sums saturate (7-bit weights then)."""
+    from edgekit import speedup
 
     fixed = w.loaded.input_spec.fixed_batch
     made = w.manifest.target_cpu or {}
@@ -285,8 +303,15 @@ def _dynamic_or_static(w: Work, cfg: Int8Config, path: Path, static: dict) -> tu
         return measure_against(w.model, model, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric)
 
     timing = (lambda a, b: speedup.measure(a, b, data, fixed, "ort")) if here else None
-    saturates = bool(made.get("u8s8_saturates"))
-    return dynamic_matmul.consider(w.model, path, static, cfg.dynamic_matmul, verify, timing, saturates)
+    return verify, timing, bool(made.get("u8s8_saturates"))
+
+
+def _dynamic_lstm(w: Work, cfg: Int8Config, path: Path, static: dict | None) -> tuple[dict | None, dict]:
+    """The model at PATH with its LSTMs in INT8 (edgekit.compress.dynamic_lstm) where as faithful as
+    STATIC (None: nothing else is INT8) and faster here, 7-bit weights where the target saturates."""
+    from edgekit.compress import dynamic_lstm
+
+    return dynamic_lstm.consider(path, static, cfg.dynamic_lstm, *_candidate_checks(w))
 
 
 def run_mixed(w: Work, cfg: MixedConfig):

@@ -89,32 +89,53 @@ def consider(
     Quality) and faster (TIMING(static, dynamic): edgekit.speedup's record; None where this
     machine is not the target, and the static model stays); "always" takes it regardless.
     SEVEN_BIT: the target CPU's u8 x s8 products saturate (`quantize`)."""
-    candidate = static.with_name("dynamic_matmul.onnx")
+
+    def make(path: Path) -> None:
+        quantize(fp32, path, seven_bit)
+
+    quality, record, chosen = choose(make, static, static_quality, mode, verify, timing, "MatMul")
+    if "dynamic_candidate" in record:
+        record["dynamic_candidate"]["seven_bit_weights"] = seven_bit
+    recipe = "dynamic MatMul (ONNX Runtime quantize_dynamic)" if chosen else "static (SmoothQuant)"
+    return quality, {**record, "recipe": recipe}
+
+
+def choose(
+    make: Callable[[Path], None],
+    static: Path,
+    static_quality: dict | None,
+    mode: str,
+    verify: Callable[[Path], dict],
+    timing: Callable[[Path, Path], dict] | None,
+    what: str,
+) -> tuple[dict | None, dict, bool]:
+    """(quality, record, chosen): the candidate MAKE writes replaces the model at STATIC where MODE
+    is "always", or "auto" and it is within the tolerances of STATIC_QUALITY (None: there is no
+    other INT8 to be as faithful as) and faster by TIMING (None: this machine is not the target,
+    so only a model with no other INT8 takes it). WHAT names the ops for the record."""
+    candidate = static.with_name(f"dynamic_{what.lower()}.onnx")
     try:
-        quantize(fp32, candidate, seven_bit)
+        make(candidate)
         quality = verify(candidate)
     except Exception as e:  # ORT's dynamic quantizer or runtime refuses this graph: static stays
         candidate.unlink(missing_ok=True)
         if mode == "always":
-            raise EdgekitError(f"dynamic MatMul quantization failed: {first_line(e)}") from None
-        return static_quality, {
-            "recipe": "static (SmoothQuant)",
-            "why_not_dynamic": f"failed: {first_line(e)}",
-        }
+            raise EdgekitError(f"dynamic {what} quantization failed: {first_line(e)}") from None
+        return static_quality, {"why_not_dynamic": f"failed: {first_line(e)}"}, False
     record = {"dynamic_candidate": {"fidelity": quality.get("fidelity"), "top1": quality.get("top1")}}
-    record["dynamic_candidate"]["seven_bit_weights"] = seven_bit
     why = None
     if mode == "auto":
-        why = shortfall(static_quality, quality)
-        if why is None and timing is None:
+        why = shortfall(static_quality, quality) if static_quality is not None else None
+        if why is None and timing is None and static_quality is not None:
             why = "the target is not this machine: its speed cannot be measured here"
-        if why is None:
+        if why is None and timing is not None:
             speed = timing(static, candidate)
             record["dynamic_candidate"]["time_vs_static"] = speed["ratio"]
             if speed["ratio"] > FASTER:
-                why = f"{speed['ratio']:.2f}x the static model's time (at most {FASTER} chosen)"
+                other = "fp32" if static_quality is None else "static"
+                why = f"{speed['ratio']:.2f}x the {other} model's time here (at most {FASTER} chosen)"
     if why is not None:
         candidate.unlink()
-        return static_quality, {**record, "recipe": "static (SmoothQuant)", "why_not_dynamic": why}
+        return static_quality, {**record, "why_not_dynamic": why}, False
     candidate.replace(static)
-    return quality, {**record, "recipe": "dynamic MatMul (ONNX Runtime quantize_dynamic)"}
+    return quality, record, True

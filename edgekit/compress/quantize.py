@@ -27,6 +27,7 @@ from edgekit.compress import (
     adaround,
     bias_correction,
     calibrate,
+    dynamic_lstm,
     equalize,
     equalize_activations,
     fixed_branches,
@@ -47,7 +48,8 @@ from edgekit.memory import budget, parse_size
 from edgekit.target_cpu import CLASSES, FORMS, Form, TargetCpu, auto_form, resolve
 
 COMPUTE_OPS = output_tail.COMPUTE  # Conv, ConvTranspose, MatMul, Gemm
-# recurrent layers: ONNX Runtime's static QDQ quantizer has no INT8 form of them, so they run fp32
+# recurrent layers: ONNX Runtime's static QDQ quantizer has no INT8 form of them (LSTMs: its dynamic one,
+# edgekit.compress.dynamic_lstm; GRUs and RNNs run fp32)
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
 
@@ -92,6 +94,10 @@ class Int8Config(BaseModel):
     # a transformer's MatMuls quantized dynamically by ONNX Runtime instead (edgekit.compress.
     # dynamic_matmul): where measured faster on this machine and as faithful (auto), always, never
     dynamic_matmul: Literal["auto", "always", "never"] = "auto"
+    # LSTMs quantized dynamically (ONNX Runtime's DynamicQuantizeLSTM, edgekit.compress.dynamic_lstm;
+    # its static quantizer has no INT8 LSTM): where as faithful and faster on this machine (auto;
+    # always where nothing else is INT8), always, never
+    dynamic_lstm: Literal["auto", "always", "never"] = "auto"
     # cross-layer equalization of conv pairs before calibration (edgekit.compress.equalize), and the
     # rounded weights' mean output error added to their biases after (edgekit.compress.bias_correction):
     # bias correction took EfficientNet-Lite1 from 84.8 to 92.4 % top-1 agreement; equalization helped
@@ -156,13 +162,15 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
     nothing could be quantized is refused with the reason, never written as an "INT8" copy of fp32."""
     with calibrated(fp32, calib, cfg, batch_fixed) as write:
         summary = write(out, cfg.exclude_nodes)
-    if not summary["quantized_ops"] and not cfg.exclude_nodes:
-        raise EdgekitError(_nothing_quantized(Path(fp32)))
+    lstms = cfg.dynamic_lstm != "never" and dynamic_lstm.count(Path(fp32))  # quantized after (passes)
+    if not summary["quantized_ops"] and not cfg.exclude_nodes and not lstms:
+        raise EdgekitError(nothing_quantized(Path(fp32)))
     return summary
 
 
-def _nothing_quantized(fp32: Path) -> str:
-    """Why INT8 found nothing to quantize in FP32, and what to do, in one sentence."""
+def nothing_quantized(fp32: Path, lstm: str | None = None) -> str:
+    """Why INT8 found nothing to quantize in FP32, and what to do, in one sentence; LSTM: why its
+    LSTMs were not quantized dynamically either."""
     import onnx
 
     def ops(graph, inner: bool) -> Counter:
@@ -194,10 +202,21 @@ def _nothing_quantized(fp32: Path) -> str:
             "model without control flow (its branches fixed, e.g. one sample rate) and compress that."
         )
     if recurrent:
+        ops = ", ".join(f"{k} x{v}" for k, v in recurrent.most_common())
+        if lstm:
+            return (
+                f"--int8 made nothing worth keeping: the model's only compute ops are recurrent ({ops}), "
+                "which ONNX Runtime's static quantizer has no INT8 form of, and its dynamic LSTM was not "
+                f"taken: {lstm}; `int8: {{dynamic_lstm: always}}` in edgekit.yaml keeps it anyway, "
+                "--fp16 shrinks the model instead."
+            )
+        only_lstm = (
+            "; its LSTMs have a dynamic INT8 (`int8: {dynamic_lstm: auto}`)" if "LSTM" in recurrent else ""
+        )
         return (
-            "--int8 found nothing to quantize: the model's only compute ops are recurrent "
-            f"({', '.join(recurrent)}), which ONNX Runtime's static quantizer has no INT8 form of; "
-            "--fp16 shrinks it instead."
+            f"--int8 found nothing to quantize: the model's only compute ops are recurrent ({ops}), "
+            f"which ONNX Runtime's static quantizer has no INT8 form of{only_lstm}; --fp16 shrinks it "
+            "instead."
         )
     return "--int8 found nothing to quantize: it has no Conv, ConvTranspose, MatMul or Gemm."
 
@@ -568,8 +587,8 @@ def _around(model: Path, tensors, tmp: Path) -> tuple[Path, list[str], dict]:
 
 
 def summarize(path: Path) -> dict:
-    """How many compute ops run quantized (activation and weight both from DequantizeLinear),
-    and which stayed fp32 (every recurrent layer: a BiLSTM recognizer's LSTMs)."""
+    """How many compute ops of the main graph run quantized (activation and weight both from
+    DequantizeLinear; an LSTM quantized dynamically), and which stayed fp32 (GRUs, RNNs)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -581,6 +600,8 @@ def summarize(path: Path) -> dict:
             (quantized if is_q else left)[n.op_type] += 1
         elif n.op_type in RECURRENT_OPS:
             left[n.op_type] += 1
+        elif n.op_type == "DynamicQuantizeLSTM":  # edgekit.compress.dynamic_lstm
+            quantized["LSTM"] += 1
     return {
         "quantized_ops": dict(quantized),
         "fp32_compute_ops": dict(left),
