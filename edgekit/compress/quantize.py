@@ -36,6 +36,7 @@ from edgekit.compress import (
     outer_reads,
     output_tail,
     range_search,
+    shared_biases,
     signal_front,
     smooth,
     weight_pairs,
@@ -254,6 +255,7 @@ class Prepared:
     front: dict = field(default_factory=dict)  # the signal front end left float (signal_front)
     widened: int = 0  # fp16 weights and constants computed in fp32 (widen)
     branches: dict = field(default_factory=dict)  # Ifs a constant input decides, inlined (fixed_branches)
+    unshared: int = 0  # copies of biases two nodes shared (shared_biases)
 
 
 @contextlib.contextmanager
@@ -310,6 +312,9 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
     guarded = outer_reads.guard(src, tmp / "guarded.onnx")
     if guarded:
         src = tmp / "guarded.onnx"
+    unshared = shared_biases.unshare(src, tmp / "unshared.onnx")
+    if unshared:
+        src = tmp / "unshared.onnx"
     transformer, smoothed = _transformer(src, calib, cfg, batch_fixed, tmp)
     if smoothed:
         src = tmp / "smoothed.onnx"
@@ -357,7 +362,7 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
     return Prepared(
         src, ranges.cache, ranges.memory, ranges.left, ranges.means, around, extra, ops, transformer,
         smoothed, equalized, balanced, overrides, pairs, rounding, guarded=guarded, front=front,
-        widened=widened, branches=branches,
+        widened=widened, branches=branches, unshared=unshared,
     )  # fmt: skip
 
 
@@ -447,6 +452,8 @@ def _writer(
             summary["fixed_branches"] = p.branches
         if p.guarded:
             summary["subgraph_reads_guarded"] = p.guarded
+        if p.unshared:
+            summary["shared_biases_copied"] = p.unshared
         if p.front:
             summary["signal_front_float"] = p.front
         if p.equalized:

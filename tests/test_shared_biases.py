@@ -1,0 +1,68 @@
+"""A bias two convolutions share (torch's dynamo exporter shares equal constants) is copied per
+reader under a name no tensor has, before ONNX Runtime's quantizer copies it as `<name><n>`, which
+here is the first convolution's output, and writes a model ORT cannot load."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.compress import shared_biases
+from edgekit.compress.quantize import Int8Config, quantize_int8
+from edgekit.data import Samples
+
+
+def _model(path) -> None:
+    """x -> Conv(w1, b) -> Sigmoid named "b1" -> Add(b0) -> Conv(w2, b) -> y: both convolutions
+    read bias b, and ORT names its copy after the largest number ending an initializer's name
+    that starts with b (b0): b1."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.full(8, 0.1, np.float32), "b"),
+        numpy_helper.from_array(np.full((8, 1, 1), 0.2, np.float32), "b0"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1", "b"], ["c"], "conv1", pads=[1, 1, 1, 1]),
+            helper.make_node("Sigmoid", ["c"], ["b1"], "sigmoid"),
+            helper.make_node("Add", ["b1", "b0"], ["s"], "add"),
+            helper.make_node("Conv", ["s", "w2", "b"], ["y"], "conv2", pads=[1, 1, 1, 1]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16, 16])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_each_reader_gets_its_own_uniquely_named_copy(tmp_path):
+    _model(tmp_path / "fp32.onnx")
+    assert shared_biases.unshare(tmp_path / "fp32.onnx", tmp_path / "unshared.onnx") == 1
+    graph = onnx.load(str(tmp_path / "unshared.onnx")).graph
+    biases = [n.input[2] for n in graph.node if n.op_type == "Conv"]
+    assert biases[0] == "b" and biases[1] not in {"b", "b0", "b1", "c", "s", "y", "x", "w1", "w2"}
+    assert shared_biases.unshare(tmp_path / "unshared.onnx", tmp_path / "again.onnx") == 0
+
+
+def test_int8_of_a_model_with_a_shared_bias_loads_and_stays_close(tmp_path):
+    _model(tmp_path / "fp32.onnx")
+    x = np.random.default_rng(1).uniform(0, 1, (16, 3, 16, 16)).astype(np.float32)
+    summary = quantize_int8(
+        tmp_path / "fp32.onnx", tmp_path / "int8.onnx", Samples({"x": x}, None), Int8Config(), None
+    )
+    assert summary["shared_biases_copied"] == 1 and summary["quantized_ops"] == {"Conv": 2}
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    outputs = [o for n in graph.node for o in n.output]
+    assert len(outputs) == len(set(outputs))  # ORT's copy b1 was also the Sigmoid's
+    a, b = (
+        ort.InferenceSession(str(tmp_path / p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for p in ("fp32.onnx", "int8.onnx")
+    )
+    assert 10 * np.log10((a**2).mean() / ((a - b) ** 2).mean()) > 25
