@@ -41,7 +41,7 @@ from edgekit import batching
 from edgekit.artifact import read_manifest
 from edgekit.benchmarks.fingerprint import host
 from edgekit.benchmarks.metrics import fidelity, interleaved_medians, kind_line
-from edgekit.compress import output_tail
+from edgekit.compress import output_tail, selection
 from edgekit.data import Samples, load_samples, recorded_preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +149,35 @@ def _ov_outputs(path: Path, samples: Samples, fixed: int | None) -> list[np.ndar
     )
 
 
+def _per_sample(run, samples: Samples, fixed: int | None) -> list[list[np.ndarray]]:
+    """RUN's outputs for each sample alone: a model whose outputs are sized by the data (a detector
+    with NonMaxSuppression in its graph) has no batch axis to concatenate on."""
+    return [run(feeds) for feeds, _ in batching.batches(samples.inputs, fixed, 1)]
+
+
+def _ort_run(path: Path):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda f: sess.run(None, f)
+
+
+def _ov_run(path: Path):
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return lambda f: [r[o] for r in [compiled(f)] for o in compiled.outputs]
+
+
+def _selection_row(ref: list[list[np.ndarray]], out: list[list[np.ndarray]], names, seconds: float, **extra):
+    """Each output of a data-sized model compared per sample as edgekit's verification does
+    (edgekit.compress.selection.compare: same count; overlap of the selected rows)."""
+    chosen = {
+        name: selection.compare([r[k] for r in ref], [o[k] for o in out]) for k, name in enumerate(names)
+    }
+    return {"seconds": seconds, "selection": chosen, **extra}
+
+
 def _latency(paths: dict[str, Path], feeds: dict[str, np.ndarray], rounds: int) -> dict[str, float]:
     """Median of round medians (ms) of each ONNX model in ONNX Runtime on one sample's FEEDS, the
     models interleaved in one process (edgekit.benchmarks.metrics.interleaved_medians)."""
@@ -187,33 +216,34 @@ def measure(case: ZooCase, args, root: Path) -> dict:
     fixed = spec.fixed_batch
     calib = load_samples(str(case.calib), spec, args.calib, pre, 0, "calib")
     evals = load_samples(str(case.eval), spec, args.eval, pre, 0, "eval")
-    ref = _ort_outputs(fp32, evals, fixed)
     names = [o.name for o in onnx.load(str(fp32), load_external_data=False).graph.output]
     kinds = output_tail.with_decoded(fp32, case.kinds)  # judged as edgekit judges them
     transformer = has_attention(onnx.load(str(fp32), load_external_data=False).graph)
-    rows = {
-        "edgekit": _row(
-            ref,
-            _ort_outputs(work / "int8" / "model.onnx", evals, fixed),
-            names,
-            kinds,
-            seconds,
-            exit=code,
-        )
-    }
+    if selection.split(fp32, work / "without_selection.onnx") is not None:  # outputs sized by the data
+        ref = _per_sample(_ort_run(fp32), evals, fixed)
+
+        def judged(path: Path, seconds: float, ov: bool = False, **extra) -> dict:
+            out = _per_sample((_ov_run if ov else _ort_run)(path), evals, fixed)
+            return _selection_row(ref, out, names, seconds, **extra)
+    else:
+        ref = _ort_outputs(fp32, evals, fixed)
+
+        def judged(path: Path, seconds: float, ov: bool = False, **extra) -> dict:
+            out = (_ov_outputs if ov else _ort_outputs)(path, evals, fixed)
+            return _row(ref, out, names, kinds, seconds, **extra)
+
+    rows = {"edgekit": judged(work / "int8" / "model.onnx", seconds, exit=code)}
     try:
         t = time.perf_counter()
         path = _ort_defaults(fp32, calib, fixed, work / "ort_defaults.onnx")
-        s = time.perf_counter() - t
-        rows["ort"] = _row(ref, _ort_outputs(path, evals, fixed), names, kinds, s)
+        rows["ort"] = judged(path, time.perf_counter() - t)
     except Exception as e:  # an anchor that fails is a result too
         rows["ort"] = {"error": str(e).splitlines()[0][:200]}
     try:
         t = time.perf_counter()
         path = _nncf(fp32, calib, fixed, transformer, work / "nncf.xml")
-        s = time.perf_counter() - t
         model_type = "TRANSFORMER" if transformer else "default"
-        rows["nncf"] = _row(ref, _ov_outputs(path, evals, fixed), names, kinds, s, model_type=model_type)
+        rows["nncf"] = judged(path, time.perf_counter() - t, ov=True, model_type=model_type)
     except Exception as e:
         rows["nncf"] = {"error": str(e).splitlines()[0][:200]}
     if args.rounds:  # ORT latency of the ONNX variants vs fp32, one sample, interleaved
@@ -243,6 +273,16 @@ def _cells(row: dict) -> list[str]:
     """One line per output: its kind's metric and SQNR; or the error."""
     if "error" in row:
         return [f"failed: {row['error']}"]
+    if "selection" in row:  # a data-sized output: the selections compared per sample
+        return [
+            f"{name}: same count as fp32 {c['same_count']:.1%}"
+            + (
+                f", rows IoU {c['rows_iou']:.3f} ({c['rows_iou_selected']:.3f} where fp32 selects)"
+                if "rows_iou" in c
+                else ""
+            )
+            for name, c in row["selection"].items()
+        ]
     if all(fid.get("max_abs_diff") == 0 for fid in row["outputs"].values()):
         return ["identical to fp32: nothing was quantized"]
     return [

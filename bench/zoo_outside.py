@@ -42,7 +42,7 @@ SENTENCES = (
 )
 VOICES = ("en", "en-us", "en+f3", "en+m3", "en-gb", "en+f2")
 CHUNK, CONTEXT, RATE = 512, 64, 16000
-NAMES = ("ppocr_rec", "ppocr_det", "silero_vad", "silero_vad_default", "yolov8_nudenet")
+NAMES = ("ppocr_rec", "ppocr_det", "silero_vad", "silero_vad_default", "yolov8_nudenet", "yolov8_nudenet_nms")
 
 
 def packaged(package: str, *parts: str) -> Path:
@@ -52,6 +52,64 @@ def packaged(package: str, *parts: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"{package} is not installed: run `make zoo`")
     return Path(spec.submodule_search_locations[0]).joinpath(*parts)
+
+
+def with_nms(src: Path, dst: Path) -> Path:
+    """DST: the YOLOv8 detector at SRC ([N, 4 + classes, anchors]: centre, size, class scores) with
+    NonMaxSuppression in the graph, as detectors are shipped to skip the host's post-processing:
+    `selected` [K, 3] (image, class, anchor) and `detections` [K, 4] (centre, size), K per input."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if dst.is_file():
+        return dst
+    model = onnx.load(str(src))
+    graph = model.graph
+    raw = graph.output[0].name
+    consts = {
+        "nms_zero": [0], "nms_four": [4], "nms_end": [1 << 30], "nms_rows": [1], "nms_max": [100],
+        "nms_column": [2], "nms_axis1": [1],
+    }  # fmt: skip
+    graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0.45], np.float32), "nms_iou"),
+            numpy_helper.from_array(np.array([0.25], np.float32), "nms_score"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Slice", [raw, "nms_zero", "nms_four", "nms_rows"], ["nms_xywh"]),
+            helper.make_node("Transpose", ["nms_xywh"], ["nms_boxes"], perm=[0, 2, 1]),
+            helper.make_node("Slice", [raw, "nms_four", "nms_end", "nms_rows"], ["nms_scores"]),
+            helper.make_node(
+                "NonMaxSuppression",
+                ["nms_boxes", "nms_scores", "nms_max", "nms_iou", "nms_score"],
+                ["selected"],
+                center_point_box=1,
+            ),
+            helper.make_node("Gather", ["selected", "nms_column"], ["nms_anchor2"], axis=1),
+            helper.make_node("Squeeze", ["nms_anchor2", "nms_axis1"], ["nms_anchor"]),
+            helper.make_node("Gather", ["selected", "nms_zero"], ["nms_image2"], axis=1),
+            helper.make_node("Squeeze", ["nms_image2", "nms_axis1"], ["nms_image"]),
+            helper.make_node("Reshape", ["nms_boxes", "nms_flat_shape"], ["nms_flat"]),
+            helper.make_node("Shape", ["nms_boxes"], ["nms_shape"]),
+            helper.make_node("Gather", ["nms_shape", "nms_axis1"], ["nms_anchors"], axis=0),
+            helper.make_node("Mul", ["nms_image", "nms_anchors"], ["nms_offset"]),
+            helper.make_node("Add", ["nms_offset", "nms_anchor"], ["nms_index"]),
+            helper.make_node("Gather", ["nms_flat", "nms_index"], ["detections"], axis=0),
+        ]
+    )
+    graph.initializer.append(numpy_helper.from_array(np.array([-1, 4], np.int64), "nms_flat_shape"))
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info("selected", TensorProto.INT64, ["K", 3]),
+            helper.make_tensor_value_info("detections", TensorProto.FLOAT, ["K", 4]),
+        ]
+    )
+    onnx.save(model, str(dst))
+    return dst
 
 
 def _say(text: str, voice: str, speed: int) -> np.ndarray:
@@ -188,5 +246,11 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
             "yolov8_nudenet", packaged("nudenet", "320n.onnx"), *photos, {},
             ["--input-shape", "1,3,320,320", "--resize", "320", "--mean", "0,0,0", "--std", "1,1,1"],
             f"photo crops, 320x320 ({n_calib} calib, {n_eval} eval)",
+        ),
+        ZooCase(
+            "yolov8_nudenet_nms", with_nms(packaged("nudenet", "320n.onnx"), work / "320n_nms.onnx"), *photos,
+            {}, ["--input-shape", "1,3,320,320", "--resize", "320", "--mean", "0,0,0", "--std", "1,1,1"],
+            f"the same photo crops; the detector with NonMaxSuppression in its graph ({n_calib} calib, "
+            f"{n_eval} eval)",
         ),
     ]  # fmt: skip

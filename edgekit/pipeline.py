@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgekit import floors, passes, review
+from edgekit import batching, floors, passes, review
 from edgekit.artifact import (
     Manifest,
     PassRecord,
@@ -22,7 +22,7 @@ from edgekit.artifact import (
     staging,
     write_manifest,
 )
-from edgekit.compress import output_tail
+from edgekit.compress import output_tail, selection
 from edgekit.compress.precision import bf16_unsupported
 from edgekit.compress.quantize import Int8Config, for_cpu
 from edgekit.data import Preprocess, Samples, check_labels, load_samples, split_holdout, with_examples
@@ -151,8 +151,11 @@ def _with_export(req: CompressRequest) -> list[Step]:
 
 
 def _run_chain(w: passes.Work, chain: list[Step]) -> None:
-    """Each step in order, timed, its record appended; a failure names the step and those before it."""
+    """Each step in order, timed, its record appended; a failure names the step and those before it.
+    A model whose outputs are sized by the data goes through the passes after the export without
+    its selection step, put back at the end (edgekit.compress.selection)."""
     done: list[str] = []
+    split = None
     for step in chain:
         t0 = time.perf_counter()
         try:
@@ -166,8 +169,47 @@ def _run_chain(w: passes.Work, chain: list[Step]) -> None:
             PassRecord(name=step.name, config=dumped, seconds=time.perf_counter() - t0, summary=summary)
         )
         done.append(step.name)
+        if step.name == "export" and step is not chain[-1]:
+            split = _without_selection(w)
         if step.name == "export":  # a decoded detection output is judged as what it is
             w.req = replace(w.req, output_kinds=output_tail.with_decoded(w.model, w.req.output_kinds))
+    if split is not None:
+        _selection_back(w, *split)
+
+
+def _without_selection(w: passes.Work) -> tuple[Path, selection.Split] | None:
+    """Where the fp32 model's outputs are sized by the data (NonMaxSuppression ...), W's model
+    becomes the model without that selection, judged on the tensors it reads ("other": SQNR, unless
+    --output-kind says otherwise); the full fp32 model and the split, for `_selection_back`."""
+    head = w.work / "without_selection.onnx"
+    split = selection.split(w.model, head)
+    if split is None:
+        return None
+    full = w.model
+    w.model = w.fp32 = head
+    w.manifest.output_names = split.cut
+    kinds = {name: "other" for name in split.cut} | w.req.output_kinds
+    w.req = replace(w.req, output_kinds=kinds)
+    return full, split
+
+
+def _selection_back(w: passes.Work, full: Path, split: selection.Split) -> None:
+    """The selection put back after the compressed model, its outputs compared with fp32's per
+    sample (as sets: edgekit.compress.selection.compare) into the verification's `selection`."""
+    from edgekit.runtimes import ort
+
+    selection.rejoin(full, w.model, w.model, split)
+    w.manifest.output_names = split.outputs
+    samples = w.evals if w.evals is not None else w.calib
+    record: dict = {"ops": split.ops, "judged_on": split.cut, "outputs": {}}
+    if samples is not None:
+        ref, out = ort.load(str(full)), ort.load(str(w.model))
+        fixed = w.loaded.input_spec.fixed_batch
+        runs = [(ref.run(f), out.run(f)) for f, _ in batching.batches(samples.inputs, fixed, 1)]
+        for k, name in enumerate(split.outputs):
+            record["outputs"][name] = selection.compare([r[k] for r, _ in runs], [o[k] for _, o in runs])
+        record["samples"] = len(runs)
+    w.manifest.verification["selection"] = record
 
 
 def _needs(req: CompressRequest) -> None:

@@ -75,6 +75,22 @@ def manifest_table(m: Manifest, path: str) -> None:
                 t.add_row("result check", "vs the unpruned model, " + quality_line(q["final_vs_unpruned"]))
         elif q:
             t.add_row(f"{key} check", str(q.get("data")))
+    chosen = m.verification.get("selection")
+    if chosen:
+        shares = [
+            f"{name}: same count {v['same_count']:.0%}"
+            + (f", rows IoU {v['rows_iou']:.3f}" if "rows_iou" in v else "")
+            + (f" ({v['rows_iou_selected']:.3f} where fp32 selects)" if "rows_iou_selected" in v else "")
+            for name, v in chosen["outputs"].items()
+        ]
+        t.add_row(
+            "selection check",
+            escape(
+                f"{', '.join(chosen['ops'])} put back after the passes, which judged "
+                f"{', '.join(chosen['judged_on'])}; on {chosen.get('samples', 0)} samples: "
+                + "; ".join(shares)
+            ),
+        )
     for target in ("openvino", "tensorrt"):
         v = m.verification.get(target)
         if v and "fidelity" in v:

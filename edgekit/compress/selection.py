@@ -1,0 +1,155 @@
+"""A model whose outputs have a data-dependent size (a detector with NonMaxSuppression in the graph:
+[K, 6] detections, K found per image) is compressed and judged without that selection step, which
+is then put back: the passes see the tensors the selection reads (boxes and scores, fixed in shape),
+where two models' outputs can be compared value by value; the selection itself (integer and
+indexing ops, nothing INT8 computes) runs as exported, and its outputs are compared as sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.compress import model_file
+from edgekit.compress.outer_reads import subgraphs
+
+# ops whose output size depends on the values they read
+DATA_DEPENDENT = ("NonMaxSuppression", "NonZero", "Unique", "Compress")
+
+
+@dataclass(frozen=True)
+class Split:
+    """What the passes judge instead of the model's outputs (CUT: the tensors the selection
+    reads), and the model's own outputs, restored when the selection is put back."""
+
+    cut: list[str]
+    outputs: list[str]
+    ops: list[str]  # the data-dependent ops found, by type
+
+
+def _tail(graph) -> list[int]:
+    """Indices of GRAPH's nodes at or downstream of a data-dependent op, and of the nodes before
+    them that only they read and that read only what the selection reads or constants (a Squeeze
+    of the boxes, an axis Constant), in topological order."""
+    after: set[str] = set()
+    found = set()
+    for k, node in enumerate(graph.node):
+        if node.op_type in DATA_DEPENDENT or after.intersection(_node_reads(node)):
+            found.add(k)
+            after.update(node.output)
+    readers: dict[str, set[int]] = {}
+    for k, node in enumerate(graph.node):
+        for name in _node_reads(node):
+            readers.setdefault(name, set()).add(k)
+    reads = {i for k in found for i in _node_reads(graph.node[k])} - after
+    known = reads | {t.name for t in graph.initializer} | {""}
+    outputs = {o.name for o in graph.output}
+    for k in reversed(range(len(graph.node))):  # readers first: chains of such nodes join whole
+        node = graph.node[k]
+        if k in found or subgraphs(node) or outputs.intersection(node.output):
+            continue
+        read_by = set().union(*(readers.get(o, set()) for o in node.output))
+        if read_by and read_by <= found and set(node.input) <= known:
+            found.add(k)
+            known.update(node.output)
+    return sorted(found)
+
+
+def _reads(graph) -> set[str]:
+    names = set()
+    for n in graph.node:
+        names.update(n.input)
+        for g in subgraphs(n):
+            names |= _reads(g)
+    return names
+
+
+def split(src: Path, head: Path) -> Split | None:
+    """Write SRC without its selection to HEAD, its outputs the tensors the selection reads and the
+    model's outputs that do not depend on it; None (nothing written) where no output is sized by
+    the data."""
+    import onnx
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    tail = _tail(graph)
+    made_in_tail = {o for k in tail for o in graph.node[k].output}
+    outputs = [o.name for o in graph.output]
+    if not made_in_tail.intersection(outputs):
+        return None
+    inputs = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    made_before = {o for k, n in enumerate(graph.node) if k not in set(tail) for o in n.output}
+    read_by_tail = [i for k in tail for i in _node_reads(graph.node[k])]
+    cut = list(dict.fromkeys(i for i in read_by_tail if i in made_before and i not in inputs))
+    kept = [o for o in outputs if o not in made_in_tail]
+    ops = sorted({graph.node[k].op_type for k in tail} & set(DATA_DEPENDENT))
+    for k in reversed(tail):
+        del graph.node[k]
+    del graph.output[:]
+    graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in cut)
+    graph.output.extend(onnx.ValueInfoProto(name=n) for n in kept)
+    _typed(model)
+    model_file.save(model, head)
+    return Split(cut=[*cut, *kept], outputs=outputs, ops=ops)
+
+
+def _node_reads(node) -> list[str]:
+    """NODE's inputs, then what its subgraphs read from outside them."""
+    inner = sorted(set().union(*(_reads(g) for g in subgraphs(node)))) if subgraphs(node) else []
+    return [*node.input, *inner]
+
+
+def _typed(model) -> None:
+    """The head's outputs typed and shaped by ONNX shape inference (ORT needs an output's type)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    known = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
+    for out in model.graph.output:
+        if out.name in known and known[out.name].type.HasField("tensor_type"):
+            out.CopyFrom(known[out.name])
+
+
+def rejoin(full: Path, head: Path, dst: Path, split_: Split) -> None:
+    """Write DST: the compressed HEAD with FULL's selection put back after it (its nodes and the
+    initializers only they read), the outputs FULL's again."""
+    import onnx
+
+    original = onnx.load(str(full))
+    model = onnx.load(str(head))
+    graph = model.graph
+    tail = [original.graph.node[k] for k in _tail(original.graph)]
+    have = {t.name for t in graph.initializer}
+    needed = {i for n in tail for i in _node_reads(n)}
+    graph.initializer.extend(t for t in original.graph.initializer if t.name in needed and t.name not in have)
+    graph.node.extend(tail)
+    del graph.output[:]
+    graph.output.extend(original.graph.output)
+    model_file.save(model, dst)
+
+
+def compare(ref: list[np.ndarray], out: list[np.ndarray]) -> dict:
+    """Per-sample outputs of the full models, REF (fp32) against OUT: for each output the share of
+    samples with as many rows, and for integer outputs (selected indices) the mean overlap of the
+    two sets of rows (intersection over union; 1 where both are empty), also over only the samples
+    where fp32 selected something (most photos hold nothing a detector looks for)."""
+    same = np.mean([r.shape == o.shape for r, o in zip(ref, out, strict=True)])
+    result = {"same_count": float(same)}
+    if ref and np.issubdtype(ref[0].dtype, np.integer):
+        overlaps, selected = [], []
+        for r, o in zip(ref, out, strict=True):
+            a, b = _rows(r), _rows(o)
+            overlaps.append(1.0 if not a | b else len(a & b) / len(a | b))
+            if a:
+                selected.append(overlaps[-1])
+        result["rows_iou"] = float(np.mean(overlaps))
+        if selected:
+            result |= {"rows_iou_selected": float(np.mean(selected)), "selected_samples": len(selected)}
+    return result
+
+
+def _rows(array: np.ndarray) -> set[tuple]:
+    """The rows of ARRAY (its first axis), as a set."""
+    flat = array.reshape(array.shape[0], int(np.prod(array.shape[1:]))) if array.ndim else array.reshape(1, 1)
+    return {tuple(row.tolist()) for row in flat}
