@@ -30,8 +30,8 @@ class Split:
 
 def _tail(graph) -> list[int]:
     """Indices of GRAPH's nodes at or downstream of a data-dependent op, and of the nodes before
-    them that only they read and that read only what the selection reads or constants (a Squeeze
-    of the boxes, an axis Constant), in topological order."""
+    them that only they read and that compute from what the selection reads or from constants (a
+    Squeeze or the Shape of the boxes; not the decoding that makes the boxes), in topological order."""
     after: set[str] = set()
     found = set()
     for k, node in enumerate(graph.node):
@@ -42,21 +42,33 @@ def _tail(graph) -> list[int]:
     for k, node in enumerate(graph.node):
         for name in _node_reads(node):
             readers.setdefault(name, set()).add(k)
-    reads = {i for k in found for i in _node_reads(graph.node[k])} - after
-    known = reads | {t.name for t in graph.initializer} | {""}
     outputs = {o.name for o in graph.output}
-    for k in reversed(range(len(graph.node))):  # readers first: chains of such nodes join whole
+    only = set()  # nodes whose every reader is in the tail or among these (readers first)
+    for k in reversed(range(len(graph.node))):
         node = graph.node[k]
         if k in found or subgraphs(node) or outputs.intersection(node.output):
             continue
         read_by = set().union(*(readers.get(o, set()) for o in node.output))
-        if read_by and read_by <= found and set(node.input) <= known:
-            found.add(k)
-            known.update(node.output)
+        if read_by and read_by <= found | only:
+            only.add(k)
+    known = {i for k in found for i in _node_reads(graph.node[k])} - after
+    known |= {t.name for t in graph.initializer} | {""}
+    moved = set()
+    for k in sorted(only):  # producers first: those computed from what the selection reads
+        if set(graph.node[k].input) <= known:
+            moved.add(k)
+            known.update(graph.node[k].output)
+    found |= moved
+    while stay := {
+        k for k in moved if any(r not in found for o in graph.node[k].output for r in readers.get(o, ()))
+    }:
+        moved -= stay  # read by a node left before the selection: it stays there too
+        found -= stay
     return sorted(found)
 
 
 def _reads(graph) -> set[str]:
+    """Every tensor name GRAPH's nodes and their subgraphs read."""
     names = set()
     for n in graph.node:
         names.update(n.input)
