@@ -265,6 +265,21 @@ def test_yolov8_keeps_its_decoded_output(edgekit, outside, tmp_path):
     assert check["kind"] == "other" and check["sqnr_db"] >= YOLO_MIN_SQNR, check
 
 
+def test_yolov8_with_nms_in_its_graph_is_judged_before_the_selection(edgekit, outside, tmp_path):
+    """The detector with NonMaxSuppression appended ([K, 3] selections): quantized and judged on
+    the boxes and scores NMS reads, the selection put back and compared per sample."""
+    proc = _outside_int8(edgekit, outside["yolov8_nudenet_nms"], tmp_path / "int8")
+    assert proc.returncode == 0, proc.stderr
+    manifest = read_manifest(tmp_path / "int8")
+    judged = manifest.verification["int8"]["fidelity"]
+    assert [judged["output_0"]["name"], judged["output_1"]["name"]] == ["nms_boxes", "nms_scores"]
+    assert judged["output_0"]["sqnr_db"] >= YOLO_MIN_SQNR  # the boxes: 32.8 dB in the bench (scores 12.3)
+    chosen = manifest.verification["selection"]
+    assert manifest.output_names == ["selected", "detections"]
+    assert chosen["judged_on"] == ["nms_boxes", "nms_scores"]
+    assert chosen["outputs"]["selected"]["same_count"] >= 0.8  # bench: 89 % (ORT's defaults 77 %)
+
+
 def test_ppocr_recognizer_keeps_its_words(edgekit, outside, tmp_path):
     proc = _outside_int8(edgekit, outside["ppocr_rec"], tmp_path / "int8")
     assert proc.returncode == 0, proc.stderr
