@@ -9,6 +9,7 @@ import pytest
 
 from edgekit.benchmarks.metrics import compare_outputs, fidelity, kind_line, output_kind
 from edgekit.benchmarks.report import quality_line
+from edgekit.errors import EdgekitError
 
 RNG = np.random.default_rng(0)
 
@@ -173,3 +174,10 @@ def test_a_bad_output_kind_is_refused(edgekit, tiny, work, kind, said):
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("edgekit: error: "), r.stderr
     assert said in lines[0]
     assert "Traceback" not in r.stderr and not (work / "int8").exists() and list(work.iterdir()) == []
+
+
+def test_an_output_sized_by_the_data_is_one_sentence_not_a_broadcast_error():
+    """A detector's selected boxes: 5 rows in fp32, 6 in the compressed model."""
+    ref, out = [np.zeros((5, 4), np.float32)], [np.zeros((6, 4), np.float32)]
+    with pytest.raises(EdgekitError, match=r"'detections' is \[6, 4\] here and \[5, 4\] in the ref"):
+        fidelity(ref, out, ["detections"])

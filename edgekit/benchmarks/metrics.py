@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
+
 
 def latency_stats(seconds: list[float], batch: int) -> dict:
     """Latency distribution in milliseconds, and throughput in samples per second."""
@@ -217,6 +219,13 @@ def fidelity(
     result = {}
     for i, (r, o) in enumerate(zip(ref, out, strict=True)):
         name = names[i] if i < len(names) else ""
+        if r.shape != o.shape:  # a selection's output (NonMaxSuppression ...): sized by the values
+            raise EdgekitError(
+                f"output {name or i!r} is {list(o.shape)} here and {list(r.shape)} in the reference: its "
+                "size depends on the values (a selection such as NonMaxSuppression), so it cannot be "
+                "compared value by value; `edgekit compress` judges such a model before its selection "
+                "and compares the selections per sample (the artifact's verification.selection)."
+            )
         kind = kinds.get(name) or kinds.get(f"output_{i}") or output_kind(r, name)
         result[f"output_{i}"] = compare_outputs(r, o, kind) | ({"name": name} if name else {})
     r, o = ref[0], out[0]
