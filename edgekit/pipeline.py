@@ -188,7 +188,8 @@ def _without_selection(w: passes.Work) -> tuple[Path, selection.Split] | None:
     full = w.model
     w.model = w.fp32 = head
     w.manifest.output_names = split.cut
-    kinds = {name: "other" for name in split.cut} | w.req.output_kinds
+    own = {k: v for k, v in w.req.output_kinds.items() if k in split.cut}  # those of the outputs: later
+    kinds = {name: "other" for name in split.cut} | own
     w.req = replace(w.req, output_kinds=kinds)
     return full, split
 

@@ -18,7 +18,8 @@ def review(w: passes.Work) -> floors.FloorNotMet | None:
     steps = [s for s in floors.JUDGED if isinstance(ver.get(s), dict) and "fidelity" in ver[s]]
     if not steps:
         return None
-    floors.check_names(w.req.min_fidelity, w.manifest.output_names or [])
+    judged = ver.get("selection", {}).get("judged_on", [])  # what a selection reads (compress.selection)
+    floors.check_names(w.req.min_fidelity, [*(w.manifest.output_names or []), *judged])
     below = None
     for step in steps:
         records = floors.judge(ver[step], _floors(w, step))

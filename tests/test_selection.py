@@ -118,9 +118,9 @@ def test_int8_of_a_detector_with_nms_in_the_graph(edgekit, tmp_path):
     np.savez(tmp_path / "eval.npz", images=_images(16, 3))
     r = edgekit(
         "compress", tmp_path / "det.onnx", "--int8", "--calib", tmp_path / "calib.npz", "--eval",
-        tmp_path / "eval.npz", "-o", tmp_path / "out",
+        tmp_path / "eval.npz", "-o", tmp_path / "out", "--min-fidelity", "scores=5",
     )  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 0, r.stderr  # a floor may name what the selection reads
     manifest = json.loads((tmp_path / "out" / "edgekit.json").read_text())
     judged = manifest["verification"]["int8"]["fidelity"]
     assert [judged["output_0"]["name"], judged["output_1"]["name"]] == ["boxes", "scores"]
