@@ -304,6 +304,7 @@ def sensitivity(req: CompressRequest) -> dict:
     with tempfile.TemporaryDirectory(prefix="edgekit-sensitivity-") as work:
         w = passes.Work(req, loaded, calib, evals, manifest, Path(work), Path(work))
         passes.run_export(w, req.export)
+        _without_selection(w)  # outputs sized by the data: judged on what the selection reads
         fp32 = w.fp32
         ref = predict(fp32, evals, fixed, "evaluating fp32")
         check_labels(evals, ref[0])

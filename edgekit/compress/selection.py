@@ -98,6 +98,9 @@ def split(src: Path, head: Path) -> Split | None:
     ops = sorted({graph.node[k].op_type for k in tail} & set(DATA_DEPENDENT))
     for k in reversed(tail):
         del graph.node[k]
+    read = _reads(graph) | {i.name for i in graph.input}
+    for t in [t for t in graph.initializer if t.name not in read]:  # the selection's own (rejoin)
+        graph.initializer.remove(t)
     del graph.output[:]
     graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in cut)
     graph.output.extend(onnx.ValueInfoProto(name=n) for n in kept)
