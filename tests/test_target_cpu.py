@@ -200,6 +200,7 @@ def test_compress_for_a_host_reads_its_cpu_over_ssh(edgekit, digits, tmp_path):
             "compress", digits.onnx, "--int8", "--calib", digits.calib, "--calib-size", 32,
             "--host", f"ssh://{ALIAS}", "--ssh-config", server.client_config,
             "--remote-python", sys.executable, "-o", out,
+            "--no-adaround", "--no-range-search",  # the INT8's accuracy is not what this checks
         )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     made = read_manifest(out).target_cpu

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgekit.compress import model_file
 from edgekit.compress.dynamic_matmul import choose
-from edgekit.compress.outer_reads import subgraphs
+from edgekit.compress.outer_reads import reads, subgraphs
 from edgekit.errors import EdgekitError
 
 MS_DOMAIN = "com.microsoft"
@@ -34,7 +34,7 @@ def quantize(src: Path, dst: Path, seven_bit: bool = False) -> int:
     if count:
         if not any(o.domain == MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
-        while _drop_unread(model.graph, _reads(model.graph)):  # the weights' fp32 cones, to the leaves
+        while _drop_unread(model.graph, reads(model.graph)):  # the weights' fp32 cones, to the leaves
             pass
     model_file.save(model, dst)
     return count
@@ -106,27 +106,17 @@ def _rewrite(graph, scope: list[dict], qmax: int, opsets: list) -> int:
     return done
 
 
-def _reads(graph) -> set[str]:
-    """Every tensor name a node of GRAPH or of its subgraphs reads."""
-    names = set()
-    for n in graph.node:
-        names.update(n.input)
-        for g in subgraphs(n):
-            names |= _reads(g)
-    return names
-
-
-def _drop_unread(graph, reads: set[str]) -> bool:
+def _drop_unread(graph, read: set[str]) -> bool:
     """Remove GRAPH's (and its subgraphs') initializers and nodes nothing reads (ONNX ops have no
     side effects); whether anything was removed."""
-    kept = reads | {o.name for o in graph.output} | {i.name for i in graph.input}  # an input's default stays
+    kept = read | {o.name for o in graph.output} | {i.name for i in graph.input}  # an input's default stays
     tensors = [t for t in graph.initializer if t.name not in kept]
     nodes = [n for n in graph.node if not kept.intersection(n.output)]
     for t in tensors:
         graph.initializer.remove(t)
     for n in nodes:
         graph.node.remove(n)
-    inner = [_drop_unread(g, reads) for n in graph.node for g in subgraphs(n)]
+    inner = [_drop_unread(g, read) for n in graph.node for g in subgraphs(n)]
     return bool(tensors or nodes or any(inner))
 
 

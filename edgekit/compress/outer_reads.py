@@ -28,6 +28,16 @@ def subgraphs(node) -> list:
     return graphs
 
 
+def reads(graph) -> set[str]:
+    """Every tensor name GRAPH's nodes and their subgraphs read."""
+    names = set()
+    for n in graph.node:
+        names.update(n.input)
+        for g in subgraphs(n):
+            names |= reads(g)
+    return names
+
+
 def _outer_reads(graph) -> set[str]:
     """Names GRAPH's nodes (and their own subgraphs) read that GRAPH itself does not define."""
     defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}

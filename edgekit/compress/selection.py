@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.compress import model_file
-from edgekit.compress.outer_reads import subgraphs
+from edgekit.compress.outer_reads import reads, subgraphs
 
 # ops whose output size depends on the values they read
 DATA_DEPENDENT = ("NonMaxSuppression", "NonZero", "Unique", "Compress")
@@ -35,12 +35,12 @@ def _tail(graph) -> list[int]:
     after: set[str] = set()
     found = set()
     for k, node in enumerate(graph.node):
-        if node.op_type in DATA_DEPENDENT or after.intersection(_node_reads(node)):
+        if node.op_type in DATA_DEPENDENT or after.intersection(_nodereads(node)):
             found.add(k)
             after.update(node.output)
     readers: dict[str, set[int]] = {}
     for k, node in enumerate(graph.node):
-        for name in _node_reads(node):
+        for name in _nodereads(node):
             readers.setdefault(name, set()).add(k)
     outputs = {o.name for o in graph.output}
     only = set()  # nodes whose every reader is in the tail or among these (readers first)
@@ -51,7 +51,7 @@ def _tail(graph) -> list[int]:
         read_by = set().union(*(readers.get(o, set()) for o in node.output))
         if read_by and read_by <= found | only:
             only.add(k)
-    known = {i for k in found for i in _node_reads(graph.node[k])} - after
+    known = {i for k in found for i in _nodereads(graph.node[k])} - after
     known |= {t.name for t in graph.initializer} | {""}
     moved = set()
     for k in sorted(only):  # producers first: those computed from what the selection reads
@@ -65,16 +65,6 @@ def _tail(graph) -> list[int]:
         moved -= stay  # read by a node left before the selection: it stays there too
         found -= stay
     return sorted(found)
-
-
-def _reads(graph) -> set[str]:
-    """Every tensor name GRAPH's nodes and their subgraphs read."""
-    names = set()
-    for n in graph.node:
-        names.update(n.input)
-        for g in subgraphs(n):
-            names |= _reads(g)
-    return names
 
 
 def split(src: Path, head: Path) -> Split | None:
@@ -92,13 +82,13 @@ def split(src: Path, head: Path) -> Split | None:
         return None
     inputs = {i.name for i in graph.input} | {t.name for t in graph.initializer}
     made_before = {o for k, n in enumerate(graph.node) if k not in set(tail) for o in n.output}
-    read_by_tail = [i for k in tail for i in _node_reads(graph.node[k])]
+    read_by_tail = [i for k in tail for i in _nodereads(graph.node[k])]
     cut = list(dict.fromkeys(i for i in read_by_tail if i in made_before and i not in inputs))
     kept = [o for o in outputs if o not in made_in_tail]
     ops = sorted({graph.node[k].op_type for k in tail} & set(DATA_DEPENDENT))
     for k in reversed(tail):
         del graph.node[k]
-    read = _reads(graph) | {i.name for i in graph.input}
+    read = reads(graph) | {i.name for i in graph.input}
     for t in [t for t in graph.initializer if t.name not in read]:  # the selection's own (rejoin)
         graph.initializer.remove(t)
     del graph.output[:]
@@ -109,9 +99,9 @@ def split(src: Path, head: Path) -> Split | None:
     return Split(cut=[*cut, *kept], outputs=outputs, ops=ops)
 
 
-def _node_reads(node) -> list[str]:
+def _nodereads(node) -> list[str]:
     """NODE's inputs, then what its subgraphs read from outside them."""
-    inner = sorted(set().union(*(_reads(g) for g in subgraphs(node)))) if subgraphs(node) else []
+    inner = sorted(set().union(*(reads(g) for g in subgraphs(node)))) if subgraphs(node) else []
     return [*node.input, *inner]
 
 
@@ -136,7 +126,7 @@ def rejoin(full: Path, head: Path, dst: Path, split_: Split) -> None:
     graph = model.graph
     tail = [original.graph.node[k] for k in _tail(original.graph)]
     have = {t.name for t in graph.initializer}
-    needed = {i for n in tail for i in _node_reads(n)}
+    needed = {i for n in tail for i in _nodereads(n)}
     graph.initializer.extend(t for t in original.graph.initializer if t.name in needed and t.name not in have)
     graph.node.extend(tail)
     del graph.output[:]
