@@ -102,10 +102,7 @@ def _feeds(samples: Samples, fixed: int | None, batch: int) -> list[dict[str, np
 
 
 def _ort_outputs(path: Path, samples: Samples, fixed: int | None) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return batching.outputs(lambda f: sess.run(None, f), samples.inputs, fixed, 16)
+    return batching.outputs(_ort_run(path), samples.inputs, fixed, 16)
 
 
 def _ort_defaults(fp32: Path, calib: Samples, fixed: int | None, out: Path) -> Path:
@@ -141,12 +138,7 @@ def _nncf(fp32: Path, calib: Samples, fixed: int | None, transformer: bool, out:
 
 
 def _ov_outputs(path: Path, samples: Samples, fixed: int | None) -> list[np.ndarray]:
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return batching.outputs(
-        lambda f: [r[o] for r in [compiled(f)] for o in compiled.outputs], samples.inputs, fixed, 1
-    )
+    return batching.outputs(_ov_run(path), samples.inputs, fixed, 1)
 
 
 def _per_sample(run, samples: Samples, fixed: int | None) -> list[list[np.ndarray]]:

@@ -169,9 +169,10 @@ def _run_chain(w: passes.Work, chain: list[Step]) -> None:
             PassRecord(name=step.name, config=dumped, seconds=time.perf_counter() - t0, summary=summary)
         )
         done.append(step.name)
-        if step.name == "export" and step is not chain[-1]:
-            split = _without_selection(w)
-        if step.name == "export":  # a decoded detection output is judged as what it is
+        if step.name == "export":
+            if step is not chain[-1]:
+                split = _without_selection(w)
+            # a decoded detection output is judged as what it is
             w.req = replace(w.req, output_kinds=output_tail.with_decoded(w.model, w.req.output_kinds))
     if split is not None:
         _selection_back(w, *split)

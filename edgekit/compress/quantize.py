@@ -160,11 +160,13 @@ def form_name(cfg: Int8Config) -> str | None:
 
 def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None):
     """Write a QDQ INT8 model to `out`; return a summary of what was quantized. A model in which
-    nothing could be quantized is refused with the reason, never written as an "INT8" copy of fp32."""
+    nothing could be quantized is refused with the reason, never written as an "INT8" copy of fp32,
+    unless it has LSTMs the int8 pass may quantize dynamically after (edgekit.compress.dynamic_lstm)."""
     with calibrated(fp32, calib, cfg, batch_fixed) as write:
         summary = write(out, cfg.exclude_nodes)
-    lstms = cfg.dynamic_lstm != "never" and dynamic_lstm.count(Path(fp32))  # quantized after (passes)
-    if not summary["quantized_ops"] and not cfg.exclude_nodes and not lstms:
+    if summary["quantized_ops"] or cfg.exclude_nodes:
+        return summary
+    if cfg.dynamic_lstm == "never" or not dynamic_lstm.count(Path(fp32)):  # else quantized after (passes)
         raise EdgekitError(nothing_quantized(Path(fp32)))
     return summary
 
