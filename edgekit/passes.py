@@ -285,7 +285,9 @@ def _dynamic_or_static(w: Work, cfg: Int8Config, path: Path, static: dict) -> tu
     7-bit weights where the target's u8 x s8 products saturate (ORT's dynamic MatMul is u8 x s8 too)."""
     from edgekit.compress import dynamic_matmul
 
-    return dynamic_matmul.consider(w.model, path, static, cfg.dynamic_matmul, *_candidate_checks(w))
+    return dynamic_matmul.consider(
+        w.model, path, static, cfg.dynamic_matmul, *_candidate_checks(w), cfg.fused_attention
+    )
 
 
 def _candidate_checks(w: Work) -> tuple:

@@ -138,6 +138,8 @@ def _for_target_cpu(req: CompressRequest) -> tuple[CompressRequest, dict | None]
     if req.target_cpu is None and int8.target_cpu:
         target = replace(target, source="the int8 config's target_cpu")
     int8 = for_cpu(int8, target)
+    if req.target != "ort" and int8.fused_attention:  # ORT's contrib QAttention runs in ORT only
+        int8 = int8.model_copy(update={"fused_attention": False})
     chain = [Step("int8", int8) if s.name == "int8" else s for s in req.chain]
     return replace(req, chain=chain), _made_for(target, int8)
 

@@ -349,36 +349,15 @@ def test_attention_fused_by_onnx_runtimes_optimizer_is_quantized_as_a_transforme
     CNN, every product's output INT8 and nothing smoothed (cosine 0.925; 0.998 with the recipe)."""
     import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
 
+    _fused(tmp_path / "fused.onnx", mask=False)
     rng = np.random.default_rng(0)
-    weights = {
-        "qkv_w": rng.standard_normal((D, 3 * D)).astype(np.float32) * 0.2,
-        "qkv_b": np.zeros(3 * D, np.float32),
-        "out_w": rng.standard_normal((D, D)).astype(np.float32) * 0.2,
-    }
-    graph = helper.make_graph(
-        [
-            helper.make_node(
-                "Attention", ["x", "qkv_w", "qkv_b"], ["attn"], domain="com.microsoft", num_heads=HEADS
-            ),
-            helper.make_node("MatMul", ["attn", "out_w"], ["y"]),
-        ],
-        "fused",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", SEQ, D])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", SEQ, D])],
-        [numpy_helper.from_array(v, k) for k, v in weights.items()],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 14), helper.make_opsetid("com.microsoft", 1)]
-    )
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "fused.onnx"))
     x = rng.standard_normal((64, SEQ, D)).astype(np.float32)
     summary = quantize_int8(
         tmp_path / "fused.onnx", tmp_path / "int8.onnx", Samples({"x": x}, None), Int8Config(), None
     )
-    assert "transformer" in summary and summary["quantized_ops"] == {"MatMul": 1}
+    # the MatMul statically, the Attention as ORT's QAttention (edgekit.compress.fused_attention)
+    assert "transformer" in summary and summary["quantized_ops"] == {"Attention": 1, "MatMul": 1}
     out = onnx.load(str(tmp_path / "int8.onnx")).graph
     assert not any(n.op_type == "QuantizeLinear" and n.input[0] == "y" for n in out.node)  # a float output
     run = [
@@ -387,3 +366,115 @@ def test_attention_fused_by_onnx_runtimes_optimizer_is_quantized_as_a_transforme
     ]
     ref, got = (s.run(None, {"x": x[:8]})[0] for s in run)
     assert compare_outputs(ref.reshape(8, -1), got.reshape(8, -1), "embedding")["cosine_mean"] > 0.99
+
+
+def _fused(path, mask: bool) -> None:
+    """One attention layer as onnxruntime.transformers' optimizer leaves it (a com.microsoft
+    Attention node, Q, K, V in one weight) and a projection after it: x [B, SEQ, D] (and with MASK
+    an int32 mask [B, SEQ]) -> Attention -> MatMul -> y."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "qkv_w": rng.standard_normal((D, 3 * D)).astype(np.float32) * 0.2,
+        "qkv_b": rng.standard_normal(3 * D).astype(np.float32) * 0.1,
+        "out_w": rng.standard_normal((D, D)).astype(np.float32) * 0.2,
+    }
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", SEQ, D])]
+    if mask:
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.INT32, ["batch", SEQ]))
+    attention = ["x", "qkv_w", "qkv_b", *(["mask"] if mask else [])]
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "Attention", attention, ["attn"], "Attention_0", domain="com.microsoft", num_heads=HEADS
+            ),
+            helper.make_node("MatMul", ["attn", "out_w"], ["y"], "MatMul_out"),
+        ],
+        "fused",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", SEQ, D])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 14), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _masked(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mask = np.ones((n, SEQ), np.int32)
+    mask[:, SEQ // 2 :] = rng.integers(0, 2, (n, SEQ - SEQ // 2))
+    return {"x": rng.normal(0, 1, (n, SEQ, D)).astype(np.float32), "mask": mask}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return compare_outputs(a.reshape(len(a), -1), b.reshape(len(b), -1), "embedding")["cosine_mean"]
+
+
+def test_qattention_computes_what_the_fused_attention_does(tmp_path):
+    """ORT's static quantizer has no Attention: its Q, K, V projections stayed fp32 (a quarter of
+    a BERT layer's multiply-adds). QAttention, written by edgekit, runs them in INT8."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from edgekit.compress import fused_attention
+
+    _fused(tmp_path / "fp32.onnx", mask=True)
+    model = tmp_path / "q.onnx"
+    model.write_bytes((tmp_path / "fp32.onnx").read_bytes())
+    assert fused_attention.quantize(model, ["Attention_0"]) == 0  # excluded: left as it was
+    assert fused_attention.quantize(model) == 1
+    graph = onnx.load(str(model)).graph
+    assert [n.op_type for n in graph.node] == ["DynamicQuantizeLinear", "QAttention", "MatMul"]
+    assert "qkv_w" not in {i.name for i in graph.initializer}  # the fp32 weight went with its node
+    feeds = _masked(8, 1)
+    ref = ort.InferenceSession(str(tmp_path / "fp32.onnx")).run(None, feeds)[0]
+    out = ort.InferenceSession(str(model)).run(None, feeds)[0]
+    assert _cosine(ref, out) > 0.999
+    # the int8 weights are what the outputs are made of: zeroing one head's query columns moves them
+    broken = onnx.load(str(model))
+    w = next(i for i in broken.graph.initializer if i.name.endswith("w_q"))
+    levels = numpy_helper.to_array(w).copy()
+    levels[:, : D // HEADS] = 0
+    w.CopyFrom(numpy_helper.from_array(levels, w.name))
+    moved = ort.InferenceSession(broken.SerializeToString()).run(None, feeds)[0]
+    assert _cosine(ref, moved) < _cosine(ref, out) - 0.001
+
+
+def _fused_compressed(tmp_path, target: str) -> tuple[dict, list[str]]:
+    """The int8 summary and the artifact's ops of the masked fused layer compressed for TARGET."""
+    import onnx
+
+    from edgekit.artifact import read_manifest
+    from edgekit.passes import Step
+    from edgekit.pipeline import CompressRequest, compress
+
+    _fused(tmp_path / "fp32.onnx", mask=True)
+    np.savez(tmp_path / "calib.npz", **_masked(32, 2))
+    np.savez(tmp_path / "eval.npz", **_masked(32, 3))
+    req = CompressRequest(
+        model=tmp_path / "fp32.onnx",
+        out=tmp_path / target,
+        chain=[Step("int8", Int8Config(dynamic_matmul="never"))],
+        calib=str(tmp_path / "calib.npz"),
+        eval=str(tmp_path / "eval.npz"),
+        target=target,
+    )
+    compress(req)
+    summary = next(p.summary for p in read_manifest(tmp_path / target).passes if p.name == "int8")
+    return summary, [n.op_type for n in onnx.load(str(tmp_path / target / "model.onnx")).graph.node]
+
+
+def test_compress_int8_runs_fused_attention_in_int8_and_counts_it(tmp_path):
+    summary, ops = _fused_compressed(tmp_path, "ort")
+    assert "QAttention" in ops and "Attention" not in ops
+    assert summary["quantized_ops"] == {"Attention": 1, "MatMul": 1} and not summary["fp32_compute_ops"]
+    # for OpenVINO, which cannot read QAttention, it stays fp32, and the summary says so
+    summary, ops = _fused_compressed(tmp_path, "openvino")
+    assert "QAttention" not in ops and "Attention" in ops
+    assert summary["fp32_compute_ops"] == {"Attention": 1}

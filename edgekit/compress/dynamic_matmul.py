@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgekit.benchmarks.metrics import MAIN
+from edgekit.compress import fused_attention
 from edgekit.errors import EdgekitError, first_line
 
 FASTER = 0.9  # the dynamic model's time / the static model's, at most
@@ -24,11 +25,12 @@ TOLERANCE = 0.005  # the most a fraction-valued main metric (or top-1 with label
 SQNR_TOLERANCE_DB = 3.0  # ... and an output without one, in SQNR
 
 
-def quantize(fp32: Path, out: Path, seven_bit: bool = False) -> None:
+def quantize(fp32: Path, out: Path, seven_bit: bool = False, attention: bool = True) -> None:
     """OUT: FP32 with its MatMuls dynamically quantized (ORT's pre-processing first, in a temp dir:
     its symbolic shape inference leaves files in the working directory where it gives up); with
     SEVEN_BIT weights (ORT's reduce_range) for a CPU whose u8 x s8 pair sums saturate (no VNNI):
-    ORT's dynamic MatMul is u8 x s8 as its static one is (edgekit.target_cpu)."""
+    ORT's dynamic MatMul is u8 x s8 as its static one is (edgekit.target_cpu). ATTENTION: ORT's
+    fused Attention ops as QAttention too (edgekit.compress.fused_attention)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -47,6 +49,8 @@ def quantize(fp32: Path, out: Path, seven_bit: bool = False) -> None:
             reduce_range=seven_bit,
             weight_type=QuantType.QInt8,
         )
+    if attention:
+        fused_attention.quantize(out, (), 7 if seven_bit else 8)
 
 
 def summarize(path: Path) -> dict:
@@ -54,7 +58,11 @@ def summarize(path: Path) -> dict:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    ops = [n.op_type for n in graph.node if "Integer" in n.op_type or n.op_type.startswith("DynamicQuantize")]
+    ops = [
+        n.op_type
+        for n in graph.node
+        if "Integer" in n.op_type or n.op_type.startswith("DynamicQuantize") or n.op_type == "QAttention"
+    ]
     return {"integer_ops": {op: ops.count(op) for op in sorted(set(ops))}}
 
 
@@ -83,15 +91,17 @@ def consider(
     verify: Callable[[Path], dict],
     timing: Callable[[Path, Path], dict] | None,
     seven_bit: bool = False,
+    attention: bool = True,
 ) -> tuple[dict, dict]:
     """The verification of the model now at STATIC, and the record of the choice: with MODE "auto"
     the dynamic quantization of FP32 replaces STATIC where it is as faithful (VERIFY: a model's
     Quality) and faster (TIMING(static, dynamic): edgekit.speedup's record; None where this
     machine is not the target, and the static model stays); "always" takes it regardless.
-    SEVEN_BIT: the target CPU's u8 x s8 products saturate (`quantize`)."""
+    SEVEN_BIT: the target CPU's u8 x s8 products saturate; ATTENTION: fused Attention ops as
+    QAttention too (`quantize`)."""
 
     def make(path: Path) -> None:
-        quantize(fp32, path, seven_bit)
+        quantize(fp32, path, seven_bit, attention)
 
     quality, record, chosen = choose(make, static, static_quality, mode, verify, timing, "MatMul")
     if "dynamic_candidate" in record:

@@ -32,6 +32,7 @@ from edgekit.compress import (
     equalize_activations,
     fixed_branches,
     float_layers,
+    fused_attention,
     model_file,
     outer_reads,
     output_tail,
@@ -99,6 +100,10 @@ class Int8Config(BaseModel):
     # its static quantizer has no INT8 LSTM): where as faithful and faster on this machine (auto;
     # always where nothing else is INT8), always, never
     dynamic_lstm: Literal["auto", "always", "never"] = "auto"
+    # ONNX Runtime's fused Attention ops (com.microsoft, in files its transformer optimizer wrote) as
+    # its QAttention (edgekit.compress.fused_attention; its static quantizer has no Attention): ORT
+    # only, OpenVINO cannot read QAttention (off where the artifact is for another runtime)
+    fused_attention: bool = True
     # cross-layer equalization of conv pairs before calibration (edgekit.compress.equalize), and the
     # rounded weights' mean output error added to their biases after (edgekit.compress.bias_correction):
     # bias correction took EfficientNet-Lite1 from 84.8 to 92.4 % top-1 agreement; equalization helped
@@ -139,6 +144,7 @@ class Int8Config(BaseModel):
             "quantize_bias": False,
             "weight_type": "int8",
             "reduce_range": "none",  # a GPU's INT8 does not saturate: the CPU form does not apply
+            "fused_attention": False,  # ORT's contrib QAttention
         }
         return cls(**{**form, **overrides})
 
@@ -391,6 +397,7 @@ def _writer(
     p: Prepared, fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None, tmp: Path
 ) -> Write:
     """`calibrated`'s WRITE, writing from P."""
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -402,6 +409,9 @@ def _writer(
     # Python loop that computes them: ~1 s a model on EfficientNet-Lite1)
     bias_errors: dict = {}
     readers = _weights(src, p.ops)
+    attention = cfg.fused_attention and fused_attention.quantizable(
+        onnx.load(str(src), load_external_data=False).graph
+    )
 
     def write(out: Path, exclude: Sequence[str]) -> dict:
         excluded = [*exclude, *p.around]
@@ -427,6 +437,8 @@ def _writer(
             )
         except Exception as e:
             raise EdgekitError(f"INT8 quantization failed: {first_line(e)}") from None
+        if attention:
+            fused_attention.quantize(out, excluded, 8 if cfg.reduce_range == "none" else 7)
         wanted = readers.keys() - p.params.keys() - p.never
         if wanted:
             p.params.update(_weight_params(out, wanted))
@@ -597,7 +609,8 @@ def _around(model: Path, tensors, tmp: Path) -> tuple[Path, list[str], dict]:
 
 def summarize(path: Path) -> dict:
     """How many compute ops of the main graph run quantized (activation and weight both from
-    DequantizeLinear; an LSTM quantized dynamically), and which stayed fp32 (GRUs, RNNs)."""
+    DequantizeLinear; an LSTM or ORT's fused Attention quantized dynamically), and which stayed fp32
+    (GRUs, RNNs, fused Attention)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -611,6 +624,8 @@ def summarize(path: Path) -> dict:
             left[n.op_type] += 1
         elif n.op_type == "DynamicQuantizeLSTM":  # edgekit.compress.dynamic_lstm
             quantized["LSTM"] += 1
+        elif n.domain == fused_attention.DOMAIN and n.op_type in ("Attention", "QAttention"):
+            (quantized if n.op_type == "QAttention" else left)["Attention"] += 1
     return {
         "quantized_ops": dict(quantized),
         "fp32_compute_ops": dict(left),
