@@ -34,6 +34,7 @@ from edgekit.compress import (
     float_layers,
     fused_attention,
     model_file,
+    ort_fused,
     outer_reads,
     output_tail,
     range_search,
@@ -264,6 +265,7 @@ class Prepared:
     widened: int = 0  # fp16 weights and constants computed in fp32 (widen)
     branches: dict = field(default_factory=dict)  # Ifs a constant input decides, inlined (fixed_branches)
     unshared: int = 0  # copies of biases two nodes shared (shared_biases)
+    unfused: int = 0  # ORT's fused layers written back as standard ops (ort_fused)
 
 
 @contextlib.contextmanager
@@ -308,6 +310,9 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
     widened = widen.widened(src, tmp / "widened.onnx")
     if widened:
         src = tmp / "widened.onnx"
+    unfused = ort_fused.unfuse(src, tmp / "unfused.onnx")
+    if unfused:
+        src = tmp / "unfused.onnx"
     if cfg.preprocess:
         read, src = src, tmp / "pre.onnx"
         # where ORT's symbolic shape inference gives up it leaves sym_shape_infer_temp.onnx
@@ -370,7 +375,7 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
     return Prepared(
         src, ranges.cache, ranges.memory, ranges.left, ranges.means, around, extra, ops, transformer,
         smoothed, equalized, balanced, overrides, pairs, rounding, guarded=guarded, front=front,
-        widened=widened, branches=branches, unshared=unshared,
+        widened=widened, branches=branches, unshared=unshared, unfused=unfused,
     )  # fmt: skip
 
 
@@ -468,6 +473,8 @@ def _writer(
             summary["subgraph_reads_guarded"] = p.guarded
         if p.unshared:
             summary["shared_biases_copied"] = p.unshared
+        if p.unfused:
+            summary["ort_fused_layers_unfused"] = p.unfused
         if p.front:
             summary["signal_front_float"] = p.front
         if p.equalized:
@@ -626,6 +633,8 @@ def summarize(path: Path) -> dict:
             quantized["LSTM"] += 1
         elif n.domain == fused_attention.DOMAIN and n.op_type in ("Attention", "QAttention"):
             (quantized if n.op_type == "QAttention" else left)["Attention"] += 1
+        elif n.domain == ort_fused.DOMAIN and n.op_type in ort_fused.FUSED:  # one ONNX has no op for
+            left[n.op_type] += 1
     return {
         "quantized_ops": dict(quantized),
         "fp32_compute_ops": dict(left),
