@@ -121,7 +121,8 @@ def _config(root: Path, name: str, share: int, plain_int8: bool = False) -> Path
     text = CONFIG.format(share=share)
     if plain_int8:
         fixed = "    int8.adaround: [false]\n    int8.range_search: [false]\n  objectives:"
-        text = text.replace("  objectives:", fixed).replace("per_channel: [true, false]", "per_channel: [true]")
+        text = text.replace("  objectives:", fixed)
+        text = text.replace("per_channel: [true, false]", "per_channel: [true]")
     path.write_text(text)
     return path
 
