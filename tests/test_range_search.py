@@ -4,6 +4,7 @@ widened past its clip, and a mixed-precision trial gets the full model's factors
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
@@ -64,6 +65,32 @@ def test_inflated_ranges_shrink_and_the_outputs_come_closer(fp32, searched):
     ref = _run(fp32, x)
     assert sqnr_db(ref, _run(searched[True][0], x)) > sqnr_db(ref, _run(searched[False][0], x)) + 1
     assert "range_search" not in searched[False][1]
+
+
+def test_the_search_sweeps_again_while_a_sweep_scales_something(tmp_path):
+    """A range scaled late changes what an earlier one's best factor is: the search sweeps again
+    from the ranges the last sweep left, while it scaled any, SWEEPS at most; each sweep lowers the
+    error or leaves it (a factor is adopted only where it lowers it), and the record's factors, the
+    products of the sweeps', are what the written model's scales are. On a classifier with small
+    margins and outliers in its calibration data the second sweep finds what the first left."""
+    from models import margin_classifier
+
+    margin_classifier(tmp_path / "c.onnx")
+    typical = range_search.SAMPLES + range_search.VALIDATE
+    x = smooth_images(typical + 4, seed=1)
+    x[typical:, :, 8:16, 8:16] *= 12
+    calib = Samples({"x": x}, None)
+    cfg = dict(calibration="minmax", target_cpu="x86-vnni", adaround=False, per_channel=False)
+    on, off = tmp_path / "on.onnx", tmp_path / "off.onnx"
+    record = quantize_int8(tmp_path / "c.onnx", on, calib, Int8Config(**cfg), None)["range_search"]
+    quantize_int8(tmp_path / "c.onnx", off, calib, Int8Config(**cfg, range_search=False), None)
+    errors = record["sweep_errors"]
+    assert record["sweeps"] == len(errors) and 2 <= len(errors) <= range_search.SWEEPS
+    assert errors[1] < errors[0] * (1 - range_search.GAIN)  # the second sweep found more
+    assert all(b <= a for a, b in itertools.pairwise(errors))
+    assert record["output_error"][1] == errors[-1]
+    written, plain = _inits(on), _inits(off)
+    assert all(written[n] == pytest.approx(plain[n] * f, rel=1e-3) for n, f in record["factors"].items())
 
 
 def _inits(path):

@@ -47,65 +47,15 @@ search:
 """
 
 
-def _classifier(path: Path) -> None:
-    """Conv-ReLU-Conv-ReLU-pool-Gemm, 3x32x32 -> 10 classes, dynamic batch, seeded weights; the
-    classifier is centred on the pooled features of smooth images, so its predictions spread over
-    the classes with small margins, which INT8 flips for some images: every INT8 candidate loses
-    accuracy, by an amount its config decides."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    from tests.models import smooth_images
-
-    rng = np.random.default_rng(0)
-    w = {
-        "w1": rng.normal(0, 0.3, (8, 3, 3, 3)),
-        "b1": rng.normal(0, 0.1, 8),
-        "w2": rng.normal(0, 0.2, (16, 8, 3, 3)),
-        "b2": rng.normal(0, 0.1, 16),
-        "w3": rng.normal(0, 1.0, (10, 16)),
-        "b3": np.zeros(10),
-    }
-    nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv2"),
-        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
-        helper.make_node("Gemm", ["f", "w3", "b3"], ["logits"], transB=1, name="fc"),
-    ]
-
-    def model(outputs: list[str]) -> onnx.ModelProto:
-        graph = helper.make_graph(
-            nodes,
-            "classifier",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
-            [
-                helper.make_tensor_value_info(o, TensorProto.FLOAT, ["N", 16 if o == "f" else 10])
-                for o in outputs
-            ],
-            [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()],
-        )
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-    probe = ort.InferenceSession(model(["f"]).SerializeToString(), providers=["CPUExecutionProvider"])
-    f = probe.run(None, {"x": smooth_images(256, seed=9)})[0]
-    w["w3"] /= f.std(0) + 1e-6
-    w["b3"] = -(w["w3"] @ f.mean(0))
-    onnx.save(model(["logits"]), str(path))
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """The classifier, 132 calibration and 96 evaluation images labelled by its fp32 top-1."""
     import onnxruntime as ort
 
-    from tests.models import smooth_images
+    from tests.models import margin_classifier, smooth_images
 
     root = tmp_path_factory.mktemp("search")
-    _classifier(root / "classifier.onnx")
+    margin_classifier(root / "classifier.onnx")
     sess = ort.InferenceSession(str(root / "classifier.onnx"), providers=["CPUExecutionProvider"])
     for name, n, seed in (("calib", 132, 1), ("eval", 96, 2)):
         x = smooth_images(n, seed=seed)

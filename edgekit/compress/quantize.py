@@ -124,7 +124,8 @@ class Int8Config(BaseModel):
     # each activation range scaled by the factor that brings the INT8 outputs closest to fp32's on
     # calibration samples (edgekit.compress.range_search; not for transformers): on 2000 crops the
     # KL divergence from fp32 fell 17 % (Lite1), 11 % (Lite2), 29 % (MobileNetV2, top-1 agreement
-    # 88.9 -> 91.0 %) for 40-90 s on 2 cores (docs/guide/quantize.md)
+    # 88.9 -> 91.0 %) for 40-90 s on 2 cores in one sweep; sweeping again while a sweep scales any
+    # (three at most) took MobileNetV2 to 92.5 % (docs/guide/quantize.md)
     range_search: bool = True
     # seconds the range search may take, projected from its first evaluation: over it the search is
     # skipped and the manifest says so (a ResNet-50-size model on 2 cores); None (what an explicit

@@ -9,7 +9,9 @@ tail is worth to the outputs differs: MobileNetV2's last blocks carry outliers t
 does not need: their ranges at 0.15-0.3x gained it 2 points of top-1 agreement; the
 EfficientNet-Lites' KL divergence from fp32 fell 11-17 % (docs/guide/quantize.md). On by default,
 within a time budget: the search is skipped, and says so, where its cost projected from the first
-evaluation exceeds the budget. A trial runs only the part of the model its factor changes (the
+evaluation exceeds the budget. It sweeps the activations up to three times, each sweep from the
+ranges the last left, while the last scaled any (coordinate descent, as LAPQ's search iterates).
+A trial runs only the part of the model its factor changes (the
 suffix from the layer that writes the tensor), fed with the quantized tensors the rest of the
 model computed once per adopted factor: the same fused kernels, at a fraction of the cost.
 ORT's quantizer and NNCF's range estimators calibrate each tensor on its own values, so edgekit
@@ -22,6 +24,7 @@ never widened past the clip (that would drop the clip).
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +51,10 @@ TRIALS = len(COARSE) + 1  # evaluations an activation takes on average (MobileNe
 NEGLIGIBLE = 1e-4
 CACHE_BYTES = 256 * 2**20  # the tensors kept for the suffixes of the activations to come
 REFILLS = 0.5  # whole-model runs per activation that refresh them (after each adopted factor)
+# sweeps over all the activations at most, each from the ranges the last one left (coordinate
+# descent: a range scaled late changes what an earlier one's best factor is); MobileNetV2 on 2000
+# held-out crops (VNNI EPYC): top-1 agreement 91.0 -> 91.8 -> 92.5 % over three sweeps of 18 and 14 s
+SWEEPS = 3
 
 
 @dataclass
@@ -340,8 +347,54 @@ def search(
 ) -> dict:
     """The factor of each activation range of INT8 (a QDQ file, quantized from SOURCE) that lowers
     its outputs' error to FP32's on the first SAMPLES calibration samples (scale initializer ->
-    factor, only where not 1), with the search's record; none where the search's projected seconds
-    exceed BUDGET."""
+    factor, only where not 1), with the search's record: up to SWEEPS sweeps over the activations,
+    each from the ranges the last left, while the last scaled any and BUDGET (seconds, all sweeps
+    together) lasts; none where the first sweep's projected seconds exceed BUDGET."""
+    import onnx
+
+    started = time.perf_counter()
+    found = _sweep(int8, fp32, source, calib, fixed, threads, budget)
+    factors, record = dict(found["factors"]), found["record"]
+    if "skipped" in record:
+        return found
+    errors = [record["output_error"][1]]
+    with tempfile.TemporaryDirectory(prefix="edgekit-ranges-") as tmp:
+        current = Path(tmp) / "swept.onnx"
+        model_file.save(onnx.load(str(int8)), current)
+        while found["factors"] and len(errors) < SWEEPS:
+            left = None if budget is None else budget - (time.perf_counter() - started)
+            if left is not None and left <= 0:
+                break
+            apply(current, source, found["factors"])
+            found = _sweep(current, fp32, source, calib, fixed, threads, left)
+            if "skipped" in found["record"]:
+                break
+            for name, f in found["factors"].items():
+                factors[name] = factors.get(name, 1.0) * f
+            errors.append(found["record"]["output_error"][1])
+            record["output_error"][1] = errors[-1]
+            if "held_out_error" in record:
+                record["held_out_error"][1] = found["record"]["held_out_error"][1]
+    record.update(
+        scaled=len(factors),
+        factors={name: round(f, 4) for name, f in factors.items()},
+        sweeps=len(errors),
+        sweep_errors=errors,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    return {"factors": factors, "record": record}
+
+
+def _sweep(
+    int8: Path,
+    fp32: Path,
+    source: Path,
+    calib: Samples,
+    fixed: int | None,
+    threads: int,
+    budget: float | None,
+) -> dict:
+    """One sweep of `search` over INT8's activations in graph order."""
     import onnx
 
     from edgekit.runtimes.ort import threads as session_threads
