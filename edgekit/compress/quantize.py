@@ -125,7 +125,7 @@ class Int8Config(BaseModel):
     # calibration samples (edgekit.compress.range_search; not for transformers): on 2000 crops the
     # KL divergence from fp32 fell 17 % (Lite1), 11 % (Lite2), 29 % (MobileNetV2, top-1 agreement
     # 88.9 -> 91.0 %) for 40-90 s on 2 cores in one sweep; sweeping again while a sweep scales any
-    # (three at most) took MobileNetV2 to 92.5 % (docs/guide/quantize.md)
+    # (three at most) lowered MobileNetV2's by 16 % more (docs/guide/quantize.md)
     range_search: bool = True
     # seconds the range search may take, projected from its first evaluation: over it the search is
     # skipped and the manifest says so (a ResNet-50-size model on 2 cores); None (what an explicit
