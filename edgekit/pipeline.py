@@ -133,17 +133,19 @@ def _for_target_cpu(req: CompressRequest) -> tuple[CompressRequest, dict | None]
     """REQ with its int8 step in the INT8 form of the CPU it is for (for another runtime than ORT,
     without its QAttention), and the manifest's target_cpu."""
     int8 = passes.step_config(req.chain, "int8")
-    if int8 is not None and req.target != "ort" and int8.fused_attention:  # QAttention: ORT's own op
-        int8 = int8.model_copy(update={"fused_attention": False})
-        req = replace(req, chain=[Step("int8", int8) if s.name == "int8" else s for s in req.chain])
-    if int8 is None or req.target == "tensorrt":  # TensorRT's form is its own, on a GPU
+    if int8 is None:
         return req, None
-    target = req.target_cpu or resolve(int8.target_cpu)
-    if req.target_cpu is None and int8.target_cpu:
-        target = replace(target, source="the int8 config's target_cpu")
-    int8 = for_cpu(int8, target)
+    if req.target != "ort" and int8.fused_attention:  # QAttention: ORT's own op
+        int8 = int8.model_copy(update={"fused_attention": False})
+    made_for = None
+    if req.target != "tensorrt":  # TensorRT's form is its own, on a GPU
+        target = req.target_cpu or resolve(int8.target_cpu)
+        if req.target_cpu is None and int8.target_cpu:
+            target = replace(target, source="the int8 config's target_cpu")
+        int8 = for_cpu(int8, target)
+        made_for = _made_for(target, int8)
     chain = [Step("int8", int8) if s.name == "int8" else s for s in req.chain]
-    return replace(req, chain=chain), _made_for(target, int8)
+    return replace(req, chain=chain), made_for
 
 
 def _with_export(req: CompressRequest) -> list[Step]:

@@ -83,7 +83,7 @@ def test_fused_matmul_and_gemm_are_written_back_as_what_they_compute(tmp_path):
     ops = [(n.domain, n.op_type) for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node]
     assert ops == [("", "MatMul"), ("", "Mul"), ("", "Gemm"), ("", "LeakyRelu"), (ms, "FusedMatMul")]
     x = rng.normal(size=(3, 6)).astype(np.float32)
-    want = [ort.InferenceSession(str(tmp_path / "fused.onnx")).run(None, {"x": x})]
-    got = [ort.InferenceSession(str(tmp_path / "plain.onnx")).run(None, {"x": x})]
-    for a, b in zip(want[0], got[0], strict=True):
+    want = ort.InferenceSession(str(tmp_path / "fused.onnx")).run(None, {"x": x})
+    got = ort.InferenceSession(str(tmp_path / "plain.onnx")).run(None, {"x": x})
+    for a, b in zip(want, got, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.compress import model_file
+from edgekit.compress.outer_reads import reads
 
 DOMAIN = "com.microsoft"
 # Attention's inputs QAttention has too (input, weights, bias, mask_index); past state, attention
@@ -50,14 +51,12 @@ def quantize(path: Path, exclude: Sequence[str] = (), bits: int = 8) -> int:
 
     model = onnx.load(str(path))
     graph = model.graph
-    todo = [n for n in quantizable(graph) if n.name not in set(exclude)]
+    skip = set(exclude)
+    todo = [n for n in quantizable(graph) if n.name not in skip]
     if not todo:
         return 0
     inits = {i.name: i for i in graph.initializer}
-    readers: dict[str, int] = {}
-    for n in graph.node:
-        for name in n.input:
-            readers[name] = readers.get(name, 0) + 1
+    weights = {n.input[1] for n in todo}
     top = 2 ** (bits - 1) - 1
     replaced = {}
     for n in todo:
@@ -66,7 +65,7 @@ def quantize(path: Path, exclude: Sequence[str] = (), bits: int = 8) -> int:
     nodes = [m for n in graph.node for m in replaced.get(id(n), [n])]
     del graph.node[:]
     graph.node.extend(nodes)
-    for name in {n.input[1] for n in todo if readers[n.input[1]] == 1}:  # fp32 weights only they read
+    for name in weights - reads(graph):  # the fp32 weights only the replaced nodes read
         graph.initializer.remove(inits[name])
     model_file.save(model, path)
     return len(todo)

@@ -41,18 +41,12 @@ def unfuse(src: Path, dst: Path) -> int:
     return done
 
 
-def _attrs(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _parts(node, inits: dict, opset: int, added: list) -> list | None:
     """The standard nodes NODE fused (constants they need appended to ADDED), or None where it
     cannot be written so."""
     from onnx import helper, numpy_helper
 
-    attrs = _attrs(node)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     name = node.name or node.output[0]
     out = node.output[0]
     if node.op_type == "FusedMatMul":

@@ -414,10 +414,9 @@ def _writer(
     # scale and zero point as ORT chose them (given back as overrides, ORT skips its per-channel
     # Python loop that computes them: ~1 s a model on EfficientNet-Lite1)
     bias_errors: dict = {}
-    readers = _weights(src, p.ops)
-    attention = cfg.fused_attention and fused_attention.quantizable(
-        onnx.load(str(src), load_external_data=False).graph
-    )
+    graph = onnx.load(str(src), load_external_data=False).graph
+    readers = _weights(graph, p.ops)
+    attention = cfg.fused_attention and fused_attention.quantizable(graph)
 
     def write(out: Path, exclude: Sequence[str]) -> dict:
         excluded = [*exclude, *p.around]
@@ -501,12 +500,9 @@ def _writer(
     return write
 
 
-def _weights(model: Path, ops: list[str] | None) -> dict[str, set[str]]:
-    """The constant weights of MODEL's compute ops (of OPS; None: all), each with the names of the
+def _weights(graph, ops: list[str] | None) -> dict[str, set[str]]:
+    """The constant weights of GRAPH's compute ops (of OPS; None: all), each with the names of the
     nodes that read it."""
-    import onnx
-
-    graph = onnx.load(str(model), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
     readers: dict[str, set[str]] = {}
     for n in graph.node:
