@@ -193,6 +193,25 @@ def test_a_search_projected_over_its_budget_is_skipped_and_says_so(fp32, calib, 
     np.testing.assert_array_equal(_run(tmp_path / "q.onnx", x), _run(searched[False][0], x))
 
 
+def test_a_search_over_its_budget_searches_the_last_activations_it_fits(fp32, calib, searched, tmp_path):
+    """A budget a quarter of the whole search's time: the search tries the activations nearest the
+    outputs that fit it (or stops where it runs out), keeps what it found, and says so; every range
+    it scaled is one of those."""
+    whole = searched[True][1]["range_search"]
+    cfg = Int8Config(
+        calibration="minmax", target_cpu="x86-vnni", adaround=False, range_search_budget=whole["seconds"] / 4
+    )
+    record = quantize_int8(fp32, tmp_path / "q.onnx", calib, cfg, None)["range_search"]
+    assert "partial" in record and "budget" in record["partial"]
+    (first, end), n = record["searched"], record["activations"]
+    assert 0 < first < end <= n == whole["activations"] and whole["searched"] == [0, n]
+    assert record["sweeps"] == 1  # the budget cut the first sweep short: none left for another
+    model = onnx.load(str(searched[False][0]))
+    order = [a.scale for a in range_search.activations(model, onnx.load(str(fp32)))]
+    assert set(record["factors"]) <= set(order[first:end])
+    assert record["applied"] == record["scaled"] and record["output_error"][1] <= record["output_error"][0]
+
+
 def test_an_int8_model_already_faithful_is_left_alone(tmp_path):
     """Smooth blocks whose INT8 outputs are within 40 dB of fp32's: nothing to search for."""
     module, shapes = resnet_blocks()

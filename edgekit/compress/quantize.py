@@ -127,9 +127,9 @@ class Int8Config(BaseModel):
     # 88.9 -> 91.0 %) for 40-90 s on 2 cores in one sweep; sweeping again while a sweep scales any
     # (three at most) lowered MobileNetV2's by 16 % more (docs/guide/quantize.md)
     range_search: bool = True
-    # seconds the range search may take, projected from its first evaluation: over it the search is
-    # skipped and the manifest says so (a ResNet-50-size model on 2 cores); None (what an explicit
-    # `--range-search` sets): no limit
+    # seconds the range search may take: where its projection (from its first evaluation) is over
+    # it, only the last activations that fit are searched, and it stops where the budget runs out;
+    # the manifest says so. None (what an explicit `--range-search` sets): no limit
     range_search_budget: float | None = 300.0
 
     @field_validator("calib_memory", mode="before")
