@@ -62,6 +62,19 @@ def test_a_tensor_of_zeros_keeps_its_counts_when_values_come():
     assert h.start == pytest.approx(-3.0)
 
 
+@pytest.mark.parametrize("absolute", [False, True])
+def test_denormal_values_count_as_zeros_and_a_real_range_replaces_them(absolute):
+    """A tensor of values around 1e-41 (a randomly initialised MobileViT has such): its bins would
+    be denormal and their inverse width overflow float32 (negative bin indices before); it counts as
+    zeros, and the values that come later set the range."""
+    tiny = np.array([0, 4e-41, -3e-41, 1e-38], np.float32)
+    h = histograms.add(None, tiny, float(tiny.min()), float(tiny.max()), absolute)
+    assert h.counts.sum() == 4 and h.counts[h.counts.size // 2 if not absolute else 0] == 4
+    x = np.linspace(-3, 3, 500, dtype=np.float32)
+    h = histograms.add(h, x, -3.0, 3.0, absolute)
+    assert h.counts.sum() == 504 and h.width == pytest.approx((3 if absolute else 6) / histograms.BINS)
+
+
 def test_values_beyond_the_bins_count_in_the_end_bins():
     counts = histograms.bin_counts(np.array([-5, 0.1, 0.6, 9], np.float32), 0.0, 0.5, 2, absolute=False)
     assert counts.tolist() == [2, 2]

@@ -66,3 +66,44 @@ def test_int8_of_a_model_with_a_shared_bias_loads_and_stays_close(tmp_path):
         for p in ("fp32.onnx", "int8.onnx")
     )
     assert 10 * np.log10((a**2).mean() / ((a - b) ** 2).mean()) > 25
+
+
+def test_a_bias_also_read_as_a_tensor_is_an_int32_bias_of_its_own(tmp_path):
+    """x -> Conv(w, b) -> Transpose -> Add(b, .) -> y, as the legacy exporter shares an equal
+    (zero) bias between a convolution and a Linear it wrote as MatMul + Add (a ConvNeXt): the
+    convolution gets its own copy, so ORT quantizes it as an int32 bias, not as the uint8
+    activation the Add reads (and the range search then wrote int32 levels into it)."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(0, 0.5, 8).astype(np.float32), "b"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["c"], "conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Transpose", ["c"], ["t"], "nhwc", perm=[0, 2, 3, 1]),
+            helper.make_node("Add", ["b", "t"], ["y"], "add"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 16, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "fp32.onnx"))
+    x = np.random.default_rng(1).uniform(0, 1, (16, 3, 16, 16)).astype(np.float32)
+    summary = quantize_int8(
+        tmp_path / "fp32.onnx", tmp_path / "int8.onnx", Samples({"x": x}, None), Int8Config(), None
+    )
+    assert summary["shared_biases_copied"] == 1
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    types = {i.name: i.data_type for i in graph.initializer}
+    conv = next(n for n in graph.node if n.op_type == "Conv")
+    assert types[producer[conv.input[2]].input[0]] == TensorProto.INT32
+    a, b = (
+        ort.InferenceSession(str(tmp_path / p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for p in ("fp32.onnx", "int8.onnx")
+    )
+    assert 10 * np.log10((a**2).mean() / ((a - b) ** 2).mean()) > 25

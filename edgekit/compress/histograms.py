@@ -25,6 +25,9 @@ BLOCK = 1 << 16  # values binned at once: their float and index copies stay in t
 # a histogram growing past this many bins is coarsened back to about BINS (each bin then still
 # BINS-th of the reach or finer, as a histogram started on every value at once would be)
 MAX_BINS = 32 * BINS
+# values all smaller than this are counted as zeros: bins over so small a reach are denormal in
+# float32 and 1 / width overflows (a randomly initialised MobileViT has tensors of 1e-41 at most)
+TINY = 1e-30
 
 
 @dataclass
@@ -68,6 +71,8 @@ def add(h: Histogram | None, values: np.ndarray, lo: float, hi: float, absolute:
     """H with VALUES (one tensor's, flat; LO and HI their min and max) counted in; a new histogram
     of BINS bins over their range where H is None."""
     reach = max(abs(lo), abs(hi))
+    if reach < TINY:
+        lo = hi = reach = 0.0
     if h is None or (h.lo == h.hi == 0 and reach > 0):
         zeros = 0 if h is None else int(h.counts.sum())  # a tensor all zeros until now
         if reach == 0:

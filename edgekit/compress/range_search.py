@@ -72,6 +72,7 @@ class Activation:
 def activations(model, fp32) -> list[Activation]:
     """MODEL's (a QDQ ModelProto) activation quantizers in graph order, one per scale initializer;
     FP32 (the model it was quantized from) tells which ranges stand for a folded Clip."""
+    import onnx
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -105,7 +106,8 @@ def activations(model, fp32) -> list[Activation]:
                 bias, weight = producer.get(layer.input[2]), producer.get(layer.input[1])
                 if bias is None or weight is None or {bias.op_type, weight.op_type} != {"DequantizeLinear"}:
                     continue
-                if bias.input[0] in inits and bias.input[1] in inits and weight.input[1] in inits:
+                int32 = bias.input[0] in inits and inits[bias.input[0]].data_type == onnx.TensorProto.INT32
+                if int32 and bias.input[1] in inits and weight.input[1] in inits:
                     act.biases.append((bias.input[0], bias.input[1], weight.input[1]))
     return list(found.values())
 
