@@ -25,21 +25,40 @@ def _model(path) -> None:
         numpy_helper.from_array(np.full(8, 0.1, np.float32), "b"),
         numpy_helper.from_array(np.full((8, 1, 1), 0.2, np.float32), "b0"),
     ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b"], ["c"], "conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c"], ["b1"], "sigmoid"),
+        helper.make_node("Add", ["b1", "b0"], ["s"], "add"),
+        helper.make_node("Conv", ["s", "w2", "b"], ["y"], "conv2", pads=[1, 1, 1, 1]),
+    ]
+    _save(path, nodes, inits, [8, 16, 16])
+
+
+def _save(path, nodes, inits, y_shape) -> None:
+    """NODES from input x [N, 3, 16, 16] to output y [N, *Y_SHAPE], opset 17."""
     graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["x", "w1", "b"], ["c"], "conv1", pads=[1, 1, 1, 1]),
-            helper.make_node("Sigmoid", ["c"], ["b1"], "sigmoid"),
-            helper.make_node("Add", ["b1", "b0"], ["s"], "add"),
-            helper.make_node("Conv", ["s", "w2", "b"], ["y"], "conv2", pads=[1, 1, 1, 1]),
-        ],
+        nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *y_shape])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
+
+
+def _int8(tmp_path) -> tuple[dict, float]:
+    """tmp_path/fp32.onnx quantized to int8.onnx: the summary, and the SQNR (dB) of its output."""
+    x = np.random.default_rng(1).uniform(0, 1, (16, 3, 16, 16)).astype(np.float32)
+    summary = quantize_int8(
+        tmp_path / "fp32.onnx", tmp_path / "int8.onnx", Samples({"x": x}, None), Int8Config(), None
+    )
+    a, b = (
+        ort.InferenceSession(str(tmp_path / p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for p in ("fp32.onnx", "int8.onnx")
+    )
+    return summary, 10 * np.log10((a**2).mean() / ((a - b) ** 2).mean())
 
 
 def test_each_reader_gets_its_own_uniquely_named_copy(tmp_path):
@@ -53,19 +72,12 @@ def test_each_reader_gets_its_own_uniquely_named_copy(tmp_path):
 
 def test_int8_of_a_model_with_a_shared_bias_loads_and_stays_close(tmp_path):
     _model(tmp_path / "fp32.onnx")
-    x = np.random.default_rng(1).uniform(0, 1, (16, 3, 16, 16)).astype(np.float32)
-    summary = quantize_int8(
-        tmp_path / "fp32.onnx", tmp_path / "int8.onnx", Samples({"x": x}, None), Int8Config(), None
-    )
+    summary, sqnr = _int8(tmp_path)
     assert summary["shared_biases_copied"] == 1 and summary["quantized_ops"] == {"Conv": 2}
     graph = onnx.load(str(tmp_path / "int8.onnx")).graph
     outputs = [o for n in graph.node for o in n.output]
     assert len(outputs) == len(set(outputs))  # ORT's copy b1 was also the Sigmoid's
-    a, b = (
-        ort.InferenceSession(str(tmp_path / p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-        for p in ("fp32.onnx", "int8.onnx")
-    )
-    assert 10 * np.log10((a**2).mean() / ((a - b) ** 2).mean()) > 25
+    assert sqnr > 25
 
 
 def test_a_bias_also_read_as_a_tensor_is_an_int32_bias_of_its_own(tmp_path):
@@ -78,32 +90,17 @@ def test_a_bias_also_read_as_a_tensor_is_an_int32_bias_of_its_own(tmp_path):
         numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
         numpy_helper.from_array(rng.normal(0, 0.5, 8).astype(np.float32), "b"),
     ]
-    graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["x", "w", "b"], ["c"], "conv", pads=[1, 1, 1, 1]),
-            helper.make_node("Transpose", ["c"], ["t"], "nhwc", perm=[0, 2, 3, 1]),
-            helper.make_node("Add", ["b", "t"], ["y"], "add"),
-        ],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 16, 8])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "fp32.onnx"))
-    x = np.random.default_rng(1).uniform(0, 1, (16, 3, 16, 16)).astype(np.float32)
-    summary = quantize_int8(
-        tmp_path / "fp32.onnx", tmp_path / "int8.onnx", Samples({"x": x}, None), Int8Config(), None
-    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], "conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["c"], ["t"], "nhwc", perm=[0, 2, 3, 1]),
+        helper.make_node("Add", ["b", "t"], ["y"], "add"),
+    ]
+    _save(tmp_path / "fp32.onnx", nodes, inits, [16, 16, 8])
+    summary, sqnr = _int8(tmp_path)
     assert summary["shared_biases_copied"] == 1
     graph = onnx.load(str(tmp_path / "int8.onnx")).graph
     producer = {o: n for n in graph.node for o in n.output}
     types = {i.name: i.data_type for i in graph.initializer}
     conv = next(n for n in graph.node if n.op_type == "Conv")
     assert types[producer[conv.input[2]].input[0]] == TensorProto.INT32
-    a, b = (
-        ort.InferenceSession(str(tmp_path / p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-        for p in ("fp32.onnx", "int8.onnx")
-    )
-    assert 10 * np.log10((a**2).mean() / ((a - b) ** 2).mean()) > 25
+    assert sqnr > 25
