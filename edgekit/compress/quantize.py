@@ -54,6 +54,7 @@ COMPUTE_OPS = output_tail.COMPUTE  # Conv, ConvTranspose, MatMul, Gemm
 # recurrent layers: ONNX Runtime's static QDQ quantizer has no INT8 form of them (LSTMs: its dynamic one,
 # edgekit.compress.dynamic_lstm; GRUs and RNNs run fp32)
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+NORMALIZATIONS = ("BatchNormalization", "InstanceNormalization", "LayerNormalization")
 
 
 class Int8Config(BaseModel):
@@ -436,7 +437,7 @@ def _writer(
                 weight_type=qtype[cfg.weight_type],
                 calibrate_method=method,
                 nodes_to_exclude=excluded or None,
-                op_types_to_quantize=p.ops,
+                op_types_to_quantize=p.ops or _cnn_ops(),
                 extra_options=options,
                 calibration_cache_path=p.cache,
             )
@@ -498,6 +499,17 @@ def _writer(
 
     write.prepared = lambda: _packed(p)
     return write
+
+
+def _cnn_ops() -> list[str]:
+    """The op types ORT's quantizer takes by default (every one of its registries), but the
+    normalizations: ORT has no INT8 kernel for them, yet it quantizes their scale and bias per
+    tensor (its per-channel axis 1 does not exist in a rank-1 scale; it logs a warning each), so
+    a scale below half a level becomes 0; edgekit keeps them float (tests/test_norm_float.py: the
+    smallest channels +1.6 dB, the activations' own levels limit the rest)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted((QDQRegistry.keys() | QLinearOpsRegistry.keys()) - set(NORMALIZATIONS))
 
 
 def _weights(graph, ops: list[str] | None) -> dict[str, set[str]]:
