@@ -12,7 +12,7 @@ import torch
 from models import depthwise_se, resnet_blocks, smooth_images
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.compress import ort_fused
+from edgekit.compress import ort_fused, sensitivity
 from edgekit.compress.quantize import Int8Config, quantize_int8
 from edgekit.data import Samples
 
@@ -55,6 +55,16 @@ def test_an_ort_optimized_cnn_is_quantized_whole(tmp_path):
         assert summary["quantized_ops"]["Conv"] == convs, build.__name__
         assert summary["ort_fused_layers_unfused"] == ops["FusedConv"] + ops["FusedGemm"]
         assert not summary["fp32_compute_ops"]
+
+
+def test_sensitivity_counts_the_macs_of_fused_layers(tmp_path):
+    """`edgekit sensitivity` lists an ORT-saved model's layers with their MACs (shape inference
+    does not know FusedConv: they had none)."""
+    _, fused, _ = _ort_saved(resnet_blocks, tmp_path)
+    counts = sensitivity.macs(fused)
+    names = [n.name for n in onnx.load(str(fused)).graph.node if n.op_type in ("FusedConv", "Conv")]
+    assert names and all(counts.get(n, 0) > 0 for n in names)
+    assert sum(counts.values()) == sum(sensitivity.macs(tmp_path / "plain.onnx").values())
 
 
 def test_fused_matmul_and_gemm_are_written_back_as_what_they_compute(tmp_path):

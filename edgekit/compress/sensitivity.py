@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import batching
+from edgekit.compress import ort_fused
 from edgekit.compress.quantize import COMPUTE_OPS, Int8Config, Prepared, Write, calibrated
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
@@ -137,10 +138,14 @@ def rank(full: Trial, singles: dict[str, Trial]) -> list[str]:
 
 def macs(fp32: Path) -> dict[str, int]:
     """Multiply-accumulates per sample of each Conv/Gemm/MatMul node, from ONNX shape inference
-    (symbolic axes count as 1)."""
+    (symbolic axes count as 1); ONNX Runtime's fused layers (a file it saved) as the standard ops
+    they are written back as, which shape inference knows."""
     import onnx
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32)))
+    with tempfile.TemporaryDirectory(prefix="edgekit-macs-") as tmp:
+        unfused = Path(tmp) / "unfused.onnx"
+        model = onnx.load(str(unfused if ort_fused.unfuse(fp32, unfused) else fp32))
+    model = onnx.shape_inference.infer_shapes(model)
     g = model.graph
     shapes = {
         v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
