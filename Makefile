@@ -78,6 +78,7 @@ bench: $(STAMP) zoo
 	$(BIN)/python bench/remote_overhead.py
 	$(BIN)/python bench/prune_speed.py
 	$(BIN)/python bench/mixed_precision.py
+	$(BIN)/python bench/arch_sweep.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
