@@ -1,10 +1,11 @@
 """`edgekit compress --int8` over architectures the dev zoo lacks: Hugging Face `transformers`
 models, randomly initialised from small configs (nothing is downloaded), and a few plain torch
 classes (a UNet with ConvTranspose and GroupNorm, GRU and LSTM speech nets, a Conv3d video net, a
-style-transfer net with InstanceNorm), each exported by torch's legacy ONNX exporter as a user
-would, then compressed by the real CLI on random calibration data.
+style-transfer net with InstanceNorm), each exported by torch's ONNX exporter as a user would
+(the legacy TorchScript one, or with --exporter dynamo torch.export's, torch.onnx.export's default
+since torch 2.9), then compressed by the real CLI on random calibration data.
 
-    .venv/bin/python bench/arch_sweep.py [--models vit,convnext,...] [--work DIR]
+    .venv/bin/python bench/arch_sweep.py [--exporter legacy|dynamo] [--models vit,convnext,...] [--work DIR]
 
 What it finds is whether a class of model breaks (exit code, the CLI's last sentence), what stayed
 fp32, and the INT8 model's SQNR to fp32 on random inputs. Random weights say nothing about
@@ -12,7 +13,7 @@ accuracy on real data; they do exercise the graph forms each exporter writes. Fo
 (2026-12-04): MobileViT's 1e-41 activations broke percentile calibration, a bias the legacy
 exporter shared between a Conv and a Linear's Add crashed the range search (ConvNeXt), and ORT
 quantized normalization parameters (docs/guide/quantize.md, "Models from other exporters").
-Writes bench/results/arch_sweep.json and its section of docs/BENCHMARKS.md.
+Writes bench/results/arch_sweep-EXPORTER.json and its section of docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -160,9 +161,9 @@ class _First(nn.Module):
         return out[0] if isinstance(out, tuple | list) else out
 
 
-def export(name: str, path: Path) -> dict[str, tuple]:
-    """NAME exported to PATH (legacy exporter, opset 17, every axis but the last ones free where
-    the model allows); its inputs' shapes."""
+def export(name: str, path: Path, dynamo: bool) -> dict[str, tuple]:
+    """NAME exported to PATH (the legacy exporter at opset 17, or DYNAMO's at its default opset;
+    the batch axis free); its inputs' shapes."""
     torch.manual_seed(0)
     if name in PLAIN:
         build, shapes = PLAIN[name]
@@ -179,7 +180,7 @@ def export(name: str, path: Path) -> dict[str, tuple]:
     with torch.no_grad():
         torch.onnx.export(
             model, args, str(path), input_names=list(shapes), output_names=["out"], dynamic_axes=dynamic,
-            opset_version=17, dynamo=False,
+            opset_version=None if dynamo else 17, dynamo=dynamo,
         )  # fmt: skip
     return shapes
 
@@ -216,46 +217,53 @@ def _ops(counts: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--exporter", choices=("legacy", "dynamo"), default="legacy")
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="edgekit-arch-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = {}
     for name in args.models.split(","):
-        path = work / f"{name}.onnx"
-        shapes = export(name, path)
-        rows[name] = compress(path, shapes, work / name)
+        path = work / f"{name}-{args.exporter}.onnx"
+        try:
+            shapes = export(name, path, args.exporter == "dynamo")
+        except Exception as e:  # the exporter's failure, not edgekit's: recorded as such
+            rows[name] = {"exit_code": None, "seconds": 0, "said": f"export failed: {str(e).splitlines()[0]}"}
+            continue
+        rows[name] = compress(path, shapes, work / f"{name}-{args.exporter}")
         print(name, rows[name], flush=True)
     fp = host()
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
-    (results / "arch_sweep.json").write_text(json.dumps({"host": fp, "models": rows}, indent=1))
+    section = f"arch_sweep-{args.exporter}"
+    (results / f"{section}.json").write_text(json.dumps({"host": fp, "models": rows}, indent=1))
     lines = [
-        "<!-- arch_sweep:start -->",
-        "## `compress --int8` over architectures the zoo lacks (random weights)",
+        f"<!-- {section}:start -->",
+        f"## `compress --int8` over architectures the zoo lacks (random weights, {args.exporter} exporter)",
         "",
-        f"`.venv/bin/python bench/arch_sweep.py`, {time.strftime('%Y-%m-%d')}. CPU: {cpu_line(fp)}",
+        f"`.venv/bin/python bench/arch_sweep.py --exporter {args.exporter}`, {time.strftime('%Y-%m-%d')}. "
+        f"CPU: {cpu_line(fp)}",
         "",
-        "Randomly initialised `transformers` models and plain torch classes, exported by torch's legacy",
-        "exporter, compressed by the CLI on 32 random samples. The SQNR is the INT8 model's to fp32 on",
-        "random inputs (the least over outputs): random weights say nothing about accuracy on real data",
-        "(a randomly initialised MobileViT's outputs are about 1e-40: its SQNR means nothing). Where its",
-        "short check finds INT8 slower than fp32 the CLI says so; for models near 1x it varies by run (ViT",
-        "and Swin warned in an earlier run). ORT's INT8 kernels for a Conv3d or a convolution with 3 input",
-        "channels took 2.2-14x fp32's time alone on this CPU (in a whole MobileNetV2 the INT8 stem is",
-        "still the faster one), and for a ConvTranspose 1.05-1.35x.",
+        "Randomly initialised `transformers` models and plain torch classes, exported by torch's "
+        f"{args.exporter} exporter, compressed by the CLI on 32 random samples. The SQNR is the INT8 "
+        "model's to fp32 on random inputs (the least over outputs): random weights say nothing about "
+        "accuracy on real data (a randomly initialised MobileViT's outputs are about 1e-40: its SQNR "
+        "means nothing). Where its short check finds INT8 slower than fp32 the CLI says so; for models "
+        "near 1x it varies by run (ViT and Swin warned in an earlier run). ORT's INT8 kernels for a "
+        "Conv3d or a convolution with 3 input channels took 2.2-14x fp32's time alone on this CPU (in a "
+        "whole MobileNetV2 the INT8 stem is still the faster one), and for a ConvTranspose 1.05-1.35x.",
         "",
         "| model | exit | s | INT8 ops | fp32 compute ops | SQNR dB | ORT warnings | the CLI's last line |",
         "|---|---:|---:|---|---|---:|---:|---|",
     ]
     for name, r in rows.items():
-        said = r["said"].replace("|", "/")
+        said, code = r["said"].replace("|", "/"), "—" if r["exit_code"] is None else r["exit_code"]
         lines.append(
-            f"| {name} | {r['exit_code']} | {r['seconds']:.0f} | {_ops(r.get('quantized', {}))} | "
+            f"| {name} | {code} | {r['seconds']:.0f} | {_ops(r.get('quantized', {}))} | "
             f"{_ops(r.get('fp32', {}))} | {r.get('sqnr_db', '—')} | {r['ort_warnings']} | {said} |"
         )
-    lines.append("<!-- arch_sweep:end -->")
-    write_section("arch_sweep", "\n".join(lines))
+    lines.append(f"<!-- {section}:end -->")
+    write_section(section, "\n".join(lines))
 
 
 if __name__ == "__main__":
