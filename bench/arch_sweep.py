@@ -162,21 +162,22 @@ class _First(nn.Module):
 
 
 def export(name: str, path: Path, dynamo: bool) -> dict[str, tuple]:
-    """NAME exported to PATH (the legacy exporter at opset 17, or DYNAMO's at its default opset;
-    the batch axis free); its inputs' shapes."""
+    """NAME exported to PATH: by the legacy exporter at opset 17 with the batch axis free, or by
+    DYNAMO's with its defaults (static shapes: dynamic_axes over a wrapper's *args does not convert
+    to torch.export's dynamic_shapes); its inputs' shapes."""
     torch.manual_seed(0)
     if name in PLAIN:
         build, shapes = PLAIN[name]
         model = build().eval()
     else:
         model, shapes = _hf(name)
-        model = _First(model.eval(), list(shapes))
+        model = _First(model, list(shapes)).eval()
     args = tuple(
         torch.randint(0, 1000, s) if n == "input_ids" else torch.ones(s, dtype=torch.int64) if "mask" in n
         else torch.randn(s)
         for n, s in shapes.items()
     )  # fmt: skip
-    dynamic = {n: {0: "batch"} for n in shapes}
+    dynamic = None if dynamo else {n: {0: "batch"} for n in shapes}
     with torch.no_grad():
         torch.onnx.export(
             model, args, str(path), input_names=list(shapes), output_names=["out"], dynamic_axes=dynamic,

@@ -33,6 +33,7 @@ from edgekit.compress import (
     fixed_branches,
     float_layers,
     fused_attention,
+    generated_names,
     model_file,
     ort_fused,
     outer_reads,
@@ -324,6 +325,7 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
                 quant_pre_process(str(read), str(src))
             except Exception:  # symbolic shape inference does not know every op
                 quant_pre_process(str(read), str(src), skip_symbolic_shape=True)
+        generated_names.rename_created(read, src)
     guarded = outer_reads.guard(src, tmp / "guarded.onnx")
     if guarded:
         src = tmp / "guarded.onnx"

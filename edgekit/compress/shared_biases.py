@@ -5,8 +5,8 @@ other tensors: torch's dynamo exporter names values val_N and shares equal const
 of a GroupNorm's shared zero bias `val_11` became `val_118`, which was a Sigmoid's output, and the
 INT8 model could not be loaded. edgekit's copies get names no tensor has. A bias also read as
 anything else (the legacy exporter shares equal initializers through Identity nodes: a ConvNeXt's
-zero conv bias was an Unsqueeze's input too) is copied for every bias reader: ORT quantized the
-shared tensor as a uint8 activation, and the convolution read its bias from that."""
+zero conv bias was also the operand of a Linear's Add) is copied for every bias reader: ORT
+quantized the shared tensor as a uint8 activation, and the convolution read its bias from that."""
 
 from __future__ import annotations
 
