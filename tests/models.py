@@ -239,3 +239,15 @@ def margin_classifier(path) -> None:
     w["w3"] /= f.std(0) + 1e-6
     w["b3"] = -(w["w3"] @ f.mean(0))
     onnx.save(model(["logits"]), str(path))
+
+
+def save_onnx(path, nodes, inputs, outputs, inits=()) -> None:
+    """NODES, with graph INPUTS and OUTPUTS (value infos) and initializers INITS, saved at PATH as
+    an opset-17 model of IR version 8 (what the onnxruntime here reads)."""
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))

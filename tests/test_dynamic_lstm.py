@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from models import save_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.artifact import read_manifest
@@ -111,9 +112,9 @@ def _lstm_in_a_branch(path) -> np.ndarray:
         [],
         [helper.make_tensor_value_info("x_out", TensorProto.FLOAT, None)],
     )
-    graph = helper.make_graph(
+    save_onnx(
+        path,
         [helper.make_node("If", ["flag"], ["out"], "if", then_branch=then, else_branch=other)],
-        "g",
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, [10, "N", 4]),
             helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
@@ -121,9 +122,6 @@ def _lstm_in_a_branch(path) -> np.ndarray:
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
         consts,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
 
 
 def test_weights_computed_from_constants_inside_a_branch_are_found(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+from models import save_onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -28,16 +29,13 @@ def _linears(path) -> None:
         helper.make_node("MatMul", ["r", "w1"], ["m1"]),
         helper.make_node("Add", ["m1", "b1"], ["y"]),
     ]
-    graph = helper.make_graph(
+    save_onnx(
+        path,
         nodes,
-        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
 
 
 def test_the_names_preprocessing_created_get_a_prefix_and_the_model_computes_the_same(tmp_path):

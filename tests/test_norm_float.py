@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+from models import save_onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
@@ -33,16 +34,13 @@ def _style_block(path) -> np.ndarray:
         helper.make_node("Relu", ["n"], ["r"], "relu"),
         helper.make_node("Conv", ["r", "w2"], ["y"], "conv2"),
     ]
-    graph = helper.make_graph(
+    save_onnx(
+        path,
         nodes,
-        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 16, 16])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
     return gamma
 
 

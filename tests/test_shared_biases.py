@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+from models import save_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.compress import shared_biases
@@ -36,16 +37,13 @@ def _model(path) -> None:
 
 def _save(path, nodes, inits, y_shape) -> None:
     """NODES from input x [N, 3, 16, 16] to output y [N, *Y_SHAPE], opset 17."""
-    graph = helper.make_graph(
+    save_onnx(
+        path,
         nodes,
-        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *y_shape])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
 
 
 def _int8(tmp_path) -> tuple[dict, float]:
