@@ -107,13 +107,18 @@ def _load_onnx(path: Path, opts: LoadOptions) -> LoadedModel:
     return LoadedModel(source=source, input_spec=spec, onnx_path=path)
 
 
+# Symbols exporters write for "unknown", not for one size shared (PaddlePaddle: [-1, 3, ?, ?]).
+UNKNOWN_SYMBOLS = frozenset({"?", "-1", "None"})
+
+
 def onnx_axis(dim, i: int, name: str) -> int | str:
     """Axis I of input NAME as the spec holds it: its size, the graph's own symbol (shared where the
-    graph shares it), or for an unnamed or -1 axis `batch` when it is the first and a name of its
-    own (`x_dim2`) otherwise, so no unknown axis is tied to another."""
+    graph shares it), or for an unnamed, -1 or `?` axis `batch` when it is the first and a name of
+    its own (`x_dim2`) otherwise, so no unknown axis is tied to another."""
     if dim.HasField("dim_value") and dim.dim_value > 0:
         return dim.dim_value
-    return dim.dim_param or (BATCH if i == 0 else f"{name}_dim{i}")
+    symbol = dim.dim_param if dim.dim_param not in UNKNOWN_SYMBOLS else ""
+    return symbol or (BATCH if i == 0 else f"{name}_dim{i}")
 
 
 def _set_batch_axes(path: Path, specs: list[TensorSpec], given: dict[str, int]) -> None:

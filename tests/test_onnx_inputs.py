@@ -10,9 +10,9 @@ import pytest
 from hostile import assert_refused, hashes_of
 
 
-def classifier(path, opset: int):
+def classifier(path, opset: int, hw=(None, None)):
     """Conv+Relu+GlobalAveragePool+Flatten+Gemm with input [-1, 3, ?, ?] (a -1 batch, unnamed H
-    and W), as a non-PyTorch exporter writes an OCR direction classifier."""
+    and W, or named HW), as a non-PyTorch exporter writes an OCR direction classifier."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -30,7 +30,7 @@ def classifier(path, opset: int):
         helper.make_node("Flatten", ["g"], ["f"]),
         helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1),
     ]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, None, None])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, *hw])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])
     inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
     graph = helper.make_graph(nodes, "classifier", [x], [y], inits)
@@ -155,6 +155,19 @@ def test_shared_axis_name_stays_shared(tmp_path):
     assert shapes[0][:2] == shapes[1][:2] == ["batch", "seq"] and shapes[0][2] != shapes[1][2]
     with pytest.raises(EdgekitError, match=r"'seq'.* 8 and 9"):
         load_model(src, LoadOptions(input_shapes={"a": [1, 8, 4], "b": [1, 9, 4]}))
+
+
+def test_question_mark_axes_are_unknown_not_shared(edgekit, tmp_path):
+    """PaddlePaddle writes [-1, 3, ?, ?]: `?` means unknown, not one size for H and W, so
+    --input-shape 1,3,48,192 is taken (it was refused as one axis given two sizes) and fixes each."""
+    import onnx
+
+    model = classifier(tmp_path / "m.onnx", 13, hw=("?", "?"))
+    out = tmp_path / "out"
+    r = edgekit("compress", model, "--input-shape", "x:1,3,48,192", "--calib", "random", "-o", out)
+    assert r.returncode == 0, r.stderr
+    dims = onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [3, 48, 192]
 
 
 def test_open_axes_take_their_size_from_the_data(edgekit, tmp_path, calib):

@@ -23,7 +23,7 @@ from edgekit.artifact import InputSpec
 from edgekit.benchmarks.metrics import compare_outputs
 from edgekit.errors import EdgekitError, VerificationError, first_line
 from edgekit.memory import run_batch
-from edgekit.model import run_torch
+from edgekit.model import UNKNOWN_SYMBOLS, run_torch
 
 MODEL_FILE = "model.onnx"
 INLINE_LIMIT = 1_800_000_000  # bytes of weights above which ONNX needs an external data file
@@ -279,17 +279,18 @@ def _upgrade(model, src: Path, opset: int, needed_by: str):
 
 
 def _fix_symbolic_dims(graph, spec: InputSpec) -> None:
-    """Give each input axis the spec fixes its value, and the same symbol elsewhere too; an unnamed
-    or -1 axis the spec leaves symbolic gets the spec's name for it."""
+    """Give each input axis the spec fixes its value, and the same symbol elsewhere too; an unnamed,
+    -1 or `?` axis the spec leaves symbolic gets the spec's name for it."""
     fixed: dict[str, int] = {}
     wanted = {t.name: t.shape for t in spec.inputs}
     for vi in graph.input:
         for dim, value in zip(vi.type.tensor_type.shape.dim, wanted.get(vi.name, []), strict=False):
+            unknown = not dim.dim_param or dim.dim_param in UNKNOWN_SYMBOLS
             if isinstance(value, int):
-                if dim.dim_param:
+                if not unknown:
                     fixed[dim.dim_param] = value
                 dim.dim_value = value
-            elif not dim.dim_param:
+            elif unknown:
                 dim.dim_param = value  # clears a -1 dim_value (a oneof)
     for vi in [*graph.input, *graph.output, *graph.value_info]:
         for dim in vi.type.tensor_type.shape.dim:
