@@ -437,7 +437,13 @@ compress_options = options(
         "--range-search/--no-range-search",
         default=None,
         help="Scale each INT8 activation range by what brings the outputs closest to fp32's on the "
-        "calibration data (default: off; never for transformers).",
+        "calibration data (default: on, within a time budget; never for transformers).",
+    ),
+    click.option(
+        "--fused-activations/--no-fused-activations",
+        default=None,
+        help="Write GELU and SiLU activations spelled out as elementwise ops as ONNX Runtime's fused "
+        "ops, in float (default: on; ONNX Runtime only).",
     ),
     click.option(
         "--symmetric-activations",

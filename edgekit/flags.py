@@ -140,7 +140,14 @@ def precision_passes(kw: dict, target: str) -> dict:
         raise EdgekitError("--max-accuracy-drop budgets INT8 quantization; add --int8.")
     algorithms = {
         k: kw[k]
-        for k in ("equalize", "equalize_activations", "bias_correction", "adaround", "range_search")
+        for k in (
+            "equalize",
+            "equalize_activations",
+            "bias_correction",
+            "adaround",
+            "range_search",
+            "fused_activations",
+        )
         if kw[k] is not None
     }
     if algorithms and not kw["int8"]:
