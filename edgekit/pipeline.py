@@ -131,12 +131,14 @@ def warnings(manifest: Manifest, out: str) -> list[str]:
 
 def _for_target_cpu(req: CompressRequest) -> tuple[CompressRequest, dict | None]:
     """REQ with its int8 step in the INT8 form of the CPU it is for (for another runtime than ORT,
-    without ORT's own ops), and the manifest's target_cpu."""
+    without ORT's own ops; for OpenVINO, in its placement), and the manifest's target_cpu."""
     int8 = passes.step_config(req.chain, "int8")
     if int8 is None:
         return req, None
     if req.target != "ort":  # QAttention, Gelu, QuickGelu: ORT's own ops
         int8 = int8.model_copy(update={"fused_attention": False, "fused_activations": False})
+    if req.target == "openvino":
+        int8 = int8.model_copy(update={"placement": "openvino"})
     made_for = None
     if req.target != "tensorrt":  # TensorRT's form is its own, on a GPU
         target = req.target_cpu or resolve(int8.target_cpu)

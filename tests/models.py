@@ -241,13 +241,13 @@ def margin_classifier(path) -> None:
     onnx.save(model(["logits"]), str(path))
 
 
-def save_onnx(path, nodes, inputs, outputs, inits=()) -> None:
+def save_onnx(path, nodes, inputs, outputs, inits=(), opset: int = 17) -> None:
     """NODES, with graph INPUTS and OUTPUTS (value infos) and initializers INITS, saved at PATH as
-    an opset-17 model of IR version 8 (what the onnxruntime here reads)."""
+    a model of OPSET and IR version 8 (what the onnxruntime here reads)."""
     import onnx
     from onnx import helper
 
     graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.save(model, str(path))
