@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 
 from edgekit.artifact import (
+    Manifest,
     PassRecord,
     check_output_dir,
     existing_paths,
@@ -74,6 +75,20 @@ class BuildRequest:
     eval: str | None = None
     eval_size: int | None = None
     force: bool = False
+
+
+def placement_note(parent: Manifest, target: str) -> str | None:
+    """The line an OpenVINO build from an INT8 artifact whose Q/DQ were placed for ONNX Runtime
+    gets: OpenVINO runs that placement (a Q/DQ pair on each layer's output and around the ops ORT
+    has INT8 kernels for), but a HardSwish network ran 1.5x fp32's time in it, 0.5x in OpenVINO's."""
+    int8 = next((p.config for p in parent.passes if p.name == "int8"), None)
+    if target != "openvino" or int8 is None or int8.get("placement") == "openvino":
+        return None
+    return (
+        "the parent's INT8 Q/DQ are placed for ONNX Runtime; for OpenVINO, `edgekit compress --int8 "
+        "--target openvino` places them on the layers' inputs only, as NNCF does (a HardSwish network: "
+        "0.5x fp32's time in OpenVINO instead of 1.5x; see docs/guide/openvino.md)."
+    )
 
 
 def build(req: BuildRequest):

@@ -121,3 +121,20 @@ def test_openvino_placement_quantizes_layer_inputs_only(tmp_path):
     y = {p: _run(tmp_path / f"{p}.onnx", x) for p in ("fp32", "ort")}
     y["openvino"] = compiled({0: x})[0]
     assert sqnr_db(y["fp32"], y["openvino"]) >= sqnr_db(y["fp32"], y["ort"]) - 1.0
+
+
+def test_compress_for_openvino_records_the_placement_and_builds_without_a_note(edgekit, tmp_path):
+    from edgekit.artifact import read_manifest
+
+    fp32 = _hard_swish_net(tmp_path / "fp32.onnx")
+    out = tmp_path / "int8"
+    r = edgekit(
+        "compress", fp32, "--input-shape", "1,3,16,16", "--int8", "--target", "openvino",
+        "--calib", "random", "--calib-size", "16", "-o", out,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (int8,) = [p for p in read_manifest(out).passes if p.name == "int8"]
+    assert int8.config["placement"] == "openvino" and not int8.config["fused_activations"]
+    r = edgekit("build", out, "--target", "openvino", "-o", tmp_path / "ov")
+    assert r.returncode == 0, r.stderr
+    assert "placed for ONNX Runtime" not in r.stderr
