@@ -73,6 +73,18 @@ def test_a_ctc_sequence_is_also_judged_by_its_greedy_decoding():
     assert "CTC-decoded equal 66.67 %" in kind_line(fid)
 
 
+def test_a_dense_detectors_sigmoid_scores_are_judged_by_sqnr_not_by_argmax():
+    """[N, anchors, classes] of independent sigmoid scores (PicoDet, RetinaNet): most anchors hold
+    no object and their argmax is noise; a softmax sequence or logits stay a sequence."""
+    logits = RNG.normal(-6, 2, size=(2, 500, 10))
+    scores = 1 / (1 + np.exp(-logits))
+    assert output_kind(scores) == "other"
+    assert output_kind(logits) == "sequence"
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    assert output_kind(softmax) == "sequence"
+    assert output_kind(scores[:, 0]) == "classes"  # [N, C]: a multi-label classifier's top-1 holds
+
+
 def test_a_dense_map_by_mask_iou():
     ref = np.zeros((2, 1, 8, 8))
     ref[:, :, 2:6, 2:6] = 1.0  # 16 pixels above half the maximum

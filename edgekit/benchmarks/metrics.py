@@ -86,8 +86,9 @@ def output_kind(ref: np.ndarray, name: str = "") -> str:
     a name saying embed/pool/sentence/hidden/feature means an embedding, logit/score/prob/class
     means scores, state a recurrent state handed back (other); else by shape and values: [N, C]
     (C >= 2) is class scores unless every row has unit L2 norm and is not a probability vector (an
-    embedding), [N, T, C] is a sequence of class scores, four or more axes a dense map, anything
-    else other."""
+    embedding), [N, T, C] is a sequence of class scores unless its values are independent
+    probabilities (a dense detector's per-anchor sigmoid scores: other), four or more axes a dense
+    map, anything else other."""
     low = name.lower()
     scores = ref.ndim >= 2 and ref.shape[-1] >= 2
     if scores and any(w in low for w in _EMBEDDING_NAMES):
@@ -100,7 +101,19 @@ def output_kind(ref: np.ndarray, name: str = "") -> str:
         return "other"
     if not any(w in low for w in _CLASS_NAMES) and _unit_rows(ref):
         return "embedding"
+    if ref.ndim == 3 and _independent_scores(ref):
+        return "other"
     return "classes" if ref.ndim == 2 else "sequence"
+
+
+def _independent_scores(ref: np.ndarray) -> bool:
+    """Every value in [0, 1] and the rows no probability vectors: each class scored on its own by a
+    sigmoid, as a dense detector scores each anchor ([N, anchors, classes], PicoDet, RetinaNet).
+    Most anchors hold no object, and which class scores highest there is noise: the argmax a
+    sequence is judged by does not apply (PicoDet's layout head: 45 % position agreement at
+    SQNRs that moved nothing a detector reports); such an output is judged by SQNR."""
+    a = np.asarray(ref)
+    return bool(a.size) and bool(a.min() >= 0 and a.max() <= 1) and not probability_rows(a)
 
 
 def probability_rows(ref: np.ndarray) -> bool:
