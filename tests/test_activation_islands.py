@@ -182,3 +182,15 @@ def test_int8_writes_the_activation_as_orts_fused_op_in_float(tmp_path, form):
     assert not {"Erf", "Tanh"} & {n.op_type for n in fused.node}
     y = {p: _outputs(tmp_path / f"{p}.onnx", x) for p in ("fp32", "int8_True", "int8_False")}
     assert sqnr_db(y["fp32"], y["int8_True"]) >= sqnr_db(y["fp32"], y["int8_False"]) - 0.1
+
+
+def test_tensorrts_form_writes_no_ort_contrib_op(tmp_path):
+    """TensorRT's ONNX parser reads no com.microsoft op: its form leaves the GELU as standard ops."""
+    fp32 = _block(tmp_path / "fp32.onnx", "gelu_paddle")
+    x = np.random.default_rng(1).uniform(0, 1, (16, 3, 16, 16)).astype(np.float32)
+    cfg = Int8Config.tensorrt(calibration="minmax", adaround=False, range_search=False)
+    summary = quantize_int8(fp32, tmp_path / "int8.onnx", Samples({"x": x}, None), cfg, None)
+    assert "fused_activations" not in summary
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    assert not [n for n in graph.node if n.domain == "com.microsoft"]
+    assert "Erf" in {n.op_type for n in graph.node}

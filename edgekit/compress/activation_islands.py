@@ -1,6 +1,6 @@
-"""Gated activations stay float islands: GELU (x * (1 + erf(x / sqrt 2)) / 2, or its tanh form),
-SiLU / QuickGELU (x * sigmoid(a x)), HardSwish (x * HardSigmoid(x), or x * clip(x + 3, 0, 6) / 6)
-and the like, written out as elementwise ops that read their input twice.
+"""Gated activations written out as elementwise ops that read their input twice (islands): GELU
+(x * (1 + erf(x / sqrt 2)) / 2, or its tanh form), SiLU / QuickGELU (x * sigmoid(a x)), HardSwish
+(x * HardSigmoid(x), or x * clip(x + 3, 0, 6) / 6) and the like.
 
 ORT's quantizer quantizes the Mul, Add and Div inside them one by one (QLinearMul, QLinearAdd, a
 DequantizeLinear and QuantizeLinear around each op it has no INT8 kernel for); PP-OCRv6's

@@ -161,6 +161,7 @@ class Int8Config(BaseModel):
             "weight_type": "int8",
             "reduce_range": "none",  # a GPU's INT8 does not saturate: the CPU form does not apply
             "fused_attention": False,  # ORT's contrib QAttention
+            "fused_activations": False,  # ORT's contrib Gelu, FastGelu, QuickGelu
         }
         return cls(**{**form, **overrides})
 
