@@ -77,11 +77,12 @@ class BuildRequest:
     force: bool = False
 
 
-def placement_note(parent: Manifest, target: str) -> str | None:
-    """The line an OpenVINO build from an INT8 artifact whose Q/DQ were placed for ONNX Runtime
-    gets: OpenVINO runs that placement (a Q/DQ pair on each layer's output and around the ops ORT
-    has INT8 kernels for), but a HardSwish network ran 1.5x fp32's time in it, 0.5x in OpenVINO's."""
-    int8 = next((p.config for p in parent.passes if p.name == "int8"), None)
+def placement_note(built: Manifest, target: str) -> str | None:
+    """The line an OpenVINO build (BUILT: its manifest, which holds its parent's passes) from an
+    INT8 artifact whose Q/DQ were placed for ONNX Runtime gets: OpenVINO runs that placement (a
+    Q/DQ pair on each layer's output and around the ops ORT has INT8 kernels for), but a HardSwish
+    network ran 1.5x fp32's time in it, 0.5x in OpenVINO's."""
+    int8 = next((p.config for p in built.passes if p.name == "int8"), None)
     if target != "openvino" or int8 is None or int8.get("placement") == "openvino":
         return None
     return (

@@ -252,7 +252,6 @@ def demo(work_dir, retrain):
 def build(artifact, debug, **kw):
     """Build an engine for a target runtime from an ONNX artifact (OpenVINO IR, TensorRT plan),
     verified against the artifact it was built from."""
-    from edgekit.artifact import read_manifest
     from edgekit.benchmarks.report import manifest_table
     from edgekit.build import build as run
     from edgekit.build import placement_note
@@ -260,7 +259,7 @@ def build(artifact, debug, **kw):
 
     manifest = _run(lambda: run(build_request(artifact, **kw)), debug)
     manifest_table(manifest, str(kw["out"]))
-    note = placement_note(read_manifest(artifact), kw["target"])
+    note = placement_note(manifest, kw["target"])
     if note:
         click.echo(f"edgekit: note: {note}", err=True)
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgekit import batching
 from edgekit.build import BuildConfig, BuildRequest, build
+from edgekit.compress import model_file
 from edgekit.compress.finetune import FinetuneConfig
 from edgekit.compress.mixed import BudgetNotMet, MixedConfig
 from edgekit.compress.precision import Fp16Config
@@ -243,7 +244,7 @@ def _graph(path: Path) -> dict:
 
     model = onnx.load(str(path), load_external_data=False)
     return {
-        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+        "opset": model_file.default_opset(model) or None,
         "nodes": len(model.graph.node),
     }
 

@@ -94,7 +94,7 @@ def fusable(model, quantized: Collection[str]) -> list[Island]:
     but those whose every op is in QUANTIZED, the op types its quantizer takes: ORT's INT8 kernels
     run them on 8 bits (QLinearSigmoid, QLinearMul), faster than DequantizeLinear, a float op and
     QuantizeLinear over the tensor (NudeNet's YOLOv8, 57 SiLUs: 7.7 ms vs 10.0 ms)."""
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    opset = model_file.default_opset(model)
     return [
         i
         for i in islands(model.graph)
@@ -115,7 +115,7 @@ def fuse(path: Path) -> dict[str, int]:
     found: dict[str, int] = {}
     replaced: dict[int, object] = {}  # an island's last node -> its fused op; the rest dropped
     drop: set[int] = set()
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    opset = model_file.default_opset(model)
     for island in islands(graph):
         kind = _identify(graph, island, opset)
         if kind is None:
@@ -206,7 +206,7 @@ def join_hard_swish(path: Path) -> int:
 
     model = onnx.load(str(path))
     graph = model.graph
-    if next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 14:
+    if model_file.default_opset(model) < 14:
         return 0
     readers: dict[str, list] = {}
     for n in graph.node:

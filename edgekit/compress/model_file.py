@@ -10,6 +10,11 @@ import onnx
 PROTOBUF_LIMIT = 2**31 - 2**24  # 2 GiB less headroom for the graph's own bytes
 
 
+def default_opset(model: onnx.ModelProto) -> int:
+    """The opset of the default (ai.onnx) domain; 0 when the model imports none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def too_large(model: onnx.ModelProto) -> bool:
     """Whether MODEL cannot be held in one protobuf message (a file or an in-memory session)."""
     return model.ByteSize() > PROTOBUF_LIMIT

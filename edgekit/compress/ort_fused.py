@@ -25,7 +25,7 @@ def unfuse(src: Path, dst: Path) -> int:
 
     model = onnx.load(str(src))
     graph = model.graph
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    opset = model_file.default_opset(model) or 13
     inits = {i.name: i for i in graph.initializer}
     nodes, added, done = [], [], 0
     for node in graph.node:

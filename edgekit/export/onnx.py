@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgekit import batching
 from edgekit.artifact import InputSpec
 from edgekit.benchmarks.metrics import compare_outputs
+from edgekit.compress.model_file import default_opset
 from edgekit.errors import EdgekitError, VerificationError, first_line
 from edgekit.memory import run_batch
 from edgekit.model import UNKNOWN_SYMBOLS, run_torch
@@ -257,11 +258,6 @@ def _in_order(graph, known: frozenset = frozenset()) -> bool:
             return False
         seen.update(node.output)
     return True
-
-
-def default_opset(model) -> int:
-    """The opset of the default (ai.onnx) domain; 0 when the model imports none."""
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _upgrade(model, src: Path, opset: int, needed_by: str):
