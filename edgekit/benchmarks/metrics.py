@@ -88,7 +88,9 @@ def output_kind(ref: np.ndarray, name: str = "") -> str:
     (C >= 2) is class scores unless every row has unit L2 norm and is not a probability vector (an
     embedding), [N, T, C] is a sequence of class scores unless its values are independent
     probabilities (a dense detector's per-anchor sigmoid scores: other), four or more axes a dense
-    map, anything else other."""
+    map, anything else other. Axes of size 1 beside the batch are read through: [N, 1, 1, C] (a
+    TensorFlow CNN's pooled features) and [N, C, 1, 1] are vectors, not maps."""
+    ref = vectors(ref)
     low = name.lower()
     scores = ref.ndim >= 2 and ref.shape[-1] >= 2
     if scores and any(w in low for w in _EMBEDDING_NAMES):
@@ -104,6 +106,14 @@ def output_kind(ref: np.ndarray, name: str = "") -> str:
     if ref.ndim == 3 and _independent_scores(ref):
         return "other"
     return "classes" if ref.ndim == 2 else "sequence"
+
+
+def vectors(a: np.ndarray) -> np.ndarray:
+    """A, [N, C] where all its axes but the batch and one are of size 1 (a vector per sample)."""
+    a = np.asarray(a)
+    if a.ndim >= 3 and sum(d > 1 for d in a.shape[1:]) <= 1:
+        return a.reshape(len(a), -1)
+    return a
 
 
 def _independent_scores(ref: np.ndarray) -> bool:
@@ -149,6 +159,7 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, kind: str | None = None) -
     """Fidelity of one output to its reference: SQNR, cosine and max abs diff always, and the
     metric of its KIND (inferred by output_kind when None)."""
     kind = kind or output_kind(ref)
+    ref, out = vectors(ref), vectors(out)
     result = {
         "kind": kind,
         "sqnr_db": sqnr_db(ref, out),

@@ -212,6 +212,13 @@ def nothing_quantized(fp32: Path, lstm: str | None = None) -> str:
     recurrent = Counter(n.op_type for n in graph.node if n.op_type in RECURRENT_OPS)
     if main:
         listed = ", ".join(f"{k} x{v}" for k, v in main.most_common())
+        front = signal_front.front(graph)
+        if sum(graph.node[k].op_type in COMPUTE_OPS for k in front) == sum(main.values()):
+            return (
+                f"--int8 found nothing to quantize: the model's compute ops ({listed}) all compute its "
+                "signal features (a spectrum and its magnitude), which stay float: 8 bits round quiet "
+                "audio away (docs/guide/quantize.md); compress the network that reads these features."
+            )
         return f"--int8 quantized none of the model's compute ops ({listed}); `edgekit inspect` shows them."
     if inside:
         listed = ", ".join(f"{k} x{v}" for k, v in inside.most_common())

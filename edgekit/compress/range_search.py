@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import batching
-from edgekit.benchmarks.metrics import log_probabilities, output_kind, probability_rows
+from edgekit.benchmarks.metrics import log_probabilities, output_kind, probability_rows, vectors
 from edgekit.compress import model_file, output_tail
 from edgekit.data import Samples
 
@@ -299,7 +299,7 @@ def judged_kinds(ref: list[np.ndarray], names: list[str]) -> list[str]:
     scores that already are a Softmax's output."""
     kinds = [output_kind(r, n) for r, n in zip(ref, names, strict=True)]
     return [
-        "probabilities" if k in ("classes", "sequence") and probability_rows(r) else k
+        "probabilities" if k in ("classes", "sequence") and probability_rows(vectors(r)) else k
         for k, r in zip(kinds, ref, strict=True)
     ]
 
@@ -314,6 +314,7 @@ def _error(outs: list[np.ndarray], ref: list[np.ndarray], kinds: list[str]) -> f
     kept its agreement and MobileNetV2 most of its gain."""
     total = 0.0
     for o, r, kind in zip(outs, ref, kinds, strict=True):
+        o, r = vectors(o), vectors(r)
         if kind in ("classes", "sequence", "probabilities"):
             probabilities = kind == "probabilities"
             p, q = log_probabilities(r, probabilities), log_probabilities(o, probabilities)

@@ -31,27 +31,54 @@ def _signals(graph) -> set[str]:
 
 def front(graph) -> list[int]:
     """Indices of GRAPH's nodes in a signal front end: each magnitude op that a signal input reaches
-    through at most TRANSFORMS compute ops, with every node it depends on."""
+    through at most TRANSFORMS compute ops on any one path (an STFT's real and imaginary
+    convolutions side by side count once) and that measures no normalization, with every node it
+    depends on."""
     signals = _signals(graph)
     if not signals:
         return []
     producer = {o: k for k, n in enumerate(graph.node) for o in n.output}
+    depth, reached = [0] * len(graph.node), [False] * len(graph.node)
+    for k, node in enumerate(graph.node):  # topologically sorted, as ONNX requires
+        before = [producer[i] for i in node.input if i in producer]
+        depth[k] = (node.op_type in COMPUTE) + max((depth[j] for j in before), default=0)
+        reached[k] = any(i in signals for i in node.input) or any(reached[j] for j in before)
     found: set[int] = set()
     for k, node in enumerate(graph.node):
-        if node.op_type not in MAGNITUDE:
-            continue
-        seen, todo, transforms, reached = {k}, [k], 0, False
-        while todo and transforms <= TRANSFORMS:
-            for name in graph.node[todo.pop()].input:
-                reached |= name in signals
-                j = producer.get(name)
-                if j is not None and j not in seen:
-                    seen.add(j)
-                    todo.append(j)
-                    transforms += graph.node[j].op_type in COMPUTE
-        if reached and transforms <= TRANSFORMS:
-            found |= seen
+        magnitude = node.op_type in MAGNITUDE and reached[k] and depth[k] <= TRANSFORMS
+        if magnitude and not _normalizes(graph, producer, k):
+            found |= _ancestors(graph, producer, k)
     return sorted(found)
+
+
+def _ancestors(graph, producer: dict[str, int], k: int) -> set[int]:
+    seen, todo = {k}, [k]
+    while todo:
+        for name in graph.node[todo.pop()].input:
+            j = producer.get(name)
+            if j is not None and j not in seen:
+                seen.add(j)
+                todo.append(j)
+    return seen
+
+
+def _normalizes(graph, producer: dict[str, int], k: int) -> bool:
+    """Node K measures a normalization's spread, not a transform's magnitude: a mean is taken between
+    it and the compute ops before it (a LayerNorm written out: (x - mean(x)) ** 2, sqrt(var + eps);
+    openWakeWord's classifiers normalize their first layer's output so)."""
+    seen, todo = {k}, [k]
+    while todo:
+        j = todo.pop()
+        if graph.node[j].op_type == "ReduceMean":
+            return True
+        if graph.node[j].op_type in COMPUTE:
+            continue
+        for name in graph.node[j].input:
+            i = producer.get(name)
+            if i is not None and i not in seen:
+                seen.add(i)
+                todo.append(i)
+    return False
 
 
 def summary(graph, nodes: list[int]) -> dict:
