@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -188,6 +189,16 @@ def _row(ref, out, names, kinds, seconds: float, **extra) -> dict:
     return {"seconds": seconds, "outputs": outputs, **extra}
 
 
+def _reason(e: Exception) -> str:
+    """An anchor's failure in a line: its first, or where OpenVINO says which node it refused and why
+    ("-- If-13 with a message: ... Rank of If condition input must be equal to 0 or 1"), that."""
+    text = str(e)
+    told = re.search(r"-- (\S+) with a message:\n(.*?)(?:\n\s*\n|\nSummary|$)", text, re.S)
+    if told and told.group(2).strip():
+        return f"OpenVINO refuses {told.group(1)}: {told.group(2).strip().splitlines()[-1].strip()}"[:200]
+    return text.splitlines()[0][:200]
+
+
 def measure(case: ZooCase, args, root: Path) -> dict:
     import onnx
 
@@ -230,14 +241,14 @@ def measure(case: ZooCase, args, root: Path) -> dict:
         path = _ort_defaults(fp32, calib, fixed, work / "ort_defaults.onnx")
         rows["ort"] = judged(path, time.perf_counter() - t)
     except Exception as e:  # an anchor that fails is a result too
-        rows["ort"] = {"error": str(e).splitlines()[0][:200]}
+        rows["ort"] = {"error": _reason(e)}
     try:
         t = time.perf_counter()
         path = _nncf(fp32, calib, fixed, transformer, work / "nncf.xml")
         model_type = "TRANSFORMER" if transformer else "default"
         rows["nncf"] = judged(path, time.perf_counter() - t, ov=True, model_type=model_type)
     except Exception as e:
-        rows["nncf"] = {"error": str(e).splitlines()[0][:200]}
+        rows["nncf"] = {"error": _reason(e)}
     if args.rounds:  # ORT latency of the ONNX variants vs fp32, one sample, interleaved
         paths = {"fp32": fp32, "edgekit": work / "int8" / "model.onnx"}
         if "error" not in rows["ort"]:

@@ -116,6 +116,34 @@ def test_openvino_names_every_node_it_cannot_convert(unsupported):
     assert all("OpenVINO has no conversion" in f.reason for f in found)
 
 
+@pytest.mark.skipif(not importable("openvino"), reason="openvino not installed")
+def test_openvino_says_why_it_refuses_an_op_it_has(tmp_path):
+    """A torch export's `if score >= t:` on a [1, 1] score (openWakeWord's hey_jarvis): OpenVINO has
+    If but refuses a condition of rank 2; the finding gives its reason, not "no conversion"."""
+    branch = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])]
+    then, other = helper.make_node("Neg", ["x"], ["y"]), helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph(
+        [
+            helper.make_node("GreaterOrEqual", ["x", "t"], ["c"]),
+            helper.make_node(
+                "If", ["c"], ["out"], "gate",
+                then_branch=helper.make_graph([then], "then", [], branch),
+                else_branch=helper.make_graph([other], "else", [], branch),
+            ),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1])],
+        [onnx.numpy_helper.from_array(np.array(0.5, np.float32), "t")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "gate.onnx"))
+    found = chk.check(tmp_path / "gate.onnx", "openvino")
+    assert [(f.op_type, f.node) for f in found] == [("If", "gate")]
+    assert "refuses this node: Rank of If condition input must be equal to 0 or 1" in found[0].reason
+
+
 def test_ort_custom_domain_op_without_kernel(unsupported):
     found = chk.check(unsupported, "ort")
     assert [(f.op_type, f.node) for f in found] == [("edgekit.test:MyOp", "custom_node")]

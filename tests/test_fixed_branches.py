@@ -97,3 +97,41 @@ def test_the_constant_comes_from_the_data_and_its_absence_is_explained(edgekit, 
     assert r.returncode == 2, r.stderr
     assert "give 'sr' the value it always has (--calib-const sr=VALUE" in r.stderr
     assert not (work / "no").exists()
+
+
+def test_a_branch_the_data_decides_stays_fp32_and_the_summary_says_so(tmp_path):
+    """A cascade (openWakeWord's hey_jarvis): a first network's score decides in an If whether a
+    verifier network runs. The first is quantized; the verifier, out of the quantizer's reach, is
+    counted as fp32 in the summary rather than left out of it."""
+    rng = np.random.default_rng(0)
+    w1, w2 = (
+        numpy_helper.from_array(rng.normal(0, 0.3, (16, 1)).astype(np.float32), n) for n in ("w1", "w2")
+    )
+    half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
+    verifier = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w2"], ["v"]), helper.make_node("Sigmoid", ["v"], ["p2"])],
+        "verifier", [], [helper.make_tensor_value_info("p2", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    first = helper.make_graph([helper.make_node("Identity", ["p1"], ["kept"])], "first", [], [
+        helper.make_tensor_value_info("kept", TensorProto.FLOAT, None)
+    ])  # fmt: skip
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["s"]),
+            helper.make_node("Sigmoid", ["s"], ["p1"]),
+            helper.make_node("ReduceMax", ["p1"], ["top"], keepdims=0),
+            helper.make_node("GreaterOrEqual", ["top", "half"], ["run_verifier"]),
+            helper.make_node("If", ["run_verifier"], ["p"], then_branch=verifier, else_branch=first),
+        ],
+        "cascade",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 1])],
+        [w1, w2, half],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "fp32.onnx"))
+    calib = Samples({"x": rng.normal(size=(64, 16)).astype(np.float32)}, None)
+    summary = quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calib, Int8Config(), None)
+    assert summary["quantized_ops"] == {"MatMul": 1}
+    assert summary["fp32_in_control_flow"] == {"MatMul": 1}

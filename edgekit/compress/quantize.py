@@ -28,6 +28,7 @@ from edgekit.compress import (
     adaround,
     bias_correction,
     calibrate,
+    constant_clamps,
     dynamic_lstm,
     equalize,
     equalize_activations,
@@ -194,20 +195,24 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
     return summary
 
 
+def branch_ops(graph) -> Counter:
+    """The compute and recurrent ops inside GRAPH's If branches and Loop/Scan bodies, at any depth:
+    ONNX Runtime's static quantizer does not reach them, so they stay fp32."""
+    found = Counter()
+    for n in graph.node:
+        for g in outer_reads.subgraphs(n):
+            found += Counter(m.op_type for m in g.node if m.op_type in COMPUTE_OPS + RECURRENT_OPS)
+            found += branch_ops(g)
+    return found
+
+
 def nothing_quantized(fp32: Path, lstm: str | None = None) -> str:
     """Why INT8 found nothing to quantize in FP32, and what to do, in one sentence; LSTM: why its
     LSTMs were not quantized dynamically either."""
     import onnx
 
-    def ops(graph, inner: bool) -> Counter:
-        found = Counter(n.op_type for n in graph.node if inner and n.op_type in COMPUTE_OPS + RECURRENT_OPS)
-        for n in graph.node:
-            for g in outer_reads.subgraphs(n):
-                found += ops(g, True)
-        return found
-
     graph = onnx.load(str(fp32), load_external_data=False).graph
-    inside = ops(graph, False)
+    inside = branch_ops(graph)
     main = Counter(n.op_type for n in graph.node if n.op_type in COMPUTE_OPS)
     recurrent = Counter(n.op_type for n in graph.node if n.op_type in RECURRENT_OPS)
     if main:
@@ -289,6 +294,7 @@ class Prepared:
     branches: dict = field(default_factory=dict)  # Ifs a constant input decides, inlined (fixed_branches)
     unshared: int = 0  # copies of biases two nodes shared (shared_biases)
     unfused: int = 0  # ORT's fused layers written back as standard ops (ort_fused)
+    clamps: int = 0  # Max/Min with a constant written as Clip (constant_clamps)
     islands: int = 0  # activations left float for ORT's fused ops (activation_islands)
 
 
@@ -337,6 +343,9 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
     unfused = ort_fused.unfuse(src, tmp / "unfused.onnx")
     if unfused:
         src = tmp / "unfused.onnx"
+    clamps = constant_clamps.as_clip(src, tmp / "clamps.onnx")
+    if clamps:
+        src = tmp / "clamps.onnx"
     if cfg.preprocess:
         read, src = src, tmp / "pre.onnx"
         # where ORT's symbolic shape inference gives up it leaves sym_shape_infer_temp.onnx
@@ -407,6 +416,7 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
         src, ranges.cache, ranges.memory, ranges.left, ranges.means, around, extra, ops, transformer,
         smoothed, equalized, balanced, overrides, pairs, rounding, guarded=guarded, front=front,
         widened=widened, branches=branches, unshared=unshared, unfused=unfused, islands=islands,
+        clamps=clamps,
     )  # fmt: skip
 
 
@@ -505,6 +515,8 @@ def _writer(
             summary["shared_biases_copied"] = p.unshared
         if p.unfused:
             summary["ort_fused_layers_unfused"] = p.unfused
+        if p.clamps:
+            summary["clamps_as_clip"] = p.clamps
         if p.front:
             summary["signal_front_float"] = p.front
         if p.islands:
@@ -660,8 +672,9 @@ def _around(
 
 def summarize(path: Path) -> dict:
     """How many compute ops of the main graph run quantized (activation and weight both from
-    DequantizeLinear; an LSTM or ORT's fused Attention quantized dynamically), and which stayed fp32
-    (GRUs, RNNs, fused Attention)."""
+    DequantizeLinear; an LSTM or ORT's fused Attention quantized dynamically), which stayed fp32
+    (GRUs, RNNs, fused Attention), and those inside control flow (fp32 too: openWakeWord's
+    hey_jarvis runs a verifier network in an If on its first score)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -679,8 +692,10 @@ def summarize(path: Path) -> dict:
             (quantized if n.op_type == "QAttention" else left)["Attention"] += 1
         elif n.domain == ort_fused.DOMAIN and n.op_type in ort_fused.FUSED:  # one ONNX has no op for
             left[n.op_type] += 1
+    inside = branch_ops(graph)
     return {
         "quantized_ops": dict(quantized),
         "fp32_compute_ops": dict(left),
+        **({"fp32_in_control_flow": dict(inside)} if inside else {}),
         "qdq_pairs": sum(1 for n in graph.node if n.op_type == "QuantizeLinear"),
     }

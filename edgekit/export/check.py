@@ -436,6 +436,12 @@ def _conversion_findings(model, msg: str) -> list[Finding]:
         op = re.sub(r"-\d+$", "", entry)  # "Det-20": the op at opset 20
         nodes = [n for n in model.graph.node if op in (n.op_type, f"{n.domain}.{n.op_type}")]
         reason = "OpenVINO has no conversion for this op (its ONNX frontend cannot read it)."
+        # an op it has, refused for this node: "-- If-13 with a message:\n...\nRank of If condition
+        # input must be equal to 0 or 1\n" (a torch export's [1, 1] condition), its last line says why
+        told = re.search(rf"-- {re.escape(entry)} with a message:\n(.*?)(?:\n\s*\n|\nSummary|$)", msg, re.S)
+        if told and told.group(1).strip():
+            why = told.group(1).strip().splitlines()[-1].strip().rstrip(".")
+            reason = f"OpenVINO's ONNX frontend refuses this node: {why}."
         out += [_finding(n, reason) for n in nodes] or [Finding(op, "", None, reason)]
     return out
 
