@@ -207,3 +207,33 @@ def test_size_one_axes_beside_the_batch_are_read_through():
     unit = logits / np.linalg.norm(logits, axis=1, keepdims=True)
     assert output_kind(unit.reshape(50, 12, 1, 1)) == "embedding"
     assert output_kind(np.zeros((50, 1, 8, 8))) == "dense"
+
+
+def _smooth_maps(n: int, channels: int, size: int = 32) -> np.ndarray:
+    """Maps that vary smoothly in space: noise summed along both spatial axes, [n, channels, H, W]."""
+    return RNG.normal(size=(n, channels, size, size)).cumsum(2).cumsum(3) / size
+
+
+def test_a_map_of_one_value_per_pixel_is_no_sequence_of_class_scores():
+    """A depth or heat map [N, H, W] varies smoothly along both axes; class scores [N, T, C] do not
+    along their classes (PP-OCRv4's 6625 characters: neighbour correlation 0.0001)."""
+    depth = _smooth_maps(4, 1)[:, 0] + 10
+    assert output_kind(depth) == "dense"
+    assert output_kind(RNG.normal(size=(4, 40, 97))) == "sequence"
+
+
+def test_per_pixel_class_scores_are_judged_by_the_pixels_whose_class_holds():
+    logits = _smooth_maps(3, 21) + RNG.normal(
+        scale=0.1, size=(3, 21, 32, 32)
+    )  # classes unordered, pixels smooth
+    logits = logits[:, RNG.permutation(21)]
+    out = logits + RNG.normal(scale=0.2, size=logits.shape)
+    fid = compare_outputs(logits, out)
+    assert fid["kind"] == "segmentation"
+    assert fid["pixel_agreement"] == pytest.approx(np.mean(logits.argmax(1) == out.argmax(1)))
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert output_kind(probabilities) == "segmentation"
+    nhwc = compare_outputs(logits.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1))
+    assert nhwc["kind"] == "segmentation" and nhwc["pixel_agreement"] == fid["pixel_agreement"]
+    image = _smooth_maps(3, 1).repeat(3, 1) + RNG.normal(scale=0.05, size=(3, 3, 32, 32))  # RGB: correlated
+    assert output_kind(image) == "dense"

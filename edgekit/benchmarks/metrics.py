@@ -68,7 +68,7 @@ def max_abs_diff(ref: np.ndarray, out: np.ndarray) -> float:
     return float(np.max(np.abs(np.asarray(ref, np.float64) - np.asarray(out, np.float64))))
 
 
-KINDS = ("classes", "embedding", "sequence", "dense", "other")
+KINDS = ("classes", "embedding", "sequence", "dense", "segmentation", "other")
 # each kind's main fidelity number (a fraction, 1 for an output equal to its reference) and its name
 # in sentences; "other" has none that a drop can be read from, only SQNR
 MAIN: dict[str, tuple[str, str]] = {
@@ -76,6 +76,7 @@ MAIN: dict[str, tuple[str, str]] = {
     "embedding": ("cosine_mean", "mean cosine"),
     "sequence": ("position_agreement", "position agreement"),
     "dense": ("mask_iou", "mask IoU"),
+    "segmentation": ("pixel_agreement", "pixel agreement"),
 }
 _EMBEDDING_NAMES = ("embed", "pool", "sentence", "hidden", "feature")
 _CLASS_NAMES = ("logit", "score", "prob", "class")
@@ -87,9 +88,11 @@ def output_kind(ref: np.ndarray, name: str = "") -> str:
     means scores, state a recurrent state handed back (other); else by shape and values: [N, C]
     (C >= 2) is class scores unless every row has unit L2 norm and is not a probability vector (an
     embedding), [N, T, C] is a sequence of class scores unless its values are independent
-    probabilities (a dense detector's per-anchor sigmoid scores: other), four or more axes a dense
-    map, anything else other. Axes of size 1 beside the batch are read through: [N, 1, 1, C] (a
-    TensorFlow CNN's pooled features) and [N, C, 1, 1] are vectors, not maps."""
+    probabilities (a dense detector's per-anchor sigmoid scores: other) or vary smoothly along
+    both axes (a [N, H, W] map: dense); four or more axes are a dense map, or per-pixel class
+    scores where one axis is classes (segmentation, class_axis); anything else other. Axes of
+    size 1 beside the batch are read through: [N, 1, 1, C] (a TensorFlow CNN's pooled features)
+    and [N, C, 1, 1] are vectors, not maps."""
     ref = vectors(ref)
     low = name.lower()
     scores = ref.ndim >= 2 and ref.shape[-1] >= 2
@@ -98,14 +101,60 @@ def output_kind(ref: np.ndarray, name: str = "") -> str:
     if "state" in low:  # a recurrent state handed back for the next call (Silero VAD's stateN)
         return "other"
     if ref.ndim >= 4:
-        return "dense"
+        return "segmentation" if class_axis(ref) is not None else "dense"
     if not scores or ref.ndim not in (2, 3):
         return "other"
     if not any(w in low for w in _CLASS_NAMES) and _unit_rows(ref):
         return "embedding"
     if ref.ndim == 3 and _independent_scores(ref):
         return "other"
+    if ref.ndim == 3 and min(_neighbours(ref, 1), _neighbours(ref, 2)) >= SMOOTH:
+        return "dense"  # a [N, H, W] map (depth, a heat map): its values vary smoothly along both axes
     return "classes" if ref.ndim == 2 else "sequence"
+
+
+# lag-1 correlation above which an axis is spatial (an image's rows, a depth map: 0.9 and up); a
+# class axis is near 0 (PP-OCRv4's 6625 characters: 0.0001), a softmax over two classes -1
+SMOOTH = 0.5
+# mean correlation of channels below which they are classes competing for each pixel (a softmax over
+# two: -1); an image's RGB rises together (0.9 and up), and so do a detector's score maps
+COMPETE = 0.3
+
+
+def _neighbours(a: np.ndarray, axis: int) -> float:
+    """The correlation of A's neighbouring values along AXIS (each line's mean taken out)."""
+    a = np.moveaxis(np.asarray(a, np.float64), axis, -1)
+    if a.shape[-1] < 2:
+        return 0.0
+    a = a - a.mean(-1, keepdims=True)
+    x, y = a[..., :-1].ravel(), a[..., 1:].ravel()
+    denom = np.sqrt((x @ x) * (y @ y))
+    return float(x @ y / denom) if denom else 0.0
+
+
+def class_axis(ref: np.ndarray) -> int | None:
+    """The axis of per-pixel class scores of a map of 4+ axes, 1 ([N, C, H, W]) or the last
+    ([N, H, W, C]): of 2 classes or more that do not rise together (classes compete for a pixel;
+    a softmax over two is perfectly anticorrelated) where the other axes vary smoothly. None for a
+    map of one score or of channels that rise together (an image's RGB, CRAFT's region and
+    affinity scores)."""
+    for axis, spatial in ((1, ref.ndim - 1), (ref.ndim - 1, 1)):
+        if ref.shape[axis] >= 2 and _together(ref, axis) < COMPETE and _neighbours(ref, spatial) >= SMOOTH:
+            return axis
+    return None
+
+
+def _together(a: np.ndarray, axis: int, pixels: int = 65536) -> float:
+    """The mean correlation, over pixels, of each pair of A's channels along AXIS."""
+    c = np.moveaxis(np.asarray(a, np.float64), axis, 0).reshape(a.shape[axis], -1)
+    c = c[:, :: max(1, c.shape[1] // pixels)]
+    c = c - c.mean(1, keepdims=True)
+    norms = np.linalg.norm(c, axis=1)
+    c = c[norms > 0] / norms[norms > 0, None]
+    if len(c) < 2:
+        return 1.0  # constant channels: nothing competes
+    corr = c @ c.T
+    return float((corr.sum() - np.trace(corr)) / (len(c) * (len(c) - 1)))
 
 
 def vectors(a: np.ndarray) -> np.ndarray:
@@ -181,6 +230,10 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, kind: str | None = None) -
         )
     elif kind == "dense" and ref.ndim >= 2:
         result["mask_iou"] = mask_iou(ref, out)
+    elif kind == "segmentation" and ref.ndim >= 3:
+        axis = class_axis(ref)
+        axis = 1 if axis is None else axis  # given by --output-kind: channels first
+        result["pixel_agreement"] = float(np.mean(ref.argmax(axis) == out.argmax(axis)))
     return result
 
 
