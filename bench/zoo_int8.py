@@ -66,7 +66,12 @@ except ImportError:
 
 REGISTRY |= dict.fromkeys(zoo_formats.NAMES, zoo_formats.cases)
 
-VARIANTS = {"edgekit": "edgekit compress --int8", "ort": "ORT quantize_static defaults", "nncf": "NNCF PTQ"}
+VARIANTS = {
+    "edgekit": "edgekit compress --int8",
+    "unfused": "the same, --no-fused-activations",
+    "ort": "ORT quantize_static defaults",
+    "nncf": "NNCF PTQ",
+}
 
 
 def _cases(names: list[str], work: Path) -> list[ZooCase]:
@@ -81,10 +86,10 @@ def _cases(names: list[str], work: Path) -> list[ZooCase]:
     return [c for cases in built.values() for c in cases if c.name in names]
 
 
-def _compress(case: ZooCase, out: Path, args, int8: bool) -> tuple[int, float, str]:
+def _compress(case: ZooCase, out: Path, args, int8: bool, *extra: str) -> tuple[int, float, str]:
     """The real CLI on CASE (INT8, or fp32 only); exit code, seconds, and its last stderr line."""
     cmd = [EDGEKIT, "compress", str(case.model), *case.args, "--calib", str(case.calib)]
-    cmd += ["--calib-size", str(args.calib), "-o", str(out), "--force"]
+    cmd += ["--calib-size", str(args.calib), "-o", str(out), "--force", *extra]
     if int8:
         cmd += ["--int8", "--eval", str(case.eval), "--eval-size", str(args.eval)]
         cmd += [x for name, kind in case.kinds.items() for x in ("--output-kind", f"{name}={kind}")]
@@ -236,6 +241,9 @@ def measure(case: ZooCase, args, root: Path) -> dict:
             return _row(ref, out, names, kinds, seconds, **extra)
 
     rows = {"edgekit": judged(work / "int8" / "model.onnx", seconds, exit=code)}
+    if manifest.passes[-1].summary.get("fused_activations"):  # what the fused GELUs are worth
+        code_u, seconds_u, _ = _compress(case, work / "unfused", args, True, "--no-fused-activations")
+        rows["unfused"] = judged(work / "unfused" / "model.onnx", seconds_u, exit=code_u)
     try:
         t = time.perf_counter()
         path = _ort_defaults(fp32, calib, fixed, work / "ort_defaults.onnx")
@@ -251,6 +259,8 @@ def measure(case: ZooCase, args, root: Path) -> dict:
         rows["nncf"] = {"error": _reason(e)}
     if args.rounds:  # ORT latency of the ONNX variants vs fp32, one sample, interleaved
         paths = {"fp32": fp32, "edgekit": work / "int8" / "model.onnx"}
+        if "unfused" in rows:
+            paths["unfused"] = work / "unfused" / "model.onnx"
         if "error" not in rows["ort"]:
             paths["ort"] = work / "ort_defaults.onnx"
         one = next(iter(_feeds(evals.take(slice(0, 1)), fixed, 1)))
