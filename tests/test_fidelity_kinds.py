@@ -237,3 +237,12 @@ def test_per_pixel_class_scores_are_judged_by_the_pixels_whose_class_holds():
     assert nhwc["kind"] == "segmentation" and nhwc["pixel_agreement"] == fid["pixel_agreement"]
     image = _smooth_maps(3, 1).repeat(3, 1) + RNG.normal(scale=0.05, size=(3, 3, 32, 32))  # RGB: correlated
     assert output_kind(image) == "dense"
+
+
+def test_a_decoders_attention_cache_is_a_state_not_a_map():
+    """optimum's decoder exports hand back present.N.key / .value [N, heads, T, D] for the next
+    token: judged by SQNR like a recurrent state, not as a dense map by mask IoU."""
+    cache = RNG.normal(size=(4, 4, 9, 32))
+    for name in ("present.0.key", "present_key_values.1", "past_key_values.0.value"):
+        assert output_kind(cache, name) == "other"
+    assert output_kind(RNG.normal(size=(4, 1, 1000)), "logits") == "classes"

@@ -80,26 +80,28 @@ MAIN: dict[str, tuple[str, str]] = {
 }
 _EMBEDDING_NAMES = ("embed", "pool", "sentence", "hidden", "feature")
 _CLASS_NAMES = ("logit", "score", "prob", "class")
+_STATE_NAMES = ("state", "present", "past_key", "cache")
 
 
 def output_kind(ref: np.ndarray, name: str = "") -> str:
     """What one output is, so it is judged by the metric that fits it (docs/guide/quantize.md):
     a name saying embed/pool/sentence/hidden/feature means an embedding, logit/score/prob/class
-    means scores, state a recurrent state handed back (other); else by shape and values: [N, C]
-    (C >= 2) is class scores unless every row has unit L2 norm and is not a probability vector (an
-    embedding), [N, T, C] is a sequence of class scores unless its values are independent
-    probabilities (a dense detector's per-anchor sigmoid scores: other) or vary smoothly along
-    both axes (a [N, H, W] map: dense); four or more axes are a dense map, or per-pixel class
-    scores where one axis is classes (segmentation, class_axis); anything else other. Axes of
-    size 1 beside the batch are read through: [N, 1, 1, C] (a TensorFlow CNN's pooled features)
-    and [N, C, 1, 1] are vectors, not maps."""
+    means scores, state/present/past_key/cache a state handed back (a recurrent state, a
+    decoder's attention cache: other); else by shape and values: [N, C] (C >= 2) is class scores
+    unless every row has unit L2 norm and is not a probability vector (an embedding), [N, T, C] is
+    a sequence of class scores unless its values are independent probabilities (a dense
+    detector's per-anchor sigmoid scores: other) or vary smoothly along both axes (a [N, H, W]
+    map: dense); four or more axes are a dense map, or per-pixel class scores where one axis is
+    classes (segmentation, class_axis); anything else other. Axes of size 1 beside the batch are
+    read through: [N, 1, 1, C] (a TensorFlow CNN's pooled features) and [N, C, 1, 1] are vectors,
+    not maps."""
     ref = vectors(ref)
     low = name.lower()
     scores = ref.ndim >= 2 and ref.shape[-1] >= 2
     if scores and any(w in low for w in _EMBEDDING_NAMES):
         return "embedding"
-    if "state" in low:  # a recurrent state handed back for the next call (Silero VAD's stateN)
-        return "other"
+    if any(w in low for w in _STATE_NAMES):  # handed back for the next call: Silero VAD's stateN,
+        return "other"  # a decoder's attention cache (optimum's present.N.key)
     if ref.ndim >= 4:
         return "segmentation" if class_axis(ref) is not None else "dense"
     if not scores or ref.ndim not in (2, 3):
