@@ -116,10 +116,9 @@ def test_openvino_names_every_node_it_cannot_convert(unsupported):
     assert all("OpenVINO has no conversion" in f.reason for f in found)
 
 
-@pytest.mark.skipif(not importable("openvino"), reason="openvino not installed")
-def test_openvino_says_why_it_refuses_an_op_it_has(tmp_path):
-    """A torch export's `if score >= t:` on a [1, 1] score (openWakeWord's hey_jarvis): OpenVINO has
-    If but refuses a condition of rank 2; the finding gives its reason, not "no conversion"."""
+def _gate(path: Path) -> None:
+    """A torch export's `if score >= t:` on a [1, 1] score (openWakeWord's hey_jarvis): an If whose
+    condition has two axes, which ONNX allows (one element) and OpenVINO's frontend refuses."""
     branch = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])]
     then, other = helper.make_node("Neg", ["x"], ["y"]), helper.make_node("Identity", ["x"], ["y"])
     graph = helper.make_graph(
@@ -138,10 +137,40 @@ def test_openvino_says_why_it_refuses_an_op_it_has(tmp_path):
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    onnx.save(model, str(tmp_path / "gate.onnx"))
-    found = chk.check(tmp_path / "gate.onnx", "openvino")
-    assert [(f.op_type, f.node) for f in found] == [("If", "gate")]
-    assert "refuses this node: Rank of If condition input must be equal to 0 or 1" in found[0].reason
+    onnx.save(model, str(path))
+
+
+@pytest.mark.skipif(not importable("openvino"), reason="openvino not installed")
+def test_openvino_reads_an_if_on_a_two_axis_condition(tmp_path):
+    import openvino as ov
+
+    from edgekit.runtimes import ov as ov_runtime
+
+    _gate(tmp_path / "gate.onnx")
+    with pytest.raises(RuntimeError, match="Rank of If condition"):
+        ov.Core().read_model(str(tmp_path / "gate.onnx"))  # as OpenVINO reads the file itself
+    assert chk.check(tmp_path / "gate.onnx", "openvino") == []
+    session = ov_runtime.load(str(tmp_path / "gate.onnx"))
+    for x, want in ((0.7, -0.7), (0.2, 0.2)):
+        (got,) = session.run({"x": np.full((1, 1), x, np.float32)})
+        assert got.item() == pytest.approx(want)
+
+
+def test_openvinos_reason_for_refusing_an_op_it_has_is_kept():
+    """read_model's message for an op it has but refuses on this node (Silero VAD's default file)."""
+    msg = (
+        "Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'false' failed at "
+        "src/frontends/common_translators/src/unconverted_ops_report.cpp:151:\nFrontEnd API failed with "
+        "OpConversionFailure:\nModel wasn't fully converted. Failed operations detailed log:\n-- Conv-16 "
+        "with a message:\nWhile validating ONNX node '<Node(Conv): conv1>':\nThe input data tensor's rank "
+        "has to be known (static)\n\nSummary:\n-- Conversion is failed for: Conv-16\n"
+    )
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], "conv1")], "g", [], [])
+    )
+    (found,) = chk._conversion_findings(model, msg)
+    assert found.node == "conv1"
+    assert found.reason.endswith("refuses this node: The input data tensor's rank has to be known (static).")
 
 
 def test_ort_custom_domain_op_without_kernel(unsupported):

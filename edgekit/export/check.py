@@ -407,9 +407,12 @@ def openvino_findings(path: Path, model, precision: str) -> list[Finding]:
     precision this CPU cannot run."""
     import openvino as ov
 
+    from edgekit.runtimes.ov import readable
+
     core = ov.Core()
     try:
-        ov_model = core.read_model(str(path))
+        with readable(path) as onnx_path:
+            ov_model = core.read_model(onnx_path)
     except Exception as e:
         return _conversion_findings(model, str(e))
     supported = core.query_model(ov_model, "CPU")

@@ -57,8 +57,11 @@ def build_ir(
     """Write model.xml/.bin into OUT_DIR; returns the pass summary. CALIB (inputs by name, fed in
     batches of FIXED for a model whose batch is fixed) and the TARGET CPU are needed for
     --quantizer nncf only."""
+    from edgekit.runtimes.ov import readable
+
     ov = _openvino()
-    model = ov.convert_model(str(onnx_path))
+    with readable(onnx_path) as path:
+        model = ov.convert_model(path)
     summary: dict = {"openvino": ov.get_version(), "weights": "fp16" if cfg.precision == "fp16" else "fp32"}
     if cfg.quantizer == "nncf":
         # NNCF's overflow fix (7-bit weights) where u8 x s8 saturates, none where it cannot: its

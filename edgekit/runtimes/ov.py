@@ -7,6 +7,9 @@ reports the precision read back from the compiled model, which is what actually 
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,54 @@ HINTS = ("latency", "throughput")
 
 def available() -> bool:
     return importable("openvino")
+
+
+@contextlib.contextmanager
+def readable(path: str | Path) -> Iterator[str]:
+    """The ONNX file PATH as OpenVINO's ONNX frontend reads it: PATH itself, or where the frontend
+    would refuse an If whose condition has more than one axis (a torch export's `if score >= t:`
+    on a [1, 1] score: openWakeWord's hey_jarvis; ONNX asks one element, OpenVINO rank 0 or 1), a
+    copy with each such condition reshaped to [1], for the duration of the block."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fixed = _one_axis_conditions(Path(path), Path(tmp) / "model.onnx")
+        yield str(fixed or path)
+
+
+def _one_axis_conditions(src: Path, dst: Path) -> Path | None:
+    """DST: SRC with a Reshape to [1] before each main-graph If whose condition's rank is not known
+    to be 0 or 1; None (nothing written) where there is none."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src), load_external_data=False)
+    ifs = [k for k, n in enumerate(model.graph.node) if n.op_type == "If"]
+    if not ifs:
+        return None
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+        infos = [*inferred.input, *inferred.value_info, *inferred.output]
+        ranks = {
+            v.name: len(v.type.tensor_type.shape.dim) for v in infos if v.type.tensor_type.HasField("shape")
+        }
+    except Exception:  # shape inference does not know every op: reshape them all
+        ranks = {}
+    wide = {k for k in ifs if ranks.get(model.graph.node[k].input[0], 2) > 1}
+    if not wide:
+        return None
+    model = onnx.load(str(src))  # with its weights: the copy is a whole model
+    shape = numpy_helper.from_array(np.array([1], np.int64), "edgekit_one_element")
+    model.graph.initializer.append(shape)
+    nodes = []
+    for k, n in enumerate(model.graph.node):
+        if k in wide:
+            flat = f"{n.input[0]}_edgekit_one_element"
+            nodes.append(helper.make_node("Reshape", [n.input[0], shape.name], [flat], f"{n.name}_condition"))
+            n.input[0] = flat
+        nodes.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(dst), save_as_external_data=model.ByteSize() > 1 << 30, location="model.onnx.data")
+    return dst
 
 
 def _devices(core) -> list[str]:
@@ -97,7 +148,8 @@ class Session:
         self.options = options or Options()
         self.device = device
         try:
-            self._compiled = ov.Core().compile_model(path, device.upper(), self.options.config())
+            with readable(path) if str(path).endswith(".onnx") else contextlib.nullcontext(path) as model:
+                self._compiled = ov.Core().compile_model(model, device.upper(), self.options.config())
         except RuntimeError as e:
             raise RuntimeFailure(
                 f"OpenVINO could not compile {Path(path).name} for {device}: {_cause(e)}."
