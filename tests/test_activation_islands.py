@@ -194,3 +194,29 @@ def test_tensorrts_form_writes_no_ort_contrib_op(tmp_path):
     graph = onnx.load(str(tmp_path / "int8.onnx")).graph
     assert not [n for n in graph.node if n.domain == "com.microsoft"]
     assert "Erf" in {n.op_type for n in graph.node}
+
+
+def test_islands_alike_are_run_once(tmp_path):
+    """Three GELUs written alike under their own names (a network's 13, or the same ones at each
+    write of a mixed-precision search) are identified from one run of the island."""
+    nodes, consts, _ = FORMS["gelu_paddle"]
+    chain = []
+    for k in range(3):
+        rename = {"c": f"x{k}", "a": f"a{k}"}
+        for n in nodes:
+            ins, outs = (
+                [rename.get(i, f"{i}{k}") for i in n.input],
+                [rename.get(o, f"{o}{k}") for o in n.output],
+            )
+            chain.append(helper.make_node(n.op_type, ins, outs))
+    inits = [_const(f"{c.name}{k}", float(numpy_helper.to_array(c))) for k in range(3) for c in consts]
+    graph = helper.make_graph(
+        chain, "g", [helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [4]) for k in range(3)],
+        [helper.make_tensor_value_info(f"a{k}", TensorProto.FLOAT, [4]) for k in range(3)], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    found = activation_islands.islands(model.graph)
+    assert len(found) == 3
+    activation_islands._run.cache_clear()
+    assert [activation_islands._identify(model.graph, i, 17)[0] for i in found] == ["Gelu"] * 3
+    assert activation_islands._run.cache_info().misses == 1

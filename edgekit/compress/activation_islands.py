@@ -13,6 +13,7 @@ A HardSwish has no fused op in ORT: it stays as the quantizer makes it."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,9 +166,9 @@ def _identify(graph, island: Island, opset: int) -> tuple[str, dict] | None:
 def _evaluate(graph, island: Island, opset: int) -> np.ndarray | None:
     """ISLAND's output on PROBE (ONNX Runtime on the island alone, at OPSET), or None where a
     constant it reads has more than one value (a per-channel affine, not an activation) or it does
-    not run."""
+    not run. The island is written with positional names, so islands alike (a network's 13 GELUs,
+    the same islands at each write of a mixed-precision search) run once."""
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
     nodes = [graph.node[k] for k in island.nodes]
@@ -179,18 +180,45 @@ def _evaluate(graph, island: Island, opset: int) -> np.ndarray | None:
     values += [onnx.numpy_helper.to_array(a.t) for n in made for a in n.attribute if a.name == "value"]
     if any(v.size != 1 for v in values) or len(values) < len(wanted):
         return None
+    names = {island.input: "x", island.output: "y"}
+
+    def positional(name: str) -> str:
+        return names.setdefault(name, f"t{len(names)}") if name else ""
+
+    copies = []
+    for n in [*made, *nodes]:
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        c.name = ""
+        c.input[:] = [positional(i) for i in n.input]
+        c.output[:] = [positional(o) for o in n.output]
+        copies.append(c)
+    constants = []
+    for i in inits:
+        c = onnx.TensorProto()
+        c.CopyFrom(i)
+        c.name = positional(i.name)
+        constants.append(c)
     sub = helper.make_graph(
-        [*made, *nodes],
+        copies,
         "island",
-        [helper.make_tensor_value_info(island.input, TensorProto.FLOAT, [len(PROBE)])],
-        [helper.make_tensor_value_info(island.output, TensorProto.FLOAT, None)],
-        inits,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [len(PROBE)])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        constants,
     )
     model = helper.make_model(sub, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
+    return _run(model.SerializeToString())
+
+
+@functools.lru_cache(maxsize=256)
+def _run(model: bytes) -> np.ndarray | None:
+    """The island model MODEL's output on PROBE, flat, or None where it does not run alone."""
+    import onnxruntime as ort
+
     try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        (y,) = session.run(None, {island.input: PROBE})
+        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        (y,) = session.run(None, {"x": PROBE})
     except Exception:  # an op or type the island cannot run alone: leave it as it is
         return None
     return np.asarray(y, np.float64).reshape(-1) if np.size(y) == len(PROBE) else None
