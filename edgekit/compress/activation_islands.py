@@ -131,9 +131,16 @@ def fuse(path: Path) -> dict[str, int]:
         found[op] = found.get(op, 0) + 1
     if not found:
         return {}
+    read_before = {i for k in drop for i in graph.node[k].input}
     nodes = [replaced.get(k, n) for k, n in enumerate(graph.node) if k not in drop or k in replaced]
     del graph.node[:]
     graph.node.extend(nodes)
+    # the islands' constants no other node reads: ORT warns at every load about an unused initializer
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in read or i.name not in read_before]
+    if len(kept) < len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     model_file.save(model, path)
