@@ -80,3 +80,31 @@ def test_the_int8_chain_runs_through_the_clamp(tmp_path):
     x = RNG.normal(0, 1, (32, 4, 12, 12)).astype(np.float32)
     ref, got = _run(tmp_path / "m.onnx", x), _run(tmp_path / "int8.onnx", x)
     assert 10 * np.log10(np.sum(ref**2) / np.sum((got - ref) ** 2)) > 25
+
+
+def test_a_bound_a_branch_still_reads_is_kept(tmp_path):
+    """The constant a Max read, read by name inside an If's branch too, stays in the graph."""
+    out = [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)]
+    then = helper.make_graph([helper.make_node("Add", ["y", "c"], ["z"])], "then", [], out)
+    other = helper.make_graph([helper.make_node("Identity", ["y"], ["z"])], "else", [], out)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Max", ["x", "c"], ["y"]),
+            helper.make_node("If", ["flag"], ["out"], then_branch=then, else_branch=other),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(np.array(-0.5, np.float32), "c")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    assert constant_clamps.as_clip(tmp_path / "m.onnx", tmp_path / "c.onnx") == 1
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    sess = ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {"x": x, "flag": np.array(True)})
+    np.testing.assert_allclose(got, np.maximum(x, -0.5) - 0.5)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.compress import model_file
+from edgekit.compress import model_file, outer_reads
 
 # elementwise ops an activation is written with (every non-constant input from the island)
 ELEMENTWISE = (
@@ -136,7 +136,7 @@ def fuse(path: Path) -> dict[str, int]:
     del graph.node[:]
     graph.node.extend(nodes)
     # the islands' constants no other node reads: ORT warns at every load about an unused initializer
-    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    read = outer_reads.reads(graph) | {o.name for o in graph.output}  # an If's branch may read one
     kept = [i for i in graph.initializer if i.name in read or i.name not in read_before]
     if len(kept) < len(graph.initializer):
         del graph.initializer[:]

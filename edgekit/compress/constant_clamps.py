@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.compress import model_file
+from edgekit.compress import model_file, outer_reads
 
 BOUND = {"Max": 1, "Min": 2}  # the Clip input each one's constant becomes: min for Max, max for Min
 
@@ -32,13 +32,14 @@ def as_clip(src: Path, dst: Path) -> int:
     if not any(n.op_type in BOUND and {*n.input} & constants.keys() for n in graph.node):
         return 0
     ranks = _float_ranks(model)
-    nodes, added = [], []
+    nodes, added, bounds = [], [], set()
     for n in graph.node:
         clip = _clip(n, constants, ranks) if n.op_type in BOUND and len(n.input) == 2 else None
         if clip is None:
             nodes.append(n)
             continue
-        x, value = clip
+        x, old, value = clip
+        bounds.add(old)
         bound = numpy_helper.from_array(np.array(value, np.float32), f"{n.output[0]}_edgekit_bound")
         inputs = [x, "", ""]
         inputs[BOUND[n.op_type]] = bound.name
@@ -48,27 +49,29 @@ def as_clip(src: Path, dst: Path) -> int:
         return 0
     del graph.node[:]
     graph.node.extend(nodes)
-    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    kept = [i for i in graph.initializer if i.name in read]  # the bounds' old tensors, now read by none
+    # the bounds' old tensors, where nothing reads them now (an If's branch may read one by name)
+    read = outer_reads.reads(graph) | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in read or i.name not in bounds]
     del graph.initializer[:]
     graph.initializer.extend([*kept, *added])
     model_file.save(model, dst)
     return len(added)
 
 
-def _clip(node, constants: dict, ranks: dict[str, int]) -> tuple[str, float] | None:
-    """(the tensor, the bound) where NODE is a Max/Min of a float tensor of known rank and a float
-    one-element constant of no larger rank; else None."""
+def _clip(node, constants: dict, ranks: dict[str, int]) -> tuple[str, str, float] | None:
+    """(the tensor, the constant's name, the bound) where NODE is a Max/Min of a float tensor of
+    known rank and a float one-element constant of no larger rank; else None."""
     from onnx import TensorProto, numpy_helper
 
     a, b = node.input
     if (a in constants) == (b in constants):
         return None
-    x, c = (b, constants[a]) if a in constants else (a, constants[b])
+    x, name = (b, a) if a in constants else (a, b)
+    c = constants[name]
     value = numpy_helper.to_array(c)
     if c.data_type != TensorProto.FLOAT or value.size != 1 or x not in ranks or value.ndim > ranks[x]:
         return None
-    return x, float(value.reshape(()))
+    return x, name, float(value.reshape(()))
 
 
 def _float_ranks(model) -> dict[str, int]:
