@@ -52,6 +52,7 @@ def front(graph) -> list[int]:
 
 
 def _ancestors(graph, producer: dict[str, int], k: int) -> set[int]:
+    """Node K and every node it depends on."""
     seen, todo = {k}, [k]
     while todo:
         for name in graph.node[todo.pop()].input:

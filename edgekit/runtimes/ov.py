@@ -47,6 +47,8 @@ def _one_axis_conditions(src: Path, dst: Path) -> Path | None:
     import onnx
     from onnx import helper, numpy_helper
 
+    from edgekit.compress import model_file
+
     model = onnx.load(str(src), load_external_data=False)
     ifs = [k for k, n in enumerate(model.graph.node) if n.op_type == "If"]
     if not ifs:
@@ -74,7 +76,7 @@ def _one_axis_conditions(src: Path, dst: Path) -> Path | None:
         nodes.append(n)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    onnx.save(model, str(dst), save_as_external_data=model.ByteSize() > 1 << 30, location="model.onnx.data")
+    model_file.save(model, dst)
     return dst
 
 
