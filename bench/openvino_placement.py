@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zoo
 import zoo_outside
 from _markdown import cpu_line, write_section
-from int8_cpu import _nncf, _ov_latency, _ov_outputs
+from int8_cpu import _nncf, _ort_outputs, _ov_latency, _ov_outputs
 from rich.console import Console
 from rich.table import Table
 from zoo_case import ZooCase
@@ -79,14 +79,6 @@ def _compress(case: ZooCase, out: Path, n_calib: int, *extra: str) -> float:
     return time.perf_counter() - t
 
 
-def _ort_outputs(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i : i + 16]})[0] for i in range(0, len(x), 16)])
-
-
 def measure(name: str, args, root: Path) -> dict:
     work = root / name
     work.mkdir(parents=True, exist_ok=True)
@@ -111,7 +103,7 @@ def measure(name: str, args, root: Path) -> dict:
         "nncf": _nncf(fp32, {input_name: np.asarray(calib.inputs[input_name])}, work / "nncf.xml"),
     }
     seconds["nncf"] = time.perf_counter() - t
-    ref = _ort_outputs(fp32, x).argmax(1)
+    ref = _ort_outputs(fp32, x, args.threads).argmax(1)
     agreement = {k: float(np.mean(_ov_outputs(p, x).argmax(1) == ref)) for k, p in paths.items()}
     ms = _ov_latency(paths, x.shape[-1], args.rounds, args.threads, None)
     rows = {

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from edgekit.benchmarks.fingerprint import host
 from edgekit.benchmarks.metrics import fidelity, interleaved_medians, kind_line
 from edgekit.compress import output_tail, selection
 from edgekit.data import Samples, load_samples, recorded_preprocess
+from edgekit.export.check import openvino_refusals
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGEKIT = str(Path(sys.executable).with_name("edgekit"))
@@ -197,11 +197,10 @@ def _row(ref, out, names, kinds, seconds: float, **extra) -> dict:
 def _reason(e: Exception) -> str:
     """An anchor's failure in a line: its first, or where OpenVINO says which node it refused and why
     ("-- If-13 with a message: ... Rank of If condition input must be equal to 0 or 1"), that."""
-    text = str(e)
-    told = re.search(r"-- (\S+) with a message:\n(.*?)(?:\n\s*\n|\nSummary|$)", text, re.S)
-    if told and told.group(2).strip():
-        return f"OpenVINO refuses {told.group(1)}: {told.group(2).strip().splitlines()[-1].strip()}"[:200]
-    return text.splitlines()[0][:200]
+    refused = openvino_refusals(str(e))
+    if refused:
+        return "; ".join(f"OpenVINO refuses {op}: {why}" for op, why in refused.items())[:200]
+    return str(e).splitlines()[0][:200]
 
 
 def measure(case: ZooCase, args, root: Path) -> dict:

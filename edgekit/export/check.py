@@ -439,14 +439,18 @@ def _conversion_findings(model, msg: str) -> list[Finding]:
         op = re.sub(r"-\d+$", "", entry)  # "Det-20": the op at opset 20
         nodes = [n for n in model.graph.node if op in (n.op_type, f"{n.domain}.{n.op_type}")]
         reason = "OpenVINO has no conversion for this op (its ONNX frontend cannot read it)."
-        # an op it has, refused for this node: "-- If-13 with a message:\n...\nRank of If condition
-        # input must be equal to 0 or 1\n" (a torch export's [1, 1] condition), its last line says why
-        told = re.search(rf"-- {re.escape(entry)} with a message:\n(.*?)(?:\n\s*\n|\nSummary|$)", msg, re.S)
-        if told and told.group(1).strip():
-            why = told.group(1).strip().splitlines()[-1].strip().rstrip(".")
-            reason = f"OpenVINO's ONNX frontend refuses this node: {why}."
+        if why := openvino_refusals(msg).get(entry):
+            reason = f"OpenVINO's ONNX frontend refuses this node: {why.rstrip('.')}."
         out += [_finding(n, reason) for n in nodes] or [Finding(op, "", None, reason)]
     return out
+
+
+def openvino_refusals(msg: str) -> dict[str, str]:
+    """OpenVINO's reason per op it has but refused on a node, from read_model's message ("-- If-13
+    with a message:\n...\nRank of If condition input must be equal to 0 or 1\n"): the last line of
+    each entry's message, by the entry ("If-13")."""
+    told = re.finditer(r"-- (\S+) with a message:\n(.*?)(?=\n\s*\n|\nSummary|\n-- |$)", msg, re.S)
+    return {m.group(1): m.group(2).strip().splitlines()[-1].strip() for m in told if m.group(2).strip()}
 
 
 def _cpu_precision(core, precision: str) -> list[Finding]:
