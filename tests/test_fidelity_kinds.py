@@ -246,3 +246,12 @@ def test_a_decoders_attention_cache_is_a_state_not_a_map():
     for name in ("present.0.key", "present_key_values.1", "past_key_values.0.value"):
         assert output_kind(cache, name) == "other"
     assert output_kind(RNG.normal(size=(4, 1, 1000)), "logits") == "classes"
+
+
+def test_regressed_coordinates_are_no_class_scores():
+    """MTCNN hands back 4 box offsets and 10 landmark coordinates per face beside its face
+    probability: the argmax of coordinates means nothing (its boxes read 92 % "agreement" at 6 dB)."""
+    for name, shape in (("boxes", (64, 4)), ("landmarks", (64, 10)), ("bbox_deltas", (8, 4, 30, 40))):
+        assert output_kind(RNG.normal(size=shape), name) == "other", name
+    assert output_kind(RNG.normal(size=(64, 2)), "prob") == "classes"
+    assert output_kind(RNG.normal(size=(64, 80)), "box_scores") == "classes"  # a score word wins

@@ -276,6 +276,19 @@ def test_a_model_ending_in_softmax_is_judged_by_the_divergence_of_its_logits():
     assert range_search._error([noisy_probs], [probs], ["probabilities"]) == pytest.approx(kl, rel=1e-3)
 
 
+def test_sigmoid_scores_are_judged_as_the_probabilities_they_are():
+    """torchcrepe scores 360 pitch bins each by a Sigmoid: a softmax of values in [0, 1] is nearly
+    uniform, and the search skipped as "negligible" a model that moved 20 % of its pitches."""
+    rng = np.random.default_rng(2)
+    bins = np.arange(360)
+    peaks = rng.integers(20, 340, 64)[:, None]
+    scores = np.exp(-(((bins[None] - peaks) / 8.0) ** 2))
+    moved = np.exp(-(((bins[None] - peaks - 3) / 8.0) ** 2))
+    assert range_search.judged_kinds([scores], ["pitch"]) == ["probabilities"]
+    judged, softmaxed = (range_search._error([moved], [scores], [k]) for k in ("probabilities", "classes"))
+    assert judged > 1000 * range_search.NEGLIGIBLE and judged > 40 * softmaxed
+
+
 def test_agreement_where_fp32_is_confident_reads_probabilities_as_they_are():
     from edgekit.benchmarks.metrics import fidelity
 

@@ -484,11 +484,14 @@ def _writer(
             raise EdgekitError(f"INT8 quantization failed: {first_line(e)}") from None
         if attention:
             fused_attention.quantize(out, excluded, 8 if cfg.reduce_range == "none" else 7)
+        unrounded = output_tail.float_products(out)
         wanted = readers.keys() - p.params.keys() - p.never
         if wanted:
             p.params.update(_weight_params(out, wanted))
             p.never.update(w for w in wanted - p.params.keys() if not readers[w] & set(exclude))
         summary = {**summarize(out), "calibration_memory": p.memory}
+        if unrounded:
+            summary["float_product_outputs"] = unrounded
         # a weighted layer left fp32 (the summary counts them; a full INT8 write has none): else
         # ORT runs it with INT8 weights. It changes no count: such a layer is fp32 either way
         weighted = set(summary["fp32_compute_ops"]) & set(float_layers.WEIGHTED)
