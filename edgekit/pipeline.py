@@ -108,11 +108,18 @@ def compress(req: CompressRequest) -> Manifest:
 
 
 def warnings(manifest: Manifest, out: str) -> list[str]:
-    """compress's warning lines: a model not faster than its fp32 parent, a floor missed on random
-    inputs."""
+    """compress's warning lines: checkpoint entries the architecture has no parameter for, a model
+    not faster than its fp32 parent, a floor missed on random inputs."""
     from edgekit import speedup
 
     lines = []
+    left_out = manifest.source.left_out
+    if left_out:
+        shown = ", ".join(left_out[:4]) + (f" and {len(left_out) - 4} more" if len(left_out) > 4 else "")
+        lines.append(
+            f"{out}: {len(left_out)} entries of the checkpoint are no parameter of --arch and were "
+            f"left out ({shown}); every parameter of --arch was loaded."
+        )
     for step in floors.JUDGED:
         entry = manifest.verification.get(step)
         if not isinstance(entry, dict):

@@ -168,6 +168,37 @@ def test_checkpoint_dict(tmp_path, monkeypatch, key):
     same_outputs(loaded, module)
 
 
+def test_a_training_checkpoint_loads_its_models_weights_and_says_what_it_left_out(tmp_path, monkeypatch):
+    # Resemblyzer's pretrained.pt: {step, model_state (with its loss's two parameters), optimizer_state}
+    write_arch_module(tmp_path, monkeypatch, "arch_train_ckpt")
+    module, _ = resnet_blocks(seed=8)
+    state = {**module.state_dict(), "similarity_weight": torch.ones(1), "similarity_bias": torch.zeros(1)}
+    optimizer = torch.optim.Adam(module.parameters())
+    module(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    checkpoint = {"step": 100, "model_state": state, "optimizer_state": optimizer.state_dict()}
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    opts = LoadOptions(arch="arch_train_ckpt:resnet", input_shapes=(RESNET_SHAPE,))
+    loaded = load_model(tmp_path / "ckpt.pt", opts)
+    assert loaded.source.left_out == ["similarity_bias", "similarity_weight"]
+    same_outputs(loaded, module)
+    # a parameter of --arch missing from the file is still refused
+    del state["linear.weight" if "linear.weight" in state else next(iter(module.state_dict()))]
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    with pytest.raises(EdgekitError, match="do not fit"):
+        load_model(tmp_path / "ckpt.pt", opts)
+
+
+def test_a_checkpoint_of_two_unnamed_state_dicts_is_not_guessed(tmp_path, monkeypatch):
+    write_arch_module(tmp_path, monkeypatch, "arch_two_ckpt")
+    module, _ = resnet_blocks(seed=9)
+    torch.save({"student": module.state_dict(), "teacher": module.state_dict()}, tmp_path / "ckpt.pt")
+    with pytest.raises(EdgekitError, match=r"several state_dicts \(student, teacher\)"):
+        load_model(
+            tmp_path / "ckpt.pt", LoadOptions(arch="arch_two_ckpt:resnet", input_shapes=(RESNET_SHAPE,))
+        )
+
+
 def test_arch_input_names_and_dtypes(tmp_path, monkeypatch):
     write_arch_module(tmp_path, monkeypatch, "arch_names")
     two, shapes = two_in_two_out(seed=2)
