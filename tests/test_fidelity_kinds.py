@@ -231,6 +231,7 @@ def test_per_pixel_class_scores_are_judged_by_the_pixels_whose_class_holds():
     fid = compare_outputs(logits, out)
     assert fid["kind"] == "segmentation"
     assert fid["pixel_agreement"] == pytest.approx(np.mean(logits.argmax(1) == out.argmax(1)))
+    assert kind_line(fid) == f"segmentation: pixel agreement {100 * fid['pixel_agreement']:.2f} %"
     probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     assert output_kind(probabilities) == "segmentation"
     nhwc = compare_outputs(logits.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1))

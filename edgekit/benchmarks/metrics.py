@@ -346,4 +346,6 @@ def kind_line(fid: dict) -> str:
         )
     if "mask_iou" in fid:
         return f"{kind}: mask IoU {fid['mask_iou']:.3f}"
+    if "pixel_agreement" in fid:
+        return f"{kind}: pixel agreement {100 * fid['pixel_agreement']:.2f} %"
     return f"{kind}: max abs diff {fid['max_abs_diff']:.3g}"
