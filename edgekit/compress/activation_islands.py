@@ -104,6 +104,12 @@ def fusable(model, quantized: Collection[str]) -> list[Island]:
     ]
 
 
+def identified(model) -> set[int]:
+    """Indices of MODEL's nodes in islands `fuse` can write as one op, whatever is quantized."""
+    opset = model_file.default_opset(model)
+    return {k for i in islands(model.graph) if _identify(model.graph, i, opset) for k in i.nodes}
+
+
 def fuse(path: Path) -> dict[str, int]:
     """Rewrite the islands of the QDQ model at PATH that compute GELU (erf or tanh form) or
     x * sigmoid(a x) as ORT's Gelu, FastGelu or QuickGelu; each is identified by what it computes
@@ -133,14 +139,7 @@ def fuse(path: Path) -> dict[str, int]:
         return {}
     read_before = {i for k in drop for i in graph.node[k].input}
     nodes = [replaced.get(k, n) for k, n in enumerate(graph.node) if k not in drop or k in replaced]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    # the islands' constants no other node reads: ORT warns at every load about an unused initializer
-    read = outer_reads.reads(graph) | {o.name for o in graph.output}  # an If's branch may read one
-    kept = [i for i in graph.initializer if i.name in read or i.name not in read_before]
-    if len(kept) < len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+    outer_reads.replace_nodes(graph, nodes, read_before)  # the islands' constants, where unread
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     model_file.save(model, path)

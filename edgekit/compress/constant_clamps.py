@@ -47,13 +47,7 @@ def as_clip(src: Path, dst: Path) -> int:
         added.append(bound)
     if not added:
         return 0
-    del graph.node[:]
-    graph.node.extend(nodes)
-    # the bounds' old tensors, where nothing reads them now (an If's branch may read one by name)
-    read = outer_reads.reads(graph) | {o.name for o in graph.output}
-    kept = [i for i in graph.initializer if i.name in read or i.name not in bounds]
-    del graph.initializer[:]
-    graph.initializer.extend([*kept, *added])
+    outer_reads.replace_nodes(graph, nodes, bounds, added)  # the bounds' old tensors, where unread
     model_file.save(model, dst)
     return len(added)
 

@@ -28,6 +28,18 @@ def subgraphs(node) -> list:
     return graphs
 
 
+def replace_nodes(graph, nodes: list, old: set[str], added: list = ()) -> None:
+    """GRAPH with NODES as its nodes, the initializers named in OLD dropped where nothing reads them
+    now (a subgraph may read one by name; so may a graph output or input), ADDED appended. Left in,
+    ORT logs "Removing initializer ... not used" at every session."""
+    del graph.node[:]
+    graph.node.extend(nodes)
+    read = reads(graph) | {o.name for o in graph.output} | {i.name for i in graph.input}
+    kept = [i for i in graph.initializer if i.name in read or i.name not in old]
+    del graph.initializer[:]
+    graph.initializer.extend([*kept, *added])
+
+
 def reads(graph) -> set[str]:
     """Every tensor name GRAPH's nodes and their subgraphs read."""
     names = set()

@@ -79,12 +79,7 @@ def float_products(path: Path) -> int:
     nodes = [n for n in graph.node if id(n) not in drop]
     for n in nodes:
         n.input[:] = [renames.get(i, i) for i in n.input]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    read = outer_reads.reads(graph)
-    kept = [i for i in graph.initializer if i.name in read or i.name not in dropped]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    outer_reads.replace_nodes(graph, nodes, dropped)
     model_file.save(model, path)
     return pairs
 

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edgekit.compress import (
     activation_islands,
     adaround,
+    affine_constants,
     bias_correction,
     calibrate,
     constant_clamps,
@@ -295,6 +296,7 @@ class Prepared:
     unshared: int = 0  # copies of biases two nodes shared (shared_biases)
     unfused: int = 0  # ORT's fused layers written back as standard ops (ort_fused)
     clamps: int = 0  # Max/Min with a constant written as Clip (constant_clamps)
+    affine: int = 0  # constant scales and shifts after a Conv folded into it (affine_constants)
     islands: int = 0  # activations left float for ORT's fused ops (activation_islands)
 
 
@@ -358,6 +360,9 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
         generated_names.rename_created(read, src)
         if cfg.placement == "openvino":  # ORT's optimizations split HardSwish, which OpenVINO fuses
             activation_islands.join_hard_swish(src)
+    affine = affine_constants.fold(src, tmp / "affine.onnx")
+    if affine:
+        src = tmp / "affine.onnx"
     guarded = outer_reads.guard(src, tmp / "guarded.onnx")
     if guarded:
         src = tmp / "guarded.onnx"
@@ -416,7 +421,7 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
         src, ranges.cache, ranges.memory, ranges.left, ranges.means, around, extra, ops, transformer,
         smoothed, equalized, balanced, overrides, pairs, rounding, guarded=guarded, front=front,
         widened=widened, branches=branches, unshared=unshared, unfused=unfused, islands=islands,
-        clamps=clamps,
+        clamps=clamps, affine=affine,
     )  # fmt: skip
 
 
@@ -520,6 +525,8 @@ def _writer(
             summary["ort_fused_layers_unfused"] = p.unfused
         if p.clamps:
             summary["clamps_as_clip"] = p.clamps
+        if p.affine:
+            summary["conv_affine_folded"] = p.affine
         if p.front:
             summary["signal_front_float"] = p.front
         if p.islands:
