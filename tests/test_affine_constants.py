@@ -143,3 +143,35 @@ def test_an_affine_block_before_a_convolution_folds_into_its_input_channels(tmp_
 def test_a_shift_alone_before_a_padded_convolution_stays(tmp_path):
     _after_activation(tmp_path / "m.onnx", 3, 1, [("Add", [0.25])])
     assert affine_constants.fold(tmp_path / "m.onnx", tmp_path / "f.onnx") == 0  # its border is not shifted
+
+
+def test_a_batch_norm_after_a_transposed_convolution_folds(tmp_path):
+    # a DBNet head upsamples with ConvTranspose, its bias as an Add, then BatchNormalization: ORT's
+    # optimizer fuses BatchNormalization into a Conv only
+    c = 6
+    bn = [RNG.uniform(0.5, 2, c), RNG.normal(0, 1, c), RNG.normal(0, 1, c), RNG.uniform(0.1, 2, c)]
+    inits = [
+        numpy_helper.from_array(RNG.normal(0, 0.3, (4, c, 2, 2)).astype(np.float32), "w"),
+        numpy_helper.from_array(RNG.normal(0, 1, (c, 1, 1)).astype(np.float32), "bias"),
+        *(numpy_helper.from_array(v.astype(np.float32), n) for v, n in zip(bn, "sbmv", strict=True)),
+    ]
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w"], ["t"], "up", strides=[2, 2]),
+        helper.make_node("Add", ["t", "bias"], ["u"], "bias_add"),
+        helper.make_node("BatchNormalization", ["u", "s", "b", "m", "v"], ["n"], "bn", epsilon=1e-5),
+        helper.make_node("Relu", ["n"], ["y"], "relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    assert affine_constants.fold(tmp_path / "m.onnx", tmp_path / "f.onnx") == 2
+    assert [n.op_type for n in onnx.load(str(tmp_path / "f.onnx")).graph.node] == ["ConvTranspose", "Relu"]
+    x = RNG.normal(0, 1, (3, 4, 10, 10)).astype(np.float32)
+    np.testing.assert_allclose(_run(tmp_path / "f.onnx", x)[0], _run(tmp_path / "m.onnx", x)[0], atol=1e-4)

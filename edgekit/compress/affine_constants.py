@@ -5,7 +5,9 @@ Conv+Add fusions refuse a `[1]`-shaped constant, so its quantizer rounded the te
 the sum in turn: three 8-bit roundings where one is due. Folded, the convolutions compute the same
 values (up to fp32 rounding) and each tensor is rounded once.
 
-After a convolution (into its output channels) every Mul/Div/Add/Sub by a constant folds. Before one
+After a convolution (into its output channels) every Mul/Div/Add/Sub by a constant folds, and so
+does an inference BatchNormalization (ORT fuses one after a Conv, not after a ConvTranspose: a
+DBNet head's, PP-OCRv5's detector's, upsampling stays float between two roundings). Before one
 (into its input channels) a scale always folds (zero padding scales too); a shift only into a
 convolution without padding (a pointwise one), since the padded border would not be shifted; in
 front of a padded one, `x * s + b` becomes `x + b / s` with `s` in the weights."""
@@ -18,12 +20,14 @@ import numpy as np
 
 from edgekit.compress import activation_islands, model_file, outer_reads
 
-SCALES, SHIFTS = ("Mul", "Div"), ("Add", "Sub")  # Div and Sub with the constant second
+LAYERS = {"Conv": 0, "ConvTranspose": 1}  # the weight's output-channel axis
 
 
 def fold(src: Path, dst: Path) -> int:
-    """Write SRC to DST with each Mul/Div/Add/Sub of a constant (one value, or one per channel) that
-    only a Conv reads or that only reads a Conv folded into that Conv; how many (0: DST not written)."""
+    """Write SRC to DST with each Mul/Div/Add/Sub of a constant (one value, or one per channel) or
+    BatchNormalization that only reads a Conv or ConvTranspose (of one group) folded into it, and
+    each that only a Conv reads folded into that Conv where it is exact; how many (0: DST not
+    written)."""
     import onnx
     from onnx import numpy_helper
 
@@ -50,49 +54,48 @@ def fold(src: Path, dst: Path) -> int:
         return nodes[0] if len(nodes) == 1 and name not in keep and free(nodes[0]) else None
 
     for conv in graph.node:
-        if conv.op_type != "Conv" or not _own_weights(conv, inits, own):
+        if conv.op_type not in LAYERS or not _own_weights(conv, inits, own):
             continue
+        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
         w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float32)
+        axis = LAYERS[conv.op_type]  # the weight's output-channel axis
+        if axis and group != 1:
+            continue
         b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float32) if len(conv.input) > 2 else None
-        b = np.zeros(w.shape[0], np.float32) if b is None else b
+        b = np.zeros(w.shape[axis], np.float32) if b is None else b
         before = folded
-        while (nxt := only_reader(conv.output[0])) and (step := _step(nxt, inits, w.shape[0], w.ndim)):
-            op, value, _ = step
-            if op in SCALES:  # into the output channels: weights and bias
-                factor = value if op == "Mul" else np.float32(1) / value
-                w, b = w * factor.reshape(-1, *[1] * (w.ndim - 1)), b * factor
-            else:
-                b = b + (value if op == "Add" else -value)
+        while (nxt := only_reader(conv.output[0])) and (step := _affine(nxt, inits, w.shape[axis], w.ndim)):
+            scale, shift, _ = step  # into the output channels: weights and bias
+            w, b = w * scale.reshape(-1, *[1] * (w.ndim - 1 - axis)), b * scale + shift
             conv.output[0] = nxt.output[0]
             drop.add(id(nxt))
             replaced.update(nxt.input)
             folded += 1
-        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
-        channels = w.shape[1] * group
-        while (prev := producer.get(conv.input[0])) and free(prev) and only_reader(conv.input[0]):
-            step = _step(prev, inits, channels, w.ndim)
+        while conv.op_type == "Conv" and (prev := producer.get(conv.input[0])) and free(prev):
+            step = _affine(prev, inits, w.shape[1] * group, w.ndim) if only_reader(conv.input[0]) else None
             if step is None:
                 break
-            op, value, x = step
-            gains = _per_weight(value, w.shape, group)
-            if op in SCALES:  # into the input channels: zero padding scales too
-                w = w * (gains if op == "Mul" else np.float32(1) / gains)
+            scale, shift, x = step
+            if not shift.any():  # a scale: zero padding scales too
+                w = w * _per_weight(scale, w.shape, group)
             elif _unpadded(conv):  # a shift: exact only where no border is padded
-                b = b + (1 if op == "Add" else -1) * np.sum(w * gains, axis=tuple(range(1, w.ndim)))
-            elif (scale := producer.get(x)) and free(scale) and only_reader(x):
+                b = b + np.sum(w * _per_weight(shift, w.shape, group), axis=tuple(range(1, w.ndim)))
+                w = w * _per_weight(scale, w.shape, group)
+            elif np.all(scale == 1) and (inner := producer.get(x)) and free(inner) and only_reader(x):
                 # x * s + b before a padded Conv: x + b / s, with s in the weights
-                inner = _step(scale, inits, channels, w.ndim)
-                if inner is None or inner[0] != "Mul":
+                step = _affine(inner, inits, w.shape[1] * group, w.ndim)
+                if step is None or step[1].any() or not step[0].all():
                     break
                 name = f"{prev.output[0]}_edgekit_shift"
                 added.append(
-                    numpy_helper.from_array((value / inner[1]).reshape(1, -1, *[1] * (w.ndim - 2)), name)
+                    numpy_helper.from_array((shift / step[0]).reshape(1, -1, *[1] * (w.ndim - 2)), name)
                 )
-                replaced.update(prev.input[1:] if prev.input[0] == x else prev.input[:1])
-                prev.input[:] = [inner[2], name]
-                w = w * _per_weight(inner[1], w.shape, group)
-                drop.add(id(scale))
-                replaced.update(scale.input)
+                replaced.update(prev.input)
+                prev.op_type, prev.input[:] = "Add", [step[2], name]
+                del prev.attribute[:]
+                w = w * _per_weight(step[0], w.shape, group)
+                drop.add(id(inner))
+                replaced.update(inner.input)
                 folded += 1
                 break
             else:
@@ -140,21 +143,34 @@ def _per_weight(value: np.ndarray, shape: tuple, group: int) -> np.ndarray:
     return value[index].reshape(out, per, *[1] * (len(shape) - 2)).astype(np.float32)
 
 
-def _step(node, inits: dict, channels: int, rank: int) -> tuple[str, np.ndarray, str] | None:
-    """(op, one value per channel, the tensor it takes) where NODE is a Mul/Div/Add/Sub of a tensor
-    and a float constant of one value or one per channel ([C, 1, 1], [1, C, 1, 1]) that does not
-    widen the tensor (of RANK, CHANNELS on axis 1)."""
-    from onnx import TensorProto, numpy_helper
+def _affine(node, inits: dict, channels: int, rank: int) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(scale, shift, x), one value per channel each, where NODE computes x * scale + shift of one
+    tensor x (of RANK, CHANNELS on axis 1) with float constants: an inference BatchNormalization, or a
+    Mul/Div/Add/Sub by a constant of one value or one per channel ([C, 1, 1], [1, C, 1, 1]) that does
+    not widen x."""
+    from onnx import TensorProto, helper, numpy_helper
 
-    if node.op_type not in (*SCALES, *SHIFTS) or len(node.input) != 2:
+    def constant(name: str) -> np.ndarray | None:
+        init = inits.get(name)
+        return None if init is None or init.data_type != TensorProto.FLOAT else numpy_helper.to_array(init)
+
+    ones = np.ones(channels, np.float32)
+    if node.op_type == "BatchNormalization":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        params = [constant(n) for n in node.input[1:]]
+        if len(params) != 4 or len(node.output) != 1 or attrs.get("training_mode", 0):
+            return None
+        if any(p is None or p.shape != (channels,) for p in params):
+            return None
+        gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+        scale = gamma / np.sqrt(var + attrs.get("epsilon", 1e-5))
+        return scale.astype(np.float32), (beta - mean * scale).astype(np.float32), node.input[0]
+    if node.op_type not in ("Mul", "Div", "Add", "Sub") or len(node.input) != 2:
         return None
-    constant = [k for k, name in enumerate(node.input) if name in inits]
-    if len(constant) != 1 or (node.op_type in ("Div", "Sub") and constant != [1]):
+    found = [k for k, name in enumerate(node.input) if constant(name) is not None]
+    if len(found) != 1 or (node.op_type in ("Div", "Sub") and found != [1]):
         return None
-    const = inits[node.input[constant[0]]]
-    if const.data_type != TensorProto.FLOAT:
-        return None
-    value = numpy_helper.to_array(const).astype(np.float32)
+    value = constant(node.input[found[0]]).astype(np.float32)
     if value.ndim > rank:
         return None
     if value.size == 1:
@@ -164,6 +180,12 @@ def _step(node, inits: dict, channels: int, rank: int) -> tuple[str, np.ndarray,
         if shape[1] != channels or any(d != 1 for k, d in enumerate(shape) if k != 1):
             return None
         per_channel = value.reshape(channels)
-    if node.op_type in ("Div", "Mul") and np.any(per_channel == 0):
-        return None  # a zero scale cannot be divided back out of a shift
-    return node.op_type, per_channel, node.input[1 - constant[0]]
+    if node.op_type == "Div" and not per_channel.all():
+        return None
+    x = node.input[1 - found[0]]
+    return {
+        "Mul": (per_channel, 0 * ones, x),
+        "Div": (np.float32(1) / per_channel, 0 * ones, x),
+        "Add": (ones, per_channel, x),
+        "Sub": (ones, -per_channel, x),
+    }[node.op_type]
