@@ -296,7 +296,7 @@ class Prepared:
     unshared: int = 0  # copies of biases two nodes shared (shared_biases)
     unfused: int = 0  # ORT's fused layers written back as standard ops (ort_fused)
     clamps: int = 0  # Max/Min with a constant written as Clip (constant_clamps)
-    affine: int = 0  # constant scales and shifts after a Conv folded into it (affine_constants)
+    affine: int = 0  # constant scales and shifts beside a convolution folded into it (affine_constants)
     islands: int = 0  # activations left float for ORT's fused ops (activation_islands)
 
 
