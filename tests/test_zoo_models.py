@@ -398,7 +398,7 @@ def test_mobilenet_v2_in_another_exporters_form_keeps_its_classes(edgekit, forma
 
 # --- State_dicts shipped inside pip packages, with --arch (bench/zoo_torch.py) ------------------------
 # bench/zoo_int8.py on 200 + 300 samples (VNNI EPYC): CREPE tiny's pitch bins 95 % top-1 agreement
-# (80 % while its logits were rounded to 8 bits before their Sigmoid; NNCF 90 %), the speaker
+# (80 % while its logits were rounded to 8 bits before their Sigmoid; NNCF 92 %), the speaker
 # encoder's embeddings cosine 0.9999 (its LSTMs kept fp32: dynamic INT8 ones measured 0.69), MTCNN
 # ONet's face probability 99.7 %, its box offsets 24 dB; smaller samples here.
 CREPE_MIN_AGREEMENT = 0.90
