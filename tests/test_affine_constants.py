@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+from models import save_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.compress import affine_constants
@@ -14,6 +15,8 @@ from edgekit.compress.quantize import Int8Config, quantize_int8
 from edgekit.data import Samples
 
 RNG = np.random.default_rng(0)
+X = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 10, 10])]
+Y = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
 
 
 def _model(path, steps: list, readers: int = 1, shared_weight: bool = False) -> None:
@@ -33,19 +36,14 @@ def _model(path, steps: list, readers: int = 1, shared_weight: bool = False) -> 
         helper.make_node("Relu", [f"t{len(steps)}"], ["r"], "relu"),
         helper.make_node("Conv", ["r", "w1" if shared_weight else "w2"], ["y"], "conv2", pads=[1, 1, 1, 1]),
     ]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    outputs = list(Y)
     if readers > 1:
         nodes.append(helper.make_node("Identity", ["t0"], ["raw"], "raw"))
         outputs.append(helper.make_tensor_value_info("raw", TensorProto.FLOAT, None))
     if shared_weight:  # conv2 reads w1 (4 input channels): make r 4 channels wide
         inits[0] = numpy_helper.from_array(RNG.normal(0, 0.4, (4, 4, 3, 3)).astype(np.float32), "w1")
         inits[1] = numpy_helper.from_array(RNG.normal(0, 0.1, 4).astype(np.float32), "b1")
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 10, 10])], outputs, inits
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    save_onnx(path, nodes, X, outputs, inits)
 
 
 def _run(path, x):
@@ -107,16 +105,7 @@ def _after_activation(path, kernel: int, group: int, steps: list) -> None:
     nodes.append(
         helper.make_node("Conv", [f"t{len(steps)}", "w"], ["y"], "conv", pads=[pad] * 4, group=group)
     )
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 10, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    save_onnx(path, nodes, X, Y, inits)
 
 
 def test_an_affine_block_before_a_convolution_folds_into_its_input_channels(tmp_path):
@@ -161,16 +150,7 @@ def test_a_batch_norm_after_a_transposed_convolution_folds(tmp_path):
         helper.make_node("BatchNormalization", ["u", "s", "b", "m", "v"], ["n"], "bn", epsilon=1e-5),
         helper.make_node("Relu", ["n"], ["y"], "relu"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 10, 10])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "m.onnx"))
+    save_onnx(tmp_path / "m.onnx", nodes, X, Y, inits)
     assert affine_constants.fold(tmp_path / "m.onnx", tmp_path / "f.onnx") == 2
     assert [n.op_type for n in onnx.load(str(tmp_path / "f.onnx")).graph.node] == ["ConvTranspose", "Relu"]
     x = RNG.normal(0, 1, (3, 4, 10, 10)).astype(np.float32)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+from models import save_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.compress import constant_clamps
@@ -32,16 +33,8 @@ def _model(path, clamps: list) -> None:
             inits.append(numpy_helper.from_array(np.asarray(value, np.float32), operand))
         nodes.append(helper.make_node(op, [f"a{k}", operand], [f"a{k + 1}"], f"clamp{k}"))
     nodes.append(helper.make_node("Conv", [f"a{len(clamps)}", "w2"], ["y"], "conv2", pads=[1, 1, 1, 1]))
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    x = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 12, 12])]
+    save_onnx(path, nodes, x, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
 
 
 def _run(path, x):
@@ -87,12 +80,12 @@ def test_a_bound_a_branch_still_reads_is_kept(tmp_path):
     out = [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)]
     then = helper.make_graph([helper.make_node("Add", ["y", "c"], ["z"])], "then", [], out)
     other = helper.make_graph([helper.make_node("Identity", ["y"], ["z"])], "else", [], out)
-    graph = helper.make_graph(
+    save_onnx(
+        tmp_path / "m.onnx",
         [
             helper.make_node("Max", ["x", "c"], ["y"]),
             helper.make_node("If", ["flag"], ["out"], then_branch=then, else_branch=other),
         ],
-        "g",
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
             helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
@@ -100,9 +93,6 @@ def test_a_bound_a_branch_still_reads_is_kept(tmp_path):
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 3])],
         [numpy_helper.from_array(np.array(-0.5, np.float32), "c")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "m.onnx"))
     assert constant_clamps.as_clip(tmp_path / "m.onnx", tmp_path / "c.onnx") == 1
     x = RNG.normal(size=(2, 3)).astype(np.float32)
     sess = ort.InferenceSession(str(tmp_path / "c.onnx"), providers=["CPUExecutionProvider"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+from models import save_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.compress import output_tail
@@ -33,16 +34,8 @@ def _model(path, head: str, tail: str | None) -> None:
         shape = ["N", 16, 1, 1]
     if tail:
         nodes.append(helper.make_node(tail, ["logits"], ["y"], "tail"))
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    x = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
+    save_onnx(path, nodes, x, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
 
 
 def _mixtures(n: int, conv: bool = False) -> np.ndarray:

@@ -35,7 +35,7 @@ def fold(src: Path, dst: Path) -> int:
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     keep = {o.name for o in graph.output}  # names that must stay: outputs, subgraphs' reads
-    keep |= {r for n in graph.node for g in outer_reads.subgraphs(n) for r in outer_reads.reads(g)}
+    keep |= outer_reads.branch_reads(graph)
     readers: dict[str, list] = {}
     for n in graph.node:
         for name in n.input:

@@ -31,7 +31,7 @@ def as_clip(src: Path, dst: Path) -> int:
     }
     if not any(n.op_type in BOUND and {*n.input} & constants.keys() for n in graph.node):
         return 0
-    ranks = _float_ranks(model)
+    ranks = model_file.ranks(model, onnx.TensorProto.FLOAT)  # none known: nothing rewritten
     nodes, added, bounds = [], [], set()
     for n in graph.node:
         clip = _clip(n, constants, ranks) if n.op_type in BOUND and len(n.input) == 2 else None
@@ -66,20 +66,3 @@ def _clip(node, constants: dict, ranks: dict[str, int]) -> tuple[str, str, float
     if c.data_type != TensorProto.FLOAT or value.size != 1 or x not in ranks or value.ndim > ranks[x]:
         return None
     return x, name, float(value.reshape(()))
-
-
-def _float_ranks(model) -> dict[str, int]:
-    """The rank of every float tensor of MODEL whose rank shape inference knows."""
-    import onnx
-    from onnx import TensorProto
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # an op shape inference does not know: no ranks, nothing rewritten
-        return {}
-    infos = [*inferred.input, *inferred.value_info, *inferred.output]
-    return {
-        v.name: len(v.type.tensor_type.shape.dim)
-        for v in infos
-        if v.type.tensor_type.elem_type == TensorProto.FLOAT and v.type.tensor_type.HasField("shape")
-    }

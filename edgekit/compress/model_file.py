@@ -20,6 +20,21 @@ def too_large(model: onnx.ModelProto) -> bool:
     return model.ByteSize() > PROTOBUF_LIMIT
 
 
+def ranks(model: onnx.ModelProto, elem_type: int | None = None) -> dict[str, int]:
+    """The rank of every tensor of MODEL (of ELEM_TYPE only, where given) that ONNX's shape inference
+    knows; {} where it does not know an op of MODEL."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:
+        return {}
+    infos = [*inferred.input, *inferred.value_info, *inferred.output]
+    return {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in infos
+        if v.type.tensor_type.HasField("shape") and elem_type in (None, v.type.tensor_type.elem_type)
+    }
+
+
 def save(model: onnx.ModelProto, path: Path) -> None:
     """Write MODEL to PATH, its tensors in PATH.data when it is too large for one message."""
     large = too_large(model)

@@ -40,6 +40,12 @@ def replace_nodes(graph, nodes: list, old: set[str], added: list = ()) -> None:
     graph.initializer.extend([*kept, *added])
 
 
+def branch_reads(graph) -> set[str]:
+    """Every tensor name the subgraphs of GRAPH's nodes (If branches, Loop and Scan bodies) read: a
+    name a pass must not rename or remove."""
+    return {r for n in graph.node for g in subgraphs(n) for r in reads(g)}
+
+
 def reads(graph) -> set[str]:
     """Every tensor name GRAPH's nodes and their subgraphs read."""
     names = set()

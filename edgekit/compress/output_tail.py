@@ -49,7 +49,7 @@ def float_products(path: Path) -> int:
         for name in n.input:
             readers.setdefault(name, []).append(n)
     outputs = {o.name for o in graph.output}
-    branch_reads = {r for n in graph.node for g in outer_reads.subgraphs(n) for r in outer_reads.reads(g)}
+    branch_reads = outer_reads.branch_reads(graph)
     in_tail = {id(graph.node[k]) for k in tail(graph)}
     drop, renames, dropped = set(), {}, set()  # renames: a tensor read -> the one read instead
     pairs = 0

@@ -53,14 +53,7 @@ def _one_axis_conditions(src: Path, dst: Path) -> Path | None:
     ifs = [k for k, n in enumerate(model.graph.node) if n.op_type == "If"]
     if not ifs:
         return None
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model).graph
-        infos = [*inferred.input, *inferred.value_info, *inferred.output]
-        ranks = {
-            v.name: len(v.type.tensor_type.shape.dim) for v in infos if v.type.tensor_type.HasField("shape")
-        }
-    except Exception:  # shape inference does not know every op: reshape them all
-        ranks = {}
+    ranks = model_file.ranks(model)  # none known (an op shape inference lacks): reshape them all
     wide = {k for k in ifs if ranks.get(model.graph.node[k].input[0], 2) > 1}
     if not wide:
         return None
