@@ -13,7 +13,7 @@ that the input is fed once as it is (a scalar such as a sample rate: None).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -57,17 +57,27 @@ def outputs(
     size: int = 32,
     advance: Callable[[int], None] | None = None,
 ) -> list[np.ndarray]:
-    """Every output of RUN over INPUTS in `batches`, samples first (`_batch_axes`), the padding's
-    outputs dropped, concatenated; ADVANCE(real samples) after each batch (a progress bar)."""
+    """Every output of RUN over INPUTS in `batches`, joined (`join`); ADVANCE(real samples) after
+    each batch (a progress bar)."""
+
+    def runs() -> Iterator[tuple[list[np.ndarray], int]]:
+        for feeds, real in batches(inputs, fixed, size):
+            yield run(feeds), real
+            if advance is not None:
+                advance(real)
+
+    return join(runs(), fixed)
+
+
+def join(runs: Iterable[tuple[list[np.ndarray], int]], fixed: int | None) -> list[np.ndarray]:
+    """The outputs of RUNS ((outputs, real samples) per batch) samples first (`_batch_axes`: a
+    time-major [T, N, C] output too), the padding's outputs dropped, concatenated."""
     chunks: list[list[np.ndarray]] = []
     axes: list[int] = []
-    for feeds, real in batches(inputs, fixed, size):
-        out = run(feeds)
+    for out, real in runs:
         axes = _batch_axes(out, fixed or real, axes)
         out = [np.moveaxis(o, a, 0) if a else o for o, a in zip(out, axes, strict=True)]
         chunks.append([o[:real] for o in out] if fixed and real < fixed else out)
-        if advance is not None:
-            advance(real)
     if len(chunks) == 1:  # one run: nothing to join (and a 0-d output could not be)
         return list(chunks[0])
     return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]

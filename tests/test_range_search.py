@@ -301,3 +301,31 @@ def test_agreement_where_fp32_is_confident_reads_probabilities_as_they_are():
     by_logits, by_probs = fidelity([logits], [out]), fidelity([_softmax(logits)], [_softmax(out)])
     assert by_logits["confident_fraction"] == by_probs["confident_fraction"] == 0.5
     assert by_probs["top1_agreement_confident"] == by_logits["top1_agreement_confident"]
+
+
+def test_a_time_major_output_of_a_fixed_batch_model_is_searched(tmp_path):
+    """A recognizer exported with batch 1 and its sequence time-major ([T, 1, C], ddddocr's CRNN):
+    a trial's outputs are joined on their batch axis as the whole model's are (they were cut to the
+    first time step, and the search stopped on a shape mismatch)."""
+    from models import save_onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(0, 0.3, (16, 8, 3)), rng.normal(0, 0.3, (12, 16, 1))
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["logits"]),
+        helper.make_node("Transpose", ["logits"], ["y"], perm=[2, 0, 1]),
+    ]
+    inits = [numpy_helper.from_array(w.astype(np.float32), n) for w, n in ((w1, "w1"), (w2, "w2"))]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 20])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [20, 1, 12])
+    save_onnx(tmp_path / "tm.onnx", nodes, [x_info], [y_info], inits)
+    typical = range_search.SAMPLES + range_search.VALIDATE
+    x = rng.normal(0, 1, (typical + 4, 8, 20)).astype(np.float32)
+    x[typical:, :, 5:9] *= 12  # outliers MinMax stretches to: ranges worth searching
+    cfg = Int8Config(calibration="minmax", target_cpu="x86-vnni", adaround=False)
+    summary = quantize_int8(tmp_path / "tm.onnx", tmp_path / "q.onnx", Samples({"x": x}, None), cfg, 1)
+    record = summary["range_search"]
+    assert "skipped" not in record and record["activations"] >= 2 and record["output_error"][1] > 0

@@ -295,11 +295,8 @@ class _Cache:
     def run(self, suffix_model, part: Suffix) -> list[np.ndarray]:
         """The model's outputs with SUFFIX_MODEL (PART, as the factor sets it) run on the kept tensors."""
         session = _session(suffix_model, self.threads)
-        chunks = [session.run(None, {t: feeds[t] for t in part.cut}) for feeds, _ in self.batches]
-        computed = {
-            n: np.concatenate([c[k][:real] for c, (_, real) in zip(chunks, self.batches, strict=True)])
-            for k, n in enumerate(part.outputs)
-        }
+        runs = ((session.run(None, {t: feeds[t] for t in part.cut}), real) for feeds, real in self.batches)
+        computed = dict(zip(part.outputs, batching.join(runs, self.fixed), strict=True))
         return [computed.get(o.name, self.outputs[o.name]) for o in self.model.graph.output]
 
 
