@@ -102,3 +102,33 @@ def test_a_bias_also_read_as_a_tensor_is_an_int32_bias_of_its_own(tmp_path):
     conv = next(n for n in graph.node if n.op_type == "Conv")
     assert types[producer[conv.input[2]].input[0]] == TensorProto.INT32
     assert sqnr > 25
+
+
+def test_a_gemms_row_bias_is_made_the_vector_it_is(tmp_path):
+    """A Dense layer as jax2tf/tf2onnx writes it (MatMul + Add of a [1, N] row, which ORT's
+    optimizer fuses into a Gemm with that row as its bias): ORT's per-channel quantizer indexed the
+    row per output channel and stopped ("The truth value of an array ... is ambiguous", Google's
+    Magika). The row becomes a vector, a copy where an Add reads it too; the Gemm computes the same."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 5)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (1, 5)).astype(np.float32), "row"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], "conv", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"], "pool"),
+        helper.make_node("Flatten", ["p"], ["f"], "flatten"),
+        helper.make_node("Gemm", ["f", "w2", "row"], ["g"], "dense"),
+        helper.make_node("Add", ["g", "row"], ["y"], "shift"),
+    ]
+    _save(tmp_path / "fp32.onnx", nodes, inits, [5])
+    assert shared_biases.vector_biases(tmp_path / "fp32.onnx", tmp_path / "vectors.onnx") == 1
+    model = onnx.load(str(tmp_path / "vectors.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    gemm, add = model.graph.node[3], model.graph.node[4]
+    assert inits[gemm.input[2]].shape == (5,) and inits[add.input[1]].shape == (1, 5)
+    np.testing.assert_array_equal(inits[gemm.input[2]], inits["row"][0])
+    summary, sqnr = _int8(tmp_path)
+    assert summary["gemm_biases_made_vectors"] == 1 and summary["quantized_ops"]["Gemm"] == 1
+    assert sqnr > 25

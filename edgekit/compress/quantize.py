@@ -38,6 +38,7 @@ from edgekit.compress import (
     fused_attention,
     generated_names,
     model_file,
+    norm_islands,
     ort_fused,
     outer_reads,
     output_tail,
@@ -294,10 +295,12 @@ class Prepared:
     widened: int = 0  # fp16 weights and constants computed in fp32 (widen)
     branches: dict = field(default_factory=dict)  # Ifs a constant input decides, inlined (fixed_branches)
     unshared: int = 0  # copies of biases two nodes shared (shared_biases)
+    vectors: int = 0  # Gemm biases given as rows, made vectors (shared_biases.vector_biases)
     unfused: int = 0  # ORT's fused layers written back as standard ops (ort_fused)
     clamps: int = 0  # Max/Min with a constant written as Clip (constant_clamps)
     affine: int = 0  # constant scales and shifts beside a convolution folded into it (affine_constants)
     islands: int = 0  # activations left float for ORT's fused ops (activation_islands)
+    norms: int = 0  # normalizations and softmaxes written out as elementwise ops (norm_islands)
 
 
 @contextlib.contextmanager
@@ -369,6 +372,9 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
     unshared = shared_biases.unshare(src, tmp / "unshared.onnx")
     if unshared:
         src = tmp / "unshared.onnx"
+    vectors = shared_biases.vector_biases(src, tmp / "vectors.onnx")
+    if vectors:
+        src = tmp / "vectors.onnx"
     transformer, smoothed = _transformer(src, calib, cfg, batch_fixed, tmp)
     if smoothed:
         src = tmp / "smoothed.onnx"
@@ -416,12 +422,12 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
         rounding.observers() if rounding else None,
     )
     fused = (ops or _cnn_ops()) if cfg.fused_activations else None
-    src, around, front, islands = _around(src, ranges.left, tmp, fused)
+    src, around, front, islands, norms = _around(src, ranges.left, tmp, fused)
     return Prepared(
         src, ranges.cache, ranges.memory, ranges.left, ranges.means, around, extra, ops, transformer,
         smoothed, equalized, balanced, overrides, pairs, rounding, guarded=guarded, front=front,
-        widened=widened, branches=branches, unshared=unshared, unfused=unfused, islands=islands,
-        clamps=clamps, affine=affine,
+        widened=widened, branches=branches, unshared=unshared, vectors=vectors, unfused=unfused,
+        islands=islands, norms=norms, clamps=clamps, affine=affine,
     )  # fmt: skip
 
 
@@ -521,6 +527,8 @@ def _writer(
             summary["subgraph_reads_guarded"] = p.guarded
         if p.unshared:
             summary["shared_biases_copied"] = p.unshared
+        if p.vectors:
+            summary["gemm_biases_made_vectors"] = p.vectors
         if p.unfused:
             summary["ort_fused_layers_unfused"] = p.unfused
         if p.clamps:
@@ -531,6 +539,8 @@ def _writer(
             summary["signal_front_float"] = p.front
         if p.islands:
             summary["fused_activations"] = activation_islands.fuse(out)
+        if p.norms:
+            summary["float_norm_islands"] = p.norms
         if p.equalized:
             summary["equalized"] = p.equalized
         if p.balanced:
@@ -657,27 +667,30 @@ def _transformer(model: Path, calib: Samples, cfg: Int8Config, fixed: int | None
 
 def _around(
     model: Path, tensors, tmp: Path, quantized: list[str] | None
-) -> tuple[Path, list[str], dict, int]:
+) -> tuple[Path, list[str], dict, int, int]:
     """MODEL, the names of its nodes to be left float (those that make or read TENSORS, its signal
-    front end, its output tail and, unless QUANTIZED (the op types quantized) is None, the
-    activations ORT has a fused op for: edgekit.compress.signal_front, output_tail,
-    activation_islands), what the front end holds and how many activations; where a node has no
-    name (ORT excludes nodes by name), a copy in TMP with every node named."""
+    front end, its output tail, its normalizations written out as elementwise ops and, unless
+    QUANTIZED (the op types quantized) is None, the activations ORT has a fused op for:
+    edgekit.compress.signal_front, output_tail, norm_islands, activation_islands), what the front
+    end holds, how many activations and normalizations; where a node has no name (ORT excludes
+    nodes by name), a copy in TMP with every node named."""
     import onnx
 
     m = onnx.load(str(model))
     front, tail = signal_front.front(m.graph), output_tail.tail(m.graph)
     gated = activation_islands.fusable(m, quantized) if quantized is not None else []
-    if not tensors and not front and not tail and not gated:
-        return model, [], {}, 0
+    norms = norm_islands.islands(m.graph)
+    if not tensors and not front and not tail and not gated and not norms:
+        return model, [], {}, 0, 0
     if not all(node.name for node in m.graph.node):
         for i, node in enumerate(m.graph.node):
             node.name = node.name or f"edgekit_{node.op_type}_{i}"
         model = tmp / "named.onnx"
         model_file.save(m, model)
     wanted, kept = set(tensors), {*front, *tail, *(k for island in gated for k in island.nodes)}
+    kept.update(k for island in norms for k in island)
     names = [n.name for k, n in enumerate(m.graph.node) if k in kept or wanted & {*n.input, *n.output}]
-    return model, names, signal_front.summary(m.graph, front) if front else {}, len(gated)
+    return model, names, signal_front.summary(m.graph, front) if front else {}, len(gated), len(norms)
 
 
 def summarize(path: Path) -> dict:

@@ -6,7 +6,9 @@ of a GroupNorm's shared zero bias `val_11` became `val_118`, which was a Sigmoid
 INT8 model could not be loaded. edgekit's copies get names no tensor has. A bias also read as
 anything else (the legacy exporter shares equal initializers through Identity nodes: a ConvNeXt's
 zero conv bias was also the operand of a Linear's Add) is copied for every bias reader: ORT
-quantized the shared tensor as a uint8 activation, and the convolution read its bias from that."""
+quantized the shared tensor as a uint8 activation, and the convolution read its bias from that.
+And a Gemm's bias given as a row ([1, N], jax2tf/tf2onnx's Dense after ORT fused its MatMul + Add)
+made a vector: ORT's per-channel bias check indexes it per output channel and stopped on a row."""
 
 from __future__ import annotations
 
@@ -53,6 +55,53 @@ def unshare(src: Path, dst: Path) -> int:
             copies += 1
     model_file.save(model, dst)
     return copies
+
+
+def vector_biases(src: Path, dst: Path) -> int:
+    """Write SRC to DST with every Gemm's initializer bias that broadcasts along its output's rows
+    ([1, N], [1, 1], [1], a scalar) as the vector [N] it is, an own copy where something else reads
+    it too; how many (0: nothing written). The Gemm computes the same."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for t in node.input:
+            readers[t] = readers.get(t, 0) + 1
+        for g in subgraphs(node):
+            for t in reads(g):
+                readers[t] = readers.get(t, 0) + 1
+    taken, changed = _names(graph), 0
+    for node in graph.node:
+        if node.op_type != "Gemm" or len(node.input) <= BIAS_INPUT:
+            continue
+        bias, weight = initializers.get(node.input[BIAS_INPUT]), initializers.get(node.input[1])
+        if bias is None or weight is None or len(weight.dims) != 2:
+            continue
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        n = weight.dims[0] if trans_b else weight.dims[1]
+        if list(bias.dims) == [n] or len(bias.dims) > 2 or any(d != 1 for d in bias.dims[:-1]):
+            continue
+        if bias.dims and bias.dims[-1] not in (1, n):
+            continue
+        vector = np.ascontiguousarray(np.broadcast_to(numpy_helper.to_array(bias).reshape(-1), (n,)))
+        name = bias.name
+        if readers[name] > 1:  # another node reads it as it is
+            while name in taken:
+                name += "_edgekit_vector"
+            taken.add(name)
+            readers[bias.name] -= 1
+            bias = graph.initializer.add()
+            node.input[BIAS_INPUT] = name
+        bias.CopyFrom(numpy_helper.from_array(vector, name))
+        changed += 1
+    if changed:
+        model_file.save(model, dst)
+    return changed
 
 
 def _names(graph) -> set[str]:
