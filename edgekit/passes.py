@@ -188,8 +188,15 @@ def run_export(w: Work, cfg: onnx_export.ExportConfig):
         opset, needed_by = max(((PASSES[s.name].opset, s.name) for s in w.req.chain), default=(0, ""))
         path = onnx_export.copy_onnx(loaded.onnx_path, out_dir, loaded.input_spec, opset, needed_by)
         sess, n = ort.load(str(path)), len(next(iter(feeds.values())))
+        computed: list[tuple[int, ...]] = []
+
+        def run(f):
+            out = sess.run(f)
+            computed[:] = computed or [o.shape for o in out]
+            return out
+
         try:
-            batching.outputs(sess.run, feeds, loaded.input_spec.fixed_batch, n)
+            batching.outputs(run, feeds, loaded.input_spec.fixed_batch, n)
         except Exception as e:
             raise EdgekitError(
                 f"{loaded.onnx_path} does not run in ONNX Runtime on inputs of its declared shape "
@@ -203,6 +210,9 @@ def run_export(w: Work, cfg: onnx_export.ExportConfig):
         }
         manifest.output_names = sess.output_names
         summary = {"imported": "an ONNX file, copied as it is", **_graph(path)}
+        cleared = onnx_export.clear_wrong_output_shapes(path, computed)
+        if cleared:
+            summary["output_shapes_cleared"] = cleared
         if summary["opset"] != before:
             upgraded = f"upgraded by onnx.version_converter ({needed_by} needs opset {opset})"
             summary.update(imported=f"an ONNX file, {upgraded}", opset_before=before)

@@ -258,7 +258,7 @@ def _load(req: CompressRequest) -> LoadedModel:
     """The user's model; an ONNX file is checked in ONNX Runtime first, so an op it cannot run is
     named now (not a traceback after calibration), and one already quantized is refused for INT8."""
     from edgekit.export.check import fail_fast
-    from edgekit.export.openvino import has_quantization
+    from edgekit.export.openvino import quantization
 
     loaded = load_model(req.model, req.load)
     torch_steps = [s.name for s in req.chain if passes.PASSES[s.name].accepts == passes.TORCH]
@@ -267,10 +267,12 @@ def _load(req: CompressRequest) -> LoadedModel:
         raise EdgekitError(f"{' and '.join(torch_steps)} {verb} on PyTorch models, not on an ONNX file.")
     if loaded.is_onnx:
         fail_fast(loaded.onnx_path, "ort")
-        if passes.step_config(req.chain, "int8") is not None and has_quantization(loaded.onnx_path):
+        held = quantization(loaded.onnx_path) if passes.step_config(req.chain, "int8") is not None else {}
+        if held:
+            ops = ", ".join(f"{op} x{n}" for op, n in sorted(held.items(), key=lambda kv: -kv[1]))
             raise EdgekitError(
-                f"{req.model} is already quantized (it holds QuantizeLinear/DequantizeLinear nodes); "
-                "INT8 quantization starts from the fp32 model."
+                f"{req.model} is already quantized (it holds {ops}); INT8 quantization starts from "
+                "the fp32 model."
             )
     return loaded
 

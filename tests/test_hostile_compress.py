@@ -351,3 +351,17 @@ def test_bf16_of_a_model_openvino_cannot_compile(edgekit, work, needs_bf16):
     r = edgekit("compress", model, "--bf16", "--calib", calib, "-o", work / "out")
     msg = assert_refused(r, work / "out", [model, calib], hashes_of(model, calib))
     assert "OpenVINO could not compile model.onnx for cpu" in msg and "Det" in msg, msg
+
+
+def test_a_model_quantized_dynamically_is_refused_for_int8(edgekit, depthwise_onnx, work):
+    """ONNX Runtime's dynamic quantization (ConvInteger, DynamicQuantizeLinear; ddddocr ships such a
+    file) holds no Q/DQ pair: `--int8` went on, quantized nothing and reported the model identical to
+    itself. One sentence naming what it holds, exit 2."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantized = work / "dynamic.onnx"
+    quantize_dynamic(str(depthwise_onnx), str(quantized), op_types_to_quantize=["Conv"])
+    before = hashes_of(quantized)
+    r = edgekit("compress", quantized, "--int8", "--calib", "random", "--calib-size", "4", "-o", work / "out")
+    msg = assert_refused(r, work / "out", [quantized], before)
+    assert "already quantized" in msg and "ConvInteger x" in msg and "DynamicQuantizeLinear x" in msg

@@ -189,3 +189,32 @@ def test_open_axes_take_their_size_from_the_data(edgekit, tmp_path, calib):
     before = hashes_of(model)
     r = edgekit("compress", model, "--int8", "--calib", "random", "-o", tmp_path / "noise")
     assert "--input-shape x:1,3," in assert_refused(r, tmp_path / "noise", [model], before)
+
+
+def test_an_output_shape_the_model_contradicts_is_left_out(edgekit, tmp_path):
+    """ddddocr's recognizer declares its output [1, seqlen] and computes [T, 1, C] (time-major; here
+    [1, seqlen] and [T, C]): ONNX
+    Runtime warned on every run, and the artifact carried the wrong layout. The imported file's
+    declared shape is left out where one run contradicts it, and the manifest says what it was."""
+    import onnx
+    from models import save_onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(0, 0.3, (6, 4, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1]),
+        helper.make_node("Transpose", ["c"], ["t"], perm=[2, 0, 1]),
+        helper.make_node("Squeeze", ["t"], ["y"]),  # [T, 6]: a rank ONNX's shape inference leaves open
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "T"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seqlen"])
+    save_onnx(tmp_path / "rec.onnx", nodes, [x], [y], [numpy_helper.from_array(w, "w")])
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(1).normal(size=(4, 4, 10)).astype(np.float32))
+    r = edgekit("compress", tmp_path / "rec.onnx", "--calib", tmp_path / "calib.npz", "-o", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    assert "VerifyOutputSizes" not in r.stderr  # ORT's warning about the declared shape
+    manifest = json.loads((tmp_path / "a" / "edgekit.json").read_text())
+    cleared = manifest["passes"][0]["summary"]["output_shapes_cleared"]
+    assert cleared == {"y": "declared [1, 'seqlen'], computes [10, 6]"}
+    out = onnx.load(str(tmp_path / "a" / "model.onnx")).graph.output[0]
+    assert out.name == "y" and not out.type.tensor_type.HasField("shape")

@@ -228,6 +228,35 @@ def copy_onnx(src: Path, out_dir: Path, spec: InputSpec, opset: int = 0, needed_
     return dst
 
 
+def clear_wrong_output_shapes(path: Path, computed: list[tuple[int, ...]]) -> dict[str, str]:
+    """Leave out, in the ONNX file at PATH, each output's declared shape that the shape it COMPUTED
+    (one run's) contradicts, a rank or a fixed axis; what each declared and computed. ddddocr's
+    recognizer declares [1, seqlen] and computes [T, 1, 8210]: ONNX Runtime logged a warning on
+    every run, and a reader of the file would take the wrong layout."""
+    import onnx
+
+    from edgekit.compress import model_file
+
+    model = onnx.load(str(path), load_external_data=False)
+    wrong = {}
+    for out, shape in zip(model.graph.output, computed, strict=False):
+        t = out.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        declared = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        fixed = zip(declared, shape, strict=False)
+        if len(declared) != len(shape) or any(d is not None and d != c for d, c in fixed):
+            named = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in t.shape.dim]
+            wrong[out.name] = f"declared {named}, computes {list(shape)}"
+    if wrong:
+        model = onnx.load(str(path))
+        for out in model.graph.output:
+            if out.name in wrong:
+                out.type.tensor_type.ClearField("shape")
+        model_file.save(model, path)
+    return wrong
+
+
 def topologically_sorted(model):
     """MODEL with its nodes (and its subgraphs') in an order that runs: ONNX requires it and ONNX
     Runtime does not, so files it runs can break the rule (ORT's own float16 converter, keeping

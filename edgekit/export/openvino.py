@@ -103,12 +103,38 @@ def _nncf_quantize(model, calib: dict[str, np.ndarray] | None, overflow_fix: str
     return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), advanced_parameters=advanced)
 
 
-def has_quantization(onnx_path: Path) -> bool:
-    """Whether an ONNX model already holds Q/DQ nodes (NNCF must start from an fp32 model)."""
+QUANTIZED_OPS = (  # the ONNX and ONNX Runtime ops that only a quantized model holds
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "ConvInteger",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
+    "QGemm",
+    "QAttention",
+)
+
+
+def quantization(onnx_path: Path) -> dict[str, int]:
+    """The quantized ops an ONNX model already holds, by op type: Q/DQ nodes, QLinear* kernels, or
+    ORT's dynamic quantization's (ConvInteger, DynamicQuantizeLSTM: ddddocr ships such a model)."""
+    from collections import Counter
+
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node)
+    return dict(
+        Counter(
+            n.op_type for n in graph.node if n.op_type in QUANTIZED_OPS or n.op_type.startswith("QLinear")
+        )
+    )
+
+
+def has_quantization(onnx_path: Path) -> bool:
+    """Whether an ONNX model is already quantized (NNCF and edgekit's INT8 start from an fp32 model)."""
+    return bool(quantization(onnx_path))
 
 
 def predict(path: Path, samples, fixed: int | None, precision: str) -> list[np.ndarray]:
