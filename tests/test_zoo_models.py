@@ -456,10 +456,10 @@ def test_mtcnn_onet_keeps_its_faces_and_boxes(edgekit, state_dicts, tmp_path):
 
 # --- ONNX files for other tasks, as their packages ship them (bench/zoo_packaged.py) ------------------
 # bench/zoo_int8.py on 200 + 300 samples (VNNI EPYC): Magika's content types 95 % top-1 agreement on
-# real files' bytes (72 % while its written-out LayerNorms were rounded; ORT's defaults 43 %, NNCF
-# 54 %); smaller samples here.
+# real files' bytes (72 % while its written-out LayerNorms were rounded; ORT's defaults 20 %, NNCF
+# 56 %), ddddocr's captchas 88.7 % CTC-decoded equal (NNCF 78.3 %, ORT 77.0 %); smaller samples here.
 MAGIKA_MIN_AGREEMENT = 0.90
-DDDDOCR_MIN_DECODED = 0.85
+DDDDOCR_MIN_DECODED = 0.82
 
 
 @pytest.fixture(scope="module")
