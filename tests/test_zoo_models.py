@@ -481,8 +481,9 @@ def test_magika_keeps_its_written_out_layernorms_float(edgekit, packaged_files, 
     manifest = read_manifest(tmp_path / "int8")
     summary = manifest.passes[-1].summary
     assert summary["float_norm_islands"] == 3 and summary["gemm_biases_made_vectors"] == 1
-    check = manifest.verification["int8"]["fidelity"]["target_label"]
-    assert check["kind"] == "classes" and check["top1_agreement"] >= MAGIKA_MIN_AGREEMENT, check
+    check = manifest.verification["int8"]["fidelity"]["output_0"]
+    assert check["name"] == "target_label" and check["kind"] == "classes", check
+    assert check["top1_agreement"] >= MAGIKA_MIN_AGREEMENT, check
 
 
 def test_ddddocr_time_major_sequence_with_a_wrong_declared_shape(edgekit, packaged_files, tmp_path):
@@ -493,5 +494,6 @@ def test_ddddocr_time_major_sequence_with_a_wrong_declared_shape(edgekit, packag
     manifest = read_manifest(tmp_path / "int8")
     assert "387" in manifest.passes[0].summary["output_shapes_cleared"]
     assert manifest.passes[-1].summary["range_search"]["activations"] > 0  # it ran, not skipped
-    check = manifest.verification["int8"]["fidelity"]["387"]
-    assert check["kind"] == "sequence" and check["decoded_agreement"] >= DDDDOCR_MIN_DECODED, check
+    check = manifest.verification["int8"]["fidelity"]["output_0"]
+    assert check["name"] == "387" and check["kind"] == "sequence", check
+    assert check["decoded_agreement"] >= DDDDOCR_MIN_DECODED, check
