@@ -192,7 +192,8 @@ def run_export(w: Work, cfg: onnx_export.ExportConfig):
 
         def run(f):
             out = sess.run(f)
-            computed[:] = computed or [o.shape for o in out]
+            if not computed:  # the shapes the first run computes, against those the file declares
+                computed.extend(o.shape for o in out)
             return out
 
         try:
