@@ -3,7 +3,7 @@
     make zoo && .venv/bin/python bench/zoo_int8.py [--models minilm,craft,crnn] [--calib 300]
         [--eval 300] [--work DIR]
 
-For each ZooCase (bench/zoo_text.py, bench/zoo_ocr.py: real pretrained weights, real-looking data) the
+For each ZooCase (bench/zoo_*.py: real pretrained weights, real-looking data) the
 real CLI runs as a user runs it (`edgekit compress MODEL --int8 --calib .. --eval .. --output-kind
 NAME=KIND ...`, exit code and seconds recorded). Beside it, from the same fp32 ONNX (the user's
 file, or for a torch model the fp32 ONNX edgekit exports) and the same calibration samples: ONNX
@@ -343,7 +343,7 @@ def markdown(results: list[dict], command: str, fp: dict) -> str:
         + ". Each model's own run is named under it (all on this CPU).",
         "",
         "Each model as its users have it (bench/zoo_text.py, bench/zoo_ocr.py, bench/zoo_outside.py, "
-        "bench/zoo_formats.py) goes through the real CLI "
+        "bench/zoo_torch.py, bench/zoo_packaged.py, bench/zoo_formats.py) goes through the real CLI "
         "(`edgekit compress MODEL --int8 --calib .. --eval .. --output-kind NAME=KIND`); beside it, from "
         "the same fp32 ONNX and the same calibration samples, ONNX Runtime's `quantize_static` with every "
         "default, and NNCF PTQ (`model_type=TRANSFORMER` where the graph has attention) run by OpenVINO "
