@@ -13,6 +13,7 @@ after a convolution) or a global pooling (it never meets it) is no such island."
 
 from __future__ import annotations
 
+from edgekit.compress import activation_islands
 from edgekit.compress.output_tail import COMPUTE
 
 REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceMax", "ReduceL2", "ReduceLogSumExp")
@@ -32,9 +33,7 @@ def islands(graph) -> list[list[int]]:
             readers.setdefault(name, []).append(k)
         for name in n.output:
             producer[name] = k
-    constant = {t.name for t in graph.initializer} | {
-        o for n in graph.node if n.op_type == "Constant" for o in n.output
-    }
+    constant = activation_islands.constants(graph)
     rejoining, others = [], []
     for r, node in enumerate(graph.node):
         if node.op_type not in REDUCTIONS or not node.input:

@@ -12,10 +12,11 @@ made a vector: ORT's per-channel bias check indexes it per output channel and st
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from edgekit.compress import model_file
-from edgekit.compress.outer_reads import reads, subgraphs
+from edgekit.compress.outer_reads import branch_reads, reads, subgraphs
 
 BIAS_INPUT = 2  # Conv, ConvTranspose, Gemm, InstanceNormalization, LayerNormalization: B is input 2
 
@@ -68,14 +69,8 @@ def vector_biases(src: Path, dst: Path) -> int:
     model = onnx.load(str(src))
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for t in node.input:
-            readers[t] = readers.get(t, 0) + 1
-        for g in subgraphs(node):
-            for t in reads(g):
-                readers[t] = readers.get(t, 0) + 1
-    taken, changed = _names(graph), 0
+    readers = Counter(t for node in graph.node for t in node.input)
+    branch, taken, changed = branch_reads(graph), _names(graph), 0
     for node in graph.node:
         if node.op_type != "Gemm" or len(node.input) <= BIAS_INPUT:
             continue
@@ -90,7 +85,7 @@ def vector_biases(src: Path, dst: Path) -> int:
             continue
         vector = np.ascontiguousarray(np.broadcast_to(numpy_helper.to_array(bias).reshape(-1), (n,)))
         name = bias.name
-        if readers[name] > 1:  # another node reads it as it is
+        if readers[name] > 1 or name in branch:  # another node reads it as it is
             while name in taken:
                 name += "_edgekit_vector"
             taken.add(name)
