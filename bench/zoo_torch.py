@@ -14,6 +14,13 @@ dependencies (librosa, resampy, webrtcvad, torchvision are not needed to read th
   PNet over whole photos (a fully convolutional face-probability map and box offsets), RNet and
   ONet on 24x24 / 48x48 candidate crops (box offsets, ONet's 5 landmarks, face probability).
   Data: scikit-image's LFW faces and crops of its photos, scaled as MTCNN does ((x - 127.5) / 128).
+- waifu2x 2024.0.1's 2x upscalers (waifu2x-chainer's weights, `models/upconv7/` and
+  `models/upresnet10/anime_style_scale_rgb.npz`): Chainer npz files, converted here to the
+  state_dict a user who moved them to torch holds (the layouts are the same). UpConv7: six valid
+  convolutions and a stride-2 transposed one; UpResNet10: five residual blocks with squeeze and
+  excitation and a long skip. RGB in [0, 1] -> twice the size less the border, judged as pictures
+  (SSIM, PSNR). Data: crops of photos shrunk to half size, as waifu2x reads its 64-pixel blocks
+  with their borders (78x78 and 90x90 -> 128x128).
 Importable as `bench.zoo_torch` (for `edgekit ... --arch bench.zoo_torch:crepe_tiny`).
 """
 
@@ -34,7 +41,16 @@ except ImportError:  # run as a script from bench/
     from zoo_case import ZooCase
     from zoo_outside import RATE, packaged, speech_stream
 
-NAMES = ("crepe_tiny", "crepe_full", "speaker_encoder", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet")
+NAMES = (
+    "crepe_tiny",
+    "crepe_full",
+    "speaker_encoder",
+    "mtcnn_pnet",
+    "mtcnn_rnet",
+    "mtcnn_onet",
+    "waifu2x_upconv7",
+    "waifu2x_upresnet10",
+)
 PITCH_BINS = 360
 
 
@@ -159,6 +175,84 @@ def mtcnn_onet() -> nn.Module:
     return ONet()
 
 
+class UpConv7(nn.Module):
+    """waifu2x's UpConv7 (waifu2x/srcnn.py, Chainer): six valid 3x3 convolutions with LeakyReLU 0.1,
+    then a 4x4 stride-2 transposed convolution: RGB in [0, 1] -> the same, twice the size less the
+    14-pixel border the valid convolutions eat."""
+
+    def __init__(self):
+        super().__init__()
+        widths = [3, 16, 32, 64, 128, 256, 256]
+        for k in range(6):
+            setattr(self, f"conv{k + 1}", nn.Conv2d(widths[k], widths[k + 1], 3))
+        self.conv7 = nn.ConvTranspose2d(256, 3, 4, 2, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for k in range(1, 7):
+            x = F.leaky_relu(getattr(self, f"conv{k}")(x), 0.1)
+        return self.conv7(x)
+
+
+class ResBlock(nn.Module):
+    """waifu2x's ResBlock with squeeze-and-excitation: two valid convolutions, the SE gate, and the
+    input cropped by their border added."""
+
+    def __init__(self, channels: int = 64, reduction: int = 4):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(channels, channels, 3), nn.Conv2d(channels, channels, 3)
+        self.fc1, self.fc2 = (
+            nn.Linear(channels, channels // reduction),
+            nn.Linear(channels // reduction, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.conv2(F.leaky_relu(self.conv1(x), 0.1)), 0.1)
+        se = torch.sigmoid(self.fc2(F.relu(self.fc1(h.mean((2, 3))))))
+        return h * se[:, :, None, None] + x[:, :, 2:-2, 2:-2]
+
+
+class UpResNet10(nn.Module):
+    """waifu2x's UpResNet10: a convolution, five SE ResBlocks, a bridge convolution with a long skip,
+    a 4x4 stride-2 transposed convolution (26 output pixels of border eaten)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_pre = nn.Conv2d(3, 64, 3)
+        for k in range(1, 6):
+            setattr(self, f"res{k}", ResBlock())
+        self.conv_bridge = nn.Conv2d(64, 64, 3)
+        self.conv_post = nn.ConvTranspose2d(64, 3, 4, 2, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = bridge = F.leaky_relu(self.conv_pre(x), 0.1)
+        for k in range(1, 6):
+            h = getattr(self, f"res{k}")(h)
+        h = F.leaky_relu(self.conv_bridge(h), 0.1) + bridge[:, :, 11:-11, 11:-11]
+        return self.conv_post(h)
+
+
+def waifu2x_upconv7() -> nn.Module:
+    return UpConv7()
+
+
+def waifu2x_upresnet10() -> nn.Module:
+    return UpResNet10()
+
+
+def _from_chainer(npz: Path, pth: Path) -> Path:
+    """PTH: the state_dict of the Chainer weights in NPZ (conv1/W -> conv1.weight, res1/fc1/b ->
+    res1.fc1.bias; the layouts are torch's), as a user who moved waifu2x to torch holds them."""
+    if not pth.is_file():
+        names = {"W": "weight", "b": "bias"}
+        with np.load(npz) as z:
+            state = {
+                ".".join([*k.split("/")[:-1], names[k.split("/")[-1]]]): torch.from_numpy(z[k])
+                for k in z.files
+            }
+        torch.save(state, pth)
+    return pth
+
+
 def _frames(seeds: list[int], n: int) -> np.ndarray:
     """N 1024-sample frames (10 ms apart) of the speech streams of SEEDS, each normalized to zero
     mean and unit deviation as torchcrepe.preprocess does, drawn at random."""
@@ -245,6 +339,24 @@ def _scenes(n: int, seed: int) -> np.ndarray:
     return ((np.stack(scenes) - 127.5) * 0.0078125).astype(np.float32).transpose(0, 3, 1, 2).copy()
 
 
+def _low_res(size: int, n: int, seed: int) -> np.ndarray:
+    """N RGB crops of SIZE x SIZE in [0, 1] from photos shrunk to half their size (anti-aliased), the
+    low-resolution input waifu2x doubles: scikit-image's photos and scikit-learn's two."""
+    from skimage import transform
+    from sklearn.datasets import load_sample_images
+
+    photos = [*_photos(), *load_sample_images().images]
+    halves = [
+        transform.resize(p / 255.0, (p.shape[0] // 2, p.shape[1] // 2), anti_aliasing=True) for p in photos
+    ]
+    rng, crops = np.random.default_rng(seed), []
+    for k in range(n):
+        half = halves[k % len(halves)]
+        y, x = (int(rng.integers(0, half.shape[a] - size)) for a in (0, 1))
+        crops.append(half[y : y + size, x : x + size])
+    return np.stack(crops).astype(np.float32).transpose(0, 3, 1, 2).copy()
+
+
 def _once(path: Path, make) -> Path:
     if not path.is_file():
         np.savez(path, **make())
@@ -276,9 +388,13 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
     r = data("faces24", lambda: {"x": _candidates(24, n_calib, 1)}, lambda: {"x": _candidates(24, n_eval, 2)})
     o = data("faces48", lambda: {"x": _candidates(48, n_calib, 1)}, lambda: {"x": _candidates(48, n_eval, 2)})
     p = data("scenes", lambda: {"x": _scenes(scenes[0], 1)}, lambda: {"x": _scenes(scenes[1], 2)})
+    up7 = data("low_res78", lambda: {"x": _low_res(78, n_calib, 1)}, lambda: {"x": _low_res(78, n_eval, 2)})
+    up10 = data("low_res90", lambda: {"x": _low_res(90, n_calib, 1)}, lambda: {"x": _low_res(90, n_eval, 2)})
     crepe, face = packaged("torchcrepe", "assets"), packaged("facenet_pytorch", "data")
+    waifu = packaged("waifu2x", "models")
     speech = "espeak-ng speech (bench/zoo_outside.py)"
     faces = f"LFW faces and photo crops, MTCNN-scaled ({n_calib} calib, {n_eval} eval)"
+    low_res = f"photo crops at half size, RGB in [0, 1] ({n_calib} calib, {n_eval} eval)"
     pitch = f"{speech}: 1024-sample frames, normalized, voiced and silent ({n_calib} calib, {n_eval} eval)"
 
     def arch(name: str, shape: str) -> list[str]:
@@ -299,4 +415,10 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
         ZooCase("mtcnn_rnet", face / "rnet.pt", *r, coordinates, arch("mtcnn_rnet", "1,3,24,24"), faces),
         ZooCase("mtcnn_onet", face / "onet.pt", *o, {**coordinates, "output_1": "other"},
                 arch("mtcnn_onet", "1,3,48,48"), faces),
+        ZooCase("waifu2x_upconv7", _from_chainer(waifu / "upconv7" / "anime_style_scale_rgb.npz",
+                                                 work / "waifu2x_upconv7.pth"),
+                *up7, {}, arch("waifu2x_upconv7", "1,3,78,78"), f"{low_res}, 78x78 -> 128x128"),
+        ZooCase("waifu2x_upresnet10", _from_chainer(waifu / "upresnet10" / "anime_style_scale_rgb.npz",
+                                                    work / "waifu2x_upresnet10.pth"),
+                *up10, {}, arch("waifu2x_upresnet10", "1,3,90,90"), f"{low_res}, 90x90 -> 128x128"),
     ]  # fmt: skip

@@ -457,8 +457,8 @@ compress_options = options(
         "output_kinds",
         multiple=True,
         metavar="NAME=KIND",
-        help="Verify output NAME (or output_N) as classes, embedding, sequence, dense, segmentation or other "
-        "(default: inferred from its name, shape and values); repeatable.",
+        help="Verify output NAME (or output_N) as classes, embedding, sequence, dense, image, segmentation "
+        "or other (default: inferred from its name, shape and values); repeatable.",
     ),
     METRIC,
     click.option(
@@ -467,7 +467,7 @@ compress_options = options(
         multiple=True,
         metavar="VALUE|KIND=VALUE|OUTPUT=VALUE",
         help="The fidelity floor below which compress exits 1 (the model is still written): VALUE for "
-        "every fraction-valued floor, KIND=VALUE (classes, embedding, sequence, dense, segmentation, "
+        "every fraction-valued floor, KIND=VALUE (classes, embedding, sequence, dense, image, segmentation, "
         "accuracy; other=DB), OUTPUT=VALUE for one output; 0 turns floors off; repeatable "
         "(docs/guide/quantize.md).",
     ),

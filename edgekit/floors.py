@@ -13,7 +13,14 @@ from edgekit.errors import EdgekitError
 
 # kind -> (the metric judged, how sentences name it, the default floor): each kind's main number
 # (benchmarks.metrics.MAIN, which gates read too), and SQNR for the rest
-FLOOR = {"classes": 0.80, "embedding": 0.95, "sequence": 0.90, "dense": 0.80, "segmentation": 0.90}
+FLOOR = {
+    "classes": 0.80,
+    "embedding": 0.95,
+    "sequence": 0.90,
+    "dense": 0.80,
+    "image": 0.90,
+    "segmentation": 0.90,
+}
 METRICS: dict[str, tuple[str, str, float]] = {
     **{kind: (*MAIN[kind], floor) for kind, floor in FLOOR.items()},
     "other": ("sqnr_db", "SQNR", 10.0),

@@ -160,8 +160,9 @@ def test_compress_int8_verifies_each_output_by_its_kind(edgekit, work):
     assert r.returncode == 0, r.stderr
     fid = read_manifest(out).verification["int8"]["fidelity"]
     assert fid["output_0"]["kind"] == "classes" and "top1_agreement" in fid["output_0"]
-    assert fid["output_1"]["kind"] == "dense" and 0 <= fid["output_1"]["mask_iou"] <= 1
-    assert "classes: top-1 agreement" in r.stdout and "dense: mask IoU" in r.stdout
+    # the sigmoid map of random weights on random inputs fills its range: judged as a picture
+    assert fid["output_1"]["kind"] == "image" and 0 <= fid["output_1"]["ssim_mean"] <= 1
+    assert "classes: top-1 agreement" in r.stdout and "image: SSIM" in r.stdout
 
 
 def test_a_confident_softmax_stays_class_scores():
@@ -218,8 +219,69 @@ def test_a_map_of_one_value_per_pixel_is_no_sequence_of_class_scores():
     """A depth or heat map [N, H, W] varies smoothly along both axes; class scores [N, T, C] do not
     along their classes (PP-OCRv4's 6625 characters: neighbour correlation 0.0001)."""
     depth = _smooth_maps(4, 1)[:, 0] + 10
-    assert output_kind(depth) == "dense"
+    assert output_kind(depth) == "image"
     assert output_kind(RNG.normal(size=(4, 40, 97))) == "sequence"
+
+
+def _picture(n: int = 3, size: int = 32) -> np.ndarray:
+    """RGB pictures in [0, 1]: smooth maps, channels rising together, [n, 3, size, size]."""
+    grey = _smooth_maps(n, 1, size)
+    rgb = grey.repeat(3, 1) + 0.05 * _smooth_maps(n, 3, size)
+    lo, hi = rgb.min(), rgb.max()
+    return (rgb - lo) / (hi - lo)
+
+
+def _ssim_by_windows(a: np.ndarray, b: np.ndarray, span: float, w: int = 7) -> float:
+    """SSIM of two [planes, H, W] pictures computed window by window (Wang et al. 2004, sample
+    variances), the mean over every full window of every plane."""
+    c1, c2, values = (0.01 * span) ** 2, (0.03 * span) ** 2, []
+    for p in range(a.shape[0]):
+        for y in range(a.shape[1] - w + 1):
+            for x in range(a.shape[2] - w + 1):
+                u, v = a[p, y : y + w, x : x + w].ravel(), b[p, y : y + w, x : x + w].ravel()
+                cov = np.cov(u, v)  # ddof 1
+                values.append(
+                    (2 * u.mean() * v.mean() + c1)
+                    * (2 * cov[0, 1] + c2)
+                    / ((u.mean() ** 2 + v.mean() ** 2 + c1) * (cov[0, 0] + cov[1, 1] + c2))
+                )
+    return float(np.mean(values))
+
+
+def test_a_picture_is_judged_by_ssim_and_psnr():
+    """An upscaler's or a denoiser's output is a picture: judged by structural similarity and PSNR
+    over fp32's value range, not by a mask at half its maximum (which noise of 3 % of the range
+    barely moves)."""
+    ref = _picture(size=24)
+    noise = RNG.normal(scale=0.03, size=ref.shape)
+    out = ref + noise
+    fid = compare_outputs(ref, out)
+    assert fid["kind"] == "image"
+    lo, hi = np.percentile(ref, [0.1, 99.9])
+    assert fid["psnr_db"] == pytest.approx(10 * np.log10((hi - lo) ** 2 / np.mean(noise**2)))
+    per_sample = [_ssim_by_windows(ref[i], out[i], hi - lo) for i in range(len(ref))]
+    assert fid["ssim_mean"] == pytest.approx(np.mean(per_sample))
+    assert fid["ssim_min"] == pytest.approx(min(per_sample))
+    assert fid["ssim_mean"] < 0.95  # the noise is seen ...
+    assert compare_outputs(ref, ref + noise / 10)["ssim_mean"] > fid["ssim_mean"]  # ... and less of it
+    same = compare_outputs(ref, ref.copy())
+    assert same["ssim_mean"] == pytest.approx(1) and same["psnr_db"] == float("inf")
+    nhwc = compare_outputs(ref.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1))
+    assert nhwc["kind"] == "image" and nhwc["ssim_mean"] == pytest.approx(fid["ssim_mean"])
+    line = kind_line(fid)
+    assert line.startswith(f"image: SSIM {fid['ssim_mean']:.3f} (min ") and line.endswith(" dB")
+
+
+def test_a_score_map_mostly_background_stays_a_dense_map():
+    """Text regions, a face, a keypoint: a map at its low end almost everywhere is judged by the mask
+    of its high values; the same map lifted to fill its range is a picture."""
+    yy, xx = np.mgrid[:32, :32]
+    blobs = np.stack(
+        [np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 8.0) for cy, cx in RNG.integers(4, 28, (4, 2))]
+    )
+    heat = blobs[:, None]  # [4, 1, 32, 32]: background 0, one peak each
+    assert output_kind(heat) == "dense" and output_kind(heat[:, 0]) == "dense"
+    assert output_kind(1 - heat) == "image"  # background at the top of the range: the values fill it
 
 
 def test_per_pixel_class_scores_are_judged_by_the_pixels_whose_class_holds():
@@ -237,7 +299,7 @@ def test_per_pixel_class_scores_are_judged_by_the_pixels_whose_class_holds():
     nhwc = compare_outputs(logits.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1))
     assert nhwc["kind"] == "segmentation" and nhwc["pixel_agreement"] == fid["pixel_agreement"]
     image = _smooth_maps(3, 1).repeat(3, 1) + RNG.normal(scale=0.05, size=(3, 3, 32, 32))  # RGB: correlated
-    assert output_kind(image) == "dense"
+    assert output_kind(image) == "image"
 
 
 def test_a_decoders_attention_cache_is_a_state_not_a_map():

@@ -400,16 +400,19 @@ def test_mobilenet_v2_in_another_exporters_form_keeps_its_classes(edgekit, forma
 # bench/zoo_int8.py on 200 + 300 samples (VNNI EPYC): CREPE tiny's pitch bins 95 % top-1 agreement
 # (80 % while its logits were rounded to 8 bits before their Sigmoid; NNCF 92 %), the speaker
 # encoder's embeddings cosine 0.9999 (its LSTMs kept fp32: dynamic INT8 ones measured 0.69), MTCNN
-# ONet's face probability 99.7 %, its box offsets 24 dB; smaller samples here.
+# ONet's face probability 99.7 %, its box offsets 24 dB; waifu2x's UpResNet10 SSIM 0.96 at 40 dB PSNR
+# (judged by mask IoU at half the maximum before pictures had their own kind: 0.96-0.97 for every variant,
+# ORT's defaults' 19 dB included); smaller samples here.
 CREPE_MIN_AGREEMENT = 0.90
 SPEAKER_MIN_COSINE = 0.999
 ONET_MIN_FACES, ONET_MIN_BOX_SQNR = 0.97, 18.0
+WAIFU2X_MIN_SSIM, WAIFU2X_MIN_PSNR = 0.94, 36.0
 
 
 @pytest.fixture(scope="module")
 def state_dicts(tmp_path_factory):
     """bench.zoo_torch's cases (small samples), or a skip naming what is missing."""
-    _need("torchcrepe", "resemblyzer", "facenet_pytorch")
+    _need("torchcrepe", "resemblyzer", "facenet_pytorch", "waifu2x")
     from bench import zoo_torch
 
     return {c.name: c for c in zoo_torch.cases(tmp_path_factory.mktemp("torch"), n_calib=64, n_eval=200)}
@@ -452,6 +455,17 @@ def test_mtcnn_onet_keeps_its_faces_and_boxes(edgekit, state_dicts, tmp_path):
         fidelity["output_2"]["kind"] == "classes" and fidelity["output_2"]["top1_agreement"] >= ONET_MIN_FACES
     )
     assert fidelity["output_0"]["kind"] == "other" and fidelity["output_0"]["sqnr_db"] >= ONET_MIN_BOX_SQNR
+
+
+def test_waifu2x_upscaler_keeps_its_pictures(edgekit, state_dicts, tmp_path):
+    """An image-to-image network (2x upscaler, squeeze-and-excitation residual blocks) from a Chainer
+    npz: judged as pictures, by SSIM and PSNR against fp32."""
+    proc = _state_dict_int8(edgekit, state_dicts["waifu2x_upresnet10"], tmp_path / "int8")
+    assert proc.returncode == 0, proc.stderr
+    check = read_manifest(tmp_path / "int8").verification["int8"]["fidelity"]["output_0"]
+    assert check["kind"] == "image", check
+    assert check["ssim_mean"] >= WAIFU2X_MIN_SSIM and check["psnr_db"] >= WAIFU2X_MIN_PSNR, check
+    assert "image: SSIM" in proc.stdout
 
 
 # --- ONNX files for other tasks, as their packages ship them (bench/zoo_packaged.py) ------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -68,7 +69,7 @@ def max_abs_diff(ref: np.ndarray, out: np.ndarray) -> float:
     return float(np.max(np.abs(np.asarray(ref, np.float64) - np.asarray(out, np.float64))))
 
 
-KINDS = ("classes", "embedding", "sequence", "dense", "segmentation", "other")
+KINDS = ("classes", "embedding", "sequence", "dense", "image", "segmentation", "other")
 # each kind's main fidelity number (a fraction, 1 for an output equal to its reference) and its name
 # in sentences; "other" has none that a drop can be read from, only SQNR
 MAIN: dict[str, tuple[str, str]] = {
@@ -76,6 +77,7 @@ MAIN: dict[str, tuple[str, str]] = {
     "embedding": ("cosine_mean", "mean cosine"),
     "sequence": ("position_agreement", "position agreement"),
     "dense": ("mask_iou", "mask IoU"),
+    "image": ("ssim_mean", "mean SSIM"),
     "segmentation": ("pixel_agreement", "pixel agreement"),
 }
 _EMBEDDING_NAMES = ("embed", "pool", "sentence", "hidden", "feature")
@@ -93,10 +95,12 @@ def output_kind(ref: np.ndarray, name: str = "") -> str:
     decoder's attention cache: other), box/landmark/keypoint/kpt/offset/delta/regress/coord (and
     no score word) coordinates a detector regresses (other); else by shape and values: [N, C]
     (C >= 2) is class scores unless every row has unit L2 norm and is not a probability vector (an
-    embedding), [N, T, C] is a sequence of class scores unless its values are independent
-    probabilities (a dense detector's per-anchor sigmoid scores: other) or vary smoothly along
-    both axes (a [N, H, W] map: dense); four or more axes are a dense map, or per-pixel class
-    scores where one axis is classes (segmentation, class_axis); anything else other. Axes of size
+    embedding), [N, T, C] is a sequence of class scores unless its values vary smoothly along both
+    axes (a [N, H, W] map) or are independent probabilities (a dense detector's per-anchor sigmoid
+    scores: other); four or more axes are a map, or per-pixel class scores where one
+    axis is classes (segmentation, class_axis); a map whose values fill their range is an image (a
+    super-resolved or denoised picture, a depth map: image), one that is mostly background at the
+    low end of its range a score or heat map (dense, fills_range); anything else other. Axes of size
     1 beside the batch are read through: [N, 1, 1, C] (a TensorFlow CNN's pooled features) and
     [N, C, 1, 1] are vectors, not maps."""
     ref = vectors(ref)
@@ -108,16 +112,19 @@ def output_kind(ref: np.ndarray, name: str = "") -> str:
         return "other"  # a decoder's attention cache (optimum's present.N.key)
     if any(w in low for w in _REGRESSION_NAMES) and not any(w in low for w in _CLASS_NAMES):
         return "other"
+    if ref.ndim >= 4 and class_axis(ref) is not None:
+        return "segmentation"
     if ref.ndim >= 4:
-        return "segmentation" if class_axis(ref) is not None else "dense"
+        return "image" if fills_range(ref) else "dense"
     if not scores or ref.ndim not in (2, 3):
         return "other"
     if not any(w in low for w in _CLASS_NAMES) and _unit_rows(ref):
         return "embedding"
+    if ref.ndim == 3 and min(_neighbours(ref, 1), _neighbours(ref, 2)) >= SMOOTH:
+        # a [N, H, W] map (depth, a heat map, probabilities): its values vary smoothly along both axes
+        return "image" if fills_range(ref) else "dense"
     if ref.ndim == 3 and independent_scores(ref):
         return "other"
-    if ref.ndim == 3 and min(_neighbours(ref, 1), _neighbours(ref, 2)) >= SMOOTH:
-        return "dense"  # a [N, H, W] map (depth, a heat map): its values vary smoothly along both axes
     return "classes" if ref.ndim == 2 else "sequence"
 
 
@@ -127,6 +134,33 @@ SMOOTH = 0.5
 # mean correlation of channels below which they are classes competing for each pixel (a softmax over
 # two: -1); an image's RGB rises together (0.9 and up), and so do a detector's score maps
 COMPETE = 0.3
+
+
+# where a map's median lies in its range above which its values fill the range, as a picture's or a
+# depth map's do (waifu2x's upscaled photos: 0.42-0.46); a score or heat map is background at the
+# low end of its range almost everywhere (text regions, a face, a keypoint: its median at 0)
+FILLED = 0.1
+
+
+def _spread(a: np.ndarray, values: int = 1 << 20) -> np.ndarray:
+    """About VALUES of A's values, evenly spaced, as float64 (a percentile of all of PP-OCR's
+    300 x 736 x 736 probability maps would copy 1.3 GB)."""
+    flat = np.asarray(a).ravel()
+    return np.asarray(flat[:: max(1, flat.size // values)], np.float64)
+
+
+def value_range(ref: np.ndarray) -> tuple[float, float]:
+    """The range REF's values span, from their 0.1st to their 99.9th percentile: an image's nominal
+    range (an upscaler's output overshoots [0, 1] on a few edge pixels)."""
+    lo, hi = np.percentile(_spread(ref), [0.1, 99.9])
+    return float(lo), float(hi)
+
+
+def fills_range(ref: np.ndarray) -> bool:
+    """The median of REF's values lies above FILLED of their range: a picture or a depth map, not a
+    map of scores that is background almost everywhere."""
+    lo, hi = value_range(ref)
+    return hi > lo and (float(np.median(_spread(ref))) - lo) / (hi - lo) > FILLED
 
 
 def _neighbours(a: np.ndarray, axis: int, values: int = 1 << 20) -> float:
@@ -240,6 +274,8 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, kind: str | None = None) -
         )
     elif kind == "dense" and ref.ndim >= 2:
         result["mask_iou"] = mask_iou(ref, out)
+    elif kind == "image" and ref.ndim >= 3:
+        result.update(image_fidelity(ref, out))
     elif kind == "segmentation" and ref.ndim >= 3:
         axis = class_axis(ref)
         axis = 1 if axis is None else axis  # given by --output-kind: channels first
@@ -283,6 +319,51 @@ def mask_iou(ref: np.ndarray, out: np.ndarray) -> float:
     union = np.sum(ma | mb, axis=1)
     inter = np.sum(ma & mb, axis=1)
     return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+
+
+def image_fidelity(ref: np.ndarray, out: np.ndarray) -> dict:
+    """What users of image-to-image models read: the structural similarity of each sample (Wang et
+    al. 2004, as scikit-image computes it: a 7x7 window, sample covariances, K1 0.01, K2 0.03),
+    its mean and least, and PSNR over all samples, both with the reference's value_range as the
+    data range. The two largest axes beside the batch are the picture's (NCHW, NHWC, [N, H, W])."""
+    a, b = _pictures(ref), _pictures(out)
+    lo, hi = value_range(ref)
+    span = hi - lo if hi > lo else 1.0
+    mse = float(np.mean((a - b) ** 2))
+    ssim = _ssim(a, b, span)
+    return {
+        "ssim_mean": float(ssim.mean()),
+        "ssim_min": float(ssim.min()),
+        "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(span * span / mse)),
+    }
+
+
+def _pictures(a: np.ndarray) -> np.ndarray:
+    """A as [N, planes, H, W] float64, H and W its two largest axes beside the batch."""
+    a = np.asarray(a, np.float64)
+    spatial = sorted(sorted(range(1, a.ndim), key=lambda k: a.shape[k])[-2:])
+    a = np.moveaxis(a, spatial, [-2, -1])
+    return a.reshape(len(a), -1, *a.shape[-2:])
+
+
+def _ssim(a: np.ndarray, b: np.ndarray, span: float) -> np.ndarray:
+    """The mean SSIM of each sample of A and B ([N, planes, H, W]) over every full window."""
+    w = min(7, *a.shape[-2:])
+    mean = functools.partial(_window_mean, size=w)
+    ma, mb = mean(a), mean(b)
+    n = w * w / (w * w - 1)  # sample covariances, as scikit-image's default
+    va, vb, cov = n * (mean(a * a) - ma * ma), n * (mean(b * b) - mb * mb), n * (mean(a * b) - ma * mb)
+    c1, c2 = (0.01 * span) ** 2, (0.03 * span) ** 2
+    s = (2 * ma * mb + c1) * (2 * cov + c2) / ((ma * ma + mb * mb + c1) * (va + vb + c2))
+    return s.reshape(len(s), -1).mean(1)
+
+
+def _window_mean(a: np.ndarray, size: int) -> np.ndarray:
+    """The mean of each full SIZE x SIZE window over A's last two axes (summed-area table)."""
+    c = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(1, 0), (1, 0)]).cumsum(-1).cumsum(-2)
+    return (c[..., size:, size:] - c[..., :-size, size:] - c[..., size:, :-size] + c[..., :-size, :-size]) / (
+        size * size
+    )
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
@@ -346,6 +427,10 @@ def kind_line(fid: dict) -> str:
         )
     if "mask_iou" in fid:
         return f"{kind}: mask IoU {fid['mask_iou']:.3f}"
+    if "ssim_mean" in fid:
+        return (
+            f"{kind}: SSIM {fid['ssim_mean']:.3f} (min {fid['ssim_min']:.3f}), PSNR {fid['psnr_db']:.1f} dB"
+        )
     if "pixel_agreement" in fid:
         return f"{kind}: pixel agreement {100 * fid['pixel_agreement']:.2f} %"
     return f"{kind}: max abs diff {fid['max_abs_diff']:.3g}"
