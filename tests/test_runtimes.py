@@ -342,3 +342,16 @@ def test_bench_eager_on_onnx_source_is_a_row_not_a_failure(edgekit, artifacts):
     proc = edgekit("bench", artifacts["onnx"], "--runtime", "eager", "--runs", 1)
     assert proc.returncode == 0, proc.stderr
     assert "not applicable" in proc.stdout
+
+
+def test_outputs_that_are_no_tensors_come_back_as_arrays():
+    """ONNX Runtime gives a sequence of maps (skl2onnx's ZipMap) or of tensors as a list; the
+    comparisons and batch joins read arrays."""
+    from edgekit.errors import RuntimeFailure
+    from edgekit.runtimes.ort import as_array
+
+    maps = [{0: 0.25, 1: 0.75}, {0: 0.5, 1: 0.5}]
+    assert np.array_equal(as_array(maps), np.array([[0.25, 0.75], [0.5, 0.5]]))
+    assert as_array([np.zeros(3), np.ones(3)]).shape == (2, 3)
+    with pytest.raises(RuntimeFailure, match="sequence of 2 tensors of different shapes"):
+        as_array([np.zeros(3), np.ones(4)])

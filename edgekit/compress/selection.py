@@ -2,7 +2,9 @@
 [K, 6] detections, K found per image) is compressed and judged without that selection step, which
 is then put back: the passes see the tensors the selection reads (boxes and scores, fixed in shape),
 where two models' outputs can be compared value by value; the selection itself (integer and
-indexing ops, nothing INT8 computes) runs as exported, and its outputs are compared as sets."""
+indexing ops, nothing INT8 computes) runs as exported, and its outputs are compared as sets. An
+output that is no tensor (a sequence of maps: skl2onnx's ZipMap of each classifier's probabilities)
+is cut and put back the same way: the passes judge the tensor it is made from."""
 
 from __future__ import annotations
 
@@ -25,17 +27,20 @@ class Split:
 
     cut: list[str]
     outputs: list[str]
-    ops: list[str]  # the data-dependent ops found, by type
+    ops: list[str]  # the ops the tail starts at, by type
+    made_into: list[str]  # the cut tensors made into an output that is no tensor (judged by their kind)
 
 
 def _tail(graph) -> list[int]:
-    """Indices of GRAPH's nodes at or downstream of a data-dependent op, and of the nodes before
-    them that only they read and that compute from what the selection reads or from constants (a
-    Squeeze or the Shape of the boxes; not the decoding that makes the boxes), in topological order."""
+    """Indices of GRAPH's nodes at or downstream of a data-dependent op or of one that makes an
+    output no tensor, and of the nodes before them that only they read and that compute from what
+    the selection reads or from constants (a Squeeze or the Shape of the boxes; not the decoding
+    that makes the boxes), in topological order."""
     after: set[str] = set()
     found = set()
+    starts = _starts(graph)
     for k, node in enumerate(graph.node):
-        if node.op_type in DATA_DEPENDENT or after.intersection(_nodereads(node)):
+        if node.op_type in starts or after.intersection(_nodereads(node)):
             found.add(k)
             after.update(node.output)
     readers: dict[str, set[int]] = {}
@@ -85,7 +90,9 @@ def split(src: Path, head: Path) -> Split | None:
     read_by_tail = [i for k in tail for i in _nodereads(graph.node[k])]
     cut = list(dict.fromkeys(i for i in read_by_tail if i in made_before and i not in inputs))
     kept = [o for o in outputs if o not in made_in_tail]
-    ops = sorted({graph.node[k].op_type for k in tail} & set(DATA_DEPENDENT))
+    ops = sorted({graph.node[k].op_type for k in tail} & _starts(graph))
+    tensorless = _tensorless(graph)
+    made_into = [i for n in graph.node if tensorless.intersection(n.output) for i in n.input if i in cut]
     for k in reversed(tail):
         del graph.node[k]
     read = reads(graph) | {i.name for i in graph.input}
@@ -96,7 +103,19 @@ def split(src: Path, head: Path) -> Split | None:
     graph.output.extend(onnx.ValueInfoProto(name=n) for n in kept)
     _typed(model)
     model_file.save(model, head)
-    return Split(cut=[*cut, *kept], outputs=outputs, ops=ops)
+    return Split(cut=[*cut, *kept], outputs=outputs, ops=ops, made_into=made_into)
+
+
+def _starts(graph) -> set[str]:
+    """The op types a tail starts at: the data-dependent ones and those that make an output of
+    GRAPH that is no tensor (ZipMap's sequence of maps, a SequenceConstruct)."""
+    tensorless = _tensorless(graph)
+    return set(DATA_DEPENDENT) | {n.op_type for n in graph.node if tensorless.intersection(n.output)}
+
+
+def _tensorless(graph) -> set[str]:
+    """GRAPH's outputs that are no tensor (a sequence, a map)."""
+    return {o.name for o in graph.output if not o.type.HasField("tensor_type")}
 
 
 def _nodereads(node) -> list[str]:
