@@ -135,15 +135,21 @@ def test_int8_of_a_detector_with_nms_in_the_graph(edgekit, tmp_path):
 
 
 def _zipmap_classifier(path, x: np.ndarray, y: np.ndarray) -> None:
-    """An MLP on scikit-learn's digits written as skl2onnx writes a classifier: a label output
-    (ArgMax) and the probabilities as a sequence of {class: probability} maps (ai.onnx.ml ZipMap)."""
+    """A StandardScaler and an MLP on scikit-learn's digits written as skl2onnx writes such a
+    pipeline: the scaler as ai.onnx.ml's Scaler (whose output ONNX does not type) and a Cast to
+    float, a label output (ArgMax) and the probabilities as a sequence of {class: probability} maps
+    (ai.onnx.ml ZipMap)."""
     from sklearn.neural_network import MLPClassifier
 
-    clf = MLPClassifier((64,), max_iter=400, random_state=0).fit(x, y)  # converged
+    mean, std = x.mean(0), x.std(0) + 1e-3
+    scaler = {"offset": mean.tolist(), "scale": (1 / std).tolist()}
+    clf = MLPClassifier((64,), max_iter=400, random_state=0).fit((x - mean) / std, y)  # converged
     (w1, w2), (b1, b2) = clf.coefs_, clf.intercepts_
     weights = {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
     nodes = [
-        helper.make_node("MatMul", ["input", "w1"], ["h"]),
+        helper.make_node("Scaler", ["input"], ["variable"], domain="ai.onnx.ml", **scaler),
+        helper.make_node("Cast", ["variable"], ["cast_input"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["cast_input", "w1"], ["h"]),
         helper.make_node("Add", ["h", "b1"], ["hb"]),
         helper.make_node("Relu", ["hb"], ["r"]),
         helper.make_node("MatMul", ["r", "w2"], ["o"]),
@@ -186,6 +192,9 @@ def test_int8_of_a_classifier_whose_probabilities_are_a_sequence_of_maps(edgekit
     )  # fmt: skip
     assert r.returncode == 0, r.stderr  # was: "does not run in ONNX Runtime ... ('list' object has no
     manifest = json.loads((tmp_path / "out" / "edgekit.json").read_text())  # attribute 'shape')"
+    # the Cast after the Scaler (ORT's optimizer drops it) typed every tensor after it: without it
+    # ORT's quantizer skipped them all ("quantized none of the model's compute ops (MatMul x2)")
+    assert manifest["passes"][-1]["summary"]["quantized_ops"] == {"MatMul": 2}
     judged = manifest["verification"]["int8"]["fidelity"]["output_0"]
     assert judged["name"] == "probabilities" and judged["kind"] == "classes"  # by its kind, not "other"
     assert judged["top1_agreement"] >= 0.95, judged

@@ -46,6 +46,7 @@ from edgekit.compress import (
     shared_biases,
     signal_front,
     smooth,
+    value_types,
     weight_pairs,
     widen,
 )
@@ -363,6 +364,8 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
         generated_names.rename_created(read, src)
         if cfg.placement == "openvino":  # ORT's optimizations split HardSwish, which OpenVINO fuses
             activation_islands.join_hard_swish(src)
+    if value_types.fill(src, tmp / "typed.onnx"):  # after ORT's optimizer: it may drop the Cast
+        src = tmp / "typed.onnx"  # that typed them
     affine = affine_constants.fold(src, tmp / "affine.onnx")
     if affine:
         src = tmp / "affine.onnx"
