@@ -457,8 +457,8 @@ compress_options = options(
         "output_kinds",
         multiple=True,
         metavar="NAME=KIND",
-        help="Verify output NAME (or output_N) as classes, embedding, sequence, dense, image, segmentation "
-        "or other (default: inferred from its name, shape and values); repeatable.",
+        help="Verify output NAME (or output_N) as classes, embedding, sequence, dense, image, segmentation, "
+        "labels or other (default: inferred from its name, shape and values); repeatable.",
     ),
     METRIC,
     click.option(
@@ -468,7 +468,7 @@ compress_options = options(
         metavar="VALUE|KIND=VALUE|OUTPUT=VALUE",
         help="The fidelity floor below which compress exits 1 (the model is still written): VALUE for "
         "every fraction-valued floor, KIND=VALUE (classes, embedding, sequence, dense, image, segmentation, "
-        "accuracy; other=DB), OUTPUT=VALUE for one output; 0 turns floors off; repeatable "
+        "labels, accuracy; other=DB), OUTPUT=VALUE for one output; 0 turns floors off; repeatable "
         "(docs/guide/quantize.md).",
     ),
     click.option(

@@ -20,6 +20,7 @@ FLOOR = {
     "dense": 0.80,
     "image": 0.90,
     "segmentation": 0.90,
+    "labels": 0.80,
 }
 METRICS: dict[str, tuple[str, str, float]] = {
     **{kind: (*MAIN[kind], floor) for kind, floor in FLOOR.items()},

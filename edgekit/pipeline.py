@@ -197,7 +197,8 @@ def _without_selection(w: passes.Work) -> tuple[Path, selection.Split] | None:
     """Where the fp32 model's outputs are sized by the data (NonMaxSuppression ...) or are no
     tensors (ZipMap), W's model becomes the model without that selection, judged on the tensors it
     reads (what a selection reads is "other": SQNR, unless --output-kind says otherwise; what a
-    ZipMap reads is judged by its kind); the full fp32 model and the split, for `_selection_back`."""
+    ZipMap reads, and the model's outputs outside the selection, by their kind); the full fp32
+    model and the split, for `_selection_back`."""
     head = w.work / "without_selection.onnx"
     split = selection.split(w.model, head)
     if split is None:
@@ -206,7 +207,8 @@ def _without_selection(w: passes.Work) -> tuple[Path, selection.Split] | None:
     w.model = w.fp32 = head
     w.manifest.output_names = split.cut
     own = {k: v for k, v in w.req.output_kinds.items() if k in split.cut}  # those of the outputs: later
-    kinds = {name: "other" for name in split.cut if name not in split.made_into} | own
+    read = [n for n in split.cut if n not in split.outputs and n not in split.made_into]  # by the selection
+    kinds = {name: "other" for name in read} | own
     w.req = replace(w.req, output_kinds=kinds)
     return full, split
 

@@ -318,3 +318,17 @@ def test_regressed_coordinates_are_no_class_scores():
         assert output_kind(RNG.normal(size=shape), name) == "other", name
     assert output_kind(RNG.normal(size=(64, 2)), "prob") == "classes"
     assert output_kind(RNG.normal(size=(64, 80)), "box_scores") == "classes"  # a score word wins
+
+
+def test_integer_outputs_are_labels_judged_equal_or_not():
+    """A classifier's ArgMax or skl2onnx's label output [N], a segmenter's class map [N, H, W]: the
+    share of labels INT8 keeps, not an SQNR of class numbers."""
+    labels = RNG.integers(0, 10, 200)
+    out = labels.copy()
+    out[:10] = (out[:10] + 1) % 10
+    fid = compare_outputs(labels, out)
+    assert fid["kind"] == "labels" and fid["equal"] == pytest.approx(0.95)
+    assert kind_line(fid) == "labels: equal 95.00 %"
+    class_map = RNG.integers(0, 3, (4, 16, 16)).astype(np.int32)
+    assert output_kind(class_map) == "labels"
+    assert compare_outputs(class_map, class_map)["equal"] == 1.0

@@ -198,6 +198,8 @@ def test_int8_of_a_classifier_whose_probabilities_are_a_sequence_of_maps(edgekit
     judged = manifest["verification"]["int8"]["fidelity"]["output_0"]
     assert judged["name"] == "probabilities" and judged["kind"] == "classes"  # by its kind, not "other"
     assert judged["top1_agreement"] >= 0.95, judged
+    label = manifest["verification"]["int8"]["fidelity"]["output_1"]
+    assert label["name"] == "label" and label["kind"] == "labels" and label["equal"] >= 0.95
     assert manifest["verification"]["selection"]["ops"] == ["ZipMap"]
     fp32, int8 = (
         ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])

@@ -69,7 +69,7 @@ def max_abs_diff(ref: np.ndarray, out: np.ndarray) -> float:
     return float(np.max(np.abs(np.asarray(ref, np.float64) - np.asarray(out, np.float64))))
 
 
-KINDS = ("classes", "embedding", "sequence", "dense", "image", "segmentation", "other")
+KINDS = ("classes", "embedding", "sequence", "dense", "image", "segmentation", "labels", "other")
 # each kind's main fidelity number (a fraction, 1 for an output equal to its reference) and its name
 # in sentences; "other" has none that a drop can be read from, only SQNR
 MAIN: dict[str, tuple[str, str]] = {
@@ -79,6 +79,7 @@ MAIN: dict[str, tuple[str, str]] = {
     "dense": ("mask_iou", "mask IoU"),
     "image": ("ssim_mean", "mean SSIM"),
     "segmentation": ("pixel_agreement", "pixel agreement"),
+    "labels": ("equal", "labels equal"),
 }
 _EMBEDDING_NAMES = ("embed", "pool", "sentence", "hidden", "feature")
 _CLASS_NAMES = ("logit", "score", "prob", "class")
@@ -102,8 +103,11 @@ def output_kind(ref: np.ndarray, name: str = "") -> str:
     super-resolved or denoised picture, a depth map: image), one that is mostly background at the
     low end of its range a score or heat map (dense, fills_range); anything else other. Axes of size
     1 beside the batch are read through: [N, 1, 1, C] (a TensorFlow CNN's pooled features) and
-    [N, C, 1, 1] are vectors, not maps."""
+    [N, C, 1, 1] are vectors, not maps. Integers are labels whatever their shape (a classifier's
+    ArgMax, skl2onnx's label output, a segmenter's class map): equal or not."""
     ref = vectors(ref)
+    if ref.dtype.kind in "biu":
+        return "labels"
     low = name.lower()
     scores = ref.ndim >= 2 and ref.shape[-1] >= 2
     if scores and any(w in low for w in _EMBEDDING_NAMES):
@@ -276,6 +280,8 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, kind: str | None = None) -
         result["mask_iou"] = mask_iou(ref, out)
     elif kind == "image" and ref.ndim >= 3:
         result.update(image_fidelity(ref, out))
+    elif kind == "labels":
+        result["equal"] = float(np.mean(ref == out))
     elif kind == "segmentation" and ref.ndim >= 3:
         axis = class_axis(ref)
         axis = 1 if axis is None else axis  # given by --output-kind: channels first
@@ -427,6 +433,8 @@ def kind_line(fid: dict) -> str:
         )
     if "mask_iou" in fid:
         return f"{kind}: mask IoU {fid['mask_iou']:.3f}"
+    if "equal" in fid:
+        return f"{kind}: equal {100 * fid['equal']:.2f} %"
     if "ssim_mean" in fid:
         return (
             f"{kind}: SSIM {fid['ssim_mean']:.3f} (min {fid['ssim_min']:.3f}), PSNR {fid['psnr_db']:.1f} dB"
