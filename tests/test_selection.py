@@ -1,8 +1,8 @@
 """A detector with NonMaxSuppression in its graph (outputs [K, 4] boxes and [K, 3] selected indices,
 K found per image) is compressed without the selection, judged on the boxes and scores the
 selection reads, and the selection put back: the artifact has the model's outputs, and the
-verification compares the selections as sets. A classifier whose probabilities come out as a
-sequence of maps (skl2onnx's ZipMap) is compressed the same way, judged on its probabilities."""
+verification compares the selections as sets. (A classifier whose probabilities come out as a
+sequence of maps, skl2onnx's ZipMap, is cut the same way: tests/test_sklearn_onnx.py.)"""
 
 from __future__ import annotations
 
@@ -132,82 +132,3 @@ def test_int8_of_a_detector_with_nms_in_the_graph(edgekit, tmp_path):
     int8 = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in int8.get_outputs()] == ["detections", "selected"]
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node}
-
-
-def _zipmap_classifier(path, x: np.ndarray, y: np.ndarray) -> None:
-    """A StandardScaler and an MLP on scikit-learn's digits written as skl2onnx writes such a
-    pipeline: the scaler as ai.onnx.ml's Scaler (whose output ONNX does not type) and a Cast to
-    float, a label output (ArgMax) and the probabilities as a sequence of {class: probability} maps
-    (ai.onnx.ml ZipMap)."""
-    from sklearn.neural_network import MLPClassifier
-
-    mean, std = x.mean(0), x.std(0) + 1e-3
-    scaler = {"offset": mean.tolist(), "scale": (1 / std).tolist()}
-    clf = MLPClassifier((64,), max_iter=400, random_state=0).fit((x - mean) / std, y)  # converged
-    (w1, w2), (b1, b2) = clf.coefs_, clf.intercepts_
-    weights = {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
-    nodes = [
-        helper.make_node("Scaler", ["input"], ["variable"], domain="ai.onnx.ml", **scaler),
-        helper.make_node("Cast", ["variable"], ["cast_input"], to=TensorProto.FLOAT),
-        helper.make_node("MatMul", ["cast_input", "w1"], ["h"]),
-        helper.make_node("Add", ["h", "b1"], ["hb"]),
-        helper.make_node("Relu", ["hb"], ["r"]),
-        helper.make_node("MatMul", ["r", "w2"], ["o"]),
-        helper.make_node("Add", ["o", "b2"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
-        helper.make_node(
-            "ZipMap", ["probabilities"], ["output_probability"], domain="ai.onnx.ml",
-            classlabels_int64s=list(range(10)),
-        ),
-    ]  # fmt: skip
-    maps = helper.make_sequence_type_proto(
-        helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
-    )
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
-        [
-            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
-            helper.make_value_info("output_probability", maps),
-        ],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
-    )
-    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)]
-    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
-
-
-def test_int8_of_a_classifier_whose_probabilities_are_a_sequence_of_maps(edgekit, tmp_path):
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16).astype(np.float32)
-    _zipmap_classifier(tmp_path / "mlp.onnx", x[:1000], y[:1000])
-    np.savez(tmp_path / "calib.npz", input=x[1000:1300])
-    np.savez(tmp_path / "eval.npz", input=x[1300:])
-    r = edgekit(
-        "compress", tmp_path / "mlp.onnx", "--int8", "--calib", tmp_path / "calib.npz", "--eval",
-        tmp_path / "eval.npz", "-o", tmp_path / "out",
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr  # was: "does not run in ONNX Runtime ... ('list' object has no
-    manifest = json.loads((tmp_path / "out" / "edgekit.json").read_text())  # attribute 'shape')"
-    # the Cast after the Scaler (ORT's optimizer drops it) typed every tensor after it: without it
-    # ORT's quantizer skipped them all ("quantized none of the model's compute ops (MatMul x2)")
-    assert manifest["passes"][-1]["summary"]["quantized_ops"] == {"MatMul": 2}
-    judged = manifest["verification"]["int8"]["fidelity"]["output_0"]
-    assert judged["name"] == "probabilities" and judged["kind"] == "classes"  # by its kind, not "other"
-    assert judged["top1_agreement"] >= 0.95, judged
-    label = manifest["verification"]["int8"]["fidelity"]["output_1"]
-    assert label["name"] == "label" and label["kind"] == "labels" and label["equal"] >= 0.95
-    assert manifest["verification"]["selection"]["ops"] == ["ZipMap"]
-    fp32, int8 = (
-        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-        for p in (tmp_path / "mlp.onnx", tmp_path / "out" / "model.onnx")
-    )
-    assert [o.name for o in int8.get_outputs()] == ["label", "output_probability"]
-    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node}
-    (label, maps), (label8, maps8) = (s.run(None, {"input": x[1300:1400]}) for s in (fp32, int8))
-    assert isinstance(maps8[0], dict) and sorted(maps8[0]) == list(range(10))  # still maps
-    assert np.mean(label == label8) >= 0.95
-    assert max(abs(a[k] - b[k]) for a, b in zip(maps, maps8, strict=True) for k in a) < 0.1

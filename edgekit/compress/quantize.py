@@ -188,7 +188,15 @@ def form_name(cfg: Int8Config) -> str | None:
 def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None):
     """Write a QDQ INT8 model to `out`; return a summary of what was quantized. A model in which
     nothing could be quantized is refused with the reason, never written as an "INT8" copy of fp32,
-    unless it has LSTMs the int8 pass may quantize dynamically after (edgekit.compress.dynamic_lstm)."""
+    unless it has LSTMs the int8 pass may quantize dynamically after (edgekit.compress.dynamic_lstm).
+    One with no compute op outside control flow is refused before calibrating (scikit-learn's
+    classifiers as ai.onnx.ml ops: LinearClassifier, TreeEnsembleClassifier)."""
+    import onnx
+
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    lstms = cfg.dynamic_lstm != "never" and dynamic_lstm.count(Path(fp32))
+    if not lstms and not any(n.op_type in COMPUTE_OPS for n in graph.node):
+        raise EdgekitError(nothing_quantized(Path(fp32)))
     with calibrated(fp32, calib, cfg, batch_fixed) as write:
         summary = write(out, cfg.exclude_nodes)
     if summary["quantized_ops"] or cfg.exclude_nodes:
@@ -259,7 +267,11 @@ def nothing_quantized(fp32: Path, lstm: str | None = None) -> str:
             f"which ONNX Runtime's static quantizer has no INT8 form of{only_lstm}; --fp16 shrinks it "
             "instead."
         )
-    return "--int8 found nothing to quantize: it has no Conv, ConvTranspose, MatMul or Gemm."
+    ops = ", ".join(f"{k} x{v}" for k, v in Counter(n.op_type for n in graph.node).most_common(4))
+    return (
+        f"--int8 found nothing to quantize: the model has no Conv, ConvTranspose, MatMul or Gemm, the "
+        f"ops ONNX Runtime computes in INT8 (it has {ops})."
+    )
 
 
 Write = Callable[[Path, Sequence[str]], dict]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.compress import model_file
+from edgekit.compress import model_file, value_types
 from edgekit.compress.outer_reads import reads, subgraphs
 
 # ops whose output size depends on the values they read
@@ -125,14 +125,21 @@ def _nodereads(node) -> list[str]:
 
 
 def _typed(model) -> None:
-    """The head's outputs typed and shaped by ONNX shape inference (ORT needs an output's type)."""
+    """The head's outputs typed and shaped by ONNX shape inference (ORT needs an output's type), and
+    typed as ONNX Runtime types them where ONNX cannot (an ai.onnx.ml LinearClassifier's scores)."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)
     known = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
     for out in model.graph.output:
-        if out.name in known and known[out.name].type.HasField("tensor_type"):
+        if out.name in known and known[out.name].type.tensor_type.elem_type:
             out.CopyFrom(known[out.name])
+    untyped = [o.name for o in model.graph.output if not o.type.tensor_type.elem_type]
+    if untyped:
+        found = value_types.ort_types(model, untyped)
+        for out in model.graph.output:
+            if out.name in found:
+                out.CopyFrom(onnx.helper.make_tensor_value_info(out.name, found[out.name], None))
 
 
 def rejoin(full: Path, head: Path, dst: Path, split_: Split) -> None:

@@ -17,7 +17,6 @@ def fill(src: Path, dst: Path) -> int:
     """Write DST: SRC with its untyped node outputs given the element types ONNX Runtime gives them;
     how many were typed (0: nothing written)."""
     import onnx
-    import onnxruntime as ort
 
     model = onnx.load(str(src), load_external_data=False)
     graph = model.graph
@@ -28,10 +27,23 @@ def fill(src: Path, dst: Path) -> int:
     if not missing:
         return 0
     model = onnx.load(str(src))
+    found = ort_types(model, missing)
+    model.graph.value_info.extend(onnx.helper.make_tensor_value_info(n, t, None) for n, t in found.items())
+    if found:
+        model_file.save(model, dst)
+    return len(found)
+
+
+def ort_types(model, names: list[str]) -> dict[str, int]:
+    """The ONNX element types ONNX Runtime gives the tensors NAMES of MODEL (a ModelProto with its
+    weights), asked of a session that runs nothing; a sequence or a map is left out."""
+    import onnx
+    import onnxruntime as ort
+
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in missing)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     with tempfile.TemporaryDirectory(prefix="edgekit-types-") as tmp:
@@ -42,12 +54,8 @@ def fill(src: Path, dst: Path) -> int:
         )
         outputs = session.get_outputs()
     found = {}
-    for o in outputs:  # "tensor(float)"; a sequence or a map stays untyped
+    for o in outputs:  # "tensor(float)"
         name = o.type[len("tensor(") : -1].upper() if o.type.startswith("tensor(") else ""
         if name in onnx.TensorProto.DataType.DESCRIPTOR.values_by_name:
             found[o.name] = onnx.TensorProto.DataType.Value(name)
-    graph = model.graph
-    graph.value_info.extend(onnx.helper.make_tensor_value_info(n, t, None) for n, t in found.items())
-    if found:
-        model_file.save(model, dst)
-    return len(found)
+    return found
