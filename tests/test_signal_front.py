@@ -153,6 +153,43 @@ def test_a_whole_log_mel_front_end_is_found_and_a_normalized_first_layer_is_not(
     assert signal_front.front(graph) == []
 
 
+class OctaveFront(nn.Module):
+    """waveform -> a constant-Q transform as nnAudio's CQT2010v2 computes it (Basic Pitch's front end):
+    one octave's complex kernels at the full rate, then for each lower octave a low-pass filter from
+    one channel to one with a decimation by 2 and the same kernels; the magnitudes stacked -> log ->
+    a Conv1d: the lowest octave's magnitude is five compute ops from the input."""
+
+    OCTAVES = 4
+
+    def __init__(self):
+        super().__init__()
+        self.kernels = nn.Conv1d(1, 2 * BINS, WINDOW, HOP, bias=False)
+        self.lowpass = nn.Conv1d(1, 1, 15, 2, 7, bias=False)
+        self.lowpass.weight.data = torch.hann_window(15)[None, None] / 7.5
+        self.encoder = nn.Conv1d(BINS * self.OCTAVES, 16, 3, 1, 1)
+
+    def forward(self, x):
+        x, octaves = x.unsqueeze(1), []
+        for k in range(self.OCTAVES):
+            if k:
+                x = self.lowpass(x)
+            y = self.kernels(x)[..., :3]  # the lowest octave's 3 frames
+            octaves.append(torch.sqrt(y[:, :BINS] ** 2 + y[:, BINS:] ** 2 + 1e-9))
+        return self.encoder(torch.log(torch.cat(octaves, 1)))
+
+
+def test_a_constant_q_front_end_is_found_through_its_decimations(tmp_path):
+    """A filter from one channel to one resamples the signal: it is no transform, and the octaves
+    below the first are found with it (Basic Pitch: 26 of its 32 convolutions)."""
+    torch.onnx.export(
+        OctaveFront().eval(), (torch.randn(2, SAMPLES),), str(tmp_path / "cqt.onnx"), dynamo=False
+    )
+    graph = onnx.load(str(tmp_path / "cqt.onnx")).graph
+    ops = signal_front.summary(graph, signal_front.front(graph))["ops"]
+    assert ops["Conv"] == 2 * OctaveFront.OCTAVES - 1  # the kernels at each rate and the 3 low-passes
+    assert ops["Sqrt"] == OctaveFront.OCTAVES and ops["Log"] == 1  # the encoder's Conv is not front
+
+
 def test_a_model_that_is_only_a_front_end_is_refused_with_the_reason(tmp_path):
     import pytest
 

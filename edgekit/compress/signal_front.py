@@ -32,16 +32,19 @@ def _signals(graph) -> set[str]:
 def front(graph) -> list[int]:
     """Indices of GRAPH's nodes in a signal front end: each magnitude op that a signal input reaches
     through at most TRANSFORMS compute ops on any one path (an STFT's real and imaginary
-    convolutions side by side count once) and that measures no normalization, with every node it
-    depends on."""
+    convolutions side by side count once; a filter from one channel to one, which resamples the
+    signal, not at all: a constant-Q transform's octaves, each a low-pass and a decimation below the
+    last, Basic Pitch's seven) and that measures no normalization, with every node it depends on."""
     signals = _signals(graph)
     if not signals:
         return []
     producer = {o: k for k, n in enumerate(graph.node) for o in n.output}
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
     depth, reached = [0] * len(graph.node), [False] * len(graph.node)
     for k, node in enumerate(graph.node):  # topologically sorted, as ONNX requires
         before = [producer[i] for i in node.input if i in producer]
-        depth[k] = (node.op_type in COMPUTE) + max((depth[j] for j in before), default=0)
+        transform = node.op_type in COMPUTE and not _resamples(node, shapes)
+        depth[k] = transform + max((depth[j] for j in before), default=0)
         reached[k] = any(i in signals for i in node.input) or any(reached[j] for j in before)
     found: set[int] = set()
     for k, node in enumerate(graph.node):
@@ -49,6 +52,13 @@ def front(graph) -> list[int]:
         if magnitude and not _normalizes(graph, producer, k):
             found |= _ancestors(graph, producer, k)
     return sorted(found)
+
+
+def _resamples(node, shapes: dict[str, list[int]]) -> bool:
+    """NODE is a convolution of one channel into one by a constant filter (a low-pass before a
+    decimation, a pre-emphasis): the signal again, at another rate."""
+    weight = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+    return weight is not None and weight[:2] == [1, 1]
 
 
 def _ancestors(graph, producer: dict[str, int], k: int) -> set[int]:
