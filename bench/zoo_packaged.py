@@ -11,6 +11,12 @@ installs them --no-deps: only the files are read).
   convolutions with SiLU -> LSTM -> 8210 characters per time step, time-major [T, 1, C] while the file
   declares [1, seqlen]; batch 1. Data: captcha-like words rendered with DejaVu (rotated letters,
   lines, noise, blur), 64 x 160, /255 as ddddocr feeds them.
+- Spotify's Basic Pitch 0.4.0 (`saved_models/icassp_2022/nmp.onnx`, Keras through tf2onnx): 2 s of
+  audio at 22050 Hz [N, 43844, 1] -> a constant-Q transform written as convolutions (an octave's
+  complex kernels, then a low-pass and a decimation per octave below), log, normalization ->
+  a small CNN -> note, onset (each [N, 172, 88]) and pitch-contour ([N, 172, 264]) posteriorgrams.
+  Data: polyphonic notes (harmonic tones with attacks and decays, 3 to 11 a window), every third
+  window with espeak-ng speech mixed in, peak-normalized at -10 to -1 dBFS.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ except ImportError:  # run as a script from bench/
     from zoo_case import ZooCase
     from zoo_outside import packaged
 
-NAMES = ("magika", "ddddocr")
+NAMES = ("magika", "ddddocr", "basic_pitch")
 MAGIKA, MAGIKA_BLOCK, MAGIKA_SIDE, PADDING = "standard_v3_3", 4096, 1024, 256
 CAPTCHA_CHARS = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+PITCH_RATE, PITCH_WINDOW = 22050, 43844  # Basic Pitch's sample rate and window (2 s)
 
 
 def magika_features(path: Path) -> np.ndarray:
@@ -115,8 +122,46 @@ def _captchas(n: int, seed: int) -> dict:
     return {"input1": np.stack([_captcha(rng) for _ in range(n)])}
 
 
+def _notes(rng: np.random.Generator) -> np.ndarray:
+    """One window of polyphonic notes: harmonic tones (MIDI 36-95, up to 7 partials) with a 5 ms
+    attack, an exponential decay and a random end."""
+    t = np.arange(PITCH_WINDOW) / PITCH_RATE
+    y = np.zeros(PITCH_WINDOW)
+    for _ in range(int(rng.integers(3, 12))):
+        f = 440 * 2 ** ((int(rng.integers(36, 96)) - 69) / 12)
+        start, length = rng.uniform(0, 1.8), rng.uniform(0.1, 1.0)
+        on = (t >= start) & (t < start + length)
+        envelope = np.where(
+            on, np.exp(-(t - start) * rng.uniform(1, 6)) * np.clip((t - start) * 200, 0, 1), 0
+        )
+        partials = [h for h in range(1, 8) if f * h < PITCH_RATE / 2]
+        tone = sum(
+            np.sin(2 * np.pi * f * h * t + rng.uniform(0, 6)) / h ** rng.uniform(1, 2) for h in partials
+        )
+        y += rng.uniform(0.1, 0.5) * envelope * tone
+    return y
+
+
+def _music(n: int, seed: int) -> dict:
+    """N windows for Basic Pitch ([N, 43844, 1]): notes, every third with speech mixed in."""
+    from zoo_outside import RATE, speech_stream
+
+    rng = np.random.default_rng(seed)
+    speech = speech_stream(seed)
+    speech = np.interp(np.arange(int(speech.size * PITCH_RATE / RATE)) * RATE / PITCH_RATE,
+                       np.arange(speech.size), speech)  # fmt: skip
+    windows = []
+    for k in range(n):
+        y = _notes(rng)
+        if k % 3 == 0:
+            start = int(rng.integers(0, speech.size - PITCH_WINDOW))
+            y = y + 0.5 * speech[start : start + PITCH_WINDOW]
+        windows.append(y / max(np.abs(y).max(), 1e-6) * 10 ** rng.uniform(-0.5, -0.05))
+    return {"serving_default_input_2:0": np.stack(windows).astype(np.float32)[..., None]}
+
+
 def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
-    """Magika and ddddocr's recognizer, with their data in WORK."""
+    """Magika, ddddocr's recognizer and Basic Pitch, with their data in WORK."""
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     bytes_calib, bytes_eval = work / f"magika_calib{n_calib}.npz", work / f"magika_eval{n_eval}.npz"
@@ -128,9 +173,16 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
     for path, n, seed in ((words_calib, n_calib, 0), (words_eval, n_eval, 1)):
         if not path.is_file():
             np.savez(path, **_captchas(n, seed))
+    music_calib, music_eval = work / f"music_calib{n_calib}.npz", work / f"music_eval{n_eval}.npz"
+    for path, n, seed in ((music_calib, n_calib, 1), (music_eval, n_eval, 2)):
+        if not path.is_file():
+            np.savez(path, **_music(n, seed))
     return [
         ZooCase("magika", packaged("magika", "models", MAGIKA, "model.onnx"), bytes_calib, bytes_eval, {},
                 data=f"bytes of real files here, one type after another ({n_calib} calib, {n_eval} eval)"),
         ZooCase("ddddocr", packaged("ddddocr", "common.onnx"), words_calib, words_eval, {},
                 data=f"captcha-like words, 64x160 grayscale ({n_calib} calib, {n_eval} eval)"),
+        ZooCase("basic_pitch", packaged("basic_pitch", "saved_models", "icassp_2022", "nmp.onnx"),
+                music_calib, music_eval, {},
+                data=f"2 s of polyphonic notes, some with speech, 22050 Hz ({n_calib} calib, {n_eval} eval)"),
     ]  # fmt: skip

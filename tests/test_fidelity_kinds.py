@@ -83,6 +83,13 @@ def test_a_dense_detectors_sigmoid_scores_are_judged_by_sqnr_not_by_argmax():
     softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     assert output_kind(softmax) == "sequence"
     assert output_kind(scores[:, 0]) == "classes"  # [N, C]: a multi-label classifier's top-1 holds
+    # what a user thresholding them keeps: the entries above 0.5, as sets
+    out = scores.copy()
+    above = np.argwhere(scores > 0.5)
+    out[tuple(above[0])] = 0.4  # one decision lost of len(above)
+    fid = compare_outputs(scores, out)
+    assert fid["decisions_iou"] == pytest.approx((len(above) - 1) / len(above))
+    assert kind_line(fid).startswith(f"other: decisions above 0.5 IoU {fid['decisions_iou']:.3f}")
 
 
 def test_a_dense_map_by_mask_iou():

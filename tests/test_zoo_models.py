@@ -474,12 +474,13 @@ def test_waifu2x_upscaler_keeps_its_pictures(edgekit, state_dicts, tmp_path):
 # 56 %), ddddocr's captchas 88.7 % CTC-decoded equal (NNCF 78.3 %, ORT 77.0 %); smaller samples here.
 MAGIKA_MIN_AGREEMENT = 0.90
 DDDDOCR_MIN_DECODED = 0.82
+BASIC_PITCH_MIN_SQNR = 25.0
 
 
 @pytest.fixture(scope="module")
 def packaged_files(tmp_path_factory):
     """bench.zoo_packaged's cases (small samples), or a skip naming what is missing."""
-    _need("magika", "ddddocr")
+    _need("magika", "ddddocr", "basic_pitch")
     from bench import zoo_packaged
 
     return {
@@ -511,3 +512,19 @@ def test_ddddocr_time_major_sequence_with_a_wrong_declared_shape(edgekit, packag
     check = manifest.verification["int8"]["fidelity"]["output_0"]
     assert check["name"] == "387" and check["kind"] == "sequence", check
     assert check["decoded_agreement"] >= DDDDOCR_MIN_DECODED, check
+
+
+def test_basic_pitch_keeps_its_constant_q_front_end_float(edgekit, packaged_files, tmp_path):
+    """Keras through tf2onnx: a constant-Q transform of 7 octaves, each a low-pass and a decimation
+    below the last, kept float whole (it was quantized below its second octave: SQNR 8.9 dB on the
+    note posteriorgram); the CNN after it INT8."""
+    proc = _state_dict_int8(edgekit, packaged_files["basic_pitch"], tmp_path / "int8")
+    assert proc.returncode == 0, proc.stderr
+    manifest = read_manifest(tmp_path / "int8")
+    summary = manifest.passes[-1].summary
+    assert summary["signal_front_float"]["ops"]["Conv"] == 26 and summary["quantized_ops"] == {"Conv": 6}, (
+        summary
+    )
+    fidelity = manifest.verification["int8"]["fidelity"]
+    notes = [fidelity[f"output_{k}"]["sqnr_db"] for k in range(3)]
+    assert min(notes) >= BASIC_PITCH_MIN_SQNR, fidelity

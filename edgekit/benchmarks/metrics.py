@@ -282,6 +282,8 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, kind: str | None = None) -
         result.update(image_fidelity(ref, out))
     elif kind == "labels":
         result["equal"] = float(np.mean(ref == out))
+    elif kind == "other" and ref.ndim >= 2 and independent_scores(ref):
+        result["decisions_iou"] = decisions_iou(ref, out)
     elif kind == "segmentation" and ref.ndim >= 3:
         axis = class_axis(ref)
         axis = 1 if axis is None else axis  # given by --output-kind: channels first
@@ -313,6 +315,15 @@ def row_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
     dots = np.sum(a * b, axis=1)
     same = np.all(a == b, axis=1).astype(np.float64)
     return np.where(denom > 0, dots / np.where(denom > 0, denom, 1), same)
+
+
+def decisions_iou(ref: np.ndarray, out: np.ndarray) -> float:
+    """IoU of the entries above 0.5 in REF and in OUT, over all samples: what a user thresholding
+    independent probabilities (a detector's per-anchor scores, a transcriber's note posteriors)
+    keeps; 1 where neither has any."""
+    a, b = np.asarray(ref) > 0.5, np.asarray(out) > 0.5
+    union = int(np.sum(a | b))
+    return float(np.sum(a & b) / union) if union else 1.0
 
 
 def mask_iou(ref: np.ndarray, out: np.ndarray) -> float:
@@ -441,4 +452,7 @@ def kind_line(fid: dict) -> str:
         )
     if "pixel_agreement" in fid:
         return f"{kind}: pixel agreement {100 * fid['pixel_agreement']:.2f} %"
+    if "decisions_iou" in fid:
+        iou, diff = fid["decisions_iou"], fid["max_abs_diff"]
+        return f"{kind}: decisions above 0.5 IoU {iou:.3f}, max abs diff {diff:.3g}"
     return f"{kind}: max abs diff {fid['max_abs_diff']:.3g}"
