@@ -30,10 +30,10 @@ import numpy as np
 
 try:
     from bench.zoo_case import ZooCase
-    from bench.zoo_outside import packaged
+    from bench.zoo_outside import RATE, packaged, speech_stream
 except ImportError:  # run as a script from bench/
     from zoo_case import ZooCase
-    from zoo_outside import packaged
+    from zoo_outside import RATE, packaged, speech_stream
 
 NAMES = ("magika", "ddddocr", "basic_pitch")
 MAGIKA, MAGIKA_BLOCK, MAGIKA_SIDE, PADDING = "standard_v3_3", 4096, 1024, 256
@@ -144,8 +144,6 @@ def _notes(rng: np.random.Generator) -> np.ndarray:
 
 def _music(n: int, seed: int) -> dict:
     """N windows for Basic Pitch ([N, 43844, 1]): notes, every third with speech mixed in."""
-    from zoo_outside import RATE, speech_stream
-
     rng = np.random.default_rng(seed)
     speech = speech_stream(seed)
     speech = np.interp(np.arange(int(speech.size * PITCH_RATE / RATE)) * RATE / PITCH_RATE,

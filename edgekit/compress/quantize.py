@@ -189,13 +189,14 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
     """Write a QDQ INT8 model to `out`; return a summary of what was quantized. A model in which
     nothing could be quantized is refused with the reason, never written as an "INT8" copy of fp32,
     unless it has LSTMs the int8 pass may quantize dynamically after (edgekit.compress.dynamic_lstm).
-    One with no compute op outside control flow is refused before calibrating (scikit-learn's
-    classifiers as ai.onnx.ml ops: LinearClassifier, TreeEnsembleClassifier)."""
+    One with no compute op at all, not even in a branch a constant input may decide, is refused
+    before calibrating (scikit-learn's classifiers as ai.onnx.ml ops: LinearClassifier,
+    TreeEnsembleClassifier)."""
     import onnx
 
     graph = onnx.load(str(fp32), load_external_data=False).graph
     lstms = cfg.dynamic_lstm != "never" and dynamic_lstm.count(Path(fp32))
-    if not lstms and not any(n.op_type in COMPUTE_OPS for n in graph.node):
+    if not lstms and not branch_ops(graph) and not any(n.op_type in COMPUTE_OPS for n in graph.node):
         raise EdgekitError(nothing_quantized(Path(fp32)))
     with calibrated(fp32, calib, cfg, batch_fixed) as write:
         summary = write(out, cfg.exclude_nodes)
