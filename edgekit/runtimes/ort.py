@@ -118,23 +118,6 @@ class Session:
         memory before it returns, so the device work is finished and a timed run is complete."""
         return [as_array(o) for o in self._sess.run(None, feeds)]
 
-
-def as_array(value) -> np.ndarray:
-    """An output as an array: a sequence of maps (skl2onnx's ZipMap, one {class: probability} a
-    sample) as [samples, classes] of its values in the maps' order; a sequence of equal tensors
-    stacked. Every comparison and batch join reads arrays; ONNX Runtime gives these as lists."""
-    if not isinstance(value, list):
-        return value
-    if value and all(isinstance(v, dict) for v in value):
-        return np.array([list(v.values()) for v in value])
-    try:
-        return np.stack(value) if value else np.zeros((0,), np.float32)
-    except ValueError:
-        raise RuntimeFailure(
-            f"an output is a sequence of {len(value)} tensors of different shapes, which edgekit cannot "
-            "compare value by value; export the model with tensor outputs."
-        ) from None
-
     def info(self) -> dict:
         import onnxruntime as ort
 
@@ -151,3 +134,20 @@ def as_array(value) -> np.ndarray:
 
 def load(path: str, device: str = "cpu", options: Options | None = None) -> Session:
     return Session(path, device, options)
+
+
+def as_array(value) -> np.ndarray:
+    """An output as an array: a sequence of maps (skl2onnx's ZipMap, one {class: probability} a
+    sample) as [samples, classes] of its values in the maps' order; a sequence of equal tensors
+    stacked. Every comparison and batch join reads arrays; ONNX Runtime gives these as lists."""
+    if not isinstance(value, list):
+        return value
+    if value and all(isinstance(v, dict) for v in value):
+        return np.array([list(v.values()) for v in value])
+    try:
+        return np.stack(value) if value else np.zeros((0,), np.float32)
+    except ValueError:
+        raise RuntimeFailure(
+            f"an output is a sequence of {len(value)} tensors of different shapes, which edgekit cannot "
+            "compare value by value; export the model with tensor outputs."
+        ) from None
