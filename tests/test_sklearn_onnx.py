@@ -13,6 +13,46 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 
+def _save(path, name: str, nodes: list, weights: dict) -> None:
+    """Write NODES (reading `input` [N, 64], making `label` and `probabilities`) and WEIGHTS to PATH
+    as skl2onnx ends a classifier: the probabilities as a sequence of {class: probability} maps
+    (ai.onnx.ml ZipMap) beside the label."""
+    zipmap = helper.make_node(
+        "ZipMap",
+        ["probabilities"],
+        ["output_probability"],
+        domain="ai.onnx.ml",
+        classlabels_int64s=list(range(10)),
+    )
+    maps = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+    )
+    graph = helper.make_graph(
+        [*nodes, zipmap],
+        name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+            helper.make_value_info("output_probability", maps),
+        ],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+
+
+def _digits(tmp_path) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits in [0, 1]: 1000 to train on returned, the next 300 written as
+    calib.npz and the rest as eval.npz in TMP_PATH."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=x[1000:1300])
+    np.savez(tmp_path / "eval.npz", input=x[1300:])
+    return x[:1000], y[:1000]
+
+
 def _zipmap_classifier(path, x: np.ndarray, y: np.ndarray) -> None:
     """A StandardScaler and an MLP on scikit-learn's digits written as skl2onnx writes such a
     pipeline: the scaler as ai.onnx.ml's Scaler (whose output ONNX does not type) and a Cast to
@@ -35,36 +75,12 @@ def _zipmap_classifier(path, x: np.ndarray, y: np.ndarray) -> None:
         helper.make_node("Add", ["o", "b2"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
         helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
-        helper.make_node(
-            "ZipMap", ["probabilities"], ["output_probability"], domain="ai.onnx.ml",
-            classlabels_int64s=list(range(10)),
-        ),
-    ]  # fmt: skip
-    maps = helper.make_sequence_type_proto(
-        helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
-    )
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
-        [
-            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
-            helper.make_value_info("output_probability", maps),
-        ],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
-    )
-    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)]
-    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+    ]
+    _save(path, "mlp", nodes, weights)
 
 
 def test_int8_of_a_classifier_whose_probabilities_are_a_sequence_of_maps(edgekit, tmp_path):
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16).astype(np.float32)
-    _zipmap_classifier(tmp_path / "mlp.onnx", x[:1000], y[:1000])
-    np.savez(tmp_path / "calib.npz", input=x[1000:1300])
-    np.savez(tmp_path / "eval.npz", input=x[1300:])
+    _zipmap_classifier(tmp_path / "mlp.onnx", *_digits(tmp_path))
     r = edgekit(
         "compress", tmp_path / "mlp.onnx", "--int8", "--calib", tmp_path / "calib.npz", "--eval",
         tmp_path / "eval.npz", "-o", tmp_path / "out",
@@ -86,7 +102,8 @@ def test_int8_of_a_classifier_whose_probabilities_are_a_sequence_of_maps(edgekit
     )
     assert [o.name for o in int8.get_outputs()] == ["label", "output_probability"]
     assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node}
-    (label, maps), (label8, maps8) = (s.run(None, {"input": x[1300:1400]}) for s in (fp32, int8))
+    x = np.load(tmp_path / "eval.npz")["input"][:100]
+    (label, maps), (label8, maps8) = (s.run(None, {"input": x}) for s in (fp32, int8))
     assert isinstance(maps8[0], dict) and sorted(maps8[0]) == list(range(10))  # still maps
     assert np.mean(label == label8) >= 0.95
     assert max(abs(a[k] - b[k]) for a, b in zip(maps, maps8, strict=True) for k in a) < 0.1
@@ -110,41 +127,19 @@ def _linear_classifier(path, x: np.ndarray, y: np.ndarray, pca: int | None) -> N
     clf = LogisticRegression(max_iter=3000).fit(x, y)
     nodes += [
         helper.make_node(
-            "LinearClassifier", [features], ["label", "scores"], domain="ai.onnx.ml",
-            coefficients=clf.coef_.ravel().tolist(), intercepts=clf.intercept_.tolist(),
-            classlabels_ints=list(range(10)), multi_class=1, post_transform="SOFTMAX",
+            "LinearClassifier",
+            [features],
+            ["label", "scores"],
+            domain="ai.onnx.ml",
+            coefficients=clf.coef_.ravel().tolist(),
+            intercepts=clf.intercept_.tolist(),
+            classlabels_ints=list(range(10)),
+            multi_class=1,
+            post_transform="SOFTMAX",
         ),
         helper.make_node("Normalizer", ["scores"], ["probabilities"], domain="ai.onnx.ml", norm="L1"),
-        helper.make_node(
-            "ZipMap", ["probabilities"], ["output_probability"], domain="ai.onnx.ml",
-            classlabels_int64s=list(range(10)),
-        ),
-    ]  # fmt: skip
-    maps = helper.make_sequence_type_proto(
-        helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
-    )
-    graph = helper.make_graph(
-        nodes,
-        "linear",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 64])],
-        [
-            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
-            helper.make_value_info("output_probability", maps),
-        ],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
-    )
-    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)]
-    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
-
-
-def _digits(tmp_path) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16).astype(np.float32)
-    np.savez(tmp_path / "calib.npz", input=x[1000:1300])
-    np.savez(tmp_path / "eval.npz", input=x[1300:])
-    return x[:1000], y[:1000]
+    ]
+    _save(path, "linear", nodes, weights)
 
 
 def test_a_linear_classifier_alone_has_nothing_to_quantize(edgekit, tmp_path):

@@ -202,7 +202,7 @@ def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_
         summary = write(out, cfg.exclude_nodes)
     if summary["quantized_ops"] or cfg.exclude_nodes:
         return summary
-    if cfg.dynamic_lstm == "never" or not dynamic_lstm.count(Path(fp32)):  # else quantized after (passes)
+    if not lstms:  # else its LSTMs are quantized after (passes)
         raise EdgekitError(nothing_quantized(Path(fp32)))
     return summary
 
