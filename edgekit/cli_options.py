@@ -440,6 +440,12 @@ compress_options = options(
         "calibration data (default: on, within a time budget; never for transformers).",
     ),
     click.option(
+        "--input-grid/--no-input-grid",
+        default=None,
+        help="Move a graph input's INT8 scale off the grid its data lies on (8-bit pixels) where that "
+        "rounds it with less error (default: on).",
+    ),
+    click.option(
         "--fused-activations/--no-fused-activations",
         default=None,
         help="Write GELU and SiLU activations spelled out as elementwise ops as ONNX Runtime's fused "

@@ -146,6 +146,7 @@ def precision_passes(kw: dict, target: str) -> dict:
             "bias_correction",
             "adaround",
             "range_search",
+            "input_grid",
             "fused_activations",
         )
         if kw[k] is not None
