@@ -13,16 +13,19 @@ from edgekit.data import Samples
 BASE = dict(calibration="minmax", adaround=False, range_search=False, equalize_activations=False)
 
 
-def _conv(path):
-    """x [N, 3, 8, 8] -> 3x3 Conv (8 channels) -> Relu."""
+def _conv(path, channels_last=False):
+    """x [N, 3, 8, 8] (or [N, 8, 8, 3] and a Transpose, as tf2onnx writes a Keras model) -> 3x3 Conv
+    (8 channels) -> Relu."""
     w = np.random.default_rng(0).normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
+    first = [helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2])] if channels_last else []
     graph = helper.make_graph(
         [
-            helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+            *first,
+            helper.make_node("Conv", ["nchw" if first else "x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
             helper.make_node("Relu", ["c"], ["y"]),
         ],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 3] if first else ["N", 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(8, np.float32), "b")],
     )
@@ -43,11 +46,11 @@ def _dequantized_input(path, x):
     return session.run([dq.output[0]], {"x": x})[0]
 
 
-def _quantized(tmp_path, x, on):
+def _quantized(tmp_path, x, on, channels_last=False):
     out = tmp_path / f"int8_{on}.onnx"
     cfg = Int8Config(**BASE, input_grid=on)
-    summary = quantize_int8(_conv(tmp_path / "fp32.onnx"), out, Samples({"x": x}, None), cfg, None)
-    return out, summary
+    fp32 = _conv(tmp_path / "fp32.onnx", channels_last)
+    return out, quantize_int8(fp32, out, Samples({"x": x}, None), cfg, None)
 
 
 def test_pixels_normalized_to_minus_one_one_stay_apart(tmp_path):
@@ -69,6 +72,13 @@ def test_pixels_normalized_to_minus_one_one_stay_apart(tmp_path):
     fp32 = ort.InferenceSession(str(tmp_path / "fp32.onnx")).run(None, {"x": x})[0]
     int8 = ort.InferenceSession(str(got[True][0])).run(None, {"x": x})[0]
     assert np.abs(int8 - fp32).mean() < 0.05 * np.abs(fp32).mean()
+
+
+def test_an_input_read_through_a_transpose_is_moved_too(tmp_path):
+    """A channels-last input is quantized after its Transpose: the same values, the same grid."""
+    pixels = np.random.default_rng(1).integers(0, 256, (64, 8, 8, 3))
+    _, summary = _quantized(tmp_path, (pixels / 127.5 - 1).astype(np.float32), True, channels_last=True)
+    assert len(summary["input_scales_off_grid"]) == 1
 
 
 def test_an_input_off_any_grid_keeps_its_calibrated_scale(tmp_path):

@@ -23,24 +23,34 @@ import numpy as np
 
 from edgekit.data import Samples
 
+# ops that hand on their input's values as they are (a Squeeze before a 2-D convolution: planar_conv3d)
+MOVES = ("Squeeze", "Unsqueeze", "Reshape", "Transpose", "Flatten", "Identity")
 SPAN = 0.02  # scales tried: the calibrated one x (1 +- SPAN), in STEPS
 STEPS = 40
 GAIN = 0.8  # a scale is taken where its squared error is at most this share of the calibrated one's
+# an error below this share of uniform rounding's (scale^2 / 12) is the levels holding the values up
+# to float32's rounding: left as it is
+EXACT = 1e-3
 VALUES = 1 << 21  # calibration values measured per input (an even subsample beyond)
 
 
 def factors(qdq: Path, calib: Samples) -> dict[str, float]:
-    """Per scale initializer of a graph input's QuantizeLinear in QDQ (a file ORT's quantizer wrote),
-    the factor on it that rounds the input's CALIB values with the least squared error, where it
-    beats the calibrated scale's by GAIN; the others are left out."""
+    """Per scale initializer of a graph input's QuantizeLinear in QDQ (a file ORT's quantizer wrote;
+    the input may reach it through ops that only move its values: MOVES), the factor on it that
+    rounds the input's CALIB values with the least squared error, where it beats the calibrated
+    scale's by GAIN; the others are left out."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(qdq), load_external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
+    origin = {name: name for name in calib.inputs}  # tensor -> the graph input whose values it holds
+    for n in model.graph.node:
+        if n.op_type in MOVES and n.input and n.input[0] in origin:
+            origin[n.output[0]] = origin[n.input[0]]
     found = {}
     for q in model.graph.node:
-        if q.op_type != "QuantizeLinear" or q.input[0] not in calib.inputs or len(q.input) < 3:
+        if q.op_type != "QuantizeLinear" or q.input[0] not in origin or len(q.input) < 3:
             continue
         if q.input[1] not in inits or q.input[2] not in inits:
             continue
@@ -48,7 +58,7 @@ def factors(qdq: Path, calib: Samples) -> dict[str, float]:
         zero = numpy_helper.to_array(inits[q.input[2]])
         if scale.size != 1 or zero.size != 1:
             continue
-        values = _values(np.asarray(calib.inputs[q.input[0]]))
+        values = _values(np.asarray(calib.inputs[origin[q.input[0]]]))
         if values is None:
             continue
         best = _best(values, float(scale.reshape(-1)[0]), zero.reshape(-1)[0])
@@ -77,7 +87,7 @@ def _error(values: np.ndarray, scale: float, zero) -> float:
 def _best(values: np.ndarray, scale: float, zero) -> float:
     """The factor on SCALE (1 where none beats it by GAIN) with the least `_error` on VALUES."""
     calibrated = _error(values, scale, zero)
-    if calibrated == 0.0:  # the grid is the levels: exact
+    if calibrated < EXACT * scale**2 / 12:  # the levels hold the values (bits: 0 and 1)
         return 1.0
     tried = 1 + SPAN * np.linspace(-1, 1, STEPS + 1)
     errors = [_error(values, scale * f, zero) for f in tried]

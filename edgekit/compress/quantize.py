@@ -43,6 +43,7 @@ from edgekit.compress import (
     ort_fused,
     outer_reads,
     output_tail,
+    planar_conv3d,
     range_search,
     shared_biases,
     signal_front,
@@ -317,6 +318,7 @@ class Prepared:
     vectors: int = 0  # Gemm biases given as rows, made vectors (shared_biases.vector_biases)
     unfused: int = 0  # ORT's fused layers written back as standard ops (ort_fused)
     clamps: int = 0  # Max/Min with a constant written as Clip (constant_clamps)
+    planar: int = 0  # 3-D convolutions over one frame written in 2-D (planar_conv3d)
     affine: int = 0  # constant scales and shifts beside a convolution folded into it (affine_constants)
     islands: int = 0  # activations left float for ORT's fused ops (activation_islands)
     norms: int = 0  # normalizations and softmaxes written out as elementwise ops (norm_islands)
@@ -370,6 +372,9 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
     clamps = constant_clamps.as_clip(src, tmp / "clamps.onnx")
     if clamps:
         src = tmp / "clamps.onnx"
+    planar = planar_conv3d.flatten(src, tmp / "planar.onnx")
+    if planar:
+        src = tmp / "planar.onnx"
     if cfg.preprocess:
         read, src = src, tmp / "pre.onnx"
         # where ORT's symbolic shape inference gives up it leaves sym_shape_infer_temp.onnx
@@ -448,7 +453,7 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
         src, ranges.cache, ranges.memory, ranges.left, ranges.means, around, extra, ops, transformer,
         smoothed, equalized, balanced, overrides, pairs, rounding, guarded=guarded, front=front,
         widened=widened, branches=branches, unshared=unshared, vectors=vectors, unfused=unfused,
-        islands=islands, norms=norms, clamps=clamps, affine=affine,
+        islands=islands, norms=norms, clamps=clamps, affine=affine, planar=planar,
     )  # fmt: skip
 
 
@@ -559,6 +564,8 @@ def _writer(
             summary["ort_fused_layers_unfused"] = p.unfused
         if p.clamps:
             summary["clamps_as_clip"] = p.clamps
+        if p.planar:
+            summary["conv3d_as_2d"] = p.planar
         if p.affine:
             summary["conv_affine_folded"] = p.affine
         if p.front:
