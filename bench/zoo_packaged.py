@@ -17,6 +17,13 @@ installs them --no-deps: only the files are read).
   a small CNN -> note, onset (each [N, 172, 88]) and pitch-contour ([N, 172, 264]) posteriorgrams.
   Data: polyphonic notes (harmonic tones with attacks and decays, 3 to 11 a window), every third
   window with espeak-ng speech mixed in, peak-normalized at -10 to -1 dBFS.
+- invisible-watermark 0.2.0's RivaGAN (`rivagan_encoder.onnx`, `rivagan_decoder.onnx`; torch 1.7,
+  opset 10): video-frame networks run on one frame, [N, 3, 1, H, W] in [-1, 1] (p / 127.5 - 1), with
+  1 x 11 x 11 Conv3d kernels, Tanh, BatchNorm after it, and a softmax attention over the pixels. The
+  encoder adds a 32-bit watermark to a frame (an image out); the decoder reads the 32 bits' logits
+  back (one sign each: judged as `other`, by SQNR). Data: 128 x 128 crops of real photos (scikit-image's
+  and scikit-learn's) with random bits; the decoder reads the encoder's watermarked frames rounded to
+  8-bit pixels, as a saved picture keeps them.
 """
 
 from __future__ import annotations
@@ -35,10 +42,11 @@ except ImportError:  # run as a script from bench/
     from zoo_case import ZooCase
     from zoo_outside import RATE, packaged, speech_stream
 
-NAMES = ("magika", "ddddocr", "basic_pitch")
+NAMES = ("magika", "ddddocr", "basic_pitch", "rivagan_encoder", "rivagan_decoder")
 MAGIKA, MAGIKA_BLOCK, MAGIKA_SIDE, PADDING = "standard_v3_3", 4096, 1024, 256
 CAPTCHA_CHARS = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 PITCH_RATE, PITCH_WINDOW = 22050, 43844  # Basic Pitch's sample rate and window (2 s)
+FRAME, BITS = 128, 32  # RivaGAN's frames here (it is fully convolutional) and its watermark's bits
 
 
 def magika_features(path: Path) -> np.ndarray:
@@ -158,8 +166,38 @@ def _music(n: int, seed: int) -> dict:
     return {"serving_default_input_2:0": np.stack(windows).astype(np.float32)[..., None]}
 
 
+def _frames(n: int, seed: int) -> dict:
+    """N RivaGAN encoder inputs: FRAME x FRAME crops of real photos as 8-bit pixels scaled to
+    [-1, 1] ([N, 3, 1, H, W]), and BITS random bits each ([N, BITS], 0 or 1)."""
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), *load_sample_images().images]
+    rng, frames = np.random.default_rng(seed), []
+    for k in range(n):
+        photo = photos[k % len(photos)]
+        y, x = (int(rng.integers(0, photo.shape[a] - FRAME)) for a in (0, 1))
+        frames.append(photo[y : y + FRAME, x : x + FRAME].transpose(2, 0, 1)[:, None])
+    bits = rng.integers(0, 2, (n, BITS)).astype(np.float32)
+    return {"frame": (np.stack(frames) / 127.5 - 1).astype(np.float32), "data": bits}
+
+
+def _watermarked(encoder: Path, inputs: dict) -> dict:
+    """The decoder's input: ENCODER's fp32 outputs for INPUTS as imwatermark returns them (8-bit
+    pixels, truncated), scaled to [-1, 1] as it reads them."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
+    out = [
+        session.run(None, {k: v[i : i + 1] for k, v in inputs.items()})[0] for i in range(len(inputs["data"]))
+    ]
+    pixels = ((np.clip(np.concatenate(out), -1, 1) + 1) * 127.5).astype(np.uint8)  # as imwatermark does
+    return {"frame": (pixels / 127.5 - 1).astype(np.float32)}
+
+
 def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
-    """Magika, ddddocr's recognizer and Basic Pitch, with their data in WORK."""
+    """Magika, ddddocr's recognizer, Basic Pitch and RivaGAN's encoder and decoder, with their data
+    in WORK."""
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     bytes_calib, bytes_eval = work / f"magika_calib{n_calib}.npz", work / f"magika_eval{n_eval}.npz"
@@ -175,6 +213,16 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
     for path, n, seed in ((music_calib, n_calib, 1), (music_eval, n_eval, 2)):
         if not path.is_file():
             np.savez(path, **_music(n, seed))
+    encoder = packaged("imwatermark", "rivagan_encoder.onnx")
+    marks = {}
+    for name, n, seed in (("calib", n_calib, 1), ("eval", n_eval, 2)):
+        frames, watermarked = work / f"frames_{name}{n}.npz", work / f"watermarked_{name}{n}.npz"
+        if not frames.is_file():
+            np.savez(frames, **_frames(n, seed))
+        if not watermarked.is_file():
+            np.savez(watermarked, **_watermarked(encoder, dict(np.load(frames))))
+        marks[name] = frames, watermarked
+    frames_data = f"{FRAME}x{FRAME} photo crops, {BITS} random bits ({n_calib} calib, {n_eval} eval)"
     return [
         ZooCase("magika", packaged("magika", "models", MAGIKA, "model.onnx"), bytes_calib, bytes_eval, {},
                 data=f"bytes of real files here, one type after another ({n_calib} calib, {n_eval} eval)"),
@@ -183,4 +231,7 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
         ZooCase("basic_pitch", packaged("basic_pitch", "saved_models", "icassp_2022", "nmp.onnx"),
                 music_calib, music_eval, {},
                 data=f"2 s of polyphonic notes, some with speech, 22050 Hz ({n_calib} calib, {n_eval} eval)"),
+        ZooCase("rivagan_encoder", encoder, marks["calib"][0], marks["eval"][0], {}, data=frames_data),
+        ZooCase("rivagan_decoder", packaged("imwatermark", "rivagan_decoder.onnx"), marks["calib"][1],
+                marks["eval"][1], {"output": "other"}, data=f"the encoder's frames, 8-bit ({frames_data})"),
     ]  # fmt: skip

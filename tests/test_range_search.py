@@ -278,9 +278,9 @@ def test_a_model_ending_in_softmax_is_judged_by_the_divergence_of_its_logits():
         "sequence",
         "probabilities",
     ]
-    kl = range_search._error([noisy], [logits], ["sequence"])
+    kl = range_search.output_error([noisy], [logits], ["sequence"])
     assert kl > 100 * range_search.NEGLIGIBLE
-    assert range_search._error([noisy_probs], [probs], ["probabilities"]) == pytest.approx(kl, rel=1e-3)
+    assert range_search.output_error([noisy_probs], [probs], ["probabilities"]) == pytest.approx(kl, rel=1e-3)
 
 
 def test_sigmoid_scores_are_judged_as_the_probabilities_they_are():
@@ -292,7 +292,9 @@ def test_sigmoid_scores_are_judged_as_the_probabilities_they_are():
     scores = np.exp(-(((bins[None] - peaks) / 8.0) ** 2))
     moved = np.exp(-(((bins[None] - peaks - 3) / 8.0) ** 2))
     assert range_search.judged_kinds([scores], ["pitch"]) == ["probabilities"]
-    judged, softmaxed = (range_search._error([moved], [scores], [k]) for k in ("probabilities", "classes"))
+    judged, softmaxed = (
+        range_search.output_error([moved], [scores], [k]) for k in ("probabilities", "classes")
+    )
     assert judged > 1000 * range_search.NEGLIGIBLE and judged > 40 * softmaxed
 
 

@@ -314,7 +314,7 @@ def judged_kinds(ref: list[np.ndarray], names: list[str]) -> list[str]:
     ]
 
 
-def _error(outs: list[np.ndarray], ref: list[np.ndarray], kinds: list[str]) -> float:
+def output_error(outs: list[np.ndarray], ref: list[np.ndarray], kinds: list[str]) -> float:
     """How far OUTS are from REF, summed over the outputs: for class scores (edgekit's output kinds;
     "probabilities" where the model ends in a Softmax) the KL divergence of their probabilities from
     fp32's (the softmax of logits, or the values a Softmax gave: a softmax of PP-OCRv4's recognizer's
@@ -439,7 +439,7 @@ def _sweep(
 
     def error(which: int = 0) -> float:
         """The model's error as its ranges stand, on sample set WHICH."""
-        return _error(_outputs(model, sets[which], fixed, threads), refs[which], kinds)
+        return output_error(_outputs(model, sets[which], fixed, threads), refs[which], kinds)
 
     def scaled(act: Activation, f: float, which: int = 0) -> float:
         scaler.set(act, f)
@@ -494,7 +494,7 @@ def _sweep(
 
         def error_with(f: float) -> float:
             sub_scaler.set(act, f)
-            return _error(cache.run(sub, part), refs[which], kinds)
+            return output_error(cache.run(sub, part), refs[which], kinds)
 
         return error_with
 
