@@ -443,7 +443,7 @@ compress_options = options(
         "--input-grid/--no-input-grid",
         default=None,
         help="Move a graph input's INT8 scale off the grid its data lies on (8-bit pixels) where that "
-        "rounds it with less error (default: on).",
+        "rounds it with less error and the outputs gain (default: on).",
     ),
     click.option(
         "--fused-activations/--no-fused-activations",
