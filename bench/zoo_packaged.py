@@ -22,8 +22,8 @@ installs them --no-deps: only the files are read).
   1 x 11 x 11 Conv3d kernels, Tanh, BatchNorm after it, and a softmax attention over the pixels. The
   encoder adds a 32-bit watermark to a frame (an image out); the decoder reads the 32 bits' logits
   back (one sign each: judged as `other`, by SQNR). Data: 128 x 128 crops of real photos (scikit-image's
-  and scikit-learn's) with random bits; the decoder reads the encoder's watermarked frames rounded to
-  8-bit pixels, as a saved picture keeps them.
+  and scikit-learn's) with random bits; the decoder reads the encoder's watermarked frames truncated
+  to 8-bit pixels, as imwatermark returns them.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ from edgekit.data import Samples
 BASE = dict(calibration="minmax", adaround=False, range_search=False, equalize_activations=False)
 
 
-def _conv(path, channels_last=False):
+def _conv(path, channels_last=False, bias=0.0):
     """x [N, 3, 8, 8] (or [N, 8, 8, 3] and a Transpose, as tf2onnx writes a Keras model) -> 3x3 Conv
-    (8 channels) -> Relu."""
+    (8 channels, BIAS) -> Relu."""
     w = np.random.default_rng(0).normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
     first = [helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2])] if channels_last else []
     graph = helper.make_graph(
@@ -27,7 +27,7 @@ def _conv(path, channels_last=False):
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 3] if first else ["N", 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(8, np.float32), "b")],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.full(8, bias, np.float32), "b")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.save(model, str(path))
@@ -46,10 +46,10 @@ def _dequantized_input(path, x):
     return session.run([dq.output[0]], {"x": x})[0]
 
 
-def _quantized(tmp_path, x, on, channels_last=False):
+def _quantized(tmp_path, x, on, channels_last=False, bias=0.0):
     out = tmp_path / f"int8_{on}.onnx"
     cfg = Int8Config(**BASE, input_grid=on)
-    fp32 = _conv(tmp_path / "fp32.onnx", channels_last)
+    fp32 = _conv(tmp_path / "fp32.onnx", channels_last, bias)
     return out, quantize_int8(fp32, out, Samples({"x": x}, None), cfg, None)
 
 
@@ -79,6 +79,14 @@ def test_an_input_read_through_a_transpose_is_moved_too(tmp_path):
     pixels = np.random.default_rng(1).integers(0, 256, (64, 8, 8, 3))
     _, summary = _quantized(tmp_path, (pixels / 127.5 - 1).astype(np.float32), True, channels_last=True)
     assert len(summary["input_scales_off_grid"]) == 1
+
+
+def test_the_scale_stays_where_the_outputs_do_not_gain(tmp_path):
+    """The same pixels into a model whose outputs do not read their rounding (a Relu the bias keeps
+    at 0): the input rounds better off the grid, but nothing comes closer to fp32, so it stays."""
+    pixels = np.random.default_rng(1).integers(0, 256, (64, 3, 8, 8))
+    _, summary = _quantized(tmp_path, (pixels / 127.5 - 1).astype(np.float32), True, bias=-100.0)
+    assert "input_scales_off_grid" not in summary
 
 
 def test_an_input_off_any_grid_keeps_its_calibrated_scale(tmp_path):
