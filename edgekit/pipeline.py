@@ -142,8 +142,10 @@ def _for_target_cpu(req: CompressRequest) -> tuple[CompressRequest, dict | None]
     int8 = passes.step_config(req.chain, "int8")
     if int8 is None:
         return req, None
-    if req.target != "ort":  # QAttention, Gelu, QuickGelu: ORT's own ops
-        int8 = int8.model_copy(update={"fused_attention": False, "fused_activations": False})
+    if req.target != "ort":  # QAttention, Gelu, QuickGelu: ORT's own ops; its INT8 kernels' speed
+        int8 = int8.model_copy(
+            update={"fused_attention": False, "fused_activations": False, "narrow_conv3d_fp32": False}
+        )
     if req.target == "openvino":
         int8 = int8.model_copy(update={"placement": "openvino"})
     made_for = None

@@ -101,3 +101,39 @@ def test_a_depth_only_onnx_runtime_infers_is_found(tmp_path):
     assert planar_conv3d.flatten(tmp_path / "m.onnx", tmp_path / "flat.onnx") == 1
     x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 1, 12, 10)).astype(np.float32)
     np.testing.assert_allclose(_run(tmp_path / "flat.onnx", x), _run(tmp_path / "m.onnx", x), atol=1e-5)
+
+
+def _clip_net(path):
+    """x [N, 3, 4, 16, 16] (4 frames) -> Conv3d 3x3x3, 3 -> 16 channels -> Relu -> Conv3d 3x3x3, 16 -> 16."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 6),
+            helper.make_node("Relu", ["c1"], ["r"]),
+            helper.make_node("Conv", ["r", "w2", "b2"], ["y"], pads=[1] * 6),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(rng.normal(0, 0.3, (16, 3, 3, 3, 3)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.normal(0, 0.1, 16).astype(np.float32), "b1"),
+            numpy_helper.from_array(rng.normal(0, 0.1, (16, 16, 3, 3, 3)).astype(np.float32), "w2"),
+            numpy_helper.from_array(rng.normal(0, 0.1, 16).astype(np.float32), "b2"),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_a_video_stem_of_three_channels_stays_fp32(tmp_path):
+    """ORT's INT8 3-D convolution of 3 input channels is slower than its fp32 one: left fp32 (ORT's
+    form), the wider one after it INT8; TensorRT's form quantizes both."""
+    fp32 = _clip_net(tmp_path / "fp32.onnx")
+    x = np.random.default_rng(1).uniform(-1, 1, (16, 3, 4, 16, 16)).astype(np.float32)
+    cfg = dict(calibration="minmax", adaround=False, range_search=False)
+    ort_form = quantize_int8(fp32, tmp_path / "a.onnx", Samples({"x": x}, None), Int8Config(**cfg), None)
+    assert ort_form["narrow_conv3d_fp32"] == 1
+    assert ort_form["quantized_ops"] == {"Conv": 1} and ort_form["fp32_compute_ops"] == {"Conv": 1}
+    trt = quantize_int8(fp32, tmp_path / "b.onnx", Samples({"x": x}, None), Int8Config.tensorrt(**cfg), None)
+    assert "narrow_conv3d_fp32" not in trt and trt["quantized_ops"] == {"Conv": 2}

@@ -7,6 +7,9 @@ kernel is slower than fp32 where the input has few channels (3 -> 32 channels, 1
 68 ms INT8 vs 16 ms fp32 as 3-D, 8.7 vs 8.1 ms as 2-D; VNNI EPYC). Squeezing the depth axis before
 the Conv and putting it back after computes the same numbers (the kernel sees one plane either
 way), so the INT8 model gets ORT's 2-D kernels (NHWC, VNNI).
+
+A 3-D convolution over several frames stays 3-D; where few channels come in (a video network's
+stem) ORT's INT8 kernel is slower than its fp32 one, and `narrow` names those to leave fp32.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.compress import model_file
+
+# input channels per group below which ORT's INT8 3-D convolution loses to its fp32 one (VNNI EPYC,
+# 3x3x3 kernels, 8 frames of 56x56 or 112x112: 3 channels in 3.0-3.6x fp32's time, 8 1.37x, 16 0.69x,
+# 32 0.50x; a 1 x 3 x 3 kernel on 64 channels 0.41x)
+NARROW = 16
 
 
 def flatten(src: Path, dst: Path) -> int:
@@ -71,6 +79,21 @@ def flatten(src: Path, dst: Path) -> int:
     graph.node.extend(nodes)
     model_file.save(model, dst)
     return count
+
+
+def narrow(graph) -> list[int]:
+    """The indices of GRAPH's 3-D Convs (5-D constant weights) with fewer than NARROW input channels
+    per group."""
+    inits = {i.name: i for i in graph.initializer}
+    return [
+        k
+        for k, n in enumerate(graph.node)
+        if n.op_type == "Conv"
+        and len(n.input) > 1
+        and n.input[1] in inits
+        and len(inits[n.input[1]].dims) == 5
+        and inits[n.input[1]].dims[1] < NARROW
+    ]
 
 
 def _depth_one(model, scratch: Path) -> set[str]:

@@ -145,6 +145,10 @@ class Int8Config(BaseModel):
     # p / 127.5 - 1 were all ties at the calibrated scale; RivaGAN's watermark decoder on float
     # frames 16.3 -> 26.3 dB SQNR (range search off)
     input_grid: bool = True
+    # 3-D convolutions with fewer than planar_conv3d.NARROW input channels per group left fp32: ONNX
+    # Runtime's INT8 kernel runs them 1.4-3.6x slower than its fp32 one (a video network's stem),
+    # where wider ones gain 2-3x. ORT only (off where the artifact is for another runtime)
+    narrow_conv3d_fp32: bool = True
     # GELU and x * sigmoid(a x) written as elementwise ops left float and written as ORT's fused
     # Gelu, FastGelu, QuickGelu, where ORT would not run all their ops in INT8 (edgekit.compress.
     # activation_islands): PP-OCRv6's recognizer 0.69x -> 0.58x fp32's time. ORT only (com.microsoft
@@ -173,6 +177,7 @@ class Int8Config(BaseModel):
             "reduce_range": "none",  # a GPU's INT8 does not saturate: the CPU form does not apply
             "fused_attention": False,  # ORT's contrib QAttention
             "fused_activations": False,  # ORT's contrib Gelu, FastGelu, QuickGelu
+            "narrow_conv3d_fp32": False,  # ORT's INT8 kernel's speed
         }
         return cls(**{**form, **overrides})
 
@@ -320,6 +325,7 @@ class Prepared:
     unfused: int = 0  # ORT's fused layers written back as standard ops (ort_fused)
     clamps: int = 0  # Max/Min with a constant written as Clip (constant_clamps)
     planar: int = 0  # 3-D convolutions over one frame written in 2-D (planar_conv3d)
+    narrow: int = 0  # 3-D convolutions of few input channels left fp32 (planar_conv3d.narrow)
     affine: int = 0  # constant scales and shifts beside a convolution folded into it (affine_constants)
     islands: int = 0  # activations left float for ORT's fused ops (activation_islands)
     norms: int = 0  # normalizations and softmaxes written out as elementwise ops (norm_islands)
@@ -449,12 +455,12 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
         rounding.observers() if rounding else None,
     )
     fused = (ops or _cnn_ops()) if cfg.fused_activations else None
-    src, around, front, islands, norms = _around(src, ranges.left, tmp, fused)
+    src, around, front, islands, norms, narrow = _around(src, ranges.left, tmp, fused, cfg.narrow_conv3d_fp32)
     return Prepared(
         src, ranges.cache, ranges.memory, ranges.left, ranges.means, around, extra, ops, transformer,
         smoothed, equalized, balanced, overrides, pairs, rounding, guarded=guarded, front=front,
         widened=widened, branches=branches, unshared=unshared, vectors=vectors, unfused=unfused,
-        islands=islands, norms=norms, clamps=clamps, affine=affine, planar=planar,
+        islands=islands, norms=norms, clamps=clamps, affine=affine, planar=planar, narrow=narrow,
     )  # fmt: skip
 
 
@@ -566,6 +572,8 @@ def _writer(
             summary["clamps_as_clip"] = p.clamps
         if p.planar:
             summary["conv3d_as_2d"] = p.planar
+        if p.narrow:
+            summary["narrow_conv3d_fp32"] = p.narrow
         if p.affine:
             summary["conv_affine_folded"] = p.affine
         if p.front:
@@ -701,22 +709,24 @@ def _transformer(model: Path, calib: Samples, cfg: Int8Config, fixed: int | None
 
 
 def _around(
-    model: Path, tensors, tmp: Path, quantized: list[str] | None
-) -> tuple[Path, list[str], dict, int, int]:
+    model: Path, tensors, tmp: Path, quantized: list[str] | None, narrow: bool
+) -> tuple[Path, list[str], dict, int, int, int]:
     """MODEL, the names of its nodes to be left float (those that make or read TENSORS, its signal
-    front end, its output tail, its normalizations written out as elementwise ops and, unless
-    QUANTIZED (the op types quantized) is None, the activations ORT has a fused op for:
-    edgekit.compress.signal_front, output_tail, norm_islands, activation_islands), what the front
-    end holds, how many activations and normalizations; where a node has no name (ORT excludes
-    nodes by name), a copy in TMP with every node named."""
+    front end, its output tail, its normalizations written out as elementwise ops, its NARROW 3-D
+    convolutions where asked and, unless QUANTIZED (the op types quantized) is None, the activations
+    ORT has a fused op for: edgekit.compress.signal_front, output_tail, norm_islands, planar_conv3d,
+    activation_islands), what the front end holds, how many activations, normalizations and narrow
+    3-D convolutions; where a node has no name (ORT excludes nodes by name), a copy in TMP with every
+    node named."""
     import onnx
 
     m = onnx.load(str(model))
     front, tail = signal_front.front(m.graph), output_tail.tail(m.graph)
     gated = activation_islands.fusable(m, quantized) if quantized is not None else []
     norms = norm_islands.islands(m.graph)
-    if not tensors and not front and not tail and not gated and not norms:
-        return model, [], {}, 0, 0
+    slow = planar_conv3d.narrow(m.graph) if narrow else []
+    if not tensors and not front and not tail and not gated and not norms and not slow:
+        return model, [], {}, 0, 0, 0
     if not all(node.name for node in m.graph.node):
         for i, node in enumerate(m.graph.node):
             node.name = node.name or f"edgekit_{node.op_type}_{i}"
@@ -724,8 +734,10 @@ def _around(
         model_file.save(m, model)
     wanted, kept = set(tensors), {*front, *tail, *(k for island in gated for k in island.nodes)}
     kept.update(k for island in norms for k in island)
+    kept.update(slow)
     names = [n.name for k, n in enumerate(m.graph.node) if k in kept or wanted & {*n.input, *n.output}]
-    return model, names, signal_front.summary(m.graph, front) if front else {}, len(gated), len(norms)
+    summary = signal_front.summary(m.graph, front) if front else {}
+    return model, names, summary, len(gated), len(norms), len(slow)
 
 
 def summarize(path: Path) -> dict:
