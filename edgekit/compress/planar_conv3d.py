@@ -35,8 +35,10 @@ def flatten(src: Path, dst: Path) -> int:
 
     model = onnx.load(str(src))
     graph = model.graph
-    depth_one = _depth_one(model, Path(dst).parent)
     inits = {i.name: i for i in graph.initializer}
+    if not any(_kernel_depth_one(n, inits) for n in graph.node):  # no shape inference for the rest
+        return 0
+    depth_one = _depth_one(model, Path(dst).parent)
     readers: dict[str, int] = {}
     for n in graph.node:
         for i in n.input:
@@ -44,14 +46,14 @@ def flatten(src: Path, dst: Path) -> int:
     new_opset = model_file.default_opset(model) >= 13  # Squeeze's axes became an input in opset 13
     nodes, count = [], 0
     for n in graph.node:
-        w = inits.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        if w is None or len(w.dims) != 5 or w.dims[2] != 1 or not _planar(attrs):
+        if not _kernel_depth_one(n, inits) or not _planar(attrs):
             nodes.append(n)
             continue
         if n.input[0] not in depth_one or n.output[0] not in depth_one:
             nodes.append(n)
             continue
+        w = inits[n.input[1]]
         weight = numpy_helper.to_array(w)[:, :, 0]
         name = w.name if readers[w.name] == 1 else f"{w.name}_edgekit_2d"
         if name in inits:
@@ -94,6 +96,14 @@ def narrow(graph) -> list[int]:
         and len(inits[n.input[1]].dims) == 5
         and inits[n.input[1]].dims[1] < NARROW
     ]
+
+
+def _kernel_depth_one(node, inits: dict) -> bool:
+    """Whether NODE is a Conv whose constant weight is 5-D with a kernel of depth 1."""
+    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+        return False
+    dims = inits[node.input[1]].dims
+    return len(dims) == 5 and dims[2] == 1
 
 
 def _depth_one(model, scratch: Path) -> set[str]:
