@@ -87,23 +87,21 @@ def narrow(graph) -> list[int]:
     """The indices of GRAPH's 3-D Convs (5-D constant weights) with fewer than NARROW input channels
     per group."""
     inits = {i.name: i for i in graph.initializer}
-    return [
-        k
-        for k, n in enumerate(graph.node)
-        if n.op_type == "Conv"
-        and len(n.input) > 1
-        and n.input[1] in inits
-        and len(inits[n.input[1]].dims) == 5
-        and inits[n.input[1]].dims[1] < NARROW
-    ]
+    return [k for k, n in enumerate(graph.node) if (dims := _weight_3d(n, inits)) and dims[1] < NARROW]
 
 
 def _kernel_depth_one(node, inits: dict) -> bool:
     """Whether NODE is a Conv whose constant weight is 5-D with a kernel of depth 1."""
+    dims = _weight_3d(node, inits)
+    return dims is not None and dims[2] == 1
+
+
+def _weight_3d(node, inits: dict):
+    """The dims of NODE's constant weight where NODE is a 3-D Conv (a 5-D weight in INITS), else None."""
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
-        return False
+        return None
     dims = inits[node.input[1]].dims
-    return len(dims) == 5 and dims[2] == 1
+    return dims if len(dims) == 5 else None
 
 
 def _depth_one(model, scratch: Path) -> set[str]:
