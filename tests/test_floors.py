@@ -91,6 +91,7 @@ def test_min_fidelity_0_turns_the_floors_off_and_the_speed_is_recorded(edgekit, 
     assert line.startswith(
         "out (int8) is not faster than its fp32 parent in ONNX Runtime (CPU): 2 ms vs 1 ms"
     )
+    assert line.endswith("try `--target openvino`: OpenVINO has INT8 kernels ORT lacks.")
     faster = manifest.model_copy(deep=True)
     faster.verification["int8"]["speed"].update(faster=True)
     assert warnings(faster, "out") == []
