@@ -45,6 +45,7 @@ from edgekit.compress import (
     output_tail,
     planar_conv3d,
     range_search,
+    score_scale,
     shared_biases,
     signal_front,
     smooth,
@@ -327,6 +328,7 @@ class Prepared:
     planar: int = 0  # 3-D convolutions over one frame written in 2-D (planar_conv3d)
     narrow: int = 0  # 3-D convolutions of few input channels left fp32 (planar_conv3d.narrow)
     affine: int = 0  # constant scales and shifts beside a convolution folded into it (affine_constants)
+    scores: int = 0  # constant scales of attention scores folded into the query projection (score_scale)
     islands: int = 0  # activations left float for ORT's fused ops (activation_islands)
     norms: int = 0  # normalizations and softmaxes written out as elementwise ops (norm_islands)
 
@@ -399,6 +401,9 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
     affine = affine_constants.fold(src, tmp / "affine.onnx")
     if affine:
         src = tmp / "affine.onnx"
+    scores = score_scale.fold(src, tmp / "scores.onnx")
+    if scores:
+        src = tmp / "scores.onnx"
     guarded = outer_reads.guard(src, tmp / "guarded.onnx")
     if guarded:
         src = tmp / "guarded.onnx"
@@ -461,6 +466,7 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
         smoothed, equalized, balanced, overrides, pairs, rounding, guarded=guarded, front=front,
         widened=widened, branches=branches, unshared=unshared, vectors=vectors, unfused=unfused,
         islands=islands, norms=norms, clamps=clamps, affine=affine, planar=planar, narrow=narrow,
+        scores=scores,
     )  # fmt: skip
 
 
@@ -576,6 +582,8 @@ def _writer(
             summary["narrow_conv3d_fp32"] = p.narrow
         if p.affine:
             summary["conv_affine_folded"] = p.affine
+        if p.scores:
+            summary["score_scales_folded"] = p.scores
         if p.front:
             summary["signal_front_float"] = p.front
         if moved:
