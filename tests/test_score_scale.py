@@ -57,6 +57,7 @@ def test_the_scale_moves_into_the_query_projection_and_the_scores_stay(tmp_path)
         assert score_scale.fold(src, dst) == 1
         graph = onnx.load(str(dst)).graph
         assert op not in {n.op_type for n in graph.node}
+        assert "c" not in {i.name for i in graph.initializer}  # the scale read by nothing now
         np.testing.assert_allclose(_probs(dst, x), _probs(src, x), rtol=1e-5, atol=1e-6)
         inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
         before = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(src)).graph.initializer}

@@ -46,7 +46,7 @@ def fold(src: Path, dst: Path) -> int:
         """The node that makes NAME, where only one node reads it and it is no output."""
         return producer.get(name) if readers.get(name) == 1 and name not in keep else None
 
-    folded, drop = 0, set()
+    folded, drop, constants = 0, set(), set()
     for node in graph.node:
         if node.op_type not in ("Mul", "Div") or len(node.input) != 2 or node.input[1] not in inits:
             continue
@@ -78,12 +78,11 @@ def fold(src: Path, dst: Path) -> int:
         outer_reads.rename(graph, node.output[0], node.input[0])
         readers[node.input[0]] = readers.pop(node.output[0], 0)  # the Mul's readers read its input now
         drop.add(id(node))
+        constants.add(node.input[1])
         folded += 1
     if not folded:
         return 0
-    kept = [n for n in graph.node if id(n) not in drop]
-    del graph.node[:]
-    graph.node.extend(kept)
+    outer_reads.replace_nodes(graph, [n for n in graph.node if id(n) not in drop], constants)
     model_file.save(model, dst)
     return folded
 
