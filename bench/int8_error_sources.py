@@ -122,20 +122,24 @@ def _balanced(fp32: Path, calib, spec, work: Path) -> Path:
 
 def _float_weights(model, fp32):
     """MODEL with each quantized weight's DequantizeLinear replaced by FP32's weight of that name
-    (biases, whose DequantizeLinear writes the fp32 name, stay)."""
+    (biases, whose DequantizeLinear writes the fp32 name, stay), zero-padded to the quantized
+    weight's shape where edgekit padded its input channels (edgekit.compress.conv_channels)."""
     import onnx
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    inits = {i.name for i in m.graph.initializer}
+    inits = {i.name: i for i in m.graph.initializer}
     ref = {i.name: i for i in fp32.graph.initializer}
     nodes, added = [], {}
     for n in m.graph.node:
         base = n.input[0].removesuffix("_quantized") if n.op_type == "DequantizeLinear" else None
         if base and n.input[0] in inits and base in ref and n.output[0] != base and base not in inits:
             nodes.append(helper.make_node("Identity", [base], [n.output[0]]))
-            added[base] = ref[base]
+            w, shape = numpy_helper.to_array(ref[base]), tuple(inits[n.input[0]].dims)
+            if w.shape != shape:
+                w = np.pad(w, [(0, q - f) for q, f in zip(shape, w.shape, strict=True)])
+            added[base] = numpy_helper.from_array(w, base)
             continue
         nodes.append(n)
     del m.graph.node[:]

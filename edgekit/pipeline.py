@@ -144,7 +144,12 @@ def _for_target_cpu(req: CompressRequest) -> tuple[CompressRequest, dict | None]
         return req, None
     if req.target != "ort":  # QAttention, Gelu, QuickGelu: ORT's own ops; its INT8 kernels' speed
         int8 = int8.model_copy(
-            update={"fused_attention": False, "fused_activations": False, "narrow_conv3d_fp32": False}
+            update={
+                "fused_attention": False,
+                "fused_activations": False,
+                "narrow_conv3d_fp32": False,
+                "pad_conv_channels": False,
+            }
         )
     if req.target == "openvino":
         int8 = int8.model_copy(update={"placement": "openvino"})

@@ -225,9 +225,12 @@ def test_on_an_emulated_avx2_cpu_the_vnni_form_saturates_and_the_avx2_form_holds
         assert proc.returncode == 0, proc.stderr
         rows[where] = {Path(r["artifact"]).name: r for r in json.loads(records.read_text())}
         sqnr[where] = {k: r["accuracy"]["fidelity"]["output_0"]["sqnr_db"] for k, r in rows[where].items()}
-    # the AVX2 form computes there what it computes here; the VNNI form loses >10 dB to saturation
+    # the AVX2 form computes there what it computes here; the VNNI form loses to saturation: 11 dB
+    # against its own CPU, 8 dB against the AVX2 form (its 1-channel stem, padded to 4 channels for
+    # ORT's symmetric kernel (edgekit.compress.conv_channels), pairs each tap's weight with a zero)
     assert abs(sqnr["emulated"]["x86-avx2"] - sqnr["native"]["x86-avx2"]) < 0.05, sqnr
-    assert sqnr["emulated"]["x86-vnni"] < sqnr["emulated"]["x86-avx2"] - 10, sqnr
+    assert sqnr["emulated"]["x86-vnni"] < sqnr["native"]["x86-vnni"] - 8, sqnr
+    assert sqnr["emulated"]["x86-vnni"] < sqnr["emulated"]["x86-avx2"] - 5, sqnr
     emulated = rows["emulated"]
     assert emulated["x86-vnni"]["cpu_note"].startswith(
         "made for x86-vnni, running on x86-avx2: INT8 may saturate"

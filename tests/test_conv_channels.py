@@ -1,0 +1,108 @@
+"""INT8 convolutions' input channels padded to a multiple of 4 (edgekit.compress.conv_channels)."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+from edgekit.compress import conv_channels
+from edgekit.compress.quantize import Int8Config, quantize_int8
+from edgekit.data import Samples
+from edgekit.target_cpu import here
+
+
+def _net(path, stem_out: int = 16):
+    """x [N, 3, 16, 16] -> 3x3 stride-2 Conv (3 -> STEM_OUT) + Relu -> depthwise 3x3 Conv + Relu ->
+    1x1 Conv (STEM_OUT -> 20): a CNN's stem and a depthwise-separable block."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((stem_out, 3, 3, 3)).astype(np.float32), "w0"),
+        numpy_helper.from_array(rng.standard_normal(stem_out).astype(np.float32), "b0"),
+        numpy_helper.from_array(rng.standard_normal((stem_out, 1, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((20, stem_out, 1, 1)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="stem", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("Conv", ["r0", "w1"], ["c1"], name="dw", pads=[1, 1, 1, 1], group=stem_out),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], name="pw"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "cnn", [x], [y], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, x):
+        self.items = iter([{"x": x[i : i + 1]} for i in range(len(x))])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def _quantized(tmp_path, stem_out: int = 16):
+    """The net in edgekit's default INT8 form (u8 activations, s8 symmetric per-channel weights)."""
+    src, out = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    _net(src, stem_out)
+    x = np.random.default_rng(1).uniform(-1, 1, (16, 3, 16, 16)).astype(np.float32)
+    quantize_static(
+        str(src), str(out), _Reader(x), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    return out, x
+
+
+def _run(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_the_stem_reads_four_channels_and_computes_the_same_bit_for_bit(tmp_path):
+    model, x = _quantized(tmp_path)
+    padded = tmp_path / "padded.onnx"
+    assert conv_channels.pad(model, padded) == 1  # the stem only: the depthwise and 1x1 convs read 16
+    graph = onnx.load(str(padded)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    stem = next(n for n in graph.node if n.name == "stem")
+    w = inits[producer[stem.input[1]].input[0]]
+    assert w.shape == (16, 4, 3, 3) and not w[:, 3].any()  # a zero weight for the added channel
+    step = producer[producer[stem.input[0]].input[0]]
+    assert step.op_type == "Pad"
+    x_zero = inits[producer[stem.input[0]].input[2]]
+    assert inits[step.input[2]] == x_zero  # filled with the zero point: dequantized, exactly 0
+    np.testing.assert_array_equal(_run(padded, x), _run(model, x))
+
+
+def test_convolutions_ort_would_not_run_on_its_symmetric_kernel_stay(tmp_path):
+    model, _ = _quantized(tmp_path, stem_out=12)  # fewer than 16 output channels
+    assert conv_channels.pad(model, tmp_path / "padded.onnx") == 0
+    assert not (tmp_path / "padded.onnx").exists()
+
+
+def test_int8_pads_for_the_cpus_whose_ort_has_the_kernel_only(tmp_path):
+    """Padded where ORT has the kernel; timed against the unpadded model where that is this machine's
+    CPU and kept only where faster; elsewhere (a model made for another CPU) padded unmeasured."""
+    _net(tmp_path / "fp32.onnx")
+    calib = Samples({"x": np.random.default_rng(1).uniform(-1, 1, (16, 3, 16, 16)).astype(np.float32)}, None)
+    quick = dict(adaround=False, range_search=False)
+    for cpu in ("x86-amx", "x86-vnni", "x86-avx2", "arm64-dotprod"):
+        out = tmp_path / f"{cpu}.onnx"
+        summary = quantize_int8(tmp_path / "fp32.onnx", out, calib, Int8Config(target_cpu=cpu, **quick), None)
+        record = summary.get("conv_input_channels_padded")
+        if cpu not in conv_channels.CLASSES:
+            assert record is None, cpu
+            continue
+        assert record["padded"] == 1, cpu
+        if cpu == here().cpu_class:
+            assert record["kept"] == (record["time_vs_unpadded"] < 1)
+        else:
+            assert record == {"padded": 1, "kept": True}
+        graph = onnx.load(str(out)).graph
+        assert ("Pad" in {n.op_type for n in graph.node}) == record["kept"]
+    # what --target openvino and TensorRT's form set
+    no = Int8Config(target_cpu="x86-vnni", pad_conv_channels=False, **quick)
+    summary = quantize_int8(tmp_path / "fp32.onnx", tmp_path / "ov.onnx", calib, no, None)
+    assert "conv_input_channels_padded" not in summary
