@@ -316,7 +316,7 @@ def _candidate_checks(w: Work) -> tuple:
     def verify(model: Path) -> dict:
         return measure_against(w.model, model, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric)
 
-    timing = (lambda a, b: speedup.measure(a, b, data, fixed, "ort")) if here else None
+    timing = (lambda a, b: speedup.settled(a, b, data, fixed, "ort")) if here else None
     return verify, timing, bool(made.get("u8s8_saturates"))
 
 

@@ -629,10 +629,7 @@ def _writer(
         return summary
 
     def timing(unpadded: Path, padded: Path) -> float:
-        """The median of three one-second checks: one alone flipped CREPE's choice (1.10 in a bench
-        run, 0.74-0.90 in every other measurement)."""
-        ratios = [speedup.measure(unpadded, padded, calib, batch_fixed, "ort")["ratio"] for _ in range(3)]
-        return float(np.median(ratios))
+        return speedup.settled(unpadded, padded, calib, batch_fixed, "ort")["ratio"]
 
     def padded(out: Path, scratch: Path) -> dict:
         """OUT's convolutions padded for ORT's symmetric kernel where the first write measured that
