@@ -1,5 +1,7 @@
 """INT8 convolutions' input channels padded to a multiple of 4 (edgekit.compress.conv_channels)."""
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -7,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from edgekit.compress import conv_channels
-from edgekit.compress.quantize import Int8Config, quantize_int8
+from edgekit.compress.quantize import Int8Config, calibrated, quantize_int8
 from edgekit.data import Samples
 from edgekit.target_cpu import here
 
@@ -106,3 +108,24 @@ def test_int8_pads_for_the_cpus_whose_ort_has_the_kernel_only(tmp_path):
     no = Int8Config(target_cpu="x86-vnni", pad_conv_channels=False, **quick)
     summary = quantize_int8(tmp_path / "fp32.onnx", tmp_path / "ov.onnx", calib, no, None)
     assert "conv_input_channels_padded" not in summary
+
+
+def test_later_writes_follow_the_first_writes_choice(tmp_path):
+    """Mixed-precision trials (and Ray workers) write from one calibration: the first write decides
+    whether to pad; the others pad the same way, untimed."""
+    _net(tmp_path / "fp32.onnx")
+    calib = Samples({"x": np.random.default_rng(1).uniform(-1, 1, (16, 3, 16, 16)).astype(np.float32)}, None)
+    cfg = Int8Config(
+        target_cpu="x86-vnni" if here().cpu_class != "x86-vnni" else "x86-amx", range_search=False
+    )
+    with calibrated(tmp_path / "fp32.onnx", calib, cfg, None) as write:
+        first = write(tmp_path / "a.onnx", ())
+        later = write(tmp_path / "b.onnx", ["pw"])  # a trial: the 1x1 conv left fp32
+        packed = write.prepared()
+    assert first["conv_input_channels_padded"] == {"padded": 1, "kept": True}  # another CPU's: untimed
+    assert later["conv_input_channels_padded"] == {"padded": 1, "kept": True}
+    assert packed.pad_channels is True
+    with calibrated(
+        tmp_path / "fp32.onnx", calib, cfg, None, prepared=dataclasses.replace(packed, pad_channels=False)
+    ) as write:
+        assert "conv_input_channels_padded" not in write(tmp_path / "c.onnx", ())
