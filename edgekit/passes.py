@@ -307,6 +307,7 @@ def _candidate_checks(w: Work) -> tuple:
     against another model's (None where the model is not made for this machine's CPU in ORT); and
     whether the target's u8 x s8 pair sums saturate (7-bit weights then)."""
     from edgekit import speedup
+    from edgekit.compress.dynamic_matmul import FASTER
 
     fixed = w.loaded.input_spec.fixed_batch
     made = w.manifest.target_cpu or {}
@@ -316,7 +317,7 @@ def _candidate_checks(w: Work) -> tuple:
     def verify(model: Path) -> dict:
         return measure_against(w.model, model, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric)
 
-    timing = (lambda a, b: speedup.settled(a, b, data, fixed, "ort")) if here else None
+    timing = (lambda a, b: speedup.settled(a, b, data, fixed, "ort", FASTER)) if here else None
     return verify, timing, bool(made.get("u8s8_saturates"))
 
 
