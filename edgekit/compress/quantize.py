@@ -628,8 +628,8 @@ def _writer(
             summary.update(padded(out, tmp / "padded.onnx"))
         return summary
 
-    def timing(unpadded: Path, padded: Path) -> float:
-        return speedup.settled(unpadded, padded, calib, batch_fixed, "ort", conv_channels.FASTER)["ratio"]
+    def timing(plain: Path, wide: Path) -> float:
+        return speedup.settled(plain, wide, calib, batch_fixed, "ort", conv_channels.FASTER)["ratio"]
 
     def padded(out: Path, scratch: Path) -> dict:
         """OUT's convolutions padded for ORT's symmetric kernel where the first write measured that
