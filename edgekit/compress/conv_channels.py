@@ -67,7 +67,8 @@ def pad(path: Path, dst: Path) -> int:
             readers.setdefault(name, []).append(n)
     # tensors read where this pass cannot see: graph outputs, and names a subgraph (If, Loop) reads
     outputs = {o.name for o in graph.output} | outer_reads.branch_reads(graph)
-    padded: list = []  # (the input's DequantizeLinear, the Pad to insert before it)
+    before: dict[int, object] = {}  # id of an input's DequantizeLinear -> the Pad to insert before it
+    added, stale = [], set()  # the Pads' constants; the DequantizeLinear outputs whose shapes changed
     for node in graph.node:
         found = _paddable(node, producer, inits, readers, outputs)
         if found is None:
@@ -80,29 +81,23 @@ def pad(path: Path, dst: Path) -> int:
         zero = numpy_helper.to_array(inits[x_dq.input[2]]).reshape(())
         pads = np.zeros(2 * w.ndim, np.int64)
         pads[w.ndim + 1] = extra  # the end of the channel axis
-        graph.initializer.extend(
-            [numpy_helper.from_array(pads, f"{stem}_pads"), numpy_helper.from_array(zero, f"{stem}_value")]
-        )
+        added += [
+            numpy_helper.from_array(pads, f"{stem}_pads"),
+            numpy_helper.from_array(zero, f"{stem}_value"),
+        ]
         reads = [x_dq.input[0], f"{stem}_pads", f"{stem}_value"]
-        step = helper.make_node("Pad", reads, [f"{stem}_out"], name=stem, mode="constant")
-        x_dq.input[0] = step.output[0]
-        padded.append((x_dq, step))
-    if not padded:
+        before[id(x_dq)] = helper.make_node("Pad", reads, [f"{stem}_out"], name=stem, mode="constant")
+        x_dq.input[0] = f"{stem}_out"
+        stale.add(x_dq.output[0])
+    if not before:
         return 0
-    before = {id(dq): step for dq, step in padded}
-    nodes = []
-    for n in graph.node:
-        if id(n) in before:
-            nodes.append(before[id(n)])
-        nodes.append(n)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    stale = {dq.output[0] for dq, _ in padded}  # their shapes changed
+    nodes = [m for n in graph.node for m in ((before[id(n)], n) if id(n) in before else (n,))]
+    outer_reads.replace_nodes(graph, nodes, set(), added)
     kept = [v for v in graph.value_info if v.name not in stale]
     del graph.value_info[:]
     graph.value_info.extend(kept)
     model_file.save(model, dst)
-    return len(padded)
+    return len(before)
 
 
 def _paddable(node, producer: dict, inits: dict, readers: dict, outputs: set):
@@ -115,7 +110,7 @@ def _paddable(node, producer: dict, inits: dict, readers: dict, outputs: set):
     if next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1) != 1:
         return None
     x_dq, w_dq = producer.get(node.input[0]), producer.get(node.input[1])
-    if x_dq is None or w_dq is None or x_dq.op_type != w_dq.op_type or x_dq.op_type != "DequantizeLinear":
+    if any(n is None or n.op_type != "DequantizeLinear" for n in (x_dq, w_dq)):
         return None
     constants = (*x_dq.input[1:], *w_dq.input)
     if len(x_dq.input) < 3 or len(w_dq.input) < 3 or any(x not in inits for x in constants):
