@@ -14,7 +14,9 @@ computed literally, so a variant without some of them is the same model otherwis
   quantizer saw them, after the activation equalization, whose gains the biases carry);
 - the residual stream in float: the Q/DQ pairs on the convolution outputs that feed an Add, on the
   Add outputs, and on both (ORT's QLinearAdd reads and writes INT8, so an INT8 residual block
-  rounds its sum twice; OpenVINO fuses the convolution and the Add and rounds once).
+  rounds its sum twice; OpenVINO fuses the convolution and the Add and rounds once);
+- every activation's rounding removed and its clipping kept (each Q/DQ pair a Clip to the range its
+  levels span): what the activations' rounding costs, apart from their ranges and the weights.
 Beside them, on the same crops: the same model without the activation equalization
 (edgekit.compress.equalize_activations) and without the loss-aware activation ranges
 (edgekit.compress.range_search), NNCF PTQ in OpenVINO (the anchor, bench/int8_cpu.py's
@@ -62,6 +64,7 @@ VARIANTS = {
     "float_conv_to_add": "convolution outputs into an Add in float",
     "float_add": "Add outputs in float",
     "float_residual": "both: the residual stream in float",
+    "unrounded": "every activation's rounding removed, its clipping kept (Q/DQ as a Clip)",
     "no_equalize": "edgekit INT8 without the activation equalization (--no-equalize-activations), fused",
     "no_range_search": "edgekit INT8 without the loss-aware activation ranges (--no-range-search), fused",
     "nncf": "NNCF PTQ in OpenVINO (the anchor)",
@@ -93,6 +96,46 @@ def _without_qdq(model, tensors: set[str]):
         o.name = rename.get(o.name, o.name)
     del m.graph.node[:]
     m.graph.node.extend(kept)
+    return m
+
+
+def _unrounded(model):
+    """MODEL with each activation's Q -> DQ pair replaced by a Clip to the range its levels span: the
+    activation keeps its clipping and loses its rounding. A quantized tensor read by anything but a
+    DequantizeLinear (the input a channel Pad reads, edgekit.compress.conv_channels) stays as it is."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    readers: dict[str, set[str]] = {}
+    for n in m.graph.node:
+        for name in n.input:
+            readers.setdefault(name, set()).add(n.op_type)
+    quantize = {
+        n.output[0]: n
+        for n in m.graph.node
+        if n.op_type == "QuantizeLinear"
+        and n.input[0] not in inits
+        and readers.get(n.output[0]) == {"DequantizeLinear"}
+    }
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type == "QuantizeLinear" and n.output[0] in quantize:
+            continue
+        if n.op_type == "DequantizeLinear" and n.input[0] in quantize:
+            q = quantize[n.input[0]]
+            scale, zero = inits[q.input[1]].astype(np.float64), inits[q.input[2]]
+            levels, zero = np.iinfo(zero.dtype), zero.astype(np.float64)
+            bounds = [((v - zero) * scale).astype(np.float32) for v in (levels.min, levels.max)]
+            names = [f"{n.output[0]}_clip_{k}" for k in ("min", "max")]
+            m.graph.initializer.extend(map(numpy_helper.from_array, bounds, names))
+            nodes.append(helper.make_node("Clip", [q.input[0], *names], [n.output[0]]))
+            continue
+        nodes.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
     return m
 
 
@@ -217,6 +260,7 @@ def measure(name: str, args, root: Path) -> dict:
         "float_conv_to_add": _without_qdq(int8, into),
         "float_add": _without_qdq(int8, out),
         "float_residual": _without_qdq(int8, into | out),
+        "unrounded": _unrounded(int8),
     }
     outs = {k: _outputs(m, x, k != "fused") for k, m in models.items()}
     for key, suffix in (("no_range_search", "-norangesearch"), ("no_equalize", "-noequalize")):
