@@ -157,11 +157,12 @@ class Int8Config(BaseModel):
     # activation_islands): PP-OCRv6's recognizer 0.69x -> 0.58x fp32's time. ORT only (com.microsoft
     # ops; off where the artifact is for another runtime)
     fused_activations: bool = True
-    # INT8 convolutions whose input channels are not a multiple of 4 (a 3-channel stem) padded with
-    # zero channels, so that ORT runs them on its fused symmetric kernel (edgekit.compress.
-    # conv_channels): EfficientNet-Lite1/2 and MobileNetV2 6-10 % faster on an AMX Xeon, outputs
-    # bit for bit; timed, and kept where faster, on the CPU it is for. ORT on the x86-vnni and x86-amx
-    # classes only (off where the artifact is for another runtime)
+    # INT8 convolutions whose input channels are not a multiple of 4 (a 3-channel stem), and depthwise
+    # ones whose channels are not a multiple of 16, padded with zero channels, so that ORT runs them
+    # on its fast kernels (edgekit.compress.conv_channels): EfficientNet-Lite1/2 and MobileNetV2 6-10 %
+    # faster on an AMX Xeon, PP-OCR's direction classifier 10 %, outputs bit for bit; timed, and kept
+    # where faster, on the CPU it is for. ORT on the x86-vnni and x86-amx classes only (off where the
+    # artifact is for another runtime)
     pad_conv_channels: bool = True
     # where the Q/DQ pairs go, for the runtime the model is for: ORT's (its quantizer's default, on
     # every op it has an INT8 kernel for) or OpenVINO's (the inputs of convolutions and matrix
