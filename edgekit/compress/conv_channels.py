@@ -1,5 +1,5 @@
-"""INT8 convolutions' input channels padded to a multiple of 4, so that ONNX Runtime runs them on
-its x86 symmetric INT8 convolution kernel.
+"""INT8 convolutions' channels padded to what ONNX Runtime's fast x86 INT8 kernels take: a
+convolution's input channels to a multiple of 4, a depthwise one's channels to a multiple of 16.
 
 ORT's QLinearConv takes its fused, AVX-512 VNNI kernel (MLAS's ConvSym, requantization in the
 kernel) only where the input channels per group are a multiple of 4; a network's stem reads 3
@@ -14,10 +14,16 @@ runtimes choose their kernels otherwise.
 
 A depthwise convolution runs fast only where its channels are a multiple of 16: 72, 88 or 120
 (MobileNetV3's, PP-LCNet's) ran 2.7-3x slower than 64, 80 or 128 (a 56x56 block, 3x3 or 7x7, ad
-hoc). Its input is padded the same way, its filters with zero ones (group widened, zero bias), and
-its quantized output sliced back to its channels, so its readers see what they saw. The Pad and the
-Slice cost time of their own (a 56x56x72 block: 137 us against 41-160 us gained); the timing
-decides, as for the stem (PP-OCR's direction classifier, 7 such layers: 0.91x unpadded).
+hoc). It gets zero filters (group widened, zero bias), and its tensors the channels to match,
+without an op at run time where the graph allows: where its input is computed per channel from a
+plain convolution's output (through activations, a Hardswish written as x * HardSigmoid(x), Q/DQ),
+that convolution gets zero filters too; where its output flows per channel into plain convolutions
+only (through a squeeze-and-excitation's pooling and gate, whose convolution gets zero filters),
+those get zero weight rows. The added channels hold finite values that the zero weights cancel, so
+every output is what it was, bit for bit. Elsewhere a Pad widens its quantized input and a Slice
+cuts its quantized output back (a 56x56x72 block: 137 us of their own against 41-160 us gained).
+PP-OCR's direction classifier (7 such layers) ran 0.90x its unpadded time, against 0.97x with a Pad
+and a Slice at each; a MobileNetV3-Large (random weights) 0.91x, against 0.93x.
 """
 
 from __future__ import annotations
@@ -77,12 +83,13 @@ def pad(path: Path, dst: Path) -> int:
     outputs = {o.name for o in graph.output} | outer_reads.branch_reads(graph)
     before: dict[int, object] = {}  # id of an input's DequantizeLinear -> the Pad to insert before it
     after: dict[int, object] = {}  # id of a depthwise output's QuantizeLinear -> the Slice after it
-    added, stale = [], set()  # the new constants; the tensors whose shapes changed
+    added, stale, count = [], set(), 0  # the new constants; the tensors whose shapes changed
     for node in graph.node:
         found = _paddable(node, producer, inits, readers, outputs)
         depthwise = None if found else _depthwise(node, producer, inits, readers, outputs)
         if found is None and depthwise is None:
             continue
+        count += 1
         x_dq, w_dq, w = found or depthwise[:3]
         stem = f"{node.name or node.output[0]}_edgekit_channel_pad"
         if found:
@@ -91,9 +98,26 @@ def pad(path: Path, dst: Path) -> int:
         else:
             extra = -w.shape[0] % DEPTHWISE_ALIGN
             wide = np.concatenate([w, np.zeros((extra, *w.shape[1:]), w.dtype)])
-            _widened_filters(node, w_dq, depthwise[3], inits, extra)
-            after[id(depthwise[4])] = _slice_back(depthwise[4], w.shape[0], stem, added)
+            for a in node.attribute:
+                if a.name == "group":
+                    a.CopyFrom(helper.make_attribute("group", a.i + extra))
+            _widened_filters(w_dq, depthwise[3], inits, extra)
             stale.update(node.output)
+            q = depthwise[4]
+            found_after = _region(node.output[0], producer, inits, readers, outputs)
+            if found_after is None:  # something reads the channels as they are: sliced back
+                after[id(q)] = _slice_back(q, w.shape[0], stem, added)
+            found_before = _source(x_dq.input[0], producer, inits, readers, outputs, node)
+            for found in (found_after, found_before):
+                if found is not None:  # computed per channel into convolutions only
+                    ends, tensors, sources = found
+                    _zero_rows(ends, producer, inits, extra)  # the convolutions reading the channels
+                    _zero_filters(sources, producer, inits, extra)  # those writing them
+                    stale.update(tensors)
+            if found_before is not None:  # no Pad
+                stale.add(x_dq.output[0])
+                inits[w_dq.input[0]].CopyFrom(numpy_helper.from_array(wide, w_dq.input[0]))
+                continue
         inits[w_dq.input[0]].CopyFrom(numpy_helper.from_array(wide, w_dq.input[0]))
         zero = numpy_helper.to_array(inits[x_dq.input[2]]).reshape(())
         pads = np.zeros(2 * w.ndim, np.int64)
@@ -106,7 +130,7 @@ def pad(path: Path, dst: Path) -> int:
         before[id(x_dq)] = helper.make_node("Pad", reads, [f"{stem}_out"], name=stem, mode="constant")
         x_dq.input[0] = f"{stem}_out"
         stale.add(x_dq.output[0])
-    if not before:
+    if not count:
         return 0
     nodes = []
     for n in graph.node:
@@ -116,7 +140,7 @@ def pad(path: Path, dst: Path) -> int:
     del graph.value_info[:]
     graph.value_info.extend(kept)
     model_file.save(model, dst)
-    return len(before)
+    return count
 
 
 def _paddable(node, producer: dict, inits: dict, readers: dict, outputs: set):
@@ -187,21 +211,43 @@ def _depthwise(node, producer: dict, inits: dict, readers: dict, outputs: set):
     return x_dq, w_dq, w, b_dq, q
 
 
-def _widened_filters(node, w_dq, b_dq, inits: dict, extra: int) -> None:
-    """NODE's group, its weights' per-channel scales and zero points and its int32 bias (each read by
-    NODE's DequantizeLinears alone) widened by EXTRA channels: zero points and bias 0, so the new
-    channels compute 0, and the last channel's scales (ORT left a filter scaled 1 unfused)."""
-    from onnx import helper, numpy_helper
+def _widened_filters(w_dq, b_dq, inits: dict, extra: int) -> None:
+    """A convolution's per-filter weight scales and zero points and its int32 bias (each read by its
+    DequantizeLinears alone) widened by EXTRA filters: zero points and bias 0, so the new filters
+    compute 0, and the last filter's scales (ORT left a filter scaled 1 unfused)."""
+    from onnx import numpy_helper
 
-    for a in node.attribute:
-        if a.name == "group":
-            a.CopyFrom(helper.make_attribute("group", a.i + extra))
     widened = [(w_dq.input[1], "edge"), (w_dq.input[2], "constant")]
     widened += [] if b_dq is None else list(zip(b_dq.input, ("constant", "edge", "constant"), strict=False))
     for name, mode in widened:
         value = numpy_helper.to_array(inits[name])
-        if value.ndim == 1:  # per channel (a per-tensor one holds as it is)
+        if value.ndim == 1:  # per filter (a per-tensor one holds as it is)
             inits[name].CopyFrom(numpy_helper.from_array(np.pad(value, (0, extra), mode=mode), name))
+
+
+def _zero_filters(convs: list, producer: dict, inits: dict, extra: int) -> None:
+    """CONVS' int8 weights given EXTRA zero filters (zero bias): their outputs widened by as many
+    channels, each computing 0."""
+    from onnx import numpy_helper
+
+    for conv in convs:
+        w_dq = producer[conv.input[1]]
+        w = numpy_helper.to_array(inits[w_dq.input[0]])
+        filters = np.concatenate([w, np.zeros((extra, *w.shape[1:]), w.dtype)])
+        inits[w_dq.input[0]].CopyFrom(numpy_helper.from_array(filters, w_dq.input[0]))
+        b_dq = producer.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        _widened_filters(w_dq, b_dq, inits, extra)
+
+
+def _zero_rows(convs: list, producer: dict, inits: dict, extra: int) -> None:
+    """CONVS' int8 weights given EXTRA zero input rows (the channels added to what they read)."""
+    from onnx import numpy_helper
+
+    for conv in convs:
+        name = producer[conv.input[1]].input[0]
+        w = numpy_helper.to_array(inits[name])
+        rows = np.zeros((w.shape[0], extra, *w.shape[2:]), w.dtype)
+        inits[name].CopyFrom(numpy_helper.from_array(np.concatenate([w, rows], axis=1), name))
 
 
 def _slice_back(q, channels: int, stem: str, added: list):
@@ -217,3 +263,144 @@ def _slice_back(q, channels: int, stem: str, added: list):
     q.output[0] = f"{stem}_wide"
     reads = [q.output[0], f"{stem}_starts", f"{stem}_ends", f"{stem}_axes"]
     return helper.make_node("Slice", reads, [name], name=f"{stem}_slice")
+
+
+# ops that compute each value from the values at the same place alone (Clip, Div: where their other
+# inputs are scalar constants); through them, and per-tensor QuantizeLinear / DequantizeLinear, added
+# channels stay channels of their own, holding finite values that zero weights then cancel
+ELEMENTWISE = ("Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Gelu")
+ELEMENTWISE += ("Softsign", "Identity", "Clip", "Div", "QuantizeLinear", "DequantizeLinear")
+BINARY = ("Add", "Mul", "Sub")  # of two such tensors of the same channels, or with a scalar constant
+POOLS = ("ReduceMean", "ReduceMax")  # over the positions, the channels kept (_keeps_channels)
+
+
+def _int8_filters(conv, producer: dict, inits: dict, readers: dict, bias: bool) -> bool:
+    """Whether CONV is a plain (group 1) Conv with int8 weights dequantized per filter from
+    initializers read by it alone (and, with BIAS, an int32 bias so too, or none)."""
+    from onnx import helper, numpy_helper
+
+    group = next((helper.get_attribute_value(a) for a in conv.attribute if a.name == "group"), 1)
+    w_dq = producer.get(conv.input[1]) if len(conv.input) > 1 else None
+    if group != 1 or w_dq is None or w_dq.op_type != "DequantizeLinear" or len(w_dq.input) < 3:
+        return False
+    axis = next((helper.get_attribute_value(a) for a in w_dq.attribute if a.name == "axis"), 1)
+    constants = [*w_dq.input, w_dq.output[0]]
+    if bias and len(conv.input) > 2 and conv.input[2]:
+        b_dq = producer.get(conv.input[2])
+        if b_dq is None or b_dq.op_type != "DequantizeLinear":
+            return False
+        constants += [*b_dq.input, b_dq.output[0]]
+    if any(len(readers.get(x, ())) != 1 for x in constants) or any(x not in inits for x in w_dq.input):
+        return False
+    if bias and len(conv.input) > 2 and conv.input[2] and any(x not in inits for x in b_dq.input):
+        return False
+    scale = numpy_helper.to_array(inits[w_dq.input[1]])
+    return numpy_helper.to_array(inits[w_dq.input[0]]).dtype == np.int8 and (scale.ndim == 0 or axis == 0)
+
+
+def _scalar(name: str, inits: dict, producer: dict) -> bool:
+    """Whether NAME is a scalar constant: an initializer, or one dequantized (a quantized constant)."""
+    from onnx import numpy_helper
+
+    node = producer.get(name)
+    if node is not None and node.op_type == "DequantizeLinear":
+        return all(_scalar(x, inits, producer) for x in node.input if x)
+    return name in inits and numpy_helper.to_array(inits[name]).size == 1
+
+
+def _keeps_channels(node) -> bool:
+    """Whether NODE pools over the positions only, one value per channel (a squeeze-and-excitation's
+    GlobalAveragePool, or a ReduceMean over the spatial axes that keeps them)."""
+    from onnx import helper
+
+    if node.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
+        return True
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    axes = attrs.get("axes")
+    return (
+        node.op_type in POOLS
+        and len(node.input) == 1
+        and bool(axes)
+        and 1 not in axes
+        and attrs.get("keepdims", 1)
+    )
+
+
+def _region(tensor: str, producer: dict, inits: dict, readers: dict, outputs: set, target=None):
+    """(the plain Convs it ends in, its tensors, the plain Convs that write its other tensors) where
+    everything computed from TENSOR is computed per channel (ELEMENTWISE, BINARY, pooled over the
+    positions) and ends in plain Convs' first input (or in TARGET's); a binary op's other input may
+    come from another plain Conv the same way, read by nothing else (a squeeze-and-excitation's gate).
+    Channels added to TENSOR (and those Convs' outputs) then stay channels of their own up to the end
+    Convs, whose zero weight rows cancel them. None otherwise (a graph output, a Concat, a reshape)."""
+    region, ends, stack, pairs, reached = {tensor}, {}, [tensor], [], target is None
+    while stack:
+        name = stack.pop()
+        if name in outputs or not readers.get(name):
+            return None
+        for node in readers[name]:
+            first = node.input[0] == name and list(node.input).count(name) == 1
+            if node is target and first:
+                reached = True
+            elif node.op_type == "Conv" and first:
+                if not _int8_filters(node, producer, inits, readers, bias=False):
+                    return None
+                ends[id(node)] = node
+            elif node.op_type in BINARY or (first and (node.op_type in ELEMENTWISE or _keeps_channels(node))):
+                if node.op_type in BINARY:
+                    pairs.append(node)
+                elif not all(_scalar(x, inits, producer) for x in node.input[1:] if x):
+                    return None
+                if node.output[0] not in region:
+                    region.add(node.output[0])
+                    stack.append(node.output[0])
+            else:
+                return None
+    # a binary op's other input: in the region, a scalar, or written by a Conv for it alone (known only now)
+    sources = {}
+    for node in pairs:
+        for x in node.input:
+            if x in region or _scalar(x, inits, producer):
+                continue
+            found = _chain(x, producer, inits, readers, outputs)
+            if found is None:
+                return None
+            sources[id(found[0])] = found[0]
+            region.update(found[1])
+    return (list(ends.values()), region, list(sources.values())) if reached else None
+
+
+def _chain(tensor: str, producer: dict, inits: dict, readers: dict, outputs: set):
+    """(a plain Conv, the tensors from it to TENSOR) where TENSOR is that Conv's output through
+    ELEMENTWISE ops, each tensor read once; None otherwise."""
+    chain = []
+    for _ in range(16):
+        if tensor in outputs or len(readers.get(tensor, ())) != 1 or tensor not in producer:
+            return None
+        chain.append(tensor)
+        node = producer[tensor]
+        if node.op_type == "Conv":
+            return (node, chain) if _int8_filters(node, producer, inits, readers, bias=True) else None
+        constants = all(_scalar(x, inits, producer) for x in node.input[1:] if x)
+        if node.op_type not in ELEMENTWISE or not constants:
+            return None
+        tensor = node.input[0]
+    return None
+
+
+def _source(tensor: str, producer: dict, inits: dict, readers: dict, outputs: set, target):
+    """(the plain Convs it ends in, its tensors, the plain Convs that write them) where TENSOR, read by
+    TARGET, is computed per channel from the nearest plain Conv up its first inputs, and all else
+    computed from that Conv's output is a _region ending in TARGET and plain Convs: zero filters
+    there widen TENSOR. None otherwise."""
+    for _ in range(16):  # up the first inputs to the nearest Conv
+        node = producer.get(tensor)
+        if node is None or (node.op_type not in ELEMENTWISE + BINARY and node.op_type != "Conv"):
+            return None
+        if node.op_type == "Conv":
+            if not _int8_filters(node, producer, inits, readers, bias=True):
+                return None
+            found = _region(node.output[0], producer, inits, readers, outputs, target)
+            return None if found is None else (found[0], found[1], [node, *found[2]])
+        tensor = node.input[0]
+    return None
