@@ -66,8 +66,8 @@ def choose(path: Path, candidate: Path, timing: Callable[[Path, Path], float] | 
 
 def pad(path: Path, dst: Path) -> int:
     """Write to DST the QDQ model at PATH with every 2-D Conv that ORT fuses into a uint8 x int8
-    QLinearConv with symmetric weights and an input channel count that is not a multiple of ALIGN
-    padded; how many (0: DST is not written)."""
+    QLinearConv with symmetric weights padded where its input channels are not a multiple of ALIGN
+    or, depthwise, its channels not a multiple of DEPTHWISE_ALIGN; how many (0: DST is not written)."""
     import onnx
     from onnx import helper, numpy_helper
 
