@@ -316,14 +316,9 @@ def _keeps_channels(node) -> bool:
     if node.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
         return True
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    axes = attrs.get("axes")
-    return (
-        node.op_type in POOLS
-        and len(node.input) == 1
-        and bool(axes)
-        and 1 not in axes
-        and attrs.get("keepdims", 1)
-    )
+    axes = {a % 4 for a in attrs.get("axes") or ()}  # a 2-D convolution's [N, C, H, W]
+    spatial = bool(axes) and axes <= {2, 3} and attrs.get("keepdims", 1) == 1
+    return node.op_type in POOLS and len(node.input) == 1 and spatial
 
 
 def _region(tensor: str, producer: dict, inits: dict, readers: dict, outputs: set, target=None):
