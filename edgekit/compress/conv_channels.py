@@ -108,9 +108,9 @@ def pad(path: Path, dst: Path) -> int:
             if found_after is None:  # something reads the channels as they are: sliced back
                 after[id(q)] = _slice_back(q, w.shape[0], stem, added)
             found_before = _source(x_dq.input[0], producer, inits, readers, outputs, node)
-            for found in (found_after, found_before):
-                if found is not None:  # computed per channel into convolutions only
-                    ends, tensors, sources = found
+            for side in (found_after, found_before):
+                if side is not None:  # computed per channel into convolutions only
+                    ends, tensors, sources = side
                     _zero_rows(ends, producer, inits, extra)  # the convolutions reading the channels
                     _zero_filters(sources, producer, inits, extra)  # those writing them
                     stale.update(tensors)
@@ -143,14 +143,20 @@ def pad(path: Path, dst: Path) -> int:
     return count
 
 
-def _paddable(node, producer: dict, inits: dict, readers: dict, outputs: set):
-    """(input DequantizeLinear, weight DequantizeLinear, int8 weight) of NODE where padding it
-    applies (each read by NODE alone, NODE's output read by one QuantizeLinear alone), else None."""
-    from onnx import helper, numpy_helper
+def _group(conv) -> int:
+    """CONV's group attribute (1 where absent)."""
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in conv.attribute if a.name == "group"), 1)
+
+
+def _symmetric(node, producer: dict, inits: dict):
+    """(input DequantizeLinear, weight DequantizeLinear, int8 weight) of NODE where it is a 2-D Conv
+    ORT fuses into a uint8 x int8 QLinearConv with symmetric weights (its constants initializers),
+    else None."""
+    from onnx import numpy_helper
 
     if node.op_type != "Conv" or len(node.input) < 2:
-        return None
-    if next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1) != 1:
         return None
     x_dq, w_dq = producer.get(node.input[0]), producer.get(node.input[1])
     if any(n is None or n.op_type != "DequantizeLinear" for n in (x_dq, w_dq)):
@@ -163,6 +169,18 @@ def _paddable(node, producer: dict, inits: dict, readers: dict, outputs: set):
     w_zero = numpy_helper.to_array(inits[w_dq.input[2]])
     if zero.dtype != np.uint8 or zero.size != 1 or w.dtype != np.int8 or w.ndim != 4 or w_zero.any():
         return None
+    return x_dq, w_dq, w
+
+
+def _paddable(node, producer: dict, inits: dict, readers: dict, outputs: set):
+    """(input DequantizeLinear, weight DequantizeLinear, int8 weight) of NODE where padding its input
+    applies (_symmetric, group 1, each tensor read by NODE alone, NODE's output read by one
+    QuantizeLinear alone), else None."""
+
+    found = _symmetric(node, producer, inits)
+    if found is None or _group(node) != 1:
+        return None
+    x_dq, w_dq, w = found
     if w.shape[1] % ALIGN == 0 or w.shape[0] < MIN_OUTPUT or w.shape[0] % OUTPUT_ALIGN:
         return None
     single = (x_dq.output[0], w_dq.output[0], w_dq.input[0], node.output[0])
@@ -170,35 +188,24 @@ def _paddable(node, producer: dict, inits: dict, readers: dict, outputs: set):
         return None
     if readers[node.output[0]][0].op_type != "QuantizeLinear":  # else ORT runs it as a float Conv
         return None
-    return x_dq, w_dq, w
+    return found
 
 
 def _depthwise(node, producer: dict, inits: dict, readers: dict, outputs: set):
     """(input DequantizeLinear, weight DequantizeLinear, int8 weight, bias DequantizeLinear or None,
-    output QuantizeLinear) of NODE where it is a 2-D depthwise Conv that ORT fuses into a
-    uint8 x int8 QLinearConv with symmetric weights and channels not a multiple of DEPTHWISE_ALIGN
-    (each of its tensors read by it alone), else None."""
-    from onnx import helper, numpy_helper
+    output QuantizeLinear) of NODE where it is a depthwise _symmetric Conv whose channels are not a
+    multiple of DEPTHWISE_ALIGN (each of its tensors read by it alone, its bias int32), else None."""
 
-    if node.op_type != "Conv" or len(node.input) < 2:
+    found = _symmetric(node, producer, inits)
+    if found is None:
         return None
-    x_dq, w_dq = producer.get(node.input[0]), producer.get(node.input[1])
+    x_dq, w_dq, w = found
     b_dq = producer.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    if any(n is None or n.op_type != "DequantizeLinear" for n in (x_dq, w_dq)):
-        return None
-    constants = (*x_dq.input[1:], *w_dq.input)
-    if len(x_dq.input) < 3 or len(w_dq.input) < 3 or any(x not in inits for x in constants):
-        return None
     if len(node.input) > 2 and node.input[2] and (b_dq is None or b_dq.op_type != "DequantizeLinear"):
         return None  # a float bias: ORT's quantizer writes an int32 one
     if b_dq is not None and any(x not in inits for x in b_dq.input):
         return None
-    zero = numpy_helper.to_array(inits[x_dq.input[2]])
-    w = numpy_helper.to_array(inits[w_dq.input[0]])
-    w_zero = numpy_helper.to_array(inits[w_dq.input[2]])
-    group = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
-    if zero.dtype != np.uint8 or zero.size != 1 or w.dtype != np.int8 or w.ndim != 4 or w_zero.any():
-        return None
+    group = _group(node)
     if w.shape[1] != 1 or group != w.shape[0] or group < DEPTHWISE_ALIGN or group % DEPTHWISE_ALIGN == 0:
         return None
     single = [x_dq.output[0], w_dq.output[0], *w_dq.input, node.output[0]]
@@ -279,7 +286,7 @@ def _int8_filters(conv, producer: dict, inits: dict, readers: dict, bias: bool) 
     initializers read by it alone (and, with BIAS, an int32 bias so too, or none)."""
     from onnx import helper, numpy_helper
 
-    group = next((helper.get_attribute_value(a) for a in conv.attribute if a.name == "group"), 1)
+    group = _group(conv)
     w_dq = producer.get(conv.input[1]) if len(conv.input) > 1 else None
     if group != 1 or w_dq is None or w_dq.op_type != "DequantizeLinear" or len(w_dq.input) < 3:
         return False
