@@ -150,6 +150,17 @@ def _group(conv) -> int:
     return next((helper.get_attribute_value(a) for a in conv.attribute if a.name == "group"), 1)
 
 
+def _bias(conv, producer: dict, inits: dict) -> tuple[bool, object]:
+    """(whether CONV's bias is none or an int32 one dequantized from initializers, as ORT's quantizer
+    writes it, and that DequantizeLinear or None)."""
+    if len(conv.input) < 3 or not conv.input[2]:
+        return True, None
+    b_dq = producer.get(conv.input[2])
+    if b_dq is None or b_dq.op_type != "DequantizeLinear" or any(x not in inits for x in b_dq.input):
+        return False, None  # a float bias, or one computed
+    return True, b_dq
+
+
 def _symmetric(node, producer: dict, inits: dict):
     """(input DequantizeLinear, weight DequantizeLinear, int8 weight) of NODE where it is a 2-D Conv
     ORT fuses into a uint8 x int8 QLinearConv with symmetric weights (its constants initializers),
@@ -200,10 +211,8 @@ def _depthwise(node, producer: dict, inits: dict, readers: dict, outputs: set):
     if found is None:
         return None
     x_dq, w_dq, w = found
-    b_dq = producer.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    if len(node.input) > 2 and node.input[2] and (b_dq is None or b_dq.op_type != "DequantizeLinear"):
-        return None  # a float bias: ORT's quantizer writes an int32 one
-    if b_dq is not None and any(x not in inits for x in b_dq.input):
+    int32, b_dq = _bias(node, producer, inits)
+    if not int32:
         return None
     group = _group(node)
     if w.shape[1] != 1 or group != w.shape[0] or group < DEPTHWISE_ALIGN or group % DEPTHWISE_ALIGN == 0:
@@ -242,8 +251,7 @@ def _zero_filters(convs: list, producer: dict, inits: dict, extra: int) -> None:
         w = numpy_helper.to_array(inits[w_dq.input[0]])
         filters = np.concatenate([w, np.zeros((extra, *w.shape[1:]), w.dtype)])
         inits[w_dq.input[0]].CopyFrom(numpy_helper.from_array(filters, w_dq.input[0]))
-        b_dq = producer.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        _widened_filters(w_dq, b_dq, inits, extra)
+        _widened_filters(w_dq, _bias(conv, producer, inits)[1], inits, extra)
 
 
 def _zero_rows(convs: list, producer: dict, inits: dict, extra: int) -> None:
@@ -292,14 +300,12 @@ def _int8_filters(conv, producer: dict, inits: dict, readers: dict, bias: bool) 
         return False
     axis = next((helper.get_attribute_value(a) for a in w_dq.attribute if a.name == "axis"), 1)
     constants = [*w_dq.input, w_dq.output[0]]
-    if bias and len(conv.input) > 2 and conv.input[2]:
-        b_dq = producer.get(conv.input[2])
-        if b_dq is None or b_dq.op_type != "DequantizeLinear":
+    if bias:
+        int32, b_dq = _bias(conv, producer, inits)
+        if not int32:
             return False
-        constants += [*b_dq.input, b_dq.output[0]]
+        constants += [*b_dq.input, b_dq.output[0]] if b_dq is not None else []
     if any(len(readers.get(x, ())) != 1 for x in constants) or any(x not in inits for x in w_dq.input):
-        return False
-    if bias and len(conv.input) > 2 and conv.input[2] and any(x not in inits for x in b_dq.input):
         return False
     scale = numpy_helper.to_array(inits[w_dq.input[1]])
     return numpy_helper.to_array(inits[w_dq.input[0]]).dtype == np.int8 and (scale.ndim == 0 or axis == 0)
