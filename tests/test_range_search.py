@@ -196,9 +196,10 @@ def test_a_search_projected_over_its_budget_is_skipped_and_says_so(fp32, calib, 
 def test_a_search_over_its_budget_searches_the_last_activations_it_fits(fp32, calib, searched, tmp_path):
     """A budget an eighth of the whole search's time (a sixteenth or less where the machine ran this
     search faster than the whole one, its projection a wall-clock measurement: the two xdist workers
-    share two cores): the search first chooses on fewer samples (FEWEST, a quarter of SAMPLES here),
-    then tries the activations nearest the outputs that fit it (or stops where it runs out), keeps
-    what it found, and says so; every range it scaled is one of those."""
+    share two cores): the search first chooses on fewer samples (in proportion to the budget, FEWEST
+    at least: a wall-clock projection can leave a sample or two above it), then tries the activations
+    nearest the outputs that fit it (or stops where it runs out), keeps what it found, and says so;
+    every range it scaled is one of those."""
     whole = searched[True][1]["range_search"]
     for divisor in (8, 16, 32, 64):
         budget = whole["seconds"] / divisor
@@ -209,7 +210,7 @@ def test_a_search_over_its_budget_searches_the_last_activations_it_fits(fp32, ca
         if "partial" in record:
             break
     assert "partial" in record and "budget" in record["partial"]
-    assert record["samples"] == range_search.FEWEST < whole["samples"] == range_search.SAMPLES
+    assert range_search.FEWEST <= record["samples"] < whole["samples"] == range_search.SAMPLES
     (first, end), n = record["searched"], record["activations"]
     assert 0 < first < end <= n == whole["activations"] and whole["searched"] == [0, n]
     assert record["sweeps"] == 1  # the budget cut the first sweep short: none left for another
