@@ -46,6 +46,7 @@ from edgekit.compress import (
     outer_reads,
     output_tail,
     planar_conv3d,
+    qlinear_forms,
     range_search,
     score_scale,
     shared_biases,
@@ -614,6 +615,11 @@ def _writer(
             summary["equalized_activations"] = p.balanced
         if p.means:
             summary["bias_corrected_layers"] = bias_correction.correct(src, out, p.means, bias_errors)
+        # float elementwise ops as ones ORT runs in INT8, before the range search chooses the ranges of
+        # the quantizers they leave (a folded Div's two are one)
+        if cfg.placement == "ort" and (forms := qlinear_forms.rewrite(out)):
+            summary["qlinear_forms"] = forms
+            summary["qdq_pairs"] = summarize(out)["qdq_pairs"]
         if cfg.range_search and not p.transformer:
             if p.ranges is None and exclude:  # a trial's ranges are the full model's
                 write(tmp / "full.onnx", ())

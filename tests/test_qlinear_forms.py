@@ -1,0 +1,169 @@
+"""Float elementwise ops of a QDQ model written as ones ONNX Runtime runs in its INT8 kernels
+(edgekit.compress.qlinear_forms): a HardSigmoid as a QLinearAdd, a spatial ReduceMean as a
+QLinearGlobalAveragePool, a Div by a constant folded into a quantizer's scale."""
+
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+from edgekit.compress import qlinear_forms
+from edgekit.compress.quantize import Int8Config, quantize_int8
+from edgekit.data import Samples
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, x):
+        self.items = iter([{"x": x[i : i + 1]} for i in range(len(x))])
+
+    def get_next(self):
+        return next(self.items, None)
+
+
+def _conv(name: str, cin: int, cout: int, rng) -> list:
+    return [
+        numpy_helper.from_array((rng.standard_normal((cout, cin, 1, 1)) / cin**0.5).astype(np.float32), name),
+        numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), f"{name}_b"),
+    ]
+
+
+def _mobile_block(path, paddle: bool = False):
+    """x [N, 8, 8, 8] -> 1x1 Conv -> Hardswish (x * HardSigmoid(x), or paddle2onnx's
+    x * Clip(x + 3, 0, 6) / 6) -> squeeze-and-excitation (ReduceMean over H, W kept, Conv, Relu,
+    Conv, HardSigmoid, Mul) -> 1x1 Conv -> y: MobileNetV3's block."""
+    rng = np.random.default_rng(0)
+    inits = [
+        *_conv("w0", 8, 16, rng),
+        *_conv("w1", 16, 8, rng),
+        *_conv("w2", 8, 16, rng),
+        *_conv("w3", 16, 8, rng),
+    ]
+    inits += [
+        numpy_helper.from_array(np.array(v, np.float32), n)
+        for n, v in (("three", 3), ("zero", 0), ("six", 6))
+    ]
+    if paddle:
+        swish = [
+            helper.make_node("Add", ["c0", "three"], ["p0"]),
+            helper.make_node("Clip", ["p0", "zero", "six"], ["p1"]),
+            helper.make_node("Mul", ["c0", "p1"], ["p2"]),
+            helper.make_node("Div", ["p2", "six"], ["a0"]),
+        ]
+    else:
+        swish = [
+            helper.make_node("HardSigmoid", ["c0"], ["h0"], alpha=1 / 6, beta=0.5),
+            helper.make_node("Mul", ["c0", "h0"], ["a0"]),
+        ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "w0_b"], ["c0"], name="expand"),
+        *swish,
+        helper.make_node("ReduceMean", ["a0"], ["m"], axes=[2, 3], keepdims=1),
+        helper.make_node("Conv", ["m", "w1", "w1_b"], ["s1"], name="squeeze"),
+        helper.make_node("Relu", ["s1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "w2_b"], ["s2"], name="excite"),
+        helper.make_node("HardSigmoid", ["s2"], ["g"], alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["a0", "g"], ["e"]),
+        helper.make_node("Conv", ["e", "w3", "w3_b"], ["y"], name="project"),
+    ]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 8, 8])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "block", [x_info], [y_info], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _quantized(tmp_path, paddle: bool = False):
+    """The block quantized in edgekit's default INT8 form by ORT's quantizer, a rewritten copy, the
+    counts, and inputs like the calibration data."""
+    src, model, rewritten = tmp_path / "fp32.onnx", tmp_path / "int8.onnx", tmp_path / "rewritten.onnx"
+    _mobile_block(src, paddle)
+    x = np.random.default_rng(1).uniform(-2, 2, (32, 8, 8, 8)).astype(np.float32)
+    quantize_static(
+        str(src), str(model), _Reader(x), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    shutil.copy(model, rewritten)
+    return src, model, rewritten, qlinear_forms.rewrite(rewritten), x
+
+
+def _run(path, x, optimized=None):
+    """PATH's y on X in ORT (its graph optimizations on; the optimized graph to OPTIMIZED)."""
+    options = ort.SessionOptions()
+    if optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(optimized)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def _ops(path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_hard_sigmoid_and_spatial_mean_run_in_int8_kernels_with_the_same_outputs(tmp_path):
+    """Both HardSigmoids (Hardswish's and the gate's) become Adds of 3 whose quantizer's saturation
+    clips, the ReduceMean a GlobalAveragePool: in ORT's optimized graph QLinearAdd and
+    QLinearGlobalAveragePool, no float HardSigmoid or ReduceMean; the outputs within one level of
+    the output quantizer of the model as ORT's quantizer wrote it (equal but for float rounding)."""
+    _, model, rewritten, counts, x = _quantized(tmp_path)
+    assert counts == {"hard_sigmoid_as_add": 2, "mean_as_global_pool": 1}
+    assert {"HardSigmoid", "ReduceMean"} <= _ops(model)
+    y = _run(rewritten, x, tmp_path / "opt.onnx")
+    fused = _ops(tmp_path / "opt.onnx")
+    assert {"QLinearAdd", "QLinearGlobalAveragePool"} <= fused and not {"HardSigmoid", "ReduceMean"} & fused
+    before = _run(model, x)
+    level = np.abs(before).max() / 127
+    assert np.abs(y - before).max() <= level and np.mean(y == before) > 0.99
+
+
+def test_a_hard_sigmoid_whose_levels_reach_above_one_is_left_as_it_is(tmp_path):
+    """Where the quantizer after a HardSigmoid spans more than [0, 1] (a range search widened it),
+    the saturation would not clip at 1: that HardSigmoid stays."""
+    _, model, _, _, _ = _quantized(tmp_path)
+    m = onnx.load(str(model))
+    inits = {i.name: i for i in m.graph.initializer}
+    gate = next(n for n in m.graph.node if n.op_type == "HardSigmoid" and n.output[0] == "g")
+    q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == gate.output[0])
+    inits[q.input[1]].CopyFrom(numpy_helper.from_array(np.array(1.3 / 255, np.float32), q.input[1]))
+    onnx.save(m, str(tmp_path / "wide.onnx"))
+    assert qlinear_forms.rewrite(tmp_path / "wide.onnx") == {
+        "hard_sigmoid_as_add": 1,
+        "mean_as_global_pool": 1,
+    }
+    assert sum(n.op_type == "HardSigmoid" for n in onnx.load(str(tmp_path / "wide.onnx")).graph.node) == 1
+
+
+def test_a_divide_by_a_constant_is_folded_into_the_quantizer_before_it(tmp_path):
+    """paddle2onnx's Hardswish, x * Clip(x + 3, 0, 6) / 6: the Div and its quantizer are gone (the
+    Mul's quantizer takes the Div's levels, its scale times 6), no float Div in ORT's graph, and the
+    outputs as close to fp32's as before (one rounding fewer) and within a level of them."""
+    src, model, rewritten, counts, x = _quantized(tmp_path, paddle=True)
+    assert counts["scalar_divide_folded"] == 1 and "Div" in _ops(model) and "Div" not in _ops(rewritten)
+    quantizers = [onnx.load(str(p)).graph.node for p in (model, rewritten)]
+    assert (
+        sum(n.op_type == "QuantizeLinear" for n in quantizers[1])
+        == sum(n.op_type == "QuantizeLinear" for n in quantizers[0]) - 1
+    )
+    y = _run(rewritten, x, tmp_path / "opt.onnx")
+    assert "Div" not in _ops(tmp_path / "opt.onnx")
+    before, fp32 = _run(model, x), _run(src, x)
+    level = np.abs(before).max() / 127
+    assert np.abs(y - before).max() <= 2 * level
+    assert np.abs(y - fp32).mean() <= 1.02 * np.abs(before - fp32).mean()
+
+
+def test_compress_writes_them_for_ort_and_leaves_them_for_openvino(tmp_path):
+    """quantize_int8 rewrites for ORT's placement and records it; OpenVINO's placement (which fuses
+    HardSwish into its convolutions) keeps the ops."""
+    src = tmp_path / "fp32.onnx"
+    _mobile_block(src)
+    calib = Samples({"x": np.random.default_rng(1).uniform(-2, 2, (32, 8, 8, 8)).astype(np.float32)}, None)
+    cfg = Int8Config(adaround=False, range_search=False, target_cpu="x86-vnni")
+    summary = quantize_int8(src, tmp_path / "ort.onnx", calib, cfg, None)
+    assert summary["qlinear_forms"] == {"hard_sigmoid_as_add": 2, "mean_as_global_pool": 1}
+    assert not {"HardSigmoid", "ReduceMean"} & _ops(tmp_path / "ort.onnx")
+    cfg = Int8Config(adaround=False, range_search=False, target_cpu="x86-vnni", placement="openvino")
+    summary = quantize_int8(src, tmp_path / "ov.onnx", calib, cfg, None)
+    assert "qlinear_forms" not in summary and "ReduceMean" in _ops(tmp_path / "ov.onnx")
