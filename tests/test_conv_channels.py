@@ -5,10 +5,11 @@ import dataclasses
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from edgekit.compress import conv_channels
+from edgekit.compress import conv_channels, qlinear_forms
 from edgekit.compress.quantize import Int8Config, calibrated, quantize_int8
 from edgekit.data import Samples
 from edgekit.target_cpu import here
@@ -59,9 +60,10 @@ def _quantized(tmp_path, stem_out: int = 16, k: int = 3):
     return out, x
 
 
-def _padded_graph(tmp_path, nodes: list, inits: list, channels: int):
-    """NODES (reading x [N, CHANNELS, 8, 8], writing y) quantized as _quantized does, that model
-    padded (one convolution), and its inputs."""
+def _padded_graph(tmp_path, nodes: list, inits: list, channels: int, forms: dict | None = None):
+    """NODES (reading x [N, CHANNELS, 8, 8], writing y) quantized as _quantized does (its elementwise
+    ops then rewritten as compress does for ORT where FORMS, the counts expected, is given), that
+    model padded (one convolution), and its inputs."""
     x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, channels, 8, 8])
     y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     graph = helper.make_graph(nodes, "net", [x_info], [y_info], inits)
@@ -72,6 +74,8 @@ def _padded_graph(tmp_path, nodes: list, inits: list, channels: int):
         str(src), str(model), _Reader(x), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
     )  # fmt: skip
+    if forms is not None:
+        assert qlinear_forms.rewrite(model) == forms
     assert conv_channels.pad(model, tmp_path / "padded.onnx") == 1
     return model, tmp_path / "padded.onnx", x
 
@@ -154,10 +158,12 @@ def test_the_widening_runs_through_a_hardswish_written_as_x_times_hardsigmoid_x(
     np.testing.assert_array_equal(_run(padded, x), _run(model, x))
 
 
-def test_the_widening_runs_through_a_squeeze_and_excitation_gate(tmp_path):
+@pytest.mark.parametrize("forms", [None, {"hard_sigmoid_as_add": 1, "mean_as_global_pool": 1}])
+def test_the_widening_runs_through_a_squeeze_and_excitation_gate(tmp_path, forms):
     """A depthwise output pooled over its positions into a 1x1 Conv, and multiplied by a gate that
     another 1x1 Conv writes (MobileNetV3's and PP-LCNet's squeeze-and-excitation): the pooling keeps
-    the channels, the gate's Conv gets zero filters too; no Pad, no Slice, bit for bit."""
+    the channels, the gate's Conv gets zero filters too; no Pad, no Slice, bit for bit. So too where
+    the pooling is a GlobalAveragePool and the gate's HardSigmoid an Add of 3 (qlinear_forms)."""
     rng = np.random.default_rng(0)
 
     def weight(name, *shape):
@@ -178,7 +184,7 @@ def test_the_widening_runs_through_a_squeeze_and_excitation_gate(tmp_path):
         helper.make_node("Mul", ["r1", "gate"], ["m"]),
         helper.make_node("Conv", ["m", "w4"], ["y"], name="project"),
     ]
-    model, padded, x = _padded_graph(tmp_path, nodes, inits, 16)
+    model, padded, x = _padded_graph(tmp_path, nodes, inits, 16, forms)
     graph, weights, _, _ = _read(padded)
     assert weights["expand"].shape[0] == weights["excite"].shape[0] == 32
     assert weights["squeeze"].shape[1] == weights["project"].shape[1] == 32

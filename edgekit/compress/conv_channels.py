@@ -380,7 +380,8 @@ def _region(tensor: str, producer: dict, inits: dict, readers: dict, outputs: se
 
 def _chain(tensor: str, producer: dict, inits: dict, readers: dict, outputs: set):
     """(a plain Conv, the tensors from it to TENSOR) where TENSOR is that Conv's output through
-    ELEMENTWISE ops, each tensor read once; None otherwise."""
+    ELEMENTWISE ops and BINARY ones with a scalar constant (a HardSigmoid written as an Add of 3,
+    edgekit.compress.qlinear_forms), each tensor read once; None otherwise."""
     chain = []
     for _ in range(16):
         if tensor in outputs or len(readers.get(tensor, ())) != 1 or tensor not in producer:
@@ -390,7 +391,7 @@ def _chain(tensor: str, producer: dict, inits: dict, readers: dict, outputs: set
         if node.op_type == "Conv":
             return (node, chain) if _int8_filters(node, producer, inits, readers, bias=True) else None
         constants = all(_scalar(x, inits, producer) for x in node.input[1:] if x)
-        if node.op_type not in ELEMENTWISE or not constants:
+        if node.op_type not in (*ELEMENTWISE, *BINARY) or not constants:
             return None
         tensor = node.input[0]
     return None
