@@ -40,7 +40,8 @@ def rewrite(path: Path) -> dict[str, int]:
             readers.setdefault(name, []).append(n)
     # tensors read where this pass cannot see: graph outputs, and names a subgraph (If, Loop) reads
     hidden = {o.name for o in graph.output} | outer_reads.branch_reads(graph)
-    ranks = model_file.ranks(model)
+    # shape inference only where a ReduceMean needs its input's rank (it reads the whole graph)
+    ranks = model_file.ranks(model) if any(n.op_type == "ReduceMean" for n in graph.node) else {}
 
     def only_reader(tensor: str, op: str):
         """The one node reading TENSOR where it is an OP and nothing hidden reads TENSOR."""
