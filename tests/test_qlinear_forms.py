@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -30,10 +31,11 @@ def _conv(name: str, cin: int, cout: int, rng) -> list:
     ]
 
 
-def _mobile_block(path, paddle: bool = False):
-    """x [N, 8, 8, 8] -> 1x1 Conv -> Hardswish (x * HardSigmoid(x), or paddle2onnx's
-    x * Clip(x + 3, 0, 6) / 6) -> squeeze-and-excitation (ReduceMean over H, W kept, Conv, Relu,
-    Conv, HardSigmoid, Mul) -> 1x1 Conv -> y: MobileNetV3's block."""
+def _mobile_block(path, scaled_by: str | None = None):
+    """x [N, 8, 8, 8] -> 1x1 Conv -> Hardswish (x * HardSigmoid(x); where SCALED_BY is "Div",
+    paddle2onnx's x * Clip(x + 3, 0, 6) / 6, "Mul" tf2onnx's ... * (1 / 6)) -> squeeze-and-excitation
+    (ReduceMean over H, W kept, Conv, Relu, Conv, HardSigmoid, Mul) -> 1x1 Conv -> y: MobileNetV3's
+    block."""
     rng = np.random.default_rng(0)
     inits = [
         *_conv("w0", 8, 16, rng),
@@ -43,14 +45,14 @@ def _mobile_block(path, paddle: bool = False):
     ]
     inits += [
         numpy_helper.from_array(np.array(v, np.float32), n)
-        for n, v in (("three", 3), ("zero", 0), ("six", 6))
+        for n, v in (("three", 3), ("zero", 0), ("six", 6), ("sixth", 1 / 6))
     ]
-    if paddle:
+    if scaled_by:
         swish = [
             helper.make_node("Add", ["c0", "three"], ["p0"]),
             helper.make_node("Clip", ["p0", "zero", "six"], ["p1"]),
             helper.make_node("Mul", ["c0", "p1"], ["p2"]),
-            helper.make_node("Div", ["p2", "six"], ["a0"]),
+            helper.make_node(scaled_by, ["p2", "six" if scaled_by == "Div" else "sixth"], ["a0"]),
         ]
     else:
         swish = [
@@ -74,11 +76,11 @@ def _mobile_block(path, paddle: bool = False):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
-def _quantized(tmp_path, paddle: bool = False):
+def _quantized(tmp_path, scaled_by: str | None = None):
     """The block quantized in edgekit's default INT8 form by ORT's quantizer, a rewritten copy, the
     counts, and inputs like the calibration data."""
     src, model, rewritten = tmp_path / "fp32.onnx", tmp_path / "int8.onnx", tmp_path / "rewritten.onnx"
-    _mobile_block(src, paddle)
+    _mobile_block(src, scaled_by)
     x = np.random.default_rng(1).uniform(-2, 2, (32, 8, 8, 8)).astype(np.float32)
     quantize_static(
         str(src), str(model), _Reader(x), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -135,19 +137,19 @@ def test_a_hard_sigmoid_whose_levels_reach_above_one_is_left_as_it_is(tmp_path):
     assert sum(n.op_type == "HardSigmoid" for n in onnx.load(str(tmp_path / "wide.onnx")).graph.node) == 1
 
 
-def test_a_divide_by_a_constant_is_folded_into_the_quantizer_before_it(tmp_path):
-    """paddle2onnx's Hardswish, x * Clip(x + 3, 0, 6) / 6: the Div and its quantizer are gone (the
-    Mul's quantizer takes the Div's levels, its scale times 6), no float Div in ORT's graph, and the
-    outputs as close to fp32's as before (one rounding fewer) and within a level of them."""
-    src, model, rewritten, counts, x = _quantized(tmp_path, paddle=True)
-    assert counts["scalar_divide_folded"] == 1 and "Div" in _ops(model) and "Div" not in _ops(rewritten)
-    quantizers = [onnx.load(str(p)).graph.node for p in (model, rewritten)]
-    assert (
-        sum(n.op_type == "QuantizeLinear" for n in quantizers[1])
-        == sum(n.op_type == "QuantizeLinear" for n in quantizers[0]) - 1
-    )
+@pytest.mark.parametrize("scaled_by", ["Div", "Mul"])
+def test_a_divide_by_a_constant_is_folded_into_the_quantizer_before_it(tmp_path, scaled_by):
+    """paddle2onnx's Hardswish, x * Clip(x + 3, 0, 6) / 6 (tf2onnx's: * (1 / 6)): the Div (Mul) and
+    its quantizer are gone (the product's quantizer takes their levels, its scale times 6), no float
+    op of it left in ORT's graph, and the outputs as close to fp32's as before (one rounding fewer)
+    and within a level of them."""
+    src, model, rewritten, counts, x = _quantized(tmp_path, scaled_by)
+    assert counts["scalar_divide_folded"] == 1
+    nodes = [onnx.load(str(p)).graph.node for p in (model, rewritten)]
+    for op in (scaled_by, "QuantizeLinear"):  # one of each fewer
+        assert sum(n.op_type == op for n in nodes[1]) == sum(n.op_type == op for n in nodes[0]) - 1
     y = _run(rewritten, x, tmp_path / "opt.onnx")
-    assert "Div" not in _ops(tmp_path / "opt.onnx")
+    assert not {"Div", "Mul"} & _ops(tmp_path / "opt.onnx")  # QLinearMul only
     before, fp32 = _run(model, x), _run(src, x)
     level = np.abs(before).max() / 127
     assert np.abs(y - before).max() <= 2 * level
