@@ -100,6 +100,11 @@ def _run(path, x, optimized=None):
     return session.run(None, {"x": x})[0]
 
 
+def _run_output(path, x):
+    """PATH's only output on X in ORT."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
 def _ops(path) -> set[str]:
     return {n.op_type for n in onnx.load(str(path)).graph.node}
 
@@ -169,3 +174,45 @@ def test_compress_writes_them_for_ort_and_leaves_them_for_openvino(tmp_path):
     cfg = Int8Config(adaround=False, range_search=False, target_cpu="x86-vnni", placement="openvino")
     summary = quantize_int8(src, tmp_path / "ov.onnx", calib, cfg, None)
     assert "qlinear_forms" not in summary and "ReduceMean" in _ops(tmp_path / "ov.onnx")
+
+
+def test_a_divide_after_a_rewritten_hard_sigmoid_is_left(tmp_path):
+    """Q/DQ -> HardSigmoid -> Q/DQ -> Div by 2 -> Q/DQ -> Div by 3 -> Q/DQ (written by hand: ORT's
+    quantizer leaves a HardSigmoid read only by a Div unquantized): the HardSigmoid's quantizer takes
+    the Add's scale, so the first Div does not fold into it (its scale would lose the 1 / alpha); the
+    second folds into the quantizer before it, a true pair; the outputs within a level."""
+
+    def qdq(name: str, scale: float, zero: int, x: str) -> list:
+        inits.extend(
+            [
+                numpy_helper.from_array(np.array(scale, np.float32), f"{name}_s"),
+                numpy_helper.from_array(np.array(zero, np.uint8), f"{name}_z"),
+            ]
+        )
+        return [
+            helper.make_node("QuantizeLinear", [x, f"{name}_s", f"{name}_z"], [f"{name}_q"]),
+            helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], [f"{name}_d"]),
+        ]
+
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("two", 2), ("three", 3))]
+    nodes = [
+        *qdq("in", 0.05, 128, "x"),
+        helper.make_node("HardSigmoid", ["in_d"], ["h"], alpha=1 / 6, beta=0.5),
+        *qdq("gate", 1 / 255, 0, "h"),
+        helper.make_node("Div", ["gate_d", "two"], ["half"]),
+        *qdq("mid", 0.5 / 255, 0, "half"),
+        helper.make_node("Div", ["mid_d", "three"], ["sixth"]),
+        *qdq("out", 0.5 / 765, 0, "sixth"),
+    ]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 8, 8])
+    y_info = helper.make_tensor_value_info("out_d", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "gate", [x_info], [y_info], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "qdq.onnx"))
+    onnx.save(model, str(tmp_path / "rewritten.onnx"))
+    forms = {"hard_sigmoid_as_add": 1, "scalar_divide_folded": 1}
+    assert qlinear_forms.rewrite(tmp_path / "rewritten.onnx") == forms
+    x = np.random.default_rng(1).uniform(-5, 5, (4, 8, 8, 8)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "qdq.onnx"), providers=["CPUExecutionProvider"])
+    before = session.run(None, {"x": x})[0]
+    assert np.abs(_run_output(tmp_path / "rewritten.onnx", x) - before).max() <= 0.5 / 765 + 1e-7

@@ -53,6 +53,7 @@ def rewrite(path: Path) -> dict[str, int]:
     added, dropped, counts = [], set(), {}  # new initializers; ids of the nodes removed
     before: dict[int, object] = {}  # id of a node -> the constant's DequantizeLinear it now reads
     for node in list(graph.node):
+        inits.update((i.name, i) for i in added if i.name not in inits)  # the scales written so far
         dq = producer.get(node.input[0]) if node.input else None
         if dq is None or dq.op_type != "DequantizeLinear" or not node.output:
             continue
@@ -68,6 +69,7 @@ def rewrite(path: Path) -> dict[str, int]:
             node.op_type in ("Div", "Mul")
             and (first := producer.get(dq.input[0])) is not None
             and first.op_type == "QuantizeLinear"
+            and _levels(first, inits) == _levels(dq, inits)  # a pair: DQ gives back what FIRST took
             and only_reader(first.output[0], "DequantizeLinear") is dq
             and only_reader(dq.output[0], node.op_type) is node
             and (constant := _scalar(node.input[1], inits, producer)) is not None
