@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.compress import model_file, outer_reads
+from edgekit.compress import graph_index, model_file, outer_reads
 
 ALIGN = 4  # MLAS's KernelInputChannelAlignment on x86
 # ORT's symmetric kernel also wants at least 16 output channels, a multiple of its output alignment
@@ -73,14 +73,7 @@ def pad(path: Path, dst: Path) -> int:
 
     model = onnx.load(str(path))
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list] = {}
-    for n in graph.node:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
-    # tensors read where this pass cannot see: graph outputs, and names a subgraph (If, Loop) reads
-    outputs = {o.name for o in graph.output} | outer_reads.branch_reads(graph)
+    inits, producer, readers, outputs = graph_index.index(graph)
     before: dict[int, object] = {}  # id of an input's DequantizeLinear -> the Pad to insert before it
     after: dict[int, object] = {}  # id of a depthwise output's QuantizeLinear -> the Slice after it
     added, stale, count = [], set(), 0  # the new constants; the tensors whose shapes changed
@@ -311,16 +304,6 @@ def _int8_filters(conv, producer: dict, inits: dict, readers: dict, bias: bool) 
     return numpy_helper.to_array(inits[w_dq.input[0]]).dtype == np.int8 and (scale.ndim == 0 or axis == 0)
 
 
-def _scalar(name: str, inits: dict, producer: dict) -> bool:
-    """Whether NAME is a scalar constant: an initializer, or one dequantized (a quantized constant)."""
-    from onnx import numpy_helper
-
-    node = producer.get(name)
-    if node is not None and node.op_type == "DequantizeLinear":
-        return all(_scalar(x, inits, producer) for x in node.input if x)
-    return name in inits and numpy_helper.to_array(inits[name]).size == 1
-
-
 def _keeps_channels(node) -> bool:
     """Whether NODE pools over the positions only, one value per channel (a squeeze-and-excitation's
     GlobalAveragePool, or a ReduceMean over the spatial axes that keeps them)."""
@@ -357,7 +340,7 @@ def _region(tensor: str, producer: dict, inits: dict, readers: dict, outputs: se
             elif node.op_type in BINARY or (first and (node.op_type in ELEMENTWISE or _keeps_channels(node))):
                 if node.op_type in BINARY:
                     pairs.append(node)
-                elif not all(_scalar(x, inits, producer) for x in node.input[1:] if x):
+                elif not all(graph_index.scalar(x, inits, producer) is not None for x in node.input[1:] if x):
                     return None
                 if node.output[0] not in region:
                     region.add(node.output[0])
@@ -368,7 +351,7 @@ def _region(tensor: str, producer: dict, inits: dict, readers: dict, outputs: se
     sources = {}
     for node in pairs:
         for x in node.input:
-            if x in region or _scalar(x, inits, producer):
+            if x in region or graph_index.scalar(x, inits, producer) is not None:
                 continue
             found = _chain(x, producer, inits, readers, outputs)
             if found is None:
@@ -390,7 +373,7 @@ def _chain(tensor: str, producer: dict, inits: dict, readers: dict, outputs: set
         node = producer[tensor]
         if node.op_type == "Conv":
             return (node, chain) if _int8_filters(node, producer, inits, readers, bias=True) else None
-        constants = all(_scalar(x, inits, producer) for x in node.input[1:] if x)
+        constants = all(graph_index.scalar(x, inits, producer) is not None for x in node.input[1:] if x)
         if node.op_type not in (*ELEMENTWISE, *BINARY) or not constants:
             return None
         tensor = node.input[0]

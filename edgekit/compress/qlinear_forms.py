@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.compress import model_file, outer_reads
+from edgekit.compress import graph_index, model_file, outer_reads
 
 TOLERANCE = 1e-6  # relative: a scale of 1/255 stored in float32 spans [0, 1 + 6e-8]
 
@@ -32,14 +32,7 @@ def rewrite(path: Path) -> dict[str, int]:
 
     model = onnx.load(str(path))
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list] = {}
-    for n in graph.node:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
-    # tensors read where this pass cannot see: graph outputs, and names a subgraph (If, Loop) reads
-    hidden = {o.name for o in graph.output} | outer_reads.branch_reads(graph)
+    inits, producer, readers, hidden = graph_index.index(graph)
     # shape inference only where a ReduceMean needs its input's rank (it reads the whole graph)
     ranks = model_file.ranks(model) if any(n.op_type == "ReduceMean" for n in graph.node) else {}
 
@@ -72,7 +65,7 @@ def rewrite(path: Path) -> dict[str, int]:
             and _levels(first, inits) == _levels(dq, inits)  # a pair: DQ gives back what FIRST took
             and only_reader(first.output[0], "DequantizeLinear") is dq
             and only_reader(dq.output[0], node.op_type) is node
-            and (constant := _scalar(node.input[1], inits, producer)) is not None
+            and (constant := graph_index.scalar(node.input[1], inits, producer)) is not None
             and _folded(first, node, q, constant, inits, added)
         ):
             dropped.update(id(n) for n in (dq, node, q))
@@ -169,21 +162,6 @@ def _spatial_mean(node, inits: dict, rank: int | None) -> bool:
     del node.attribute[:]
     del node.input[1:]
     return True
-
-
-def _scalar(name: str, inits: dict, producer: dict) -> float | None:
-    """NAME's value where it is a float scalar constant: an initializer, or one dequantized (ORT's
-    quantizer quantizes a Mul's constant, not a Div's); None otherwise."""
-    from onnx import numpy_helper
-
-    node = producer.get(name)
-    if node is not None and node.op_type == "DequantizeLinear" and set(node.input) <= inits.keys():
-        q, scale, zero = (numpy_helper.to_array(inits[x]).astype(np.float64) for x in node.input[:3])
-        return float(((q - zero) * scale).item()) if q.size == scale.size == zero.size == 1 else None
-    if name not in inits:
-        return None
-    value = numpy_helper.to_array(inits[name])
-    return float(value.item()) if value.size == 1 and np.issubdtype(value.dtype, np.floating) else None
 
 
 def _folded(first, node, q, constant: float, inits: dict, added: list) -> bool:
