@@ -216,3 +216,15 @@ def test_a_divide_after_a_rewritten_hard_sigmoid_is_left(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "qdq.onnx"), providers=["CPUExecutionProvider"])
     before = session.run(None, {"x": x})[0]
     assert np.abs(_run_output(tmp_path / "rewritten.onnx", x) - before).max() <= 0.5 / 765 + 1e-7
+
+
+def test_the_summary_counts_the_quantizers_the_model_has_after_a_fold(tmp_path):
+    """A folded Div takes its quantizer with it: the summary's qdq_pairs is the written model's count."""
+    src = tmp_path / "fp32.onnx"
+    _mobile_block(src, "Div")
+    calib = Samples({"x": np.random.default_rng(1).uniform(-2, 2, (32, 8, 8, 8)).astype(np.float32)}, None)
+    cfg = Int8Config(adaround=False, range_search=False, target_cpu="x86-vnni")
+    summary = quantize_int8(src, tmp_path / "ort.onnx", calib, cfg, None)
+    assert summary["qlinear_forms"]["scalar_divide_folded"] == 1
+    written = onnx.load(str(tmp_path / "ort.onnx")).graph.node
+    assert summary["qdq_pairs"] == sum(n.op_type == "QuantizeLinear" for n in written)

@@ -619,7 +619,7 @@ def _writer(
         # the quantizers they leave (a folded Div's two are one)
         if cfg.placement == "ort" and (forms := qlinear_forms.rewrite(out)):
             summary["qlinear_forms"] = forms
-            summary["qdq_pairs"] = summarize(out)["qdq_pairs"]
+            summary["qdq_pairs"] -= forms.get("scalar_divide_folded", 0)  # each fold drops one quantizer
         if cfg.range_search and not p.transformer:
             if p.ranges is None and exclude:  # a trial's ranges are the full model's
                 write(tmp / "full.onnx", ())
