@@ -30,14 +30,20 @@ def fp32(depthwise_onnx):
     return depthwise_onnx
 
 
+def _outlier_images() -> np.ndarray:
+    """The samples the search compares outputs on (as many as it takes) and validates them on,
+    then four with a bright outlier blob (on images 96-99, whose values there are large): MinMax
+    ranges stretch to them, so most values get a few levels."""
+    typical = range_search.MOST + range_search.VALIDATE
+    x = smooth_images(typical + 4, seed=1)
+    x[typical:] = x[96:100]
+    x[typical:, :, 8:16, 8:16] *= 12
+    return x
+
+
 @pytest.fixture(scope="module")
 def calib():
-    """The samples the search compares outputs on and validates them on, then four with a bright
-    outlier blob: MinMax ranges stretch to them, so most values get a few levels."""
-    typical = range_search.SAMPLES + range_search.VALIDATE
-    x = smooth_images(typical + 4, seed=1)
-    x[typical:, :, 8:16, 8:16] *= 12
-    return Samples({"x": x}, None)
+    return Samples({"x": _outlier_images()}, None)
 
 
 def _run(path, x):
@@ -67,6 +73,15 @@ def test_inflated_ranges_shrink_and_the_outputs_come_closer(fp32, searched):
     assert "range_search" not in searched[False][1]
 
 
+def test_a_search_far_under_its_budget_chooses_on_more_samples(searched):
+    """A search that projects far under GROW seconds (this small model's) chooses its factors on
+    more than SAMPLES samples (fewer overfit them), MOST at most, and validates them on the VALIDATE
+    after those."""
+    record = searched[True][1]["range_search"]
+    assert record["samples"] == range_search.MOST > range_search.SAMPLES
+    assert record["held_out_samples"] == range_search.VALIDATE
+
+
 def test_the_search_sweeps_again_while_a_sweep_scales_something(tmp_path):
     """A range scaled late changes what an earlier one's best factor is: the search sweeps again
     from the ranges the last sweep left, while it scaled any, SWEEPS at most; each sweep lowers the
@@ -76,10 +91,7 @@ def test_the_search_sweeps_again_while_a_sweep_scales_something(tmp_path):
     from models import margin_classifier
 
     margin_classifier(tmp_path / "c.onnx")
-    typical = range_search.SAMPLES + range_search.VALIDATE
-    x = smooth_images(typical + 4, seed=1)
-    x[typical:, :, 8:16, 8:16] *= 12
-    calib = Samples({"x": x}, None)
+    calib = Samples({"x": _outlier_images()}, None)
     cfg = dict(calibration="minmax", target_cpu="x86-vnni", adaround=False, per_channel=False)
     on, off = tmp_path / "on.onnx", tmp_path / "off.onnx"
     record = quantize_int8(tmp_path / "c.onnx", on, calib, Int8Config(**cfg), None)["range_search"]
@@ -210,7 +222,7 @@ def test_a_search_over_its_budget_searches_the_last_activations_it_fits(fp32, ca
         if "partial" in record:
             break
     assert "partial" in record and "budget" in record["partial"]
-    assert range_search.FEWEST <= record["samples"] < whole["samples"] == range_search.SAMPLES
+    assert range_search.FEWEST <= record["samples"] < range_search.SAMPLES <= whole["samples"]
     (first, end), n = record["searched"], record["activations"]
     assert 0 < first < end <= n == whole["activations"] and whole["searched"] == [0, n]
     assert record["sweeps"] == 1  # the budget cut the first sweep short: none left for another
@@ -330,7 +342,7 @@ def test_a_time_major_output_of_a_fixed_batch_model_is_searched(tmp_path):
     x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 20])
     y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [20, 1, 12])
     save_onnx(tmp_path / "tm.onnx", nodes, [x_info], [y_info], inits)
-    typical = range_search.SAMPLES + range_search.VALIDATE
+    typical = range_search.MOST + range_search.VALIDATE
     x = rng.normal(0, 1, (typical + 4, 8, 20)).astype(np.float32)
     x[typical:, :, 5:9] *= 12  # outliers MinMax stretches to: ranges worth searching
     cfg = Int8Config(calibration="minmax", target_cpu="x86-vnni", adaround=False)
