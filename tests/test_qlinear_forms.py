@@ -1,6 +1,7 @@
 """Float elementwise ops of a QDQ model written as ones ONNX Runtime runs in its INT8 kernels
 (edgekit.compress.qlinear_forms): a HardSigmoid as a QLinearAdd, a spatial ReduceMean as a
-QLinearGlobalAveragePool, a Div by a constant folded into a quantizer's scale."""
+QLinearGlobalAveragePool (a classifier's pooling too), a Div by a constant folded into a quantizer's
+scale."""
 
 import shutil
 
@@ -76,17 +77,22 @@ def _mobile_block(path, scaled_by: str | None = None):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
+def _ort_quantized(src, model, copy, x) -> None:
+    """SRC quantized by ORT's quantizer in edgekit's default INT8 form to MODEL and to COPY."""
+    quantize_static(
+        str(src), str(model), _Reader(x), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    shutil.copy(model, copy)
+
+
 def _quantized(tmp_path, scaled_by: str | None = None):
     """The block quantized in edgekit's default INT8 form by ORT's quantizer, a rewritten copy, the
     counts, and inputs like the calibration data."""
     src, model, rewritten = tmp_path / "fp32.onnx", tmp_path / "int8.onnx", tmp_path / "rewritten.onnx"
     _mobile_block(src, scaled_by)
     x = np.random.default_rng(1).uniform(-2, 2, (32, 8, 8, 8)).astype(np.float32)
-    quantize_static(
-        str(src), str(model), _Reader(x), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-    )  # fmt: skip
-    shutil.copy(model, rewritten)
+    _ort_quantized(src, model, rewritten, x)
     return src, model, rewritten, qlinear_forms.rewrite(rewritten), x
 
 
@@ -227,4 +233,58 @@ def test_the_summary_counts_the_quantizers_the_model_has_after_a_fold(tmp_path):
     summary = quantize_int8(src, tmp_path / "ort.onnx", calib, cfg, None)
     assert summary["qlinear_forms"]["scalar_divide_folded"] == 1
     written = onnx.load(str(tmp_path / "ort.onnx")).graph.node
+    assert summary["qdq_pairs"] == sum(n.op_type == "QuantizeLinear" for n in written)
+
+
+def _classifier(path, flatten: str) -> None:
+    """x [N, 8, 8, 8] -> 1x1 Conv -> Relu -> ReduceMean over H, W kept -> FLATTEN (Reshape, Flatten
+    or Squeeze) -> Gemm -> y: a CNN classifier's head as torch's exporter writes adaptive pooling."""
+    rng = np.random.default_rng(0)
+    inits = [
+        *_conv("w0", 8, 16, rng),
+        numpy_helper.from_array((rng.standard_normal((10, 16)) / 4).astype(np.float32), "fc"),
+        numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "fc_b"),
+        numpy_helper.from_array(np.array([0, -1], np.int64), "flat"),
+        numpy_helper.from_array(np.array([2, 3], np.int64), "hw"),
+    ]
+    second = {"Reshape": ["m", "flat"], "Flatten": ["m"], "Squeeze": ["m", "hw"]}[flatten]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "w0_b"], ["c0"], name="conv"),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("ReduceMean", ["r0"], ["m"], axes=[2, 3], keepdims=1),
+        helper.make_node(flatten, second, ["v"]),
+        helper.make_node("Gemm", ["v", "fc", "fc_b"], ["y"], transB=1, name="fc"),
+    ]
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 8, 8])
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "head", [x_info], [y_info], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@pytest.mark.parametrize("flatten", ["Reshape", "Flatten", "Squeeze"])
+def test_a_classifiers_pooling_runs_in_int8_before_its_flattening(tmp_path, flatten):
+    """ReduceMean -> Reshape -> Q (ORT's quantizer leaves the mean float: only the Gemm's input is
+    quantized): the mean becomes a GlobalAveragePool quantized to the Gemm input's levels before the
+    reshape, which then moves bytes; in ORT's optimized graph a QLinearGlobalAveragePool where a
+    DequantizeLinear and a float ReduceMean were; the outputs within one level of the Gemm's input
+    of the model as ORT's quantizer wrote it; compress's summary counts the quantizer it added."""
+    src, model, rewritten = tmp_path / "fp32.onnx", tmp_path / "int8.onnx", tmp_path / "rewritten.onnx"
+    _classifier(src, flatten)
+    x = np.random.default_rng(1).uniform(-2, 2, (32, 8, 8, 8)).astype(np.float32)
+    _ort_quantized(src, model, rewritten, x)
+    assert qlinear_forms.rewrite(rewritten) == {"mean_as_global_pool": 1, "quantized_before_reshape": 1}
+    before, y = _run(model, x, tmp_path / "opt0.onnx"), _run(rewritten, x, tmp_path / "opt.onnx")
+    ops = [[n.op_type for n in onnx.load(str(tmp_path / p)).graph.node] for p in ("opt0.onnx", "opt.onnx")]
+    assert "ReduceMean" in ops[0] and "ReduceMean" not in ops[1] and "QLinearGlobalAveragePool" in ops[1]
+    assert ops[1].count("DequantizeLinear") == ops[0].count("DequantizeLinear") - 1
+    m, fp32 = onnx.load(str(rewritten)), onnx.load(str(src))
+    inits = {i.name: numpy_helper.to_array(i) for g in (m, fp32) for i in g.graph.initializer}
+    gemm_in = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "m")
+    level = float(inits[gemm_in.input[1]]) * np.abs(inits["fc"]).sum(1).max() * 1.01  # one level in
+    assert np.abs(y - before).max() <= level
+    calib = Samples({"x": x}, None)
+    cfg = Int8Config(adaround=False, range_search=False, target_cpu="x86-vnni")
+    summary = quantize_int8(src, tmp_path / "compressed.onnx", calib, cfg, None)
+    assert summary["qlinear_forms"] == {"mean_as_global_pool": 1, "quantized_before_reshape": 1}
+    written = onnx.load(str(tmp_path / "compressed.onnx")).graph.node
     assert summary["qdq_pairs"] == sum(n.op_type == "QuantizeLinear" for n in written)

@@ -9,6 +9,8 @@ compute the same with the ops ORT fuses (ORT placement only: OpenVINO fuses the 
   beta / alpha whose quantizer's scale is divided by alpha, the saturation of its levels the clip
   (a QLinearAdd; its reader dequantizes the same integers with the old scale);
 - a ReduceMean over every spatial axis, dims kept: GlobalAveragePool (QLinearGlobalAveragePool);
+  where it is a classifier's pooling, read by a Reshape, Flatten or Squeeze whose output is
+  quantized, its output quantized to those levels before the reshape (ORT moves the bytes);
 - a Div or Mul by a positive scalar constant (float, or dequantized: ORT quantizes a Mul's) between
   a quantizer read by nothing else and the next: gone, its constant folded into that quantizer's
   scale (paddle2onnx's Hardswish ends in / 6): one rounding fewer.
@@ -24,6 +26,7 @@ import numpy as np
 from edgekit.compress import graph_index, model_file, outer_reads
 
 TOLERANCE = 1e-6  # relative: a scale of 1/255 stored in float32 spans [0, 1 + 6e-8]
+RESHAPES = ("Reshape", "Flatten", "Squeeze")  # they move values: quantized before or after, the same
 
 
 def rewrite(path: Path) -> dict[str, int]:
@@ -44,19 +47,25 @@ def rewrite(path: Path) -> dict[str, int]:
         return found[0]
 
     added, dropped, counts = [], set(), {}  # new initializers; ids of the nodes removed
-    before: dict[int, object] = {}  # id of a node -> the constant's DequantizeLinear it now reads
+    before: dict[int, list] = {}  # id of a node -> the nodes now written before it
     for node in list(graph.node):
         inits.update((i.name, i) for i in added if i.name not in inits)  # the scales written so far
         dq = producer.get(node.input[0]) if node.input else None
         if dq is None or dq.op_type != "DequantizeLinear" or not node.output:
             continue
-        q = only_reader(node.output[0], "QuantizeLinear")
+        q, reshape = only_reader(node.output[0], "QuantizeLinear"), None
+        if q is None and node.op_type == "ReduceMean":  # a classifier's pooling, then its flattening
+            reshape = next(filter(None, (only_reader(node.output[0], op) for op in RESHAPES)), None)
+            q = reshape and only_reader(reshape.output[0], "QuantizeLinear")
         if q is None or _levels(q, inits) is None or _levels(dq, inits) is None:
             continue
         if node.op_type == "HardSigmoid" and (offset := _hard_sigmoid(node, dq, q, inits, added)):
-            before[id(node)] = offset
+            before[id(node)] = [offset]
             counts["hard_sigmoid_as_add"] = counts.get("hard_sigmoid_as_add", 0) + 1
         elif node.op_type == "ReduceMean" and _spatial_mean(node, inits, ranks.get(node.input[0])):
+            if reshape is not None:
+                before[id(reshape)] = _quantized_before(reshape, q)
+                counts["quantized_before_reshape"] = counts.get("quantized_before_reshape", 0) + 1
             counts["mean_as_global_pool"] = counts.get("mean_as_global_pool", 0) + 1
         elif (
             node.op_type in ("Div", "Mul")
@@ -77,7 +86,7 @@ def rewrite(path: Path) -> dict[str, int]:
         return {}
     nodes = []
     for n in graph.node:
-        nodes += [m for m in (before.get(id(n)), n) if m is not None and id(m) not in dropped]
+        nodes += [m for m in (*before.get(id(n), ()), n) if id(m) not in dropped]
     outer_reads.replace_nodes(graph, nodes, set(inits), added)
     live = {t for n in nodes for t in n.output}
     kept = [v for v in graph.value_info if v.name in live]
@@ -162,6 +171,21 @@ def _spatial_mean(node, inits: dict, rank: int | None) -> bool:
     del node.attribute[:]
     del node.input[1:]
     return True
+
+
+def _quantized_before(reshape, q) -> list:
+    """The Q/DQ pair of Q's levels that RESHAPE (read by Q) now reads its input through."""
+    from onnx import helper
+
+    stem = f"{reshape.name or reshape.output[0]}_edgekit_input"
+    pair = [
+        helper.make_node(
+            "QuantizeLinear", [reshape.input[0], *q.input[1:3]], [f"{stem}_q"], name=f"{stem}_q"
+        ),
+        helper.make_node("DequantizeLinear", [f"{stem}_q", *q.input[1:3]], [f"{stem}_dq"], name=f"{stem}_dq"),
+    ]
+    reshape.input[0] = f"{stem}_dq"
+    return pair
 
 
 def _folded(first, node, q, constant: float, inits: dict, added: list) -> bool:

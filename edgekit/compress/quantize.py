@@ -619,7 +619,10 @@ def _writer(
         # the quantizers they leave (a folded Div's two are one)
         if cfg.placement == "ort" and (forms := qlinear_forms.rewrite(out)):
             summary["qlinear_forms"] = forms
-            summary["qdq_pairs"] -= forms.get("scalar_divide_folded", 0)  # each fold drops one quantizer
+            # each fold drops one quantizer, each pooling quantized before its reshape adds one
+            summary["qdq_pairs"] += forms.get("quantized_before_reshape", 0) - forms.get(
+                "scalar_divide_folded", 0
+            )
         if cfg.range_search and not p.transformer:
             if p.ranges is None and exclude:  # a trial's ranges are the full model's
                 write(tmp / "full.onnx", ())
