@@ -51,9 +51,11 @@ REFINE = 1.25
 GAIN = 0.001  # a factor is taken only where it lowers the output error by at least this share
 SAMPLES = 32  # calibration samples the factors are chosen on
 # where the whole search (SWEEPS sweeps) projects under GROW seconds on SAMPLES, it chooses on more,
-# up to MOST, as many as keep it under GROW: on 32 crops MobileNetV2's factors overfit them (KL
-# divergence on 2000 held-out crops 0.0197; on 64 0.0133, on 96 0.0113, AMX Xeon); the
-# EfficientNet-Lites' searches take longer than GROW already and keep 32
+# up to MOST: on 32 crops MobileNetV2's factors overfit them (KL divergence on 2000 held-out crops
+# 0.0197; on 64 0.0133, on 96 0.0113, AMX Xeon); the EfficientNet-Lites' searches take about GROW
+# already and keep 32. A multiple of SAMPLES, the one nearest what fits GROW, so that a machine's
+# speed seldom changes it (a count that followed the projection gave Lite1 33 samples on a faster
+# run, and another search path)
 MOST = 96
 GROW = 120.0
 # fewest samples they are chosen on where SAMPLES would not fit the budget: a detector's page holds
@@ -472,7 +474,7 @@ def _sweep(
     if before and before[0] < NEGLIGIBLE:
         return {"factors": {}, "record": {"skipped": f"output error {before[0]:.1e} is already negligible"}}
     grow = GROW if budget is None else min(GROW, budget)
-    more = min(MOST, len(calib) - VALIDATE, int(SAMPLES * grow / max(SWEEPS * sum(costs), 1e-9)))
+    more = min(MOST, len(calib) - VALIDATE, SAMPLES * round(grow / max(SWEEPS * sum(costs), 1e-9)))
     if samples is None and sets and more > len(sets[0]):  # far under the budget: chosen on more samples
         had = len(sets[0])
         sets, refs = split(more)
