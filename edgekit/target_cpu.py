@@ -153,18 +153,56 @@ def mismatch(made_for: dict | None, running: str | None, form: str | None) -> st
     return f"made for {made}, running on {running}: re-compress with --target-cpu {running} for its form"
 
 
-def emulator(cpu_class: str) -> list[str]:
-    """The command prefix that runs a process as on a CPU of CPU_CLASS (qemu user mode), or one
-    sentence saying why that is not possible here."""
+@dataclass(frozen=True)
+class Emulation:
+    """How a process runs as on another CPU class here: PREFIX (the command before it), BY
+    ("cpuid-mask": natively, CPUID showing only that class's features, edgekit.cpuid_mask; "qemu":
+    user-mode emulation), and whether its latency means something (TIMING: that class's kernels on
+    this machine's cores under the mask; the emulator's own speed under qemu)."""
+
+    cpu_class: str
+    prefix: list[str]
+    by: Literal["cpuid-mask", "qemu"]
+    timing: bool
+    qemu_cpu: str | None = None
+
+    def record(self) -> dict:
+        """What a bench record says about it."""
+        if self.by == "qemu":
+            note = "outputs as on that CPU; latency is the emulator's, not a measurement"
+            return {"cpu_class": self.cpu_class, "by": self.by, "qemu_cpu": self.qemu_cpu, "note": note}
+        note = (
+            "outputs as on that CPU; latency is that CPU class's kernels on this machine's cores: "
+            "a guide to ratios between artifacts, not that CPU's times"
+        )
+        return {"cpu_class": self.cpu_class, "by": self.by, "timing": True, "note": note}
+
+
+def emulator(cpu_class: str) -> Emulation:
+    """How to run a process as on a CPU of CPU_CLASS here: natively with CPUID masked where this
+    CPU's class is above it and can fault on CPUID, else under qemu's user-mode emulation; one
+    sentence saying why neither can."""
+    from edgekit import cpuid_mask
+    from edgekit.benchmarks import fingerprint
+
     cls = CLASSES.get(check_class(cpu_class, "--emulate-cpu"))
+    own = fingerprint.host()["cpu_class"]
+    masked = cpuid_mask.prefix(cpu_class, own)
+    if masked is not None:
+        return Emulation(cpu_class, masked, "cpuid-mask", True)
     if platform.machine().lower() not in ("x86_64", "amd64") or cls.qemu_cpu is None:
+        lesser = ", ".join(cpuid_mask.ORDER[: cpuid_mask.ORDER.index(own)]) if own in cpuid_mask.ORDER else ""
         raise EdgekitError(
-            f"edgekit can emulate {', '.join(k for k, v in CLASSES.items() if v.qemu_cpu)} on an x86-64 "
-            f"machine only; {cpu_class} cannot be emulated (qemu's CPU emulation lacks AVX-512 and AMX)."
+            f"{cpu_class} cannot be emulated here: qemu emulates "
+            f"{', '.join(k for k, v in CLASSES.items() if v.qemu_cpu)} on an x86-64 machine only (it lacks "
+            "AVX-512 and AMX), and CPUID masking shows only the classes below this CPU's"
+            + (f" ({lesser})" if lesser else "")
+            + " on Linux, where the CPU can fault on CPUID ('cpuid_fault' in /proc/cpuinfo) and a C "
+            "compiler (cc) is installed."
         )
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         raise EdgekitError(
-            "--emulate-cpu needs qemu's user-mode emulator; install it with: apt-get install qemu-user."
+            "--emulate-cpu needs qemu's user-mode emulator here; install it with: apt-get install qemu-user."
         )
-    return [qemu, "-cpu", cls.qemu_cpu]
+    return Emulation(cpu_class, [qemu, "-cpu", cls.qemu_cpu], "qemu", False, cls.qemu_cpu)

@@ -183,7 +183,7 @@ def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
             f"{lat['mean_ms']:.3f} ± {lat['std_ms']:.3f}",
             f"{lat['throughput_per_s']:.1f}",
         ]
-        if r.get("emulated"):
+        if r.get("emulated") and not r["emulated"].get("timing"):
             timing = [f"[dim]emulated {r['emulated']['cpu_class']}[/dim]", *[""] * 4]
         t.add_row(
             names[r["artifact"]],
@@ -198,7 +198,7 @@ def bench_table(records: list[dict], title: str = "edgekit bench") -> None:
         )
     console.print(t)
     for r in records:
-        if r.get("ok") and r["latency"]["cv"] > 0.2 and not r.get("emulated"):
+        if r.get("ok") and r["latency"]["cv"] > 0.2 and _timed(r):
             console.print(
                 f"[yellow]note: {r['artifact']} latency varies a lot (CV {r['latency']['cv']:.0%}); "
                 "the machine may be busy: re-run, or use --seconds for longer runs.[/yellow]"
@@ -211,11 +211,20 @@ def cpu_notes(records: list[dict]) -> list[str]:
     """Rows whose INT8 artifact runs on a CPU class it was not made for, and emulated rows."""
     notes = [f"{row_label(r)}: {r['cpu_note']}" for r in records if r.get("cpu_note")]
     return notes + [
-        f"{row_label(r)}: run under qemu as {r['emulated']['cpu_class']} ({r['emulated']['qemu_cpu']}): "
-        f"{r['emulated']['note']}"
-        for r in records
-        if r.get("ok") and r.get("emulated")
+        f"{row_label(r)}: {_emulated_as(r['emulated'])}" for r in records if r.get("ok") and r.get("emulated")
     ]
+
+
+def _emulated_as(how: dict) -> str:
+    """One emulated row's note: how it ran as another CPU class, and what its numbers mean."""
+    if how.get("by", "qemu") == "qemu":
+        return f"run under qemu as {how['cpu_class']} ({how['qemu_cpu']}): {how['note']}"
+    return f"run as {how['cpu_class']} with this CPU's other features hidden from CPUID: {how['note']}"
+
+
+def _timed(r: dict) -> bool:
+    """Whether a row's latency is a measurement (not an emulator's speed)."""
+    return not r.get("emulated") or bool(r["emulated"].get("timing"))
 
 
 def memory_cell(r: dict) -> str:
@@ -448,7 +457,7 @@ def noisy_notes(records: list[dict]) -> list[str]:
     return [
         f"{row_label(r)}: latency varies a lot (CV {r['latency']['cv']:.0%}); the machine may have been busy."
         for r in records
-        if r.get("ok") and r["latency"]["cv"] > 0.2 and not r.get("emulated")
+        if r.get("ok") and r["latency"]["cv"] > 0.2 and _timed(r)
     ]
 
 

@@ -24,7 +24,7 @@ from edgekit.progress import progress
 from edgekit.runtimes import get as get_runtime
 from edgekit.runtimes import remote
 from edgekit.runtimes.remote import Remote
-from edgekit.target_cpu import CLASSES, emulator, mismatch
+from edgekit.target_cpu import emulator, mismatch
 
 
 @dataclass
@@ -40,8 +40,8 @@ class BenchConfig:
     runs: int | None = None  # a fixed count, or else ...
     seconds: float = 3.0  # ... a minimum duration
     timeout: float = 600.0
-    # run the worker as on a CPU of this class (qemu user mode, edgekit.target_cpu): its outputs are
-    # that CPU's (INT8 saturation included), its latency only the emulator's
+    # run the worker as on a CPU of this class (edgekit.target_cpu.emulator: CPUID masked, or qemu
+    # user mode): its outputs are that CPU's (INT8 saturation included)
     emulate_cpu: str | None = None
     # how a runtime that runs the source torch model (eager) may load it, as the user allowed on the
     # command line (bench --arch, --trust-pickle) or in edgekit.yaml: never from the manifest
@@ -128,18 +128,15 @@ def measure(
         if host:
             result = host.run(job, directory, [(f.name, f.sha256) for f in manifest.files], cfg.timeout)
         elif cfg.emulate_cpu:
-            result = _worker(job, cfg.timeout, emulator(cfg.emulate_cpu))
+            emulation = emulator(cfg.emulate_cpu)
+            result = _worker(job, cfg.timeout, emulation.prefix)
         else:
             result = _worker(job, cfg.timeout)
         # the worker's fingerprint of the machine it ran on; where none ran, this one's or the target
         machine = result.get("host") or ({"target": str(host.target)} if host else None)
         if cfg.emulate_cpu:
             machine = {**(machine or fingerprints.host()), "cpu_class": cfg.emulate_cpu}
-            result["emulated"] = {
-                "cpu_class": cfg.emulate_cpu,
-                "qemu_cpu": CLASSES[cfg.emulate_cpu].qemu_cpu,
-                "note": "outputs as on that CPU; latency is the emulator's, not a measurement",
-            }
+            result["emulated"] = emulation.record()
         record = {
             **head,
             "model_sha256": next((f.sha256 for f in manifest.files if f.name == manifest.model_file), None),

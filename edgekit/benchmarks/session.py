@@ -108,14 +108,15 @@ def _jobs(artifacts, cfg: BenchConfig, names, precisions, batches: list[int], no
 
 
 def _emulated(cfg: BenchConfig, devices: list) -> BenchConfig:
-    """--emulate-cpu: refused with --host, or where qemu cannot run; a few runs when no --runs was
-    given, since emulated latency means nothing and only the outputs count."""
+    """--emulate-cpu: refused with --host, or where it cannot run here; under qemu a few runs when
+    no --runs was given, since its latency means nothing and only the outputs count."""
     from edgekit.target_cpu import emulator
 
     if devices:
         raise EdgekitError("--emulate-cpu runs here; it cannot be combined with --host or --hosts.")
-    emulator(cfg.emulate_cpu)  # one sentence now if it cannot run here
-    return cfg if cfg.runs is not None else replace(cfg, runs=2, warmup=min(cfg.warmup, 1))
+    if emulator(cfg.emulate_cpu).timing or cfg.runs is not None:  # one sentence now if it cannot run
+        return cfg
+    return replace(cfg, runs=2, warmup=min(cfg.warmup, 1))
 
 
 def _rows(jobs: list, evals: dict, device, bar) -> list[dict]:
