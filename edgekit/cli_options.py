@@ -180,8 +180,10 @@ bench_options = options(
     click.option(
         "--emulate-cpu",
         metavar="CLASS",
-        help="Run as on a CPU of this class (x86-avx2, x86-sse) under qemu: outputs, accuracy and fidelity "
-        "as there (INT8 saturation included); latency is the emulator's and is not shown.",
+        help="Run as on a CPU of this class (x86-sse, x86-avx2, x86-avx512, x86-vnni): outputs, accuracy "
+        "and fidelity as there (INT8 saturation included). Natively with CPUID masked where the class is "
+        "below this CPU's and Linux can fault on CPUID (latency shown: that class's kernels on these "
+        "cores), else under qemu (x86-sse, x86-avx2; latency not shown).",
     ),
     eager_trust,
     JSON,
