@@ -6,9 +6,11 @@
    "cpuid_fault" in /proc/cpuinfo), so each CPUID instruction raises SIGSEGV; the handler runs the
    real CPUID and clears the bits. ONNX Runtime (MLAS), OpenVINO (oneDNN) and numpy then dispatch to
    that class's kernels, at native speed. Where faulting cannot be turned on the process exits (70)
-   with a sentence, rather than run unmasked. */
+   with a sentence, rather than run unmasked. A SIGSEGV handler the program installs later (Python's
+   faulthandler) is kept as the one other faults go to, so ours stays first. */
 #define _GNU_SOURCE
 #include <cpuid.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,8 +24,36 @@
 
 /* what a class lacks, cumulative downwards: each level hides its own and every level above */
 enum { HIDE_AMX = 1, HIDE_VNNI = 2, HIDE_AVX512 = 3, HIDE_AVX = 4 };
-static int level;
-static struct sigaction previous;
+static int level, installed;
+static struct sigaction previous; /* the program's SIGSEGV handler: every fault but CPUID's goes there */
+
+static int real_sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+    static int (*real)(int, const struct sigaction *, struct sigaction *);
+    if (!real)
+        real = (int (*)(int, const struct sigaction *, struct sigaction *))dlsym(RTLD_NEXT, "sigaction");
+    return real(sig, act, old);
+}
+
+/* the program's own calls: for SIGSEGV they set and read the handler ours hands other faults to */
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+    if (sig != SIGSEGV || !installed)
+        return real_sigaction(sig, act, old);
+    if (old)
+        *old = previous;
+    if (act)
+        previous = *act;
+    return 0;
+}
+
+sighandler_t signal(int sig, sighandler_t handler) {
+    struct sigaction act, old;
+    memset(&act, 0, sizeof act);
+    act.sa_handler = handler;
+    act.sa_flags = SA_RESTART;
+    if (sigaction(sig, &act, &old) != 0)
+        return SIG_ERR;
+    return old.sa_handler;
+}
 
 static void mask(unsigned leaf, unsigned sub, unsigned r[4]) {
     if (leaf == 7 && sub == 0) {
@@ -74,11 +104,17 @@ static void on_segv(int sig, siginfo_t *info, void *context) {
         regs[REG_RIP] += 2;
         return;
     }
-    if ((previous.sa_flags & SA_SIGINFO) && previous.sa_sigaction) {
+    if (previous.sa_flags & SA_SIGINFO) {
         previous.sa_sigaction(sig, info, context);
-        return;
+    } else if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN) {
+        previous.sa_handler(sig);
+    } else { /* any other fault recurs with the default action */
+        struct sigaction fallback;
+        memset(&fallback, 0, sizeof fallback);
+        fallback.sa_handler = SIG_DFL;
+        installed = 0;
+        real_sigaction(SIGSEGV, &fallback, NULL);
     }
-    sigaction(SIGSEGV, &previous, NULL); /* any other fault: it recurs under the handler before ours */
 }
 
 __attribute__((constructor)) static void start(void) {
@@ -95,7 +131,8 @@ __attribute__((constructor)) static void start(void) {
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_segv;
     sa.sa_flags = SA_SIGINFO | SA_NODEFER;
-    sigaction(SIGSEGV, &sa, &previous);
+    real_sigaction(SIGSEGV, &sa, &previous);
+    installed = 1;
     if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) {
         fprintf(stderr, "edgekit: this CPU or kernel cannot fault on CPUID, so it cannot run as %s.\n", name);
         _exit(70);

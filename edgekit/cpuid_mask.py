@@ -71,7 +71,7 @@ def _library() -> Path | None:
     part = lib.with_name(f"{lib.name}.{os.getpid()}.part")
     try:
         subprocess.run(
-            [compiler, "-O2", "-shared", "-fPIC", "-o", str(part), str(SOURCE)],
+            [compiler, "-O2", "-shared", "-fPIC", "-o", str(part), str(SOURCE), "-ldl"],
             capture_output=True,
             check=True,
             timeout=120,

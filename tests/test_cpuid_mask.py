@@ -25,10 +25,14 @@ FEATURES = (
 )
 
 
-def _features(prefix: list[str]) -> dict[str, bool]:
+def _features(prefix: list[str], **env: str) -> dict[str, bool]:
     """The CPU features numpy's own CPUID probe finds in a process started under PREFIX."""
     proc = subprocess.run(
-        [*prefix, sys.executable, "-c", FEATURES], capture_output=True, text=True, timeout=120
+        [*prefix, sys.executable, "-c", FEATURES],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -49,6 +53,23 @@ def test_a_masked_process_sees_only_what_its_class_has(cpu_class):
         "x86-vnni": {"AVX512F": own["AVX512F"], "AVX512VNNI": own["AVX512VNNI"], "AVX512_SPR": False},
     }[cpu_class]
     assert {k: seen[k] for k in expected} == expected
+
+
+@needs_mask
+def test_a_program_with_its_own_segfault_handler_still_runs_masked():
+    # Python's faulthandler installs a SIGSEGV handler at startup, after the mask's: the mask keeps
+    # answering CPUID and hands the program's other faults to it
+    prefix = cpuid_mask.prefix(BELOW[-1], OWN)
+    assert _features(prefix, PYTHONFAULTHANDLER="1") == _features(prefix)
+    crash = "import ctypes; print('before', flush=True); ctypes.string_at(0)"
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-X", "faulthandler", "-c", crash],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -11 and proc.stdout == "before\n"
+    assert "Fatal Python error: Segmentation fault" in proc.stderr  # faulthandler got the real fault
 
 
 def test_only_classes_below_this_cpu_can_be_shown():
