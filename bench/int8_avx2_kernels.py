@@ -26,14 +26,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zoo
 from _markdown import cpu_line, write_section
-from int8_cpu import _artifacts, _nncf, _ort_latency, _ov_latency
+from int8_cpu import _artifacts, _ort_latency, _ov_latency, nncf_ir
 from rich.console import Console
 from rich.table import Table
 
 from edgekit import cpuid_mask
-from edgekit.artifact import read_manifest
 from edgekit.benchmarks.fingerprint import host
-from edgekit.data import load_samples, recorded_preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 console = Console()
@@ -64,12 +62,7 @@ def _make(job: dict) -> dict:
     """The fp32 and INT8 artifacts and NNCF's IR of one zoo model (kept in the work folder)."""
     root, name = Path(job["work"]), job["model"]
     paths = _artifacts(name, root / name, root / "calib", job["calib"], [FORM])
-    manifest = read_manifest(paths["fp32"])
-    nncf = root / name / "nncf.xml"
-    if not nncf.is_file():
-        spec, pre = manifest.input_spec, recorded_preprocess(manifest)
-        calib = load_samples(str(root / "calib"), spec, job["calib"], pre, 0, "calib").inputs
-        _nncf(paths["fp32"] / "model.onnx", calib, nncf)
+    nncf = nncf_ir(paths["fp32"], root / "calib", job["calib"])
     return {
         "fp32": str(paths["fp32"] / "model.onnx"),
         "int8": str(paths[FORM] / "model.onnx"),

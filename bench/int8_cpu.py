@@ -134,6 +134,17 @@ def _nncf(fp32: Path, calib: dict[str, np.ndarray], out: Path) -> Path:
     return out
 
 
+def nncf_ir(fp32: Path, calib_dir: Path, calib_n: int) -> Path:
+    """NNCF's IR of the fp32 artifact FP32 (a folder), beside it as nncf.xml, made once: calibrated on
+    the first CALIB_N crops of CALIB_DIR as edgekit reads them."""
+    ir = fp32.parent / "nncf.xml"
+    if not ir.is_file():
+        manifest = read_manifest(fp32)
+        spec, pre = manifest.input_spec, recorded_preprocess(manifest)
+        _nncf(fp32 / "model.onnx", load_samples(str(calib_dir), spec, calib_n, pre, 0, "calib").inputs, ir)
+    return ir
+
+
 def _ort_outputs(path: Path, x: np.ndarray, threads: int) -> np.ndarray:
     import onnxruntime as ort
 

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zoo
 from _markdown import cpu_line, write_section
-from int8_cpu import _artifacts, _nncf, _ort_latency, _ov_outputs
+from int8_cpu import _artifacts, _ort_latency, _ov_outputs, nncf_ir
 from rich.console import Console
 from rich.table import Table
 
@@ -236,10 +236,7 @@ def measure(name: str, args, root: Path) -> dict:
     fp32, int8 = (onnx.load(str(paths[k] / "model.onnx")) for k in ("fp32", form))
     ref = _outputs(fp32, x)
     top1 = ref.argmax(1)
-    ir = root / name / "nncf.xml"
-    if not ir.is_file():
-        calib = load_samples(str(root / "calib"), spec, args.calib, pre, 0, "calibration").inputs
-        _nncf(paths["fp32"] / "model.onnx", calib, ir)
+    ir = nncf_ir(paths["fp32"], root / "calib", args.calib)
     # the samples edgekit calibrated on: --calib-size of them, the rest held out (edgekit.pipeline)
     drawn = load_samples(str(root / "calib"), spec, args.calib + HOLDOUT, pre, 0, "calib")
     balanced = onnx.load(

@@ -180,13 +180,44 @@ def _sources() -> tuple[np.ndarray, ...]:
     return tuple(np.ascontiguousarray(a[..., :3]) for a in rgb) + tuple(np.stack([g] * 3, -1) for g in gray)
 
 
+# the ImageNet classes of each photo's subject, in _sources' order (None: ImageNet has no class for
+# it): Chelsea the cat (the five domestic cats), a cup of coffee, a rocket on its pad, a motorcycle,
+# a temple (palace, monastery), the cameraman's tripod and camera; the classes by what the photo
+# shows, the only labels these photos have (bench/int8_labels.py)
+SUBJECTS: tuple[frozenset[int] | None, ...] = (
+    None,  # astronaut: a portrait in a space suit
+    frozenset({281, 282, 283, 284, 285}),
+    frozenset({967, 968, 504}),
+    frozenset({812, 657, 744}),
+    None,  # Hubble deep field
+    None,  # immunohistochemistry stain
+    None,  # retina
+    frozenset({665, 670}),
+    frozenset({698, 663}),
+    None,  # a flower (ImageNet's only flowers are daisy, yellow lady's slipper)
+    frozenset({872, 759}),
+    None,  # coins
+)
+
+
+def photo_sources(n: int, seed: int) -> np.ndarray:
+    """Which photo (an index into _sources) each of the N crops of SEED (_crops, photos) is cut from."""
+    return _order(np.random.default_rng(seed), n)
+
+
+def _order(rng: np.random.Generator, n: int) -> np.ndarray:
+    """The photos N crops cycle over: each photo once per round, in RNG's order (its first draws)."""
+    count = len(SUBJECTS)
+    return np.concatenate([rng.permutation(count) for _ in range(n // count + 1)])[:n]
+
+
 def _crops(n: int, seed: int):
     """N random resized crops (area 25-100%, aspect 3:4-4:3) with random flips, cycling over the photos."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     sources = _sources()
-    order = np.concatenate([rng.permutation(len(sources)) for _ in range(n // len(sources) + 1)])
+    order = _order(rng, n)
     for i in range(n):
         img = sources[order[i]]
         h, w = img.shape[:2]
