@@ -16,6 +16,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("cpuid_mask.c")
 ENV = "EDGEKIT_CPUID_CLASS"  # the class the library shows (read by cpuid_mask.c)
+OFF = "EDGEKIT_CPUID_MASK"  # "0": never mask (emulate under qemu instead)
 ORDER = ("x86-sse", "x86-avx2", "x86-avx512", "x86-vnni", "x86-amx")  # each has what those before it have
 # glibc chooses its string functions from CPUID before a preloaded library runs: its own switch
 _AVX512 = "-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD"
@@ -25,7 +26,9 @@ GLIBC = {"x86-sse": f"{_AVX512},-AVX,-AVX2,-FMA,-F16C", "x86-avx2": _AVX512}
 def prefix(cpu_class: str, host_class: str) -> list[str] | None:
     """The command prefix that runs a process as CPU_CLASS on this machine (whose class is
     HOST_CLASS), or None where masking cannot: the class is not below this CPU's, the CPU or kernel
-    cannot fault on CPUID, or no C compiler builds the library."""
+    cannot fault on CPUID, no C compiler builds the library, or EDGEKIT_CPUID_MASK=0."""
+    if os.environ.get(OFF) == "0":
+        return None
     if cpu_class not in ORDER or host_class not in ORDER or ORDER.index(cpu_class) >= ORDER.index(host_class):
         return None
     if not _faults():

@@ -20,6 +20,7 @@ from models import depthwise_se, smooth_images
 from onnx import numpy_helper
 from sshd import ALIAS, sshd
 
+from edgekit import cpuid_mask
 from edgekit.artifact import InputSpec, TensorSpec, read_manifest
 from edgekit.benchmarks import fingerprint
 from edgekit.benchmarks.fingerprint import cpu_class
@@ -207,20 +208,32 @@ def test_compress_for_a_host_reads_its_cpu_over_ssh(edgekit, digits, tmp_path):
     assert made["class"] == fingerprint.host()["cpu_class"] and made["from"] == f"host ssh://{ALIAS}"
 
 
-@needs_qemu
+MASKS_AVX2 = cpuid_mask.prefix("x86-avx2", fingerprint.host()["cpu_class"]) is not None
+
+
 @FORMS_MADE
+@pytest.mark.parametrize(
+    "way",
+    [
+        pytest.param(
+            "cpuid-mask", marks=pytest.mark.skipif(not MASKS_AVX2, reason="this CPU cannot mask CPUID")
+        ),
+        pytest.param("qemu", marks=needs_qemu),
+    ],
+)
 def test_on_an_emulated_avx2_cpu_the_vnni_form_saturates_and_the_avx2_form_holds(
-    edgekit, digits, made_for, tmp_path
+    edgekit, digits, made_for, way, tmp_path
 ):
     made = {name: made_for(name)[0] for name in ("x86-vnni", "x86-avx2")}
     fp32 = digits.fp32
     sqnr, rows = {}, {}
+    env = edgekit.env(**({cpuid_mask.OFF: "0"} if way == "qemu" else {}))
     for where in ("native", "emulated"):
         records = tmp_path / f"{where}.json"
         emulate = ("--emulate-cpu", "x86-avx2") if where == "emulated" else ("--runs", 3)
         proc = edgekit(
             "bench", made["x86-vnni"], made["x86-avx2"], "--reference", fp32, "--eval", digits.test,
-            "--eval-size", 16, *emulate, "--json", records, timeout=900,
+            "--eval-size", 16, *emulate, "--json", records, timeout=900, env=env,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         rows[where] = {Path(r["artifact"]).name: r for r in json.loads(records.read_text())}
@@ -236,7 +249,9 @@ def test_on_an_emulated_avx2_cpu_the_vnni_form_saturates_and_the_avx2_form_holds
         "made for x86-vnni, running on x86-avx2: INT8 may saturate"
     )
     assert "cpu_note" not in emulated["x86-avx2"]
-    assert all(r["emulated"]["cpu_class"] == "x86-avx2" for r in emulated.values())
+    assert all(
+        r["emulated"]["cpu_class"] == "x86-avx2" and r["emulated"]["by"] == way for r in emulated.values()
+    )
     assert "INT8 may saturate; re-compress with --target-cpu x86-avx2" in " ".join(proc.stdout.split())
 
 
