@@ -52,10 +52,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check edgekit tests bench
 
 # Debian packages the tests need: chromium (HTML report), openssh-server (a real sshd) and
-# qemu-user (INT8 checked as an AVX2-only CPU computes it, on any x86-64 CPU); fonts-dejavu-core (the
-# OCR dev zoo renders its text with DejaVu).
+# qemu-user (INT8 checked as an AVX2-only CPU computes it, on any x86-64 CPU); gcc (builds
+# edgekit/cpuid_mask.c, the same check at native speed where the CPU can fault on CPUID);
+# fonts-dejavu-core (the OCR dev zoo renders its text with DejaVu).
 # Installed with apt only when missing and running as root; otherwise one line naming them.
-SYSTEM_PKGS := chromium openssh-server qemu-user fonts-dejavu-core
+SYSTEM_PKGS := chromium openssh-server qemu-user gcc fonts-dejavu-core
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PKGS); do \
