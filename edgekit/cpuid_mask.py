@@ -18,6 +18,8 @@ SOURCE = Path(__file__).with_name("cpuid_mask.c")
 ENV = "EDGEKIT_CPUID_CLASS"  # the class the library shows (read by cpuid_mask.c)
 OFF = "EDGEKIT_CPUID_MASK"  # "0": never mask (emulate under qemu instead)
 ORDER = ("x86-sse", "x86-avx2", "x86-avx512", "x86-vnni", "x86-amx")  # each has what those before it have
+# the fingerprint's CPU flags (edgekit.benchmarks.fingerprint.CPU_FLAGS) each class lacks
+_LACKS = ("avx2", "avx512f avx512bw", "avx512_vnni avx_vnni avx512_bf16", "amx_tile amx_bf16 amx_int8")
 # glibc chooses its string functions from CPUID before a preloaded library runs: its own switch
 _AVX512 = "-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD"
 GLIBC = {"x86-sse": f"{_AVX512},-AVX,-AVX2,-FMA,-F16C", "x86-avx2": _AVX512}
@@ -44,6 +46,14 @@ def prefix(cpu_class: str, host_class: str) -> list[str] | None:
         )
         env.append(f"GLIBC_TUNABLES={tunables}")
     return ["env", *env]
+
+
+def shown(flags: list[str], cpu_class: str) -> list[str]:
+    """Of this CPU's FLAGS, those a CPU of CPU_CLASS has (what a process emulating it sees)."""
+    if cpu_class not in ORDER:
+        return flags
+    lacks = {f for group in _LACKS[ORDER.index(cpu_class) :] for f in group.split()}
+    return [f for f in flags if f not in lacks]
 
 
 def _faults() -> bool:

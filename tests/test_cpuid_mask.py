@@ -72,6 +72,15 @@ def test_a_program_with_its_own_segfault_handler_still_runs_masked():
     assert "Fatal Python error: Segmentation fault" in proc.stderr  # faulthandler got the real fault
 
 
+def test_an_emulated_class_shows_only_its_own_flags():
+    flags = ["avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8"]
+    assert cpuid_mask.shown(flags, "x86-sse") == []
+    assert cpuid_mask.shown(flags, "x86-avx2") == ["avx2"]
+    assert cpuid_mask.shown(flags, "x86-avx512") == ["avx2", "avx512f", "avx512bw"]
+    assert cpuid_mask.shown(flags, "x86-vnni") == flags[:6]
+    assert cpuid_mask.shown(flags, "x86-amx") == flags
+
+
 def test_only_classes_below_this_cpu_can_be_shown():
     for cpu_class in cpuid_mask.ORDER[cpuid_mask.ORDER.index(OWN) if OWN in cpuid_mask.ORDER else 0 :]:
         assert cpuid_mask.prefix(cpu_class, OWN) is None
@@ -95,6 +104,8 @@ def test_bench_as_a_lesser_cpu_runs_natively_and_reports_latency(edgekit, digits
     (row,) = json.loads(records.read_text())
     assert row["emulated"]["by"] == "cpuid-mask" and row["emulated"]["timing"] is True
     assert row["host"]["cpu_class"] == BELOW[-1]
+    assert row["host"]["cpu_flags"] == cpuid_mask.shown(fingerprint.host()["cpu_flags"], BELOW[-1])
+    assert "amx_int8" not in row["host"]["cpu_flags"]  # nothing the class lacks
     assert row["latency"]["median_ms"] > 0 and row["latency"]["count"] == 5
     out = " ".join(proc.stdout.split())
     assert f"run as {BELOW[-1]} with this CPU's other features hidden from CPUID" in out

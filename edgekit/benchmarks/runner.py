@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import cpuid_mask
 from edgekit.artifact import Manifest, model_bytes, read_manifest, sha256_file, verify_files
 from edgekit.benchmarks import fingerprint as fingerprints
 from edgekit.benchmarks.fingerprint import CPU_FLAGS as CPU_FLAGS  # importable from here, as before
@@ -135,7 +136,9 @@ def measure(
         # the worker's fingerprint of the machine it ran on; where none ran, this one's or the target
         machine = result.get("host") or ({"target": str(host.target)} if host else None)
         if cfg.emulate_cpu:
-            machine = {**(machine or fingerprints.host()), "cpu_class": cfg.emulate_cpu}
+            machine = machine or fingerprints.host()
+            flags = cpuid_mask.shown(machine.get("cpu_flags", []), cfg.emulate_cpu)
+            machine = {**machine, "cpu_class": cfg.emulate_cpu, "cpu_flags": flags}
             result["emulated"] = emulation.record()
         record = {
             **head,
