@@ -118,10 +118,14 @@ def _sessions(fp32: Path, model: Path, runtime: str):
 def warning(out: str, step: str, record: dict) -> str:
     """The line a model that is not faster than its parent gets; an INT8 model for ONNX Runtime is
     pointed at OpenVINO, whose INT8 kernels cover what ORT's do not (HardSwish; depthwise-separable
-    CNNs on an AMX Xeon: docs/guide/quantize.md measures both)."""
+    CNNs on an AMX Xeon: docs/guide/quantize.md measures both); timed on another class's kernels
+    than this CPU's, the line says whose."""
+    from edgekit.benchmarks import fingerprint
+
+    here = fingerprint.host()["cpu_class"]
     line = (
         f"{out} ({step}) is not faster than its fp32 parent in {record['runtime']}"
-        + (f" on {record['kernels']}'s kernels" if record.get("kernels") else "")
+        + (f" on {record['kernels']}'s kernels" if record.get("kernels", here) != here else "")
         + ": "
         f"{record['ms']:.3g} ms vs {record['fp32_ms']:.3g} ms at batch {record['batch']} "
         f"({record['ratio']:.2f}x the time; a short check, `edgekit compare` measures it properly)."

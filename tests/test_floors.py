@@ -92,6 +92,12 @@ def test_min_fidelity_0_turns_the_floors_off_and_the_speed_is_recorded(edgekit, 
         "out (int8) is not faster than its fp32 parent in ONNX Runtime (CPU): 2 ms vs 1 ms"
     )
     assert line.endswith("try `--target openvino`: OpenVINO has INT8 kernels ORT lacks.")
+    masked = manifest.model_copy(deep=True)
+    masked.verification["int8"]["speed"].update(faster=False, ms=2.0, fp32_ms=1.0, kernels="x86-sse")
+    (line,) = warnings(masked, "out")
+    assert line.startswith(
+        "out (int8) is not faster than its fp32 parent in ONNX Runtime (CPU) on x86-sse's kernels:"
+    )
     faster = manifest.model_copy(deep=True)
     faster.verification["int8"]["speed"].update(faster=True)
     assert warnings(faster, "out") == []
