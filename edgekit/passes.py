@@ -311,13 +311,14 @@ def _candidate_checks(w: Work) -> tuple:
 
     fixed = w.loaded.input_spec.fixed_batch
     made = w.manifest.target_cpu or {}
-    here = made.get("from") == "this machine" and w.req.target == "ort"
+    # on the target class's kernels: this CPU's, or a lesser class's this CPU shows (cpuid_mask)
+    on = speedup.kernels(made.get("class")) if w.req.target == "ort" else None
     data = w.evals if w.evals is not None else w.calib
 
     def verify(model: Path) -> dict:
         return measure_against(w.model, model, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric)
 
-    timing = (lambda a, b: speedup.settled(a, b, data, fixed, "ort", FASTER)) if here else None
+    timing = (lambda a, b: speedup.settled(a, b, data, fixed, "ort", FASTER, on)) if on else None
     return verify, timing, bool(made.get("u8s8_saturates"))
 
 

@@ -117,8 +117,7 @@ def _hints(w: passes.Work, step: str, layers: list[dict]) -> list[str]:
 def _speed(w: passes.Work, step: str) -> None:
     """STEP's model timed against the fp32 export on the runtime it is for (edgekit.speedup),
     recorded as its verification's `speed`."""
-    from edgekit import cpuid_mask, speedup
-    from edgekit.benchmarks import fingerprint
+    from edgekit import speedup
 
     entry = w.manifest.verification[step]
     runtime = "openvino-bf16" if step == "bf16" else w.req.target
@@ -135,14 +134,10 @@ def _speed(w: passes.Work, step: str) -> None:
         }
         return
     model, fixed = (w.fp32 if step == "bf16" else w.model), w.loaded.input_spec.fixed_batch
-    here = fingerprint.host()["cpu_class"]
-    target = (w.manifest.target_cpu or {}).get("class", here)
-    # made for a lesser CPU class: timed on its kernels where this CPU can hide the rest from CPUID
-    masked = cpuid_mask.prefix(target, here) if runtime in ("ort", "openvino") else None
+    # on the kernels of the CPU class it is made for where they can be timed here, else this CPU's
+    target = (w.manifest.target_cpu or {}).get("class") if runtime in ("ort", "openvino") else None
     try:
-        if masked:
-            entry["speed"] = speedup.measure_as(target, masked, w.fp32, model, _data(w), fixed, runtime)
-        else:
-            entry["speed"] = {**speedup.measure(w.fp32, model, _data(w), fixed, runtime), "kernels": here}
+        on = speedup.kernels(target) or speedup.kernels()
+        entry["speed"] = speedup.measure(w.fp32, model, _data(w), fixed, runtime, on)
     except EdgekitError as e:
         entry["speed"] = {"measured": False, "why": str(e)}

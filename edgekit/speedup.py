@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,43 @@ RUNTIMES = {  # what measure() takes, as the record names it
 }
 
 
-def measure(fp32: Path, model: Path, samples: Samples, fixed: int | None, runtime: str) -> dict:
-    """{fp32_ms, ms, ratio (ms / fp32_ms), faster, runtime, batch, rounds, runs}: the medians of
-    round medians of FP32 and MODEL on one batch of SAMPLES, in RUNTIME ("ort", "openvino" or
-    "openvino-bf16": the same file at f32 and at bf16), alternating A B A B."""
+@dataclass(frozen=True)
+class Kernels:
+    """Whose kernels a timing runs: CPU_CLASS's, in this process (PREFIX None: this CPU's class) or
+    in a process started under PREFIX (edgekit.cpuid_mask's: a lesser class this CPU shows)."""
+
+    cpu_class: str
+    prefix: list[str] | None = None
+
+
+def kernels(target: str | None = None) -> Kernels | None:
+    """The kernels of the CPU class TARGET (None: this CPU's) as they can be timed here, or None
+    where they cannot: a class above this CPU's, or one it cannot show."""
+    from edgekit import cpuid_mask
+    from edgekit.benchmarks import fingerprint
+
+    here = fingerprint.host()["cpu_class"]
+    if target in (None, here):
+        return Kernels(here)
+    prefix = cpuid_mask.prefix(target, here)
+    return Kernels(target, prefix) if prefix else None
+
+
+def measure(
+    fp32: Path, model: Path, samples: Samples, fixed: int | None, runtime: str, on: Kernels | None = None
+) -> dict:
+    """{fp32_ms, ms, ratio (ms / fp32_ms), faster, runtime, batch, rounds, runs, kernels}: the
+    medians of round medians of FP32 and MODEL on one batch of SAMPLES, in RUNTIME ("ort",
+    "openvino" or "openvino-bf16": the same file at f32 and at bf16), alternating A B A B, on the
+    kernels ON (default: this CPU's)."""
+    on = on or kernels()
+    if on.prefix:
+        return {**_measured_under(on.prefix, fp32, model, samples, fixed, runtime), "kernels": on.cpu_class}
+    return {**_measure(fp32, model, samples, fixed, runtime), "kernels": on.cpu_class}
+
+
+def _measure(fp32: Path, model: Path, samples: Samples, fixed: int | None, runtime: str) -> dict:
+    """`measure` in this process."""
     first, *_ = batching.batches(samples.take(slice(0, fixed or 1)).inputs, fixed, 1)
     feeds = first[0]
     a, b = _sessions(fp32, model, runtime)
@@ -56,17 +90,11 @@ def measure(fp32: Path, model: Path, samples: Samples, fixed: int | None, runtim
     }
 
 
-def measure_as(
-    cpu_class: str,
-    prefix: list[str],
-    fp32: Path,
-    model: Path,
-    samples: Samples,
-    fixed: int | None,
-    runtime: str,
+def _measured_under(
+    prefix: list[str], fp32: Path, model: Path, samples: Samples, fixed: int | None, runtime: str
 ) -> dict:
-    """`measure` in a process that runs as a CPU of CPU_CLASS (PREFIX: edgekit.cpuid_mask's), so the
-    kernels timed are the ones that class runs, on this machine's cores."""
+    """`measure` in a process started under PREFIX (edgekit.cpuid_mask's), so the kernels timed are
+    the ones the class it shows runs, on this machine's cores."""
     first = samples.take(slice(0, fixed or 1))
     with tempfile.TemporaryDirectory(prefix="edgekit-speed-") as tmp:
         np.savez(Path(tmp) / "feeds.npz", **first.inputs)
@@ -81,18 +109,26 @@ def measure_as(
         )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        raise EdgekitError(f"timing as {cpu_class} failed: {tail[:300]}")
-    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "kernels": cpu_class}
+        raise EdgekitError(f"timing on another CPU class's kernels failed: {tail[:300]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def settled(fp32: Path, model: Path, samples: Samples, fixed: int | None, runtime: str, below: float) -> dict:
+def settled(
+    fp32: Path,
+    model: Path,
+    samples: Samples,
+    fixed: int | None,
+    runtime: str,
+    below: float,
+    on: Kernels | None = None,
+) -> dict:
     """`measure`'s record for a choice between two models (is the ratio below BELOW?), from two checks
     where they agree on it, else the median of three: one one-second check on a shared machine can
     flip the choice (CREPE's padded convolution measured 1.10x once, 0.74-0.90x eight times;
     MiniLM's dynamic MatMuls 0.905x and 0.837x against a 0.9 threshold in two runs)."""
-    records = [measure(fp32, model, samples, fixed, runtime) for _ in range(2)]
+    records = [measure(fp32, model, samples, fixed, runtime, on) for _ in range(2)]
     if (records[0]["ratio"] < below) != (records[1]["ratio"] < below):
-        records.append(measure(fp32, model, samples, fixed, runtime))
+        records.append(measure(fp32, model, samples, fixed, runtime, on))
     return sorted(records, key=lambda r: r["ratio"])[len(records) // 2]
 
 
@@ -144,6 +180,8 @@ if __name__ == "__main__":  # measure_as's process: the job as JSON in argv, the
         feeds = {k: z[k] for k in z.files}
     print(
         json.dumps(
-            measure(Path(job["fp32"]), Path(job["model"]), Samples(feeds, None), job["fixed"], job["runtime"])
+            _measure(
+                Path(job["fp32"]), Path(job["model"]), Samples(feeds, None), job["fixed"], job["runtime"]
+            )
         )
     )

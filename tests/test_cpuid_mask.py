@@ -110,3 +110,21 @@ def test_bench_as_a_lesser_cpu_runs_natively_and_reports_latency(edgekit, digits
     out = " ".join(proc.stdout.split())
     assert f"run as {BELOW[-1]} with this CPU's other features hidden from CPUID" in out
     assert f"emulated {BELOW[-1]}" not in out  # the latency columns are shown, not blanked
+
+
+@needs_mask
+def test_a_timing_on_a_lesser_class_runs_in_a_process_that_shows_it(digits):
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgekit import speedup
+    from edgekit.data import Samples
+
+    assert speedup.kernels() == speedup.kernels(OWN) == speedup.Kernels(OWN)
+    on = speedup.kernels(BELOW[-1])
+    assert on.cpu_class == BELOW[-1] and on.prefix == cpuid_mask.prefix(BELOW[-1], OWN)
+    model = digits.fp32 / "model.onnx"
+    spec = ort.InferenceSession(str(model)).get_inputs()[0]
+    x = np.random.default_rng(0).random([1, *spec.shape[1:]], dtype=np.float32)
+    record = speedup.measure(model, model, Samples({spec.name: x}, None), None, "ort", on)
+    assert record["kernels"] == BELOW[-1] and record["fp32_ms"] > 0 and record["ms"] > 0

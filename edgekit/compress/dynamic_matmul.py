@@ -121,8 +121,8 @@ def choose(
 ) -> tuple[dict | None, dict, bool]:
     """(quality, record, chosen): the candidate MAKE writes replaces the model at STATIC where MODE
     is "always", or "auto" and it is within the tolerances of STATIC_QUALITY (None: there is no
-    other INT8 to be as faithful as) and faster by TIMING (None: this machine is not the target,
-    so only a model with no other INT8 takes it). WHAT names the ops for the record."""
+    other INT8 to be as faithful as) and faster by TIMING (None: the target CPU's kernels cannot
+    be timed here, so only a model with no other INT8 takes it). WHAT names the ops for the record."""
     candidate = static.with_name(f"dynamic_{what.lower()}.onnx")
     try:
         make(candidate)
@@ -137,7 +137,7 @@ def choose(
     if mode == "auto":
         why = shortfall(static_quality, quality) if static_quality is not None else None
         if why is None and timing is None and static_quality is not None:
-            why = "the target is not this machine: its speed cannot be measured here"
+            why = "the target CPU's kernels cannot be timed here (a class above this CPU's, or not shown)"
         if why is None and timing is not None:
             speed = timing(static, candidate)
             record["dynamic_candidate"]["time_vs_static"] = speed["ratio"]

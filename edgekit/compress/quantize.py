@@ -60,7 +60,7 @@ from edgekit.compress.weight_pairs import PairLayer
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError, first_line
 from edgekit.memory import budget, parse_size
-from edgekit.target_cpu import CLASSES, FORMS, Form, TargetCpu, auto_form, here, resolve
+from edgekit.target_cpu import CLASSES, FORMS, Form, TargetCpu, auto_form, resolve
 
 COMPUTE_OPS = output_tail.COMPUTE  # Conv, ConvTranspose, MatMul, Gemm
 # recurrent layers: ONNX Runtime's static QDQ quantizer has no INT8 form of them (LSTMs: its dynamic one,
@@ -638,14 +638,17 @@ def _writer(
             summary.update(padded(out, tmp / "padded.onnx"))
         return summary
 
+    on = speedup.kernels(cfg.target_cpu)  # the target class's kernels where they can be timed here
+
     def timing(plain: Path, wide: Path) -> float:
-        return speedup.settled(plain, wide, calib, batch_fixed, "ort", conv_channels.FASTER)["ratio"]
+        return speedup.settled(plain, wide, calib, batch_fixed, "ort", conv_channels.FASTER, on)["ratio"]
 
     def padded(out: Path, scratch: Path) -> dict:
         """OUT's convolutions padded for ORT's symmetric kernel where the first write measured that
-        faster (timed where the model is made for this machine's CPU), with the summary's record."""
+        faster (on the target class's kernels, where they can be timed here), with the summary's
+        record."""
         if p.pad_channels is None:  # the first write decides; trials and Ray workers reuse it
-            found = conv_channels.choose(out, scratch, timing if cfg.target_cpu == here().cpu_class else None)
+            found = conv_channels.choose(out, scratch, timing if on else None)
             p.pad_channels = found.get("kept", False)
             return {"conv_input_channels_padded": found} if found else {}
         if p.pad_channels and (count := conv_channels.pad(out, out)):
