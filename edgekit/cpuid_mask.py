@@ -71,7 +71,8 @@ def _faults() -> bool:
 
 
 def _library() -> Path | None:
-    """The built library, in edgekit's cache (built once per source), or None without a compiler."""
+    """The built library, in edgekit's cache (built once per source), or None without a compiler
+    or a writable cache."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
@@ -80,17 +81,17 @@ def _library() -> Path | None:
     lib = cache / f"cpuid-mask-{hashlib.sha256(code).hexdigest()[:16]}.so"
     if lib.is_file():
         return lib
-    cache.mkdir(parents=True, exist_ok=True)
     part = lib.with_name(f"{lib.name}.{os.getpid()}.part")
     try:
+        cache.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [compiler, "-O2", "-shared", "-fPIC", "-o", str(part), str(SOURCE), "-ldl"],
             capture_output=True,
             check=True,
             timeout=120,
         )
+        part.replace(lib)
     except (OSError, subprocess.SubprocessError):
         part.unlink(missing_ok=True)
         return None
-    part.replace(lib)
     return lib

@@ -174,7 +174,7 @@ def warning(out: str, step: str, record: dict) -> str:
     return line
 
 
-if __name__ == "__main__":  # measure_as's process: the job as JSON in argv, the record as JSON out
+if __name__ == "__main__":  # _measured_under's process: the job as JSON in argv, the record out
     job = json.loads(sys.argv[1])
     with np.load(job["feeds"]) as z:
         feeds = {k: z[k] for k in z.files}
