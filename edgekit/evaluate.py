@@ -57,12 +57,15 @@ def measure_against(
     data: str,
     kinds: dict[str, str] | None = None,
     metric: str | None = None,
+    out: list[np.ndarray] | None = None,
 ) -> Quality:
     """Accuracy (with labels) or fidelity of `child` against `parent`, on the evaluation data,
-    each output judged by its kind (KINDS: --output-kind, by output name), and by METRIC."""
+    each output judged by its kind (KINDS: --output-kind, by output name), and by METRIC; OUT:
+    the child's outputs where they were computed elsewhere (as another CPU class computes them)."""
     sess = ort.load(str(parent))
     ref = evals.outputs(sess.run, fixed, "evaluating fp32", run_batch(parent, 32))
-    out = predict(child, evals, fixed, "evaluating int8")
+    if out is None:
+        out = predict(child, evals, fixed, "evaluating int8")
     return quality(ref, out, evals, data, sess.output_names, kinds, metric)
 
 

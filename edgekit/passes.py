@@ -269,9 +269,7 @@ def run_int8(w: Work, cfg: Int8Config):
     path = w.out / onnx_export.MODEL_FILE
     summary = quantize_int8(w.model, path, w.calib, cfg, fixed)
     static = bool(summary["quantized_ops"] or cfg.exclude_nodes)  # else only its LSTMs can be INT8
-    q = None
-    if static:
-        q = measure_against(w.model, path, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric)
+    q = _int8_check(w, path) if static else None
     if summary.get("transformer") and cfg.dynamic_matmul != "never":
         q, choice = _dynamic_or_static(w, cfg, path, q)
         if choice["recipe"].startswith("dynamic"):  # the static model's counts describe another file
@@ -302,6 +300,26 @@ def _dynamic_or_static(w: Work, cfg: Int8Config, path: Path, static: dict) -> tu
     )
 
 
+def _int8_check(w: Work, model: Path) -> dict:
+    """MODEL (an INT8 candidate) against fp32 on the evaluation data, as the CPU class it is made for
+    computes it where this CPU shows that class (a lesser one: CPUID masked, in a worker; the
+    manifest's target_cpu then says so), else as this CPU does."""
+    from edgekit import speedup
+    from edgekit.benchmarks.fingerprint import host
+    from edgekit.benchmarks.runner import outputs_under
+
+    fixed, made = w.loaded.input_spec.fixed_batch, w.manifest.target_cpu
+    on = speedup.kernels((made or {}).get("class"))
+    out = outputs_under(on.prefix, model, w.evals, fixed) if on and on.prefix else None
+    if out is not None and made is not None:
+        made.update(
+            verified_on=on.cpu_class,
+            note=f"the int8 check ran as {on.cpu_class} computes it: on this machine ({host()['cpu_class']}) "
+            f"with CPUID showing only {on.cpu_class}'s features (edgekit.cpuid_mask)",
+        )
+    return measure_against(w.model, model, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric, out)
+
+
 def _candidate_checks(w: Work) -> tuple:
     """(verify, timing, saturates) for a dynamic INT8 candidate: its Quality against fp32; its time
     against another model's (None where the model is not made for this machine's CPU in ORT); and
@@ -316,7 +334,7 @@ def _candidate_checks(w: Work) -> tuple:
     data = w.evals if w.evals is not None else w.calib
 
     def verify(model: Path) -> dict:
-        return measure_against(w.model, model, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric)
+        return _int8_check(w, model)
 
     timing = (lambda a, b: speedup.settled(a, b, data, fixed, "ort", FASTER, on)) if on else None
     return verify, timing, bool(made.get("u8s8_saturates"))

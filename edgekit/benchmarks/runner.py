@@ -75,6 +75,25 @@ def _worker(job: dict, timeout: float, prefix: list[str] | None = None) -> dict:
     return json.loads(lines[-1])
 
 
+def outputs_under(prefix: list[str], path: Path, samples: Samples, fixed: int | None) -> list[np.ndarray]:
+    """The outputs of the ONNX model at PATH in ONNX Runtime on SAMPLES, computed by a worker started
+    under PREFIX (edgekit.cpuid_mask's): as the CPU class it shows computes them."""
+    from edgekit import batching
+
+    first, *_ = batching.batches(samples.take(slice(0, fixed or 1)).inputs, fixed, 1)
+    with tempfile.TemporaryDirectory(prefix="edgekit-check-") as tmp:
+        feeds, inputs, outputs = (Path(tmp) / f"{n}.npz" for n in ("feeds", "eval_in", "eval_out"))
+        np.savez(feeds, **first[0])
+        np.savez(inputs, **samples.inputs)
+        job = {"runtime": "ort", "model": str(path), "warmup": 0, "runs": 1, "feeds": str(feeds)}
+        job.update(eval_inputs=str(inputs), eval_outputs=str(outputs), eval_fixed_batch=fixed)
+        result = _worker(job, 3600, prefix)
+        if not result.get("ok"):
+            raise EdgekitError(f"the INT8 check on the target CPU's kernels failed: {result.get('error')}")
+        with np.load(result["eval_outputs"]) as z:
+            return [z[k] for k in z.files]
+
+
 def measure(
     directory: Path,
     cfg: BenchConfig,
