@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from edgekit import cpuid_mask
+from edgekit.artifact import read_manifest
 from edgekit.benchmarks import fingerprint
 
 OWN = fingerprint.host()["cpu_class"]
@@ -128,3 +129,22 @@ def test_a_timing_on_a_lesser_class_runs_in_a_process_that_shows_it(digits):
     x = np.random.default_rng(0).random([1, *spec.shape[1:]], dtype=np.float32)
     record = speedup.measure(model, model, Samples({spec.name: x}, None), None, "ort", on)
     assert record["kernels"] == BELOW[-1] and record["fp32_ms"] > 0 and record["ms"] > 0
+
+
+@needs_mask
+def test_a_saturating_form_forced_onto_an_avx2_target_fails_its_check_as_that_cpu_would(
+    edgekit, digits, tmp_path
+):
+    if "x86-avx2" not in BELOW:
+        pytest.skip(f"x86-avx2 is not below this CPU's class ({OWN})")
+    out = tmp_path / "forced"
+    proc = edgekit(
+        "compress", digits.onnx, "--int8", "--calib", digits.calib, "--eval", digits.test,
+        "--target-cpu", "x86-avx2", "--int8-form", "u8s8", "--no-adaround", "--no-range-search", "-o", out,
+    )  # fmt: skip
+    # on this CPU's kernels the u8s8 digits keep 100 % of fp32's top-1; an AVX2 CPU's saturate (~81 %)
+    assert proc.returncode == 1, proc.stderr
+    made = read_manifest(out).target_cpu
+    assert made["verified_on"] == "x86-avx2" and "CPUID showing only x86-avx2's features" in made["note"]
+    kept = read_manifest(out).verification["int8"]["fidelity"]["output_0"]["top1_agreement"]
+    assert kept < 0.9, kept
