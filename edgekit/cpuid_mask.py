@@ -7,6 +7,7 @@ on CPUID and a C compiler builds the library."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -36,7 +37,7 @@ def prefix(cpu_class: str, host_class: str) -> list[str] | None:
     if not _faults():
         return None
     lib = _library()
-    if lib is None:
+    if lib is None or not _takes(str(lib)):
         return None
     preload = ":".join(p for p in (str(lib), os.environ.get("LD_PRELOAD")) if p)
     env = [f"LD_PRELOAD={preload}", f"{ENV}={cpu_class}"]
@@ -68,6 +69,18 @@ def _faults() -> bool:
         (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
     )
     return "cpuid_fault" in flags
+
+
+@functools.cache
+def _takes(lib: str) -> bool:
+    """Whether a process started with LIB preloaded runs here: the kernel may list cpuid_fault and
+    still refuse to turn it on (a container's seccomp), and the library then exits rather than run
+    unmasked."""
+    try:
+        env = {**os.environ, "LD_PRELOAD": lib, ENV: ORDER[0]}
+        return subprocess.run([shutil.which("true") or "true"], env=env, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def _library() -> Path | None:
