@@ -7,7 +7,6 @@ quote."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import numpy as np
 
 from edgekit import batching
 from edgekit.benchmarks.metrics import interleaved_medians
+from edgekit.child_env import child_env
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
 
@@ -99,13 +99,12 @@ def _measured_under(
     with tempfile.TemporaryDirectory(prefix="edgekit-speed-") as tmp:
         np.savez(Path(tmp) / "feeds.npz", **first.inputs)
         job = {"fp32": str(fp32), "model": str(model), "feeds": str(Path(tmp) / "feeds.npz"), "fixed": fixed}
-        paths = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
         proc = subprocess.run(
             [*prefix, sys.executable, "-m", "edgekit.speedup", json.dumps({**job, "runtime": runtime})],
             capture_output=True,
             text=True,
             timeout=600,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p)),
+            env=child_env(),
         )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]

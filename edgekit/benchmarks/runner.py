@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from edgekit import cpuid_mask
 from edgekit.artifact import Manifest, model_bytes, read_manifest, sha256_file, verify_files
 from edgekit.benchmarks import fingerprint as fingerprints
 from edgekit.benchmarks.fingerprint import CPU_FLAGS as CPU_FLAGS  # importable from here, as before
+from edgekit.child_env import child_env
 from edgekit.data import Samples, check_labels
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import Reference, predict, score
@@ -54,9 +54,6 @@ class BenchConfig:
 def _worker(job: dict, timeout: float, prefix: list[str] | None = None) -> dict:
     """Run one job in a fresh `python -m edgekit.benchmarks.worker` (under PREFIX, an emulator,
     when given); a crash is a failed row."""
-    # edgekit's own source first, the user's PYTHONPATH kept (an --arch module may be found through it)
-    paths = [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
     try:
         proc = subprocess.run(
             [*(prefix or []), sys.executable, "-m", "edgekit.benchmarks.worker"],
@@ -64,7 +61,7 @@ def _worker(job: dict, timeout: float, prefix: list[str] | None = None) -> dict:
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=env,
+            env=child_env(),
         )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout:g} s"}
