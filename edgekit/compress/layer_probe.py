@@ -3,11 +3,12 @@
 Both ONNX models run on a few samples with every intermediate tensor they share made a graph
 output: the Q/DQ and fp16 passes keep the float tensors' names. A tensor that is quantized is read
 where its consumers read it, after its QuantizeLinear/DequantizeLinear pair (which also applies a
-Relu the quantizer folded into the range). Each tensor's noise is measured per channel against
-fp32 and summarised by the median channel, so two outlier channels cannot hide thirty crushed ones
-(nor one dead channel blame a layer). A node is blamed for the noise it adds over the noisiest
-tensor it reads, not for what it inherited. One run of each model: seconds, where
-`edgekit sensitivity` quantizes every layer on its own.
+Relu the quantizer folded into the range, and a constant factor folded into the DequantizeLinear's
+scale: paddle2onnx's Hardswish / 6, edgekit.compress.qlinear_forms). Each tensor's noise is
+measured per channel against fp32 and summarised by the median channel, so two outlier channels
+cannot hide thirty crushed ones (nor one dead channel blame a layer). A node is blamed for the
+noise it adds over the noisiest tensor it reads, not for what it inherited. One run of each model:
+seconds, where `edgekit sensitivity` quantizes every layer on its own.
 """
 
 from __future__ import annotations
@@ -45,11 +46,16 @@ def probe(fp32: Path, model: Path, samples: Samples, fixed: int | None, load: Lo
         ref = _run(ort.load, _with_outputs(fp32, names, Path(tmp) / "fp32.onnx"), take, fixed)
         seen = [read.get(n, n) for n in names]
         new = _run(load, _with_outputs(model, seen, Path(tmp) / "model.onnx"), take, fixed)
+    factor = _folded_factors(graph)
     sqnr = {}
     for name in names:
         r, o = ref.get(name), new.get(read.get(name, name))
         if r is not None and o is not None and [a.shape for a in r] == [a.shape for a in o]:
-            sqnr[name] = channel_sqnr(r, o)  # else not computed in both, or another shape (pruned)
+            # a pair whose scales differ reads the tensor as its QuantizeLinear saw it times their
+            # ratio (a folded Div), or the fp32 tensor where the graph fed the pair that over the
+            # ratio instead (a HardSigmoid written as an Add): the reading that fits is the one meant
+            scaled = [[a * k for a in r] for k in (1.0, factor[name])] if name in factor else [r]
+            sqnr[name] = max(channel_sqnr(x, o) for x in scaled)  # else not computed in both, or pruned
     upstream = _upstream(graph, sqnr)
     layers = []
     for n in graph.node:
@@ -89,6 +95,27 @@ def _as_read(graph) -> dict[str, str]:
     }
 
 
+def _folded_factors(graph) -> dict[str, float]:
+    """{tensor: the factor its DequantizeLinear's scale carries over its QuantizeLinear's} for each
+    quantized tensor whose pair has two per-tensor constant scales that differ (a folded Div or Mul)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    scale = {}
+    for n in graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1 and n.input[1] in inits:
+            value = numpy_helper.to_array(inits[n.input[1]])
+            if value.size == 1:
+                scale[n.output[0] if n.op_type == "QuantizeLinear" else n.input[0], n.op_type] = float(value)
+    factors = {}
+    for n in graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits:
+            q, dq = scale.get((n.output[0], "QuantizeLinear")), scale.get((n.output[0], "DequantizeLinear"))
+            if q and dq and abs(dq / q - 1) > 1e-6:
+                factors[n.input[0]] = dq / q
+    return factors
+
+
 def _upstream(graph, sqnr: dict[str, float]) -> Callable[[str], float]:
     """A tensor's SQNR, or where it was not compared (a Q/DQ output, a fused node's), the lowest of
     the compared tensors it is computed from; weights and graph inputs are exact."""
@@ -113,7 +140,8 @@ def _with_outputs(path: Path, names: list[str], out: Path) -> str:
 
     model = onnx.load(str(path))
     have = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
+    # a DequantizeLinear's output is read for its own name and for the tensor it quantizes: once
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in have)
     model_file.save(model, out)
     return str(out)
 
