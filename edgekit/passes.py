@@ -355,11 +355,12 @@ def run_mixed(w: Work, cfg: MixedConfig):
 
     from edgekit.compress.mixed import search
     from edgekit.compress.quantize import summarize
-    from edgekit.compress.sensitivity import scorer
+    from edgekit.compress.sensitivity import check_budgeted, scorer
 
     fixed = w.loaded.input_spec.fixed_batch
     ref = predict(w.model, w.evals, fixed, "evaluating fp32")
     judge = eval_judge(w)
+    check_budgeted(ref, w.evals, judge)
     evaluate = scorer(ref, w.evals, fixed, judge)
     restore = ray_trials(w, w.model, w.int8, ref, judge)
 

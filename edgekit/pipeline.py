@@ -320,7 +320,7 @@ def _calibration(req: CompressRequest, loaded: LoadedModel) -> tuple[Samples | N
 def sensitivity(req: CompressRequest) -> dict:
     """`edgekit sensitivity`: the per-layer INT8 table (edgekit.compress.sensitivity) of the
     model's verified fp32 export, on REQ's calibration and evaluation data."""
-    from edgekit.compress.sensitivity import scorer, table
+    from edgekit.compress.sensitivity import check_budgeted, scorer, table
 
     if not req.calib or not req.eval:
         raise EdgekitError("sensitivity needs --calib data (to quantize) and --eval data (to measure).")
@@ -337,6 +337,7 @@ def sensitivity(req: CompressRequest) -> dict:
         ref = predict(fp32, evals, fixed, "evaluating fp32")
         check_labels(evals, ref[0])
         judge = passes.eval_judge(w)
+        check_budgeted(ref, evals, judge)
         evaluate = scorer(ref, evals, fixed, judge)
         cfg = passes.step_config(req.chain, "int8") or Int8Config()
         cfg = for_cpu(cfg, req.target_cpu or resolve(cfg.target_cpu))

@@ -321,3 +321,49 @@ def test_the_prefix_search_bisects_and_stops_where_the_longest_misses(needed):
     else:
         met = [len(t.kept) for t in tried if t.drop <= 2.0]
         assert min(met) == needed and len(calls) <= 5
+
+
+# --- a budget on a model whose drop cannot be counted ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def heat_map(tmp_path_factory) -> dict[str, Path]:
+    """A conv net whose output is a [N, 1, 32, 32] sigmoid map (a detector's heat map), and its data."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    root = tmp_path_factory.mktemp("heat_map")
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.3, (1, 8, 1, 1)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+            helper.make_node("Sigmoid", ["c2"], ["heat"]),
+        ],
+        "heat_map",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("heat", TensorProto.FLOAT, ["N", 1, 32, 32])],
+        [w1, w2],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / "heat.onnx")
+    np.savez(root / "calib.npz", x=smooth_images(32, seed=1))
+    np.savez(root / "eval.npz", x=smooth_images(64, seed=2))
+    return {"model": root / "heat.onnx", "calib": root / "calib.npz", "eval": root / "eval.npz"}
+
+
+@pytest.mark.parametrize("command", ["compress", "sensitivity"])
+def test_a_budget_on_a_model_without_class_scores_is_refused_before_calibration(
+    edgekit, heat_map, tmp_path, command
+):
+    """Points of top-1 mean nothing for a heat map: one sentence naming its first output's kind and
+    what judges it instead, exit 2, nothing written (before: after the whole calibration and the first
+    INT8 model, six minutes on a PicoDet)."""
+    data = ("--calib", heat_map["calib"], "--eval", heat_map["eval"])
+    args = ("--int8", "--max-accuracy-drop", "1") if command == "compress" else ()
+    r = edgekit(command, heat_map["model"], *args, *data, "-o", tmp_path / "out")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("edgekit: error:") and r.stderr.count("\n") == 1
+    assert "first output 'heat' is " in r.stderr and "--min-fidelity" in r.stderr
+    assert not (tmp_path / "out").exists()

@@ -56,13 +56,22 @@ def drop_points(q: dict) -> float:
     with the fp32 model."""
     if "drop_points" in q:
         return q["drop_points"]
-    agreement = q["fidelity"]["output_0"].get("top1_agreement")
-    if agreement is None:
+    first = q["fidelity"]["output_0"]
+    if first.get("top1_agreement") is None:
+        name = f" '{first['name']}'" if first.get("name") else ""
         raise EdgekitError(
-            "an accuracy budget needs a model whose first output is class scores (N, classes); "
-            "this one's is not."
+            "an accuracy budget counts points of top-1: it needs labels in the evaluation data or a "
+            f"model whose first output is class scores (N, classes), and this one's first output{name} "
+            f"is {first.get('kind', 'not class scores')}; its fidelity floors (--min-fidelity) judge "
+            "it instead."
         )
-    return 100 * (1 - agreement)
+    return 100 * (1 - first["top1_agreement"])
+
+
+def check_budgeted(ref: list[np.ndarray], evals: Samples, judge: Judge) -> None:
+    """Refuse, before any calibration, a model whose drop cannot be counted (`drop_points`): the
+    fp32 outputs REF judged against themselves say what its first output is."""
+    drop_points(judge(ref, ref, evals))
 
 
 def quantized_layers(int8: Path) -> list[tuple[str, str]]:
