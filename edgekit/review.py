@@ -102,16 +102,28 @@ def _hints(w: passes.Work, step: str, layers: list[dict]) -> list[str]:
         ]
     if step == "bf16":
         return ["the fp32 export (no --bf16)", "--fp16 for a GPU target"]
+    from edgekit.compress.precision import bf16_unsupported
+    from edgekit.compress.sensitivity import drop_points
+
     cfg = w.int8 or Int8Config()
+    made = w.manifest.target_cpu or {}
     hints = [f"--calibration {'percentile' if cfg.calibration == 'minmax' else 'minmax'}"]
-    if cfg.form != "u8u8" and w.req.target != "tensorrt":  # TensorRT's form is its own
+    # u8 x u8 only helps where the target's u8 x s8 pair sums saturate; TensorRT's form is its own
+    if cfg.form != "u8u8" and w.req.target != "tensorrt" and made.get("u8s8_saturates", True):
         hints.append("--int8-form u8u8 (cannot saturate)")
-    if passes.step_config(w.req.chain, "mixed") is not None:
+    try:  # a budget counts points of top-1: labels, or class scores first (sensitivity.drop_points)
+        drop_points(w.manifest.verification[step])
+        counted = True
+    except (EdgekitError, KeyError):  # KeyError: no fidelity recorded
+        counted = False
+    if counted and passes.step_config(w.req.chain, "mixed") is not None:
         hints.append("a larger --max-fp32-layers or --max-accuracy-drop")
-    else:
+    elif counted:
         hints.append("--max-accuracy-drop POINTS with --eval to keep the worst layers fp32")
     hints.append(f"int8: {{exclude_nodes: [{named}]}} in edgekit.yaml")
-    return [*hints, "`edgekit sensitivity` for the full per-layer table"]
+    if made.get("from") == "this machine" and w.req.target != "tensorrt" and bf16_unsupported() is None:
+        hints.append("--bf16 instead (this CPU computes bf16)")
+    return [*hints, "`edgekit sensitivity` for the full per-layer table"] if counted else hints
 
 
 def _speed(w: passes.Work, step: str) -> None:

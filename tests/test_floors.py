@@ -193,3 +193,16 @@ def test_edgekit_run_stops_at_a_variant_below_its_floor_built_or_cached(cancel, 
         with pytest.raises(floors.FloorNotMet, match=r"^variant int8: .* top-1 agreement"):
             build_variants(cfg, tmp_path / "cache", False, said.append)
     assert len(said) == 1 and "compress: cached" in said[0]
+
+
+def test_a_miss_without_class_scores_suggests_only_what_applies(edgekit, cancel, work):
+    """The same model judged as a regression (--output-kind NAME=other): its miss does not point at
+    an accuracy budget or `edgekit sensitivity`, which count points of top-1 and refuse it."""
+    import onnx
+
+    name = onnx.load(str(cancel / "fp32" / "model.onnx")).graph.output[0].name
+    r = _compress(edgekit, cancel, work / "other", "--output-kind", f"{name}=other")
+    assert r.returncode == 1, r.stderr
+    sentence = r.stderr.splitlines()[0]
+    assert "(other) has SQNR" in sentence and "int8: {exclude_nodes:" in sentence
+    assert "--max-accuracy-drop" not in sentence and "sensitivity" not in sentence
