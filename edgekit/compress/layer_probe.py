@@ -25,6 +25,11 @@ from edgekit.data import Samples
 
 SAMPLES = 4  # enough to rank layers; every intermediate tensor of each sample is held at once
 CAP_DB = 100.0  # identical tensors (SQNR inf) count as this
+# a channel this far below the tensor's strongest in power (100 dB: below a level even of a 16-bit
+# quantizer over the tensor) is off: pruned by a BatchNorm whose scale is ~1e-8 (half of a PicoDet's
+# channels; counted, they made the median channel of such layers 0 dB). A channel crushed by
+# outliers 1000x its size (60 dB) still counts.
+OFF = 1e-10
 Load = Callable[[str], object]  # a model file -> a session with run(feeds) -> list of arrays
 
 
@@ -72,7 +77,7 @@ def probe(fp32: Path, model: Path, samples: Samples, fixed: int | None, load: Lo
 
 def channel_sqnr(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
     """SQNR (dB) of the median channel (axis 1 of a 4-D or larger tensor, else the last axis),
-    over the batches REF and OUT; channels that are zero in fp32 are left out."""
+    over the batches REF and OUT; channels that are off in fp32 (OFF) are left out."""
     signal = noise = 0.0
     for r, o in zip(ref, out, strict=True):
         axis = 1 if r.ndim >= 4 else r.ndim - 1
@@ -80,7 +85,7 @@ def channel_sqnr(ref: list[np.ndarray], out: list[np.ndarray]) -> float:
         signal = signal + np.sum(r * r, axis=other)
         noise = noise + np.sum((r - o) ** 2, axis=other)
     signal, noise = np.atleast_1d(signal), np.atleast_1d(noise)
-    live = signal > 0
+    live = signal > OFF * signal.max()
     if not live.any():
         return CAP_DB
     ratio = float(np.median(noise[live] / signal[live]))
@@ -106,7 +111,9 @@ def _folded_factors(graph) -> dict[str, float]:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1 and n.input[1] in inits:
             value = numpy_helper.to_array(inits[n.input[1]])
             if value.size == 1:
-                scale[n.output[0] if n.op_type == "QuantizeLinear" else n.input[0], n.op_type] = float(value)
+                scale[n.output[0] if n.op_type == "QuantizeLinear" else n.input[0], n.op_type] = float(
+                    value.reshape(())
+                )
     factors = {}
     for n in graph.node:
         if n.op_type == "QuantizeLinear" and n.input[0] not in inits:
