@@ -11,6 +11,10 @@ installs them --no-deps: only the files are read).
   convolutions with SiLU -> LSTM -> 8210 characters per time step, time-major [T, 1, C] while the file
   declares [1, seqlen]; batch 1. Data: captcha-like words rendered with DejaVu (rotated letters,
   lines, noise, blur), 64 x 160, /255 as ddddocr feeds them.
+- ddddocr 1.6.1's click-captcha detector (`common_det.onnx`, torch 1.9, opset 11: a YOLOX with a
+  Focus stem written as Slices, SiLU as Sigmoid x Mul; [1, 3, 416, 416] raw 0-255 BGR, letterboxed
+  with 114 as ddddocr pads it -> [1, 3549, 6]: box offsets and log sizes beside objectness and class
+  probability, undecoded). Data: photo crops with 3 to 6 coloured glyph groups drawn on them.
 - Spotify's Basic Pitch 0.4.0 (`saved_models/icassp_2022/nmp.onnx`, Keras through tf2onnx): 2 s of
   audio at 22050 Hz [N, 43844, 1] -> a constant-Q transform written as convolutions (an octave's
   complex kernels, then a low-pass and a decimation per octave below), log, normalization ->
@@ -36,13 +40,15 @@ from pathlib import Path
 import numpy as np
 
 try:
+    from bench import zoo_ocr
     from bench.zoo_case import ZooCase
     from bench.zoo_outside import RATE, packaged, speech_stream
 except ImportError:  # run as a script from bench/
+    import zoo_ocr
     from zoo_case import ZooCase
     from zoo_outside import RATE, packaged, speech_stream
 
-NAMES = ("magika", "ddddocr", "basic_pitch", "rivagan_encoder", "rivagan_decoder")
+NAMES = ("magika", "ddddocr", "ddddocr_det", "basic_pitch", "rivagan_encoder", "rivagan_decoder")
 MAGIKA, MAGIKA_BLOCK, MAGIKA_SIDE, PADDING = "standard_v3_3", 4096, 1024, 256
 CAPTCHA_CHARS = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 PITCH_RATE, PITCH_WINDOW = 22050, 43844  # Basic Pitch's sample rate and window (2 s)
@@ -130,6 +136,39 @@ def _captchas(n: int, seed: int) -> dict:
     return {"input1": np.stack([_captcha(rng) for _ in range(n)])}
 
 
+def _click_captcha(rng: np.random.Generator, photo) -> np.ndarray:
+    """A photo with 3-6 glyph groups to click on, letterboxed into 416 x 416 as ddddocr's detector
+    reads it: padded with 114, BGR, 0-255 ([3, 416, 416])."""
+    from PIL import Image, ImageDraw
+
+    w, h = int(rng.integers(280, 400)), int(rng.integers(150, 300))
+    im = photo.convert("RGB").resize((w, h))
+    draw = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(3, 7))):
+        font = zoo_ocr._font(str(rng.choice(zoo_ocr.FONTS)), int(rng.integers(22, 40)))
+        text = zoo_ocr._word(rng)[: int(rng.integers(1, 3))]
+        at = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        draw.text(
+            at,
+            text,
+            font=font,
+            fill=colour,
+            stroke_width=int(rng.integers(0, 2)),
+            stroke_fill=(255, 255, 255),
+        )
+    scale = min(416 / h, 416 / w)
+    small = np.asarray(im.resize((int(w * scale), int(h * scale)), Image.BILINEAR))[..., ::-1]
+    out = np.full((416, 416, 3), 114, np.uint8)
+    out[: small.shape[0], : small.shape[1]] = small
+    return out.transpose(2, 0, 1).astype(np.float32)
+
+
+def _scenes(n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"images": np.stack([_click_captcha(rng, bg) for bg in zoo_ocr._backgrounds(n, (400, 300), seed)])}
+
+
 def _notes(rng: np.random.Generator) -> np.ndarray:
     """One window of polyphonic notes: harmonic tones (MIDI 36-95, up to 7 partials) with a 5 ms
     attack, an exponential decay and a random end."""
@@ -209,6 +248,10 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
     for path, n, seed in ((words_calib, n_calib, 0), (words_eval, n_eval, 1)):
         if not path.is_file():
             np.savez(path, **_captchas(n, seed))
+    scenes_calib, scenes_eval = work / f"scenes_calib{n_calib}.npz", work / f"scenes_eval{n_eval}.npz"
+    for path, n, seed in ((scenes_calib, n_calib, 0), (scenes_eval, n_eval, 1)):
+        if not path.is_file():
+            np.savez(path, **_scenes(n, seed))
     music_calib, music_eval = work / f"music_calib{n_calib}.npz", work / f"music_eval{n_eval}.npz"
     for path, n, seed in ((music_calib, n_calib, 1), (music_eval, n_eval, 2)):
         if not path.is_file():
@@ -228,6 +271,8 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
                 data=f"bytes of real files here, one type after another ({n_calib} calib, {n_eval} eval)"),
         ZooCase("ddddocr", packaged("ddddocr", "common.onnx"), words_calib, words_eval, {},
                 data=f"captcha-like words, 64x160 grayscale ({n_calib} calib, {n_eval} eval)"),
+        ZooCase("ddddocr_det", packaged("ddddocr", "common_det.onnx"), scenes_calib, scenes_eval, {},
+                data=f"click captchas: glyphs on photos, 416x416 ({n_calib} calib, {n_eval} eval)"),
         ZooCase("basic_pitch", packaged("basic_pitch", "saved_models", "icassp_2022", "nmp.onnx"),
                 music_calib, music_eval, {},
                 data=f"2 s of polyphonic notes, some with speech, 22050 Hz ({n_calib} calib, {n_eval} eval)"),
