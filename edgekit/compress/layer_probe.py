@@ -21,6 +21,7 @@ import numpy as np
 
 from edgekit import batching
 from edgekit.compress import model_file
+from edgekit.compress.qlinear_forms import levels
 from edgekit.data import Samples
 
 SAMPLES = 4  # enough to rank layers; every intermediate tensor of each sample is held at once
@@ -103,23 +104,14 @@ def _as_read(graph) -> dict[str, str]:
 def _folded_factors(graph) -> dict[str, float]:
     """{tensor: the factor its DequantizeLinear's scale carries over its QuantizeLinear's} for each
     quantized tensor whose pair has two per-tensor constant scales that differ (a folded Div or Mul)."""
-    from onnx import numpy_helper
-
     inits = {i.name: i for i in graph.initializer}
-    scale = {}
-    for n in graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1 and n.input[1] in inits:
-            value = numpy_helper.to_array(inits[n.input[1]])
-            if value.size == 1:
-                scale[n.output[0] if n.op_type == "QuantizeLinear" else n.input[0], n.op_type] = float(
-                    value.reshape(())
-                )
+    read = {n.input[0]: levels(n, inits) for n in graph.node if n.op_type == "DequantizeLinear"}
     factors = {}
     for n in graph.node:
         if n.op_type == "QuantizeLinear" and n.input[0] not in inits:
-            q, dq = scale.get((n.output[0], "QuantizeLinear")), scale.get((n.output[0], "DequantizeLinear"))
-            if q and dq and abs(dq / q - 1) > 1e-6:
-                factors[n.input[0]] = dq / q
+            q, dq = levels(n, inits), read.get(n.output[0])
+            if q and dq and abs(dq[0] / q[0] - 1) > 1e-6:
+                factors[n.input[0]] = dq[0] / q[0]
     return factors
 
 

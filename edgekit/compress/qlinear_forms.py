@@ -57,7 +57,7 @@ def rewrite(path: Path) -> dict[str, int]:
         if q is None and node.op_type == "ReduceMean":  # a classifier's pooling, then its flattening
             reshape = next(filter(None, (only_reader(node.output[0], op) for op in RESHAPES)), None)
             q = reshape and only_reader(reshape.output[0], "QuantizeLinear")
-        if q is None or _levels(q, inits) is None or _levels(dq, inits) is None:
+        if q is None or levels(q, inits) is None or levels(dq, inits) is None:
             continue
         if node.op_type == "HardSigmoid" and (offset := _hard_sigmoid(node, dq, q, inits, added)):
             before[id(node)] = [offset]
@@ -71,7 +71,7 @@ def rewrite(path: Path) -> dict[str, int]:
             node.op_type in ("Div", "Mul")
             and (first := producer.get(dq.input[0])) is not None
             and first.op_type == "QuantizeLinear"
-            and _levels(first, inits) == _levels(dq, inits)  # a pair: DQ gives back what FIRST took
+            and levels(first, inits) == levels(dq, inits)  # a pair: DQ gives back what FIRST took
             and only_reader(first.output[0], "DequantizeLinear") is dq
             and only_reader(dq.output[0], node.op_type) is node
             and (constant := graph_index.scalar(node.input[1], inits, producer)) is not None
@@ -96,7 +96,7 @@ def rewrite(path: Path) -> dict[str, int]:
     return counts
 
 
-def _levels(node, inits: dict) -> tuple[float, int, np.dtype] | None:
+def levels(node, inits: dict) -> tuple[float, int, np.dtype] | None:
     """A per-tensor Q/DQ NODE's scale, zero point and integer type (None: not constant, per channel)."""
     from onnx import numpy_helper
 
@@ -137,12 +137,12 @@ def _hard_sigmoid(node, dq, q, inits: dict, added: list):
 
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
-    scale, zero, dtype = _levels(q, inits)
+    scale, zero, dtype = levels(q, inits)
     info = np.iinfo(dtype)
     # the levels must start at 0 and end at or below 1, the clip HardSigmoid applies
     if alpha <= 0 or beta <= 0 or zero != info.min or scale * (info.max - zero) > 1 + TOLERANCE:
         return None
-    if _levels(dq, inits)[2] != dtype:  # QLinearAdd reads and writes one integer type
+    if levels(dq, inits)[2] != dtype:  # QLinearAdd reads and writes one integer type
         return None
     stem = f"{node.name or node.output[0]}_edgekit_as_add"
     offset = _constant(f"{stem}_offset", _like(beta / alpha, dq, inits), dtype, added)
@@ -193,8 +193,8 @@ def _folded(first, node, q, constant: float, inits: dict, added: list) -> bool:
     constant in its scale and writes Q's output."""
     from onnx import numpy_helper
 
-    scale, _, dtype = _levels(q, inits)
-    if not constant > 0 or _levels(first, inits)[2] != dtype:
+    scale, _, dtype = levels(q, inits)
+    if not constant > 0 or levels(first, inits)[2] != dtype:
         return False
     stem = f"{node.name or node.output[0]}_edgekit_folded"
     folded = scale * constant if node.op_type == "Div" else scale / constant
