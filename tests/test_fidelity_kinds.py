@@ -73,6 +73,23 @@ def test_a_ctc_sequence_is_also_judged_by_its_greedy_decoding():
     assert "CTC-decoded equal 66.67 %" in kind_line(fid)
 
 
+def test_an_attention_decoders_padded_tokens_are_judged_before_the_padding_not_by_ctc():
+    """A decoder's tokens to its end token, then padding to the fixed length (SLANet: 501 steps,
+    some 30 of them a table): the padding both sides share is no agreement, and CTC's greedy
+    decoding, which merges a run of equal tokens (a row of cells), does not apply."""
+    pad, cell, end = 0, 3, 5
+    ids = np.full((4, 40), pad)
+    ids[:, :9] = [1, 2, cell, cell, cell, 4, 2, cell, end]
+    out_ids = ids.copy()
+    out_ids[1, 3:5] = [end, pad]  # row 1 ends early: 2 of 9 tokens differ, then the padding agrees
+    ref = np.eye(6)[ids] + RNG.normal(scale=0.01, size=(4, 40, 6))
+    fid = compare_outputs(ref, np.eye(6)[out_ids])
+    assert fid["kind"] == "sequence" and fid["sequence_agreement"] == pytest.approx(3 / 4)
+    assert fid["position_agreement"] == pytest.approx(1 - 2 / 36)  # over all 160 positions: 1 - 2 / 160
+    assert "decoded_agreement" not in fid
+    assert "positions before the padding 94.44 %" in kind_line(fid) and "CTC" not in kind_line(fid)
+
+
 def test_a_dense_detectors_sigmoid_scores_are_judged_by_sqnr_not_by_argmax():
     """[N, anchors, classes] of independent sigmoid scores (PicoDet, RetinaNet): most anchors hold
     no object and their argmax is noise; a softmax sequence or logits stay a sequence."""

@@ -271,11 +271,14 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, kind: str | None = None) -
         result.update(cosine_mean=float(rows.mean()), cosine_min=float(rows.min()))
     elif kind == "sequence" and ref.ndim >= 3:
         a, b = ref.argmax(-1).reshape(len(ref), -1), out.argmax(-1).reshape(len(out), -1)
-        result.update(
-            sequence_agreement=float(np.mean(np.all(a == b, axis=1))),
-            position_agreement=float(np.mean(a == b)),
-            decoded_agreement=decoded_agreement(a, b),
-        )
+        result["sequence_agreement"] = float(np.mean(np.all(a == b, axis=1)))
+        if padded_after_end(a):  # an attention decoder's tokens: the padding after both ends is no agreement
+            counted = (a != a[0, -1]) | (b != a[0, -1])
+            result["position_agreement"] = float(np.mean((a == b)[counted])) if counted.any() else 1.0
+            result["padded_after_end"] = True
+        else:
+            result["position_agreement"] = float(np.mean(a == b))
+            result["decoded_agreement"] = decoded_agreement(a, b)
     elif kind == "dense" and ref.ndim >= 2:
         result["mask_iou"] = mask_iou(ref, out)
     elif kind == "image" and ref.ndim >= 3:
@@ -289,6 +292,17 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, kind: str | None = None) -
         axis = 1 if axis is None else axis  # given by --output-kind: channels first
         result["pixel_agreement"] = float(np.mean(ref.argmax(axis) == out.argmax(axis)))
     return result
+
+
+def padded_after_end(ids: np.ndarray) -> bool:
+    """Whether every row of IDS ends in a run of one class that appears nowhere before that run:
+    an attention decoder's tokens padded after its end token (SLANet's table structure, a
+    translation), not CTC, whose blank also runs between the characters and whose greedy decoding
+    would merge the decoder's repeated tokens (a table's run of cells)."""
+    if ids.ndim != 2 or not ids.size or np.any(ids[:, -1] != ids[0, -1]):
+        return False
+    pad = ids == ids[0, -1]
+    return bool(np.array_equal(np.maximum.accumulate(pad, axis=1), pad))
 
 
 def decoded_agreement(ref_ids: np.ndarray, out_ids: np.ndarray) -> float:
@@ -435,7 +449,8 @@ def kind_line(fid: dict) -> str:
     if "sequence_agreement" in fid:
         return (
             f"{kind}: sequences equal {100 * fid['sequence_agreement']:.2f} %, "
-            f"positions {100 * fid['position_agreement']:.2f} %"
+            + ("positions before the padding " if fid.get("padded_after_end") else "positions ")
+            + f"{100 * fid['position_agreement']:.2f} %"
             + (
                 f", CTC-decoded equal {100 * fid['decoded_agreement']:.2f} %"
                 if "decoded_agreement" in fid
