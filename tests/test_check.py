@@ -156,6 +156,44 @@ def test_openvino_reads_an_if_on_a_two_axis_condition(tmp_path):
         assert got.item() == pytest.approx(want)
 
 
+def _carried_loop(path: Path) -> None:
+    """paddle2onnx's while (SLANet's table decoder): a Loop whose body hands a loop-carried value
+    (a weight it reads each step) back as it came in, its body output the body input itself, here
+    twice; ONNX and ONNX Runtime allow it, OpenVINO 2026.4's frontend refuses the Loop."""
+    f = lambda name, shape=None: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c"], ["c_out"]), helper.make_node("Add", ["y", "w"], ["y_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, []), f("y"), f("w"), f("w2")],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), f("y_out"), f("w"), f("w")],
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "", "x", "x", "x"], ["y_end", "w_end", "w2_end"], body=body)],
+        "g",
+        [f("x", [2])],
+        [f("y_end", [2])],
+        [onnx.numpy_helper.from_array(np.array(3, np.int64), "trips")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+@pytest.mark.skipif(not importable("openvino"), reason="openvino not installed")
+def test_openvino_reads_a_loop_whose_body_hands_an_input_back(tmp_path):
+    import openvino as ov
+
+    from edgekit.runtimes import ov as ov_runtime
+
+    _carried_loop(tmp_path / "loop.onnx")
+    with pytest.raises(RuntimeError, match="loop body graph canonical inputs size"):
+        ov.Core().read_model(str(tmp_path / "loop.onnx"))  # as OpenVINO reads the file itself
+    assert chk.check(tmp_path / "loop.onnx", "openvino") == []
+    (got,) = ov_runtime.load(str(tmp_path / "loop.onnx")).run({"x": np.array([1, 2], np.float32)})
+    assert got.tolist() == [4, 8]  # y = x + 3 steps of x, as ONNX Runtime computes it
+
+
 def test_openvinos_reason_for_refusing_an_op_it_has_is_kept():
     """read_model's message for an op it has but refuses on this node (Silero VAD's default file)."""
     msg = (

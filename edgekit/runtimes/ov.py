@@ -32,32 +32,44 @@ def available() -> bool:
 
 @contextlib.contextmanager
 def readable(path: str | Path) -> Iterator[str]:
-    """The ONNX file PATH as OpenVINO's ONNX frontend reads it: PATH itself, or where the frontend
-    would refuse an If whose condition has more than one axis (a torch export's `if score >= t:`
-    on a [1, 1] score: openWakeWord's hey_jarvis; ONNX asks one element, OpenVINO rank 0 or 1), a
-    copy with each such condition reshaped to [1], for the duration of the block."""
+    """The ONNX file PATH as OpenVINO's ONNX frontend reads it, for the duration of the block: PATH
+    itself, or a copy with what that frontend refuses, though ONNX allows it and ONNX Runtime runs
+    it, written the way it reads: an If whose condition has more than one axis (a torch export's
+    `if score >= t:` on a [1, 1] score: openWakeWord's hey_jarvis; ONNX asks one element, OpenVINO
+    rank 0 or 1) gets its condition reshaped to [1]; a Loop body that hands an input back as an
+    output unchanged (paddle2onnx's while carries its weights that way: SLANet's table decoder;
+    OpenVINO 2026.4 counts each such output as one more body input and refuses the Loop) hands
+    back an Identity of it."""
     with tempfile.TemporaryDirectory() as tmp:
-        fixed = _one_axis_conditions(Path(path), Path(tmp) / "model.onnx")
+        fixed = _openvino_form(Path(path), Path(tmp) / "model.onnx")
         yield str(fixed or path)
 
 
-def _one_axis_conditions(src: Path, dst: Path) -> Path | None:
+def _openvino_form(src: Path, dst: Path) -> Path | None:
     """DST: SRC with a Reshape to [1] before each main-graph If whose condition's rank is not known
-    to be 0 or 1; None (nothing written) where there is none."""
+    to be 0 or 1, and an Identity for each Loop body output that is one of its inputs; None
+    (nothing written) where there is neither."""
     import onnx
-    from onnx import helper, numpy_helper
 
     from edgekit.compress import model_file
 
     model = onnx.load(str(src), load_external_data=False)
     ifs = [k for k, n in enumerate(model.graph.node) if n.op_type == "If"]
-    if not ifs:
-        return None
-    ranks = model_file.ranks(model)  # none known (an op shape inference lacks): reshape them all
+    ranks = model_file.ranks(model) if ifs else {}  # none known (an op inference lacks): reshape all
     wide = {k for k in ifs if ranks.get(model.graph.node[k].input[0], 2) > 1}
-    if not wide:
+    if not wide and not _loop_passthroughs(model.graph):
         return None
     model = onnx.load(str(src))  # with its weights: the copy is a whole model
+    _loop_passthroughs(model.graph, fix=True)
+    if wide:
+        _reshape_conditions(model, wide)
+    model_file.save(model, dst)
+    return dst
+
+
+def _reshape_conditions(model, wide: set[int]) -> None:
+    from onnx import helper, numpy_helper
+
     shape = numpy_helper.from_array(np.array([1], np.int64), "edgekit_one_element")
     model.graph.initializer.append(shape)
     nodes = []
@@ -69,8 +81,31 @@ def _one_axis_conditions(src: Path, dst: Path) -> Path | None:
         nodes.append(n)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    model_file.save(model, dst)
-    return dst
+
+
+def _loop_passthroughs(graph, fix: bool = False) -> int:
+    """How many outputs of the Loop bodies in GRAPH (and in the subgraphs of its nodes) are body
+    inputs handed back as they are; with FIX, each becomes the output of an Identity of that input."""
+    from onnx import helper
+
+    from edgekit.compress.outer_reads import subgraphs
+
+    count = 0
+    for node in graph.node:
+        for g in subgraphs(node):
+            count += _loop_passthroughs(g, fix)
+            if node.op_type != "Loop":
+                continue
+            inputs, copied = {i.name for i in g.input}, set()
+            for o in g.output:
+                if o.name in inputs:
+                    count += 1
+                    if fix and o.name not in copied:  # one Identity where an input is handed back twice
+                        g.node.append(helper.make_node("Identity", [o.name], [f"{o.name}_edgekit_out"]))
+                        copied.add(o.name)
+                    if fix:
+                        o.name = f"{o.name}_edgekit_out"
+    return count
 
 
 def _devices(core) -> list[str]:
