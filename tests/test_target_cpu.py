@@ -241,11 +241,13 @@ def test_on_an_emulated_avx2_cpu_the_vnni_form_saturates_and_the_avx2_form_holds
         rows[where] = {Path(r["artifact"]).name: r for r in json.loads(records.read_text())}
         sqnr[where] = {k: r["accuracy"]["fidelity"]["output_0"]["sqnr_db"] for k, r in rows[where].items()}
     # the AVX2 form computes there what it computes here; the VNNI form loses to saturation: 11 dB
-    # against its own CPU, 8 dB against the AVX2 form (its 1-channel stem, padded to 4 channels for
-    # ORT's symmetric kernel (edgekit.compress.conv_channels), pairs each tap's weight with a zero)
+    # against its own CPU and 8 dB against the AVX2 form where made and run on the AMX Xeon, 6.2 and
+    # 4.2 dB on a Zen 4 EPYC (the artifacts differ by the CPU that made them; its 1-channel stem,
+    # padded to 4 channels for ORT's symmetric kernel (edgekit.compress.conv_channels), pairs each
+    # tap's weight with a zero)
     assert abs(sqnr["emulated"]["x86-avx2"] - sqnr["native"]["x86-avx2"]) < 0.05, sqnr
-    assert sqnr["emulated"]["x86-vnni"] < sqnr["native"]["x86-vnni"] - 8, sqnr
-    assert sqnr["emulated"]["x86-vnni"] < sqnr["emulated"]["x86-avx2"] - 5, sqnr
+    assert sqnr["emulated"]["x86-vnni"] < sqnr["native"]["x86-vnni"] - 4, sqnr
+    assert sqnr["emulated"]["x86-vnni"] < sqnr["emulated"]["x86-avx2"] - 3, sqnr
     emulated = rows["emulated"]
     assert emulated["x86-vnni"]["cpu_note"].startswith(
         "made for x86-vnni, running on x86-avx2: INT8 may saturate"
