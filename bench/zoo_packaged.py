@@ -178,9 +178,9 @@ def _scenes(n: int, seed: int) -> dict:
 
 
 def _table(rng: np.random.Generator) -> np.ndarray:
-    """A table of 2-8 rows and 2-5 columns (a header row, words and numbers, ruled or only its
-    header and last rows underlined) as SLANet reads it: BGR, longest side 488, ImageNet mean/std,
-    zero-padded to 488 x 488 ([3, 488, 488])."""
+    """A table of 2-8 rows and 2-5 columns (a header row, words and numbers; ruled, or with lines
+    only above and below its header and below its last row) as SLANet reads it: BGR, longest side
+    488, ImageNet mean/std, zero-padded to 488 x 488 ([3, 488, 488])."""
     from PIL import Image, ImageDraw
 
     rows, cols, row_h = int(rng.integers(2, 9)), int(rng.integers(2, 6)), int(rng.integers(34, 50))

@@ -85,7 +85,7 @@ def test_an_attention_decoders_padded_tokens_are_judged_before_the_padding_not_b
     ref = np.eye(6)[ids] + RNG.normal(scale=0.01, size=(4, 40, 6))
     fid = compare_outputs(ref, np.eye(6)[out_ids])
     assert fid["kind"] == "sequence" and fid["sequence_agreement"] == pytest.approx(3 / 4)
-    assert fid["position_agreement"] == pytest.approx(1 - 2 / 36)  # over all 160 positions: 1 - 2 / 160
+    assert fid["position_agreement"] == pytest.approx(1 - 2 / 36)  # not 1 - 2 / 160, all positions
     assert "decoded_agreement" not in fid
     assert "positions before the padding 94.44 %" in kind_line(fid) and "CTC" not in kind_line(fid)
 
