@@ -97,14 +97,14 @@ def _loop_passthroughs(graph, fix: bool = False) -> int:
             if node.op_type != "Loop":
                 continue
             inputs, copied = {i.name for i in g.input}, set()
-            for o in g.output:
-                if o.name in inputs:
-                    count += 1
-                    if fix and o.name not in copied:  # one Identity where an input is handed back twice
-                        g.node.append(helper.make_node("Identity", [o.name], [f"{o.name}_edgekit_out"]))
+            for o in [o for o in g.output if o.name in inputs]:
+                count += 1
+                if fix:
+                    copy = f"{o.name}_edgekit_out"
+                    if o.name not in copied:  # one Identity where an input is handed back twice
+                        g.node.append(helper.make_node("Identity", [o.name], [copy]))
                         copied.add(o.name)
-                    if fix:
-                        o.name = f"{o.name}_edgekit_out"
+                    o.name = copy
     return count
 
 
