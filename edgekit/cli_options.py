@@ -448,6 +448,12 @@ compress_options = options(
         "rounds it with less error and the outputs gain (default: on).",
     ),
     click.option(
+        "--input-levels/--no-input-levels",
+        default=None,
+        help="Give a picture input normalized per channel to its first convolution as its 8-bit levels, "
+        "quantized exactly (default: off).",
+    ),
+    click.option(
         "--fused-activations/--no-fused-activations",
         default=None,
         help="Write GELU and SiLU activations spelled out as elementwise ops as ONNX Runtime's fused "

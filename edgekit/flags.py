@@ -147,6 +147,7 @@ def precision_passes(kw: dict, target: str) -> dict:
             "adaround",
             "range_search",
             "input_grid",
+            "input_levels",
             "fused_activations",
         )
         if kw[k] is not None

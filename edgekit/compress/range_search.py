@@ -41,7 +41,7 @@ from edgekit.benchmarks.metrics import (
     probability_rows,
     vectors,
 )
-from edgekit.compress import model_file, output_tail
+from edgekit.compress import input_lattice, model_file, output_tail
 from edgekit.data import Samples
 
 # factors tried on every range (the error need not fall steadily between them: a greedy walk down
@@ -105,6 +105,8 @@ def activations(model, fp32) -> list[Activation]:
         if q.op_type != "QuantizeLinear" or q.input[0] in inits or len(q.input) < 3:
             continue
         if q.input[1] not in inits or q.input[2] not in inits:
+            continue
+        if q.input[0].endswith(input_lattice.SUFFIX):  # a picture's levels, quantized exactly
             continue
         act = found.setdefault(q.input[1], Activation(q.input[1]))
         made_by = producer.get(q.input[0])
