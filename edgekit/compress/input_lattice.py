@@ -10,20 +10,22 @@ fixed (fp32 fed that input kept 98.9 %). ORT's quantizer and NNCF quantize the i
 
 Where a graph input's calibration values lie on such a lattice per channel and a convolution (of
 one group, maybe behind a Transpose) is its only reader, edgekit hands the convolution the levels
-themselves: x -> Pad (the convolution's zero padding, now explicit) -> Mul(1 / step) -> Add(-origin
-/ step - 128) -> levels -128..127 -> the convolution with the step in its weights and the rest in its
-bias, the same function up to fp32 rounding (and a padded border of zeros that lies between two
-levels: it rounds by under half a level). The levels are quantized at scale 1, zero point 128:
-exactly. Centred, because AdaRound fits each layer's rounding to its inputs' second moments: levels
-0..255 are mostly their mean, whose error bias correction removes anyway, and MobileNetV2's stem
-rounded for the mean lost more than the exact input gained (KL divergence from fp32 on 2000 crops
-0.0113 without the levels, 0.0136 with them uncentred, 0.0118 centred). For ONNX Runtime the Mul,
-Add and QuantizeLinear become one per-channel QuantizeLinear (scale = step, zero point = the level
-of zero), where no level lies half-way between two integers. Inputs whose channels share one grid
-with a whole-level origin (p / 128 - 1 of EfficientNet-Lite) are exact on one scale already and
-stay as they are. Off by default (`--input-levels`): end to end SQNR rose 1.4-1.7 dB on three zoo
-models and held on two, agreement within noise, for a Pad and a per-channel QuantizeLinear in float
-on the whole picture (MobileNetV2's INT8 0.43x -> 0.47x fp32's time).
+themselves: x -> Mul(1 / step) -> Add(level of zero - Z) -> levels less Z -> the convolution with
+the step in its weights and the rest in its bias, quantized at scale 1, zero point Z: exactly. Z is
+the mean of the channels' levels of zero (ImageNet's 123.7, 116.3, 103.5: Z = 114), so the levels
+are about centred, which AdaRound needs (it fits each layer's rounding to its inputs' second
+moments: levels 0..255 are mostly their mean, whose error bias correction removes anyway, and
+MobileNetV2's stem rounded for the mean lost more than the exact input gained: KL divergence from
+fp32 on 2000 crops 0.0113 without the levels, 0.0136 uncentred, 0.0118 centred). Where the
+convolution pads, its border now reads level Z in every channel, a grey, not each channel's level
+of zero (the mean colour): fp32 MobileNetV2 so padded kept 99.7 % top-1 agreement with itself (KL
+0.00003), where its input rounded by one scale kept 98.9 % (KL 0.0007); a channel whose zero lies
+more than BORDER levels from Z is not folded there. For ONNX Runtime the Mul, Add and
+QuantizeLinear become one per-channel QuantizeLinear (scale = step, zero point = the level of
+zero), as fast as the per-tensor one, where no level lies half-way between two integers (mean and
+std 0.5 put every pixel there: the Mul and Add stay). Inputs whose channels share one grid with a
+whole-level origin (p / 128 - 1 of EfficientNet-Lite) are exact on one scale already and stay as
+they are. Off by default (`--input-levels`): measured in docs/guide/quantize.md.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from edgekit.data import Samples
 
 SUFFIX = "_edgekit_levels"  # the levels tensor's name: the range search leaves its range as it is
 LEVELS = 256
-CENTRE = 128  # the levels tensor's zero point: levels - CENTRE is what the graph computes
+BORDER = 32  # levels: how far a channel's zero may lie from the zero point where the conv pads
 MIN_VALUES = 32  # fewer distinct values per channel tell no grid apart from a few constants
 TOLERANCE = 1e-3  # of a step: how far from its level a value may lie (fp32's rounding of the norm)
 TIE = 0.02  # how near half a level the origin may lie for the single QuantizeLinear to round right
@@ -119,10 +121,16 @@ def fold(src: Path, dst: Path, calib: Samples) -> dict[str, dict]:
         found = grids(x, axis)
         if found is None or _one_grid(found):
             continue
-        nodes = _levels(graph, conv, found, inits, inp.name, model_file.default_opset(model))
+        # the level of x = 0 per channel; the levels' zero point is their mean, where the convolution
+        # pads: its padded border reads that level in every channel
+        zeros = np.array([-g.origin / g.step for g in found])
+        zero = int(np.clip(np.round(zeros.mean()), 0, LEVELS - 1))
+        if _padded(conv) and np.abs(zeros - zero).max() > BORDER:
+            continue
+        nodes = _levels(graph, conv, found, inits, inp.name, zero)
         del graph.node[:]
         graph.node.extend(nodes)
-        done[inp.name] = {"channels": len(found), "levels": conv.input[0]}
+        done[inp.name] = {"channels": len(found), "levels": conv.input[0], "zero_point": zero}
     if not done:
         return {}
     model_file.save(model, dst)
@@ -151,9 +159,13 @@ def _foldable(conv, inits: dict, readers: dict, channels: int) -> bool:
     return w.ndim == 4 and w.shape[1] == channels
 
 
-def _levels(graph, conv, found: list[Grid], inits: dict, name: str, opset: int) -> list:
-    """GRAPH's nodes with CONV reading its input as levels (module doc): its weights and bias
-    rewritten in INITS' tensors, the Pad, Mul and Add before it."""
+def _padded(conv) -> bool:
+    return any(a.name == "pads" and any(a.ints) for a in conv.attribute)
+
+
+def _levels(graph, conv, found: list[Grid], inits: dict, name: str, zero: int) -> list:
+    """GRAPH's nodes with CONV reading its input as levels less ZERO (module doc): its weights and
+    bias rewritten in INITS' tensors, the Mul and Add before it."""
     from onnx import helper, numpy_helper
 
     step = np.array([g.step for g in found], np.float64)
@@ -162,8 +174,8 @@ def _levels(graph, conv, found: list[Grid], inits: dict, name: str, opset: int) 
     b = np.zeros(w.shape[0]) if len(conv.input) < 3 or not conv.input[2] else None
     if b is None:
         b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
-    # x = origin + step * (centred level + CENTRE): the weights take the step, the bias the rest
-    b = b + (w * (origin + CENTRE * step).reshape(1, -1, 1, 1)).sum((1, 2, 3))
+    # x = origin + step * (level - ZERO + ZERO): the weights take the step, the bias the rest
+    b = b + (w * (origin + zero * step).reshape(1, -1, 1, 1)).sum((1, 2, 3))
     w = w * step.reshape(1, -1, 1, 1)
     inits[conv.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), conv.input[1]))
     bias = conv.input[2] if len(conv.input) > 2 and conv.input[2] else f"{conv.name or name}_edgekit_bias"
@@ -176,21 +188,9 @@ def _levels(graph, conv, found: list[Grid], inits: dict, name: str, opset: int) 
     shape = (1, -1, 1, 1)
     consts = {
         f"{tag}_inv_step": (1 / step).reshape(shape),
-        f"{tag}_offset": (-origin / step - CENTRE).reshape(shape),
+        f"{tag}_offset": (-origin / step - zero).reshape(shape),
     }
-    attrs = {a.name: a for a in conv.attribute}
-    pads = list(attrs["pads"].ints) if "pads" in attrs else []
     nodes, src = [], conv.input[0]
-    if any(pads):
-        edges = [0, 0, *pads[:2], 0, 0, *pads[2:]]
-        if opset >= 11:
-            consts[f"{tag}_pads"] = np.array(edges, np.int64)
-            pad = helper.make_node("Pad", [src, f"{tag}_pads"], [f"{tag}_padded"], name=f"{tag}_pad")
-        else:  # before opset 11 the pads are an attribute
-            pad = helper.make_node("Pad", [src], [f"{tag}_padded"], name=f"{tag}_pad", pads=edges)
-        nodes.append(pad)
-        src = f"{tag}_padded"
-        attrs["pads"].CopyFrom(helper.make_attribute("pads", [0] * len(pads)))
     nodes += [
         helper.make_node("Mul", [src, f"{tag}_inv_step"], [f"{tag}_scaled"], name=f"{tag}_mul"),
         helper.make_node("Add", [f"{tag}_scaled", f"{tag}_offset"], [tag], name=f"{tag}_add"),
@@ -206,13 +206,13 @@ def _levels(graph, conv, found: list[Grid], inits: dict, name: str, opset: int) 
 def nodes(done: dict[str, dict]) -> list[str]:
     """The names of the nodes FOLD put before each convolution: they stay float (ORT's quantizer
     would quantize the picture they read)."""
-    return [f"{name}{SUFFIX}_{op}" for name in done for op in ("pad", "mul", "add")]
+    return [f"{name}{SUFFIX}_{op}" for name in done for op in ("mul", "add")]
 
 
 def overrides(done: dict[str, dict]) -> dict[str, list[dict]]:
-    """TensorQuantOverrides for ORT's quantizer: each levels tensor at scale 1, zero point CENTRE."""
+    """TensorQuantOverrides for ORT's quantizer: each levels tensor at scale 1 and its zero point."""
     return {
-        d["levels"]: [{"scale": np.array(1.0, np.float32), "zero_point": np.array(CENTRE, np.uint8)}]
+        d["levels"]: [{"scale": np.array(1.0, np.float32), "zero_point": np.array(d["zero_point"], np.uint8)}]
         for d in done.values()
     }
 
@@ -235,7 +235,7 @@ def fuse(path: Path, done: dict[str, dict]) -> int:
         for name in n.input:
             readers.setdefault(name, []).append(n)
     fused, drop, unused = 0, set(), set()
-    for name in done:
+    for name, d in done.items():
         tag = f"{name}{SUFFIX}"
         mul, add = by_name.get(f"{tag}_mul"), by_name.get(f"{tag}_add")
         quantizers = readers.get(tag, [])
@@ -243,8 +243,13 @@ def fuse(path: Path, done: dict[str, dict]) -> int:
             continue
         inv = numpy_helper.to_array(inits[mul.input[1]]).astype(np.float64).reshape(-1)
         offset = numpy_helper.to_array(inits[add.input[1]]).astype(np.float64).reshape(-1)
-        zero = np.round(offset) + CENTRE
-        if np.abs(np.abs(offset + CENTRE - zero) - 0.5).min() < TIE or zero.min() < 0 or zero.max() >= LEVELS:
+        # round(x / step) + zero = level, where x / step lies clear of half a level
+        zero = np.round(offset) + d["zero_point"]
+        if (
+            np.abs(np.abs(offset - np.round(offset)) - 0.5).min() < TIE
+            or zero.min() < 0
+            or zero.max() >= LEVELS
+        ):
             continue
         q = quantizers[0]
         scale, point = f"{tag}_channel_step", f"{tag}_channel_zero"  # not ORT's names
