@@ -451,7 +451,7 @@ compress_options = options(
         "--input-levels/--no-input-levels",
         default=None,
         help="Give a picture input normalized per channel to its first convolution as its 8-bit levels, "
-        "quantized exactly (default: off).",
+        "quantized exactly by one per-channel QuantizeLinear (default: on; ONNX Runtime only).",
     ),
     click.option(
         "--fused-activations/--no-fused-activations",

@@ -109,13 +109,15 @@ def test_the_fold_computes_the_same_function_on_integer_levels(tmp_path, channel
     )
 
 
-def test_an_input_one_scale_holds_exactly_is_left_as_it_is(tmp_path):
-    """p / 128 - 127 / 128 (EfficientNet-Lite's) is one grid with a whole-level origin, and
-    continuous data is no grid: neither is folded."""
+def test_an_input_one_scale_holds_exactly_or_that_is_all_ties_is_left_as_it_is(tmp_path):
+    """p / 128 - 127 / 128 (EfficientNet-Lite's) is one grid with a whole-level origin; p / 127.5 - 1
+    (mean and std 0.5) has its zero half way between two levels, where one QuantizeLinear cannot
+    compute the levels; continuous data is no grid: none is folded."""
     fp32 = _stem(tmp_path / "fp32.onnx")
     shared = ((_pixels(16, 2) - 127) / 128).astype(np.float32)
+    ties = (_pixels(16, 2) / 127.5 - 1).astype(np.float32)
     noise = np.random.default_rng(0).normal(0, 1, (16, 3, 16, 16)).astype(np.float32)
-    for x in (shared, noise):
+    for x in (shared, ties, noise):
         assert input_lattice.fold(fp32, tmp_path / "levels.onnx", Samples({"x": x}, None)) == {}
 
 
