@@ -91,8 +91,8 @@ def _one_grid(found: list[Grid]) -> bool:
 
 def fold(src: Path, dst: Path, calib: Samples) -> dict[str, dict]:
     """Write SRC to DST with each graph input whose CALIB values lie on a lattice per channel, and
-    that one convolution reads, handed to it as levels (module doc); per input folded, its channels
-    and the levels tensor's name ({}: DST not written)."""
+    that one convolution reads, handed to it as levels (module doc); per input folded, its channels,
+    the levels tensor's name and zero point ({}: DST not written)."""
     import onnx
 
     model = onnx.load(str(src))
@@ -146,8 +146,8 @@ def fold(src: Path, dst: Path, calib: Samples) -> dict[str, dict]:
 
 
 def _foldable(conv, inits: dict, readers: dict, channels: int) -> bool:
-    """Whether CONV is a 2-D convolution of one group with its own constant weights over CHANNELS
-    input channels, its padding explicit (or none)."""
+    """Whether CONV is a 2-D convolution of one group with its own constant weights (and bias) over
+    CHANNELS input channels, its padding given as pads (not auto_pad SAME_*)."""
     from onnx import numpy_helper
 
     if conv.op_type != "Conv" or conv.input[1] not in inits or len(readers.get(conv.input[1], [])) != 1:
@@ -168,6 +168,7 @@ def _foldable(conv, inits: dict, readers: dict, channels: int) -> bool:
 
 
 def _padded(conv) -> bool:
+    """Whether CONV pads its input."""
     return any(a.name == "pads" and any(a.ints) for a in conv.attribute)
 
 
@@ -193,19 +194,12 @@ def _levels(graph, conv, found: list[Grid], inits: dict, name: str, zero: int) -
         graph.initializer.append(numpy_helper.from_array(b.astype(np.float32), bias))
         conv.input[:] = [*conv.input[:2], bias]
     tag = f"{name}{SUFFIX}"
-    shape = (1, -1, 1, 1)
-    consts = {
-        f"{tag}_inv_step": (1 / step).reshape(shape),
-        f"{tag}_offset": (-origin / step - zero).reshape(shape),
-    }
-    nodes, src = [], conv.input[0]
-    nodes += [
-        helper.make_node("Mul", [src, f"{tag}_inv_step"], [f"{tag}_scaled"], name=f"{tag}_mul"),
+    for k, v in ((f"{tag}_inv_step", 1 / step), (f"{tag}_offset", -origin / step - zero)):
+        graph.initializer.append(numpy_helper.from_array(v.reshape(1, -1, 1, 1).astype(np.float32), k))
+    nodes = [
+        helper.make_node("Mul", [conv.input[0], f"{tag}_inv_step"], [f"{tag}_scaled"], name=f"{tag}_mul"),
         helper.make_node("Add", [f"{tag}_scaled", f"{tag}_offset"], [tag], name=f"{tag}_add"),
     ]
-    for k, v in consts.items():
-        v = v if v.dtype == np.int64 else v.astype(np.float32)
-        graph.initializer.append(numpy_helper.from_array(v, k))
     conv.input[0] = tag
     at = list(graph.node).index(conv)
     return [*graph.node[:at], *nodes, *graph.node[at:]]
@@ -228,7 +222,8 @@ def overrides(done: dict[str, dict]) -> dict[str, list[dict]]:
 def fuse(path: Path, done: dict[str, dict]) -> int:
     """PATH (a QDQ model FOLD's levels went through) with each Mul -> Add -> QuantizeLinear of the
     levels written as one per-channel QuantizeLinear (scale: the step; zero point: the level of
-    zero), where that rounds every level to itself; how many."""
+    zero), which rounds every level to itself; how many (none before opset 13, or where the levels'
+    convolution was left float)."""
     import onnx
     from onnx import helper, numpy_helper
 
