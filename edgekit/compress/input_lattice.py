@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.compress import model_file
+from edgekit.compress import graph_index, model_file
 from edgekit.data import Samples
 
 SUFFIX = "_edgekit_levels"  # the levels tensor's name: the range search leaves its range as it is
@@ -97,12 +97,7 @@ def fold(src: Path, dst: Path, calib: Samples) -> dict[str, dict]:
 
     model = onnx.load(str(src))
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    readers: dict[str, list] = {}
-    for n in graph.node:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
-    outputs = {o.name for o in graph.output}
+    inits, _, readers, outputs = graph_index.index(graph)
     done: dict[str, dict] = {}
     for inp in graph.input:
         if inp.name in inits or inp.name not in calib.inputs or inp.name in outputs:
@@ -231,12 +226,8 @@ def fuse(path: Path, done: dict[str, dict]) -> int:
     if model_file.default_opset(model) < 13:  # per-channel QuantizeLinear came with opset 13
         return 0
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
+    inits, _, readers, _ = graph_index.index(graph)
     by_name = {n.name: n for n in graph.node}
-    readers: dict[str, list] = {}
-    for n in graph.node:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
     fused, drop, unused = 0, set(), set()
     for name, d in done.items():
         tag = f"{name}{SUFFIX}"
