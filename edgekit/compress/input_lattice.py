@@ -130,9 +130,9 @@ def fold(src: Path, dst: Path, calib: Samples) -> dict[str, dict]:
         zero = int(np.clip(np.round(zeros.mean()), 0, LEVELS - 1))
         if _padded(conv) and np.abs(zeros - zero).max() > BORDER:
             continue
-        nodes = _levels(graph, conv, found, inits, inp.name, zero)
+        rewritten = _levels(graph, conv, found, inits, inp.name, zero)
         del graph.node[:]
-        graph.node.extend(nodes)
+        graph.node.extend(rewritten)
         done[inp.name] = {"channels": len(found), "levels": conv.input[0], "zero_point": zero}
     if not done:
         return {}
