@@ -12,7 +12,7 @@ import torch
 from models import depthwise_se, resnet_blocks, smooth_images
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.compress import ort_fused, sensitivity
+from edgekit.compress import macs, ort_fused
 from edgekit.compress.quantize import Int8Config, quantize_int8
 from edgekit.data import Samples
 
@@ -61,10 +61,10 @@ def test_sensitivity_counts_the_macs_of_fused_layers(tmp_path):
     """`edgekit sensitivity` lists an ORT-saved model's layers with their MACs (shape inference
     does not know FusedConv: they had none)."""
     _, fused, _ = _ort_saved(resnet_blocks, tmp_path)
-    counts = sensitivity.macs(fused)
+    counts = macs.macs(fused)
     names = [n.name for n in onnx.load(str(fused)).graph.node if n.op_type in ("FusedConv", "Conv")]
     assert names and all(counts.get(n, 0) > 0 for n in names)
-    assert sum(counts.values()) == sum(sensitivity.macs(tmp_path / "plain.onnx").values())
+    assert sum(counts.values()) == sum(macs.macs(tmp_path / "plain.onnx").values())
 
 
 def test_fused_matmul_and_gemm_are_written_back_as_what_they_compute(tmp_path):

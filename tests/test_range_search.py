@@ -14,12 +14,12 @@ import onnxruntime as ort
 import pytest
 import torch
 from models import resnet_blocks, smooth_images
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from edgekit.artifact import InputSpec, TensorSpec
 from edgekit.benchmarks.metrics import sqnr_db
-from edgekit.compress import range_search
+from edgekit.compress import macs, range_search
 from edgekit.compress.quantize import Int8Config, calibrated, quantize_int8
 from edgekit.data import Samples
 from edgekit.export.onnx import ExportConfig, export
@@ -74,12 +74,30 @@ def test_inflated_ranges_shrink_and_the_outputs_come_closer(fp32, searched):
 
 
 def test_a_search_far_under_its_budget_chooses_on_more_samples(searched):
-    """A search that projects far under GROW seconds (this small model's) chooses its factors on
-    more than SAMPLES samples (fewer overfit them), MOST at most, and validates them on the VALIDATE
-    after those."""
+    """A search that computes far under GROW multiply-accumulates (this small model's) chooses its
+    factors on more than SAMPLES samples (fewer overfit them), MOST at most, and validates them on
+    the VALIDATE after those."""
     record = searched[True][1]["range_search"]
     assert record["samples"] == range_search.MOST > range_search.SAMPLES
     assert record["held_out_samples"] == range_search.VALIDATE
+
+
+def test_the_sample_count_follows_the_work_counted_on_the_samples_shapes(fp32, calib, tmp_path, monkeypatch):
+    """The count is the model's work, not a timing (one command, one model on any machine): a
+    dynamic picture's work is counted at the calibration samples' own size (twice the side, four
+    times the work), and a GROW under this model's search keeps SAMPLES however fast it ran."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, "h", "w"])
+    w = numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w")
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")
+    dynamic = tmp_path / "dynamic.onnx"
+    onnx.save(helper.make_model(helper.make_graph([conv], "g", [x], [y], [w])), dynamic)
+    assert macs.macs(dynamic, {"x": (1, 3, 16, 16)}) == {"conv": 16 * 16 * 8 * 27}
+    assert macs.macs(dynamic, {"x": (1, 3, 32, 32)}) == {"conv": 4 * 16 * 16 * 8 * 27}
+    monkeypatch.setattr(range_search, "GROW", 1.0)
+    cfg = Int8Config(calibration="minmax", target_cpu="x86-vnni", adaround=False)
+    record = quantize_int8(fp32, tmp_path / "q.onnx", calib, cfg, None)["range_search"]
+    assert record["samples"] == range_search.SAMPLES
 
 
 def test_the_search_sweeps_again_while_a_sweep_scales_something(tmp_path):

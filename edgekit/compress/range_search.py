@@ -10,7 +10,8 @@ does not need: their ranges at 0.15-0.3x gained it 2 points of top-1 agreement; 
 EfficientNet-Lites' KL divergence from fp32 fell 11-17 % (docs/guide/quantize.md). On by default,
 within a time budget: where its cost projected from the first evaluation exceeds the budget, only
 the last activations that fit it are searched (none: skipped), it stops where the budget runs out,
-keeping the factors found, and its record says so; where it projects far under it, it chooses the
+keeping the factors found, and its record says so; where the model's work (its multiply-accumulates,
+counted, not timed: the same factors on any machine under any load) is small, it chooses the
 factors on more samples (fewer overfit them). It sweeps the activations up to three times,
 each sweep from the ranges the last left, while the last scaled any (coordinate descent, as LAPQ's
 search iterates). A trial runs only the part of the model its factor changes (the suffix from the
@@ -41,7 +42,7 @@ from edgekit.benchmarks.metrics import (
     probability_rows,
     vectors,
 )
-from edgekit.compress import input_lattice, model_file, output_tail
+from edgekit.compress import input_lattice, macs, model_file, output_tail
 from edgekit.data import Samples
 
 # factors tried on every range (the error need not fall steadily between them: a greedy walk down
@@ -50,14 +51,15 @@ COARSE = (0.75, 0.5, 0.3, 0.15, 1.3)
 REFINE = 1.25
 GAIN = 0.001  # a factor is taken only where it lowers the output error by at least this share
 SAMPLES = 32  # calibration samples the factors are chosen on
-# where the whole search (SWEEPS sweeps) projects under GROW seconds on SAMPLES, it chooses on more,
-# up to MOST: on 32 crops MobileNetV2's factors overfit them (KL divergence on 2000 held-out crops
-# 0.0197; on 64 0.0133, on 96 0.0113, AMX Xeon); the EfficientNet-Lites' searches take about GROW
-# already and keep 32. A multiple of SAMPLES, the one nearest what fits GROW, so that a machine's
-# speed seldom changes it (a count that followed the projection gave Lite1 33 samples on a faster
-# run, and another search path)
+# where the whole search (SWEEPS sweeps) computes under GROW multiply-accumulates on SAMPLES, it
+# chooses on more, up to MOST: on 32 crops MobileNetV2's factors overfit them (KL divergence on 2000
+# held-out crops 0.0197; on 64 0.0133, on 96 0.0113, AMX Xeon; 0.0131 / 0.0101 / 0.0113, Zen 4, with
+# the input levels); the EfficientNet-Lites' searches compute 2.5-4x MobileNetV2's and keep 32. A
+# multiple of SAMPLES, the one nearest what fits GROW. Counted, not timed: a timing put MobileNetV2 on
+# 32 or 64 samples by the load of the machine (93.0 or 94.0 % agreement, one Zen 4, one command)
 MOST = 96
-GROW = 120.0
+GROW = 1.5e13  # about 100 s of trials on two Zen 4 cores; MobileNetV2's 6.8e12 on 32: 64, Lite1's 1.7e13
+BUDGETED = 120.0  # seconds: a --range-search-budget under it grows the samples by its share of GROW
 # fewest samples they are chosen on where SAMPLES would not fit the budget: a detector's page holds
 # a hundred classifier crops' values (PP-OCRv5's detector, 736x736 pages: 1470 s projected on 32)
 FEWEST = 8
@@ -418,6 +420,17 @@ def search(
     return {"factors": factors, "record": record}
 
 
+def _work(fp32: Path, samples: Samples, fixed: int | None) -> int:
+    """FP32's multiply-accumulates on one of SAMPLES (its shapes: a dynamic input's axes as they are
+    there; 0 where shape inference knows none of its layers)."""
+    feeds, _ = next(batching.batches(samples.take(slice(0, 1)).inputs, fixed, 1))
+    try:
+        counts = macs.macs(fp32, {k: np.shape(v) for k, v in feeds.items()})
+    except Exception:  # shape inference gave up on an op: no count, no growth
+        return 0
+    return sum(counts.values())
+
+
 def _sweep(
     int8: Path,
     fp32: Path,
@@ -472,12 +485,14 @@ def _sweep(
     # trials run on sets[0], each on its suffix (its share of the nodes), plus the whole-model runs
     # that keep the suffixes' tensors
     unit = time.perf_counter() - timed
-    costs = [unit * (TRIALS * (len(p.nodes) / len(model.graph.node) if p else 1) + REFILLS) for p in parts]
+    runs = [TRIALS * (len(p.nodes) / len(model.graph.node) if p else 1) + REFILLS for p in parts]
+    costs = [unit * r for r in runs]
     if before and before[0] < NEGLIGIBLE:
         return {"factors": {}, "record": {"skipped": f"output error {before[0]:.1e} is already negligible"}}
-    grow = GROW if budget is None else min(GROW, budget)
-    more = min(MOST, len(calib) - VALIDATE, SAMPLES * round(grow / max(SWEEPS * sum(costs), 1e-9)))
-    if samples is None and sets and more > len(sets[0]):  # far under the budget: chosen on more samples
+    grow = GROW * (1.0 if budget is None else min(1.0, budget / BUDGETED))
+    work = SWEEPS * sum(runs) * _work(fp32, sets[0], fixed) * SAMPLES if samples is None and sets else 0
+    more = min(MOST, len(calib) - VALIDATE, SAMPLES * round(grow / work)) if work else 0
+    if sets and more > len(sets[0]):  # little work: chosen on more samples
         had = len(sets[0])
         sets, refs = split(more)
         costs = [c * more / had for c in costs]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import batching
-from edgekit.compress import ort_fused
+from edgekit.compress.macs import macs
 from edgekit.compress.quantize import COMPUTE_OPS, Int8Config, Prepared, Write, calibrated
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
@@ -143,35 +143,6 @@ def rank(full: Trial, singles: dict[str, Trial]) -> list[str]:
     """Layers by the points restoring them gains, SQNR gain breaking ties (small evaluation sets
     make many point gains equal)."""
     return sorted(singles, key=lambda n: (full.drop - singles[n].drop, singles[n].sqnr_db), reverse=True)
-
-
-def macs(fp32: Path) -> dict[str, int]:
-    """Multiply-accumulates per sample of each Conv/Gemm/MatMul node, from ONNX shape inference
-    (symbolic axes count as 1); ONNX Runtime's fused layers (a file it saved) as the standard ops
-    they are written back as, which shape inference knows."""
-    import onnx
-
-    with tempfile.TemporaryDirectory(prefix="edgekit-macs-") as tmp:
-        unfused = Path(tmp) / "unfused.onnx"
-        model = onnx.load(str(unfused if ort_fused.unfuse(fp32, unfused) else fp32))
-    model = onnx.shape_inference.infer_shapes(model)
-    g = model.graph
-    shapes = {
-        v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
-        for v in [*g.input, *g.value_info, *g.output]
-    }
-    shapes.update({t.name: list(t.dims) for t in g.initializer})
-    result = {}
-    for n in g.node:
-        if n.op_type not in COMPUTE_OPS or n.output[0] not in shapes or n.input[1] not in shapes:
-            continue
-        out, w = shapes[n.output[0]], shapes[n.input[1]]
-        if n.op_type in ("Conv", "ConvTranspose"):
-            result[n.name] = int(np.prod(out[1:]) * np.prod(w[1:]))
-        else:  # out = a @ w: K is w's first axis for MatMul; Gemm with transB=1 stores w as (N, K)
-            trans = any(a.name == "transB" and a.i for a in n.attribute)
-            result[n.name] = int(np.prod(out[1:]) * (w[-1] if trans else w[-2]))
-    return result
 
 
 def latency_shares(
