@@ -140,11 +140,14 @@ def _unrounded(model):
 
 
 def _balanced(fp32: Path, calib, spec, work: Path) -> Path:
-    """FP32 as edgekit's quantizer saw it before rounding: ORT's pre-processing, then the activation
-    equalization (on by default; it scales weights and biases, so the INT8 model's biases belong with
-    these weights, not with the exported ones). Same calibration samples, same gains; kept in WORK."""
+    """FP32 as edgekit's quantizer saw it before rounding: ORT's pre-processing, the picture's levels
+    as its first convolution's input (edgekit.compress.input_lattice: that convolution's weights
+    carry the pixel step), then the activation equalization (on by default; it scales weights and
+    biases, so the INT8 model's biases belong with these weights, not with the exported ones). Same
+    calibration samples, same gains; kept in WORK."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from edgekit.compress import input_lattice
     from edgekit.compress.equalize_activations import equalize_activations
     from edgekit.compress.quantize import Int8Config
     from edgekit.memory import budget
@@ -156,6 +159,8 @@ def _balanced(fp32: Path, calib, spec, work: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp, contextlib.chdir(tmp):
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32.absolute()), str(pre))
+        if input_lattice.fold(pre, Path(tmp) / "levels.onnx", calib):
+            pre = Path(tmp) / "levels.onnx"
         limit = budget(cfg.calib_memory)
         found = equalize_activations(pre, out, calib, spec.fixed_batch, cfg.calib_batch, limit)
         if not found["pairs"]:
