@@ -490,8 +490,10 @@ def _sweep(
     if before and before[0] < NEGLIGIBLE:
         return {"factors": {}, "record": {"skipped": f"output error {before[0]:.1e} is already negligible"}}
     grow = GROW * (1.0 if budget is None else min(1.0, budget / BUDGETED))
-    work = SWEEPS * sum(runs) * _work(fp32, sets[0], fixed) * SAMPLES if samples is None and sets else 0
-    more = min(MOST, len(calib) - VALIDATE, SAMPLES * round(grow / work)) if work else 0
+    most = min(MOST, len(calib) - VALIDATE)  # counted only where the samples could grow
+    growable = samples is None and sets and most > len(sets[0])
+    work = SWEEPS * sum(runs) * _work(fp32, sets[0], fixed) * SAMPLES if growable else 0
+    more = min(most, SAMPLES * round(grow / work)) if work else 0
     if sets and more > len(sets[0]):  # little work: chosen on more samples
         had = len(sets[0])
         sets, refs = split(more)
