@@ -442,6 +442,12 @@ compress_options = options(
         "calibration data (default: on, within a time budget; never for transformers).",
     ),
     click.option(
+        "--output-fit/--no-output-fit",
+        default=None,
+        help="Refit a classifier's last layer to the features the INT8 model computes, by least squares "
+        "on the calibration data, and requantize it (default: on; never for transformers).",
+    ),
+    click.option(
         "--input-grid/--no-input-grid",
         default=None,
         help="Move a graph input's INT8 scale off the grid its data lies on (8-bit pixels) where that "

@@ -146,6 +146,7 @@ def precision_passes(kw: dict, target: str) -> dict:
             "bias_correction",
             "adaround",
             "range_search",
+            "output_fit",
             "input_grid",
             "input_levels",
             "fused_activations",

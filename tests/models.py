@@ -7,6 +7,8 @@ scaled random data, plus random affine parameters), so folding BN into convs is 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -239,6 +241,26 @@ def margin_classifier(path) -> None:
     w["w3"] /= f.std(0) + 1e-6
     w["b3"] = -(w["w3"] @ f.mean(0))
     onnx.save(model(["logits"]), str(path))
+
+
+def pooled_classifier(folder) -> Path:
+    """An ONNX classifier exported into FOLDER (its path returned): two strided Conv-ReLUs, a global
+    pool and a Linear head over its 64 features (their spread normalized on smooth images, so the
+    classes compete), 3x32x32 -> 10 classes, dynamic batch, seeded weights."""
+    from edgekit.artifact import InputSpec, TensorSpec
+    from edgekit.export.onnx import ExportConfig, export
+
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        f = m[:6](torch.from_numpy(smooth_images(256, seed=9)))
+        m[6].weight /= f.std(0) * 3
+        m[6].bias -= m[6].weight @ f.mean(0)
+    spec = InputSpec(inputs=[TensorSpec(name="x", shape=["batch", 3, 32, 32])])
+    return export(m, spec, folder, ExportConfig(), 1)
 
 
 def save_onnx(path, nodes, inputs, outputs, inits=(), opset: int = 17) -> None:

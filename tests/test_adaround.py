@@ -37,8 +37,8 @@ def calib():
 @pytest.fixture(scope="module")
 def quantized(fp32, calib, tmp_path_factory):
     """(reduce_range, adaround) -> (QDQ path, summary): 8-bit weights, and 7-bit ones on every layer
-    (what CPUs without VNNI get); bias correction and the range search off, so the levels are
-    compared alone, and the weights at the fp32 ones' shapes (no channel padding)."""
+    (what CPUs without VNNI get); bias correction, the range search and the output fit off, so the
+    levels are compared alone, and the weights at the fp32 ones' shapes (no channel padding)."""
     out, root = {}, tmp_path_factory.mktemp("q")
     for reduce_range in ("none", "all"):
         for on in (False, True):
@@ -48,6 +48,7 @@ def quantized(fp32, calib, tmp_path_factory):
                 adaround=on,
                 bias_correction=False,
                 range_search=False,
+                output_fit=False,
                 pad_conv_channels=False,
             )
             path = root / f"{reduce_range}-{on}.onnx"

@@ -55,7 +55,9 @@ def searched(fp32, calib, tmp_path_factory):
     """on -> (QDQ path, summary), MinMax calibration, range search on and off."""
     root, out = tmp_path_factory.mktemp("q"), {}
     for on in (False, True):
-        cfg = Int8Config(calibration="minmax", target_cpu="x86-vnni", adaround=False, range_search=on)
+        cfg = Int8Config(
+            calibration="minmax", target_cpu="x86-vnni", adaround=False, range_search=on, output_fit=False
+        )
         out[on] = root / f"{on}.onnx", quantize_int8(fp32, root / f"{on}.onnx", calib, cfg, None)
     return out
 
@@ -215,7 +217,13 @@ def test_on_by_default_and_off_by_flag(edgekit, fp32, calib, tmp_path):
 def test_a_search_projected_over_its_budget_is_skipped_and_says_so(fp32, calib, searched, tmp_path):
     """A budget below one evaluation's time: no range is scaled, the model is the one without the
     search, and the record says what the search would have cost."""
-    cfg = Int8Config(calibration="minmax", target_cpu="x86-vnni", adaround=False, range_search_budget=1e-6)
+    cfg = Int8Config(
+        calibration="minmax",
+        target_cpu="x86-vnni",
+        adaround=False,
+        range_search_budget=1e-6,
+        output_fit=False,
+    )
     summary = quantize_int8(fp32, tmp_path / "q.onnx", calib, cfg, None)
     record = summary["range_search"]
     assert record["applied"] == 0 and "projected" in record["skipped"] and "budget" in record["skipped"]

@@ -45,6 +45,7 @@ from edgekit.compress import (
     norm_islands,
     ort_fused,
     outer_reads,
+    output_fit,
     output_tail,
     planar_conv3d,
     qlinear_forms,
@@ -145,6 +146,12 @@ class Int8Config(BaseModel):
     # it, only the last activations that fit are searched, and it stops where the budget runs out;
     # the manifest says so. None (what an explicit `--range-search` sets): no limit
     range_search_budget: float | None = 300.0
+    # a classifier's last layer (a Gemm writing a graph output, or a Softmax of one) refitted by least
+    # squares from the features the INT8 model computes to fp32's outputs on the calibration samples,
+    # then requantized (edgekit.compress.output_fit; not for transformers): on 2000 held-out crops
+    # EfficientNet-Lite1's top-1 agreement 93.8 -> 95.9 % (KL divergence -47 %), MobileNetV2's
+    # 94.0 -> 94.2 % (-28 %), in seconds
+    output_fit: bool = True
     # each graph input's scale moved off the grid its data lies on where that rounds it with clearly
     # less error and the outputs gain (edgekit.compress.input_grid): pixels normalized as
     # p / 127.5 - 1 were all ties at the calibrated scale; RivaGAN's watermark decoder on float
@@ -334,6 +341,7 @@ class Prepared:
     pairs: list[PairLayer]
     rounding: adaround.Collected | None
     ranges: dict | None = None  # the range search's factors, from the first write
+    fits: dict | None = None  # the output layers' refitted weights (output_fit), from the first write
     params: dict[str, list[dict]] = field(default_factory=dict)  # weights' scales and zero points
     never: set[str] = field(default_factory=set)  # weights a write that kept their layers left float
     guarded: int = 0  # subgraph reads of a Relu/Clip output given their own copy (outer_reads)
@@ -529,6 +537,7 @@ def _writer(
     method = calibrate.ort_method(cfg.calibration)
     src = p.src
     searched: dict = {}  # the range search's record, where it ran here
+    fitted: dict = {}  # the output fit's record, where it ran here
     grid: dict[str, float] = {}  # input_grid's factor per input scale (1: kept), each found once
     # what the models written after the first reuse: bias_correction's errors, and each weight's
     # scale and zero point as ORT chose them (given back as overrides, ORT skips its per-channel
@@ -656,6 +665,17 @@ def _writer(
                 **p.lattice,
                 "quantize_per_channel": input_lattice.fuse(out, p.lattice),
             }
+        if cfg.output_fit and not p.transformer:  # on the model's final INT8 arithmetic
+            if p.fits is None and exclude:  # a trial's output layers are the full model's
+                write(tmp / "full.onnx", ())
+            if p.fits is None:
+                p.fits, record = output_fit.fit(out, Path(fp32), src, calib, batch_fixed)
+                fitted.update(record)
+            applied = output_fit.apply(out, p.fits)
+            if fitted or applied:  # a Ray worker's writer has the fit, not its record
+                summary["output_fit"] = {**fitted, "applied": applied}
+            if p.pairs and applied:  # the refit levels' pairs capped again
+                summary["pair_capped_values"] += weight_pairs.apply(out, p.pairs)
         if may_pad:  # last: it changes the weights' shapes
             summary.update(padded(out, tmp / "padded.onnx"))
         return summary

@@ -1,0 +1,153 @@
+"""The output layer refitted to the INT8 model's features (edgekit.compress.output_fit): a classifier's
+last Gemm, directly or under a Softmax, recovers fp32's outputs from features an earlier quantizer
+distorted, on samples neither calibration nor the fit saw; it stays INT8 in its form (7-bit weights
+stay 7-bit), is left as it was where the held-out samples do not gain, and a mixed-precision trial
+gets the full model's fit."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from models import margin_classifier, pooled_classifier, smooth_images
+from onnx import helper, numpy_helper
+
+from edgekit.compress import output_fit, range_search
+from edgekit.compress.quantize import Int8Config, calibrated, quantize_int8
+from edgekit.data import Samples
+
+# the other algorithms off: the fit's effect alone, in seconds
+BASE = dict(target_cpu="x86-vnni", adaround=False, range_search=False)
+CALIB = Samples({"x": smooth_images(160, seed=3)}, None)
+HELD = smooth_images(256, seed=11)  # seen by neither calibration nor the fit
+
+
+def _with_softmax(path, out) -> None:
+    """PATH's classifier with a Softmax over its logits as its output, saved at OUT."""
+    model = onnx.load(str(path))
+    logits = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("Softmax", [logits], ["probs"], axis=1))
+    model.graph.output[0].name = "probs"
+    onnx.save(model, str(out))
+
+
+def _as_matmul(path, out) -> None:
+    """PATH's classifier with its Gemm written as a MatMul and an Add of the bias (as tf2onnx writes
+    a Dense layer), saved at OUT: the quantizer's pre-processing makes them a Gemm again, whose
+    refit the test checks."""
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    k, gemm = next((k, n) for k, n in enumerate(model.graph.node) if n.op_type == "Gemm")
+    transposed = any(a.name == "transB" and a.i for a in gemm.attribute)
+    w = numpy_helper.to_array(inits[gemm.input[1]])
+    model.graph.initializer.append(numpy_helper.from_array(w.T if transposed else w, "dense_kernel"))
+    product = helper.make_node("MatMul", [gemm.input[0], "dense_kernel"], ["dense_product"])
+    add = helper.make_node("Add", ["dense_product", gemm.input[2]], [gemm.output[0]])
+    model.graph.node.remove(gemm)
+    model.graph.node.insert(k, add)
+    model.graph.node.insert(k, product)
+    onnx.save(model, str(out))
+
+
+def _run(path, x=HELD):
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return out.astype(np.float64)
+
+
+def _inits(path):
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fit")
+    (root / "export").mkdir()
+    shutil.copyfile(pooled_classifier(root / "export"), root / "logits.onnx")
+    _with_softmax(root / "logits.onnx", root / "probs.onnx")
+    _as_matmul(root / "probs.onnx", root / "dense.onnx")
+    margin_classifier(root / "margin.onnx")
+    return root
+
+
+@pytest.mark.parametrize("kind", ["logits", "probs", "dense"])
+def test_the_refit_recovers_what_clipped_features_lost(models, kind, tmp_path):
+    """The head's input range halved (as the range search may choose for a tensor's tail): the
+    pooled features saturate, the outputs drift from fp32's; refitted on the calibration samples, the
+    head brings the held-out outputs back within a fifth of that error."""
+    fp32, q = models / f"{kind}.onnx", tmp_path / "q.onnx"
+    quantize_int8(fp32, q, CALIB, Int8Config(**BASE, output_fit=False), None)
+    head = output_fit.heads(onnx.load(str(q)))[0]
+    assert head.output == onnx.load(str(fp32)).graph.output[0].name
+    assert head.link == (None if kind == "logits" else "Softmax")
+    producer = {o: n for n in onnx.load(str(q)).graph.node for o in n.output}
+    range_search.apply(q, fp32, {producer[head.features].input[1]: 0.5})
+    judged = ["classes" if kind == "logits" else "probabilities"]
+    clipped = range_search.output_error([_run(q)], [_run(fp32)], judged)
+    fits, record = output_fit.fit(q, fp32, fp32, CALIB, None)
+    assert output_fit.apply(q, fits) == 1 and record["layers"][0]["ridge"] in output_fit.RIDGE
+    before, after = record["layers"][0]["held_out_error"]
+    assert after < 0.5 * before
+    assert range_search.output_error([_run(q)], [_run(fp32)], judged) < 0.2 * clipped
+
+
+def test_the_pipeline_refits_and_the_weights_keep_their_form(models, tmp_path, monkeypatch):
+    """Written by the quantizer (every fit kept): 7-bit weights (ORT's reduce_range) stay within 7
+    bits per output channel, the bias is int32 at the new weight scales times the input's."""
+    monkeypatch.setattr(output_fit, "GAIN", 0.0)
+    out = tmp_path / "w7.onnx"
+    cfg = Int8Config(**BASE, reduce_range="all")
+    summary = quantize_int8(models / "margin.onnx", out, CALIB, cfg, None)
+    assert summary["output_fit"]["applied"] == 1 and summary["quantized_ops"]["Gemm"] == 1
+    model = onnx.load(str(out))
+    inits = _inits(out)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    w_dq, b_dq, x_dq = (producer[gemm.input[k]] for k in (1, 2, 0))
+    levels, scale = inits[w_dq.input[0]], inits[w_dq.input[1]]
+    assert inits[b_dq.input[0]].dtype == np.int32
+    np.testing.assert_allclose(inits[b_dq.input[1]], scale * inits[x_dq.input[1]], rtol=1e-6)
+    off = tmp_path / "off.onnx"
+    plain = cfg.model_copy(update={"output_fit": False})
+    assert "output_fit" not in quantize_int8(models / "margin.onnx", off, CALIB, plain, None)
+    written = _inits(off)[w_dq.input[0]]  # the quantizer's 7-bit levels: ORT's reach +-64
+    assert levels.dtype == np.int8 and scale.shape == (10,)
+    assert not np.array_equal(inits[b_dq.input[0]], _inits(off)[b_dq.input[0]])  # refitted
+    assert np.abs(levels).max() <= 64 and np.array_equal(np.abs(levels).max(1), np.abs(written).max(1))
+
+
+def test_a_head_that_does_not_gain_enough_is_left_as_it_was(models, tmp_path, monkeypatch):
+    """Where no ridge strength lowers the held-out error by GAIN (here: all of it), the layer keeps
+    the weights the quantizer wrote, and the record says what the best fit would have reached."""
+    monkeypatch.setattr(output_fit, "GAIN", 1.0)
+    on, off = tmp_path / "on.onnx", tmp_path / "off.onnx"
+    record = quantize_int8(models / "logits.onnx", on, CALIB, Int8Config(**BASE), None)["output_fit"]
+    quantize_int8(models / "logits.onnx", off, CALIB, Int8Config(**BASE, output_fit=False), None)
+    assert record["applied"] == 0 and "ridge" not in record["layers"][0]
+    a, b = _inits(on), _inits(off)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in b)
+
+
+def test_an_output_after_a_nonlinearity_is_no_head(models, tmp_path):
+    model = onnx.load(str(models / "logits.onnx"))
+    logits = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("Relu", [logits], ["out"]))
+    model.graph.output[0].name = "out"
+    onnx.save(model, str(tmp_path / "relu.onnx"))
+    summary = quantize_int8(tmp_path / "relu.onnx", tmp_path / "q.onnx", CALIB, Int8Config(**BASE), None)
+    assert "output_fit" not in summary
+
+
+def test_a_trial_gets_the_full_models_fit(models, tmp_path, monkeypatch):
+    """A mixed-precision trial (a conv left fp32) is written with the full model's refit head, so
+    trials differ only by the layers they leave float (every fit kept that is not twice as bad)."""
+    monkeypatch.setattr(output_fit, "GAIN", -1.0)
+    with calibrated(models / "margin.onnx", CALIB, Int8Config(**BASE), None) as write:
+        trial = write(tmp_path / "trial.onnx", ["conv1"])
+        full = write(tmp_path / "full.onnx", [])
+    assert trial["output_fit"]["applied"] == full["output_fit"]["applied"] == 1
+    assert trial["fp32_compute_ops"] == {"Conv": 1} and not full["fp32_compute_ops"]
+    t, f = _inits(tmp_path / "trial.onnx"), _inits(tmp_path / "full.onnx")
+    assert np.array_equal(t["w3_quantized"], f["w3_quantized"])
