@@ -92,7 +92,9 @@ def _artifacts(name: str, work: Path, calib_dir: Path, calib_n: int, forms: list
         if (out[form] / "edgekit.json").is_file():  # --work keeps artifacts between runs
             continue
         # the form by name; the target recorded is the class it is made for (u8s8: a VNNI CPU)
-        name = form.removesuffix("-noadaround").removesuffix("-norangesearch").removesuffix("-noequalize")
+        name = form
+        for suffix in ("-noadaround", "-norangesearch", "-noequalize", "-nooutputfit"):
+            name = name.removesuffix(suffix)
         target = "x86-avx2" if name != "u8s8" else "x86-vnni"
         adaround, ranges = not form.endswith("-noadaround"), not form.endswith("-norangesearch")
         cfg = Int8Config(
@@ -101,6 +103,7 @@ def _artifacts(name: str, work: Path, calib_dir: Path, calib_n: int, forms: list
             adaround=adaround,
             range_search=ranges,
             equalize_activations=not form.endswith("-noequalize"),
+            output_fit=not form.endswith("-nooutputfit"),
         )
         compress(dataclasses.replace(base, out=out[form], chain=from_flags(int8=cfg)))
     return out

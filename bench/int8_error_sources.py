@@ -7,8 +7,8 @@ and how far apart two measurements of it can be.
 For each model (bench/zoo.py: published weights, real photo crops; the artifacts of
 bench/int8_cpu.py, which --work shares), edgekit's INT8 model in the form `--int8` makes for this
 CPU (u8s8 where INT8 cannot saturate, u8s8-pair on AVX2; its defaults: activation equalization,
-AdaRound, bias correction and the loss-aware activation ranges) is compared with
-variants of itself, each run by ONNX Runtime with its graph optimizations off (the Q/DQ nodes
+AdaRound, bias correction, the loss-aware activation ranges and the output layer's refit) is
+compared with variants of itself, each run by ONNX Runtime with its graph optimizations off (the Q/DQ nodes
 computed literally, so a variant without some of them is the same model otherwise):
 - the fp32 weights in place of the INT8 ones (only the activations quantized; the weights as the
   quantizer saw them, after the activation equalization, whose gains the biases carry);
@@ -18,11 +18,12 @@ computed literally, so a variant without some of them is the same model otherwis
 - every activation's rounding removed and its clipping kept (each Q/DQ pair a Clip to the range its
   levels span): what the activations' rounding costs, apart from their ranges and the weights.
 Beside them, on the same crops: the same model without the activation equalization
-(edgekit.compress.equalize_activations) and without the loss-aware activation ranges
-(edgekit.compress.range_search), NNCF PTQ in OpenVINO (the anchor, bench/int8_cpu.py's
-IR), and fp32 itself with every pixel moved by uniform noise of +-1/255 and +-0.5/255 (what a JPEG
-re-encode or another resize does): how fragile the crops' top-1 is, the scale INT8's agreement is read
-against. Beside them, the fused model's latency over ORT fp32's (batch 1, interleaved rounds).
+(edgekit.compress.equalize_activations), without the loss-aware activation ranges
+(edgekit.compress.range_search) and without the output layer's refit (edgekit.compress.output_fit),
+NNCF PTQ in OpenVINO (the anchor, bench/int8_cpu.py's IR), and fp32 itself with every pixel moved
+by uniform noise of +-1/255 and +-0.5/255 (what a JPEG re-encode or another resize does): how
+fragile the crops' top-1 is, the scale INT8's agreement is read against. Beside them, the fused
+model's latency over ORT fp32's (batch 1, interleaved rounds).
 Top-1 agreement with fp32 on --eval crops (seed 1, their own folder: bench/int8_cpu.py's 500
 crops are one draw, and another draw of 500 moved Lite1's agreement by 4 points), and the mean KL
 divergence of the class probabilities from fp32's, which ranks variants more steadily. Writes
@@ -67,6 +68,7 @@ VARIANTS = {
     "unrounded": "every activation's rounding removed, its clipping kept (Q/DQ as a Clip)",
     "no_equalize": "edgekit INT8 without the activation equalization (--no-equalize-activations), fused",
     "no_range_search": "edgekit INT8 without the loss-aware activation ranges (--no-range-search), fused",
+    "no_output_fit": "edgekit INT8 without the output layer's refit (--no-output-fit), fused",
     "nncf": "NNCF PTQ in OpenVINO (the anchor)",
     "noise_1": "fp32, every pixel moved by uniform noise of +-1/255",
     "noise_half": "fp32, every pixel moved by uniform noise of +-0.5/255",
@@ -233,7 +235,7 @@ def measure(name: str, args, root: Path) -> dict:
     import onnx
 
     form = args.form
-    forms = [form, f"{form}-norangesearch", f"{form}-noequalize"]
+    forms = [form, f"{form}-norangesearch", f"{form}-noequalize", f"{form}-nooutputfit"]
     paths = _artifacts(name, root / name, root / "calib", args.calib, forms)
     manifest = read_manifest(paths["fp32"])
     spec, pre = manifest.input_spec, recorded_preprocess(manifest)
@@ -265,13 +267,18 @@ def measure(name: str, args, root: Path) -> dict:
         "unrounded": _unrounded(int8),
     }
     outs = {k: _outputs(m, x, k != "fused") for k, m in models.items()}
-    for key, suffix in (("no_range_search", "-norangesearch"), ("no_equalize", "-noequalize")):
+    for key, suffix in (
+        ("no_range_search", "-norangesearch"),
+        ("no_equalize", "-noequalize"),
+        ("no_output_fit", "-nooutputfit"),
+    ):
         outs[key] = _outputs(onnx.load(str(paths[form + suffix] / "model.onnx")), x)
     outs["nncf"] = _ov_outputs(ir, x)
     outs.update({k: _outputs(fp32, v) for k, v in noisy.items()})
     rows = {k: float((o.argmax(1) == top1).mean()) for k, o in outs.items()}
     kl = {k: _kl(ref, o) for k, o in outs.items()}
-    search = read_manifest(paths[form]).passes[-1].summary.get("range_search", {})
+    summary = read_manifest(paths[form]).passes[-1].summary
+    search = summary.get("range_search", {})
     ms = _ort_latency({k: paths[k] / "model.onnx" for k in ("fp32", form)}, x, args.rounds, 2)
     console.print(f"{name}: {rows}, ms {ms}")
     residual = [len(into), len(out)]
@@ -283,6 +290,7 @@ def measure(name: str, args, root: Path) -> dict:
         "ort_ms": {"fp32": ms["fp32"], "int8": ms[form]},
         "residual_tensors": residual,
         "range_search_record": search,
+        "output_fit_record": summary.get("output_fit", {}),
         "kl": kl,
         **rows,
     }
@@ -316,12 +324,12 @@ def markdown(results: list[dict], args, fp: dict) -> str:
         f"{time.strftime('%Y-%m-%d')}. CPU: {cpu_line(fp)}",
         "",
         f"edgekit's INT8 model in the form `--int8` makes for this CPU ({form}; its defaults: activation "
-        "equalization, AdaRound, bias correction and "
-        "the loss-aware activation ranges on; the "
+        "equalization, AdaRound, bias correction, "
+        "the loss-aware activation ranges and the output layer's refit on; the "
         "artifact of bench/int8_cpu.py) against variants of itself, run by ONNX Runtime with its graph "
         "optimizations off (the Q/DQ nodes computed literally, so a variant lacks only what it names) "
         "unless the row says fused; beside them, on the same crops, the model without the activation "
-        "equalization and without the loss-aware activation ranges, "
+        "equalization, without the loss-aware activation ranges and without the output layer's refit, "
         "NNCF, and fp32 itself under one pixel level of noise (how fragile the crops' top-1 is). Top-1 "
         f"agreement with fp32 on {results[0]['eval']} held-out photo crops (bench/zoo.py, seed 1); "
         "at 90 % a 95 % interval is about +-"
@@ -347,6 +355,11 @@ def markdown(results: list[dict], args, fp: dict) -> str:
         "The range search's record (activations, scaled, output error on the search samples and on the "
         "held-out calibration samples, seconds): "
         + "; ".join(f"{r['model']} {r['range_search_record']}" for r in results)
+        + ".",
+        "",
+        "The output layer's refit (error on the held-out calibration samples before and after, the "
+        "ridge chosen): "
+        + "; ".join(f"{r['model']} {r.get('output_fit_record', {})}" for r in results)
         + ".",
         f"<!-- int8_error_sources-{cls}:end -->",
     ]

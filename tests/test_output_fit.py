@@ -6,6 +6,7 @@ gets the full model's fit."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -151,3 +152,19 @@ def test_a_trial_gets_the_full_models_fit(models, tmp_path, monkeypatch):
     assert trial["fp32_compute_ops"] == {"Conv": 1} and not full["fp32_compute_ops"]
     t, f = _inits(tmp_path / "trial.onnx"), _inits(tmp_path / "full.onnx")
     assert np.array_equal(t["w3_quantized"], f["w3_quantized"])
+
+
+def test_on_by_default_and_off_by_flag(edgekit, models, tmp_path):
+    np.savez(tmp_path / "calib.npz", x=smooth_images(96, seed=3))
+    args = ["compress", str(models / "probs.onnx"), "--int8", "--calib", str(tmp_path / "calib.npz")]
+    for out, flag in (("default", ()), ("off", ("--no-output-fit",))):
+        r = edgekit(*args, *flag, "-o", str(tmp_path / out))
+        assert r.returncode == 0, r.stderr
+    passes = {
+        o: json.loads((tmp_path / o / "edgekit.json").read_text())["passes"][-1] for o in ("default", "off")
+    }
+    assert passes["default"]["config"]["output_fit"] is True
+    assert passes["default"]["summary"]["output_fit"]["layers"][0]["output"] == "probs"
+    assert passes["off"]["config"]["output_fit"] is False and "output_fit" not in passes["off"]["summary"]
+    r = edgekit("compress", str(models / "probs.onnx"), "--no-output-fit", "-o", str(tmp_path / "x"))
+    assert r.returncode == 2 and "add --int8" in r.stderr
