@@ -94,29 +94,33 @@ def test_the_refit_recovers_what_clipped_features_lost(models, kind, tmp_path):
     assert range_search.output_error([_run(q)], [_run(fp32)], judged) < 0.2 * clipped
 
 
-def test_the_pipeline_refits_and_the_weights_keep_their_form(models, tmp_path, monkeypatch):
-    """Written by the quantizer (every fit kept): 7-bit weights (ORT's reduce_range) stay within 7
-    bits per output channel, the bias is int32 at the new weight scales times the input's."""
+@pytest.mark.parametrize("form", ["7-bit", "uint8"])
+def test_the_pipeline_refits_and_the_weights_keep_their_form(models, form, tmp_path, monkeypatch):
+    """Written by the quantizer (every fit kept): each output channel's weights reach as many levels
+    from their zero point as the quantizer's did (ORT's 7-bit weights reach +-64; uint8 ones sit
+    around a zero point of 128) in the same integer type, and the bias is int32 at the new weight
+    scales times the input's."""
     monkeypatch.setattr(output_fit, "GAIN", 0.0)
-    out = tmp_path / "w7.onnx"
-    cfg = Int8Config(**BASE, reduce_range="all")
+    out, off = tmp_path / "on.onnx", tmp_path / "off.onnx"
+    cfg = Int8Config(**BASE, **({"reduce_range": "all"} if form == "7-bit" else {"weight_type": "uint8"}))
     summary = quantize_int8(models / "margin.onnx", out, CALIB, cfg, None)
     assert summary["output_fit"]["applied"] == 1 and summary["quantized_ops"]["Gemm"] == 1
+    plain = cfg.model_copy(update={"output_fit": False})
+    assert "output_fit" not in quantize_int8(models / "margin.onnx", off, CALIB, plain, None)
     model = onnx.load(str(out))
-    inits = _inits(out)
+    on_inits, off_inits = _inits(out), _inits(off)
     producer = {o: n for n in model.graph.node for o in n.output}
     gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
     w_dq, b_dq, x_dq = (producer[gemm.input[k]] for k in (1, 2, 0))
-    levels, scale = inits[w_dq.input[0]], inits[w_dq.input[1]]
-    assert inits[b_dq.input[0]].dtype == np.int32
-    np.testing.assert_allclose(inits[b_dq.input[1]], scale * inits[x_dq.input[1]], rtol=1e-6)
-    off = tmp_path / "off.onnx"
-    plain = cfg.model_copy(update={"output_fit": False})
-    assert "output_fit" not in quantize_int8(models / "margin.onnx", off, CALIB, plain, None)
-    written = _inits(off)[w_dq.input[0]]  # the quantizer's 7-bit levels: ORT's reach +-64
-    assert levels.dtype == np.int8 and scale.shape == (10,)
-    assert not np.array_equal(inits[b_dq.input[0]], _inits(off)[b_dq.input[0]])  # refitted
-    assert np.abs(levels).max() <= 64 and np.array_equal(np.abs(levels).max(1), np.abs(written).max(1))
+    scale, zero = on_inits[w_dq.input[1]], on_inits[w_dq.input[2]]
+    assert scale.shape == (10,) and np.array_equal(zero, off_inits[w_dq.input[2]])
+    levels, written = (i[w_dq.input[0]] for i in (on_inits, off_inits))
+    assert levels.dtype == written.dtype == (np.int8 if form == "7-bit" else np.uint8)
+    reach = [np.abs(q.astype(np.int32) - zero[:, None]).max(1) for q in (levels, written)]
+    assert np.array_equal(*reach) and reach[0].max() <= (64 if form == "7-bit" else 128)
+    assert on_inits[b_dq.input[0]].dtype == np.int32
+    assert not np.array_equal(on_inits[b_dq.input[0]], off_inits[b_dq.input[0]])  # refitted
+    np.testing.assert_allclose(on_inits[b_dq.input[1]], scale * on_inits[x_dq.input[1]], rtol=1e-6)
 
 
 def test_a_head_that_does_not_gain_enough_is_left_as_it_was(models, tmp_path, monkeypatch):

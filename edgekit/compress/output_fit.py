@@ -69,6 +69,7 @@ def heads(model) -> list[Head]:
     for n in g.node:
         for t in n.input:
             readers[t] = readers.get(t, 0) + 1
+    inputs = {i.name for i in g.input}
     found = []
     for out in g.output:
         node, link = producer.get(out.name), None
@@ -79,8 +80,8 @@ def heads(model) -> list[Head]:
             node, link = producer.get(node.input[0]), node.op_type
         if node is None:
             continue
-        if node.op_type != "Gemm" or len(node.input) < 3:
-            continue
+        if node.op_type != "Gemm" or len(node.input) < 3 or node.input[0] in inputs:
+            continue  # (a graph input: no earlier layer's error to make up for)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
             continue
@@ -150,31 +151,40 @@ class Layer:
     zero: np.ndarray
     trans_b: bool
     input_scale: np.ndarray | None  # per output channel, shaped as the weight's scale
+    low: int  # the levels' integer type's range
+    high: int
 
 
 def _layer(head: Head, inits: dict) -> Layer:
     from onnx import helper, numpy_helper
 
     levels, scale, zero = weight_levels(head.weight, inits)
+    kind = np.iinfo(numpy_helper.to_array(inits[head.weight.input[0]]).dtype)
     trans_b = any(a.name == "transB" and helper.get_attribute_value(a) for a in head.node.attribute)
     input_scale = None
     if head.bias is not None:
         bias_scale = numpy_helper.to_array(inits[head.bias.input[1]]).astype(np.float64)
         channel = scale.reshape(-1) if scale.size > 1 else scale.reshape(())
         input_scale = bias_scale / channel  # a bias's scale is the input's times the weight's
-    return Layer(levels, scale, zero, trans_b, input_scale)
+    return Layer(levels, scale, zero, trans_b, input_scale, kind.min, kind.max)
 
 
 def _quantized(w: np.ndarray, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
-    """Weights W (the layer's layout) as levels in the layer's form: its zero points, and per scale
-    as many levels either side of them as it used (7-bit weights stay 7-bit); with the new scales."""
+    """Weights W (the layer's layout) as levels in the layer's form, with their new scales: its zero
+    points, and per scale as many levels either side of them as it used (7-bit weights stay 7-bit),
+    within its integer type."""
     axes = tuple(i for i in range(w.ndim) if np.ndim(layer.scale) == 0 or layer.scale.shape[i] == 1)
-    bound = np.maximum(np.abs(layer.levels - layer.zero).max(axis=axes, keepdims=True), 1.0)
-    scale = np.maximum(np.abs(w).max(axis=axes, keepdims=True) / bound, 1e-30)
+    zero = layer.zero
+    bound = np.maximum(np.abs(layer.levels - zero).max(axis=axes, keepdims=True), 1.0)
+    low, high = np.maximum(zero - bound, layer.low), np.minimum(zero + bound, layer.high)
+    up = np.where(high > zero, np.maximum(w.max(axis=axes, keepdims=True), 0) / np.maximum(high - zero, 1), 0)
+    down = np.where(
+        low < zero, np.maximum(-w.min(axis=axes, keepdims=True), 0) / np.maximum(zero - low, 1), 0
+    )
+    scale = np.maximum(np.maximum(up, down), 1e-30)
     if np.ndim(layer.scale) == 0:
         scale = scale.reshape(())
-    levels = np.clip(np.rint(w / scale) + layer.zero, layer.zero - bound, layer.zero + bound)
-    return levels, scale
+    return np.clip(np.rint(w / scale) + zero, low, high), scale
 
 
 def _dense(levels: np.ndarray, scale: np.ndarray, layer: Layer) -> np.ndarray:
