@@ -166,8 +166,7 @@ def _layer(head: Head, inits: dict) -> Layer:
     input_scale = None
     if head.bias is not None:
         bias_scale = numpy_helper.to_array(inits[head.bias.input[1]]).astype(np.float64)
-        channel = scale.reshape(-1) if scale.size > 1 else scale.reshape(())
-        input_scale = bias_scale / channel  # a bias's scale is the input's times the weight's
+        input_scale = bias_scale / _channels(scale)  # a bias's scale is the input's times the weight's
     return Layer(levels, scale, zero, trans_b, input_scale, kind.min, kind.max)
 
 
@@ -195,12 +194,23 @@ def _dense(levels: np.ndarray, scale: np.ndarray, layer: Layer) -> np.ndarray:
     return w.T if layer.trans_b else w
 
 
+def _channels(scale: np.ndarray) -> np.ndarray:
+    """A weight's scale per output channel (a vector), or its one scale."""
+    return scale.reshape(-1) if scale.size > 1 else scale.reshape(())
+
+
+def _bias_levels(b: np.ndarray, scale: np.ndarray, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+    """Bias B as the layer's INT32 levels at the weight scales SCALE, and their step."""
+    step = layer.input_scale * _channels(scale)
+    return np.clip(np.rint(b / step), -(2**31), 2**31 - 1), step
+
+
 def _biased(b: np.ndarray, scale: np.ndarray, layer: Layer) -> np.ndarray:
     """Bias B as the layer computes it: rounded to its INT32 levels where it has them."""
     if layer.input_scale is None:
         return b
-    step = layer.input_scale * (scale.reshape(-1) if scale.size > 1 else scale.reshape(()))
-    return np.clip(np.rint(b / step), -(2**31), 2**31 - 1) * step
+    levels, step = _bias_levels(b, scale, layer)
+    return levels * step
 
 
 def _solve(x: np.ndarray, t: np.ndarray, w0: np.ndarray, ridge: float) -> np.ndarray:
@@ -327,13 +337,9 @@ def apply(path: Path, fits: dict) -> int:
             value = np.reshape(b, tuple(b_init.dims)).astype(numpy_helper.to_array(b_init).dtype)
             b_init.CopyFrom(numpy_helper.from_array(value, b_init.name))
         else:
-            step = layer.input_scale * (scale.reshape(-1) if scale.size > 1 else scale.reshape(()))
+            bias_levels, step = _bias_levels(b, scale, layer)
             qb, sb = inits[h.bias.input[0]], inits[h.bias.input[1]]
-            qb.CopyFrom(
-                numpy_helper.from_array(
-                    np.clip(np.rint(b / step), -(2**31), 2**31 - 1).astype(np.int32), qb.name
-                )
-            )
+            qb.CopyFrom(numpy_helper.from_array(bias_levels.astype(np.int32), qb.name))
             sb.CopyFrom(numpy_helper.from_array(np.reshape(step, tuple(sb.dims)).astype(np.float32), sb.name))
         done += 1
     model_file.save(model, path)
