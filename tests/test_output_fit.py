@@ -85,7 +85,7 @@ def test_the_refit_recovers_what_clipped_features_lost(models, kind, tmp_path):
     assert head.output == onnx.load(str(fp32)).graph.output[0].name
     assert head.link == (None if kind == "logits" else "Softmax")
     producer = {o: n for n in onnx.load(str(q)).graph.node for o in n.output}
-    range_search.apply(q, fp32, {producer[head.features].input[1]: 0.5})
+    range_search.apply(q, fp32, {producer[head.node.input[0]].input[1]: 0.5})
     judged = ["classes" if kind == "logits" else "probabilities"]
     clipped = range_search.output_error([_run(q)], [_run(fp32)], judged)
     fits, record = output_fit.fit(q, fp32, fp32, CALIB, None)

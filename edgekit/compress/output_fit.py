@@ -44,17 +44,15 @@ LINKS = ("Softmax", "LogSoftmax")  # an op between the layer and the output that
 
 @dataclass
 class Head:
-    """A Gemm computing logits from the tensor FEATURES, which are graph output OUTPUT or its LINK
-    (a Softmax or LogSoftmax; None: none); its weight's and bias's DequantizeLinear nodes (BIAS None:
-    a float bias initializer, named by BIAS_NAME)."""
+    """A Gemm (NODE: its inputs are the features, the weight, the bias) computing logits that are
+    graph output OUTPUT or its LINK (a Softmax or LogSoftmax; None: none); its weight's and bias's
+    DequantizeLinear nodes (BIAS None: a float bias initializer)."""
 
     node: object
     output: str
     link: str | None
-    features: str
     weight: object
     bias: object
-    bias_name: str
 
 
 def heads(model) -> list[Head]:
@@ -87,7 +85,6 @@ def heads(model) -> list[Head]:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
             continue
-        bias_name = node.input[2]
         weight = producer.get(node.input[1])
         if weight is None or weight.op_type != "DequantizeLinear" or weight.input[0] not in inits:
             continue
@@ -95,22 +92,24 @@ def heads(model) -> list[Head]:
             continue
         if readers.get(weight.input[0]) != 1 or readers.get(weight.input[1]) != 1:
             continue
-        bias = producer.get(bias_name)
-        if bias is None and bias_name in inits:
+        bias = producer.get(node.input[2])
+        if bias is None and node.input[2] in inits:
             pass  # a float bias
         elif bias is not None and bias.op_type == "DequantizeLinear" and bias.input[0] in inits:
             if inits[bias.input[0]].data_type != TensorProto.INT32 or readers.get(bias.input[1]) != 1:
                 continue
         else:
             continue
-        if readers.get(bias_name) != 1:
+        if readers.get(node.input[2]) != 1:
             continue
-        found.append(Head(node, out.name, link, node.input[0], weight, bias, bias_name))
+        found.append(Head(node, out.name, link, weight, bias))
     return found
 
 
 def _outputs(model, samples: Samples, fixed: int | None, names: list[str]) -> dict[str, np.ndarray]:
-    """MODEL's (a ModelProto) tensors NAMES (graph outputs or not) on SAMPLES in ONNX Runtime."""
+    """MODEL's (a ModelProto) tensors NAMES (graph outputs or not) on SAMPLES in ONNX Runtime, all
+    graph optimizations on: the fused INT8 kernels the model deploys to (edgekit.compress.tensors
+    runs them off, the Q/DQ computed literally)."""
     import onnxruntime as ort
     from onnx import helper
 
@@ -222,7 +221,7 @@ def _solve(x: np.ndarray, t: np.ndarray, w0: np.ndarray, ridge: float) -> np.nda
 
 def _fp32(src_inits: dict, levels: str, now: np.ndarray, layer: Layer) -> np.ndarray:
     """The fp32 weight (K, C) the levels initializer LEVELS was quantized from (ORT names it
-    NAME_quantized), where SOURCE has it; else NOW, the weight the levels stand for."""
+    NAME_quantized), where the source model's SRC_INITS have it; else NOW, the weight the levels stand for."""
     from onnx import numpy_helper
 
     init = src_inits.get(levels.removesuffix("_quantized"))
@@ -237,9 +236,9 @@ def _bias(head: Head, inits: dict) -> np.ndarray:
     from onnx import numpy_helper
 
     if head.bias is None:
-        return numpy_helper.to_array(inits[head.bias_name]).astype(np.float64).reshape(-1)
-    levels = numpy_helper.to_array(inits[head.bias.input[0]]).astype(np.float64)
-    return levels * numpy_helper.to_array(inits[head.bias.input[1]]).astype(np.float64)
+        return numpy_helper.to_array(inits[head.node.input[2]]).astype(np.float64).reshape(-1)
+    levels, scale, zero = weight_levels(head.bias, inits)
+    return (levels - zero) * scale
 
 
 def _fit_head(
@@ -290,12 +289,12 @@ def fit(int8: Path, fp32: Path, source: Path, calib: Samples, fixed: int | None)
     src_inits = {i.name: i for i in onnx.load(str(source)).graph.initializer}
     samples = calib.take(slice(0, n))
     ref = _outputs(onnx.load(str(fp32)), samples, fixed, [h.output for h in found])
-    got = _outputs(model, samples, fixed, [t for h in found for t in (h.features, h.node.output[0])])
+    got = _outputs(model, samples, fixed, [t for h in found for t in (h.node.input[0], h.node.output[0])])
     held = min(VALIDATE, n // 3)
     fits, record = {}, {"layers": [], "samples": n - held, "held_out_samples": held}
     for h in found:
         layer = _layer(h, inits)
-        x = got[h.features]
+        x = got[h.node.input[0]]
         if x.shape[1] > MAX_K:
             continue
         w_now = _dense(layer.levels, layer.scale, layer)
@@ -333,7 +332,7 @@ def apply(path: Path, fits: dict) -> int:
             numpy_helper.from_array(scale.reshape(tuple(s_init.dims)).astype(s_type), s_init.name)
         )
         if h.bias is None:
-            b_init = inits[h.bias_name]
+            b_init = inits[h.node.input[2]]
             value = np.reshape(b, tuple(b_init.dims)).astype(numpy_helper.to_array(b_init).dtype)
             b_init.CopyFrom(numpy_helper.from_array(value, b_init.name))
         else:
