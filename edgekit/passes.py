@@ -267,7 +267,7 @@ def run_int8(w: Work, cfg: Int8Config):
 
     fixed = w.loaded.input_spec.fixed_batch
     path = w.out / onnx_export.MODEL_FILE
-    summary = quantize_int8(w.model, path, w.calib, cfg, fixed)
+    summary = quantize_int8(w.model, path, w.calib, cfg, fixed, w.req.output_kinds)
     static = bool(summary["quantized_ops"] or cfg.exclude_nodes)  # else only its LSTMs can be INT8
     q = _int8_check(w, path) if static else None
     if summary.get("transformer") and cfg.dynamic_matmul != "never":

@@ -1,8 +1,8 @@
 """The output layer refitted to the INT8 model's features (edgekit.compress.output_fit): a classifier's
-last Gemm, directly or under a Softmax, recovers fp32's outputs from features an earlier quantizer
-distorted, on samples neither calibration nor the fit saw; it stays INT8 in its form (7-bit weights
-stay 7-bit), is left as it was where the held-out samples do not gain, and a mixed-precision trial
-gets the full model's fit."""
+last Gemm, directly or under a Softmax or a Sigmoid, recovers fp32's outputs from features an
+earlier quantizer distorted, on samples neither calibration nor the fit saw; it stays INT8 in its
+form (7-bit weights stay 7-bit), is left as it was where the held-out samples do not gain, and a
+mixed-precision trial gets the full model's fit."""
 
 from __future__ import annotations
 
@@ -27,12 +27,15 @@ CALIB = Samples({"x": smooth_images(160, seed=3)}, None)
 HELD = smooth_images(256, seed=11)  # seen by neither calibration nor the fit
 
 
-def _with_softmax(path, out) -> None:
-    """PATH's classifier with a Softmax over its logits as its output, saved at OUT."""
+def _with(path, out, op: str, name: str, **attrs) -> None:
+    """PATH's model with OP (a Softmax over the classes, a Sigmoid, an Identity as paddle2onnx
+    writes last, a Cast to float16 as a float16 model's output) over its output as its output NAME,
+    saved at OUT."""
     model = onnx.load(str(path))
-    logits = model.graph.output[0].name
-    model.graph.node.append(helper.make_node("Softmax", [logits], ["probs"], axis=1))
-    model.graph.output[0].name = "probs"
+    model.graph.node.append(helper.make_node(op, [model.graph.output[0].name], [name], **attrs))
+    model.graph.output[0].name = name
+    if op == "Cast":
+        model.graph.output[0].type.tensor_type.elem_type = attrs["to"]
     onnx.save(model, str(out))
 
 
@@ -68,13 +71,16 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("fit")
     (root / "export").mkdir()
     shutil.copyfile(pooled_classifier(root / "export"), root / "logits.onnx")
-    _with_softmax(root / "logits.onnx", root / "probs.onnx")
+    _with(root / "logits.onnx", root / "probs.onnx", "Softmax", "probs", axis=1)
     _as_matmul(root / "probs.onnx", root / "dense.onnx")
+    _with(root / "probs.onnx", root / "paddle.onnx", "Identity", "scores")
+    _with(root / "logits.onnx", root / "sigmoid.onnx", "Sigmoid", "labels")
+    _with(root / "logits.onnx", root / "half.onnx", "Cast", "half", to=onnx.TensorProto.FLOAT16)
     margin_classifier(root / "margin.onnx")
     return root
 
 
-@pytest.mark.parametrize("kind", ["logits", "probs", "dense"])
+@pytest.mark.parametrize("kind", ["logits", "probs", "dense", "paddle", "sigmoid", "half"])
 def test_the_refit_recovers_what_clipped_features_lost(models, kind, tmp_path):
     """The head's input range halved (as the range search may choose for a tensor's tail): the
     pooled features saturate, the outputs drift from fp32's; refitted on the calibration samples, the
@@ -83,10 +89,11 @@ def test_the_refit_recovers_what_clipped_features_lost(models, kind, tmp_path):
     quantize_int8(fp32, q, CALIB, Int8Config(**BASE, output_fit=False), None)
     head = output_fit.heads(onnx.load(str(q)))[0]
     assert head.output == onnx.load(str(fp32)).graph.output[0].name
-    assert head.link == (None if kind == "logits" else "Softmax")
+    assert head.link == {"logits": None, "half": None, "sigmoid": "Sigmoid"}.get(kind, "Softmax")
     producer = {o: n for n in onnx.load(str(q)).graph.node for o in n.output}
     range_search.apply(q, fp32, {producer[head.node.input[0]].input[1]: 0.5})
-    judged = ["classes" if kind == "logits" else "probabilities"]
+    judged = range_search.judged_kinds([_run(fp32)], [head.output])
+    assert judged == ["classes" if kind in ("logits", "half") else "probabilities"]
     clipped = range_search.output_error([_run(q)], [_run(fp32)], judged)
     fits, record = output_fit.fit(q, fp32, fp32, CALIB, None)
     assert output_fit.apply(q, fits) == 1 and record["layers"][0]["ridge"] in output_fit.RIDGE
@@ -173,3 +180,30 @@ def test_on_by_default_and_off_by_flag(edgekit, models, tmp_path):
     assert passes["off"]["config"]["output_fit"] is False and "output_fit" not in passes["off"]["summary"]
     r = edgekit("compress", str(models / "probs.onnx"), "--no-output-fit", "-o", str(tmp_path / "x"))
     assert r.returncode == 2 and "add --int8" in r.stderr
+
+
+def test_a_sigmoid_head_is_fitted_as_logits_that_stop_where_fp32_saturates():
+    """fp32's probabilities become the logits to fit; where fp32 is within EDGE of 0 or 1, an INT8
+    logit already further out is kept (nothing to gain there), one short of it is pulled to the edge."""
+    edge = np.log((1 - output_fit.EDGE) / output_fit.EDGE)
+    ref = np.array([[0.5, 0.9, 1e-7, 1e-7, 1 - 1e-7]])
+    z = np.array([[1.0, 1.0, -20.0, -3.0, 30.0]])
+    t = output_fit._targets(ref, z, "Sigmoid")
+    np.testing.assert_allclose(t, [[0.0, np.log(9.0), -20.0, -edge, 30.0]], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(output_fit._linked(t, "Sigmoid")[0, :2], [0.5, 0.9])
+
+
+def test_the_outputs_are_judged_as_the_user_declares_them(edgekit, models, tmp_path):
+    """A regression output a generic name and shape would have judged as class scores (a detector's
+    [N, 4] box offsets named output_0): with --output-kind NAME=other, the range search and the
+    output fit score it by squared error, as verification does, and the manifest says so."""
+    np.savez(tmp_path / "calib.npz", x=smooth_images(96, seed=3))
+    name = onnx.load(str(models / "logits.onnx")).graph.output[0].name
+    args = ["compress", str(models / "logits.onnx"), "--int8", "--calib", str(tmp_path / "calib.npz")]
+    judged = {}
+    for out, flag in (("plain", ()), ("declared", ("--output-kind", f"{name}=other"))):
+        r = edgekit(*args, *flag, "--range-search", "-o", str(tmp_path / out))
+        assert r.returncode == 0, r.stderr
+        summary = json.loads((tmp_path / out / "edgekit.json").read_text())["passes"][-1]["summary"]
+        judged[out] = summary["range_search"]["judged"]
+    assert judged == {"plain": {name: "classes"}, "declared": {name: "other"}}

@@ -42,14 +42,22 @@ VALUES = 1 << 21  # calibration values measured per input (an even subsample bey
 CHECKED = 16  # calibration samples on which the moved scales must bring the outputs closer to fp32's
 
 
-def factors(qdq: Path, source: Path, fp32: Path, calib: Samples, fixed: int | None, known: dict) -> dict:
+def factors(
+    qdq: Path,
+    source: Path,
+    fp32: Path,
+    calib: Samples,
+    fixed: int | None,
+    known: dict,
+    declared: dict | None = None,
+) -> dict:
     """Per scale initializer of a graph input's QuantizeLinear in QDQ (a file ORT's quantizer wrote
     from SOURCE; the input may reach it through ops that only move its values: MOVES), the factor on
     it that rounds the input's CALIB values with the least squared error, where it beats the
     calibrated scale's by GAIN and the moved scales bring QDQ's outputs closer to FP32's (a model
     whose batch is FIXED, or None); the others are left out. KNOWN holds the factors found before
     (1: kept), by scale name, and gets the new ones: a model written again (a mixed-precision
-    trial) reuses them."""
+    trial) reuses them. DECLARED: the output kinds the user gave (range_search.judged_kinds)."""
     import onnx
     from onnx import numpy_helper
 
@@ -76,17 +84,19 @@ def factors(qdq: Path, source: Path, fp32: Path, calib: Samples, fixed: int | No
         if values is not None:
             new[q.input[1]] = _best(values, float(scale.reshape(-1)[0]), zero.reshape(-1)[0])
     moved = {k: f for k, f in new.items() if f != 1.0}
-    if moved and not _closer(qdq, source, fp32, calib, fixed, moved):
+    if moved and not _closer(qdq, source, fp32, calib, fixed, moved, declared):
         new = dict.fromkeys(new, 1.0)
     known.update(new)
     found.update(new)
     return {k: f for k, f in found.items() if f != 1.0}
 
 
-def _closer(qdq: Path, source: Path, fp32: Path, calib: Samples, fixed: int | None, moved: dict) -> bool:
+def _closer(
+    qdq: Path, source: Path, fp32: Path, calib: Samples, fixed: int | None, moved: dict, declared: dict | None
+) -> bool:
     """Whether QDQ's outputs on the first CHECKED calibration samples come closer to FP32's with its
     scales MOVED (range_search's output error: the KL divergence of class scores, else squared error
-    over fp32's variance)."""
+    over fp32's variance; the outputs judged by the kinds DECLARED where given)."""
     import onnx
     import onnxruntime as ort
 
@@ -100,7 +110,7 @@ def _closer(qdq: Path, source: Path, fp32: Path, calib: Samples, fixed: int | No
         return batching.outputs(run, samples.inputs, fixed, 16), [o.name for o in session.get_outputs()]
 
     ref, names = outputs(fp32)
-    kinds = range_search.judged_kinds(ref, names)
+    kinds = range_search.judged_kinds(ref, names, declared)
     with tempfile.TemporaryDirectory(prefix="edgekit-grid-") as tmp:
         trial = Path(tmp) / "moved.onnx"
         model_file.save(onnx.load(str(qdq)), trial)

@@ -1,8 +1,9 @@
 """The output layer refitted to the INT8 model's own features (AdaQuant, Hubara et al. 2021, "Accurate
 Post Training Quantization With Small Calibration Sets", for the last layer, in closed form): a fully
-connected layer (Gemm) that writes a graph output, directly or through a Softmax, gets the weights
-and bias that map the features the INT8 model computes on the calibration samples closest to fp32's
-outputs (least squares, held near fp32's weights by a ridge), requantized in the form it had.
+connected layer (Gemm) that writes a graph output, directly or through a Softmax or a Sigmoid (a
+multi-label or wake-word head), gets the weights and bias that map the features the INT8 model
+computes on the calibration samples closest to fp32's outputs (least squares, held near fp32's
+weights by a ridge), requantized in the form it had.
 
 Every error before the classifier reaches it as a changed feature vector; weight rounding (AdaRound)
 and bias correction fit the layer to fp32's features, and a mean correction of the logits moves only
@@ -39,14 +40,22 @@ VALIDATE = 64  # the last calibration samples, held out of the fit (a third wher
 FEWEST = 24  # calibration samples below which nothing is fitted
 MOST = 512  # calibration samples the fit reads at most
 MAX_K = 4096  # features (inputs of the layer) above which it keeps its weights: X^T X is K x K
-LINKS = ("Softmax", "LogSoftmax")  # an op between the layer and the output that the fit sees through
+# an op between the layer and the output that the fit sees through: a Softmax over the classes, or each
+# class's own Sigmoid (a multi-label or wake-word head); Identity nodes (paddle2onnx's) are passed
+LINKS = ("Softmax", "LogSoftmax", "Sigmoid")
+# a Cast between float types is passed too: a float16 model's logits cast back to float32, or its float16
+# output after the quantizer's float32 copy of it
+FLOATS = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+# a Sigmoid's probabilities are fitted as logits, clipped where fp32 saturates: past logit(1 - EDGE)
+# an INT8 logit that is further out in the same direction is already right
+EDGE = 1e-4
 
 
 @dataclass
 class Head:
     """A Gemm (NODE: its inputs are the features, the weight, the bias) computing logits that are
-    graph output OUTPUT or its LINK (a Softmax or LogSoftmax; None: none); its weight's and bias's
-    DequantizeLinear nodes (BIAS None: a float bias initializer)."""
+    graph output OUTPUT or its LINK (a Softmax, LogSoftmax or Sigmoid; None: none); its weight's and
+    bias's DequantizeLinear nodes (BIAS None: a float bias initializer)."""
 
     node: object
     output: str
@@ -57,9 +66,9 @@ class Head:
 
 def heads(model) -> list[Head]:
     """MODEL's (a QDQ ModelProto) Gemms with constant INT8 weights and a bias that write a graph
-    output (nothing after them, or only a Softmax over their classes), whose weight and bias no other
-    node reads. A MatMul and the Add of its bias (tf2onnx's Dense) reach the quantizer as a Gemm: ORT's
-    pre-processing fuses them."""
+    output (nothing after them but Identity nodes, float Casts, and a Softmax over their classes or a
+    Sigmoid), whose weight and bias no other node reads. A MatMul and the Add of its bias (tf2onnx's
+    Dense) reach the quantizer as a Gemm: ORT's pre-processing fuses them."""
     from onnx import TensorProto, helper
 
     g = model.graph
@@ -73,11 +82,12 @@ def heads(model) -> list[Head]:
     found = []
     for out in g.output:
         node, link = producer.get(out.name), None
+        node = _passed(node, producer, readers)
         if node is not None and node.op_type in LINKS:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             if attrs.get("axis", -1) not in (-1, 1) or readers.get(node.input[0], 0) != 1:
                 continue
-            node, link = producer.get(node.input[0]), node.op_type
+            node, link = _passed(producer.get(node.input[0]), producer, readers), node.op_type
         if node is None:
             continue
         if node.op_type != "Gemm" or len(node.input) < 3 or node.input[0] in inputs:
@@ -106,6 +116,19 @@ def heads(model) -> list[Head]:
     return found
 
 
+def _passed(node, producer: dict, readers: dict):
+    """NODE, or the first node before it that is not an Identity or a Cast between float types
+    read by it alone."""
+    from onnx import helper
+
+    while node is not None and readers.get(node.input[0], 0) == 1:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if not (node.op_type == "Identity" or (node.op_type == "Cast" and attrs.get("to") in FLOATS)):
+            break
+        node = producer.get(node.input[0])
+    return node
+
+
 def _outputs(model, samples: Samples, fixed: int | None, names: list[str]) -> dict[str, np.ndarray]:
     """MODEL's (a ModelProto) tensors NAMES (graph outputs or not) on SAMPLES in ONNX Runtime, all
     graph optimizations on: the fused INT8 kernels the model deploys to (edgekit.compress.tensors
@@ -128,6 +151,8 @@ def _linked(z: np.ndarray, link: str | None) -> np.ndarray:
     """The output LINK makes of logits Z."""
     if link is None:
         return z
+    if link == "Sigmoid":
+        return 0.5 * (1 + np.tanh(0.5 * z))  # 1 / (1 + exp(-z)), without overflow
     log = z - z.max(1, keepdims=True)
     log = log - np.log(np.exp(log).sum(1, keepdims=True))
     return log if link == "LogSoftmax" else np.exp(log)
@@ -135,9 +160,14 @@ def _linked(z: np.ndarray, link: str | None) -> np.ndarray:
 
 def _targets(ref: np.ndarray, z: np.ndarray, link: str | None) -> np.ndarray:
     """The logits the layer should give for fp32's output REF, where Z are its INT8 logits: REF
-    itself, or the log-probabilities (a Softmax ignores each row's constant: Z's row means kept)."""
+    itself, the log-probabilities (a Softmax ignores each row's constant: Z's row means kept), or a
+    Sigmoid's logits (where fp32's probability is within EDGE of 0 or 1, Z where it is further out)."""
     if link is None:
         return ref
+    if link == "Sigmoid":
+        edge = np.log((1 - EDGE) / EDGE)
+        t = np.log(np.clip(ref, EDGE, 1 - EDGE) / np.clip(1 - ref, EDGE, 1 - EDGE))
+        return np.where(np.abs(t) >= edge, np.where(z * np.sign(t) > edge, z, t), t)
     log = ref if link == "LogSoftmax" else np.log(np.maximum(ref, 1e-30))
     return log - log.mean(1, keepdims=True) + z.mean(1, keepdims=True)
 
@@ -242,12 +272,18 @@ def _bias(head: Head, inits: dict) -> np.ndarray:
 
 
 def _fit_head(
-    h: Head, layer: Layer, x: np.ndarray, z: np.ndarray, ref: np.ndarray, w0: np.ndarray, held: int
+    h: Head,
+    layer: Layer,
+    x: np.ndarray,
+    z: np.ndarray,
+    ref: np.ndarray,
+    w0: np.ndarray,
+    held: int,
+    kind: list[str],
 ):
     """HEAD's refit (weight in its layout, bias; None: not kept) from its features X (a column of
-    ones last), INT8 logits Z and fp32's outputs REF, its ridge chosen on the last HELD rows, with
-    its record."""
-    kind = judged_kinds([ref], [h.output])
+    ones last), INT8 logits Z and fp32's outputs REF, its ridge chosen on the last HELD rows by the
+    error of output KIND, with its record."""
     t = _targets(ref, z, h.link)
 
     def refit(rows: slice, ridge: float) -> tuple[np.ndarray, np.ndarray]:
@@ -274,7 +310,9 @@ def _fit_head(
     return refit(slice(0, n), best), {**entry, "ridge": best}
 
 
-def fit(int8: Path, fp32: Path, source: Path, calib: Samples, fixed: int | None) -> tuple[dict, dict]:
+def fit(
+    int8: Path, fp32: Path, source: Path, calib: Samples, fixed: int | None, declared: dict | None = None
+) -> tuple[dict, dict]:
     """The refitted float weight (in its layout) and bias of each head of INT8 (a QDQ file quantized
     from SOURCE) that its held-out calibration samples chose, by the head's weight initializer, and
     the record (empty where INT8 has no head or too few samples)."""
@@ -300,7 +338,8 @@ def fit(int8: Path, fp32: Path, source: Path, calib: Samples, fixed: int | None)
         w_now = _dense(layer.levels, layer.scale, layer)
         x = np.concatenate([x, np.ones((len(x), 1))], 1)
         w0 = np.concatenate([_fp32(src_inits, h.weight.input[0], w_now, layer), _bias(h, inits)[None]], 0)
-        found_fit, entry = _fit_head(h, layer, x, got[h.node.output[0]], ref[h.output], w0, held)
+        kind = judged_kinds([ref[h.output]], [h.output], declared)
+        found_fit, entry = _fit_head(h, layer, x, got[h.node.output[0]], ref[h.output], w0, held, kind)
         if found_fit is not None:
             fits[h.weight.input[0]] = found_fit
         record["layers"].append(entry)

@@ -146,11 +146,11 @@ class Int8Config(BaseModel):
     # it, only the last activations that fit are searched, and it stops where the budget runs out;
     # the manifest says so. None (what an explicit `--range-search` sets): no limit
     range_search_budget: float | None = 300.0
-    # a classifier's last layer (a Gemm writing a graph output, or a Softmax of one) refitted by least
-    # squares from the features the INT8 model computes to fp32's outputs on the calibration samples,
-    # then requantized (edgekit.compress.output_fit; not for transformers): on 2000 held-out crops
-    # top-1 agreement 93.8 -> 95.7 % (EfficientNet-Lite1, KL divergence -47 %), 92.3 -> 94.2 % (Lite2,
-    # -67 %), 94.0 -> 94.1 % (MobileNetV2, -28 %), in seconds
+    # a classifier's last layer (a Gemm writing a graph output, or a Softmax or Sigmoid of one)
+    # refitted by least squares from the features the INT8 model computes to fp32's outputs on the
+    # calibration samples, then requantized (edgekit.compress.output_fit; not for transformers): on
+    # 2000 held-out crops top-1 agreement 93.8 -> 95.7 % (EfficientNet-Lite1, KL divergence -47 %),
+    # 92.3 -> 94.2 % (Lite2, -67 %), 94.0 -> 94.1 % (MobileNetV2, -28 %), in seconds
     output_fit: bool = True
     # each graph input's scale moved off the grid its data lies on where that rounds it with clearly
     # less error and the outputs gain (edgekit.compress.input_grid): pixels normalized as
@@ -224,20 +224,23 @@ def form_name(cfg: Int8Config) -> str | None:
     return next((name for name, (_, fields) in FORMS.items() if fields == mine), None)
 
 
-def quantize_int8(fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None):
+def quantize_int8(
+    fp32: Path, out: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None, kinds: dict | None = None
+):
     """Write a QDQ INT8 model to `out`; return a summary of what was quantized. A model in which
     nothing could be quantized is refused with the reason, never written as an "INT8" copy of fp32,
     unless it has LSTMs the int8 pass may quantize dynamically after (edgekit.compress.dynamic_lstm).
     One with no compute op at all, not even in a branch a constant input may decide, is refused
     before calibrating (scikit-learn's classifiers as ai.onnx.ml ops: LinearClassifier,
-    TreeEnsembleClassifier)."""
+    TreeEnsembleClassifier). KINDS: the output kinds the user declared (--output-kind), which the
+    range search and the output fit judge the outputs by."""
     import onnx
 
     graph = onnx.load(str(fp32), load_external_data=False).graph
     lstms = cfg.dynamic_lstm != "never" and dynamic_lstm.count(Path(fp32))
     if not lstms and not branch_ops(graph) and not any(n.op_type in COMPUTE_OPS for n in graph.node):
         raise EdgekitError(nothing_quantized(Path(fp32)))
-    with calibrated(fp32, calib, cfg, batch_fixed) as write:
+    with calibrated(fp32, calib, cfg, batch_fixed, kinds=kinds) as write:
         summary = write(out, cfg.exclude_nodes)
     if summary["quantized_ops"] or cfg.exclude_nodes:
         return summary
@@ -369,6 +372,7 @@ def calibrated(
     cfg: Int8Config,
     batch_fixed: int | None,
     prepared: Prepared | None = None,
+    kinds: dict | None = None,
 ) -> Iterator[Write]:
     """FP32 pre-processed and calibrated once, while open: WRITE(out, exclude) writes its QDQ INT8
     model with the nodes EXCLUDE left fp32 and returns the summary. The ranges do not depend on
@@ -376,7 +380,8 @@ def calibrated(
     calibration, each the very model a calibration of its own would give (tests/test_mixed.py).
     The AdaRound levels and the activation range factors are found by the first write and reused.
     PREPARED: another process's calibration of the same model and config, WRITE.prepared() after
-    its first write (a Ray worker's, edgekit.layer_trials): written from as it is."""
+    its first write (a Ray worker's, edgekit.layer_trials): written from as it is. KINDS: the
+    output kinds the user declared, which the first write's range search and output fit judge by."""
     if cfg.target_cpu is None:  # a caller that chose no CPU: the form that holds on this one
         cfg = for_cpu(cfg, resolve())
     with tempfile.TemporaryDirectory(prefix="edgekit-q-") as tmp:
@@ -384,7 +389,7 @@ def calibrated(
             p = _prepare(fp32, calib, cfg, batch_fixed, Path(tmp))
         else:
             p = _unpacked(prepared, Path(tmp))
-        yield _writer(p, fp32, calib, cfg, batch_fixed, Path(tmp))
+        yield _writer(p, fp32, calib, cfg, batch_fixed, Path(tmp), kinds)
 
 
 def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None, tmp: Path) -> Prepared:
@@ -527,7 +532,13 @@ def _unpacked(p: Prepared, tmp: Path) -> Prepared:
 
 
 def _writer(
-    p: Prepared, fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | None, tmp: Path
+    p: Prepared,
+    fp32: Path,
+    calib: Samples,
+    cfg: Int8Config,
+    batch_fixed: int | None,
+    tmp: Path,
+    kinds: dict | None = None,
 ) -> Write:
     """`calibrated`'s WRITE, writing from P."""
     import onnx
@@ -579,7 +590,11 @@ def _writer(
         if attention:
             fused_attention.quantize(out, excluded, 8 if cfg.reduce_range == "none" else 7)
         # before bias correction and the range search, which measure the model
-        moved = input_grid.factors(out, src, Path(fp32), calib, batch_fixed, grid) if cfg.input_grid else {}
+        moved = (
+            input_grid.factors(out, src, Path(fp32), calib, batch_fixed, grid, kinds)
+            if cfg.input_grid
+            else {}
+        )
         range_search.apply(out, src, moved)
         unrounded = output_tail.float_products(out)
         wanted = readers.keys() - p.params.keys() - p.never
@@ -654,7 +669,7 @@ def _writer(
                 write(tmp / "full.onnx", ())
             if p.ranges is None:
                 found = range_search.search(
-                    out, Path(fp32), src, calib, batch_fixed, budget=cfg.range_search_budget
+                    out, Path(fp32), src, calib, batch_fixed, budget=cfg.range_search_budget, declared=kinds
                 )
                 p.ranges = found["factors"]
                 searched.update(found["record"])
@@ -669,7 +684,7 @@ def _writer(
             if p.fits is None and exclude:  # a trial's output layers are the full model's
                 write(tmp / "full.onnx", ())
             if p.fits is None:
-                p.fits, record = output_fit.fit(out, Path(fp32), src, calib, batch_fixed)
+                p.fits, record = output_fit.fit(out, Path(fp32), src, calib, batch_fixed, kinds)
                 fitted.update(record)
             applied = output_fit.apply(out, p.fits)
             if fitted or applied:  # a Ray worker's writer has the fit, not its record

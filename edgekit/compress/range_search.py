@@ -313,12 +313,14 @@ class _Cache:
         return [computed.get(o.name, self.outputs[o.name]) for o in self.model.graph.output]
 
 
-def judged_kinds(ref: list[np.ndarray], names: list[str]) -> list[str]:
-    """How _error judges each of fp32's outputs REF: its output kind, or "probabilities" for class
+def judged_kinds(ref: list[np.ndarray], names: list[str], declared: dict | None = None) -> list[str]:
+    """How _error judges each of fp32's outputs REF: its output kind (the one the user DECLARED for
+    it with --output-kind, else the one its name and values say), or "probabilities" for class
     scores that already are probabilities, a Softmax's or each class's own Sigmoid (renormalized:
     a softmax of torchcrepe's 360 sigmoid pitch scores is nearly uniform, its divergence 8e-7, and
     the search stopped as if nothing were left while 20 % of the pitches differed)."""
-    kinds = [output_kind(r, n) for r, n in zip(ref, names, strict=True)]
+    declared = declared or {}
+    kinds = [declared.get(n) or output_kind(r, n) for r, n in zip(ref, names, strict=True)]
     return [
         "probabilities"
         if k in ("classes", "sequence") and (probability_rows(vectors(r)) or independent_scores(r))
@@ -372,17 +374,18 @@ def search(
     fixed: int | None,
     threads: int = 0,
     budget: float | None = None,
+    declared: dict | None = None,
 ) -> dict:
     """The factor of each activation range of INT8 (a QDQ file, quantized from SOURCE) that lowers
     its outputs' error to FP32's on the first SAMPLES calibration samples (scale initializer ->
     factor, only where not 1), with the search's record: up to SWEEPS sweeps over the activations,
     each from the ranges the last left, while the last scaled any and BUDGET (seconds, all sweeps
     together) lasts; over BUDGET, the last activations that fit it (none: skipped), and the first
-    sweep cut short is the only one."""
+    sweep cut short is the only one. DECLARED: the output kinds the user gave (`judged_kinds`)."""
     import onnx
 
     started = time.perf_counter()
-    found = _sweep(int8, fp32, source, calib, fixed, threads, budget, None)
+    found = _sweep(int8, fp32, source, calib, fixed, threads, budget, None, declared)
     factors, record = dict(found["factors"]), found["record"]
     if "skipped" in record:
         return found
@@ -398,7 +401,7 @@ def search(
             if left is not None and left <= 0:
                 break
             apply(current, source, found["factors"])
-            found = _sweep(current, fp32, source, calib, fixed, threads, left, record["samples"])
+            found = _sweep(current, fp32, source, calib, fixed, threads, left, record["samples"], declared)
             if "skipped" in found["record"]:
                 break
             for key in ("partial", "stopped"):
@@ -440,6 +443,7 @@ def _sweep(
     threads: int,
     budget: float | None,
     samples: int | None,
+    declared: dict | None = None,
 ) -> dict:
     """One sweep of `search` over INT8's activations in graph order, choosing on SAMPLES samples
     (the first sweep: as many as its projected cost allows)."""
@@ -466,7 +470,7 @@ def _sweep(
 
     sets, refs = split(samples or SAMPLES)
     names = [o.name for o in reference.graph.output]
-    kinds = judged_kinds(refs[0], names) if sets else []
+    kinds = judged_kinds(refs[0], names, declared) if sets else []
     decoded = output_tail.decoded(reference.graph)  # a detection's boxes beside its scores
     kinds = ["other" if n in decoded else k for n, k in zip(names, kinds, strict=False)]
     scaler = _Scaler(model, acts)
@@ -488,7 +492,11 @@ def _sweep(
     runs = [TRIALS * (len(p.nodes) / len(model.graph.node) if p else 1) + REFILLS for p in parts]
     costs = [unit * r for r in runs]
     if before and before[0] < NEGLIGIBLE:
-        return {"factors": {}, "record": {"skipped": f"output error {before[0]:.1e} is already negligible"}}
+        negligible = f"output error {before[0]:.1e} is already negligible"
+        return {
+            "factors": {},
+            "record": {"skipped": negligible, "judged": dict(zip(names, kinds, strict=False))},
+        }
     grow = GROW * (1.0 if budget is None else min(1.0, budget / BUDGETED))
     most = min(MOST, len(calib) - VALIDATE)  # counted only where the samples could grow
     growable = samples is None and sets and most > len(sets[0])
@@ -565,6 +573,7 @@ def _sweep(
         "scaled": len(factors),
         "factors": {name: round(f, 4) for name, f in factors.items()},  # what the manifest shows
         "output_error": [round(before[0], 6), round(best[0], 6)],
+        "judged": dict(zip(names, kinds, strict=False)),  # each output's error: KL or squared (kinds)
         "samples": len(sets[0]) if sets else 0,
         "seconds": round(time.perf_counter() - started, 1),
     }
