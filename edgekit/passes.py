@@ -367,7 +367,17 @@ def run_mixed(w: Work, cfg: MixedConfig):
     path = w.out / onnx_export.MODEL_FILE
     with tempfile.TemporaryDirectory(prefix="edgekit-mixed-") as work:
         summary, chosen = search(
-            w.model, path, w.calib, w.evals, w.int8, cfg, fixed, evaluate, Path(work), restore
+            w.model,
+            path,
+            w.calib,
+            w.evals,
+            w.int8,
+            cfg,
+            fixed,
+            evaluate,
+            Path(work),
+            restore,
+            w.req.output_kinds,
         )
     w.manifest.verification["int8"] = chosen.quality
     _final_vs_unpruned(w, path)

@@ -342,4 +342,4 @@ def sensitivity(req: CompressRequest) -> dict:
         cfg = passes.step_config(req.chain, "int8") or Int8Config()
         cfg = for_cpu(cfg, req.target_cpu or resolve(cfg.target_cpu))
         restore = passes.ray_trials(w, fp32, cfg, ref, judge)
-        return table(fp32, Path(work), calib, evals, cfg, fixed, evaluate, restore)
+        return table(fp32, Path(work), calib, evals, cfg, fixed, evaluate, restore, w.req.output_kinds)

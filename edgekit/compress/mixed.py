@@ -69,11 +69,12 @@ def search(
     evaluate: sens.Evaluate,
     work: Path,
     restore: sens.RestoreEach | None = None,
+    kinds: dict | None = None,
 ) -> tuple[dict, sens.Trial]:
     """Write the chosen model to OUT; return the pass summary and the chosen trial. RESTORE: the
-    per-layer trials on Ray (None: here)."""
+    per-layer trials on Ray (None: here). KINDS: the output kinds the user declared."""
     started = time.perf_counter()
-    with calibrated(fp32, calib, int8, fixed) as write:
+    with calibrated(fp32, calib, int8, fixed, kinds=kinds) as write:
         calibration = round(time.perf_counter() - started, 1)
         summary, chosen = _search(write, fp32, out, evals, cfg, fixed, evaluate, work, restore)
     summary["seconds"] = {"calibration": calibration, **summary["seconds"]}

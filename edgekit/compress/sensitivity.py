@@ -182,11 +182,12 @@ def table(
     fixed,
     evaluate,
     restore: RestoreEach | None = None,
+    kinds: dict | None = None,
 ) -> dict:
     """`edgekit sensitivity`: every quantized layer with its op, MACs, sensitivity and fp32
     latency share, most sensitive first; and the full INT8 model's own drop. RESTORE: the trials
-    on Ray (None: here)."""
-    with calibrated(fp32, calib, cfg, fixed) as write:
+    on Ray (None: here). KINDS: the output kinds the user declared."""
+    with calibrated(fp32, calib, cfg, fixed, kinds=kinds) as write:
         full = quantize(write, work, (), evaluate)
         if restore is None:
             singles = restore_each(write, work, evaluate, full)
