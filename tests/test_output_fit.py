@@ -39,6 +39,17 @@ def _with(path, out, op: str, name: str, **attrs) -> None:
     onnx.save(model, str(out))
 
 
+def _regrouped(path, out, shape: list[int], name: str = "rows") -> None:
+    """PATH's model with its output reshaped to SHAPE (a row per sample, or not), saved at OUT."""
+    model = onnx.load(str(path))
+    model.graph.initializer.append(numpy_helper.from_array(np.array(shape, np.int64), f"{name}_shape"))
+    model.graph.node.append(
+        helper.make_node("Reshape", [model.graph.output[0].name, f"{name}_shape"], [name])
+    )
+    model.graph.output[0].name = name
+    onnx.save(model, str(out))
+
+
 def _as_matmul(path, out) -> None:
     """PATH's classifier with its Gemm written as a MatMul and an Add of the bias (as tf2onnx writes
     a Dense layer), saved at OUT: the quantizer's pre-processing makes them a Gemm again, whose
@@ -73,7 +84,11 @@ def models(tmp_path_factory):
     shutil.copyfile(pooled_classifier(root / "export"), root / "logits.onnx")
     _with(root / "logits.onnx", root / "probs.onnx", "Softmax", "probs", axis=1)
     _as_matmul(root / "probs.onnx", root / "dense.onnx")
-    _with(root / "probs.onnx", root / "paddle.onnx", "Identity", "scores")
+    # paddle2onnx's classifier: Gemm -> Flatten -> Softmax -> Reshape -> Identity
+    _with(root / "logits.onnx", root / "flat.onnx", "Flatten", "flat", axis=1)
+    _with(root / "flat.onnx", root / "flat_probs.onnx", "Softmax", "flat_probs", axis=-1)
+    _regrouped(root / "flat_probs.onnx", root / "reshaped.onnx", [-1, 10])
+    _with(root / "reshaped.onnx", root / "paddle.onnx", "Identity", "scores")
     _with(root / "logits.onnx", root / "sigmoid.onnx", "Sigmoid", "labels")
     _with(root / "logits.onnx", root / "half.onnx", "Cast", "half", to=onnx.TensorProto.FLOAT16)
     margin_classifier(root / "margin.onnx")
@@ -141,6 +156,14 @@ def test_a_head_that_does_not_gain_enough_is_left_as_it_was(models, tmp_path, mo
     assert record["applied"] == 0 and "ridge" not in record["layers"][0]
     a, b = _inits(on), _inits(off)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in b)
+
+
+def test_a_reshape_that_moves_the_rows_leaves_the_head_unfitted(models, tmp_path):
+    """A Reshape after the layer that does not keep one row per sample ([N, 10] -> [2N, 5]) hands
+    the fit outputs whose rows are not the layer's: it fits nothing (and does not fail)."""
+    _regrouped(models / "logits.onnx", tmp_path / "halves.onnx", [-1, 5])
+    summary = quantize_int8(tmp_path / "halves.onnx", tmp_path / "q.onnx", CALIB, Int8Config(**BASE), None)
+    assert summary["output_fit"]["layers"] == [] and summary["output_fit"]["applied"] == 0
 
 
 def test_an_output_after_a_nonlinearity_is_no_head(models, tmp_path):

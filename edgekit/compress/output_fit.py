@@ -46,6 +46,9 @@ LINKS = ("Softmax", "LogSoftmax", "Sigmoid")
 # a Cast between float types is passed too: a float16 model's logits cast back to float32, or its float16
 # output after the quantizer's float32 copy of it
 FLOATS = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+# ops that only regroup a sample's values, passed where the output keeps one row per sample of the
+# layer's width (checked on the outputs): paddle2onnx's Flatten and Reshape around its Softmax
+REGROUP = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 # a Sigmoid's probabilities are fitted as logits, clipped where fp32 saturates: past logit(1 - EDGE)
 # an INT8 logit that is further out in the same direction is already right
 EDGE = 1e-4
@@ -66,9 +69,9 @@ class Head:
 
 def heads(model) -> list[Head]:
     """MODEL's (a QDQ ModelProto) Gemms with constant INT8 weights and a bias that write a graph
-    output (nothing after them but Identity nodes, float Casts, and a Softmax over their classes or a
-    Sigmoid), whose weight and bias no other node reads. A MatMul and the Add of its bias (tf2onnx's
-    Dense) reach the quantizer as a Gemm: ORT's pre-processing fuses them."""
+    output (nothing after them but Identity nodes, float Casts, REGROUP ops, and a Softmax over their
+    classes or a Sigmoid), whose weight and bias no other node reads. A MatMul and the Add of its
+    bias (tf2onnx's Dense) reach the quantizer as a Gemm: ORT's pre-processing fuses them."""
     from onnx import TensorProto, helper
 
     g = model.graph
@@ -117,13 +120,14 @@ def heads(model) -> list[Head]:
 
 
 def _passed(node, producer: dict, readers: dict):
-    """NODE, or the first node before it that is not an Identity or a Cast between float types
-    read by it alone."""
+    """NODE, or the first node before it that is not an Identity, a Cast between float types or an op
+    that regroups values (REGROUP), read by it alone."""
     from onnx import helper
 
     while node is not None and readers.get(node.input[0], 0) == 1:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if not (node.op_type == "Identity" or (node.op_type == "Cast" and attrs.get("to") in FLOATS)):
+        cast = node.op_type == "Cast" and attrs.get("to") in FLOATS
+        if not (node.op_type in ("Identity", *REGROUP) or cast):
             break
         node = producer.get(node.input[0])
     return node
@@ -338,6 +342,8 @@ def fit(
         w_now = _dense(layer.levels, layer.scale, layer)
         x = np.concatenate([x, np.ones((len(x), 1))], 1)
         w0 = np.concatenate([_fp32(src_inits, h.weight.input[0], w_now, layer), _bias(h, inits)[None]], 0)
+        if ref[h.output].shape != got[h.node.output[0]].shape:  # a regrouping that moved the rows
+            continue
         kind = judged_kinds([ref[h.output]], [h.output], declared)
         found_fit, entry = _fit_head(h, layer, x, got[h.node.output[0]], ref[h.output], w0, held, kind)
         if found_fit is not None:
