@@ -39,13 +39,17 @@ def _with(path, out, op: str, name: str, **attrs) -> None:
     onnx.save(model, str(out))
 
 
-def _regrouped(path, out, shape: list[int], name: str = "rows") -> None:
-    """PATH's model with its output reshaped to SHAPE (a row per sample, or not), saved at OUT."""
+def _regrouped(path, out, shape: list[int] | None, name: str = "rows") -> None:
+    """PATH's model with its output reshaped to SHAPE (a row per sample, or not; None: the shape of
+    its Gemm's output, read by a Shape node as paddle2onnx does), saved at OUT."""
     model = onnx.load(str(path))
-    model.graph.initializer.append(numpy_helper.from_array(np.array(shape, np.int64), f"{name}_shape"))
-    model.graph.node.append(
-        helper.make_node("Reshape", [model.graph.output[0].name, f"{name}_shape"], [name])
-    )
+    last = model.graph.output[0].name
+    if shape is None:
+        logits = next(n for n in model.graph.node if n.op_type == "Gemm").output[0]
+        model.graph.node.append(helper.make_node("Shape", [logits], [f"{name}_shape"]))
+    else:
+        model.graph.initializer.append(numpy_helper.from_array(np.array(shape, np.int64), f"{name}_shape"))
+    model.graph.node.append(helper.make_node("Reshape", [last, f"{name}_shape"], [name]))
     model.graph.output[0].name = name
     onnx.save(model, str(out))
 
@@ -87,7 +91,7 @@ def models(tmp_path_factory):
     # paddle2onnx's classifier: Gemm -> Flatten -> Softmax -> Reshape -> Identity
     _with(root / "logits.onnx", root / "flat.onnx", "Flatten", "flat", axis=1)
     _with(root / "flat.onnx", root / "flat_probs.onnx", "Softmax", "flat_probs", axis=-1)
-    _regrouped(root / "flat_probs.onnx", root / "reshaped.onnx", [-1, 10])
+    _regrouped(root / "flat_probs.onnx", root / "reshaped.onnx", None)
     _with(root / "reshaped.onnx", root / "paddle.onnx", "Identity", "scores")
     _with(root / "logits.onnx", root / "sigmoid.onnx", "Sigmoid", "labels")
     _with(root / "logits.onnx", root / "half.onnx", "Cast", "half", to=onnx.TensorProto.FLOAT16)

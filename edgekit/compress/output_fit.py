@@ -77,9 +77,9 @@ def heads(model) -> list[Head]:
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for t in n.input:
+    readers: dict[str, int] = {}  # the nodes that read a tensor's values (a Shape reads none of them:
+    for n in g.node:  # paddle2onnx's Reshape after the head takes its shape from the head's output)
+        for t in n.input if n.op_type != "Shape" else ():
             readers[t] = readers.get(t, 0) + 1
     inputs = {i.name for i in g.input}
     found = []
