@@ -229,9 +229,8 @@ def fuse(path: Path, done: dict[str, dict]) -> int:
     if model_file.default_opset(model) < 13:  # per-channel QuantizeLinear came with opset 13
         return 0
     graph = model.graph
-    inits, _, readers, _ = graph_index.index(graph)
+    inits, producer, readers, _ = graph_index.index(graph)
     by_name = {n.name: n for n in graph.node}
-    producer = {o: n for n in graph.node for o in n.output}
     fused, drop, unused = 0, set(), set()
     for name, d in done.items():
         tag = f"{name}{SUFFIX}"

@@ -473,6 +473,7 @@ def _sweep(
     kinds = judged_kinds(refs[0], names, declared) if sets else []
     decoded = output_tail.decoded(reference.graph)  # a detection's boxes beside its scores
     kinds = ["other" if n in decoded else k for n, k in zip(names, kinds, strict=False)]
+    judged = dict(zip(names, kinds, strict=False))  # each output's error: KL or squared (the record's)
     scaler = _Scaler(model, acts)
 
     def error(which: int = 0) -> float:
@@ -493,10 +494,7 @@ def _sweep(
     costs = [unit * r for r in runs]
     if before and before[0] < NEGLIGIBLE:
         negligible = f"output error {before[0]:.1e} is already negligible"
-        return {
-            "factors": {},
-            "record": {"skipped": negligible, "judged": dict(zip(names, kinds, strict=False))},
-        }
+        return {"factors": {}, "record": {"skipped": negligible, "judged": judged}}
     grow = GROW * (1.0 if budget is None else min(1.0, budget / BUDGETED))
     most = min(MOST, len(calib) - VALIDATE)  # counted only where the samples could grow
     growable = samples is None and sets and most > len(sets[0])
@@ -573,7 +571,7 @@ def _sweep(
         "scaled": len(factors),
         "factors": {name: round(f, 4) for name, f in factors.items()},  # what the manifest shows
         "output_error": [round(before[0], 6), round(best[0], 6)],
-        "judged": dict(zip(names, kinds, strict=False)),  # each output's error: KL or squared (kinds)
+        "judged": judged,
         "samples": len(sets[0]) if sets else 0,
         "seconds": round(time.perf_counter() - started, 1),
     }
