@@ -480,3 +480,50 @@ def test_compress_int8_runs_fused_attention_in_int8_and_counts_it(tmp_path):
     summary, ops = _fused_compressed(tmp_path, "openvino")
     assert "QAttention" not in ops and "Attention" in ops
     assert summary["fp32_compute_ops"] == {"Attention": 1}
+
+
+def _token_matmul(path) -> dict[str, np.ndarray]:
+    """One MatMul of a transformer's form: token rows (batch, SEQ, 32) times a constant (32, 24)
+    weight; returns its input samples (correlated channels, as hidden states are)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(32, 24)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="dense")],
+        "tokens",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", SEQ, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", SEQ, 24])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), str(path))
+    mix = rng.normal(size=(32, 32)) / 4
+    return {"x": (rng.normal(size=(64, SEQ, 32)) @ mix).astype(np.float32)}
+
+
+def test_adaround_rounds_a_transformers_weight_products(tmp_path):
+    """A MatMul reading token rows and a constant weight is rounded by AdaRound like a Gemm: every
+    level the floor or ceil of W / s, and the product's error over the calibration tokens below
+    nearest rounding's."""
+    import onnx
+
+    from edgekit.compress.bias_correction import weight_levels
+
+    samples = _token_matmul(tmp_path / "mm.onnx")
+    x = samples["x"].astype(float)
+    w = onnx.numpy_helper.to_array(onnx.load(str(tmp_path / "mm.onnx")).graph.initializer[0]).astype(float)
+    errors = {}
+    for on in (False, True):
+        cfg = Int8Config(transformer=True, smooth_alpha=0, adaround=on, bias_correction=False)
+        out = tmp_path / f"{on}.onnx"
+        summary = quantize_int8(tmp_path / "mm.onnx", out, Samples(samples, None), cfg, None)
+        graph = onnx.load(str(out)).graph
+        inits = {i.name: i for i in graph.initializer}
+        dq = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits)
+        q, scale, zp = weight_levels(dq, inits)
+        assert np.all((q == np.floor(w / scale + zp)) | (q == np.ceil(w / scale + zp)))
+        errors[on] = float(((x @ w - x @ ((q - zp) * scale)) ** 2).mean())
+        assert ("adaround" in summary) == on
+    assert summary["adaround"]["layers"] == 1 and summary["adaround"]["changed_weights"] > 0
+    assert errors[True] < 0.8 * errors[False], errors

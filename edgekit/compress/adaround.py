@@ -2,8 +2,9 @@
 the weights of a QDQ model: each integer weight is rounded up or down, whichever makes the layer's
 outputs on the calibration data closer to fp32, instead of to the nearest level.
 
-Per Conv/Gemm, with W the fp32 weight, s and z the scale and zero point the quantizer chose (kept,
-so every INT8 form keeps working: 7-bit weights, the u8s8-pair scales) and X the layer's inputs,
+Per Conv/Gemm (and MatMul with a constant 2-D weight, a transformer's: a Gemm whose rows are its
+tokens), with W the fp32 weight, s and z the scale and zero point the quantizer chose (kept, so
+every INT8 form keeps working: 7-bit weights, the u8s8-pair scales) and X the layer's inputs,
 the rounding minimizes ||W X - W~ X||^2 / rows + lambda * sum(1 - |2h(V) - 1|^beta) over V, with
 W~ = s * (clip(floor(W / s) + z + h(V), lo, hi) - z) and h the rectified sigmoid (zeta 1.1, gamma
 -0.1); beta anneals from 20 to 2 after a warm-up without the regularizer, then h(V) >= 0.5 rounds
@@ -45,6 +46,7 @@ ZETA, GAMMA = 1.1, -0.1
 ROWS = 16384  # input rows (sampled output positions) per layer over all the calibration samples
 TAIL = 0.01  # the share of the inputs' energy left out where the loss is factored (as good as 1e-4 there)
 MAX_K = 4096  # a layer whose rows are longer (a dense 3x3 conv over > 455 channels) keeps nearest
+OPS = ("Conv", "Gemm", "MatMul")  # a MatMul's when its second input is a 2-D constant (a transformer's)
 
 
 @dataclass
@@ -118,7 +120,7 @@ class Collected:
 
 
 def collect(fp32: Path, samples: int) -> Collected:
-    """Empty Grams for the Conv (2-D) and Gemm layers of FP32 that AdaRound can round, sized for
+    """Empty Grams for the Conv (2-D), Gemm and MatMul layers of FP32 that AdaRound can round, sized for
     SAMPLES calibration samples."""
     import onnx
     from onnx import helper
@@ -132,13 +134,13 @@ def collect(fp32: Path, samples: int) -> Collected:
     per_sample = max(1, math.ceil(ROWS / max(samples, 1)))
     grams = {}
     for node in graph.node:
-        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in dims:
+        if node.op_type not in OPS or len(node.input) < 2 or node.input[1] not in dims:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         shape, name = dims[node.input[1]], node.input[1]
         if node.input[0] in dims or readers[name] > 1:
             continue
-        if node.op_type == "Gemm":
+        if node.op_type in ("Gemm", "MatMul"):  # a MatMul's rows: every token (all but its last axis)
             if attrs.get("transA") or len(shape) != 2:
                 continue
             gram = Gram(node, 1, shape[1] if attrs.get("transB") else shape[0], per_sample)
@@ -169,7 +171,7 @@ def apply(fp32: Path, qdq: Path, collected: Collected) -> dict:
     model = onnx.load(str(qdq))
     inits = {i.name: i for i in model.graph.initializer}
     todo, layers = [], []
-    for src, _, weight in quantized_layers(ref.graph, model.graph):
+    for src, _, weight in quantized_layers(ref.graph, model.graph, OPS):
         gram = collected.grams.get(src.input[1])
         solved = src.input[1] in collected.chosen  # here, or by the process that packed COLLECTED
         if not solved and (gram is None or gram.rows == 0):

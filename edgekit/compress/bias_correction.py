@@ -90,22 +90,22 @@ def layer_inputs(fp32: Path) -> list[str]:
     return sorted(names - inits)
 
 
-def quantized_layers(ref, graph) -> list[tuple]:
-    """(fp32 layer, QDQ layer, the DequantizeLinear of its weight) for each Conv/Gemm of the QDQ
+def quantized_layers(ref, graph, ops: tuple[str, ...] = LAYERS) -> list[tuple]:
+    """(fp32 layer, QDQ layer, the DequantizeLinear of its weight) for each layer of OPS of the QDQ
     GRAPH whose weight is constant and was quantized from a weight of the fp32 graph REF that only
     that layer reads. A layer is found by its weight: ORT writes W as W_quantized; it renames
     outputs and drops the Relu/Clip after a conv."""
     ref_inits = {i.name for i in ref.initializer}
     readers: dict[str, list] = {}
     for n in ref.node:
-        if n.op_type in LAYERS and len(n.input) > 1 and n.input[1] in ref_inits:
+        if n.op_type in ops and len(n.input) > 1 and n.input[1] in ref_inits:
             readers.setdefault(n.input[1], []).append(n)
     ref_layers = {w: nodes[0] for w, nodes in readers.items() if len(nodes) == 1}
     inits = {i.name for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     found = []
     for node in graph.node:
-        weight = producer.get(node.input[1]) if node.op_type in LAYERS and len(node.input) > 1 else None
+        weight = producer.get(node.input[1]) if node.op_type in ops and len(node.input) > 1 else None
         if weight is None or weight.op_type != "DequantizeLinear" or weight.input[0] not in inits:
             continue
         src = ref_layers.get(weight.input[0].removesuffix("_quantized"))
