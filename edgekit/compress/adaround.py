@@ -52,7 +52,8 @@ OPS = ("Conv", "Gemm", "MatMul")  # a MatMul's when its second input is a 2-D co
 @dataclass
 class Gram:
     """One layer's input rows X summed as X^T X per group (groups, K, K), over ROWS rows: the
-    patches a Conv's sampled output positions read (PER_SAMPLE of each sample's), or a Gemm's rows."""
+    patches a Conv's sampled output positions read (PER_SAMPLE of each sample's), or a Gemm's or
+    MatMul's rows (all of them: a token is a row)."""
 
     node: object  # the fp32 layer (onnx NodeProto)
     groups: int
