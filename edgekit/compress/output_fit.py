@@ -84,8 +84,7 @@ def heads(model) -> list[Head]:
     inputs = {i.name for i in g.input}
     found = []
     for out in g.output:
-        node, link = producer.get(out.name), None
-        node = _passed(node, producer, readers)
+        node, link = _passed(producer.get(out.name), producer, readers), None
         if node is not None and node.op_type in LINKS:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             if attrs.get("axis", -1) not in (-1, 1) or readers.get(node.input[0], 0) != 1:
