@@ -512,6 +512,9 @@ def _sweep(
         refs[0] = [o.astype(np.float64) for o in _outputs(reference, sets[0], fixed, threads)]
         costs = [c * n / had for c in costs]
         before[0] = error(0)
+    # the held-out errors before the window below is chosen, so that it fits what is left after them
+    # (chosen before, a loaded machine's window could be spent on them and search nothing)
+    before += [error(i) for i in range(1, len(sets))]
     # over the budget, the last activations it fits are searched (the cheapest trials, and the
     # ranges nearest the outputs: MobileNetV2's gain was in its last blocks)
     first, over = 0, ""
@@ -526,7 +529,6 @@ def _sweep(
         )
         if first == len(acts):
             return {"factors": {}, "record": {"skipped": f"{over}; --range-search runs it"}}
-    before += [error(i) for i in range(1, len(sets))]
     best = list(before)
     factors: dict[str, float] = {}
     caches = [_Cache(model, s, fixed, threads) for s in sets]
