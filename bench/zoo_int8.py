@@ -238,7 +238,7 @@ def measure(case: ZooCase, args, root: Path) -> dict:
     calib = load_samples(str(case.calib), spec, args.calib, pre, 0, "calib")
     evals = load_samples(str(case.eval), spec, args.eval, pre, 0, "eval")
     names = [o.name for o in onnx.load(str(fp32), load_external_data=False).graph.output]
-    kinds = output_tail.with_decoded(fp32, case.kinds)  # judged as edgekit judges them
+    kinds = output_tail.graph_kinds(fp32, case.kinds)  # judged as edgekit judges them
     transformer = has_attention(onnx.load(str(fp32), load_external_data=False).graph)
     if selection.split(fp32, work / "without_selection.onnx") is not None:  # outputs sized by the data
         ref = _per_sample(_ort_run(fp32), evals, fixed)

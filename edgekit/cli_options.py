@@ -433,7 +433,7 @@ compress_options = options(
         "--adaround/--no-adaround",
         default=None,
         help="Round INT8 weights up or down by their layers' outputs on the calibration data (AdaRound; "
-        "default: on).",
+        "default: on, within a time budget; named, whatever it costs).",
     ),
     click.option(
         "--range-search/--no-range-search",

@@ -162,8 +162,9 @@ def precision_passes(kw: dict, target: str) -> dict:
         options = dict(calibration=kw["calibration"], percentile=kw["percentile"])
         options["per_channel"] = not kw["per_tensor"]
         options.update(algorithms)
-        if algorithms.get("range_search"):  # asked for by name: run whatever it costs
-            options["range_search_budget"] = None
+        for name in ("range_search", "adaround"):  # asked for by name: run whatever it costs
+            if algorithms.get(name):
+                options[f"{name}_budget"] = None
         if kw["int8_form"]:
             options["form"] = kw["int8_form"]
         tensorrt_form = kw["symmetric_activations"] or target == "tensorrt"

@@ -194,8 +194,8 @@ def _run_chain(w: passes.Work, chain: list[Step]) -> None:
         if step.name == "export":
             if step is not chain[-1]:
                 split = _without_selection(w)
-            # a decoded detection output is judged as what it is
-            w.req = replace(w.req, output_kinds=output_tail.with_decoded(w.model, w.req.output_kinds))
+            # an output whose graph says what it is (a decoded detection, normalized features) judged so
+            w.req = replace(w.req, output_kinds=output_tail.graph_kinds(w.model, w.req.output_kinds))
     if split is not None:
         _selection_back(w, *split)
 

@@ -128,22 +128,19 @@ def test_off_is_nearest_rounding(fp32, quantized):
     assert "adaround" not in quantized["none", False][1]
 
 
-def test_flag_turns_it_off(edgekit, fp32, tmp_path):
-    out = tmp_path / "out"
-    flags = (
-        "--int8",
-        "--no-adaround",
-        "--calib",
-        "random",
-        "--calib-size",
-        "8",
-        "--input-shape",
-        "1,3,32,32",
-    )
-    r = edgekit("compress", fp32, *flags, "-o", out)
-    assert r.returncode == 0, r.stderr
-    int8 = json.loads((out / "edgekit.json").read_text())["passes"][-1]
-    assert int8["config"]["adaround"] is False and "adaround" not in int8["summary"]
+def test_flag_turns_it_off_and_naming_it_lifts_its_budget(edgekit, fp32, tmp_path):
+    flags = ("--int8", "--calib", "random", "--calib-size", "8", "--input-shape", "1,3,32,32")
+    configs = {}
+    for name, flag in {"off": "--no-adaround", "named": "--adaround", "default": None}.items():
+        r = edgekit("compress", fp32, *flags, *([flag] if flag else []), "-o", tmp_path / name)
+        assert r.returncode == 0, r.stderr
+        configs[name] = json.loads((tmp_path / name / "edgekit.json").read_text())["passes"][-1]
+    off, named, default = configs["off"], configs["named"], configs["default"]
+    assert off["config"]["adaround"] is False and "adaround" not in off["summary"]
+    assert default["config"]["adaround_budget"] == Int8Config().adaround_budget == 180.0
+    assert named["config"]["adaround_budget"] is None  # asked for by name: no time limit
+    assert named["summary"]["adaround"]["changed_weights"] > 0
+    assert "iterations" not in default["summary"]["adaround"]  # all 300 fit in the budget
 
 
 @pytest.mark.parametrize(
@@ -182,11 +179,18 @@ def test_the_gram_is_what_the_conv_computes(channels, groups, kernel, stride, pa
 def _problems(rng) -> list:
     """AdaRound problems of three random layers: dense, depthwise (4 groups) and one whose metric
     is factored (3 input rows for 16 weights a channel)."""
+    from edgekit.compress import adaround
+
+    return [adaround._problem(*t) for t in _todo(rng)]
+
+
+def _todo(rng) -> list:
+    """What AdaRound's solve takes for _problems' layers."""
     import torch
 
     from edgekit.compress import adaround
 
-    problems = []
+    todo = []
     layers = (("dense", 1, 12, 40, 5), ("depthwise", 4, 9, 30, 1), ("low-rank", 1, 16, 3, 4))
     for name, groups, k, rows, out in layers:
         gram = adaround.Gram(
@@ -197,8 +201,8 @@ def _problems(rng) -> list:
         w = rng.standard_normal((groups * out, k)) * 0.1
         scale = np.abs(w).max(1, keepdims=True) / 7
         q = np.clip(np.round(w / scale), -7, 7)
-        problems.append(adaround._problem(name, gram, w, q, scale, np.zeros_like(scale), np.iinfo(np.int8)))
-    return problems
+        todo.append((name, gram, w, q, scale, np.zeros_like(scale), np.iinfo(np.int8)))
+    return todo
 
 
 def test_layers_descended_in_shares_are_those_descended_together():
@@ -214,9 +218,9 @@ def test_layers_descended_in_shares_are_those_descended_together():
     assert len(shares) == 2 and sorted(p.name for share in shares for p in share) == sorted(
         p.name for p in apart
     )
-    adaround._descend(together, 10)
+    assert adaround._descend(together, 50, None) == 50
     for share in shares:
-        adaround._descend(share, 10)
+        adaround._descend(share, 50, None)
     start = _problems(np.random.default_rng(0))
     for a, b, first in zip(together, apart, start, strict=True):
         assert not np.allclose(a.v.numpy(), first.v.numpy()), f"{a.name} did not move"
@@ -224,6 +228,46 @@ def test_layers_descended_in_shares_are_those_descended_together():
         np.testing.assert_allclose(a.v.numpy(), b.v.numpy(), rtol=1e-5, atol=1e-5)
         up = [adaround._h(p.v, p.hmin, p.hmax) >= 0.5 for p in (a, b)]
         assert bool((up[0] == up[1]).all()), a.name
+
+
+def test_a_budget_cuts_the_iterations_then_the_layers_of_most_work():
+    """Within a time budget the descent runs every iteration where they fit, fewer where they do
+    not (MIN_ITERATIONS at least), and below that leaves the layers of most work at nearest
+    rounding: what is left fits, each share's iteration costing what its work does."""
+    from edgekit.compress import adaround
+
+    problems = _problems(np.random.default_rng(0))
+    names = lambda kept: [p.name for p in kept]  # noqa: E731
+
+    def per_iteration(kept):  # seconds: the slowest share's work at 1 ms a unit
+        return 1e-3 * max(sum(map(adaround._work, share)) for share in adaround._shares(kept, 2))
+
+    work = {p.name: adaround._work(p) for p in problems}
+    assert work["dense"] > work["depthwise"] > work["low-rank"]  # 5 x 12 x 12, 4 x 9 x 9, 4 x 16 x 3
+    iterations, kept = adaround._fit(problems, 2, 1e-3, 1e6)
+    assert iterations == adaround.ITERATIONS and sorted(names(kept)) == sorted(work)
+    iterations, kept = adaround._fit(problems, 2, 1e-3, 150.5 * per_iteration(problems))
+    assert iterations == 150 and len(kept) == 3
+    # not even MIN_ITERATIONS of all three fit: the dense layer (most work) is left out
+    left = (adaround.MIN_ITERATIONS - 1) * per_iteration(problems)
+    iterations, kept = adaround._fit(problems, 2, 1e-3, left)
+    assert names(kept) == ["low-rank", "depthwise"]
+    assert iterations >= adaround.MIN_ITERATIONS and iterations * per_iteration(kept) <= left
+    assert adaround._fit(problems, 2, 1e-3, 1e-9) == (0, [])
+
+
+def test_a_budget_that_fits_nothing_leaves_nearest_rounding_and_says_so():
+    from edgekit.compress import adaround
+
+    todo = _todo(np.random.default_rng(0))
+    chosen: dict = {}
+    kept, limited = adaround._solve(todo, chosen, budget=1e-9)
+    assert kept == 3 and limited == {"iterations": 0, "budget_s": 1e-9, "left_nearest_for_time": 3}
+    for p in _problems(np.random.default_rng(0)):
+        nearest = adaround._unlayout(p.nearest.double().numpy(), p.shape, p.gram)
+        np.testing.assert_array_equal(chosen[p.name], nearest)
+    _, limited = adaround._solve(todo, chosen, budget=1e6)
+    assert limited == {}  # every iteration fit
 
 
 @pytest.mark.parametrize("beta", [None, 20.0, 2.0])

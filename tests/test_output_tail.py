@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 from torch import nn
 
@@ -79,8 +80,44 @@ def test_a_decoded_detection_is_judged_as_other_unless_the_user_says(tmp_path):
     path = tmp_path / "det.onnx"
     _export(path)
     assert output_tail.decoded(onnx.load(str(path)).graph) == {"output0"}
-    assert output_tail.with_decoded(path, {}) == {"output0": "other"}
-    assert output_tail.with_decoded(path, {"output_0": "dense"}) == {"output_0": "dense"}
+    assert output_tail.graph_kinds(path, {}) == {"output0": "other"}
+    assert output_tail.graph_kinds(path, {"output_0": "dense"}) == {"output_0": "dense"}
     ctc = nn.Sequential(nn.Conv1d(8, 16, 3), nn.ReLU(), nn.Conv1d(16, 12, 1))
     torch.onnx.export(ctc, (torch.randn(1, 8, 20),), str(tmp_path / "ctc.onnx"), dynamo=False)
     assert output_tail.decoded(onnx.load(str(tmp_path / "ctc.onnx")).graph) == set()
+
+
+class _Heads(nn.Module):
+    """A residual block with a LayerNorm (a transformer layer's end), then one of four heads."""
+
+    def __init__(self, head: str):
+        super().__init__()
+        self.lin, self.ln, self.cls, self.head = nn.Linear(16, 16), nn.LayerNorm(16), nn.Linear(16, 10), head
+
+    def forward(self, x):
+        h = self.ln(x + self.lin(x))
+        if self.head == "hidden":  # the last hidden state, [N, T, 16]
+            return h
+        if self.head == "classifier":  # per-token class scores after the norm
+            return self.cls(h)
+        if self.head == "softmax":  # a softmax written out: a reduction island, but probabilities
+            z = self.cls(h)
+            e = torch.exp(z - z.amax(-1, keepdim=True))
+            return e / e.sum(-1, keepdim=True)
+        return nn.functional.normalize(self.cls(h).mean(1), dim=-1)  # a pooled, L2-normalized [N, 10]
+
+
+@pytest.mark.parametrize("opset", [13, 17])  # LayerNorm written out as ReduceMean/Pow/Sqrt, or the op
+def test_normalized_features_are_judged_as_embeddings_and_scores_are_not(tmp_path, opset):
+    """A transformer's last hidden state, [N, T, 768], was judged as a sequence of 768 class scores
+    (argmax per token, CTC decoding). An output whose tail normalizes its rows is features."""
+    kinds = {}
+    for head in ("hidden", "classifier", "softmax", "pooled"):
+        path = tmp_path / f"{head}.onnx"
+        torch.onnx.export(
+            _Heads(head).eval(), (torch.randn(2, 5, 16),), str(path), output_names=["h"],
+            opset_version=opset, dynamo=False,
+        )  # fmt: skip
+        kinds[head] = output_tail.graph_kinds(path, {}).get("h")
+    assert kinds == {"hidden": "embedding", "classifier": None, "softmax": None, "pooled": "embedding"}
+    assert output_tail.graph_kinds(tmp_path / "hidden.onnx", {"output_0": "other"}) == {"output_0": "other"}

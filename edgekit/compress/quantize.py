@@ -138,6 +138,12 @@ class Int8Config(BaseModel):
     # crops 89.7 -> 93.0 % (Lite1), 90.7 -> 92.3 % (Lite2), 86.7 -> 86.3 % (MobileNetV2), and in the
     # AVX2 form 85-92 -> 87-94 %; it costs ~1-2 minutes on 2 cores (docs/guide/quantize.md)
     adaround: bool = True
+    # seconds AdaRound's descent may take (its layers' statistics, gathered in the calibration pass,
+    # not counted): where all its iterations would not fit, fewer (MIN_ITERATIONS at least), then the
+    # layers of most work keep nearest rounding; the manifest says so. BERT-base's shapes (85 M
+    # weights in 72 products, random weights, 64 tokens) took 3.3 s an iteration on 2 cores: 20 of
+    # its int8 pass's 21.5 minutes for all 300. None (what an explicit `--adaround` sets): no limit
+    adaround_budget: float | None = 180.0
     # each activation range scaled by the factor that brings the INT8 outputs closest to fp32's on
     # calibration samples (edgekit.compress.range_search; not for transformers): on 2000 crops the
     # KL divergence from fp32 fell 17 % (Lite1), 11 % (Lite2), 29 % (MobileNetV2, top-1 agreement
@@ -618,7 +624,7 @@ def _writer(
         if cfg.reduce_range != "none":
             summary["seven_bit_weights"] = len(p.overrides) - len(p.pairs)
         if p.rounding:  # before the pairs are capped: a capped pair's levels only get smaller
-            summary["adaround"] = adaround.apply(src, out, p.rounding)
+            summary["adaround"] = adaround.apply(src, out, p.rounding, cfg.adaround_budget)
         if p.pairs:
             summary["pair_bounded_weights"] = len(p.pairs)
             summary["pair_capped_values"] = weight_pairs.apply(out, p.pairs)
