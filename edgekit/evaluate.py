@@ -11,6 +11,7 @@ import numpy as np
 
 from edgekit import task_metric
 from edgekit.benchmarks.metrics import accuracy, fidelity
+from edgekit.compress import padding_mask
 from edgekit.data import Samples, check_labels
 from edgekit.errors import EdgekitError
 from edgekit.memory import run_batch
@@ -63,6 +64,7 @@ def measure_against(
     each output judged by its kind (KINDS: --output-kind, by output name), and by METRIC; OUT:
     the child's outputs where they were computed elsewhere (as another CPU class computes them)."""
     sess = ort.load(str(parent))
+    padding_mask.annotate(parent, evals)
     ref = evals.outputs(sess.run, fixed, "evaluating fp32", run_batch(parent, 32))
     if out is None:
         out = predict(child, evals, fixed, "evaluating int8")
@@ -81,7 +83,8 @@ def quality(
     """Fidelity of OUT to REF on EVALS (each output by its kind: benchmarks.metrics.fidelity), both
     top-1s (and the drop) where EVALS has labels, and the user's METRIC (--metric) on both."""
     _check_kinds(kinds or {}, names, len(ref))
-    result = Quality(data=data, samples=len(evals), fidelity=fidelity(ref, out, names, kinds))
+    fid = fidelity(ref, out, names, kinds, padding_mask.valid(evals))
+    result = Quality(data=data, samples=len(evals), fidelity=fid)
     if evals.description.get("source") == "random":
         result["data"] = "random inputs: fidelity on noise, not on real data"
     parent_acc, child_acc = score(ref, evals), score(out, evals)

@@ -252,10 +252,23 @@ def _unit_rows(ref: np.ndarray) -> bool:
     return bool(np.all(np.abs(np.linalg.norm(rows, axis=1) - 1) < 1e-3))
 
 
-def compare_outputs(ref: np.ndarray, out: np.ndarray, kind: str | None = None) -> dict:
+def compare_outputs(
+    ref: np.ndarray, out: np.ndarray, kind: str | None = None, valid: np.ndarray | None = None
+) -> dict:
     """Fidelity of one output to its reference: SQNR, cosine and max abs diff always, and the
-    metric of its KIND (inferred by output_kind when None)."""
+    metric of its KIND (inferred by output_kind when None); where VALID ([N, T] booleans: a
+    transformer's positions that are no padding, edgekit.compress.padding_mask) matches the
+    output's first two axes, on those positions only."""
     kind = kind or output_kind(ref)
+    if valid is not None and ref.ndim >= 3 and ref.shape[:2] == valid.shape:
+        kept = compare_outputs(ref[valid], out[valid], "other" if kind == "sequence" else kind)
+        kept = {**kept, "kind": kind, "padding_left_out": int((~valid).sum())}
+        if kind == "sequence":  # a sample's padded positions agree: its sequence is what it keeps
+            forced = compare_outputs(ref, np.where(valid[(...,) + (None,) * (ref.ndim - 2)], out, ref), kind)
+            a, b = ref.argmax(-1), out.argmax(-1)
+            position = float(np.mean((a == b)[valid])) if valid.any() else 1.0
+            kept |= {k: forced[k] for k in forced if "agreement" in k} | {"position_agreement": position}
+        return kept
     ref, out = vectors(ref), vectors(out)
     result = {
         "kind": kind,
@@ -408,11 +421,12 @@ def fidelity(
     out: list[np.ndarray],
     names: list[str] | None = None,
     kinds: dict[str, str] | None = None,
+    valid: np.ndarray | None = None,
 ) -> dict:
     """Fidelity of a model's outputs to its parent's, each output judged by its own kind (KINDS
     maps an output's name, or output_N, to a kind; else output_kind infers it from NAMES and the
-    values); plus agreement where the parent was confident, because INT8 errors concentrate on
-    low-confidence inputs."""
+    values), an output per position on the positions VALID marks (compare_outputs); plus agreement
+    where the parent was confident, because INT8 errors concentrate on low-confidence inputs."""
     names = names or []
     kinds = kinds or {}
     result = {}
@@ -426,7 +440,7 @@ def fidelity(
                 "and compares the selections per sample (the artifact's verification.selection)."
             )
         kind = kinds.get(name) or kinds.get(f"output_{i}") or output_kind(r, name)
-        result[f"output_{i}"] = compare_outputs(r, o, kind) | ({"name": name} if name else {})
+        result[f"output_{i}"] = compare_outputs(r, o, kind, valid) | ({"name": name} if name else {})
     r, o = ref[0], out[0]
     if result["output_0"]["kind"] == "classes" and r.ndim == 2 and r.shape[1] > 1:
         confident = np.exp(log_probabilities(r, probability_rows(r)).max(1)) >= 0.9
@@ -440,7 +454,15 @@ def fidelity(
 
 def kind_line(fid: dict) -> str:
     """One output's fidelity by its kind, as reports print it, e.g. 'embedding: cosine 0.998
-    (min 0.991)'."""
+    (min 0.991)', saying where padded positions were left out."""
+    line = _kind_line(fid)
+    if fid.get("padding_left_out"):
+        kind, _, rest = line.partition(": ")
+        return f"{kind} (padded positions left out): {rest}"
+    return line
+
+
+def _kind_line(fid: dict) -> str:
     kind = fid.get("kind", "classes" if "top1_agreement" in fid else "other")
     if "top1_agreement" in fid:
         return f"{kind}: top-1 agreement {100 * fid['top1_agreement']:.2f} %"
