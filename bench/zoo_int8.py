@@ -41,7 +41,7 @@ from edgekit import batching
 from edgekit.artifact import read_manifest
 from edgekit.benchmarks.fingerprint import host
 from edgekit.benchmarks.metrics import fidelity, interleaved_medians, kind_line
-from edgekit.compress import output_tail, selection
+from edgekit.compress import output_kinds, selection
 from edgekit.data import Samples, load_samples, recorded_preprocess
 from edgekit.export.check import openvino_refusals
 from edgekit.runtimes import ov as ov_runtime
@@ -238,7 +238,7 @@ def measure(case: ZooCase, args, root: Path) -> dict:
     calib = load_samples(str(case.calib), spec, args.calib, pre, 0, "calib")
     evals = load_samples(str(case.eval), spec, args.eval, pre, 0, "eval")
     names = [o.name for o in onnx.load(str(fp32), load_external_data=False).graph.output]
-    kinds = output_tail.graph_kinds(fp32, case.kinds)  # judged as edgekit judges them
+    kinds = output_kinds.graph_kinds(fp32, case.kinds)  # judged as edgekit judges them
     transformer = has_attention(onnx.load(str(fp32), load_external_data=False).graph)
     if selection.split(fp32, work / "without_selection.onnx") is not None:  # outputs sized by the data
         ref = _per_sample(_ort_run(fp32), evals, fixed)

@@ -74,6 +74,18 @@ class Samples:
             return batching.outputs(run, self.inputs, fixed, size, lambda n: bar.advance(task, n))
 
 
+PADDING = "padding_mask"  # a description's: the input whose zeros are padding (compress.padding_mask)
+
+
+def valid_positions(samples: Samples) -> np.ndarray | None:
+    """SAMPLES' positions that are no padding ([N, T] booleans), where their description names a
+    padding mask input."""
+    name = samples.description.get(PADDING)
+    if name is None or name not in samples.inputs:
+        return None
+    return np.asarray(samples.inputs[name]) != 0
+
+
 def recorded_preprocess(manifest) -> Preprocess:
     """The preprocessing an artifact's data was loaded with (its manifest records it), so later
     stages (bench --eval, build, run) read images exactly as compress did."""

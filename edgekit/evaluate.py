@@ -11,8 +11,7 @@ import numpy as np
 
 from edgekit import task_metric
 from edgekit.benchmarks.metrics import accuracy, fidelity
-from edgekit.compress import padding_mask
-from edgekit.data import Samples, check_labels
+from edgekit.data import Samples, check_labels, valid_positions
 from edgekit.errors import EdgekitError
 from edgekit.memory import run_batch
 from edgekit.runtimes import ort
@@ -64,7 +63,6 @@ def measure_against(
     each output judged by its kind (KINDS: --output-kind, by output name), and by METRIC; OUT:
     the child's outputs where they were computed elsewhere (as another CPU class computes them)."""
     sess = ort.load(str(parent))
-    padding_mask.annotate(parent, evals)
     ref = evals.outputs(sess.run, fixed, "evaluating fp32", run_batch(parent, 32))
     if out is None:
         out = predict(child, evals, fixed, "evaluating int8")
@@ -83,7 +81,7 @@ def quality(
     """Fidelity of OUT to REF on EVALS (each output by its kind: benchmarks.metrics.fidelity), both
     top-1s (and the drop) where EVALS has labels, and the user's METRIC (--metric) on both."""
     _check_kinds(kinds or {}, names, len(ref))
-    fid = fidelity(ref, out, names, kinds, padding_mask.valid(evals))
+    fid = fidelity(ref, out, names, kinds, valid_positions(evals))
     result = Quality(data=data, samples=len(evals), fidelity=fid)
     if evals.description.get("source") == "random":
         result["data"] = "random inputs: fidelity on noise, not on real data"
@@ -132,7 +130,8 @@ def score(
             top5=accuracy(scores, samples.labels, min(5, scores.shape[1])),
         )
     if reference is not None:
-        result.update(fidelity=fidelity(reference.outputs, outputs), reference=reference.artifact)
+        fid = fidelity(reference.outputs, outputs, valid=valid_positions(samples))
+        result.update(fidelity=fid, reference=reference.artifact)
         result.setdefault("metric", "fidelity vs fp32")
     if metric:
         parent = None if reference is None else reference.outputs

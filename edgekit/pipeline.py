@@ -22,7 +22,7 @@ from edgekit.artifact import (
     staging,
     write_manifest,
 )
-from edgekit.compress import output_tail, padding_mask, selection
+from edgekit.compress import output_kinds, padding_mask, selection
 from edgekit.compress.precision import bf16_unsupported
 from edgekit.compress.quantize import Int8Config, for_cpu
 from edgekit.data import Preprocess, Samples, check_labels, load_samples, split_holdout, with_examples
@@ -195,7 +195,7 @@ def _run_chain(w: passes.Work, chain: list[Step]) -> None:
             if step is not chain[-1]:
                 split = _without_selection(w)
             # an output whose graph says what it is (a decoded detection, normalized features) judged so
-            w.req = replace(w.req, output_kinds=output_tail.graph_kinds(w.model, w.req.output_kinds))
+            w.req = replace(w.req, output_kinds=output_kinds.graph_kinds(w.model, w.req.output_kinds))
             padding_mask.annotate(w.model, w.calib, w.evals)  # outputs per token judged where no padding
     if split is not None:
         _selection_back(w, *split)

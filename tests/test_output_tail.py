@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.compress import output_tail
+from edgekit.compress import output_kinds, output_tail
 from edgekit.compress.quantize import Int8Config, quantize_int8
 from edgekit.data import Samples
 
@@ -80,8 +80,8 @@ def test_a_decoded_detection_is_judged_as_other_unless_the_user_says(tmp_path):
     path = tmp_path / "det.onnx"
     _export(path)
     assert output_tail.decoded(onnx.load(str(path)).graph) == {"output0"}
-    assert output_tail.graph_kinds(path, {}) == {"output0": "other"}
-    assert output_tail.graph_kinds(path, {"output_0": "dense"}) == {"output_0": "dense"}
+    assert output_kinds.graph_kinds(path, {}) == {"output0": "other"}
+    assert output_kinds.graph_kinds(path, {"output_0": "dense"}) == {"output_0": "dense"}
     ctc = nn.Sequential(nn.Conv1d(8, 16, 3), nn.ReLU(), nn.Conv1d(16, 12, 1))
     torch.onnx.export(ctc, (torch.randn(1, 8, 20),), str(tmp_path / "ctc.onnx"), dynamo=False)
     assert output_tail.decoded(onnx.load(str(tmp_path / "ctc.onnx")).graph) == set()
@@ -118,6 +118,6 @@ def test_normalized_features_are_judged_as_embeddings_and_scores_are_not(tmp_pat
             _Heads(head).eval(), (torch.randn(2, 5, 16),), str(path), output_names=["h"],
             opset_version=opset, dynamo=False,
         )  # fmt: skip
-        kinds[head] = output_tail.graph_kinds(path, {}).get("h")
+        kinds[head] = output_kinds.graph_kinds(path, {}).get("h")
     assert kinds == {"hidden": "embedding", "classifier": None, "softmax": None, "pooled": "embedding"}
-    assert output_tail.graph_kinds(tmp_path / "hidden.onnx", {"output_0": "other"}) == {"output_0": "other"}
+    assert output_kinds.graph_kinds(tmp_path / "hidden.onnx", {"output_0": "other"}) == {"output_0": "other"}

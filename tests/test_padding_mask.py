@@ -84,7 +84,7 @@ def test_outputs_per_token_are_judged_on_the_tokens_only():
 
 
 def test_compress_judges_a_hidden_state_on_its_tokens(edgekit, encoder_onnx, tmp_path):
-    np.savez(tmp_path / "calib.npz", **_tokens(64, 2))
+    np.savez(tmp_path / "calib.npz", **_tokens(64, 2))  # no --eval: held-out samples of it
     r = edgekit("compress", encoder_onnx, "--int8", "--calib", tmp_path / "calib.npz", "-o", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "out" / "edgekit.json").read_text())
@@ -92,3 +92,12 @@ def test_compress_judges_a_hidden_state_on_its_tokens(edgekit, encoder_onnx, tmp
     fid = manifest["verification"]["int8"]["fidelity"]["output_0"]
     assert fid["kind"] == "embedding"  # a LayerNorm's rows, though named h
     assert fid["padding_left_out"] > 0 and fid["cosine_mean"] > 0.95
+    # bench --eval judges the artifact as compress did: on the positions the mask it found keeps
+    r = edgekit("compress", encoder_onnx, "--calib", tmp_path / "calib.npz", "-o", tmp_path / "fp32")
+    assert r.returncode == 0, r.stderr
+    args = ("--eval", tmp_path / "calib.npz", "--reference", tmp_path / "fp32", "--json", tmp_path / "b.json")
+    r = edgekit("bench", tmp_path / "out", *args)
+    assert r.returncode == 0, r.stderr
+    (record,) = json.loads((tmp_path / "b.json").read_text())
+    padded = int((_tokens(64, 2)["attention_mask"] == 0).sum())
+    assert record["accuracy"]["fidelity"]["output_0"]["padding_left_out"] == padded

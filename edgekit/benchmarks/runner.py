@@ -17,7 +17,7 @@ from edgekit.artifact import Manifest, model_bytes, read_manifest, sha256_file, 
 from edgekit.benchmarks import fingerprint as fingerprints
 from edgekit.benchmarks.fingerprint import CPU_FLAGS as CPU_FLAGS  # importable from here, as before
 from edgekit.child_env import child_env
-from edgekit.data import Samples, check_labels
+from edgekit.data import PADDING, Samples, check_labels
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import Reference, predict, score
 from edgekit.model import example_inputs
@@ -168,6 +168,12 @@ def measure(
         if result.get("ok") and eval_samples is not None:
             with np.load(result["eval_outputs"]) as z:
                 outputs = [z[k] for k in z.files]
+            # the padding mask input compress found (compress.padding_mask): judged where it is 1
+            masks = {d[PADDING] for d in manifest.data.values() if PADDING in d}
+            if len(masks) == 1 and PADDING not in eval_samples.description:
+                eval_samples = dataclasses.replace(
+                    eval_samples, description={**eval_samples.description, PADDING: masks.pop()}
+                )
             record["accuracy"] = score(outputs, eval_samples, reference, cfg.metric)
     running = (record["host"] or {}).get("cpu_class")
     made_for = manifest.target_cpu or {}

@@ -91,10 +91,10 @@ def decoded(graph) -> set[str]:
     """GRAPH's outputs whose tail joins tensors with a Concat: a decoded detection (box coordinates
     beside class scores, [N, 4 + classes, anchors]), judged by SQNR ("other"), not as a sequence of
     class scores."""
-    return _tail_reaches(graph, graph.output, lambda k: graph.node[k].op_type == "Concat")
+    return tail_reaches(graph, graph.output, lambda k: graph.node[k].op_type == "Concat")
 
 
-def _tail_reaches(graph, outputs, hit) -> set[str]:
+def tail_reaches(graph, outputs, hit) -> set[str]:
     """The names of OUTPUTS (GRAPH's value infos) from which a walk back through the tail reaches a
     node index for which HIT is true. Only data inputs are followed (a Reshape's shape, often a
     Concat, is not)."""
@@ -114,45 +114,3 @@ def _tail_reaches(graph, outputs, hit) -> set[str]:
             node = graph.node[k]
             todo.extend(node.input if node.op_type in JOINS else node.input[:1])
     return found
-
-
-# ops that normalize each row of their input: ONNX's, and ONNX Runtime's fused forms of them
-NORMS = (
-    "LayerNormalization",
-    "RMSNormalization",
-    "SkipLayerNormalization",
-    "SimplifiedLayerNormalization",
-    "SkipSimplifiedLayerNormalization",
-)
-
-
-def normalized(graph) -> set[str]:
-    """GRAPH's outputs of 2 or 3 axes whose tail normalizes their rows: a LayerNormalization (or
-    RMSNorm) op, or a normalization written out (edgekit.compress.norm_islands; not a softmax,
-    whose island has an Exp). Features, not scores: a transformer's last hidden state, an
-    L2-normalized embedding, judged by cosine ("embedding"); a [N, T, 768] hidden state was judged
-    as a sequence of 768 class scores, by argmax and CTC decoding."""
-    from edgekit.compress.norm_islands import islands
-
-    norms = {k for k, n in enumerate(graph.node) if n.op_type in NORMS}
-    for island in islands(graph):
-        if not any(graph.node[k].op_type == "Exp" for k in island):
-            norms.update(island)
-    rows = [o for o in graph.output if o.type.tensor_type.HasField("shape")]
-    rows = [o for o in rows if len(o.type.tensor_type.shape.dim) in (2, 3)]
-    return _tail_reaches(graph, rows, norms.__contains__)
-
-
-def graph_kinds(model, given: dict[str, str]) -> dict[str, str]:
-    """GIVEN output kinds (--output-kind, by name or output_N) with what MODEL's graph says of the
-    outputs GIVEN says nothing of: decoded detections "other", normalized features "embedding"."""
-    import onnx
-
-    graph = onnx.load(str(model), load_external_data=False).graph
-    said = {**dict.fromkeys(normalized(graph), "embedding"), **dict.fromkeys(decoded(graph), "other")}
-    added = {
-        n: said[n]
-        for i, n in enumerate(o.name for o in graph.output)
-        if n in said and n not in given and f"output_{i}" not in given
-    }
-    return {**added, **given}

@@ -18,9 +18,8 @@ import numpy as np
 
 from edgekit.compress.output_tail import COMPUTE
 from edgekit.compress.smooth import FUSED_ATTENTION
-from edgekit.data import Samples
+from edgekit.data import PADDING, Samples
 
-KEY = "padding_mask"  # the samples' description: the input whose zeros are padding
 SHAPE_ONLY = ("Shape", "Size")  # what they compute depends on no value
 LOOKUPS = ("Gather", "GatherElements", "GatherND")  # a table read at the input's values: input_ids
 
@@ -68,14 +67,6 @@ def annotate(model: Path, *samples: Samples | None) -> str | None:
         given = [s for s in samples if s is not None and name in s.inputs]
         if given and all(np.isin(np.asarray(s.inputs[name]), (0, 1)).all() for s in given):
             for s in given:
-                s.description[KEY] = name
+                s.description[PADDING] = name
             return name
     return None
-
-
-def valid(samples: Samples) -> np.ndarray | None:
-    """SAMPLES' positions that are no padding ([N, T] booleans), where `annotate` found a mask."""
-    name = samples.description.get(KEY)
-    if name is None or name not in samples.inputs:
-        return None
-    return np.asarray(samples.inputs[name]) != 0
