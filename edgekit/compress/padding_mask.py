@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.compress import graph_index
 from edgekit.compress.output_tail import COMPUTE
 from edgekit.compress.smooth import FUSED_ATTENTION
 from edgekit.data import PADDING, Samples
@@ -28,13 +29,8 @@ def inputs(graph) -> list[str]:
     """GRAPH's 2-D inputs that reach an attention's Softmax (or a fused attention op) through no
     matrix product, convolution, lookup into a constant table or shape query: a mask added to the
     attention scores, not tokens embedded (input_ids, token_type_ids) or features."""
-    consts = {i.name for i in graph.initializer} | {
-        o for n in graph.node if n.op_type == "Constant" for o in n.output
-    }
-    readers: dict[str, list] = {}
-    for n in graph.node:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
+    inits, _, readers, _ = graph_index.index(graph)
+    consts = set(inits) | {n.output[0] for n in graph.node if n.op_type == "Constant"}
     found = []
     for tensor in graph.input:
         dims = tensor.type.tensor_type.shape.dim if tensor.type.tensor_type.HasField("shape") else None
