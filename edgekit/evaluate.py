@@ -115,11 +115,15 @@ def _check_kinds(kinds: dict[str, str], names: list[str] | None, count: int) -> 
 
 
 def score(
-    outputs: list[np.ndarray], samples: Samples, reference: Reference | None = None, metric: str | None = None
+    outputs: list[np.ndarray],
+    samples: Samples,
+    reference: Reference | None = None,
+    metric: str | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> Quality:
     """Task accuracy when the samples have labels, fidelity to the fp32 reference when there is
-    one (both when both), and the user's METRIC; which metric it is, and on how many samples, is
-    always stated."""
+    one (both when both; each output by its kind: KINDS by output_N, else its values), and the
+    user's METRIC; which metric it is, and on how many samples, is always stated."""
     result = Quality(samples=len(samples))
     scores = outputs[0]
     if samples.labels is not None and scores.ndim == 2:
@@ -130,7 +134,7 @@ def score(
             top5=accuracy(scores, samples.labels, min(5, scores.shape[1])),
         )
     if reference is not None:
-        fid = fidelity(reference.outputs, outputs, valid=valid_positions(samples))
+        fid = fidelity(reference.outputs, outputs, kinds=kinds, valid=valid_positions(samples))
         result.update(fidelity=fid, reference=reference.artifact)
         result.setdefault("metric", "fidelity vs fp32")
     if metric:

@@ -60,9 +60,9 @@ def available() -> int:
         return FALLBACK
 
 
-def budget(configured: int | None) -> int:
-    """The calibration memory budget: the configured bytes, else EDGEKIT_CALIB_MEMORY, else a
-    fraction of the memory available."""
+def budget(configured: int | None, fraction: int = FRACTION) -> int:
+    """The calibration memory budget: the configured bytes, else EDGEKIT_CALIB_MEMORY, else
+    1/FRACTION of the memory available."""
     if configured is not None:
         return configured
     env = os.environ.get("EDGEKIT_CALIB_MEMORY")
@@ -71,7 +71,7 @@ def budget(configured: int | None) -> int:
             return parse_size(env)
         except ValueError as e:
             raise EdgekitError(f"EDGEKIT_CALIB_MEMORY: {e}") from None
-    return available() // FRACTION
+    return available() // fraction
 
 
 def graph_bytes_per_sample(model: Path) -> int:

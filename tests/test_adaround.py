@@ -217,15 +217,15 @@ def test_layers_descended_in_shares_are_those_descended_together():
     assert len(shares) == 2 and sorted(p.name for share in shares for p in share) == sorted(
         p.name for p in apart
     )
-    assert adaround._descend(together, 50, None) == 50
+    assert adaround._descend(together, adaround._flatten(together), 50, None) == 50
     for share in shares:
-        adaround._descend(share, 50, None)
+        adaround._descend(share, adaround._flatten(share), 50, None)
     start = _problems(np.random.default_rng(0))
     for a, b, first in zip(together, apart, start, strict=True):
         assert not np.allclose(a.v.numpy(), first.v.numpy()), f"{a.name} did not move"
         # the same but for float rounding (an elementwise kernel's vector tail falls elsewhere)
         np.testing.assert_allclose(a.v.numpy(), b.v.numpy(), rtol=1e-5, atol=1e-5)
-        up = [adaround._h(p.v, p.hmin, p.hmax) >= 0.5 for p in (a, b)]
+        up = [adaround._h(p.v, p.low, p.high) >= 0.5 for p in (a, b)]
         assert bool((up[0] == up[1]).all()), a.name
 
 
@@ -269,6 +269,29 @@ def test_a_budget_that_fits_nothing_leaves_nearest_rounding_and_says_so():
     assert limited == {}  # every iteration fit
 
 
+def test_a_memory_limit_leaves_the_largest_layers_nearest_and_says_so():
+    """Where the layers' descent would not fit the memory it is given (BYTES_PER_WEIGHT a weight),
+    the largest keep nearest rounding before any is built; the rest are AdaRounded as before."""
+    from edgekit.compress import adaround
+
+    todo = _todo(np.random.default_rng(0))
+    assert [t[2].size for t in todo] == [60, 36, 64]  # dense, depthwise, low-rank
+    nearest = {
+        p.name: adaround._unlayout(p.nearest.numpy(), p.shape, p.gram)
+        for p in _problems(np.random.default_rng(0))
+    }
+    chosen: dict = {}
+    kept, limited = adaround._solve(todo, chosen, memory=(60 + 36) * adaround.BYTES_PER_WEIGHT)
+    assert limited == {"left_nearest_for_memory": 1} and kept >= 1
+    np.testing.assert_array_equal(chosen["low-rank"], nearest["low-rank"])
+    assert any((chosen[n] != nearest[n]).any() for n in ("dense", "depthwise")), "nothing was rounded"
+    chosen = {}
+    kept, limited = adaround._solve(todo, chosen, memory=1)  # not even the smallest: no descent at all
+    assert kept == 3 and limited == {"left_nearest_for_memory": 3}
+    for name, levels in nearest.items():
+        np.testing.assert_array_equal(chosen[name], levels)
+
+
 @pytest.mark.parametrize("beta", [None, 20.0, 2.0])
 def test_the_written_out_gradient_is_autograds(beta):
     """AdaRound's step follows the gradient of its loss (the layers' output errors plus, after the
@@ -280,13 +303,13 @@ def test_the_written_out_gradient_is_autograds(beta):
     rng = np.random.default_rng(0)
     problems = _problems(rng)
     assert [p.factored for p in problems] == [False, False, True]
-    names = ("v", "rest", "s", "hmin", "hmax")
-    v, rest, s, hmin, hmax = (torch.cat([getattr(p, n).reshape(-1) for p in problems]) for n in names)
+    v, rest, s, low, high = adaround._flatten(problems)
+    assert bool(low.any()), "no weight is held at its level: the test shows less"
     v = v + torch.from_numpy(rng.standard_normal(v.shape).astype(np.float32))  # away from the start
-    got = adaround._gradient(v, rest, s, hmin, hmax, problems, beta)
+    got = adaround._gradient(v, rest, s, low, high, problems, beta)
 
     traced = v.clone().requires_grad_()
-    h = adaround._h(traced, hmin, hmax)
+    h = adaround._h(traced, low, high)
     loss = 0
     for d, p in zip(torch.split(rest - s * h, [p.v.numel() for p in problems]), problems, strict=True):
         m = p.m @ p.m.transpose(-1, -2) if p.factored else p.m

@@ -101,3 +101,4 @@ def test_compress_judges_a_hidden_state_on_its_tokens(edgekit, encoder_onnx, tmp
     (record,) = json.loads((tmp_path / "b.json").read_text())
     padded = int((_tokens(64, 2)["attention_mask"] == 0).sum())
     assert record["accuracy"]["fidelity"]["output_0"]["padding_left_out"] == padded
+    assert record["accuracy"]["fidelity"]["output_0"]["kind"] == "embedding"  # as compress judged it

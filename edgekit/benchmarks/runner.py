@@ -174,13 +174,26 @@ def measure(
                 eval_samples = dataclasses.replace(
                     eval_samples, description={**eval_samples.description, PADDING: masks.pop()}
                 )
-            record["accuracy"] = score(outputs, eval_samples, reference, cfg.metric)
+            record["accuracy"] = score(outputs, eval_samples, reference, cfg.metric, verified_kinds(manifest))
     running = (record["host"] or {}).get("cpu_class")
     made_for = manifest.target_cpu or {}
     note = mismatch(made_for, running, made_for.get("form"))
     if note and cfg.runtime in ("ort", "openvino") and cfg.device == "cpu":
         record["cpu_note"] = note
     return record
+
+
+def verified_kinds(manifest: Manifest) -> dict[str, str]:
+    """Each output's kind as the artifact's own check judged it (its verification: the graph's kinds
+    and --output-kind included), by output_N: bench judges it the same way, not by its values alone
+    (a transformer's hidden state would read as a sequence of class scores)."""
+    kinds: dict[str, str] = {}
+    for check in manifest.verification.values():
+        fidelity = check.get("fidelity") if isinstance(check, dict) else None
+        for key, result in (fidelity or {}).items():
+            if isinstance(result, dict) and "kind" in result:
+                kinds.setdefault(key, result["kind"])
+    return kinds
 
 
 def runtime(name: str):

@@ -51,6 +51,12 @@ ZETA, GAMMA = 1.1, -0.1
 ROWS = 16384  # input rows (sampled output positions) per layer over all the calibration samples
 TAIL = 0.01  # the share of the inputs' energy left out where the loss is factored (as good as 1e-4 there)
 MAX_K = 4096  # a layer whose rows are longer (a dense 3x3 conv over > 455 channels) keeps nearest
+# what a weight costs at the peak of the solve (its problem's tensors, the step's temporaries, Adam's
+# state, the heap's freed blocks): 95-112 bytes measured on BERT-base's shapes (6 and 12 products of
+# 768x768 and 768x3072, random weights; 194-198 before the problems' levels were int16, their masks
+# bool and the step's temporaries reused); the layers that would not fit the int8 pass's memory
+# budget (edgekit.memory) keep nearest rounding, the largest first
+BYTES_PER_WEIGHT = 112
 OPS = ("Conv", "Gemm", "MatMul")  # a MatMul's when its second input is a 2-D constant (a transformer's)
 
 
@@ -167,10 +173,12 @@ def collect(fp32: Path, samples: int) -> Collected:
     return Collected(grams)
 
 
-def apply(fp32: Path, qdq: Path, collected: Collected, budget: float | None = None) -> dict:
+def apply(
+    fp32: Path, qdq: Path, collected: Collected, budget: float | None = None, memory: int | None = None
+) -> dict:
     """Round the weights of the QDQ model's layers found in COLLECTED (FP32: the model it was
     quantized from) by AdaRound, rewriting its integer initializers in place, within BUDGET seconds
-    (None: no limit); a summary."""
+    and MEMORY bytes (None: no limit); a summary."""
     import onnx
     from onnx import numpy_helper
 
@@ -186,7 +194,8 @@ def apply(fp32: Path, qdq: Path, collected: Collected, budget: float | None = No
             continue
         q_init = inits[weight.input[0]]
         q, scale, zp = weight_levels(weight, inits)
-        w = numpy_helper.to_array(ref_inits[src.input[1]]).astype(np.float64)
+        q = q.astype(np.int16)
+        w = numpy_helper.to_array(ref_inits[src.input[1]]).astype(np.float32)
         if w.shape != q.shape:
             continue
         layers.append((src.input[1], q_init, q))
@@ -194,7 +203,7 @@ def apply(fp32: Path, qdq: Path, collected: Collected, budget: float | None = No
             info = np.iinfo(numpy_helper.to_array(q_init).dtype)
             todo.append((src.input[1], gram, w, q, scale, zp, info))
     start = time.perf_counter()
-    kept, limited = _solve(todo, collected.chosen, budget) if todo else (0, {})
+    kept, limited = _solve(todo, collected.chosen, budget, memory) if todo else (0, {})
     collected.seconds += time.perf_counter() - start
     collected.limited.update(limited)
     changed = 0
@@ -250,31 +259,35 @@ def _metric(gram: Gram):
     return (vecs[..., :rank] * vals[..., None, :rank].sqrt()).float(), True
 
 
-def _times_m(d, m, factored: bool):
-    """dW M (M = F F^T where FACTORED): half the gradient of tr(dW M dW^T), the layer's error."""
+def _times_m(d, m, factored: bool, out=None):
+    """dW M (M = F F^T where FACTORED): half the gradient of tr(dW M dW^T), the layer's error; into
+    OUT where given."""
     import torch
 
-    return torch.matmul(torch.matmul(d, m), m.transpose(-1, -2)) if factored else torch.matmul(d, m)
+    if factored:
+        return torch.matmul(torch.matmul(d, m), m.transpose(-1, -2), out=out)
+    return torch.matmul(d, m, out=out)
 
 
 @dataclass
 class _Problem:
     """One layer's rounding in the (groups, out, K) layout, as torch tensors: the weight is
-    W~ = s * (floor(W / s) + h), h in [hmin, hmax] (the quantizer's range: [0, 1] but where a level
-    would leave it), so W - W~ = rest - s * h."""
+    W~ = s * (floor(W / s) + h), h in [0, 1] but held at 0 where LOW and at 1 where HIGH (a level
+    the quantizer's range leaves out), so W - W~ = rest - s * h. The integer levels are int16 and
+    the masks bool: a BERT-base has 85 M weights, and every byte a weight costs is 85 MB."""
 
     name: str
     shape: tuple
     gram: Gram
+    v: object  # the rounding variables
     rest: object  # W - s * floor(W / s)
     s: object
+    low: object  # h held at 0: rounding up would leave the quantizer's range
+    high: object  # h held at 1: rounding down would
     floor: object  # floor(W / s) + zero point: the level rounding down
-    hmin: object
-    hmax: object
     nearest: object  # the quantizer's levels
     m: object  # the inputs' second moment or its factor (_metric)
     factored: bool
-    v: object  # the rounding variables
 
 
 def _problem(name: str, gram: Gram, w, q, scale, zp, info) -> _Problem:
@@ -288,67 +301,98 @@ def _problem(name: str, gram: Gram, w, q, scale, zp, info) -> _Problem:
     n = (q_ - z_).abs().amax() if np.size(scale) == 1 else (q_ - z_).abs().amax(-1, keepdim=True)
     lo, hi = (z_ - n).clamp(min=info.min), (z_ + n).clamp(max=info.max)
     base = torch.floor(w_ / s_)
-    hmin = (lo - z_ - base).clamp(0, 1)
-    hmax = torch.maximum((hi - z_ - base).clamp(0, 1), hmin)
     # V starts where h(V) is the fraction W / s - floor(W / s): W~ = W before rounding
     p = ((w_ / s_ - base).clamp(1e-4, 1 - 1e-4) - GAMMA) / (ZETA - GAMMA)
     v = torch.log(p / (1 - p))
     rest = w_ - s_ * base
-    return _Problem(name, w.shape, gram, rest, s_, base + z_, hmin, hmax, q_, *_metric(gram), v)
+    low, high = hi - z_ - base <= 0, lo - z_ - base >= 1
+    levels = (base + z_).to(torch.int16), q_.to(torch.int16)
+    return _Problem(name, w.shape, gram, v, rest, s_, low, high, *levels, *_metric(gram))
 
 
-def _h(v, hmin, hmax):
-    """The rectified sigmoid of V (0..1, reaching both ends), within the quantizer's range."""
+def _h(v, low, high):
+    """The rectified sigmoid of V (0..1, reaching both ends), held at 0 where LOW and 1 where HIGH."""
     import torch
 
-    return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, hmin, hmax)
+    h = (torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA).clamp_(0, 1)
+    return h.masked_fill_(low, 0).masked_fill_(high, 1)
 
 
-_FLAT = ("v", "rest", "s", "hmin", "hmax")  # what a share's descent holds as flat tensors
+_FLAT = ("v", "rest", "s", "low", "high")  # what a share's descent holds as flat tensors
 
 
-def _descend(problems: list[_Problem], iterations: int, deadline: float | None) -> int:
+def _flatten(share: list[_Problem]) -> list:
+    """SHARE's _FLAT tensors, each concatenated into one flat tensor of which every problem's is now
+    a view (no second copy kept): each elementwise step is one operation for the whole share."""
+    import torch
+
+    flat = []
+    for k in _FLAT:
+        whole = torch.cat([getattr(pr, k).reshape(-1) for pr in share])
+        for part, pr in zip(torch.split(whole, [pr.v.numel() for pr in share]), share, strict=True):
+            setattr(pr, k, part.view(getattr(pr, k).shape))
+        flat.append(whole)
+    return flat
+
+
+def _descend(problems: list[_Problem], flat: list, iterations: int, deadline: float | None) -> int:
     """ITERATIONS of Adam on every layer's V: the error alone for the first WARMUP of them, then with
     the regularizer whose beta anneals linearly from BETA[0] to BETA[1], stopped at DEADLINE
     (perf_counter seconds; a machine busier than when the iterations were fitted); how many ran.
-    All layers' V are one flat tensor, so each elementwise step is one operation for the whole model
-    rather than one per layer (Adam is per weight: each layer gets what a loop of its own would
-    give); only the quadratic error is per layer."""
+    All layers' V are one flat tensor (FLAT: PROBLEMS' by _flatten; Adam is per weight: each layer
+    gets what a loop of its own would give); only the quadratic error is per layer."""
     import torch
 
-    v, *fixed = (torch.cat([getattr(pr, k).reshape(-1) for pr in problems]) for k in _FLAT)
-    opt = torch.optim.Adam([v], lr=LR)
+    v, *fixed = flat
+    opt, scratch = torch.optim.Adam([v], lr=LR), _scratch(v)
     warm, it = int(WARMUP * iterations), 0
     while it < iterations and (deadline is None or time.perf_counter() < deadline):
         beta = BETA[1] + (BETA[0] - BETA[1]) * (1 - (it - warm) / max(iterations - warm, 1))
-        v.grad = _gradient(v, *fixed, problems, beta if it >= warm else None)
+        v.grad = _gradient(v, *fixed, problems, beta if it >= warm else None, scratch)
         opt.step()
         it += 1
-    for part, pr in zip(torch.split(v, [pr.v.numel() for pr in problems]), problems, strict=True):
-        pr.v.copy_(part.view(pr.v.shape))
     return it
 
 
-def _gradient(v, rest, s, hmin, hmax, problems: list[_Problem], beta: float | None):
-    """The gradient over V (every layer's, flat) of the layers' errors, plus the regularizer at
-    BETA where given: written out rather than traced by autograd, whose backward of the clamp, abs
-    and pow over every weight cost more than the errors' products. d/dh of an error is -2 s dW M,
-    of the regularizer -2 lambda beta |2h-1|^(beta-1) sign(2h-1); dh/dV is the rectified sigmoid's
-    slope inside [hmin, hmax], 0 where clamped (tests/test_adaround.py checks it against autograd)."""
+def _scratch(v) -> tuple:
+    """Buffers shaped as V for _gradient's temporaries (four float, two bool), made once for a whole
+    descent: a step that allocated its own each time grew each thread's heap with freed blocks the
+    allocator kept (BERT-base-sized layers: 150 bytes a weight at the peak, not 65)."""
     import torch
 
-    sig = torch.sigmoid(v)
-    pre = sig * (ZETA - GAMMA) + GAMMA
-    h = torch.clamp(pre, hmin, hmax)
-    parts = torch.split(torch.addcmul(rest, s, h, value=-1), [pr.v.numel() for pr in problems])
-    pairs = zip(parts, problems, strict=True)
-    grad = torch.cat([_times_m(d.view(pr.rest.shape), pr.m, pr.factored).reshape(-1) for d, pr in pairs])
+    floats = [torch.empty_like(v) for _ in range(4)]
+    return (*floats, *(torch.empty_like(v, dtype=torch.bool) for _ in range(2)))
+
+
+def _gradient(v, rest, s, low, high, problems: list[_Problem], beta: float | None, scratch=None):
+    """The gradient over V (every layer's, flat, PROBLEMS' tensors views of these) of the layers'
+    errors, plus the regularizer at BETA where given, computed in SCRATCH (_scratch; made here where
+    not given): written out rather than traced by autograd, whose backward of the clamp, abs and
+    pow over every weight cost more than the errors' products. d/dh of an error is -2 s dW M, of
+    the regularizer -2 lambda beta |2h-1|^(beta-1) sign(2h-1); dh/dV is the rectified sigmoid's
+    slope inside [0, 1] where h is not held, 0 elsewhere (tests/test_adaround.py checks it against
+    autograd)."""
+    import torch
+
+    sig, h, d, grad, inside, free = scratch or _scratch(v)
+    torch.sigmoid(v, out=sig)
+    torch.mul(sig, ZETA - GAMMA, out=h).add_(GAMMA)
+    torch.ge(h, 0, out=inside).logical_and_(torch.le(h, 1, out=free))
+    inside.logical_and_(torch.logical_or(low, high, out=free).logical_not_())
+    h.clamp_(0, 1).masked_fill_(low, 0).masked_fill_(high, 1)
+    torch.addcmul(rest, s, h, value=-1, out=d)  # W - W~
+    at = 0
+    for pr in problems:
+        n = pr.v.numel()
+        _times_m(d[at : at + n].view(pr.v.shape), pr.m, pr.factored, grad[at : at + n].view(pr.v.shape))
+        at += n
     grad.mul_(s).mul_(-2)
     if beta is not None:
-        u = 2 * h - 1
-        slope = torch.exp((beta - 1) * torch.log(u.abs().clamp_(min=1e-30)))  # |u|^(beta-1)
-        grad.addcmul_(slope, torch.sign(u), value=-2 * REG * beta)
-    return grad.mul_(sig * (1 - sig) * (ZETA - GAMMA)).mul_((pre >= hmin) & (pre <= hmax))
+        u = h.mul_(2).sub_(1)
+        slope = torch.abs(u, out=d).clamp_(min=1e-30).log_().mul_(beta - 1).exp_()  # |u|^(beta-1)
+        grad.addcmul_(slope, u.sign_(), value=-2 * REG * beta)
+    sig.sub_(torch.mul(sig, sig, out=d))  # the sigmoid's slope, sig (1 - sig)
+    return grad.mul_(sig).mul_(ZETA - GAMMA).mul_(inside)
 
 
 def _error(pr: _Problem, levels):
@@ -387,24 +431,25 @@ def _fit(problems: list[_Problem], n: int, unit: float, left: float) -> tuple[in
     return 0, []
 
 
-def _probe(shares: list[list[_Problem]], pool: ThreadPoolExecutor) -> float:
-    """Seconds an iteration costs per unit of _work: one gradient of each share (the regularizer's
-    included), run as the descent runs them, the slowest share's rate."""
-    import torch
+def _probe(shares: list[list[_Problem]], flats: list, pool: ThreadPoolExecutor) -> float:
+    """Seconds an iteration costs per unit of _work: one gradient of each share (FLATS: theirs by
+    _flatten; the regularizer's included), run as the descent runs them, the slowest share's rate."""
 
-    def once(share: list[_Problem]) -> float:
-        v, rest, s, hmin, hmax = (torch.cat([getattr(pr, k).reshape(-1) for pr in share]) for k in _FLAT)
+    def once(share: list[_Problem], flat: list) -> float:
         start = time.perf_counter()
-        _gradient(v, rest, s, hmin, hmax, share, BETA[0])
+        _gradient(*flat, share, BETA[0])
         return (time.perf_counter() - start) / max(sum(map(_work, share)), 1)
 
-    return max(pool.map(once, shares))
+    return max(pool.map(once, shares, flats))
 
 
-def _solve(todo: list, chosen: dict[str, np.ndarray], budget: float | None = None) -> tuple[int, dict]:
-    """AdaRound's levels for each layer of TODO into CHOSEN (weight name -> levels in the weight's
-    shape), within BUDGET seconds (None: no limit); how many layers kept nearest rounding, and what
-    the budget cut ({} where nothing): the iterations run, the layers it left nearest."""
+def _solve(
+    todo: list, chosen: dict[str, np.ndarray], budget: float | None = None, memory: int | None = None
+) -> tuple[int, dict]:
+    """AdaRound's levels for each layer of TODO into CHOSEN (weight name -> int16 levels in the
+    weight's shape), within BUDGET seconds and MEMORY bytes (None: no limit); how many layers kept
+    nearest rounding, and what a limit cut ({} where nothing): the iterations run, the layers left
+    nearest for time, for memory."""
     import torch
 
     from edgekit.runtimes.ort import cpus
@@ -412,8 +457,13 @@ def _solve(todo: list, chosen: dict[str, np.ndarray], budget: float | None = Non
     if not todo:
         return 0, {}
     started = time.perf_counter()
-    problems = [_problem(*t) for t in todo]
+    fits = _fit_memory(todo, memory)
+    problems = [_problem(*t) for t in fits]
     n = min(cpus(), len(problems))
+    # each share flattened here, where its problems were made: their tensors' memory, freed as one
+    # block, is what the flat ones take (flattened in the descent's thread, its heap held both)
+    shares = _shares(problems, n)
+    flats = [_flatten(share) for share in shares]
 
     # one torch thread per share of the layers, a share per core: each step is many small
     # operations, and torch's own threads waiting on each other ran 3-10x slower on a machine whose
@@ -421,36 +471,60 @@ def _solve(todo: list, chosen: dict[str, np.ndarray], budget: float | None = Non
     # on 2 cores); the layers are separate problems, so the split changes no level
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    iterations, solved, deadline, ran = ITERATIONS, problems, None, 0
     try:
-        with ThreadPoolExecutor(n) as pool:
-            iterations, solved, deadline = ITERATIONS, problems, None
-            if budget is not None:
-                unit = _probe(_shares(problems, n), pool)
+        with ThreadPoolExecutor(max(n, 1)) as pool:
+            if budget is not None and problems:
+                unit = _probe(shares, flats, pool)
                 deadline = started + budget
                 iterations, solved = _fit(problems, n, unit, deadline - time.perf_counter())
+                if len(solved) < len(problems):
+                    shares = _shares(solved, n)
+                    flats = [_flatten(share) for share in shares]
 
-            def descend(share: list[_Problem]) -> int:
+            def descend(share: list[_Problem], flat: list) -> int:
                 # subnormal numbers flushed to zero (a per-thread setting): once h(V) settles at 0 or
                 # 1 Adam's squared gradients turn subnormal, 3x slower
                 torch.set_flush_denormal(True)
                 try:
-                    return _descend(share, iterations, deadline)
+                    return _descend(share, flat, iterations, deadline)
                 finally:
                     torch.set_flush_denormal(False)
 
-            ran = min(pool.map(descend, _shares(solved, n)), default=0)
+            ran = min(pool.map(descend, shares, flats), default=0)
     finally:
         torch.set_num_threads(threads)
     limited = {}
-    if ran < ITERATIONS:
+    if problems and ran < ITERATIONS:
         limited = {"iterations": ran, "budget_s": budget}
     if len(solved) < len(problems):
         limited["left_nearest_for_time"] = len(problems) - len(solved)
-    kept, rounded = 0, {id(pr) for pr in solved}
+    if len(fits) < len(todo):
+        limited["left_nearest_for_memory"] = len(todo) - len(fits)
+    fitted = {t[0] for t in fits}
+    for name, _, _, q, *_ in todo:
+        if name not in fitted:
+            chosen[name] = q.astype(np.int16)
+    kept, rounded = len(todo) - len(problems), {id(pr) for pr in solved}
     with torch.no_grad():
         for pr in problems:
-            new = pr.floor + (_h(pr.v, pr.hmin, pr.hmax) >= 0.5).float()
+            new = pr.floor + (_h(pr.v, pr.low, pr.high) >= 0.5)
             if id(pr) not in rounded or _error(pr, new) >= _error(pr, pr.nearest):
                 new, kept = pr.nearest, kept + 1
-            chosen[pr.name] = _unlayout(new.double().numpy(), pr.shape, pr.gram)
+            chosen[pr.name] = _unlayout(new.numpy(), pr.shape, pr.gram)
     return kept, limited
+
+
+def _fit_memory(todo: list, memory: int | None) -> list:
+    """TODO's layers (smallest first) whose descent fits MEMORY bytes at BYTES_PER_WEIGHT; the
+    largest are left out (they keep nearest rounding)."""
+    order = sorted(todo, key=lambda t: t[2].size)
+    if memory is None:
+        return order
+    total, fits = 0, []
+    for t in order:
+        total += t[2].size * BYTES_PER_WEIGHT
+        if total > memory:
+            break
+        fits.append(t)
+    return fits

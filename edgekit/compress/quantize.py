@@ -98,8 +98,9 @@ class Int8Config(BaseModel):
     target_cpu: Literal[tuple(CLASSES)] | None = None  # type: ignore[valid-type]
     quantize_bias: bool = True  # int32 biases; TensorRT's DequantizeLinear takes int8 only
     calib_batch: int = Field(16, ge=1)
-    # bytes of activations calibration may hold at once ("2G" is read too); None: EDGEKIT_CALIB_MEMORY,
-    # else a quarter of the memory available (edgekit.memory)
+    # bytes of activations calibration may hold at once, and of AdaRound's layers ("2G" is read too);
+    # None: EDGEKIT_CALIB_MEMORY, else a quarter of the memory available (edgekit.memory), half for
+    # AdaRound (its layers that would not fit keep nearest rounding, the largest first)
     calib_memory: int | None = None
     preprocess: bool = True
     exclude_nodes: list[str] = Field(default_factory=list)
@@ -624,7 +625,9 @@ def _writer(
         if cfg.reduce_range != "none":
             summary["seven_bit_weights"] = len(p.overrides) - len(p.pairs)
         if p.rounding:  # before the pairs are capped: a capped pair's levels only get smaller
-            summary["adaround"] = adaround.apply(src, out, p.rounding, cfg.adaround_budget)
+            # the calibration's memory is free by now: half of what is available, unless set
+            memory = budget(cfg.calib_memory, fraction=2)
+            summary["adaround"] = adaround.apply(src, out, p.rounding, cfg.adaround_budget, memory)
         if p.pairs:
             summary["pair_bounded_weights"] = len(p.pairs)
             summary["pair_capped_values"] = weight_pairs.apply(out, p.pairs)
