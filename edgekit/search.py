@@ -27,9 +27,10 @@ import numpy as np
 
 from edgekit import candidates, cluster, pareto
 from edgekit import search_space as space
-from edgekit.artifact import write_atomic
+from edgekit.artifact import read_manifest, write_atomic
 from edgekit.benchmarks.metrics import MAIN
 from edgekit.config import Config, Target
+from edgekit.data import Samples
 from edgekit.errors import EdgekitError
 
 RESULTS, SUMMARY, ARTIFACTS = "results.jsonl", "search.json", "candidates"
@@ -165,6 +166,9 @@ def _search(ray, cfg: Config, target: Target, opts: SearchOptions, plan, done, s
     ctx = _Context.start(ray, opts.out, source, evals, fixed, s.eval_share, cfg)
     baseline = _baseline(ctx, target.runtime, done)
     ctx.reference = ray.put(baseline["outputs"])
+    fp32 = ctx.out / ARTIFACTS / baseline["record"]["name"]
+    kinds, evals = judged(fp32 / read_manifest(fp32).model_file, ctx.judge["kinds"], ray.get(ctx.evals))
+    ctx.judge, ctx.evals = {**ctx.judge, "kinds": kinds}, ray.put(evals)
     _tune(ray, ctx, cfg, plan)
     done = read_results(opts.out)
     say(f"built and scored {len(done)} candidates in {time.perf_counter() - start:.0f} s")
@@ -364,6 +368,17 @@ def _baseline(ctx: _Context, runtime: str, done: dict) -> dict:
     if "outputs" not in record:  # finished before: its outputs again, from its artifact
         record["outputs"] = _scored(ctx, candidates.pack(ctx.out / ARTIFACTS / record["name"]), runtime)[0]
     return {"record": {k: v for k, v in record.items() if k != "outputs"}, "outputs": record["outputs"]}
+
+
+def judged(model: Path, kinds: dict[str, str], evals: Samples) -> tuple[dict[str, str], Samples]:
+    """What every candidate is judged by, as `compress` judges its model: each output by the kind
+    the fp32 MODEL's graph gives it where the config's KINDS say nothing (a hidden state after a
+    LayerNorm is an embedding, not class scores), and an output per token of EVALS only where the
+    padding mask the graph names is 1 (edgekit.compress.output_kinds, padding_mask)."""
+    from edgekit.compress import output_kinds, padding_mask
+
+    padding_mask.annotate(model, evals)
+    return output_kinds.graph_kinds(model, kinds), evals
 
 
 def _tune(ray, ctx: _Context, cfg: Config, plan: dict) -> None:

@@ -83,6 +83,26 @@ def test_outputs_per_token_are_judged_on_the_tokens_only():
     assert compare_outputs(ref, out, "sequence")["position_agreement"] < 0.9
 
 
+def test_search_judges_its_candidates_as_compress_does(encoder_onnx):
+    """`edgekit search` scores every candidate against fp32 as compress checks its model: the hidden
+    state by the graph's kind (an embedding, though named h) on its tokens only; a kind the config
+    declares stays."""
+    from edgekit.data import Samples
+    from edgekit.evaluate import quality
+    from edgekit.search import judged
+
+    kinds, evals = judged(encoder_onnx, {}, Samples(_tokens(8, 3), None))
+    assert kinds == {"h": "embedding"} and evals.description["padding_mask"] == "attention_mask"
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((8, SEQ, D)).astype(np.float32)
+    out = ref + 0.01 * rng.standard_normal(ref.shape).astype(np.float32)
+    out[evals.inputs["attention_mask"] == 0] = 0  # the padding's outputs: anything
+    fid = quality([ref], [out], evals, "eval", ["h"], kinds)["fidelity"]["output_0"]
+    assert fid["kind"] == "embedding" and fid["cosine_min"] > 0.99 and fid["padding_left_out"] > 0
+    declared = {"output_0": "other"}
+    assert judged(encoder_onnx, declared, Samples(_tokens(8, 3), None))[0] == declared
+
+
 def test_compress_judges_a_hidden_state_on_its_tokens(edgekit, encoder_onnx, tmp_path):
     np.savez(tmp_path / "calib.npz", **_tokens(64, 2))  # no --eval: held-out samples of it
     r = edgekit("compress", encoder_onnx, "--int8", "--calib", tmp_path / "calib.npz", "-o", tmp_path / "out")
