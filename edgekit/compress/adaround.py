@@ -357,7 +357,8 @@ def _descend(problems: list[_Problem], flat: list, iterations: int, deadline: fl
 def _scratch(v) -> tuple:
     """Buffers shaped as V for _gradient's temporaries (four float, two bool), made once for a whole
     descent: a step that allocated its own each time grew each thread's heap with freed blocks the
-    allocator kept (BERT-base-sized layers: 150 bytes a weight at the peak, not 65)."""
+    allocator kept (two of BERT-base's 768x3072 products: 150 bytes a weight at the peak, 110 with
+    the buffers)."""
     import torch
 
     floats = [torch.empty_like(v) for _ in range(4)]
