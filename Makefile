@@ -89,6 +89,7 @@ bench: $(STAMP) zoo
 	$(BIN)/python bench/remote_overhead.py
 	$(BIN)/python bench/prune_speed.py
 	$(BIN)/python bench/mixed_precision.py
+	$(BIN)/python bench/adaround_memory.py
 	$(BIN)/python bench/arch_sweep.py --exporter legacy
 	$(BIN)/python bench/arch_sweep.py --exporter dynamo
 
