@@ -51,12 +51,12 @@ ZETA, GAMMA = 1.1, -0.1
 ROWS = 16384  # input rows (sampled output positions) per layer over all the calibration samples
 TAIL = 0.01  # the share of the inputs' energy left out where the loss is factored (as good as 1e-4 there)
 MAX_K = 4096  # a layer whose rows are longer (a dense 3x3 conv over > 455 channels) keeps nearest
-# what a weight costs at the peak of the solve (its problem's tensors, the step's temporaries, Adam's
-# state, the heap's freed blocks): 95-112 bytes measured on BERT-base's shapes (6 and 12 products of
-# 768x768 and 768x3072, random weights; 194-198 before the problems' levels were int16, their masks
-# bool and the step's temporaries reused); the layers that would not fit the int8 pass's memory
-# budget (edgekit.memory) keep nearest rounding, the largest first
-BYTES_PER_WEIGHT = 112
+# what a weight costs at the peak of the solve (its share's flat tensors and levels, the step's
+# buffers, Adam's state, what the heap keeps of freed blocks): 71 bytes on two BERT-base layers'
+# products (bench/adaround_memory.py; 198 before the levels were int16, the masks bool, the shares'
+# tensors one allocation each and the steps free of temporaries); the layers that would not fit the
+# int8 pass's memory budget (edgekit.memory) keep nearest rounding, the largest first
+BYTES_PER_WEIGHT = 80
 OPS = ("Conv", "Gemm", "MatMul")  # a MatMul's when its second input is a 2-D constant (a transformer's)
 
 
@@ -290,7 +290,10 @@ class _Problem:
     factored: bool
 
 
-def _problem(name: str, gram: Gram, w, q, scale, zp, info) -> _Problem:
+def _problem(name: str, gram: Gram, w, q, scale, zp, info, metric=None, into=None) -> _Problem:
+    """One layer's _Problem; METRIC its _metric where made before; INTO: flat slices (_FLAT's order,
+    each the weight's size) its tensors are written into and kept as views of, so that a share's
+    tensors are one allocation and a layer's temporaries are all its build leaves behind."""
     import torch
 
     w_, s_, z_, q_ = (
@@ -307,7 +310,10 @@ def _problem(name: str, gram: Gram, w, q, scale, zp, info) -> _Problem:
     rest = w_ - s_ * base
     low, high = hi - z_ - base <= 0, lo - z_ - base >= 1
     levels = (base + z_).to(torch.int16), q_.to(torch.int16)
-    return _Problem(name, w.shape, gram, v, rest, s_, low, high, *levels, *_metric(gram))
+    flat = [v, rest, s_, low, high]
+    if into is not None:
+        flat = [part.view(t.shape).copy_(t) for part, t in zip(into, flat, strict=True)]
+    return _Problem(name, w.shape, gram, *flat[:3], *flat[3:], *levels, *(metric or _metric(gram)))
 
 
 def _h(v, low, high):
@@ -344,7 +350,8 @@ def _descend(problems: list[_Problem], flat: list, iterations: int, deadline: fl
     import torch
 
     v, *fixed = flat
-    opt, scratch = torch.optim.Adam([v], lr=LR), _scratch(v)
+    # fused: one kernel a step, no temporaries (the unfused step made two of v's size each time)
+    opt, scratch = torch.optim.Adam([v], lr=LR, fused=True), _scratch(v)
     warm, it = int(WARMUP * iterations), 0
     while it < iterations and (deadline is None or time.perf_counter() < deadline):
         beta = BETA[1] + (BETA[0] - BETA[1]) * (1 - (it - warm) / max(iterations - warm, 1))
@@ -358,7 +365,7 @@ def _scratch(v) -> tuple:
     """Buffers shaped as V for _gradient's temporaries (four float, two bool), made once for a whole
     descent: a step that allocated its own each time grew each thread's heap with freed blocks the
     allocator kept (two of BERT-base's 768x3072 products: 150 bytes a weight at the peak, 110 with
-    the buffers)."""
+    the buffers; 71 with Adam fused and the mask applied by masked_fill_)."""
     import torch
 
     floats = [torch.empty_like(v) for _ in range(4)]
@@ -375,11 +382,10 @@ def _gradient(v, rest, s, low, high, problems: list[_Problem], beta: float | Non
     autograd)."""
     import torch
 
-    sig, h, d, grad, inside, free = scratch or _scratch(v)
+    sig, h, d, grad, outside, above = scratch or _scratch(v)
     torch.sigmoid(v, out=sig)
     torch.mul(sig, ZETA - GAMMA, out=h).add_(GAMMA)
-    torch.ge(h, 0, out=inside).logical_and_(torch.le(h, 1, out=free))
-    inside.logical_and_(torch.logical_or(low, high, out=free).logical_not_())
+    torch.lt(h, 0, out=outside).logical_or_(torch.gt(h, 1, out=above)).logical_or_(low).logical_or_(high)
     h.clamp_(0, 1).masked_fill_(low, 0).masked_fill_(high, 1)
     torch.addcmul(rest, s, h, value=-1, out=d)  # W - W~
     at = 0
@@ -393,7 +399,7 @@ def _gradient(v, rest, s, low, high, problems: list[_Problem], beta: float | Non
         slope = torch.abs(u, out=d).clamp_(min=1e-30).log_().mul_(beta - 1).exp_()  # |u|^(beta-1)
         grad.addcmul_(slope, u.sign_(), value=-2 * REG * beta)
     sig.sub_(torch.mul(sig, sig, out=d))  # the sigmoid's slope, sig (1 - sig)
-    return grad.mul_(sig).mul_(ZETA - GAMMA).mul_(inside)
+    return grad.mul_(sig).mul_(ZETA - GAMMA).masked_fill_(outside, 0)
 
 
 def _error(pr: _Problem, levels):
@@ -407,12 +413,12 @@ def _work(pr: _Problem) -> int:
     return pr.rest.numel() * pr.m.shape[-1]
 
 
-def _shares(problems: list[_Problem], n: int) -> list[list[_Problem]]:
-    """PROBLEMS in N shares of about equal work (largest first, each to the lightest share)."""
+def _shares(problems: list, n: int, work: Callable = _work) -> list[list]:
+    """PROBLEMS in N shares of about equal WORK (largest first, each to the lightest share)."""
     loads, shares = [0] * n, [[] for _ in range(n)]
-    for pr in sorted(problems, key=_work, reverse=True):
+    for pr in sorted(problems, key=work, reverse=True):
         i = loads.index(min(loads))
-        loads[i] += _work(pr)
+        loads[i] += work(pr)
         shares[i].append(pr)
     return [share for share in shares if share]
 
@@ -459,12 +465,24 @@ def _solve(
         return 0, {}
     started = time.perf_counter()
     fits = _fit_memory(todo, memory)
-    problems = [_problem(*t) for t in fits]
-    n = min(cpus(), len(problems))
-    # each share flattened here, where its problems were made: their tensors' memory, freed as one
-    # block, is what the flat ones take (flattened in the descent's thread, its heap held both)
-    shares = _shares(problems, n)
-    flats = [_flatten(share) for share in shares]
+    metrics = [_metric(t[1]) for t in fits]
+    n = min(cpus(), len(fits))
+    # the shares by the work their problems will be (_work), then each share's flat tensors made
+    # once and its problems built straight into them: a problem's own copies, freed in the descent's
+    # thread or between other layers' temporaries, were memory the heap kept
+    shares, flats = [], []
+    for share in _shares(range(len(fits)), n, lambda i: fits[i][2].size * metrics[i][0].shape[-1]):
+        size = sum(fits[i][2].size for i in share)
+        flat = [torch.empty(size), torch.empty(size), torch.empty(size)]
+        flat += [torch.empty(size, dtype=torch.bool), torch.empty(size, dtype=torch.bool)]
+        built, at = [], 0
+        for i in share:
+            k = fits[i][2].size
+            built.append(_problem(*fits[i], metrics[i], [f[at : at + k] for f in flat]))
+            at += k
+        shares.append(built)
+        flats.append(flat)
+    problems = [pr for share in shares for pr in share]
 
     # one torch thread per share of the layers, a share per core: each step is many small
     # operations, and torch's own threads waiting on each other ran 3-10x slower on a machine whose
