@@ -183,6 +183,13 @@ def _problems(rng) -> list:
     return [adaround._problem(*t) for t in _todo(rng)]
 
 
+def _built(rng, n: int) -> tuple[list, list]:
+    """_todo's layers as the solve builds them: problems in N shares, each share's flat tensors."""
+    from edgekit.compress import adaround
+
+    return adaround._build([(t, adaround._metric(t[1])) for t in _todo(rng)], n)
+
+
 def _todo(rng) -> list:
     """What AdaRound's solve takes for _problems' layers."""
     import torch
@@ -207,21 +214,18 @@ def _todo(rng) -> list:
 def test_layers_descended_in_shares_are_those_descended_together():
     """The solve splits the layers into a share per core, each descended in a thread of its own:
     each layer's rounding variables end where one descent of all the layers puts them."""
-    import copy
-
     from edgekit.compress import adaround
 
-    together = _problems(np.random.default_rng(0))
-    apart = copy.deepcopy(together)
-    shares = adaround._shares(apart, 2)
-    assert len(shares) == 2 and sorted(p.name for share in shares for p in share) == sorted(
-        p.name for p in apart
-    )
-    assert adaround._descend(together, adaround._flatten(together), 50, None) == 50
-    for share in shares:
-        adaround._descend(share, adaround._flatten(share), 50, None)
-    start = _problems(np.random.default_rng(0))
-    for a, b, first in zip(together, apart, start, strict=True):
+    (together,), (flat,) = _built(np.random.default_rng(0), 1)
+    shares, flats = _built(np.random.default_rng(0), 2)
+    apart = {p.name: p for share in shares for p in share}
+    assert len(shares) == 2 and sorted(apart) == sorted(p.name for p in together)
+    assert adaround._descend(together, flat, 50, None) == 50
+    for share, f in zip(shares, flats, strict=True):
+        adaround._descend(share, f, 50, None)
+    start = {p.name: p for p in _problems(np.random.default_rng(0))}
+    for a in together:
+        b, first = apart[a.name], start[a.name]
         assert not np.allclose(a.v.numpy(), first.v.numpy()), f"{a.name} did not move"
         # the same but for float rounding (an elementwise kernel's vector tail falls elsewhere)
         np.testing.assert_allclose(a.v.numpy(), b.v.numpy(), rtol=1e-5, atol=1e-5)
@@ -301,9 +305,8 @@ def test_the_written_out_gradient_is_autograds(beta):
     from edgekit.compress import adaround
 
     rng = np.random.default_rng(0)
-    problems = _problems(rng)
+    (problems,), ((v, rest, s, low, high),) = _built(rng, 1)
     assert [p.factored for p in problems] == [False, False, True]
-    v, rest, s, low, high = adaround._flatten(problems)
     assert bool(low.any()), "no weight is held at its level: the test shows less"
     v = v + torch.from_numpy(rng.standard_normal(v.shape).astype(np.float32))  # away from the start
     got = adaround._gradient(v, rest, s, low, high, problems, beta)

@@ -291,9 +291,9 @@ class _Problem:
 
 
 def _problem(name: str, gram: Gram, w, q, scale, zp, info, metric=None, into=None) -> _Problem:
-    """One layer's _Problem; METRIC its _metric where made before; INTO: flat slices (_FLAT's order,
-    each the weight's size) its tensors are written into and kept as views of, so that a share's
-    tensors are one allocation and a layer's temporaries are all its build leaves behind."""
+    """One layer's _Problem; METRIC its _metric where made before; INTO: flat slices (v, rest, s,
+    low, high, each the weight's size) its tensors are written into and kept as views of, so that a
+    share's tensors are one allocation and a layer's temporaries are all its build leaves behind."""
     import torch
 
     w_, s_, z_, q_ = (
@@ -324,28 +324,11 @@ def _h(v, low, high):
     return h.masked_fill_(low, 0).masked_fill_(high, 1)
 
 
-_FLAT = ("v", "rest", "s", "low", "high")  # what a share's descent holds as flat tensors
-
-
-def _flatten(share: list[_Problem]) -> list:
-    """SHARE's _FLAT tensors, each concatenated into one flat tensor of which every problem's is now
-    a view (no second copy kept): each elementwise step is one operation for the whole share."""
-    import torch
-
-    flat = []
-    for k in _FLAT:
-        whole = torch.cat([getattr(pr, k).reshape(-1) for pr in share])
-        for part, pr in zip(torch.split(whole, [pr.v.numel() for pr in share]), share, strict=True):
-            setattr(pr, k, part.view(getattr(pr, k).shape))
-        flat.append(whole)
-    return flat
-
-
 def _descend(problems: list[_Problem], flat: list, iterations: int, deadline: float | None) -> int:
     """ITERATIONS of Adam on every layer's V: the error alone for the first WARMUP of them, then with
     the regularizer whose beta anneals linearly from BETA[0] to BETA[1], stopped at DEADLINE
     (perf_counter seconds; a machine busier than when the iterations were fitted); how many ran.
-    All layers' V are one flat tensor (FLAT: PROBLEMS' by _flatten; Adam is per weight: each layer
+    All layers' V are one flat tensor (FLAT: PROBLEMS' by _build; Adam is per weight: each layer
     gets what a loop of its own would give); only the quadratic error is per layer."""
     import torch
 
@@ -440,7 +423,7 @@ def _fit(problems: list[_Problem], n: int, unit: float, left: float) -> tuple[in
 
 def _probe(shares: list[list[_Problem]], flats: list, pool: ThreadPoolExecutor) -> float:
     """Seconds an iteration costs per unit of _work: one gradient of each share (FLATS: theirs by
-    _flatten; the regularizer's included), run as the descent runs them, the slowest share's rate."""
+    _build; the regularizer's included), run as the descent runs them, the slowest share's rate."""
 
     def once(share: list[_Problem], flat: list) -> float:
         start = time.perf_counter()
@@ -465,23 +448,9 @@ def _solve(
         return 0, {}
     started = time.perf_counter()
     fits = _fit_memory(todo, memory)
-    metrics = [_metric(t[1]) for t in fits]
+    items = {t[0]: (t, _metric(t[1])) for t in fits}
     n = min(cpus(), len(fits))
-    # the shares by the work their problems will be (_work), then each share's flat tensors made
-    # once and its problems built straight into them: a problem's own copies, freed in the descent's
-    # thread or between other layers' temporaries, were memory the heap kept
-    shares, flats = [], []
-    for share in _shares(range(len(fits)), n, lambda i: fits[i][2].size * metrics[i][0].shape[-1]):
-        size = sum(fits[i][2].size for i in share)
-        flat = [torch.empty(size), torch.empty(size), torch.empty(size)]
-        flat += [torch.empty(size, dtype=torch.bool), torch.empty(size, dtype=torch.bool)]
-        built, at = [], 0
-        for i in share:
-            k = fits[i][2].size
-            built.append(_problem(*fits[i], metrics[i], [f[at : at + k] for f in flat]))
-            at += k
-        shares.append(built)
-        flats.append(flat)
+    shares, flats = _build(list(items.values()), n)
     problems = [pr for share in shares for pr in share]
 
     # one torch thread per share of the layers, a share per core: each step is many small
@@ -497,9 +466,8 @@ def _solve(
                 unit = _probe(shares, flats, pool)
                 deadline = started + budget
                 iterations, solved = _fit(problems, n, unit, deadline - time.perf_counter())
-                if len(solved) < len(problems):
-                    shares = _shares(solved, n)
-                    flats = [_flatten(share) for share in shares]
+                if len(solved) < len(problems):  # built again as they were: no descent moved them
+                    shares, flats = _build([items[pr.name] for pr in solved], n)
 
             def descend(share: list[_Problem], flat: list) -> int:
                 # subnormal numbers flushed to zero (a per-thread setting): once h(V) settles at 0 or
@@ -524,14 +492,36 @@ def _solve(
     for name, _, _, q, *_ in todo:
         if name not in fitted:
             chosen[name] = q.astype(np.int16)
-    kept, rounded = len(todo) - len(problems), {id(pr) for pr in solved}
+    kept, rounded = len(todo) - len(problems), {pr.name: pr for share in shares for pr in share}
     with torch.no_grad():
         for pr in problems:
+            pr = rounded.get(pr.name, pr)
             new = pr.floor + (_h(pr.v, pr.low, pr.high) >= 0.5)
-            if id(pr) not in rounded or _error(pr, new) >= _error(pr, pr.nearest):
+            if pr.name not in rounded or _error(pr, new) >= _error(pr, pr.nearest):
                 new, kept = pr.nearest, kept + 1
             chosen[pr.name] = _unlayout(new.numpy(), pr.shape, pr.gram)
     return kept, limited
+
+
+def _build(items: list, n: int) -> tuple[list[list[_Problem]], list[list]]:
+    """ITEMS ((todo entry, _metric) a layer) as problems in N shares by the work they will be
+    (_work), and each share's flat v, rest, s, low and high: made once, its problems built straight
+    into them (each problem's tensors views of them). A problem's own copies, freed in the descent's
+    thread or between other layers' temporaries, were memory the heap kept."""
+    import torch
+
+    shares, flats = [], []
+    for share in _shares(items, n, lambda item: item[0][2].size * item[1][0].shape[-1]):
+        size = sum(t[2].size for t, _ in share)
+        flat = [torch.empty(size), torch.empty(size), torch.empty(size)]
+        flat += [torch.empty(size, dtype=torch.bool), torch.empty(size, dtype=torch.bool)]
+        built, at = [], 0
+        for t, metric in share:
+            built.append(_problem(*t, metric, [f[at : at + t[2].size] for f in flat]))
+            at += t[2].size
+        shares.append(built)
+        flats.append(flat)
+    return shares, flats
 
 
 def _fit_memory(todo: list, memory: int | None) -> list:
