@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from edgekit import __version__
+from edgekit import __version__, interrupts
 from edgekit.errors import EdgekitError, first_line
 
 FORMAT_VERSION = 1
@@ -365,6 +365,7 @@ def staging(out: Path, force: bool) -> Iterator[Path]:
         raise EdgekitError(f"cannot create {out}: {e.strerror}.") from None
     try:
         yield tmp
+        interrupts.check()
         if out.exists():
             if not force:
                 raise EdgekitError(f"{out} already exists; pass --force to replace it.")
@@ -408,6 +409,7 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text)
+        interrupts.check()
         os.replace(tmp, path)
     except OSError as e:
         raise EdgekitError(f"cannot write {path}: {e.strerror}.") from None

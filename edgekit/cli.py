@@ -7,14 +7,13 @@ Exit codes: 0 success, 1 a failed check (verification, gate), 2 bad input or usa
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import warnings
 from pathlib import Path
 
 import click
 
-from edgekit import __version__
+from edgekit import __version__, interrupts
 from edgekit.cli_options import (  # noqa: F401 (the range types, importable from here as before)
     COUNT,
     FRACTION,
@@ -45,15 +44,6 @@ def _fail(e: EdgekitError) -> None:
     sys.exit(e.exit_code)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so every `finally` (staging directories, temporary files, worker
-    processes) cleans up before the exit."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated
-
-
 def _run(fn, debug: bool):
     """Call the library; an EdgekitError becomes one sentence and its exit code, Ctrl-C exit 130,
     SIGTERM exit 143."""
@@ -67,7 +57,7 @@ def _run(fn, debug: bool):
         if debug:
             raise
         _fail(EdgekitError(f"out of memory ({first_line(e)}); use a smaller --input-shape or fewer samples."))
-    except Terminated:
+    except interrupts.Terminated:
         click.echo("edgekit: terminated; nothing was written.", err=True)
         sys.exit(143)
     except KeyboardInterrupt:
@@ -433,8 +423,9 @@ def schema(out):
 
 def main() -> None:
     """The console script: click's usage errors become one sentence too (exit 2), SIGTERM is
-    handled as Ctrl-C is, and library warnings stay off stderr (-W or PYTHONWARNINGS shows them)."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    handled as Ctrl-C is (both remembered: edgekit.interrupts), and library warnings stay off
+    stderr (-W or PYTHONWARNINGS shows them)."""
+    interrupts.install()
     if not sys.warnoptions:
         warnings.simplefilter("ignore")
     try:
@@ -450,7 +441,7 @@ def main() -> None:
         click.echo(f"edgekit: error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except click.Abort as e:  # Ctrl-C or SIGTERM outside a library call (click turns them into Abort)
-        terminated = isinstance(e.__cause__, Terminated)
+        terminated = isinstance(e.__cause__, interrupts.Terminated)
         click.echo(f"edgekit: {'terminated' if terminated else 'interrupted'}.", err=True)
         sys.exit(143 if terminated else 130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgekit import interrupts
 from edgekit.benchmarks.report import console, mb, pct
 
 SIZE = 32
@@ -106,6 +107,7 @@ def train(path: Path, epochs: int = 12, seed: int = 0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.pt2")
     torch.export.save(ep, str(tmp))
+    interrupts.check()
     os.replace(tmp, path)
 
 

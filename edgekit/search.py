@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import candidates, cluster, pareto
+from edgekit import candidates, cluster, interrupts, pareto
 from edgekit import search_space as space
 from edgekit.artifact import read_manifest, write_atomic
 from edgekit.benchmarks.metrics import MAIN
@@ -120,6 +120,7 @@ class _Store:
         return read_results(self.out).get(key)
 
     def keep(self, record: dict, artifact: bytes | None) -> dict:
+        interrupts.check()
         if artifact is not None:
             final = self.out / ARTIFACTS / record["name"]
             if not final.is_dir():
@@ -629,6 +630,7 @@ def apply(config: Path, out: Path, name: str) -> str:
         f.write(new)
     try:
         load(Path(f.name))
+        interrupts.check()
         os.replace(f.name, config)
     finally:
         Path(f.name).unlink(missing_ok=True)

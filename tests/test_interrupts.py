@@ -1,0 +1,62 @@
+"""A signal whose raise Python drops (it landed in a __del__, a weakref callback, the import lock's
+cleanup) still stops the output's commit: CI once saw Ctrl-C land in importlib's lock callback and
+the run write its artifact and exit 0."""
+
+import os
+import signal
+import sys
+
+import pytest
+
+from edgekit import interrupts
+from edgekit.artifact import staging, write_atomic
+
+
+class _Dropped:
+    """Delivers SIGNUM to edgekit's handler from a __del__, where Python prints and drops the raise."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def __del__(self):
+        os.kill(os.getpid(), self.signum)
+
+
+@pytest.fixture
+def handlers(monkeypatch):
+    """edgekit's handlers installed, as the CLI's main() does, and put back after the test."""
+    monkeypatch.setattr(interrupts, "_received", [])
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install()
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+@pytest.mark.parametrize(
+    "signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, interrupts.Terminated)]
+)
+def test_a_dropped_signal_still_stops_the_artifact(handlers, tmp_path, signum, raised):
+    out = tmp_path / "out"
+    with pytest.raises(raised), staging(out, force=False) as tmp:
+        (tmp / "model.onnx").write_bytes(b"onnx")
+        _Dropped(signum)  # freed at once: the handler raises inside __del__, Python drops it
+        (tmp / "edgekit.json").write_text("{}")  # so the run goes on to its commit
+    assert list(tmp_path.iterdir()) == []  # neither the artifact nor its staging directory
+
+
+def test_a_dropped_signal_still_stops_a_file_write(handlers, tmp_path, capsys):
+    path = tmp_path / "results.json"
+    path.write_text("old")
+    _Dropped(signal.SIGINT)
+    assert capsys.readouterr().err == ""  # no traceback of the drop: the exit's sentence says it
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, "new")
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"] and path.read_text() == "old"
+
+
+def test_without_a_signal_the_commit_happens(handlers, tmp_path):
+    with staging(tmp_path / "out", force=False) as tmp:
+        (tmp / "model.onnx").write_bytes(b"onnx")
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == b"onnx"
