@@ -32,9 +32,11 @@ def _unraisable(info) -> None:
 
 
 def install() -> None:
-    """Handle SIGINT and SIGTERM in this (the CLI's) process: raise, and remember."""
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    """Handle SIGINT and SIGTERM in this (the CLI's) process: raise, and remember. A signal the
+    process was started ignoring stays ignored (a shell script's background job ignores Ctrl-C)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _on_signal)
     sys.unraisablehook = _unraisable
 
 

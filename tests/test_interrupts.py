@@ -60,3 +60,11 @@ def test_without_a_signal_the_commit_happens(handlers, tmp_path):
     with staging(tmp_path / "out", force=False) as tmp:
         (tmp / "model.onnx").write_bytes(b"onnx")
     assert (tmp_path / "out" / "model.onnx").read_bytes() == b"onnx"
+
+
+def test_a_signal_started_ignored_stays_ignored(handlers):
+    """A shell script's background job starts with Ctrl-C ignored; edgekit does not take it back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupts.install()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is interrupts._on_signal
