@@ -273,6 +273,34 @@ def test_a_budget_that_fits_nothing_leaves_nearest_rounding_and_says_so():
     assert limited == {}  # every iteration fit
 
 
+def test_the_grams_that_do_not_fit_their_memory_are_not_collected_and_those_layers_stay_nearest(
+    fp32, calib, quantized, tmp_path
+):
+    """The Grams are held through calibration: past half its memory budget the largest are not
+    collected, their layers keep nearest rounding (the rest are AdaRounded as before) and the
+    summary says how many."""
+    from edgekit.compress import adaround
+
+    grams = adaround.collect(fp32, len(calib.inputs["x"])).grams
+    sizes = sorted(adaround.gram_bytes(g) for g in grams.values())
+    assert len(set(sizes)) > 2  # the test model's layers differ in size
+    some = adaround.collect(fp32, 32, memory=sum(sizes[:-2]))
+    assert len(some.grams) == len(grams) - 2 and some.limited == {"left_nearest_for_gram_memory": 2}
+    assert sorted(adaround.gram_bytes(g) for g in some.grams.values()) == sizes[:-2]  # the smallest
+    left = set(grams) - set(some.grams)
+
+    path = tmp_path / "limited.onnx"
+    base = dict(target_cpu="x86-vnni", bias_correction=False, range_search=False, output_fit=False)
+    summary = quantize_int8(
+        fp32, path, calib, Int8Config(**base, pad_conv_channels=False, calib_memory=2 * sum(sizes[:-2])), None
+    )
+    assert summary["adaround"]["left_nearest_for_gram_memory"] == 2
+    limited, nearest = _layers(fp32, path), _layers(fp32, quantized["none", False][0])
+    for name in left:
+        np.testing.assert_array_equal(limited[name][2], nearest[name][2])
+    assert any((limited[n][2] != nearest[n][2]).any() for n in set(limited) - left), "nothing was rounded"
+
+
 def test_a_memory_limit_leaves_the_largest_layers_nearest_and_says_so():
     """Where the layers' descent would not fit the memory it is given (BYTES_PER_WEIGHT a weight),
     the largest keep nearest rounding before any is built; the rest are AdaRounded as before."""

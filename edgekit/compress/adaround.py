@@ -57,6 +57,10 @@ MAX_K = 4096  # a layer whose rows are longer (a dense 3x3 conv over > 455 chann
 # tensors one allocation each and the steps free of temporaries); the layers that would not fit the
 # int8 pass's memory budget (edgekit.memory) keep nearest rounding, the largest first
 BYTES_PER_WEIGHT = 80
+# what a layer's Gram holds through calibration, an entry of its (groups, K, K): float64. BERT-base's
+# 72 products hold ~1.2 GB of them, BERT-large's ~4.2 GB; past the share of the calibration memory
+# budget they are given, the largest are not collected (those layers keep nearest rounding)
+GRAM_BYTES = 8
 OPS = ("Conv", "Gemm", "MatMul")  # a MatMul's when its second input is a 2-D constant (a transformer's)
 
 
@@ -80,7 +84,10 @@ class Gram:
 
         cols = self._columns(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
         part = torch.bmm(cols, cols.transpose(1, 2)).double()
-        self.total = part if self.total is None else self.total + part
+        if self.total is None:
+            self.total = part
+        else:
+            self.total += part  # in place: no third (groups, K, K) beside the two
         self.rows += cols.shape[2]
 
     def _columns(self, x):
@@ -122,7 +129,7 @@ class Collected:
     grams: dict[str, Gram]
     chosen: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
-    limited: dict = field(default_factory=dict)  # what the time budget cut (_fit), for the summary
+    limited: dict = field(default_factory=dict)  # what the time and memory budgets cut, for the summary
 
     def observers(self) -> dict[str, Callable[[np.ndarray], None]]:
         """Per input tensor, what adds a calibration run's values to the Grams of its layers."""
@@ -132,9 +139,9 @@ class Collected:
         return {name: lambda x, gs=gs: [g.add(x) for g in gs] for name, gs in by_input.items()}
 
 
-def collect(fp32: Path, samples: int) -> Collected:
+def collect(fp32: Path, samples: int, memory: int | None = None) -> Collected:
     """Empty Grams for the Conv (2-D), Gemm and MatMul layers of FP32 that AdaRound can round, sized for
-    SAMPLES calibration samples."""
+    SAMPLES calibration samples, as many as fit MEMORY bytes (None: all), the smallest first."""
     import onnx
     from onnx import helper
 
@@ -170,7 +177,19 @@ def collect(fp32: Path, samples: int) -> Collected:
             gram = Gram(node, groups, shape[1] * shape[2] * shape[3], per_sample, conv)
         if gram.k <= MAX_K:
             grams[name] = gram
-    return Collected(grams)
+    fits, total = {}, 0
+    for name, gram in sorted(grams.items(), key=lambda item: gram_bytes(item[1])):
+        total += gram_bytes(gram)
+        if memory is not None and total > memory:
+            break
+        fits[name] = gram
+    left = len(grams) - len(fits)
+    return Collected(fits, limited={"left_nearest_for_gram_memory": left} if left else {})
+
+
+def gram_bytes(gram: Gram) -> int:
+    """What GRAM holds once calibration has filled it."""
+    return gram.groups * gram.k * gram.k * GRAM_BYTES
 
 
 def apply(

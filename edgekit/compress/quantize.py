@@ -496,12 +496,14 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
         extra.setdefault("TensorQuantOverrides", {}).update(input_lattice.overrides(lattice))
     how = calibrate.Method(cfg.calibration, cfg.percentile, cfg.activation_symmetric)
     means_of = bias_correction.layer_inputs(src) if cfg.bias_correction else []
-    rounding = adaround.collect(src, len(calib)) if cfg.adaround else None
+    # the Grams are held through calibration: up to half its memory budget, the rest for its runs
+    rounding = adaround.collect(src, len(calib), limit // 2) if cfg.adaround else None
+    held = sum(adaround.gram_bytes(g) for g in rounding.grams.values()) if rounding else 0
     ranges = calibrate.calibrate(
         src,
         calib,
         how,
-        limit,
+        limit - held,
         cfg.calib_batch,
         batch_fixed,
         tmp,
@@ -524,7 +526,9 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
 def _packed(p: Prepared) -> Prepared:
     """P with its files as bytes and only the AdaRound statistics of layers not yet solved."""
     rounding = p.rounding and adaround.Collected(
-        {k: g for k, g in p.rounding.grams.items() if k not in p.rounding.chosen}, dict(p.rounding.chosen)
+        {k: g for k, g in p.rounding.grams.items() if k not in p.rounding.chosen},
+        dict(p.rounding.chosen),
+        limited=dict(p.rounding.limited),
     )
     return dataclasses.replace(
         p, src=Path(p.src).read_bytes(), cache=Path(p.cache).read_bytes(), rounding=rounding,
