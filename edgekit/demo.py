@@ -106,9 +106,12 @@ def train(path: Path, epochs: int = 12, seed: int = 0) -> None:
     ep = torch.export.export(model, (torch.zeros(2, 1, SIZE, SIZE),), dynamic_shapes=({0: batch},))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.pt2")
-    torch.export.save(ep, str(tmp))
-    interrupts.check()
-    os.replace(tmp, path)
+    try:
+        torch.export.save(ep, str(tmp))
+        interrupts.check()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def run(work_dir: Path | None, retrain: bool) -> list[dict]:
