@@ -295,6 +295,9 @@ def test_the_grams_that_do_not_fit_their_memory_are_not_collected_and_those_laye
         fp32, path, calib, Int8Config(**base, pad_conv_channels=False, calib_memory=2 * sum(sizes[:-2])), None
     )
     assert summary["adaround"]["left_nearest_for_gram_memory"] == 2
+    memory = summary["calibration_memory"]
+    assert memory["budget_bytes"] == 2 * sum(sizes[:-2])  # as given,
+    assert memory["adaround_statistics_bytes"] == sum(sizes[:-2])  # and what the Grams held of it
     limited, nearest = _layers(fp32, path), _layers(fp32, quantized["none", False][0])
     for name in left:
         np.testing.assert_array_equal(limited[name][2], nearest[name][2])

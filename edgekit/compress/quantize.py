@@ -100,7 +100,8 @@ class Int8Config(BaseModel):
     calib_batch: int = Field(16, ge=1)
     # bytes of activations calibration may hold at once, and of AdaRound's layers ("2G" is read too);
     # None: EDGEKIT_CALIB_MEMORY, else a quarter of the memory available (edgekit.memory), half for
-    # AdaRound (its layers that would not fit keep nearest rounding, the largest first)
+    # AdaRound (its layers that would not fit keep nearest rounding, the largest first); AdaRound's
+    # input statistics take up to half of it during calibration
     calib_memory: int | None = None
     preprocess: bool = True
     exclude_nodes: list[str] = Field(default_factory=list)
@@ -511,6 +512,8 @@ def _prepare(fp32: Path, calib: Samples, cfg: Int8Config, batch_fixed: int | Non
         means_of,
         rounding.observers() if rounding else None,
     )
+    if held:  # the budget as given, and what of it the Grams held
+        ranges.memory.update(budget_bytes=limit, adaround_statistics_bytes=held)
     fused = (ops or _cnn_ops()) if cfg.fused_activations else None
     src, around, front, islands, norms, narrow = _around(src, ranges.left, tmp, fused, cfg.narrow_conv3d_fp32)
     around += input_lattice.nodes(lattice)
