@@ -304,6 +304,32 @@ def test_the_grams_that_do_not_fit_their_memory_are_not_collected_and_those_laye
     assert any((limited[n][2] != nearest[n][2]).any() for n in set(limited) - left), "nothing was rounded"
 
 
+def test_the_descent_shows_a_bar_and_a_remembered_ctrl_c_stops_it(monkeypatch):
+    """At a terminal the descent shows its progress; a Ctrl-C (the main thread waits on the
+    shares' threads) stops every share at its next iteration, not at the end of the budget."""
+    import io
+    import signal
+
+    from rich.console import Console
+
+    from edgekit import interrupts, progress
+    from edgekit.compress import adaround
+
+    shown = io.StringIO()
+    monkeypatch.setattr(progress, "console", Console(file=shown, force_terminal=True, width=100))
+    adaround._solve(_todo(np.random.default_rng(0)), {})
+    assert "rounding weights (AdaRound)" in shown.getvalue()
+
+    ran = []
+    monkeypatch.setattr(
+        adaround, "_gradient", lambda *a, _g=adaround._gradient, **k: ran.append(1) or _g(*a, **k)
+    )
+    monkeypatch.setattr(interrupts, "_received", [signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        adaround._solve(_todo(np.random.default_rng(0)), {})
+    assert len(ran) <= 2, f"{len(ran)} iterations ran after the Ctrl-C"  # one a share at most
+
+
 def test_a_memory_limit_leaves_the_largest_layers_nearest_and_says_so():
     """Where the layers' descent would not fit the memory it is given (BYTES_PER_WEIGHT a weight),
     the largest keep nearest rounding before any is built; the rest are AdaRounded as before."""

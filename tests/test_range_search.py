@@ -102,14 +102,22 @@ def test_the_sample_count_follows_the_work_counted_on_the_samples_shapes(fp32, c
     assert record["samples"] == range_search.SAMPLES
 
 
-def test_the_search_sweeps_again_while_a_sweep_scales_something(tmp_path):
+def test_the_search_sweeps_again_while_a_sweep_scales_something(tmp_path, monkeypatch):
     """A range scaled late changes what an earlier one's best factor is: the search sweeps again
     from the ranges the last sweep left, while it scaled any, SWEEPS at most; each sweep lowers the
     error or leaves it (a factor is adopted only where it lowers it), and the record's factors, the
     products of the sweeps', are what the written model's scales are. On a classifier with small
-    margins and outliers in its calibration data the second sweep finds what the first left."""
-    from models import margin_classifier
+    margins and outliers in its calibration data the second sweep finds what the first left. At a
+    terminal each sweep shows its progress."""
+    import io
 
+    from models import margin_classifier
+    from rich.console import Console
+
+    from edgekit import progress
+
+    shown = io.StringIO()
+    monkeypatch.setattr(progress, "console", Console(file=shown, force_terminal=True, width=100))
     margin_classifier(tmp_path / "c.onnx")
     calib = Samples({"x": _outlier_images()}, None)
     cfg = dict(calibration="minmax", target_cpu="x86-vnni", adaround=False, per_channel=False)
@@ -121,6 +129,7 @@ def test_the_search_sweeps_again_while_a_sweep_scales_something(tmp_path):
     assert errors[1] < errors[0] * (1 - range_search.GAIN)  # the second sweep found more
     assert all(b <= a for a, b in itertools.pairwise(errors))
     assert record["output_error"][1] == errors[-1]
+    assert all(f"activation ranges (sweep {k})" in shown.getvalue() for k in range(1, len(errors) + 1))
     written, plain = _inits(on), _inits(off)
     assert all(written[n] == pytest.approx(plain[n] * f, rel=1e-3) for n, f in record["factors"].items())
 

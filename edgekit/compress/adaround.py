@@ -32,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import interrupts
 from edgekit.compress import model_file
 from edgekit.compress.bias_correction import quantized_layers, weight_levels
+from edgekit.progress import progress
 
 # AIMET's default is 10,000 iterations at lr 1e-3; on EfficientNet-Lite1's layers 300 at 1e-2 left
 # 0.36 of nearest rounding's output error (500: 0.33, 200: 0.40) and cost ~0.2 s an iteration on one core
@@ -343,12 +345,19 @@ def _h(v, low, high):
     return h.masked_fill_(low, 0).masked_fill_(high, 1)
 
 
-def _descend(problems: list[_Problem], flat: list, iterations: int, deadline: float | None) -> int:
+def _descend(
+    problems: list[_Problem],
+    flat: list,
+    iterations: int,
+    deadline: float | None,
+    step: Callable[[], None] | None = None,
+) -> int:
     """ITERATIONS of Adam on every layer's V: the error alone for the first WARMUP of them, then with
     the regularizer whose beta anneals linearly from BETA[0] to BETA[1], stopped at DEADLINE
     (perf_counter seconds; a machine busier than when the iterations were fitted); how many ran.
     All layers' V are one flat tensor (FLAT: PROBLEMS' by _build; Adam is per weight: each layer
-    gets what a loop of its own would give); only the quadratic error is per layer."""
+    gets what a loop of its own would give); only the quadratic error is per layer. STEP is called
+    after each iteration (the progress bar; it raises to stop)."""
     import torch
 
     v, *fixed = flat
@@ -360,6 +369,8 @@ def _descend(problems: list[_Problem], flat: list, iterations: int, deadline: fl
         v.grad = _gradient(v, *fixed, problems, beta if it >= warm else None, scratch)
         opt.step()
         it += 1
+        if step is not None:
+            step()
     return it
 
 
@@ -480,20 +491,27 @@ def _solve(
     torch.set_num_threads(1)
     iterations, solved, deadline, ran = ITERATIONS, problems, None, 0
     try:
-        with ThreadPoolExecutor(max(n, 1)) as pool:
+        with ThreadPoolExecutor(max(n, 1)) as pool, progress() as bar:
             if budget is not None and problems:
                 unit = _probe(shares, flats, pool)
                 deadline = started + budget
                 iterations, solved = _fit(problems, n, unit, deadline - time.perf_counter())
                 if len(solved) < len(problems):  # built again as they were: no descent moved them
                     shares, flats = _build([items[pr.name] for pr in solved], n)
+            task = bar.add_task("rounding weights (AdaRound)", total=iterations * len(shares))
+
+            def step() -> None:
+                # Ctrl-C reaches the main thread, waiting on the shares; each share stops at its next
+                # iteration instead of running to the end of the budget
+                interrupts.check()
+                bar.advance(task)
 
             def descend(share: list[_Problem], flat: list) -> int:
                 # subnormal numbers flushed to zero (a per-thread setting): once h(V) settles at 0 or
                 # 1 Adam's squared gradients turn subnormal, 3x slower
                 torch.set_flush_denormal(True)
                 try:
-                    return _descend(share, flat, iterations, deadline)
+                    return _descend(share, flat, iterations, deadline, step)
                 finally:
                     torch.set_flush_denormal(False)
 

@@ -44,6 +44,7 @@ from edgekit.benchmarks.metrics import (
 )
 from edgekit.compress import input_lattice, macs, model_file, output_tail
 from edgekit.data import Samples
+from edgekit.progress import progress
 
 # factors tried on every range (the error need not fall steadily between them: a greedy walk down
 # from 1 lost MobileNetV2's gain that this grid found), then the best one's neighbours
@@ -385,7 +386,7 @@ def search(
     import onnx
 
     started = time.perf_counter()
-    found = _sweep(int8, fp32, source, calib, fixed, threads, budget, None, declared)
+    found = _sweep(int8, fp32, source, calib, fixed, threads, budget, None, declared, 1)
     factors, record = dict(found["factors"]), found["record"]
     if "skipped" in record:
         return found
@@ -401,7 +402,8 @@ def search(
             if left is not None and left <= 0:
                 break
             apply(current, source, found["factors"])
-            found = _sweep(current, fp32, source, calib, fixed, threads, left, record["samples"], declared)
+            n, sweep = record["samples"], len(errors) + 1
+            found = _sweep(current, fp32, source, calib, fixed, threads, left, n, declared, sweep)
             if "skipped" in found["record"]:
                 break
             for key in ("partial", "stopped"):
@@ -444,9 +446,10 @@ def _sweep(
     budget: float | None,
     samples: int | None,
     declared: dict | None = None,
+    sweep: int = 1,
 ) -> dict:
-    """One sweep of `search` over INT8's activations in graph order, choosing on SAMPLES samples
-    (the first sweep: as many as its projected cost allows)."""
+    """One sweep of `search` (its SWEEP-th) over INT8's activations in graph order, choosing on
+    SAMPLES samples (the first sweep: as many as its projected cost allows)."""
     import onnx
 
     from edgekit.runtimes.ort import threads as session_threads
@@ -552,21 +555,24 @@ def _sweep(
         return error_with
 
     stopped = None
-    for k in range(first, len(acts)):
-        if budget is not None and time.perf_counter() - started > budget:
-            stopped = k
-            break
-        act = acts[k]
-        chosen, err = _factor(act.ceiling, best[0], trial(k))
-        held = trial(k, 1)(chosen) if chosen != 1.0 and len(sets) > 1 else None
-        if held is not None and held >= best[1] * (1 - GAIN):
-            chosen, err = 1.0, best[0]
-        scaler.set(act, chosen)
-        if chosen != 1.0:
-            factors[act.scale] = chosen
-            best = [err, held] if held is not None else [err]
-            for cache in caches:
-                cache.batches = []  # the kept tensors are the old ranges'
+    with progress() as bar:
+        task = bar.add_task(f"activation ranges (sweep {sweep})", total=len(acts) - first)
+        for k in range(first, len(acts)):
+            if budget is not None and time.perf_counter() - started > budget:
+                stopped = k
+                break
+            act = acts[k]
+            chosen, err = _factor(act.ceiling, best[0], trial(k))
+            held = trial(k, 1)(chosen) if chosen != 1.0 and len(sets) > 1 else None
+            if held is not None and held >= best[1] * (1 - GAIN):
+                chosen, err = 1.0, best[0]
+            scaler.set(act, chosen)
+            if chosen != 1.0:
+                factors[act.scale] = chosen
+                best = [err, held] if held is not None else [err]
+                for cache in caches:
+                    cache.batches = []  # the kept tensors are the old ranges'
+            bar.advance(task)
     record = {
         "activations": len(acts),
         "searched": [first, len(acts) if stopped is None else stopped],  # graph-order indices: from, to
