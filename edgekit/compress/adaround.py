@@ -179,12 +179,7 @@ def collect(fp32: Path, samples: int, memory: int | None = None) -> Collected:
             gram = Gram(node, groups, shape[1] * shape[2] * shape[3], per_sample, conv)
         if gram.k <= MAX_K:
             grams[name] = gram
-    fits, total = {}, 0
-    for name, gram in sorted(grams.items(), key=lambda item: gram_bytes(item[1])):
-        total += gram_bytes(gram)
-        if memory is not None and total > memory:
-            break
-        fits[name] = gram
+    fits = dict(_fit_memory(list(grams.items()), lambda item: gram_bytes(item[1]), memory))
     left = len(grams) - len(fits)
     return Collected(fits, limited={"left_nearest_for_gram_memory": left} if left else {})
 
@@ -477,7 +472,7 @@ def _solve(
     if not todo:
         return 0, {}
     started = time.perf_counter()
-    fits = _fit_memory(todo, memory)
+    fits = _fit_memory(todo, lambda t: t[2].size * BYTES_PER_WEIGHT, memory)
     items = {t[0]: (t, _metric(t[1])) for t in fits}
     n = min(cpus(), len(fits))
     shares, flats = _build(list(items.values()), n)
@@ -561,16 +556,16 @@ def _build(items: list, n: int) -> tuple[list[list[_Problem]], list[list]]:
     return shares, flats
 
 
-def _fit_memory(todo: list, memory: int | None) -> list:
-    """TODO's layers (smallest first) whose descent fits MEMORY bytes at BYTES_PER_WEIGHT; the
-    largest are left out (they keep nearest rounding)."""
-    order = sorted(todo, key=lambda t: t[2].size)
+def _fit_memory(items: list, cost: Callable, memory: int | None) -> list:
+    """ITEMS (smallest COST in bytes first) as many as fit MEMORY bytes together (None: all); the
+    largest are left out (their layers keep nearest rounding)."""
+    order = sorted(items, key=cost)
     if memory is None:
         return order
     total, fits = 0, []
-    for t in order:
-        total += t[2].size * BYTES_PER_WEIGHT
+    for item in order:
+        total += cost(item)
         if total > memory:
             break
-        fits.append(t)
+        fits.append(item)
     return fits
