@@ -1,7 +1,7 @@
-"""Issue 14's latency on an AVX2-only CPU, measured on a CPU with more: the zoo CNNs' INT8 artifact
-as `--int8` makes it for x86-avx2 (u8s8-pair) against ORT fp32, on the AVX2 kernels (this CPU's
-AVX-512, VNNI and AMX hidden from CPUID: edgekit.cpuid_mask) and on this CPU's own; beside them
-OpenVINO running the same QDQ file and NNCF's IR (the anchor).
+"""Issue 14's latency on an AVX2-only CPU, on one or measured on a CPU with more: the zoo CNNs' INT8
+artifact as `--int8` makes it for x86-avx2 (u8s8-pair) against ORT fp32, on the AVX2 kernels (on a
+CPU with more, its AVX-512, VNNI and AMX hidden from CPUID: edgekit.cpuid_mask, and on its own
+kernels too); beside them OpenVINO running the same QDQ file and NNCF's IR (the anchor).
 
     make zoo && .venv/bin/python bench/int8_avx2_kernels.py [--models ...] [--rounds 7] [--work DIR]
 
@@ -9,7 +9,8 @@ The artifacts and NNCF's IR are made under the mask too (the range search times 
 AVX2 kernels, as on such a CPU). ORT's variants are interleaved in one process per kernel set,
 OpenVINO's in another. What carries over to an AVX2 CPU is the ratio between variants on the same
 kernels; the absolute times are this machine's cores (another microarchitecture, clock and caches
-than a Zen 3). Writes docs/BENCHMARKS.md (its section) and bench/results/int8_avx2_kernels.json.
+than a Zen 3). On an AVX2-only CPU nothing is masked: its section and JSON are `-native`. Writes
+docs/BENCHMARKS.md (its section) and bench/results/int8_avx2_kernels[-native].json.
 """
 
 from __future__ import annotations
@@ -94,43 +95,60 @@ def _measure(job: dict) -> dict:
     }
 
 
-def _model(name: str, root: Path, args, masked: list[str]) -> dict:
-    """One model's artifacts (made under the mask) and its medians on the AVX2 kernels and on this CPU's."""
+def _model(name: str, root: Path, args, masked: list[str] | None) -> dict:
+    """One model's artifacts (made under the mask) and its medians on the AVX2 kernels and on this CPU's;
+    on an AVX2-only CPU (MASKED None) its own kernels are the AVX2 ones, measured once."""
     paths = _child({"do": "make", "work": str(root), "model": name, "calib": args.calib}, masked)
     job = {"do": "measure", "model": name, "paths": paths, "rounds": args.rounds, "threads": args.threads}
-    result = {"model": name, "avx2": _child(job, masked), "own": _child(job, None)}
+    result = {"model": name, "avx2": _child(job, masked)}
+    if masked is not None:
+        result["own"] = _child(job, None)
     if result["avx2"]["avx512f_seen"]:
         sys.exit("The CPUID mask did not take: the masked process still saw AVX-512.")
     console.print(result)
     return result
 
 
-def markdown(results: list[dict], args, fp: dict) -> str:
-    models = [r["model"] for r in results]
+_KERNELS = {(False, "avx2"): "AVX2", (False, "own"): "own", (True, "avx2"): "AVX2 (native)"}
+
+
+def markdown(results: list[dict], args, fp: dict, native: bool) -> str:
+    kernels = ("avx2",) if native else ("avx2", "own")
+    name = "int8_avx2_kernels-native" if native else "int8_avx2_kernels"
+    if native:
+        title = "## INT8 latency on an AVX2-only CPU (issue 14)"
+        how = "made and timed on this CPU's own kernels, the AVX2 ones"
+        columns = "Each column: this AVX2-only CPU's kernels."
+    else:
+        title = "## INT8 latency on the AVX2 kernels, measured on a CPU with more (issue 14)"
+        how = (
+            "made, and its range search run, with this CPU's AVX-512, VNNI and AMX hidden from CPUID, "
+            "edgekit.cpuid_mask"
+        )
+        columns = (
+            "The AVX2 columns are the kernels an AVX2-only CPU runs, on this machine's cores: their ratios "
+            "are a guide to such a CPU's, not its times (the native run is its own section)."
+        )
     lines = [
-        "<!-- int8_avx2_kernels:start -->",
-        "## INT8 latency on the AVX2 kernels, measured on a CPU with more (issue 14)",
+        f"<!-- {name}:start -->",
+        title,
         "",
         f"`make zoo && .venv/bin/python bench/int8_avx2_kernels.py --rounds {args.rounds} --threads "
         f"{args.threads}`, on {cpu_line(fp)}. Each model's INT8 artifact as `--int8` makes it for "
-        f"x86-avx2 ({FORM}, every default on; made, and its range search run, with this CPU's "
-        "AVX-512, VNNI and AMX hidden from CPUID, edgekit.cpuid_mask), batch 1, "
+        f"x86-avx2 ({FORM}, every default on; {how}), batch 1, "
         f"{args.threads} threads. Each cell: time as a share of ORT fp32 on the same kernels (ORT's "
-        "variants interleaved in one process, OpenVINO's in another, f32 precision pinned). The AVX2 "
-        "columns are the kernels an AVX2-only CPU runs, on this machine's cores: their ratios are a "
-        "guide to such a CPU's, not its times (a Zen 3 measured 0.70x for Lite1 and MobileNetV2, "
-        "docs/guide/quantize.md).",
+        f"variants interleaved in one process, OpenVINO's in another, f32 precision pinned). {columns}",
         "",
-        "| variant | " + " | ".join(f"{m} AVX2 | {m} own" for m in models) + " |",
-        "|---|" + "---:|---:|" * len(models),
-        "| ORT fp32, ms | "
-        + " | ".join(f"{r['avx2']['ort_fp32']:.2f} | {r['own']['ort_fp32']:.2f}" for r in results)
+        "| variant | "
+        + " | ".join(f"{r['model']} {_KERNELS[native, w]}" for r in results for w in kernels)
         + " |",
+        "|---|" + "---:|" * len(results) * len(kernels),
+        "| ORT fp32, ms | " + " | ".join(f"{r[w]['ort_fp32']:.2f}" for r in results for w in kernels) + " |",
     ]
     for k, label in ROWS.items():
-        cells = [f"{r[w][k] / r[w]['ort_fp32']:.2f}x" for r in results for w in ("avx2", "own")]
+        cells = [f"{r[w][k] / r[w]['ort_fp32']:.2f}x" for r in results for w in kernels]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "<!-- int8_avx2_kernels:end -->"]
+    lines += ["", f"<!-- {name}:end -->"]
     return "\n".join(lines)
 
 
@@ -148,8 +166,9 @@ def main() -> None:
         print(json.dumps(_make(job) if job["do"] == "make" else _measure(job)))
         return
     fp = host()
-    masked = cpuid_mask.prefix("x86-avx2", fp["cpu_class"])
-    if masked is None:
+    native = fp["cpu_class"] == "x86-avx2"
+    masked = None if native else cpuid_mask.prefix("x86-avx2", fp["cpu_class"])
+    if masked is None and not native:
         sys.exit(
             f"This CPU ({fp['cpu_class']}) cannot show AVX2 alone: that needs more than AVX2, x86-64 Linux "
             "with 'cpuid_fault' in /proc/cpuinfo, and a C compiler."
@@ -160,20 +179,20 @@ def main() -> None:
         if not (root / "calib").is_dir():
             zoo.write_image_folder(root / "calib", args.calib, seed=0)
         results = [_model(name, root, args, masked) for name in args.models.split(",")]
-    t = Table(
-        title=f"time as a share of ORT fp32 on the same kernels ({fp['cpu_class']}; AVX2 = CPUID masked)"
-    )
+    kernels = ("avx2",) if native else ("avx2", "own")
+    t = Table(title=f"time as a share of ORT fp32 on the same kernels ({fp['cpu_class']})")
     t.add_column("variant")
     for r in results:
-        t.add_column(f"{r['model']} AVX2", justify="right")
-        t.add_column(f"{r['model']} own", justify="right")
-    t.add_row("ORT fp32, ms", *(f"{r[w]['ort_fp32']:.2f}" for r in results for w in ("avx2", "own")))
+        for w in kernels:
+            t.add_column(f"{r['model']} {_KERNELS[native, w]}", justify="right")
+    t.add_row("ORT fp32, ms", *(f"{r[w]['ort_fp32']:.2f}" for r in results for w in kernels))
     for k, label in ROWS.items():
-        t.add_row(label, *(f"{r[w][k] / r[w]['ort_fp32']:.2f}x" for r in results for w in ("avx2", "own")))
+        t.add_row(label, *(f"{r[w][k] / r[w]['ort_fp32']:.2f}x" for r in results for w in kernels))
     console.print(t)
-    out = ROOT / "bench" / "results" / "int8_avx2_kernels.json"
+    name = "int8_avx2_kernels-native" if native else "int8_avx2_kernels"
+    out = ROOT / "bench" / "results" / f"{name}.json"
     out.write_text(json.dumps({"host": fp, "results": results}, indent=2) + "\n")
-    write_section("int8_avx2_kernels", markdown(results, args, fp))
+    write_section(name, markdown(results, args, fp, native))
     console.print(f"wrote {out} and docs/BENCHMARKS.md")
 
 
