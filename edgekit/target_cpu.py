@@ -137,6 +137,14 @@ def here() -> TargetCpu:
     return from_host(fingerprint.host(), "this machine")
 
 
+def fused_here(form: str | None) -> bool:
+    """Whether ONNX Runtime's fused INT8 kernels on this machine compute FORM (a FORMS name, None for
+    an unnamed combination) as its target does: not where this CPU saturates 16-bit pair sums and
+    FORM can. A pass that fits a model to its outputs then runs the Q/DQ as written, which is what a
+    CPU that cannot saturate computes (up to float rounding), not this CPU's saturation."""
+    return not here().saturates or form in CANNOT_SATURATE
+
+
 def auto_form(target: TargetCpu) -> Form:
     """The fastest INT8 form that holds on TARGET, on ONNX Runtime and OpenVINO alike."""
     return "u8s8-pair" if target.saturates else "u8s8"

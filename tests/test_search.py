@@ -150,9 +150,9 @@ def test_search_on_two_nodes_matches_a_local_run(project, cluster, edgekit):
         assert r["accuracy_loss"] == by_key[r["key"]]["accuracy_loss"]
         assert r["quality"]["fidelity"] == by_key[r["key"]]["quality"]["fidelity"]
     assert _front(project / "two") == _front(project / "one")
-    assert len({r["accuracy_loss"] for r in records}) > 2, (
-        "the candidates scored alike: the test shows nothing"
-    )
+    # scored apart: on an AVX2-only CPU both INT8 candidates lost the same top-1 share, not the same SQNR
+    scores = {json.dumps([r["accuracy_loss"], r["quality"]["fidelity"]], sort_keys=True) for r in records}
+    assert len(scores) > 2, "the candidates scored alike: the test shows nothing"
     _apply_and_report(project, cfg, edgekit)
 
 

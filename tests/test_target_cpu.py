@@ -250,7 +250,10 @@ def test_on_an_emulated_avx2_cpu_the_vnni_form_saturates_and_the_avx2_form_holds
     # padded to 4 channels for ORT's symmetric kernel (edgekit.compress.conv_channels), pairs each
     # tap's weight with a zero)
     assert abs(sqnr["emulated"]["x86-avx2"] - sqnr["native"]["x86-avx2"]) < 0.05, sqnr
-    assert sqnr["emulated"]["x86-vnni"] < sqnr["native"]["x86-vnni"] - 4, sqnr
+    if fingerprint.host()["cpu_class"] == "x86-avx2":  # this CPU is the one emulated: it saturates too
+        assert abs(sqnr["emulated"]["x86-vnni"] - sqnr["native"]["x86-vnni"]) < 0.05, sqnr
+    else:
+        assert sqnr["emulated"]["x86-vnni"] < sqnr["native"]["x86-vnni"] - 4, sqnr
     assert sqnr["emulated"]["x86-vnni"] < sqnr["emulated"]["x86-avx2"] - 3, sqnr
     emulated = rows["emulated"]
     assert emulated["x86-vnni"]["cpu_note"].startswith(

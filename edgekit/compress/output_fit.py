@@ -132,10 +132,12 @@ def _passed(node, producer: dict, readers: dict):
     return node
 
 
-def _outputs(model, samples: Samples, fixed: int | None, names: list[str]) -> dict[str, np.ndarray]:
+def _outputs(
+    model, samples: Samples, fixed: int | None, names: list[str], fused: bool = True
+) -> dict[str, np.ndarray]:
     """MODEL's (a ModelProto) tensors NAMES (graph outputs or not) on SAMPLES in ONNX Runtime, all
     graph optimizations on: the fused INT8 kernels the model deploys to (edgekit.compress.tensors
-    runs them off, the Q/DQ computed literally)."""
+    runs them off, the Q/DQ computed literally); not FUSED, off (target_cpu.fused_here)."""
     import onnxruntime as ort
     from onnx import helper
 
@@ -145,6 +147,8 @@ def _outputs(model, samples: Samples, fixed: int | None, names: list[str]) -> di
     m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in names if t not in have)
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if not fused:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     joined = batching.outputs(lambda feeds: session.run(names, feeds), samples.inputs, fixed, 16)
     return {n: v.astype(np.float64).reshape(v.shape[0], -1) for n, v in zip(names, joined, strict=True)}
@@ -314,11 +318,18 @@ def _fit_head(
 
 
 def fit(
-    int8: Path, fp32: Path, source: Path, calib: Samples, fixed: int | None, declared: dict | None = None
+    int8: Path,
+    fp32: Path,
+    source: Path,
+    calib: Samples,
+    fixed: int | None,
+    declared: dict | None = None,
+    fused: bool = True,
 ) -> tuple[dict, dict]:
     """The refitted float weight (in its layout) and bias of each head of INT8 (a QDQ file quantized
     from SOURCE) that its held-out calibration samples chose, by the head's weight initializer, and
-    the record (empty where INT8 has no head or too few samples)."""
+    the record (empty where INT8 has no head or too few samples). FUSED: INT8 run on ORT's fused
+    kernels, else its Q/DQ as written (target_cpu.fused_here)."""
     import onnx
 
     model = onnx.load(str(int8))
@@ -330,7 +341,9 @@ def fit(
     src_inits = {i.name: i for i in onnx.load(str(source)).graph.initializer}
     samples = calib.take(slice(0, n))
     ref = _outputs(onnx.load(str(fp32)), samples, fixed, [h.output for h in found])
-    got = _outputs(model, samples, fixed, [t for h in found for t in (h.node.input[0], h.node.output[0])])
+    got = _outputs(
+        model, samples, fixed, [t for h in found for t in (h.node.input[0], h.node.output[0])], fused
+    )
     held = min(VALIDATE, n // 3)
     fits, record = {}, {"layers": [], "samples": n - held, "held_out_samples": held}
     for h in found:

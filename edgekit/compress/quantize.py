@@ -62,7 +62,7 @@ from edgekit.compress.weight_pairs import PairLayer
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError, first_line
 from edgekit.memory import budget, parse_size
-from edgekit.target_cpu import CLASSES, FORMS, Form, TargetCpu, auto_form, resolve
+from edgekit.target_cpu import CLASSES, FORMS, Form, TargetCpu, auto_form, fused_here, resolve
 
 COMPUTE_OPS = output_tail.COMPUTE  # Conv, ConvTranspose, MatMul, Gemm
 # recurrent layers: ONNX Runtime's static QDQ quantizer has no INT8 form of them (LSTMs: its dynamic one,
@@ -687,7 +687,14 @@ def _writer(
                 write(tmp / "full.onnx", ())
             if p.ranges is None:
                 found = range_search.search(
-                    out, Path(fp32), src, calib, batch_fixed, budget=cfg.range_search_budget, declared=kinds
+                    out,
+                    Path(fp32),
+                    src,
+                    calib,
+                    batch_fixed,
+                    budget=cfg.range_search_budget,
+                    declared=kinds,
+                    fused=fused_here(form_name(cfg)),
                 )
                 p.ranges = found["factors"]
                 searched.update(found["record"])
@@ -702,7 +709,8 @@ def _writer(
             if p.fits is None and exclude:  # a trial's output layers are the full model's
                 write(tmp / "full.onnx", ())
             if p.fits is None:
-                p.fits, record = output_fit.fit(out, Path(fp32), src, calib, batch_fixed, kinds)
+                fused = fused_here(form_name(cfg))
+                p.fits, record = output_fit.fit(out, Path(fp32), src, calib, batch_fixed, kinds, fused)
                 fitted.update(record)
             applied = output_fit.apply(out, p.fits)
             if fitted or applied:  # a Ray worker's writer has the fit, not its record

@@ -250,18 +250,21 @@ def _suffix_model(model, part: Suffix, batches: list[dict[str, np.ndarray]]):
     return helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
 
 
-def _session(model, threads: int):
+def _session(model, threads: int, fused: bool):
+    """A session of MODEL: its fused INT8 kernels, or (not FUSED) its Q/DQ computed as written."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    if not fused:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _outputs(model, samples: Samples, fixed: int | None, threads: int) -> list[np.ndarray]:
-    """MODEL's (a ModelProto) outputs on SAMPLES in ONNX Runtime, all graph optimizations on."""
-    session = _session(model, threads)
+def _outputs(model, samples: Samples, fixed: int | None, threads: int, fused: bool) -> list[np.ndarray]:
+    """MODEL's (a ModelProto) outputs on SAMPLES in ONNX Runtime (FUSED: all graph optimizations on)."""
+    session = _session(model, threads, fused)
     return batching.outputs(lambda feeds: session.run(None, feeds), samples.inputs, fixed, 16)
 
 
@@ -270,8 +273,8 @@ class _Cache:
     the whole model as its ranges stand (in batches as the model takes them, so any layout holds),
     and its outputs; kept until a factor is adopted."""
 
-    def __init__(self, model, samples: Samples, fixed: int | None, threads: int):
-        self.model, self.samples, self.fixed, self.threads = model, samples, fixed, threads
+    def __init__(self, model, samples: Samples, fixed: int | None, threads: int, fused: bool):
+        self.model, self.samples, self.fixed, self.threads, self.fused = model, samples, fixed, threads, fused
         self.batches: list[tuple[dict[str, np.ndarray], int]] = []
         self.outputs: dict[str, np.ndarray] = {}
         self.window = 4  # activations whose tensors one run keeps, sized to CACHE_BYTES after it
@@ -286,7 +289,7 @@ class _Cache:
         inputs = {i.name for i in m.graph.input}
         extra = [t for t in tensors if t not in inputs and t not in names]
         m.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in extra)
-        session = _session(m, self.threads)
+        session = _session(m, self.threads, self.fused)
         kept, reals = [], []
 
         def run(feeds):
@@ -308,7 +311,7 @@ class _Cache:
 
     def run(self, suffix_model, part: Suffix) -> list[np.ndarray]:
         """The model's outputs with SUFFIX_MODEL (PART, as the factor sets it) run on the kept tensors."""
-        session = _session(suffix_model, self.threads)
+        session = _session(suffix_model, self.threads, self.fused)
         runs = ((session.run(None, {t: feeds[t] for t in part.cut}), real) for feeds, real in self.batches)
         computed = dict(zip(part.outputs, batching.join(runs, self.fixed), strict=True))
         return [computed.get(o.name, self.outputs[o.name]) for o in self.model.graph.output]
@@ -376,17 +379,19 @@ def search(
     threads: int = 0,
     budget: float | None = None,
     declared: dict | None = None,
+    fused: bool = True,
 ) -> dict:
     """The factor of each activation range of INT8 (a QDQ file, quantized from SOURCE) that lowers
     its outputs' error to FP32's on the first SAMPLES calibration samples (scale initializer ->
     factor, only where not 1), with the search's record: up to SWEEPS sweeps over the activations,
     each from the ranges the last left, while the last scaled any and BUDGET (seconds, all sweeps
     together) lasts; over BUDGET, the last activations that fit it (none: skipped), and the first
-    sweep cut short is the only one. DECLARED: the output kinds the user gave (`judged_kinds`)."""
+    sweep cut short is the only one. DECLARED: the output kinds the user gave (`judged_kinds`).
+    FUSED: INT8 run on ORT's fused kernels, else its Q/DQ as written (target_cpu.fused_here)."""
     import onnx
 
     started = time.perf_counter()
-    found = _sweep(int8, fp32, source, calib, fixed, threads, budget, None, declared, 1)
+    found = _sweep(int8, fp32, source, calib, fixed, threads, budget, None, declared, 1, fused)
     factors, record = dict(found["factors"]), found["record"]
     if "skipped" in record:
         return found
@@ -403,7 +408,7 @@ def search(
                 break
             apply(current, source, found["factors"])
             n, sweep = record["samples"], len(errors) + 1
-            found = _sweep(current, fp32, source, calib, fixed, threads, left, n, declared, sweep)
+            found = _sweep(current, fp32, source, calib, fixed, threads, left, n, declared, sweep, fused)
             if "skipped" in found["record"]:
                 break
             for key in ("partial", "stopped"):
@@ -422,6 +427,8 @@ def search(
         sweep_errors=errors,
         seconds=round(time.perf_counter() - started, 1),
     )
+    if not fused:  # this CPU's fused kernels saturate where the target's do not
+        record["computed"] = "Q/DQ as written"
     return {"factors": factors, "record": record}
 
 
@@ -447,6 +454,7 @@ def _sweep(
     samples: int | None,
     declared: dict | None = None,
     sweep: int = 1,
+    fused: bool = True,
 ) -> dict:
     """One sweep of `search` (its SWEEP-th) over INT8's activations in graph order, choosing on
     SAMPLES samples (the first sweep: as many as its projected cost allows)."""
@@ -469,7 +477,9 @@ def _sweep(
             for s in (calib.take(slice(0, min(n, len(calib)))), calib.take(slice(n, n + VALIDATE)))
             if len(s)
         ]
-        return parts, [[o.astype(np.float64) for o in _outputs(reference, s, fixed, threads)] for s in parts]
+        return parts, [
+            [o.astype(np.float64) for o in _outputs(reference, s, fixed, threads, True)] for s in parts
+        ]
 
     sets, refs = split(samples or SAMPLES)
     names = [o.name for o in reference.graph.output]
@@ -481,7 +491,7 @@ def _sweep(
 
     def error(which: int = 0) -> float:
         """The model's error as its ranges stand, on sample set WHICH."""
-        return output_error(_outputs(model, sets[which], fixed, threads), refs[which], kinds)
+        return output_error(_outputs(model, sets[which], fixed, threads, fused), refs[which], kinds)
 
     def scaled(act: Activation, f: float, which: int = 0) -> float:
         scaler.set(act, f)
@@ -512,7 +522,7 @@ def _sweep(
     if left is not None and sum(costs) > left and len(sets[0]) > FEWEST:  # fewer samples, all ranges
         had, n = len(sets[0]), max(FEWEST, int(len(sets[0]) * left / sum(costs)))
         sets[0] = sets[0].take(slice(0, n))
-        refs[0] = [o.astype(np.float64) for o in _outputs(reference, sets[0], fixed, threads)]
+        refs[0] = [o.astype(np.float64) for o in _outputs(reference, sets[0], fixed, threads, True)]
         costs = [c * n / had for c in costs]
         before[0] = error(0)
     # the held-out errors before the window below is chosen, so that it fits what is left after them
@@ -534,7 +544,7 @@ def _sweep(
             return {"factors": {}, "record": {"skipped": f"{over}; --range-search runs it"}}
     best = list(before)
     factors: dict[str, float] = {}
-    caches = [_Cache(model, s, fixed, threads) for s in sets]
+    caches = [_Cache(model, s, fixed, threads, fused) for s in sets]
 
     def trial(k: int, which: int = 0):
         """ERROR(f) for the factor f of activation K on sample set WHICH: its suffix run on the kept
