@@ -193,7 +193,6 @@ def test_a_trial_gets_the_full_models_fit(models, tmp_path, monkeypatch):
     assert np.array_equal(t["w3_quantized"], f["w3_quantized"])
 
 
-@pytest.mark.slow  # CLI compress runs: 17 s on an AVX2 EPYC (make test-slow)
 def test_on_by_default_and_off_by_flag(edgekit, models, tmp_path):
     np.savez(tmp_path / "calib.npz", x=smooth_images(96, seed=3))
     args = ["compress", str(models / "probs.onnx"), "--int8", "--calib", str(tmp_path / "calib.npz")]

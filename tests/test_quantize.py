@@ -202,7 +202,6 @@ def test_percentile_clips_activation_ranges(fp32_models, tmp_path):
     assert sum(narrow[k] < 0.9 * wide[k] for k in wide) >= len(wide) // 2
 
 
-@pytest.mark.slow  # two calibrations of a ResNet: 25 s on an AVX2 EPYC (make test-slow)
 def test_entropy_calibration_differs_from_minmax(fp32_models, tmp_path):
     calib = CALIB.take(slice(0, 8))
     src = fp32_models["resnet"].path

@@ -212,7 +212,6 @@ def test_a_trial_gets_the_full_models_factors(fp32, calib, tmp_path, monkeypatch
     np.testing.assert_array_equal(_run(tmp_path / "full.onnx", x), _run(tmp_path / "again.onnx", x))
 
 
-@pytest.mark.slow  # three CLI compress runs with the search: 35 s on an AVX2 EPYC (make test-slow)
 def test_on_by_default_and_off_by_flag(edgekit, fp32, calib, tmp_path):
     # the outliers first (the last samples are held out): inflated ranges, work for the search
     np.savez(tmp_path / "calib.npz", x=np.roll(calib.inputs["x"], 4, axis=0))
