@@ -154,8 +154,9 @@ def warning(out: str, step: str, record: dict) -> str:
     """The line a model that is not faster than its parent gets; an INT8 model for ONNX Runtime is
     pointed at OpenVINO, whose INT8 kernels cover what ORT's do not (HardSwish; depthwise-separable
     CNNs on an AMX Xeon: docs/guide/quantize.md measures both); timed on another class's kernels
-    than this CPU's, the line says whose."""
+    than this CPU's, the line says whose; on a class without VNNI, that INT8 may not be faster there."""
     from edgekit.benchmarks import fingerprint
+    from edgekit.target_cpu import CLASSES
 
     here = fingerprint.host()["cpu_class"]
     line = (
@@ -165,6 +166,13 @@ def warning(out: str, step: str, record: dict) -> str:
         f"{record['ms']:.3g} ms vs {record['fp32_ms']:.3g} ms at batch {record['batch']} "
         f"({record['ratio']:.2f}x the time; a short check, `edgekit compare` measures it properly)."
     )
+    kernels = record.get("kernels", here)
+    if step == "int8" and kernels in CLASSES and CLASSES[kernels].saturates:
+        line += (
+            f" Without VNNI ({kernels}) an 8-bit multiply-add may cost what an fp32 one does (on an"
+            " AVX2-only EPYC NNCF's INT8 ran 1.0-1.2x fp32's time too); INT8 still makes the weights"
+            " 4x smaller."
+        )
     if step == "int8" and record["runtime"] == RUNTIMES["ort"]:
         line += (
             " If it runs slower in `edgekit compare` too, try `--target openvino`: OpenVINO has INT8"
