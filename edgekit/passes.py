@@ -306,7 +306,8 @@ def _int8_check(w: Work, model: Path) -> dict:
     manifest's target_cpu then says so), else as this CPU does."""
     from edgekit import speedup
     from edgekit.benchmarks.fingerprint import host
-    from edgekit.benchmarks.runner import outputs_under
+    from edgekit.benchmarks.runner import outputs_as_written, outputs_under
+    from edgekit.target_cpu import fused_here
 
     fixed, made = w.loaded.input_spec.fixed_batch, w.manifest.target_cpu
     on = speedup.kernels((made or {}).get("class"))
@@ -316,6 +317,13 @@ def _int8_check(w: Work, model: Path) -> dict:
             verified_on=on.cpu_class,
             note=f"the int8 check ran as {on.cpu_class} computes it: on this machine ({host()['cpu_class']}) "
             f"with CPUID showing only {on.cpu_class}'s features (edgekit.cpuid_mask)",
+        )
+    elif made is not None and not fused_here(made.get("form"), made.get("class")):
+        out = outputs_as_written(model, w.evals, fixed)  # this CPU's fused kernels would saturate
+        made["note"] = (
+            f"the int8 check ran on this machine ({host()['cpu_class']}) with the Q/DQ computed as "
+            f"written, as {made.get('class')} computes them: this CPU's fused INT8 kernels saturate "
+            "where its do not"
         )
     return measure_against(w.model, model, w.evals, fixed, w.data, w.req.output_kinds, w.req.metric, out)
 

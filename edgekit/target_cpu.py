@@ -137,12 +137,14 @@ def here() -> TargetCpu:
     return from_host(fingerprint.host(), "this machine")
 
 
-def fused_here(form: str | None) -> bool:
-    """Whether ONNX Runtime's fused INT8 kernels on this machine compute FORM (a FORMS name, None for
-    an unnamed combination) as its target does: not where this CPU saturates 16-bit pair sums and
-    FORM can. A pass that fits a model to its outputs then runs the Q/DQ as written, which is what a
-    CPU that cannot saturate computes (up to float rounding), not this CPU's saturation."""
-    return not here().saturates or form in CANNOT_SATURATE
+def fused_here(form: str | None, target: str | None) -> bool:
+    """Whether ONNX Runtime's fused INT8 kernels on this machine compute FORM (a FORMS name; None or
+    "custom" for an unnamed combination) as the TARGET class does: not where this CPU saturates 16-bit
+    pair sums, FORM can and TARGET does not (VNNI, AMX, Arm, a GPU). A model fitted or checked against
+    its outputs is then run with its Q/DQ as written, which is what such a target computes (up to
+    float rounding), not this CPU's saturation."""
+    target_saturates = CLASSES[target].saturates if target in CLASSES else False
+    return not here().saturates or form in CANNOT_SATURATE or target_saturates
 
 
 def auto_form(target: TargetCpu) -> Form:

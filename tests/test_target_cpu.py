@@ -30,7 +30,7 @@ from edgekit.config import Pass
 from edgekit.data import Samples
 from edgekit.export.onnx import ExportConfig, export
 from edgekit.run import _keyed
-from edgekit.target_cpu import CLASSES, FORMS, TargetCpu, mismatch, resolve
+from edgekit.target_cpu import CLASSES, FORMS, TargetCpu, here, mismatch, resolve
 
 
 @pytest.mark.parametrize(
@@ -198,6 +198,9 @@ def test_compress_records_the_cpu_it_made_the_model_for(edgekit, digits, made_fo
     assert speed["fp32_ms"] > 0 and speed["ms"] > 0
     if fingerprint.host()["cpu_class"] != "x86-avx2":  # checked as an AVX2 CPU computes it where this CPU can
         assert made["verified_on"] == ("x86-avx2" if MASKS_AVX2 else fingerprint.host()["cpu_class"]), made
+    # made for VNNI on a CPU that saturates: checked with its Q/DQ as written, as a VNNI CPU computes it
+    vnni = read_manifest(made_for("x86-vnni")[0]).target_cpu
+    assert ("Q/DQ computed as written" in vnni.get("note", "")) == here().saturates, vnni
     wrong = edgekit("compress", digits.onnx, "--int8", "--calib", digits.calib, "--target-cpu", "x86-avx3",
                     "-o", tmp_path / "x")  # fmt: skip
     assert wrong.returncode == 2 and "x86-avx2" in wrong.stderr and "Traceback" not in wrong.stderr

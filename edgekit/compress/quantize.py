@@ -694,7 +694,7 @@ def _writer(
                     batch_fixed,
                     budget=cfg.range_search_budget,
                     declared=kinds,
-                    fused=fused_here(form_name(cfg)),
+                    fused=fused_here(form_name(cfg), cfg.target_cpu),
                 )
                 p.ranges = found["factors"]
                 searched.update(found["record"])
@@ -709,7 +709,7 @@ def _writer(
             if p.fits is None and exclude:  # a trial's output layers are the full model's
                 write(tmp / "full.onnx", ())
             if p.fits is None:
-                fused = fused_here(form_name(cfg))
+                fused = fused_here(form_name(cfg), cfg.target_cpu)
                 p.fits, record = output_fit.fit(out, Path(fp32), src, calib, batch_fixed, kinds, fused)
                 fitted.update(record)
             applied = output_fit.apply(out, p.fits)
