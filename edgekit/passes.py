@@ -303,7 +303,9 @@ def _dynamic_or_static(w: Work, cfg: Int8Config, path: Path, static: dict) -> tu
 def _int8_check(w: Work, model: Path) -> dict:
     """MODEL (an INT8 candidate) against fp32 on the evaluation data, as the CPU class it is made for
     computes it where this CPU shows that class (a lesser one: CPUID masked, in a worker; the
-    manifest's target_cpu then says so), else as this CPU does."""
+    manifest's target_cpu then says so), with its Q/DQ as written where this CPU's fused kernels
+    saturate and the target's do not (a greater class, Arm, a GPU: target_cpu.fused_here), else as
+    this CPU does."""
     from edgekit import speedup
     from edgekit.benchmarks.fingerprint import host
     from edgekit.benchmarks.runner import outputs_as_written, outputs_under
