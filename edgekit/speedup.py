@@ -159,14 +159,14 @@ def warning(out: str, step: str, record: dict) -> str:
     from edgekit.target_cpu import CLASSES
 
     here = fingerprint.host()["cpu_class"]
+    kernels = record.get("kernels", here)
     line = (
         f"{out} ({step}) is not faster than its fp32 parent in {record['runtime']}"
-        + (f" on {record['kernels']}'s kernels" if record.get("kernels", here) != here else "")
+        + (f" on {kernels}'s kernels" if kernels != here else "")
         + ": "
         f"{record['ms']:.3g} ms vs {record['fp32_ms']:.3g} ms at batch {record['batch']} "
         f"({record['ratio']:.2f}x the time; a short check, `edgekit compare` measures it properly)."
     )
-    kernels = record.get("kernels", here)
     if step == "int8" and kernels in CLASSES and CLASSES[kernels].saturates:
         line += (
             f" Without VNNI ({kernels}) an 8-bit multiply-add may cost what an fp32 one does (on an"
