@@ -112,9 +112,13 @@ def _model(name: str, root: Path, args, masked: list[str] | None) -> dict:
 _KERNELS = {(False, "avx2"): "AVX2", (False, "own"): "own", (True, "avx2"): "AVX2 (native)"}
 
 
+def _layout(native: bool) -> tuple[tuple[str, ...], str]:
+    """The kernel sets measured (an AVX2-only CPU's own, or masked and own) and the section's name."""
+    return (("avx2",), "int8_avx2_kernels-native") if native else (("avx2", "own"), "int8_avx2_kernels")
+
+
 def markdown(results: list[dict], args, fp: dict, native: bool) -> str:
-    kernels = ("avx2",) if native else ("avx2", "own")
-    name = "int8_avx2_kernels-native" if native else "int8_avx2_kernels"
+    kernels, name = _layout(native)
     if native:
         title = "## INT8 latency on an AVX2-only CPU (issue 14)"
         how = "made and timed on this CPU's own kernels, the AVX2 ones"
@@ -179,7 +183,7 @@ def main() -> None:
         if not (root / "calib").is_dir():
             zoo.write_image_folder(root / "calib", args.calib, seed=0)
         results = [_model(name, root, args, masked) for name in args.models.split(",")]
-    kernels = ("avx2",) if native else ("avx2", "own")
+    kernels, name = _layout(native)
     t = Table(title=f"time as a share of ORT fp32 on the same kernels ({fp['cpu_class']})")
     t.add_column("variant")
     for r in results:
@@ -189,7 +193,6 @@ def main() -> None:
     for k, label in ROWS.items():
         t.add_row(label, *(f"{r[w][k] / r[w]['ort_fp32']:.2f}x" for r in results for w in kernels))
     console.print(t)
-    name = "int8_avx2_kernels-native" if native else "int8_avx2_kernels"
     out = ROOT / "bench" / "results" / f"{name}.json"
     out.write_text(json.dumps({"host": fp, "results": results}, indent=2) + "\n")
     write_section(name, markdown(results, args, fp, native))
