@@ -107,8 +107,7 @@ def cluster(edgekit):
     )
     address = proc.stdout.readline().strip()
     assert address, "the Ray cluster did not start"
-    # the nodes inherit the pipe and log to it: left undrained it fills, and a node that writes to it
-    # blocks (under load, the search then stalled past its 300 s timeout)
+    # the nodes inherit the pipe: left undrained, a node that wrote 64 KiB to it would block
     threading.Thread(target=proc.stdout.read, daemon=True).start()
     yield address
     proc.stdin.close()
