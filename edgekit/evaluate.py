@@ -44,9 +44,11 @@ class Reference:
     outputs: list[np.ndarray]
 
 
-def predict(path: Path, samples: Samples, fixed: int | None, label: str) -> list[np.ndarray]:
-    """Outputs of the ONNX model at PATH in ONNX Runtime (CPU) on SAMPLES."""
-    return samples.outputs(ort.load(str(path)).run, fixed, label, run_batch(path, 32))
+def predict(
+    path: Path, samples: Samples, fixed: int | None, label: str, options: ort.Options | None = None
+) -> list[np.ndarray]:
+    """Outputs of the ONNX model at PATH in ONNX Runtime (CPU; OPTIONS, else its defaults) on SAMPLES."""
+    return samples.outputs(ort.load(str(path), options=options).run, fixed, label, run_batch(path, 32))
 
 
 def measure_against(

@@ -308,7 +308,8 @@ def _int8_check(w: Work, model: Path) -> dict:
     this CPU does."""
     from edgekit import speedup
     from edgekit.benchmarks.fingerprint import host
-    from edgekit.benchmarks.runner import outputs_as_written, outputs_under
+    from edgekit.benchmarks.runner import outputs_under
+    from edgekit.runtimes.ort import Options
     from edgekit.target_cpu import fused_here
 
     fixed, made = w.loaded.input_spec.fixed_batch, w.manifest.target_cpu
@@ -321,7 +322,8 @@ def _int8_check(w: Work, model: Path) -> dict:
             f"with CPUID showing only {on.cpu_class}'s features (edgekit.cpuid_mask)",
         )
     elif made is not None and not fused_here(made.get("form"), made.get("class")):
-        out = outputs_as_written(model, w.evals, fixed)  # this CPU's fused kernels would saturate
+        # this CPU's fused kernels would saturate: the Q/DQ computed as written
+        out = predict(model, w.evals, fixed, "evaluating int8", Options(graph_optimization="none"))
         made["note"] = (
             f"the int8 check ran on this machine ({host()['cpu_class']}) with the Q/DQ computed as "
             f"written, as {made.get('class')} computes them: this CPU's fused INT8 kernels saturate "

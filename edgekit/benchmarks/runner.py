@@ -91,21 +91,6 @@ def outputs_under(prefix: list[str], path: Path, samples: Samples, fixed: int | 
             return [z[k] for k in z.files]
 
 
-def outputs_as_written(path: Path, samples: Samples, fixed: int | None) -> list[np.ndarray]:
-    """The outputs of the INT8 model at PATH on SAMPLES in ONNX Runtime with its Q/DQ computed as
-    written (graph optimizations off): what a CPU whose INT8 sums cannot saturate computes, up to
-    float rounding, checked on one whose fused kernels do (edgekit.target_cpu.fused_here)."""
-    import onnxruntime as ort
-
-    from edgekit import batching
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return batching.outputs(lambda feeds: session.run(None, feeds), samples.inputs, fixed, 16)
-
-
 def measure(
     directory: Path,
     cfg: BenchConfig,

@@ -79,7 +79,8 @@ def cpus() -> int:
 @dataclass
 class Options:
     threads: int = 0  # 0: ONNX Runtime's default (all physical cores)
-    graph_optimization: str = "all"  # "basic", "extended", "all"
+    # "basic", "extended", "all"; "none": the graph as written (an INT8 model's Q/DQ computed literally)
+    graph_optimization: str = "all"
 
 
 class Session:
@@ -94,6 +95,7 @@ class Session:
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         so.graph_optimization_level = {
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
