@@ -47,6 +47,10 @@ def _fail(e: EdgekitError) -> None:
 def _run(fn, debug: bool):
     """Call the library; an EdgekitError becomes one sentence and its exit code, Ctrl-C exit 130,
     SIGTERM exit 143."""
+    if not sys.warnoptions:  # as main() keeps Python's warnings off stderr, ONNX Runtime's own too
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
     try:
         return fn()
     except EdgekitError as e:

@@ -229,11 +229,14 @@ def _random(spec: InputSpec, n: int, seed: int) -> Samples:
 
     unsized = next((t for t in spec.inputs if t.open_axes and not t.example), None)
     if unsized is not None:
-        example = ",".join(str(d) if isinstance(d, int) else "N" for d in unsized.shape)
+        example = ",".join(
+            str(d) if isinstance(d, int) else "1" if i == unsized.batch_axis else "N"
+            for i, d in enumerate(unsized.shape)
+        )
         raise EdgekitError(
             f"random inputs need a size for every axis, and input {unsized.name!r} has shape "
             f"{unsized.shape} ({', '.join(unsized.open_axes)} unknown); give real data, or the sizes "
-            f"with --input-shape {unsized.name}:{example.replace('N', '1', 1)} (N your sizes)."
+            f"with --input-shape {unsized.name}:{example} (N your sizes)."
         )
     # N samples, also for a fixed-batch model (whose batch axis would give its batch size)
     samples = [TensorSpec(name=t.name, shape=["n", *_one_sample(t)], dtype=t.dtype) for t in spec.inputs]

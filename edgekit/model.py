@@ -125,9 +125,13 @@ def _set_batch_axes(path: Path, specs: list[TensorSpec], given: dict[str, int]) 
     """Each input's batch axis: GIVEN (--batch-axis), else the first axis, unless that is a number
     where other inputs' first axes are symbolic: then the axis named as theirs ([2, N, 64] beside
     [N, 300]: 1), or its first symbolic axis (Silero VAD's state, [2, ?, 128] beside [?, ?]: a
-    fixed 2 cannot be a dynamic batch); a scalar input has none (it is fed as it is)."""
+    fixed 2 cannot be a dynamic batch), and in a static model whose inputs' first axes disagree, one
+    of them 1, the first axis of size 1 (Silero VAD's OpenVINO export: [2, 1, 128] beside [1, 576]);
+    a scalar input has none (it is fed as it is)."""
     names = [t.name for t in specs]
     batch = {t.shape[0] for t in specs if t.shape and isinstance(t.shape[0], str)}
+    firsts = {t.shape[0] for t in specs if t.shape}
+    static_one = not batch and len(firsts) > 1 and 1 in firsts
     unknown = next((n for n in given if n not in names), None)
     if unknown is not None:
         raise EdgekitError(
@@ -146,7 +150,7 @@ def _set_batch_axes(path: Path, specs: list[TensorSpec], given: dict[str, int]) 
             )
         symbolic = [i for i, d in enumerate(t.shape) if isinstance(d, str)]
         first = symbolic[0] if batch and t.shape and isinstance(t.shape[0], int) and symbolic else 0
-        named = next((i for i, d in enumerate(t.shape) if d in batch), first)
+        named = next((i for i, d in enumerate(t.shape) if d in batch or (static_one and d == 1)), first)
         t.batch_axis = (axis if axis is not None else named) if t.shape else None
 
 
@@ -182,13 +186,16 @@ def _check_fits(spec: InputSpec) -> None:
             )
 
 
-def _ordered_shapes(path: Path, names: list[str], opts: LoadOptions) -> list[list[int]]:
-    """The --input-shape values in input order: positional ones as given, named ones by NAMES."""
+def _ordered_shapes(
+    path: Path, names: list[str], opts: LoadOptions, declared: bool = False
+) -> list[list[int] | None]:
+    """The --input-shape values in input order: positional ones as given, named ones by NAMES; with
+    DECLARED (an ONNX file, whose inputs declare their shapes) an input not named is None."""
     shapes = opts.input_shapes
     if not isinstance(shapes, dict):
         return shapes
     unknown = [n for n in shapes if n not in names]
-    missing = [n for n in names if n not in shapes]
+    missing = [] if declared else [n for n in names if n not in shapes]
     if unknown or missing:
         what = (
             f"names {unknown[0]!r}, which is not an input of {path}"
@@ -198,11 +205,14 @@ def _ordered_shapes(path: Path, names: list[str], opts: LoadOptions) -> list[lis
         raise EdgekitError(
             f"--input-shape {what}; give one shape for each of its inputs: {', '.join(names)}."
         )
-    return [shapes[n] for n in names]
+    return [shapes.get(n) for n in names]
 
 
 def _apply_shapes_to_onnx(path: Path, specs: list[TensorSpec], opts: LoadOptions):
-    shapes = _ordered_shapes(path, [t.name for t in specs], opts)
+    """SPECS with the --input-shape sizes on their symbolic axes; an input --input-shape does not
+    name keeps its declared shape, with the sizes given for the symbols it shares with those named
+    (a fixed state or a scalar beside the one input whose size the user chose)."""
+    shapes = _ordered_shapes(path, [t.name for t in specs], opts, declared=True)
     if len(shapes) != len(specs):
         raise EdgekitError(
             f"{path} has {len(specs)} input(s) but {len(shapes)} --input-shape "
@@ -210,6 +220,8 @@ def _apply_shapes_to_onnx(path: Path, specs: list[TensorSpec], opts: LoadOptions
         )
     out, sizes = [], {}  # a symbol the graph shares between inputs takes one size
     for spec, shape in zip(specs, shapes, strict=True):
+        if shape is None:
+            continue
         given = ",".join(map(str, shape))
         if len(shape) != len(spec.shape):
             raise EdgekitError(
@@ -232,7 +244,17 @@ def _apply_shapes_to_onnx(path: Path, specs: list[TensorSpec], opts: LoadOptions
             for i, (d, s) in enumerate(zip(spec.shape, shape, strict=True))
         ]
         out.append(TensorSpec(name=spec.name, shape=dims, dtype=spec.dtype))
-    return out
+    kept = (  # the inputs not named, their shared symbols sized as given (a batch only with --static-batch)
+        TensorSpec(
+            name=t.name,
+            shape=[sizes.get(d, d) if i or opts.static_batch else d for i, d in enumerate(t.shape)],
+            dtype=t.dtype,
+        )
+        for t, shape in zip(specs, shapes, strict=True)
+        if shape is None
+    )
+    by_name = {t.name: t for t in [*out, *kept]}
+    return [by_name[t.name] for t in specs]
 
 
 def _shape_text(shape: list[int | str]) -> str:

@@ -201,7 +201,8 @@ def run_export(w: Work, cfg: onnx_export.ExportConfig):
         except Exception as e:
             raise EdgekitError(
                 f"{loaded.onnx_path} does not run in ONNX Runtime on inputs of its declared shape "
-                f"({first_line(e)}); check --input-shape."
+                f"({first_line(e)}); check --input-shape, and --batch-axis for an input whose samples "
+                "are not on its first axis."
             ) from None
         manifest.verification["export"] = {
             "reference": "none: the input is an ONNX model, checked to run in ONNX Runtime",

@@ -294,6 +294,20 @@ def test_random_says_so_and_is_seeded():
     assert not np.array_equal(a.inputs["pixels"], c.inputs["pixels"])
 
 
+@pytest.mark.parametrize(
+    ("shape", "batch_axis", "asked"),
+    [
+        (["batch", 3, "h", "w"], 0, "x:1,3,N,N"),
+        ([1, 1, 64, "width"], 0, "x:1,1,64,N"),  # a fixed batch: the open axis is not it
+        ([2, "batch", "steps"], 1, "x:2,1,N"),
+    ],
+)
+def test_random_without_a_size_says_which_shape_to_give(shape, batch_axis, asked):
+    spec = InputSpec(inputs=[TensorSpec(name="x", shape=shape, batch_axis=batch_axis)])
+    with pytest.raises(EdgekitError, match=f"--input-shape {asked} "):
+        load_samples("random", spec, 5, Preprocess())
+
+
 # split_holdout
 
 

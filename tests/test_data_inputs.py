@@ -277,3 +277,48 @@ def test_a_state_with_unnamed_axes_gets_its_symbolic_axis_as_batch(work):
     onnx.save(model, str(work / "unnamed.onnx"))
     spec = load_model(work / "unnamed.onnx", LoadOptions()).input_spec
     assert [t.batch_axis for t in spec.inputs] == [0, 1, None]
+
+
+def test_a_static_state_beside_a_batch_of_one_gets_its_axis_of_one_as_batch(edgekit, work):
+    """Silero VAD's OpenVINO export: input [1, 300] and state [2, 1, 64], every axis fixed. The
+    state's first axis, 2, is not the batch the other input has: its batch axis is its axis of size 1
+    (fed on axis 0, every call gave it [1, 1, 64] and ONNX Runtime refused it)."""
+    import onnx
+
+    model = onnx.load(str(_speech_model(work / "named.onnx")))
+    for vi in model.graph.input:
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param:
+                d.dim_value = 1  # the static export: N is 1 everywhere
+    onnx.save(model, str(work / "static.onnx"))
+    r = edgekit("compress", work / "static.onnx", "--int8", "--calib", "random", "--calib-size", "8",
+                "--calib-const", "sr=16000", "-o", work / "out")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((work / "out" / "edgekit.json").read_text())
+    spec = {t["name"]: t for t in manifest["input_spec"]["inputs"]}
+    assert [spec[n].get("batch_axis", 0) for n in ("audio", "state", "sr")] == [0, 1, None]
+
+
+def test_input_shape_for_one_input_keeps_the_others_declared(edgekit, work):
+    """Silero VAD's opset-18 export: input [batch, sequence], sr a scalar, state [2, batch, 128].
+    --input-shape names only the input with an open axis; the state and the scalar keep the shapes
+    the file declares (each had to be named). ONNX Runtime's own warnings (here: an initializer no
+    node reads) stay off stderr, so a refusal is still one sentence."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(_speech_model(work / "named.onnx")))
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "sequence"
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
+    onnx.save(model, str(work / "open.onnx"))
+    base = ["compress", work / "open.onnx", "--int8", "--calib", "random", "--calib-size", "8"]
+    refused = edgekit(*base, "--calib-const", "sr=16000", "-o", work / "refused")
+    sentence = assert_refused(refused, work / "refused")
+    assert "--input-shape audio:1,N " in sentence, sentence
+    r = edgekit(*base, "--input-shape", f"audio:1,{LENGTH}", "--calib-const", "sr=16000", "-o", work / "out")
+    assert r.returncode == 0, r.stderr
+    assert "onnxruntime" not in r.stderr, r.stderr
+    manifest = json.loads((work / "out" / "edgekit.json").read_text())
+    spec = {t["name"]: t for t in manifest["input_spec"]["inputs"]}
+    assert spec["state"]["shape"] == [2, "N", HIDDEN] and spec["sr"]["shape"] == []
+    assert spec["audio"]["shape"] == ["N", LENGTH]
