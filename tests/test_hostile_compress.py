@@ -365,3 +365,17 @@ def test_a_model_quantized_dynamically_is_refused_for_int8(edgekit, depthwise_on
     r = edgekit("compress", quantized, "--int8", "--calib", "random", "--calib-size", "4", "-o", work / "out")
     msg = assert_refused(r, work / "out", [quantized], before)
     assert "already quantized" in msg and "ConvInteger x" in msg and "DynamicQuantizeLinear x" in msg
+
+
+def test_a_model_quantized_dynamically_converts_to_fp16_around_its_integer_ops(edgekit, depthwise_onnx, work):
+    """The same file's float ops go fp16 and its dynamic quantization stays as it was: the converter
+    had turned DynamicQuantizeLinear's input fp16, which ONNX Runtime refuses to load."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantized = work / "dynamic.onnx"
+    quantize_dynamic(str(depthwise_onnx), str(quantized), op_types_to_quantize=["Conv"])
+    r = edgekit("compress", quantized, "--fp16", "--calib", "random", "--calib-size", "4", "-o", work / "out")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((work / "out" / "edgekit.json").read_text())
+    kept = manifest["passes"][-1]["summary"]["kept_fp32_ops"]
+    assert kept.get("DynamicQuantizeLinear") and kept.get("ConvInteger"), kept

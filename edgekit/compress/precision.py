@@ -55,8 +55,15 @@ def convert_fp16(fp32: Path, out: Path, cfg: Fp16Config) -> dict:
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    from edgekit.export.openvino import QUANTIZED_OPS
+
     model = onnx.load(str(fp32))
-    blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(cfg.block_ops))
+    # an already quantized model's Q/DQ, QLinear* and dynamic-quantization ops read fp32 scales and
+    # inputs: converted, the model is invalid (ddddocr's ConvInteger model); they stay fp32
+    quantized = {
+        n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS or n.op_type.startswith("QLinear")
+    }
+    blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(cfg.block_ops) | quantized)
     try:
         half = convert_float_to_float16(
             model,
