@@ -351,7 +351,7 @@ def markdown(results: list[dict], command: str, fp: dict) -> str:
         "",
         f"Latest run: `{command}`, {fp.get('date', '?')}, on {cpu_line(fp)}; "
         + ", ".join(f"{k} {v}" for k, v in fp["libraries"].items())
-        + ". Each model's own run is named under it (all on this CPU).",
+        + ". Each model's own run is named under it, and its CPU where it is another.",
         "",
         "Each model as its users have it (bench/zoo_text.py, bench/zoo_ocr.py, bench/zoo_outside.py, "
         "bench/zoo_torch.py, bench/zoo_packaged.py, bench/zoo_formats.py) goes through the real CLI "
@@ -375,6 +375,7 @@ def markdown(results: list[dict], command: str, fp: dict) -> str:
             f"samples; `edgekit compress --int8` exit code **{r['exit']}**"
             + (f" ({r['edgekit_message']})" if r.get("edgekit_message") else "")
             + (f"; measured by `{r['command']}`, {r['date']}" if "command" in r else "; an earlier run")
+            + (f", on {r['cpu']}" if r.get("cpu", cpu_line(fp)) != cpu_line(fp) else "")
             + ".",
             "",
             "| variant | fidelity to fp32 | ORT latency / fp32 | seconds |",
@@ -391,15 +392,16 @@ def markdown(results: list[dict], command: str, fp: dict) -> str:
 
 
 def _save(result: dict, command: str, fp: dict) -> None:
-    """Add RESULT to bench/results/zoo_int8-CLASS.json (replacing that model's earlier result from
-    the same CPU; results from another CPU of the class are dropped) and rewrite its BENCHMARKS.md
-    section."""
+    """Add RESULT to bench/results/zoo_int8-CLASS.json (replacing that model's earlier result) and
+    rewrite its BENCHMARKS.md section. Each result keeps the CPU it was measured on (a result saved
+    before results named theirs: the file's host), which the section names where it is not the
+    latest run's."""
     out = ROOT / "bench" / "results" / f"{_section(fp)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.read_text()) if out.is_file() else {}
-    same_cpu = old.get("host", {}).get("cpu") == fp["cpu"]
-    result = {**result, "command": command, "date": fp.get("date", "?")}
-    results = [r for r in old.get("results", []) if same_cpu and r["model"] != result["model"]] + [result]
+    was = cpu_line(old["host"]) if old else ""
+    result = {**result, "command": command, "date": fp.get("date", "?"), "cpu": cpu_line(fp)}
+    results = [{"cpu": was} | r for r in old.get("results", []) if r["model"] != result["model"]] + [result]
     out.write_text(json.dumps({"host": fp, "command": command, "results": results}, indent=2) + "\n")
     write_section(_section(fp), markdown(results, command, fp))
     console.print(f"wrote {out} and docs/BENCHMARKS.md")

@@ -59,7 +59,7 @@ CHUNK, CONTEXT, RATE = 512, 64, 16000
 NAMES = (
     "ppocr_rec", "ppocr_det", "silero_vad", "silero_vad_default", "yolov8_nudenet", "yolov8_nudenet_nms",
     "ppocr6_rec", "ppocr_cls", "doc_orientation", "layout_picodet", "oww_embedding", "oww_jarvis",
-    "oww_mycroft",
+    "oww_mycroft", "ppocr6_det",
 )  # fmt: skip
 WAKE_PHRASES = ("hey jarvis", "alexa", "hey mycroft")
 
@@ -387,6 +387,11 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
             "ppocr6_rec", v6 / "PP-OCRv6_rec_small.onnx", *words, {},
             ["--input-shape", "1,3,48,320", *PADDLE],
             f"rendered words, 48x320, rapidocr 3.10's PP-OCRv6 small ({n_calib} calib, {n_eval} eval)",
+        ),
+        ZooCase(
+            "ppocr6_det", v6 / "PP-OCRv6_det_small.onnx", *texts, {},
+            ["--input-shape", "1,3,736,736", "--resize", "736", *PADDLE],
+            f"rendered pages, 736x736, rapidocr 3.10's PP-OCRv6 small ({pages[0]} calib, {pages[1]} eval)",
         ),
         ZooCase(
             "ppocr_cls", v6 / "ch_ppocr_mobile_v2.0_cls_mobile.onnx", *turned_words, {},
