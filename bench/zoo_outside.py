@@ -59,7 +59,7 @@ CHUNK, CONTEXT, RATE = 512, 64, 16000
 NAMES = (
     "ppocr_rec", "ppocr_det", "silero_vad", "silero_vad_default", "yolov8_nudenet", "yolov8_nudenet_nms",
     "ppocr6_rec", "ppocr_cls", "doc_orientation", "layout_picodet", "oww_embedding", "oww_jarvis",
-    "oww_mycroft", "ppocr6_det",
+    "oww_mycroft", "ppocr6_det", "silero_vad_op18", "silero_vad_half",
 )  # fmt: skip
 WAKE_PHRASES = ("hey jarvis", "alexa", "hey mycroft")
 
@@ -371,6 +371,17 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
             "silero_vad_default", packaged("silero_vad", "data", "silero_vad.onnx"), work / "vad_calib.npz",
             work / "vad_eval.npz", {}, [],
             "the same speech; the package's default file (its 16 and 8 kHz networks in an If on sr)",
+        ),
+        ZooCase(
+            "silero_vad_op18", packaged("silero_vad", "data", "silero_vad_op18_ifless.onnx"),
+            work / "vad_calib.npz", work / "vad_eval.npz", {}, [],
+            "the same speech; the package's opset-18 export (the network in one If branch, its LSTM cell "
+            "written out as Gemms)",
+        ),
+        ZooCase(
+            "silero_vad_half", packaged("silero_vad", "data", "silero_vad_half.onnx"),
+            work / "vad_calib.npz", work / "vad_eval.npz", {}, [],
+            "the same speech; the package's float16 file (no sr input: the 16 kHz network only)",
         ),
         ZooCase(
             "yolov8_nudenet", packaged("nudenet", "320n.onnx"), *photos, {},
