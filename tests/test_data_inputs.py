@@ -3,6 +3,7 @@ recurrent state whose batch axis is the second, and a scalar int64 sample rate."
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -322,3 +323,34 @@ def test_input_shape_for_one_input_keeps_the_others_declared(edgekit, work):
     spec = {t["name"]: t for t in manifest["input_spec"]["inputs"]}
     assert spec["state"]["shape"] == [2, "N", HIDDEN] and spec["sr"]["shape"] == []
     assert spec["audio"]["shape"] == ["N", LENGTH]
+
+
+def test_bench_evaluates_each_artifact_on_its_own_inputs_and_batch_axes(edgekit, speech, work):
+    """`bench --eval` with the speech model (its state batched on axis 1, sr a constant) beside a
+    model that reads the audio only: each gets the samples of its own inputs (the first artifact's
+    were reused: sr missing), and the state on its batch axis (it was fed samples-first)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    audio, state = _data()
+    np.savez(work / "data.npz", audio=audio, state=state, sr=np.int64(16000), **{"state.batch_axis": 1})
+    w = numpy_helper.from_array(np.full((LENGTH, 4), 0.01, np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["audio", "W"], ["out"])],
+        "audio_only",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", LENGTH])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])],
+        [w],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), work / "audio.onnx")
+    for name, model in (("audio", work / "audio.onnx"), ("speech", speech)):
+        r = edgekit("compress", model, "--calib", work / "data.npz", "-o", work / name)
+        assert r.returncode == 0, r.stderr
+    r = edgekit("bench", work / "audio", work / "speech", "--seconds", "0.2", "--eval", work / "data.npz",
+                "-o", work / "results")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in (work / "results" / "results.jsonl").read_text().splitlines()]
+    assert [Path(r["artifact"]).name for r in records] == ["audio", "speech"]
+    for record in records:
+        assert not record.get("error"), record["error"]
+        assert record["accuracy"]["samples"] == SAMPLES, record["accuracy"]

@@ -72,6 +72,16 @@ def _worker(job: dict, timeout: float, prefix: list[str] | None = None) -> dict:
     return json.loads(lines[-1])
 
 
+def _eval_job(job: dict, samples: Samples, directory: Path, fixed: int | None) -> None:
+    """Add SAMPLES to JOB as the worker's evaluation inputs, written in DIRECTORY, with each input's
+    batch axis (an .npz keeps the arrays only: a state batched on its second axis, or a constant,
+    was fed samples-first)."""
+    inputs, outputs = directory / "eval_in.npz", directory / "eval_out.npz"
+    np.savez(inputs, **samples.inputs)
+    axes = getattr(samples.inputs, "axes", {})
+    job.update(eval_inputs=str(inputs), eval_outputs=str(outputs), eval_fixed_batch=fixed, eval_axes=axes)
+
+
 def outputs_under(prefix: list[str], path: Path, samples: Samples, fixed: int | None) -> list[np.ndarray]:
     """The outputs of the ONNX model at PATH in ONNX Runtime on SAMPLES, computed by a worker started
     under PREFIX (edgekit.cpuid_mask's): as the CPU class it shows computes them."""
@@ -79,11 +89,10 @@ def outputs_under(prefix: list[str], path: Path, samples: Samples, fixed: int | 
 
     first, *_ = batching.batches(samples.take(slice(0, fixed or 1)).inputs, fixed, 1)
     with tempfile.TemporaryDirectory(prefix="edgekit-check-") as tmp:
-        feeds, inputs, outputs = (Path(tmp) / f"{n}.npz" for n in ("feeds", "eval_in", "eval_out"))
+        feeds = Path(tmp) / "feeds.npz"
         np.savez(feeds, **first[0])
-        np.savez(inputs, **samples.inputs)
         job = {"runtime": "ort", "model": str(path), "warmup": 0, "runs": 1, "feeds": str(feeds)}
-        job.update(eval_inputs=str(inputs), eval_outputs=str(outputs), eval_fixed_batch=fixed)
+        _eval_job(job, samples, Path(tmp), fixed)
         result = _worker(job, 3600, prefix)
         if not result.get("ok"):
             raise EdgekitError(f"the INT8 check on the target CPU's kernels failed: {result.get('error')}")
@@ -136,12 +145,7 @@ def measure(
             "feeds": str(feeds_path),
         }
         if eval_samples is not None:
-            np.savez(Path(tmp) / "eval_in.npz", **eval_samples.inputs)
-            job.update(
-                eval_inputs=str(Path(tmp) / "eval_in.npz"),
-                eval_outputs=str(Path(tmp) / "eval_out.npz"),
-                eval_fixed_batch=fixed,
-            )
+            _eval_job(job, eval_samples, Path(tmp), fixed)
         if host:
             result = host.run(job, directory, [(f.name, f.sha256) for f in manifest.files], cfg.timeout)
         elif cfg.emulate_cpu:

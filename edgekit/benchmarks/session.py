@@ -158,7 +158,8 @@ def evaluation(artifacts, eval_: str | None, eval_size: int | None, explicit: Pa
     for a in artifacts:
         m = read_manifest(a)
         pre = recorded_preprocess(m)
-        key = json.dumps(asdict(pre), sort_keys=True)
+        # the same samples for artifacts of one preprocessing and one set of inputs
+        key = json.dumps([asdict(pre), m.input_spec.model_dump()], sort_keys=True)
         if key not in samples:
             samples[key] = load_samples(eval_, m.input_spec, eval_size, pre, 0, "eval")
         ref = refs[Path(a)]

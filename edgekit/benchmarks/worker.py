@@ -139,9 +139,10 @@ def measure(job: dict) -> dict:
 
 def _predict(sess, inputs_path: str, out_path: str, job: dict) -> str:
     """Run the evaluation inputs in batches (edgekit.batching's, for the model's fixed batch if
-    it has one) and save every output, for the parent to score."""
+    it has one; each input laid on its own batch axis) and save every output, for the parent to
+    score."""
     with np.load(inputs_path) as z:
-        inputs = {k: z[k] for k in z.files}
+        inputs = batching.Stacked({k: z[k] for k in z.files}, job.get("eval_axes", {}))
     np.savez(out_path, *batching.outputs(sess.run, inputs, job.get("eval_fixed_batch")))
     return out_path
 
