@@ -350,8 +350,14 @@ def test_onnx_input_shape_naming_no_input_lists_the_inputs(onnx_two_inputs):
         load_model(onnx_two_inputs, LoadOptions(input_shapes=["image:1,3,16,16", "mask:1,6"]))
     message = str(err.value)
     assert "'mask', which is not an input of" in message and "its inputs: image, extra." in message
-    with pytest.raises(EdgekitError, match="its inputs: image, extra"):
-        load_model(onnx_two_inputs, LoadOptions(input_shapes=["extra:1,6"]))
+
+
+def test_onnx_input_shape_naming_one_input_keeps_the_others_declared(onnx_two_inputs):
+    """An ONNX file declares its inputs' shapes: the one --input-shape names takes the sizes given,
+    the other keeps its own (a torch model, which declares none, needs every input named)."""
+    declared = load_model(onnx_two_inputs, LoadOptions()).input_spec.inputs[0].shape
+    spec = load_model(onnx_two_inputs, LoadOptions(input_shapes=["extra:1,6"])).input_spec
+    assert [t.shape for t in spec.inputs] == [declared, [declared[0], 6]]
 
 
 def test_torch_input_shapes_by_name_fit_each_input_whatever_their_order(tmp_path, monkeypatch):
@@ -366,6 +372,8 @@ def test_torch_input_shapes_by_name_fit_each_input_whatever_their_order(tmp_path
         same_outputs(loaded, two)
     with pytest.raises(EdgekitError, match=r"'mask', which is not an input of .*its inputs: image, extra"):
         load_model(tmp_path / "two.pt", LoadOptions(arch=arch, input_shapes=["image:1,3,16,16", "mask:1,6"]))
+    with pytest.raises(EdgekitError, match="gives no shape for the input 'image'"):  # torch declares none
+        load_model(tmp_path / "two.pt", LoadOptions(arch=arch, input_shapes=["extra:1,6"]))
 
 
 def test_a_single_shape_is_the_one_inputs():
