@@ -418,17 +418,20 @@ def _build_arch(arch: str):
     return module
 
 
-def _input_names(module, count: int) -> list[str]:
-    names: list[str] = []
+def _forward_names(module) -> list[str]:
+    """The names of MODULE's positional forward arguments (TorchScript's schema, or the signature)."""
     try:
         schema = getattr(module.forward, "schema", None)  # TorchScript
         if schema is not None:
-            names = [a.name for a in schema.arguments[1:]]
-        else:
-            params = inspect.signature(module.forward).parameters.values()
-            names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            return [a.name for a in schema.arguments[1:]]
+        params = inspect.signature(module.forward).parameters.values()
+        return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
-        names = []
+        return []
+
+
+def _input_names(module, count: int) -> list[str]:
+    names = _forward_names(module)
     if len(names) < count or len(set(names[:count])) < count:
         return ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
     return names[:count]
@@ -436,7 +439,12 @@ def _input_names(module, count: int) -> list[str]:
 
 def _torch_input_spec(path: Path, module, example, opts: LoadOptions) -> InputSpec:
     if opts.input_shapes:
-        names = _input_names(module, len(opts.input_shapes))
+        count, forward = len(opts.input_shapes), _forward_names(module)
+        if isinstance(opts.input_shapes, dict) and set(opts.input_shapes) <= set(forward):
+            count = max(forward.index(n) + 1 for n in opts.input_shapes)  # up to the last one named
+        elif isinstance(opts.input_shapes, dict) and forward:
+            count = max(count, len(forward))  # a name it does not take: all its inputs, to list them
+        names = _input_names(module, count)
         shapes = _ordered_shapes(path, names, opts)
         dtypes = [opts.input_dtypes.get(n, opts.input_dtype) for n in names]
         unknown = next((n for n in opts.input_dtypes if n not in names), None)
