@@ -25,7 +25,6 @@ from edgekit.data import Samples, load_samples, recorded_preprocess
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import predict, quality
 from edgekit.export import openvino
-from edgekit.model import example_inputs
 from edgekit.target_cpu import resolve
 
 VERIFY_SAMPLES = 100  # calibration samples used to verify when no --eval is given
@@ -153,8 +152,8 @@ def _verification_data(req: BuildRequest, spec, pre, calib: Samples | None) -> t
     if calib is not None:
         n = min(len(calib), VERIFY_SAMPLES)
         return calib.take(slice(0, n)), "calibration samples"
-    inputs = example_inputs(spec, batch=spec.fixed_batch or 8)
-    return Samples(inputs, None, {"source": "random"}), "random inputs"
+    # random samples as a calibration set of them is drawn: a state's on its batch axis, a scalar's once
+    return load_samples("random", spec, 8, pre, 0, "eval"), "random inputs"
 
 
 def _openvino(req: BuildRequest, onnx_path: Path, out: Path, calib, evals: Samples, data: str):

@@ -298,6 +298,10 @@ def test_a_static_state_beside_a_batch_of_one_gets_its_axis_of_one_as_batch(edge
     manifest = json.loads((work / "out" / "edgekit.json").read_text())
     spec = {t["name"]: t for t in manifest["input_spec"]["inputs"]}
     assert [spec[n].get("batch_axis", 0) for n in ("audio", "state", "sr")] == [0, 1, None]
+    # an OpenVINO build of it, verified on random inputs laid out the same way (fed samples-first,
+    # the state's [1, 2, 64] had stopped it with a traceback)
+    built = edgekit("build", work / "out", "--target", "openvino", "-o", work / "ir")
+    assert built.returncode == 0, built.stderr
 
 
 def test_input_shape_for_one_input_keeps_the_others_declared(edgekit, work):
