@@ -117,3 +117,55 @@ def test_bf16_refused_where_it_cannot_run(lacks_bf16, resnet):
         )
     assert str(refused.value) == f"{lacks_bf16}."
     assert not out.exists()
+
+
+def test_fp16_of_a_model_with_blocked_ops_inside_an_if(tmp_path):
+    """Silero VAD's opset-18 file keeps its network in an If branch, Pow and Sqrt among it. ONNX
+    Runtime's converter put the Cast before a blocked node in a branch into the main graph, where
+    its input does not exist: an invalid model. The main graph's Pow stays fp32, the branch goes
+    fp16 (counted), and the model loads and keeps its outputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w")
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    branch = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Pow", ["t", "two"], ["p"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 8])],
+        [w, two],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 8])],
+    )
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    nodes = [
+        helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=other),
+        helper.make_node("Pow", ["y", "half"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "branchy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 8])],
+        [cond, numpy_helper.from_array(np.array(0.5, np.float32), "half")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, tmp_path / "branchy.onnx")
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(16, 8)).astype(np.float32))
+    m = compress(
+        CompressRequest(
+            model=tmp_path / "branchy.onnx",
+            out=tmp_path / "fp16",
+            chain=from_flags(fp16=Fp16Config()),
+            calib=str(tmp_path / "calib.npz"),
+        )
+    )
+    summary = m.passes[-1].summary
+    assert summary["kept_fp32_ops"] == {"Pow": 1} and summary["fp16_in_control_flow"] == {"Pow": 1}
+    assert summary["initializers"]["float16"] >= 1  # the branch's weights
+    assert m.verification["fp16"]["fidelity"]["output_0"]["sqnr_db"] > 40

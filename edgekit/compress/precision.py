@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgekit.compress.outer_reads import subgraphs
 from edgekit.errors import EdgekitError, first_line
 
 # Ops edgekit keeps in fp32 on top of the converter's own block list (ML ops, TopK, Range ...).
@@ -63,25 +64,51 @@ def convert_fp16(fp32: Path, out: Path, cfg: Fp16Config) -> dict:
     quantized = {
         n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS or n.op_type.startswith("QLinear")
     }
+    # The converter puts the Cast before a blocked node inside an If or Loop body into the main graph,
+    # where its input does not exist (Silero VAD's opset-18 file: an invalid model). edgekit's own
+    # numerics blocks that occur in a body apply to the main graph's nodes by name: the body's go fp16,
+    # which the fp16 check then judges (74.9 dB on that file). The converter's own list and the
+    # quantized ops stay blocked by type: they have no fp16 kernels.
+    inside = Counter(n.op_type for g in _graphs(model.graph) if g is not model.graph for n in g.node)
+    by_name = [t for t in cfg.block_ops if t in inside]
+    main = [n for n in model.graph.node if n.op_type in by_name]
+    for i, n in enumerate(main):
+        n.name = n.name or f"edgekit_fp32_{n.op_type}_{i}"  # a name the node block list can hold
     blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(cfg.block_ops) | quantized)
     try:
         half = convert_float_to_float16(
             model,
             keep_io_types=cfg.keep_io_types,
-            op_block_list=blocked,
-            node_block_list=cfg.block_nodes or None,
+            op_block_list=[t for t in blocked if t not in by_name],
+            node_block_list=[*cfg.block_nodes, *(n.name for n in main)] or None,
         )
     except Exception as e:
         raise EdgekitError(f"fp16 conversion failed: {first_line(e)}") from None
     onnx.save(half, str(out))
-    return summarize_fp16(half, blocked)
+    summary = summarize_fp16(half, blocked)
+    if by_name:
+        summary["fp16_in_control_flow"] = {t: inside[t] for t in by_name}
+    return summary
+
+
+def _graphs(graph):
+    """GRAPH and every subgraph in it (If branches, Loop and Scan bodies), at any depth."""
+    yield graph
+    for n in graph.node:
+        for g in subgraphs(n):
+            yield from _graphs(g)
 
 
 def summarize_fp16(model, blocked: list[str]) -> dict:
-    """Initializers by dtype, the ops kept fp32 by the block list, and the casts the converter added."""
+    """Initializers by dtype (subgraphs' too), the ops kept fp32 by the block list, and the casts the
+    converter added."""
     import onnx
 
-    dtypes = Counter(onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name for t in model.graph.initializer)
+    dtypes = Counter(
+        onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
+        for g in _graphs(model.graph)
+        for t in g.initializer
+    )
     kept = Counter(n.op_type for n in model.graph.node if n.op_type in blocked)
     return {
         "initializers": dict(dtypes),
