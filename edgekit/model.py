@@ -218,7 +218,7 @@ def _apply_shapes_to_onnx(path: Path, specs: list[TensorSpec], opts: LoadOptions
             f"{path} has {len(specs)} input(s) but {len(shapes)} --input-shape "
             "value(s) were given; give one per input, in order."
         )
-    out, sizes = [], {}  # a symbol the graph shares between inputs takes one size
+    out, sizes = {}, {}  # a symbol the graph shares between inputs takes one size
     for spec, shape in zip(specs, shapes, strict=True):
         if shape is None:
             continue
@@ -243,18 +243,17 @@ def _apply_shapes_to_onnx(path: Path, specs: list[TensorSpec], opts: LoadOptions
             d if isinstance(d, int) else (s if i or opts.static_batch else d)
             for i, (d, s) in enumerate(zip(spec.shape, shape, strict=True))
         ]
-        out.append(TensorSpec(name=spec.name, shape=dims, dtype=spec.dtype))
-    kept = (  # the inputs not named, their shared symbols sized as given (a batch only with --static-batch)
-        TensorSpec(
+        out[spec.name] = TensorSpec(name=spec.name, shape=dims, dtype=spec.dtype)
+    # an input not named: its shared symbols sized as given (a batch only with --static-batch)
+    return [
+        out.get(t.name)
+        or TensorSpec(
             name=t.name,
             shape=[sizes.get(d, d) if i or opts.static_batch else d for i, d in enumerate(t.shape)],
             dtype=t.dtype,
         )
-        for t, shape in zip(specs, shapes, strict=True)
-        if shape is None
-    )
-    by_name = {t.name: t for t in [*out, *kept]}
-    return [by_name[t.name] for t in specs]
+        for t in specs
+    ]
 
 
 def _shape_text(shape: list[int | str]) -> str:
