@@ -7,9 +7,11 @@ Exit codes: 0 success, 1 a failed check (verification, gate), 2 bad input or usa
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -53,20 +55,24 @@ def _run(fn, debug: bool):
         onnxruntime.set_default_logger_severity(3)
     try:
         return fn()
-    except EdgekitError as e:
-        if debug:
+    except KeyboardInterrupt as e:
+        _interrupted(isinstance(e, interrupts.Terminated))
+    except Exception as e:
+        if interrupts.received() is not None:  # its raise replaced by another error (edgekit.interrupts)
+            _interrupted(interrupts.received() == signal.SIGTERM)
+        if debug or not isinstance(e, (EdgekitError, MemoryError)):
             raise
+        if isinstance(e, MemoryError):  # an input too large for this machine, found only as it was allocated
+            e = EdgekitError(
+                f"out of memory ({first_line(e)}); use a smaller --input-shape or fewer samples."
+            )
         _fail(e)
-    except MemoryError as e:  # an input too large for this machine, found only as it was allocated
-        if debug:
-            raise
-        _fail(EdgekitError(f"out of memory ({first_line(e)}); use a smaller --input-shape or fewer samples."))
-    except interrupts.Terminated:
-        click.echo("edgekit: terminated; nothing was written.", err=True)
-        sys.exit(143)
-    except KeyboardInterrupt:
-        click.echo("edgekit: interrupted; nothing was written.", err=True)
-        sys.exit(130)
+
+
+def _interrupted(terminated: bool) -> NoReturn:
+    """Ctrl-C's exit 130 or SIGTERM's 143, with the sentence that says nothing was written."""
+    click.echo(f"edgekit: {'terminated' if terminated else 'interrupted'}; nothing was written.", err=True)
+    sys.exit(143 if terminated else 130)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -1,6 +1,8 @@
 """Ctrl-C and SIGTERM, remembered as well as raised: Python drops an exception raised where it cannot
 propagate (a weakref callback, a __del__, the import lock's cleanup), so a signal landing there
-would be lost and the run would finish and write its output. Every commit of an output asks first."""
+would be lost and the run would finish and write its output. Every commit of an output asks first.
+A C extension can also replace the raise with its own error (protobuf's, mid-import, gave a
+TypeError in CI): the CLI reads that error as the signal remembered."""
 
 from __future__ import annotations
 
@@ -38,6 +40,11 @@ def install() -> None:
         if signal.getsignal(signum) is not signal.SIG_IGN:
             signal.signal(signum, _on_signal)
     sys.unraisablehook = _unraisable
+
+
+def received() -> int | None:
+    """The first signal received, or None."""
+    return _received[0] if _received else None
 
 
 def check() -> None:

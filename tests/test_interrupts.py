@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from edgekit import interrupts
+from edgekit import cli, interrupts
 from edgekit.artifact import staging, write_atomic
 
 
@@ -68,3 +68,30 @@ def test_a_signal_started_ignored_stays_ignored(handlers):
     interrupts.install()
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGTERM) is interrupts._on_signal
+
+
+@pytest.mark.parametrize(
+    "signum, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_signal_replaced_by_another_error_still_exits_as_the_signal(handlers, capsys, signum, code, said):
+    """CI saw SIGTERM land in an import that protobuf's C code was running: the raise came back as
+    `TypeError: expected a message argument`, a traceback and exit 1 instead of 143."""
+
+    def run():
+        try:
+            os.kill(os.getpid(), signum)
+        except KeyboardInterrupt:
+            raise TypeError("expected a message argument") from None  # as the C extension did
+
+    with pytest.raises(SystemExit) as exit_:
+        cli._run(run, debug=False)
+    assert exit_.value.code == code
+    assert capsys.readouterr().err.strip() == f"edgekit: {said}; nothing was written."
+
+
+def test_without_a_signal_another_error_is_not_read_as_one(handlers):
+    def run():
+        raise TypeError("a bug")
+
+    with pytest.raises(TypeError, match="a bug"):
+        cli._run(run, debug=False)
