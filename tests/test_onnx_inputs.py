@@ -218,3 +218,51 @@ def test_an_output_shape_the_model_contradicts_is_left_out(edgekit, tmp_path):
     assert cleared == {"y": "declared [1, 'seqlen'], computes [10, 6]"}
     out = onnx.load(str(tmp_path / "a" / "model.onnx")).graph.output[0]
     assert out.name == "y" and not out.type.tensor_type.HasField("shape")
+
+
+def test_weights_listed_as_inputs_ir3(edgekit, tmp_path, calib):
+    """IR 3 (the ONNX Model Zoo's Caffe2 exports) lists every weight as a graph input too. ONNX
+    Runtime's optimizer, before calibration, shared two equal biases and dropped one's initializer
+    but not its input: "Required inputs (['b1']) are missing", exit 2. The artifact keeps them as
+    weights only (IR 4), and quantizes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.normal(0, 0.3, (8, 3, 3, 3)),
+        "b1": np.zeros(8),
+        "w2": rng.normal(0, 0.3, (8, 8, 3, 3)),
+        "b2": np.zeros(8),  # equal to b1: ONNX Runtime shares them
+        "fw": rng.normal(0, 0.3, (4, 8)),
+        "fb": np.zeros(4),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], transB=1),
+    ]
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+    listed = [helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in inits]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 48, 192])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph(nodes, "caffe2", [x, *listed], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 3
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    before = hashes_of(src)
+
+    out = tmp_path / "out"
+    r = edgekit("compress", src, "--int8", "--calib", calib, "-o", out)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "edgekit.json").read_text())
+    assert [i["name"] for i in manifest["input_spec"]["inputs"]] == ["x"]
+    assert manifest["verification"]["int8"]["samples"] > 0
+    written = onnx.load(str(out / "model.onnx"))
+    assert [v.name for v in written.graph.input] == ["x"] and written.ir_version >= 4
+    assert hashes_of(src) == before  # the user's file as it was

@@ -217,6 +217,7 @@ def copy_onnx(src: Path, out_dir: Path, spec: InputSpec, opset: int = 0, needed_
     except Exception as e:
         raise EdgekitError(f"{src} could not be loaded with its external data: {first_line(e)}") from None
     model = topologically_sorted(model)
+    _weights_not_inputs(model)
     _fix_symbolic_dims(model.graph, spec)
     if 0 < default_opset(model) < opset:
         model = _upgrade(model, src, opset, needed_by)
@@ -226,6 +227,20 @@ def copy_onnx(src: Path, out_dir: Path, spec: InputSpec, opset: int = 0, needed_
         onnx.save(model, str(dst), save_as_external_data=True, location=MODEL_FILE + ".data")
     check(dst)
     return dst
+
+
+def _weights_not_inputs(model) -> None:
+    """Leave out of the graph's inputs each one an initializer of the same name gives (IR 3, as the
+    ONNX Model Zoo's Caffe2 exports are, had to list every weight as an input too), and raise the IR
+    version to 4, where that is no longer required. ONNX Runtime's optimizer, before calibration,
+    shared equal weights and dropped their initializers but not their inputs: "Required inputs
+    ... are missing". A weight fed at run time is not a deployment edgekit builds for."""
+    weights = {t.name for t in model.graph.initializer}
+    kept = [v for v in model.graph.input if v.name not in weights]
+    if len(kept) < len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+        model.ir_version = max(model.ir_version, 4)
 
 
 def clear_wrong_output_shapes(path: Path, computed: list[tuple[int, ...]]) -> dict[str, str]:
