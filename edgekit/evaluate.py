@@ -3,7 +3,7 @@ manifest's verification, bench rows and gates read. Imports no other stage."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
@@ -38,10 +38,12 @@ class Quality(TypedDict, total=False):
 
 @dataclass(frozen=True)
 class Reference:
-    """fp32 reference outputs on the evaluation inputs: what fidelity rows are measured against."""
+    """fp32 reference outputs on the evaluation inputs: what fidelity rows are measured against,
+    with their names, so every variant (the fp32 one too) judges an output by its name alike."""
 
     artifact: str
     outputs: list[np.ndarray]
+    names: list[str] = field(default_factory=list)
 
 
 def predict(
@@ -136,7 +138,7 @@ def score(
             top5=accuracy(scores, samples.labels, min(5, scores.shape[1])),
         )
     if reference is not None:
-        fid = fidelity(reference.outputs, outputs, kinds=kinds, valid=valid_positions(samples))
+        fid = fidelity(reference.outputs, outputs, reference.names, kinds, valid_positions(samples))
         result.update(fidelity=fid, reference=reference.artifact)
         result.setdefault("metric", "fidelity vs fp32")
     if metric:

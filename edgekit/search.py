@@ -28,7 +28,7 @@ import numpy as np
 from edgekit import candidates, cluster, interrupts, pareto
 from edgekit import search_space as space
 from edgekit.artifact import read_manifest, write_atomic
-from edgekit.benchmarks.metrics import MAIN
+from edgekit.benchmarks.metrics import main_number
 from edgekit.config import Config, Target
 from edgekit.data import Samples
 from edgekit.errors import EdgekitError
@@ -61,8 +61,8 @@ def accuracy_loss(q: dict) -> tuple[float, str]:
     if "drop_points" in q:
         return float(q["drop_points"]), "points of top-1 accuracy lost"
     first = q["fidelity"]["output_0"]
-    if first.get("kind") in MAIN:
-        key, shown = MAIN[first["kind"]]
+    if (main := main_number(first)) is not None:
+        key, shown = main
         return 100 * (1 - float(first[key])), f"points of {shown} lost"
     return -float(first["sqnr_db"]), "SQNR in dB, negated"
 
@@ -475,7 +475,7 @@ def _finish(ray, cfg: Config, target: Target, out: Path, done: dict, baseline: d
         why = r.get("why")
         if r["status"] == "ok":
             first = r["quality"]["fidelity"]["output_0"]
-            main = first.get(MAIN.get(first.get("kind"), ("sqnr_db",))[0], first.get("sqnr_db"))
+            main = first.get((main_number(first) or ("sqnr_db",))[0])
             if c.max_accuracy_drop is not None and r["accuracy_loss"] > c.max_accuracy_drop:
                 why = f"accuracy loss {r['accuracy_loss']:.2f} > {c.max_accuracy_drop:g}"
             elif c.min_fidelity is not None and main < c.min_fidelity:

@@ -358,3 +358,54 @@ def test_bench_evaluates_each_artifact_on_its_own_inputs_and_batch_axes(edgekit,
     for record in records:
         assert not record.get("error"), record["error"]
         assert record["accuracy"]["samples"] == SAMPLES, record["accuracy"]
+
+
+def test_bench_judges_the_fp32_reference_outputs_by_their_names_too(edgekit, work):
+    """A voice detector's probability [N, 1] beside the state it hands back (stateN, [2, N, 16]):
+    the INT8 row judged stateN as a state (other), by its name, while the fp32 row, whose artifact
+    carries no check of its own, judged it by its values alone as a sequence of class scores. Every
+    row now judges each output by the reference's names."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 1)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "U"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["output"]),
+        helper.make_node("MatMul", ["x", "U"], ["drive"]),
+        helper.make_node("Add", ["state", "drive"], ["pre"]),
+        helper.make_node("Tanh", ["pre"], ["stateN"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "vad",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", 16]),
+        ],
+        [
+            helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "N", 16]),
+        ],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), work / "vad.onnx")
+    x, state = rng.standard_normal((64, 8)), rng.standard_normal((2, 64, 16))
+    np.savez(
+        work / "data.npz", x=x.astype(np.float32), state=state.astype(np.float32), **{"state.batch_axis": 1}
+    )
+    for name, flags in (("fp32", []), ("int8", ["--int8"])):
+        r = edgekit("compress", work / "vad.onnx", *flags, "--calib", work / "data.npz", "-o", work / name)
+        assert r.returncode == 0, r.stderr
+    r = edgekit("bench", work / "fp32", work / "int8", "--seconds", "0.2", "--eval", work / "data.npz",
+                "-o", work / "results")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in (work / "results" / "results.jsonl").read_text().splitlines()]
+    kinds = {
+        Path(r["artifact"]).name: [f["kind"] for f in r["accuracy"]["fidelity"].values()] for r in records
+    }
+    assert kinds == {"fp32": ["other", "other"], "int8": ["other", "other"]}, kinds

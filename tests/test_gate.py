@@ -99,3 +99,31 @@ def test_junit_and_markdown(tmp_path):
         "edgekit gate: FAILED" in md
         and "| cpu/int8 max_size_mb | 0.6 MB | 0.5 MB | -0.1 MB | ❌ fail |" in md
     )
+
+
+def _probabilities(variant: str, fidelity: dict) -> dict:
+    """A record without labels: fidelity to fp32 only, its first output a speech probability."""
+    first = {"kind": "other", "sqnr_db": 45.0, "cosine": 1.0, "max_abs_diff": 0.04, "name": "output"}
+    return {
+        **record(variant, FP32["latency"]["round_medians_ms"]),
+        "accuracy": {"fidelity": {"output_0": first | fidelity}},
+    }
+
+
+def test_accuracy_drop_of_independent_probabilities_is_their_decisions_iou():
+    """Silero VAD's speech probability ([N, 1], kind other) has no top-1: the drop is in the IoU of
+    the decisions above 0.5 (it had been "no accuracy ... no fp32 variant", with an fp32 variant)."""
+    base, int8 = (
+        _probabilities("fp32", {"decisions_iou": 1.0}),
+        _probabilities("int8", {"decisions_iou": 0.995}),
+    )
+    r = one(records=(base, int8), baseline="fp32", max_accuracy_drop=1.0)
+    assert r.passed and abs(r.measured - 0.5) < 1e-9 and "decisions IoU" in r.detail
+    assert not one(records=(base, int8), baseline="fp32", max_accuracy_drop=0.4).passed
+
+
+def test_accuracy_drop_of_an_output_with_sqnr_only_says_why_it_has_none():
+    base, int8 = _probabilities("fp32", {}), _probabilities("int8", {})
+    r = one(records=(base, int8), baseline="fp32", max_accuracy_drop=1.0)
+    assert r.status == "fail" and r.measured is None
+    assert "first output (output) is judged as other" in r.detail and "no fp32 variant" not in r.detail

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekit.artifact import write_atomic
 from edgekit.benchmarks.compare import bootstrap_ci
-from edgekit.benchmarks.metrics import MAIN
+from edgekit.benchmarks.metrics import main_number
 from edgekit.benchmarks.record import gate_names, per_round
 from edgekit.benchmarks.report import failure
 from edgekit.config import Gate, Target
@@ -217,18 +217,32 @@ def _accuracy_drop(rec: dict, base: dict, mode: str) -> tuple[float | None, str]
     else:
         mains = [_main(a) for a in (acc, ref)]
         if None in mains:
-            return None, "no accuracy: no labels in data.evaluation, no data.metric, no fp32 variant"
+            return None, _no_accuracy(acc)
         (what, new), (_, old) = mains
         what += " with fp32 (no labels)"
     drop = 100 * (old - new) if mode == "points" else 100 * (old - new) / old
     return drop, f"{what}: {100 * old:.2f} % → {100 * new:.2f} %"
 
 
+def _no_accuracy(accuracy: dict) -> str:
+    """Why a variant's drop has no number: no fp32 variant to judge it against, or a first output
+    whose kind has no fidelity in points (an `other` output: SQNR only)."""
+    first = (accuracy.get("fidelity") or {}).get("output_0")
+    if not first:
+        return "no accuracy: no labels in data.evaluation, no data.metric, no fp32 variant"
+    name = f" ({first['name']})" if "name" in first else ""
+    return (
+        f"no accuracy: no labels in data.evaluation, no data.metric, and the first output{name} is "
+        f"judged as {first.get('kind', 'other')}, which has no fidelity in points (SQNR only); give "
+        "it a kind in data.output_kinds, or your task's measure as data.metric"
+    )
+
+
 def _main(accuracy: dict) -> tuple[str, float] | None:
-    """The first output's main fidelity number by its kind, and its name; None where there is none."""
+    """The first output's main fidelity number and its name; None where there is none."""
     out = (accuracy.get("fidelity") or {}).get("output_0") or {}
-    key, name = MAIN.get(out.get("kind", "classes" if "top1_agreement" in out else ""), (None, None))
-    return (name, out[key]) if key in out else None
+    main = main_number(out)
+    return None if main is None else (main[1], out[main[0]])
 
 
 def failed(results: list[GateResult]) -> list[GateResult]:

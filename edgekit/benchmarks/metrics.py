@@ -81,6 +81,17 @@ MAIN: dict[str, tuple[str, str]] = {
     "segmentation": ("pixel_agreement", "pixel agreement"),
     "labels": ("equal", "labels equal"),
 }
+
+
+def main_number(fid: dict) -> tuple[str, str] | None:
+    """The key and name of one output's main fidelity number (a fraction, 1 = the reference's):
+    its kind's (MAIN), or for an `other` output of independent probabilities (Silero VAD's speech
+    probability) the IoU of their decisions above 0.5; None where it has none (SQNR only)."""
+    kind = fid.get("kind", "classes" if "top1_agreement" in fid else "")
+    key, name = MAIN.get(kind, ("decisions_iou", "decisions IoU") if kind == "other" else (None, None))
+    return (key, name) if key in fid else None
+
+
 _EMBEDDING_NAMES = ("embed", "pool", "sentence", "hidden", "feature")
 _CLASS_NAMES = ("logit", "score", "prob", "class")
 _STATE_NAMES = ("state", "present", "past_key", "cache")

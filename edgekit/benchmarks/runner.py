@@ -294,7 +294,7 @@ def reference_outputs(directory: Path, samples: Samples) -> Reference:
         path, samples, manifest.input_spec.fixed_batch, f"fp32 reference {Path(directory).name}"
     )
     check_labels(samples, outputs[0])  # before any measurement, not after the first
-    return Reference(str(directory), outputs)
+    return Reference(str(directory), outputs, manifest.output_names)
 
 
 def fingerprint(runtime_info: dict | None = None, host: dict | None = None) -> dict:
