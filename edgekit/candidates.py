@@ -58,10 +58,18 @@ def unpack(data: bytes, directory: Path) -> Path:
 
 
 def npz_bytes(samples: Samples) -> bytes:
-    """SAMPLES as a .npz edgekit.data reads back as the same samples (labels as y)."""
+    """SAMPLES as a .npz edgekit.data reads back as the same samples: each input samples first, as
+    its `NAME.batch_axis` 0 says (a state the model batches on axis 1 had been read as batched on
+    1 again), a constant (`sr`) as its one value, labels as y."""
+    constants = samples.description.get("constants", {})
+    arrays = {} if samples.labels is None else {"y": samples.labels}
+    for name, values in samples.inputs.items():
+        if name in constants:
+            arrays[name] = np.asarray(values[0])
+        else:
+            arrays[name], arrays[f"{name}.batch_axis"] = values, np.int64(0)
     buf = io.BytesIO()
-    extra = {} if samples.labels is None else {"y": samples.labels}
-    np.savez(buf, **dict(samples.inputs), **extra)
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 
@@ -89,7 +97,8 @@ def build(source: Source, chain: list, target_cpu=None) -> dict:
             out=tmp / "out",
             load=source.load,
             chain=chain,
-            calib=str(calib) if any(s.name in ("int8", "mixed") for s in chain) else None,
+            # every chain: the export's own check and fp16's run on these, not on random inputs
+            calib=str(calib) if source.calib else None,
             calib_size=source.calib_size,
             preprocess=Preprocess(),
             output_kinds=source.output_kinds,

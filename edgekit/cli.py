@@ -58,7 +58,10 @@ def _run(fn, debug: bool):
     except KeyboardInterrupt as e:
         _interrupted(isinstance(e, interrupts.Terminated))
     except Exception as e:
-        if interrupts.received() is not None:  # its raise replaced by another error (edgekit.interrupts)
+        # the signal's raise replaced by another error (edgekit.interrupts), unless this is edgekit's
+        # own answer to it (search's "run the same command again to resume", exit 130)
+        answered = isinstance(e, EdgekitError) and e.exit_code in (130, 143)
+        if interrupts.received() is not None and not answered:
             _interrupted(interrupts.received() == signal.SIGTERM)
         if debug or not isinstance(e, (EdgekitError, MemoryError)):
             raise

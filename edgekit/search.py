@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import candidates, cluster, interrupts, pareto
+from edgekit import batching, candidates, cluster, interrupts, pareto
 from edgekit import search_space as space
 from edgekit.artifact import read_manifest, write_atomic
 from edgekit.benchmarks.metrics import main_number
@@ -276,13 +276,21 @@ class _Context:
 
         from edgekit.target_cpu import resolve
 
-        n = len(evals)
-        bounds = [(i, min(n, i + share)) for i in range(0, n, share)]
-        shards = [ray.put({k: v[lo:hi] for k, v in evals.inputs.items()}) for lo, hi in bounds]
+        shards = [ray.put(s) for s in eval_shards(evals, share)]
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         store = ray.remote(_Store).options(num_cpus=0, scheduling_strategy=here).remote(str(out.absolute()))
         judge = {"kinds": dict(cfg.data.output_kinds), "metric": cfg.data.metric}
         return cls(out, ray.put(source), shards, ray.put(evals), store, fixed, judge, resolve())
+
+
+def eval_shards(evals: Samples, share: int) -> list[batching.Stacked]:
+    """EVALS' inputs in slices of SHARE samples, each keeping where every input's batch axis is in
+    the model's feeds (a state batched on axis 1 had been fed samples first)."""
+    n, axes = len(evals), getattr(evals.inputs, "axes", {})
+    return [
+        batching.Stacked({k: v[i : i + share] for k, v in evals.inputs.items()}, axes)
+        for i in range(0, n, share)
+    ]
 
 
 def _evaluate(ctx: _Context, chain: list, runtime: str, point: dict) -> dict:

@@ -16,6 +16,7 @@ from torch import nn
 from edgekit.demo import BasicBlock
 
 Shapes = list[tuple[int, ...]]
+SPEECH_LENGTH, SPEECH_HIDDEN = 300, 64
 
 
 def _settle_batchnorm(module: nn.Module, shapes: Shapes, dtypes: list[torch.dtype] | None = None) -> None:
@@ -273,3 +274,46 @@ def save_onnx(path, nodes, inputs, outputs, inits=(), opset: int = 17) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.save(model, str(path))
+
+
+def speech_model(path) -> Path:
+    """A streaming speech model as Silero VAD's are: audio [N, L], a state batched on its second
+    axis [2, N, H] and a scalar int64 sample rate; out[N, 10] = (audio @ W + mean(state over its
+    first axis) * sr / 16000) @ V: every input matters."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(
+            rng.standard_normal((SPEECH_LENGTH, SPEECH_HIDDEN)).astype(np.float32) * 0.05, "W"
+        ),
+        numpy_helper.from_array(rng.standard_normal((SPEECH_HIDDEN, 10)).astype(np.float32) * 0.2, "V"),
+        numpy_helper.from_array(np.array(1 / 16000, np.float32), "per_hz"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["audio", "W"], ["h"]),
+        helper.make_node("ReduceMean", ["state"], ["s"], axes=[0], keepdims=0),
+        helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["srf", "per_hz"], ["scale"]),
+        helper.make_node("Mul", ["s", "scale"], ["ss"]),
+        helper.make_node("Add", ["h", "ss"], ["z"]),
+        helper.make_node("Relu", ["z"], ["r"]),
+        helper.make_node("MatMul", ["r", "V"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "speech",
+        [
+            helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", SPEECH_LENGTH]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", SPEECH_HIDDEN]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path

@@ -9,46 +9,11 @@ import numpy as np
 import pytest
 from hostile import assert_refused, hashes_of
 
-SAMPLES, LENGTH, HIDDEN = 40, 300, 64
+from tests.models import SPEECH_HIDDEN as HIDDEN
+from tests.models import SPEECH_LENGTH as LENGTH
+from tests.models import speech_model
 
-
-def _speech_model(path):
-    """out[N, 10] = (audio @ W + mean(state over its first axis) * sr / 16000) @ V: every input matters."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array(rng.standard_normal((LENGTH, HIDDEN)).astype(np.float32) * 0.05, "W"),
-        numpy_helper.from_array(rng.standard_normal((HIDDEN, 10)).astype(np.float32) * 0.2, "V"),
-        numpy_helper.from_array(np.array(1 / 16000, np.float32), "per_hz"),
-    ]
-    nodes = [
-        helper.make_node("MatMul", ["audio", "W"], ["h"]),
-        helper.make_node("ReduceMean", ["state"], ["s"], axes=[0], keepdims=0),
-        helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["srf", "per_hz"], ["scale"]),
-        helper.make_node("Mul", ["s", "scale"], ["ss"]),
-        helper.make_node("Add", ["h", "ss"], ["z"]),
-        helper.make_node("Relu", ["z"], ["r"]),
-        helper.make_node("MatMul", ["r", "V"], ["out"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "speech",
-        [
-            helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", LENGTH]),
-            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", HIDDEN]),
-            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
-        ],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+SAMPLES = 40
 
 
 def _data(n=SAMPLES):
@@ -60,7 +25,7 @@ def _data(n=SAMPLES):
 
 @pytest.fixture
 def speech(work):
-    return _speech_model(work / "speech.onnx")
+    return speech_model(work / "speech.onnx")
 
 
 def test_constant_and_batch_axis(edgekit, speech, work):
@@ -270,7 +235,7 @@ def test_a_state_with_unnamed_axes_gets_its_symbolic_axis_as_batch(work):
 
     from edgekit.model import LoadOptions, load_model
 
-    model = onnx.load(str(_speech_model(work / "named.onnx")))
+    model = onnx.load(str(speech_model(work / "named.onnx")))
     for vi in model.graph.input:
         for d in vi.type.tensor_type.shape.dim:
             if d.dim_param:
@@ -286,7 +251,7 @@ def test_a_static_state_beside_a_batch_of_one_gets_its_axis_of_one_as_batch(edge
     (fed on axis 0, every call gave it [1, 1, 64] and ONNX Runtime refused it)."""
     import onnx
 
-    model = onnx.load(str(_speech_model(work / "named.onnx")))
+    model = onnx.load(str(speech_model(work / "named.onnx")))
     for vi in model.graph.input:
         for d in vi.type.tensor_type.shape.dim:
             if d.dim_param:
@@ -312,7 +277,7 @@ def test_input_shape_for_one_input_keeps_the_others_declared(edgekit, work):
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(_speech_model(work / "named.onnx")))
+    model = onnx.load(str(speech_model(work / "named.onnx")))
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "sequence"
     model.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
     onnx.save(model, str(work / "open.onnx"))

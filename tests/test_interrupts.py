@@ -95,3 +95,22 @@ def test_without_a_signal_another_error_is_not_read_as_one(handlers):
 
     with pytest.raises(TypeError, match="a bug"):
         cli._run(run, debug=False)
+
+
+def test_edgekit_s_own_answer_to_a_signal_keeps_its_sentence(handlers, capsys):
+    """search answers Ctrl-C by keeping what finished and saying how to resume (exit 130)."""
+    from edgekit.errors import EdgekitError
+
+    class Answered(EdgekitError):
+        exit_code = 130
+
+    def run():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            raise Answered("interrupted: run the same command again to resume.") from None
+
+    with pytest.raises(SystemExit) as exit_:
+        cli._run(run, debug=False)
+    assert exit_.value.code == 130
+    assert "run the same command again to resume" in capsys.readouterr().err

@@ -1,0 +1,70 @@
+"""What a search candidate is built and scored from, without Ray: the calibration samples as they
+travel to a build (a state batched on its second axis, a constant sample rate), an fp32 candidate
+of a model with open axes built on them, and the evaluation shards fed on each input's batch axis.
+Silero VAD's search had failed at its fp32 build ("random inputs need a size for every axis")."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekit import candidates, search
+from edgekit.artifact import LoadOptions
+from edgekit.data import Preprocess, load_samples
+from edgekit.model import load_model
+from tests.models import SPEECH_HIDDEN, SPEECH_LENGTH, speech_model
+
+
+def _samples(tmp_path, n=24):
+    model = speech_model(tmp_path / "speech.onnx")
+    rng = np.random.default_rng(1)
+    audio = rng.standard_normal((n, SPEECH_LENGTH)).astype(np.float32)
+    state = rng.standard_normal((2, n, SPEECH_HIDDEN)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", audio=audio, state=state, sr=np.int64(16000), **{"state.batch_axis": 1})
+    spec = load_model(model, LoadOptions()).input_spec
+    samples = load_samples(tmp_path / "data.npz", spec, None, Preprocess(), 0, "calib")
+    return model, spec, samples
+
+
+def test_calibration_samples_travel_to_a_build_as_they_were(tmp_path):
+    """The state samples first with its axis recorded (it had been read as batched on axis 1
+    again: "input has 125 rows but state has 2"), the sample rate a constant."""
+    _, spec, samples = _samples(tmp_path)
+    (tmp_path / "sent.npz").write_bytes(candidates.npz_bytes(samples))
+    back = load_samples(tmp_path / "sent.npz", spec, None, Preprocess(), 0, "calib")
+    assert back.inputs.axes == samples.inputs.axes == {"audio": 0, "state": 1, "sr": None}
+    for name in ("audio", "state", "sr"):
+        np.testing.assert_array_equal(back.inputs[name], samples.inputs[name])
+    assert set(back.description["constants"]) == {"sr"}
+
+
+def test_an_fp32_candidate_of_a_model_with_open_axes_is_built_on_the_calibration_data(tmp_path):
+    """Its audio declared [N, samples], as Silero VAD's is ['batch', 'sequence']."""
+    import onnx
+
+    _, _, samples = _samples(tmp_path)
+    model = onnx.load(str(tmp_path / "speech.onnx"))
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "samples"
+    onnx.save(model, str(tmp_path / "open.onnx"))
+    model = tmp_path / "open.onnx"
+    source = candidates.Source(
+        model.name, model.read_bytes(), LoadOptions(), candidates.npz_bytes(samples), 16
+    )
+    built = candidates.build(source, [])
+    assert "error" not in built, built.get("error")
+
+
+def test_evaluation_shards_feed_each_input_on_its_batch_axis(tmp_path):
+    """Shards of 10 samples score like the whole set: the state on axis 1, sr as its one value."""
+    import onnxruntime as ort
+
+    model, _, samples = _samples(tmp_path)
+    shards = search.eval_shards(samples, 10)
+    assert [len(s["audio"]) for s in shards] == [10, 10, 4]
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+
+    def run(feeds):
+        return session.run(None, feeds)
+
+    whole = samples.outputs(run, None, "whole")[0]
+    parts = [type(samples)(s, None).outputs(run, None, "shard")[0] for s in shards]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-5, atol=1e-5)
