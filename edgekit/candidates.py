@@ -28,8 +28,9 @@ from edgekit.model import LoadOptions
 
 @dataclass(frozen=True)
 class Source:
-    """What every build starts from: the model file's bytes and name, how it loads, and the
-    calibration samples (with a fifth more, held out for the build's own check) as .npz bytes."""
+    """What every build starts from: the model file's bytes and name, how it loads, the
+    calibration samples (with a fifth more, held out for the build's own check) and the evaluation
+    samples as .npz bytes (the latter for a mixed chain's drop, measured as `edgekit run` does)."""
 
     model_name: str
     model: bytes
@@ -38,6 +39,7 @@ class Source:
     calib_size: int
     output_kinds: dict[str, str] = field(default_factory=dict)
     metric: str | None = None
+    evals: bytes = b""
 
 
 def pack(directory: Path) -> bytes:
@@ -90,8 +92,10 @@ def build(source: Source, chain: list, target_cpu=None) -> dict:
     with _scratch() as tmp:
         model = tmp / source.model_name
         model.write_bytes(source.model)
-        calib = tmp / "calib.npz"
+        calib, evals = tmp / "calib.npz", tmp / "eval.npz"
         calib.write_bytes(source.calib)
+        evals.write_bytes(source.evals)
+        mixed = source.evals and any(s.name == "mixed" for s in chain)
         req = CompressRequest(
             model=model,
             out=tmp / "out",
@@ -100,6 +104,7 @@ def build(source: Source, chain: list, target_cpu=None) -> dict:
             # every chain: the export's own check and fp16's run on these, not on random inputs
             calib=str(calib) if source.calib else None,
             calib_size=source.calib_size,
+            eval=str(evals) if mixed else None,
             preprocess=Preprocess(),
             output_kinds=source.output_kinds,
             metric=source.metric,
@@ -114,11 +119,10 @@ def build(source: Source, chain: list, target_cpu=None) -> dict:
         return {"artifact": pack(req.out), "size_bytes": model_bytes(read_manifest(req.out))}
 
 
-def outputs(
-    artifact: bytes, runtime: str, inputs: dict[str, np.ndarray], threads: int
-) -> tuple[list[np.ndarray], list[str]]:
+def outputs(artifact: bytes, runtime: str, inputs: dict[str, np.ndarray], threads: int) -> dict:
     """The artifact's outputs on INPUTS (one shard of the evaluation samples) in RUNTIME on this
-    node's CPU, in the precision it was verified at, and their names."""
+    node's CPU, in the precision it was verified at, and their names; or the error of a runtime
+    that cannot run it (OpenVINO refusing an op): the same on any node, so the candidate failed."""
     from edgekit.artifact import read_manifest
     from edgekit.benchmarks.runner import BenchConfig, target
     from edgekit.runtimes import get
@@ -126,13 +130,18 @@ def outputs(
     with _scratch() as tmp:
         directory = unpack(artifact, tmp / "a")
         manifest = read_manifest(directory)
-        rt = get(runtime)
-        bench = BenchConfig(runtime=runtime, threads=threads, precision=manifest.inference_precision or "f32")
-        model, options = target(directory, manifest, rt, bench)
-        session = rt.load(model, "cpu", rt.Options(**options))
-        shard = Samples(inputs, None)
-        outs = shard.outputs(session.run, manifest.input_spec.fixed_batch, f"evaluating in {runtime}")
-        return outs, manifest.output_names
+        try:
+            rt = get(runtime)
+            bench = BenchConfig(
+                runtime=runtime, threads=threads, precision=manifest.inference_precision or "f32"
+            )
+            model, options = target(directory, manifest, rt, bench)
+            session = rt.load(model, "cpu", rt.Options(**options))
+            shard = Samples(inputs, None)
+            outs = shard.outputs(session.run, manifest.input_spec.fixed_batch, f"evaluating in {runtime}")
+        except EdgekitError as e:
+            return {"error": str(e)}
+        return {"outputs": outs, "names": manifest.output_names}
 
 
 def timed(

@@ -251,7 +251,14 @@ def _data(cfg: Config):
         calib = candidates.npz_bytes(samples)
     evals = load_samples(cfg.resolve(d.evaluation), spec, d.eval_size, preprocess, 0, "eval", d.constants)
     source = candidates.Source(
-        model.name, model.read_bytes(), load, calib, d.calib_size, dict(d.output_kinds), d.metric
+        model.name,
+        model.read_bytes(),
+        load,
+        calib,
+        d.calib_size,
+        dict(d.output_kinds),
+        d.metric,
+        candidates.npz_bytes(evals),
     )
     return source, evals, spec.fixed_batch
 
@@ -320,7 +327,10 @@ def _evaluate(ctx: _Context, chain: list, runtime: str, point: dict) -> dict:
     if "error" in built:
         return ray.get(ctx.store.keep.remote({**record, "status": "failed", "why": built["error"]}, None))
     artifact = ray.put(built["artifact"])
-    outs, names, nodes = _scored(ctx, artifact, runtime)
+    scored = _scored(ctx, artifact, runtime)
+    if "error" in scored:  # the runtime cannot run it (OpenVINO refusing an op): a failed candidate
+        return ray.get(ctx.store.keep.remote({**record, "status": "failed", "why": scored["error"]}, None))
+    outs, names, nodes = scored["outputs"], scored["names"], scored["nodes"]
     evals, ref = ray.get(ctx.evals), ray.get(ctx.reference) if ctx.reference is not None else outs
     q = quality(ref, outs, evals, "eval", names, ctx.judge["kinds"], ctx.judge["metric"])
     loss, what = accuracy_loss(q)
@@ -339,15 +349,18 @@ def _evaluate(ctx: _Context, chain: list, runtime: str, point: dict) -> dict:
     return {**kept, "outputs": outs} if ctx.reference is None else kept
 
 
-def _scored(ctx: _Context, artifact, runtime: str) -> tuple[list[np.ndarray], list[str], list[str]]:
+def _scored(ctx: _Context, artifact, runtime: str) -> dict:
     """The artifact's outputs on every evaluation shard, each shard a Ray task, concatenated in
-    order (so the whole equals one unsplit evaluation); its output names; the nodes that ran them."""
+    order (so the whole equals one unsplit evaluation); its output names; the nodes that ran them.
+    Or the error of a shard the runtime could not run."""
     import ray
 
     shard = ray.remote(_shard_outputs).options(num_cpus=1, max_retries=3, scheduling_strategy="DEFAULT")
     parts = ray.get([shard.remote(artifact, runtime, s) for s in ctx.shards])
+    if failed := next((p for p in parts if "error" in p), None):
+        return {"error": failed["error"]}
     outs = [np.concatenate([p["outputs"][i] for p in parts]) for i in range(len(parts[0]["outputs"]))]
-    return outs, parts[0]["names"], sorted({p["node"] for p in parts})
+    return {"outputs": outs, "names": parts[0]["names"], "nodes": sorted({p["node"] for p in parts})}
 
 
 def _build(source, chain: list, target_cpu) -> dict:
@@ -363,8 +376,10 @@ def _shard_outputs(artifact: bytes, runtime: str, inputs: dict) -> dict:
 
     from edgekit.runtimes.ort import threads
 
-    outs, names = candidates.outputs(artifact, runtime, inputs, threads(0))
-    return {"outputs": outs, "names": names, "node": ray.get_runtime_context().get_node_id()}
+    return {
+        **candidates.outputs(artifact, runtime, inputs, threads(0)),
+        "node": ray.get_runtime_context().get_node_id(),
+    }
 
 
 def _baseline(ctx: _Context, runtime: str, done: dict) -> dict:
@@ -375,7 +390,8 @@ def _baseline(ctx: _Context, runtime: str, done: dict) -> dict:
     if record.get("status") != "ok":
         raise EdgekitError(f"the fp32 model could not be built for the search: {record.get('why')}")
     if "outputs" not in record:  # finished before: its outputs again, from its artifact
-        record["outputs"] = _scored(ctx, candidates.pack(ctx.out / ARTIFACTS / record["name"]), runtime)[0]
+        scored = _scored(ctx, candidates.pack(ctx.out / ARTIFACTS / record["name"]), runtime)
+        record["outputs"] = scored["outputs"]  # it ran before, in this runtime
     return {"record": {k: v for k, v in record.items() if k != "outputs"}, "outputs": record["outputs"]}
 
 

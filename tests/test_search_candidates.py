@@ -68,3 +68,43 @@ def test_evaluation_shards_feed_each_input_on_its_batch_axis(tmp_path):
     whole = samples.outputs(run, None, "whole")[0]
     parts = [type(samples)(s, None).outputs(run, None, "shard")[0] for s in shards]
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_a_mixed_candidate_measures_its_drop_on_the_evaluation_data(tmp_path):
+    """As `edgekit run` builds a mixed variant (it had failed: "--max-accuracy-drop needs
+    evaluation data")."""
+    from edgekit.passes import Step, config
+    from tests.models import margin_classifier, smooth_images
+
+    margin_classifier(tmp_path / "classifier.onnx")
+    spec = load_model(tmp_path / "classifier.onnx", LoadOptions()).input_spec
+    np.savez(tmp_path / "calib.npz", x=smooth_images(40, seed=1))
+    np.savez(tmp_path / "eval.npz", x=smooth_images(40, seed=2))
+    calib, evals = (
+        load_samples(tmp_path / f, spec, None, Preprocess(), 0, "calib") for f in ("calib.npz", "eval.npz")
+    )
+    model = tmp_path / "classifier.onnx"
+    source = candidates.Source(
+        model.name,
+        model.read_bytes(),
+        LoadOptions(),
+        candidates.npz_bytes(calib),
+        32,
+        evals=candidates.npz_bytes(evals),
+    )
+    chain = [Step("int8", config("int8")), Step("mixed", config("mixed", max_accuracy_drop=5.0, rounds=3))]
+    built = candidates.build(source, chain)
+    assert "error" not in built, built.get("error")
+
+
+def test_a_runtime_that_cannot_run_a_candidate_gives_its_error(tmp_path):
+    """Scored in a runtime that cannot run it: its sentence, for a failed candidate (it had been
+    an exception, retried three times, a traceback and "failed past their retries (a node lost?)")."""
+    model, _, samples = _samples(tmp_path)
+    source = candidates.Source(
+        model.name, model.read_bytes(), LoadOptions(), candidates.npz_bytes(samples), 16
+    )
+    artifact = candidates.build(source, [])["artifact"]
+    scored = candidates.outputs(artifact, "tensorrt", search.eval_shards(samples, 10)[0], 1)
+    assert list(scored) == ["error"] and "TensorRT" in scored["error"]
+    assert len(candidates.outputs(artifact, "ort", search.eval_shards(samples, 10)[0], 1)["outputs"][0]) == 10
