@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 
 from edgekit.artifact import (
+    InputSpec,
     Manifest,
     PassRecord,
     check_output_dir,
@@ -101,7 +102,7 @@ def build(req: BuildRequest):
             "`edgekit compress` made."
         )
     check_output_dir(req.out, req.force, existing_paths(req.parent, req.calib, req.eval))
-    _preflight(req, onnx_path)
+    _preflight(req, onnx_path, parent.input_spec)
     pre = recorded_preprocess(parent)
     spec = parent.input_spec
     calib = load_samples(req.calib, spec, req.calib_size, pre, 0, "calib") if req.calib else None
@@ -133,14 +134,17 @@ def build(req: BuildRequest):
         return write_manifest(out, manifest)
 
 
-def _preflight(req: BuildRequest, onnx_path: Path) -> None:
+def _preflight(req: BuildRequest, onnx_path: Path, spec: InputSpec) -> None:
     """The target's operator check, before calibration or an engine build (minutes) starts."""
     from edgekit.export.check import fail_fast
 
     if req.config.target == "openvino":
         # fp16 is a weight format here; the CPU computes in f32 (openvino.INFERENCE)
         computes = "bf16" if openvino.INFERENCE[req.config.precision] == "bf16" else "fp32"
-        fail_fast(onnx_path, "openvino", "int8" if openvino.has_quantization(onnx_path) else computes)
+        try:
+            fail_fast(onnx_path, "openvino", "int8" if openvino.has_quantization(onnx_path) else computes)
+        except EdgekitError as e:
+            raise EdgekitError(f"{str(e).rstrip('.')}{openvino.open_axes_hint(str(e), spec)}.") from None
     else:
         fail_fast(onnx_path, "tensorrt", req.config.precision)
 

@@ -138,3 +138,25 @@ def test_build_from_a_non_artifact_and_over_an_existing_output(pair, edgekit, tm
     r = _build(edgekit, pair.fp32, tmp_path / "taken")
     assert r.returncode == 2 and "already exists" in r.stderr
     assert (tmp_path / "taken" / "f").read_text() == "mine"
+
+
+def test_a_rank_refusal_names_the_input_shape_that_fixes_the_open_axes():
+    """Silero VAD's refusal (tests/test_zoo_models.py builds it): OpenVINO cannot know a rank while
+    the audio axis is open, so the sentence names the --input-shape of the data's size; a refusal
+    for another reason, or a model without open axes, gets no such hint."""
+    from edgekit.artifact import InputSpec, TensorSpec
+    from edgekit.export.openvino import open_axes_hint
+
+    spec = InputSpec(
+        inputs=[
+            TensorSpec(name="input", shape=["batch", "sequence"], example=[1, 576]),
+            TensorSpec(name="state", shape=[2, "batch", 128], batch_axis=1),
+            TensorSpec(name="sr", shape=[], dtype="int64", batch_axis=None),
+        ]
+    )
+    rank = "OpenVINO's ONNX frontend refuses this node: The input data tensor's rank has to be known (static)"
+    hint = open_axes_hint(rank, spec)
+    assert "(input: sequence)" in hint and "`edgekit compress MODEL --input-shape input:1,576`" in hint
+    assert open_axes_hint("OpenVINO has no conversion for this op", spec) == ""
+    fixed = InputSpec(inputs=[TensorSpec(name="input", shape=["batch", 576])])
+    assert open_axes_hint(rank, fixed) == ""

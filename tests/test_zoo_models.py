@@ -267,6 +267,31 @@ def test_silero_vads_default_file_is_quantized_for_its_sample_rate(edgekit, outs
     assert _speech_decisions_kept(case, tmp_path / "int8" / "model.onnx") >= VAD_MIN_DECISIONS
 
 
+def test_silero_vad_for_openvino_is_told_which_axis_to_fix_and_then_builds(edgekit, outside, tmp_path):
+    """OpenVINO's ONNX frontend cannot know the rank of Silero VAD's convolutions while its audio
+    axis is open (['batch', 'sequence']): the refusal names the --input-shape that fixes it, and
+    the artifact made with it builds and keeps the speech decisions."""
+    case = outside["silero_vad"]
+    fp32 = edgekit(
+        "compress", case.model, "--calib", case.calib, "--calib-size", "64", "-o", tmp_path / "fp32"
+    )
+    assert fp32.returncode == 0, fp32.stderr
+    refused = edgekit("build", tmp_path / "fp32", "--target", "openvino", "-o", tmp_path / "ov")
+    assert refused.returncode == 2 and "rank" in refused.stderr, refused.stderr
+    assert "`edgekit compress MODEL --input-shape input:1,576`" in refused.stderr
+    fixed = edgekit(
+        "compress", case.model, "--input-shape", "input:1,576", "--calib", case.calib, "--calib-size", "64",
+        "-o", tmp_path / "fixed",
+    )  # fmt: skip
+    assert fixed.returncode == 0, fixed.stderr
+    built = edgekit(
+        "build", tmp_path / "fixed", "--target", "openvino", "--eval", case.eval, "-o", tmp_path / "ov"
+    )
+    assert built.returncode == 0, built.stderr
+    check = read_manifest(tmp_path / "ov").verification["openvino"]["fidelity"]["output_0"]
+    assert check["decisions_iou"] >= 0.99, check
+
+
 def test_yolov8_keeps_its_decoded_output(edgekit, outside, tmp_path):
     proc = _outside_int8(edgekit, outside["yolov8_nudenet"], tmp_path / "int8")
     assert proc.returncode == 0, proc.stderr

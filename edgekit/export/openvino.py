@@ -103,6 +103,24 @@ def _nncf_quantize(model, calib: dict[str, np.ndarray] | None, overflow_fix: str
     return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), advanced_parameters=advanced)
 
 
+def open_axes_hint(refusal: str, spec) -> str:
+    """What to do where OpenVINO's ONNX frontend refused a node for a rank it could not know (Silero
+    VAD's convolutions over its ['batch', 'sequence'] audio) and the model has open axes beside the
+    batch: fixed to the data's sizes (`--input-shape`), the ranks follow; "" otherwise."""
+    if "rank has to be known" not in refusal and "rank().is_static()" not in refusal:
+        return ""
+    open_inputs = [t for t in spec.inputs if t.open_axes]
+    if not open_inputs:
+        return ""
+    axes = "; ".join(f"{t.name}: {', '.join(t.open_axes)}" for t in open_inputs)
+    shapes = " ".join(f"--input-shape {t.name}:{','.join(map(str, t.concrete_shape()))}" for t in open_inputs)
+    return (
+        f"; OpenVINO needs every tensor's rank, which here follows from the open axes of the inputs "
+        f"({axes}): make the artifact with them fixed, e.g. `edgekit compress MODEL {shapes}`, "
+        "and build from that"
+    )
+
+
 QUANTIZED_OPS = (  # the ONNX and ONNX Runtime ops that only a quantized model holds
     "QuantizeLinear",
     "DequantizeLinear",
