@@ -60,7 +60,8 @@ def drop_points(q: dict) -> float:
     if first.get("top1_agreement") is None:
         name = f" '{first['name']}'" if first.get("name") else ""
         raise EdgekitError(
-            "an accuracy budget counts points of top-1: it needs labels in the evaluation data or a "
+            "per-layer sensitivity and an accuracy budget count points of top-1: they need labels in the "
+            "evaluation data or a "
             f"model whose first output is class scores (N, classes), and this one's first output{name} "
             f"is {first.get('kind', 'not class scores')}; its fidelity floors (--min-fidelity) judge "
             "it instead."
