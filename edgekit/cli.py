@@ -128,7 +128,11 @@ def compress(model, eval_, eval_size, target, **kw):
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @model_options(output_required=False)
-@click.option("--eval", "eval_", help="Evaluation data: labels give top-1 points, else agreement with fp32.")
+@click.option(
+    "--eval",
+    "eval_",
+    help="Evaluation data: labels give top-1 points, else the first output's fidelity to fp32.",
+)
 @click.option("--eval-size", type=COUNT, default=None, help="At most this many evaluation samples.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the table as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a bar plot (PNG).")

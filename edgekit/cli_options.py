@@ -510,7 +510,8 @@ compress_options = options(
         type=Real(min=0),
         metavar="POINTS",
         help="With --int8 and --eval: keep the most sensitive layers in fp32 until top-1 (or, without "
-        "labels, top-1 agreement with fp32) drops at most this many points.",
+        "labels, the first output's fidelity to fp32: top-1 agreement, mean cosine, mask IoU, ...) drops "
+        "at most this many points.",
     ),
     click.option(
         "--max-fp32-layers", type=COUNT, help="--max-accuracy-drop: keep at most this many layers fp32."

@@ -52,6 +52,8 @@ def _floors(w: passes.Work, step: str) -> dict[str, float]:
     first = (w.manifest.output_names or ["output_0"])[0]
     if step != "int8" or mixed is None or not any(chosen.values()) or {"output_0", first} & set(chosen):
         return chosen
+    if w.manifest.verification["int8"]["fidelity"]["output_0"].get("kind") == "other":
+        return chosen  # its budget counts decisions IoU, its floor SQNR: mixed holds the budget itself
     top1 = w.manifest.verification["int8"].get("parent_top1")
     points = mixed.max_accuracy_drop / 100
     chosen["output_0"] = max(0.0, 1 - (points / top1 if top1 else points))
@@ -111,7 +113,7 @@ def _hints(w: passes.Work, step: str, layers: list[dict]) -> list[str]:
     # u8 x u8 only helps where the target's u8 x s8 pair sums saturate; TensorRT's form is its own
     if cfg.form != "u8u8" and w.req.target != "tensorrt" and made.get("u8s8_saturates", True):
         hints.append("--int8-form u8u8 (cannot saturate)")
-    try:  # a budget counts points of top-1: labels, or class scores first (sensitivity.drop_points)
+    try:  # a budget counts points of top-1 or of the first output's main fidelity (sensitivity.drop_points)
         drop_points(w.manifest.verification[step])
         counted = True
     except (EdgekitError, KeyError):  # KeyError: no fidelity recorded

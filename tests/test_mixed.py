@@ -323,47 +323,79 @@ def test_the_prefix_search_bisects_and_stops_where_the_longest_misses(needed):
         assert min(met) == needed and len(calls) <= 5
 
 
-# --- a budget on a model whose drop cannot be counted ------------------------------------------------
+# --- a budget on a model without class scores: its first output's main fidelity -------------------
 
 
-@pytest.fixture(scope="module")
-def heat_map(tmp_path_factory) -> dict[str, Path]:
-    """A conv net whose output is a [N, 1, 32, 32] sigmoid map (a detector's heat map), and its data."""
+def _map_model(root: Path, sigmoid: bool) -> Path:
+    """A conv net whose output is a [N, 1, 32, 32] map: a sigmoid heat map (a detector's), or the
+    raw offsets a detector regresses (named so: judged by SQNR alone)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    root = tmp_path_factory.mktemp("heat_map")
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.normal(0, 0.3, (1, 8, 1, 1)).astype(np.float32), "w2")
+    out = "heat" if sigmoid else "offset"
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2" if sigmoid else out]),
+    ]
+    if sigmoid:
+        nodes.append(helper.make_node("Sigmoid", ["c2"], [out]))
     graph = helper.make_graph(
-        [
-            helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
-            helper.make_node("Relu", ["c1"], ["r1"]),
-            helper.make_node("Conv", ["r1", "w2"], ["c2"]),
-            helper.make_node("Sigmoid", ["c2"], ["heat"]),
-        ],
-        "heat_map",
+        nodes,
+        "map",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
-        [helper.make_tensor_value_info("heat", TensorProto.FLOAT, ["N", 1, 32, 32])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", 1, 32, 32])],
         [w1, w2],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), root / "heat.onnx")
+    path = root / f"{out}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory) -> dict[str, Path]:
+    """The heat map and offsets models, and their data."""
+    root = tmp_path_factory.mktemp("maps")
     np.savez(root / "calib.npz", x=smooth_images(32, seed=1))
     np.savez(root / "eval.npz", x=smooth_images(64, seed=2))
-    return {"model": root / "heat.onnx", "calib": root / "calib.npz", "eval": root / "eval.npz"}
+    return {
+        "heat": _map_model(root, sigmoid=True),
+        "offset": _map_model(root, sigmoid=False),
+        "calib": root / "calib.npz",
+        "eval": root / "eval.npz",
+    }
+
+
+def test_a_budget_on_a_map_counts_points_of_its_main_fidelity(edgekit, maps, tmp_path):
+    """A sigmoid map has no top-1: the budget counts points of its kind's main fidelity to fp32
+    (here mean SSIM: the map fills its range), the number the max_accuracy_drop gate reads (it had
+    been refused)."""
+    from edgekit.benchmarks.metrics import main_number
+
+    data = ("--calib", maps["calib"], "--eval", maps["eval"])
+    r = edgekit("compress", maps["heat"], "--int8", "--max-accuracy-drop", "1", *data, "-o", tmp_path / "out")
+    assert r.returncode in (0, 1), r.stderr
+    m = read_manifest(tmp_path / "out")
+    summary, q = m.passes[-1].summary, m.verification["int8"]["fidelity"]["output_0"]
+    key, _ = main_number(q)
+    drop = summary.get("drop_points", summary["full_int8_drop_points"])  # full INT8 may meet it
+    assert key == "ssim_mean" and drop == pytest.approx(100 * (1 - q[key]))
+    assert summary["budget_met"] == (drop <= 1) == (r.returncode == 0)
 
 
 @pytest.mark.parametrize("command", ["compress", "sensitivity"])
-def test_a_budget_on_a_model_without_class_scores_is_refused_before_calibration(
-    edgekit, heat_map, tmp_path, command
+def test_a_budget_on_an_output_judged_by_sqnr_alone_is_refused_before_calibration(
+    edgekit, maps, tmp_path, command
 ):
-    """Points of top-1 mean nothing for a heat map: one sentence naming its first output's kind and
+    """Regressed offsets have no fidelity in points: one sentence naming the first output's kind and
     what judges it instead, exit 2, nothing written (before: after the whole calibration and the first
     INT8 model, six minutes on a PicoDet)."""
-    data = ("--calib", heat_map["calib"], "--eval", heat_map["eval"])
+    data = ("--calib", maps["calib"], "--eval", maps["eval"])
     args = ("--int8", "--max-accuracy-drop", "1") if command == "compress" else ()
-    r = edgekit(command, heat_map["model"], *args, *data, "-o", tmp_path / "out")
+    r = edgekit(command, maps["offset"], *args, *data, "-o", tmp_path / "out")
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("edgekit: error:") and r.stderr.count("\n") == 1
-    assert "first output 'heat' is " in r.stderr and "--min-fidelity" in r.stderr
+    assert "first output 'offset' is other, judged by SQNR alone" in r.stderr and "--min-fidelity" in r.stderr
     assert not (tmp_path / "out").exists()

@@ -45,7 +45,8 @@ class BudgetNotMet(EdgekitError):
 
 
 class MixedConfig(BaseModel):
-    """The budget, in points of top-1 (with labels) or of top-1 agreement with fp32 (without)."""
+    """The budget, in points of top-1 (with labels) or of the first output's main fidelity to fp32
+    (without: top-1 agreement, mean cosine, mask IoU, ...; compress.sensitivity.drop_points)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import batching
+from edgekit.benchmarks.metrics import main_number
 from edgekit.compress.macs import macs
 from edgekit.compress.quantize import COMPUTE_OPS, Int8Config, Prepared, Write, calibrated
 from edgekit.data import Samples
@@ -52,21 +53,22 @@ class Trial:
 
 
 def drop_points(q: dict) -> float:
-    """The budgeted number: points of top-1 lost with labels, else points of top-1 disagreement
-    with the fp32 model."""
+    """The budgeted number: points of top-1 lost with labels, else points of the first output's
+    main fidelity to the fp32 model lost (top-1 agreement, mean cosine, mask IoU, the decisions IoU
+    of independent probabilities: benchmarks.metrics.main_number), as gates and search count them."""
     if "drop_points" in q:
         return q["drop_points"]
     first = q["fidelity"]["output_0"]
-    if first.get("top1_agreement") is None:
+    main = main_number(first)
+    if main is None:
         name = f" '{first['name']}'" if first.get("name") else ""
         raise EdgekitError(
-            "per-layer sensitivity and an accuracy budget count points of top-1: they need labels in the "
-            "evaluation data or a "
-            f"model whose first output is class scores (N, classes), and this one's first output{name} "
-            f"is {first.get('kind', 'not class scores')}; its fidelity floors (--min-fidelity) judge "
-            "it instead."
+            "per-layer sensitivity and an accuracy budget count points of top-1 (with labels) or of "
+            "the first output's fidelity to fp32 (top-1 agreement, mean cosine, mask IoU, ...), and "
+            f"this one's first output{name} is {first.get('kind', 'other')}, judged by SQNR alone; its "
+            "fidelity floors (--min-fidelity) judge it instead, or give its kind with --output-kind."
         )
-    return 100 * (1 - first["top1_agreement"])
+    return 100 * (1 - first[main[0]])
 
 
 def check_budgeted(ref: list[np.ndarray], evals: Samples, judge: Judge) -> None:
