@@ -233,6 +233,12 @@ def load(path: Path, check_files: bool = True) -> Config:
         raise EdgekitError(f"{path.name} line {line}: not valid YAML ({e.problem}).") from None
     if not isinstance(data, dict):
         raise EdgekitError(f"{path} must be a YAML mapping with model, variants, targets and gates.")
+    if twice := _duplicate_key(root):
+        key, first, again = twice
+        raise EdgekitError(
+            f"{path.name} line {again}: {key!r} is given twice in one mapping (first on line {first}); "
+            "YAML would keep the last silently: keep one."
+        )
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
@@ -245,6 +251,25 @@ def load(path: Path, check_files: bool = True) -> Config:
         loc, what = problem
         raise EdgekitError(f"{path.name} line {_line(root, loc)}: {_dotted(loc)} {what}.")
     return cfg
+
+
+def _duplicate_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
+    """The first key a mapping under NODE gives twice, with the lines of both (PyYAML keeps the last
+    one without a word: a target's `seconds` pasted twice measured with the wrong one)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            line = key.start_mark.line + 1
+            if isinstance(key, yaml.ScalarNode) and key.value in seen:
+                return key.value, seen[key.value], line
+            seen[key.value] = line
+            if found := _duplicate_key(value):
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            if found := _duplicate_key(item):
+                return found
+    return None
 
 
 def _references(cfg: Config, check_files: bool) -> tuple[tuple, str] | None:

@@ -198,3 +198,15 @@ def test_model_input_shape_that_is_no_shape(project):
     text = VALID.replace("  path: model.pt2\n", "  path: model.pt2\n  input_shape: [1, 0]\n")
     message = error(project, text)
     assert message.startswith("edgekit.yaml line 3: model.input_shape: give one shape of positive"), message
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(project):
+    """PyYAML keeps the last of two equal keys without a word: a target's `rounds` pasted twice ran
+    with the second."""
+    message = error(
+        project,
+        VALID.replace(
+            "    variants: [fp32, int8]\n", "    variants: [fp32, int8]\n    rounds: 3\n    rounds: 5\n"
+        ),
+    )
+    assert "line 14: 'rounds' is given twice in one mapping (first on line 13)" in message, message
