@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -630,7 +631,8 @@ def apply(config: Path, out: Path, name: str) -> str:
         )
     text = config.read_text()
     lines = text.splitlines(keepends=True)
-    at = next((i for i, line in enumerate(lines) if line.rstrip() == "variants:"), None)
+    # `variants:` alone, or with a comment after it as `edgekit init` writes it
+    at = next((i for i, line in enumerate(lines) if re.fullmatch(r"variants:\s*(#.*)?", line.rstrip())), None)
     steps = [{step: fields} if fields else step for step, fields in record["chain"]]
     entry = yaml.safe_dump({name: steps}, default_flow_style=None, sort_keys=False)
     if at is None:

@@ -108,3 +108,29 @@ def test_a_runtime_that_cannot_run_a_candidate_gives_its_error(tmp_path):
     scored = candidates.outputs(artifact, "tensorrt", search.eval_shards(samples, 10)[0], 1)
     assert list(scored) == ["error"] and "TensorRT" in scored["error"]
     assert len(candidates.outputs(artifact, "ort", search.eval_shards(samples, 10)[0], 1)["outputs"][0]) == 10
+
+
+def test_apply_writes_the_candidate_under_a_commented_variants_line(tmp_path):
+    """`edgekit init` writes `variants:` with a comment after it; --apply looked for the bare line
+    and refused every config it had written ("has no block `variants:` line")."""
+    import json
+
+    from edgekit.config import load
+
+    for name in ("model.onnx", "calib.npz"):
+        (tmp_path / name).write_bytes(b"")
+    config = tmp_path / "edgekit.yaml"
+    config.write_text(
+        "model:\n  path: model.onnx\ndata:\n  calibration: calib.npz\n"
+        "variants:                          # name: the passes applied to the model, in order\n"
+        "  fp32: []                         # the verified fp32 ONNX export: the baseline\n"
+        "targets:\n  - name: cpu\n    variants: [fp32]\n"
+    )
+    out = tmp_path / "edgekit-search"
+    (out / search.ARTIFACTS / "s1c59a0").mkdir(parents=True)
+    record = {"key": "k", "name": "s1c59a0", "status": "ok", "chain": [["int8", {"calibration": "minmax"}]]}
+    (out / search.RESULTS).write_text(json.dumps(record) + "\n")
+    search.apply(config, out, "s1c59a0")
+    cfg = load(config)
+    assert [s.name for s in cfg.chain("s1c59a0")] == ["int8"] and "fp32" in cfg.variants
+    assert "# the verified fp32 ONNX export: the baseline" in config.read_text()  # comments kept
