@@ -28,9 +28,9 @@ from edgekit.model import LoadOptions
 
 @dataclass(frozen=True)
 class Source:
-    """What every build starts from: the model file's bytes and name, how it loads, the
-    calibration samples (with a fifth more, held out for the build's own check) and the evaluation
-    samples as .npz bytes (the latter for a mixed chain's drop, measured as `edgekit run` does)."""
+    """What every build starts from: the model file's bytes and name, how it loads, and the
+    calibration and evaluation samples as .npz bytes, as `edgekit run` builds a variant: its own
+    check and a mixed chain's drop on the evaluation samples."""
 
     model_name: str
     model: bytes
@@ -95,7 +95,6 @@ def build(source: Source, chain: list, target_cpu=None) -> dict:
         calib, evals = tmp / "calib.npz", tmp / "eval.npz"
         calib.write_bytes(source.calib)
         evals.write_bytes(source.evals)
-        mixed = source.evals and any(s.name == "mixed" for s in chain)
         req = CompressRequest(
             model=model,
             out=tmp / "out",
@@ -104,7 +103,7 @@ def build(source: Source, chain: list, target_cpu=None) -> dict:
             # every chain: the export's own check and fp16's run on these, not on random inputs
             calib=str(calib) if source.calib else None,
             calib_size=source.calib_size,
-            eval=str(evals) if mixed else None,
+            eval=str(evals) if source.evals else None,
             preprocess=Preprocess(),
             output_kinds=source.output_kinds,
             metric=source.metric,

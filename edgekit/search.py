@@ -243,11 +243,10 @@ def _data(cfg: Config):
     preprocess = Preprocess(**{**pre.model_dump(), "mean": tuple(pre.mean), "std": tuple(pre.std)})
     calib = b""
     if d.calibration:
-        # a fifth held out for the build's own check (compress holds out at least that); the search
-        # scores every candidate on the evaluation data
-        held = -(-d.calib_size // 4)
+        # the samples `edgekit run` calibrates that chain on (it passes the evaluation data too, so
+        # none are held out): --apply's variant is the candidate the search measured
         samples = load_samples(
-            cfg.resolve(d.calibration), spec, d.calib_size + held, preprocess, 0, "calib", d.constants
+            cfg.resolve(d.calibration), spec, d.calib_size, preprocess, 0, "calib", d.constants
         )
         calib = candidates.npz_bytes(samples)
     evals = load_samples(cfg.resolve(d.evaluation), spec, d.eval_size, preprocess, 0, "eval", d.constants)

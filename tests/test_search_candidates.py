@@ -134,3 +134,30 @@ def test_apply_writes_the_candidate_under_a_commented_variants_line(tmp_path):
     cfg = load(config)
     assert [s.name for s in cfg.chain("s1c59a0")] == ["int8"] and "fp32" in cfg.variants
     assert "# the verified fp32 ONNX export: the baseline" in config.read_text()  # comments kept
+
+
+def test_a_candidate_is_the_variant_edgekit_run_builds(tmp_path, edgekit):
+    """The search's INT8 candidate and `edgekit run`'s INT8 variant (compress with the config's
+    calibration and evaluation data) are the same file: the search had calibrated on another draw
+    of the samples (a fifth more, some held out), so --apply's variant was not what it measured."""
+    from edgekit.config import load
+    from edgekit.passes import Step, config
+    from tests.models import margin_classifier, smooth_images
+
+    margin_classifier(tmp_path / "classifier.onnx")
+    np.savez(tmp_path / "calib.npz", x=smooth_images(200, seed=1))
+    np.savez(tmp_path / "eval.npz", x=smooth_images(40, seed=2))
+    (tmp_path / "edgekit.yaml").write_text(
+        "model:\n  path: classifier.onnx\ndata:\n  calibration: calib.npz\n  calib_size: 64\n"
+        "  evaluation: eval.npz\nvariants:\n  fp32: []\ntargets:\n  - name: cpu\n    variants: [fp32]\n"
+    )
+    source, _, _ = search._data(load(tmp_path / "edgekit.yaml"))
+    built = candidates.build(source, [Step("int8", config("int8"))])
+    candidates.unpack(built["artifact"], tmp_path / "candidate")
+    r = edgekit(
+        "compress", tmp_path / "classifier.onnx", "--int8", "--calib", tmp_path / "calib.npz",
+        "--calib-size", "64", "--eval", tmp_path / "eval.npz", "-o", tmp_path / "variant",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    candidate, variant = (tmp_path / d / "model.onnx" for d in ("candidate", "variant"))
+    assert candidate.read_bytes() == variant.read_bytes()
