@@ -259,10 +259,11 @@ def _duplicate_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key, value in node.value:
-            line = key.start_mark.line + 1
-            if isinstance(key, yaml.ScalarNode) and key.value in seen:
-                return key.value, seen[key.value], line
-            seen[key.value] = line
+            if isinstance(key, yaml.ScalarNode):  # a complex key (`? [a, b]`) is not compared
+                line = key.start_mark.line + 1
+                if key.value in seen:
+                    return key.value, seen[key.value], line
+                seen[key.value] = line
             if found := _duplicate_key(value):
                 return found
     elif isinstance(node, yaml.SequenceNode):
