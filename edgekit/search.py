@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import batching, candidates, cluster, interrupts, pareto
+from edgekit import candidates, cluster, interrupts, pareto
 from edgekit import search_space as space
 from edgekit.artifact import read_manifest, write_atomic
 from edgekit.benchmarks.metrics import main_number
@@ -290,14 +290,10 @@ class _Context:
         return cls(out, ray.put(source), shards, ray.put(evals), store, fixed, judge, resolve())
 
 
-def eval_shards(evals: Samples, share: int) -> list[batching.Stacked]:
+def eval_shards(evals: Samples, share: int) -> list[dict]:
     """EVALS' inputs in slices of SHARE samples, each keeping where every input's batch axis is in
     the model's feeds (a state batched on axis 1 had been fed samples first)."""
-    n, axes = len(evals), getattr(evals.inputs, "axes", {})
-    return [
-        batching.Stacked({k: v[i : i + share] for k, v in evals.inputs.items()}, axes)
-        for i in range(0, n, share)
-    ]
+    return [evals.take(slice(i, i + share)).inputs for i in range(0, len(evals), share)]
 
 
 def _evaluate(ctx: _Context, chain: list, runtime: str, point: dict) -> dict:
